@@ -1,0 +1,91 @@
+"""Every error reconciler reports, and the one way each is printed.
+
+Hierarchy::
+
+    ReconcilerError                 anything reconciler raises on purpose; the CLI prints it without a traceback
+    ├── SpecErrors                  one or more Problems found in the workspace (validate, plan, the daemon)
+    ├── UsageError                  a command was called wrongly (exit code 2)
+    ├── TemporaryError(delay)       retrying later may succeed (4xx replies, dropped connections)
+    └── PermanentError              retrying cannot succeed (5xx replies)
+
+A `Problem` is a value, not an exception: checks collect all of them so a run reports every mistake at once,
+in compiler form (``path:line:column: Kind name: field: message (hint)``) that editors and CI understand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One mistake in the workspace, located as precisely as we can."""
+
+    path: str
+    line: int
+    column: int
+    kind: str
+    name: str
+    field: str
+    message: str
+    hint: str = ""
+    severity: Severity = "error"
+
+    def format(self) -> str:
+        """The compiler-style line: what it is, where it is and what to do about it."""
+        subject = " ".join(part for part in (self.kind, self.name) if part)
+        parts = [f"{self.path}:{self.line}:{self.column}:"]
+        if self.severity == "warning":
+            parts.append("warning:")
+        if subject:
+            parts.append(f"{subject}:")
+        if self.field:
+            parts.append(f"{self.field}:")
+        parts.append(self.message)
+        text = " ".join(parts)
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.path,
+            "line": self.line,
+            "column": self.column,
+            "kind": self.kind,
+            "name": self.name,
+            "field": self.field,
+            "message": self.message,
+            "hint": self.hint,
+            "severity": self.severity,
+        }
+
+
+class ReconcilerError(Exception):
+    """Base of every error raised on purpose; its message is meant for the user as it stands."""
+
+
+class SpecErrors(ReconcilerError):
+    """The workspace has problems; nothing built from it may take effect."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        count = len(self.problems)
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the workspace")
+
+
+class UsageError(ReconcilerError):
+    """A command was called with arguments that cannot work (a missing path, a bad option)."""
+
+
+class TemporaryError(ReconcilerError):
+    """The operation may succeed if tried again after `delay` seconds."""
+
+    def __init__(self, message: str, *, delay: float = 60.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(ReconcilerError):
+    """The operation cannot succeed however often it is tried."""

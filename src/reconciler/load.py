@@ -1,0 +1,285 @@
+"""Workspace files -> DesiredState, with every mistake turned into a located Problem.
+
+This is the only module that reads workspace files. It never stops at the first mistake: a file that fails to
+parse is reported and the rest still load, so one `validate` run shows everything that needs fixing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from reconciler.errors import Problem, UsageError
+from reconciler.spec import KINDS, DesiredState, Source, TemplateFile
+from reconciler.spec.types import Model
+from reconciler.yamlnodes import Document, parse_documents
+
+YAML_FOLDERS = ("spec", "campaigns")
+SECRET_KEYS = frozenset(
+    {"password", "passwd", "secret", "token", "api_key", "apikey", "api_token", "private_key", "signing_key",
+     "secret_key", "access_key", "client_secret", "key"}
+)  # fmt: skip
+_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def find_workspace(path: Path) -> Path:
+    """The workspace a path belongs to: the nearest folder, upwards, holding spec/, campaigns/ or templates/."""
+    start = path if path.is_dir() else path.parent
+    for candidate in (start, *start.parents):
+        if any((candidate / folder).is_dir() for folder in (*YAML_FOLDERS, "templates")):
+            return candidate
+    raise UsageError(
+        f"{path} is not in a workspace: no spec/, campaigns/ or templates/ folder there or above "
+        "(run reconciler in the workspace, or pass -C DIR)"
+    )
+
+
+def display_path(path: Path) -> str:
+    """Paths relative to the current directory, as editors and CI annotations want them."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
+    """Read every spec, campaign and template file under `root`."""
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder (pass the workspace folder with -C DIR)")
+    problems: list[Problem] = []
+    documents: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    sources: dict[tuple[str, str], Source] = {}
+    digest = hashlib.sha256()
+
+    for file in _files(root, YAML_FOLDERS, (".yaml", ".yml")):
+        shown = display_path(file)
+        text = _read(file, shown, problems)
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + text.encode())
+        parsed, node_errors = parse_documents(text)
+        problems += [Problem(shown, e.line, e.column, "", "", "", e.message, e.hint) for e in node_errors]
+        for document in parsed:
+            _load_document(document, shown, documents, sources, problems)
+
+    templates = _load_templates(root, problems, digest)
+    settings_found = list(documents["Settings"].values())
+    return (
+        DesiredState(
+            root=display_path(root),
+            settings=settings_found[0] if settings_found else None,
+            lists=documents["List"],
+            fields=documents["Field"],
+            segments=documents["Segment"],
+            campaigns=documents["Campaign"],
+            workflows=documents["Workflow"],
+            templates=templates,
+            sources=sources,
+            revision=digest.hexdigest()[:12],
+        ),
+        problems,
+    )
+
+
+def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...]) -> list[Path]:
+    found: list[Path] = []
+    for folder in folders:
+        base = root / folder
+        if base.is_dir():
+            found += [p for p in base.rglob("*") if p.suffix in suffixes and p.is_file()]
+    return sorted(found)
+
+
+def _read(file: Path, shown: str, problems: list[Problem]) -> str:
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.append(Problem(shown, line, 1, "", "", "", "the file is not UTF-8 text", "save it as UTF-8"))
+        return data.decode("utf-8", errors="replace")
+
+
+def _load_templates(root: Path, problems: list[Problem], digest: Any) -> dict[str, TemplateFile]:
+    base = root / "templates"
+    templates: dict[str, TemplateFile] = {}
+    for file in _files(root, ("templates",), (".mjml",)):
+        shown = display_path(file)
+        name = file.relative_to(base).with_suffix("").as_posix()
+        text = _read(file, shown, problems)
+        text_file = file.with_suffix(".txt")
+        text_part = _read(text_file, display_path(text_file), problems) if text_file.is_file() else None
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0" + (text_part or "").encode())
+        templates[name] = TemplateFile(name=name, path=shown, text=text, text_part=text_part)
+    return templates
+
+
+def _load_document(
+    document: Document,
+    path: str,
+    documents: dict[str, dict[str, Any]],
+    sources: dict[tuple[str, str], Source],
+    problems: list[Problem],
+) -> None:
+    raw = document.value
+    where = Source(path, document.line, document.column, document.positions)
+
+    def problem(loc: tuple[str | int, ...], kind: str, name: str, field: str, message: str, hint: str) -> None:
+        line, column = where.at(loc)
+        problems.append(Problem(path, line, column, kind, name, field, message, hint))
+
+    if not isinstance(raw, dict):
+        problem((), "", "", "", "a document must be a mapping with kind and name", "start it with kind: ...")
+        return
+    kind, name = raw.get("kind"), raw.get("name")
+    name = name if isinstance(name, str) else ""
+    shown_kind = kind if isinstance(kind, str) and kind in KINDS else ""
+    for error in document.errors:
+        problems.append(Problem(path, error.line, error.column, shown_kind, name, "", error.message, error.hint))
+    if not isinstance(kind, str) or kind not in KINDS:
+        guess = difflib.get_close_matches(str(kind), list(KINDS), n=1)
+        hint = f"did you mean {guess[0]}?" if guess else "kinds: " + ", ".join(KINDS)
+        message = "missing kind" if kind is None else f"unknown kind {kind!r}"
+        problem(("kind",), "", name, "kind", message, hint)
+        return
+    secret_locs = _scan_secrets(raw, (), lambda loc, msg, hint: problem(loc, kind, name, _dotted(loc), msg, hint))
+    model = KINDS[kind]
+    try:
+        parsed = model.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("<")))
+            if error["type"] == "extra_forbidden" and loc in secret_locs:
+                continue
+            message, hint = explain(error, model, _mapping_at(raw, loc[:-1]))
+            problem(loc, kind, name, _dotted(loc), message, hint)
+        return
+    key = getattr(parsed, "name", name)
+    if key in documents[kind]:
+        first = sources[(kind, key)]
+        problem(
+            ("name",), kind, key, "name",
+            f"duplicate {kind} name {key!r} (first defined at {first.path}:{first.line})",
+            "give each document of a kind its own name",
+        )  # fmt: skip
+        return
+    if kind == "Settings" and documents["Settings"]:
+        first = next(iter(sources[("Settings", n)] for n in documents["Settings"]))
+        problem((), kind, key, "", f"a second Settings document (the first is at {first.path}:{first.line})",
+                "a workspace has exactly one Settings document; merge them")  # fmt: skip
+        return
+    documents[kind][key] = parsed
+    sources[(kind, key)] = where
+
+
+def _scan_secrets(value: Any, loc: tuple[str | int, ...], report: Any) -> set[tuple[str | int, ...]]:
+    """Secrets belong in environment variables; a literal one in git is reported without echoing it."""
+    found: set[tuple[str | int, ...]] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = (*loc, key)
+            if key.lower() in SECRET_KEYS and item not in (None, ""):
+                report(here, f"a secret written into the spec ({key})",
+                       "remove it from git, rotate it, and name the environment variable that holds it "
+                       f"instead: {key}_env: VARIABLE_NAME")  # fmt: skip
+                found.add(here)
+            else:
+                found |= _scan_secrets(item, here, report)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found |= _scan_secrets(item, (*loc, index), report)
+    elif isinstance(value, str) and _PEM.search(value):
+        report(loc, "a private key written into the spec",
+               "remove it from git, rotate it, and put it in an environment variable (private_key_env)")  # fmt: skip
+        found.add(loc)
+    return found
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+@cache
+def _model_keys() -> list[frozenset[str]]:
+    """The keys of every spec model, for "did you mean" hints on typos."""
+    found: list[frozenset[str]] = []
+    models: list[type[BaseModel]] = [Model]
+    while models:
+        model = models.pop()
+        models += model.__subclasses__()
+        found.append(frozenset(info.alias or name for name, info in model.model_fields.items()))
+    return found
+
+
+def _mapping_at(raw: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
+    for part in loc:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _keys_like(siblings: dict[str, Any], unknown: str) -> list[str]:
+    """Keys of the models that accept every other key of this mapping: the candidates for a typo."""
+    others = set(siblings) - {unknown}
+    return sorted({key for keys in _model_keys() if others <= keys for key in keys})
+
+
+def explain(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error as a sentence a marketer can act on, and a hint."""
+    kind, message, value = error["type"], error["msg"], error.get("input")
+    message = message.removeprefix("Value error, ")
+    field = next((p for p in reversed(error["loc"]) if isinstance(p, str) and not p.startswith("<")), "")
+    if kind == "extra_forbidden":
+        guess = difflib.get_close_matches(field, _keys_like(siblings, field), n=1, cutoff=0.7)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"remove it; `reconciler schema` lists the keys of {_kind(model)}"
+        return f"unknown key {field!r}", hint
+    if kind == "missing":
+        return f"missing required key {field!r}", f"add {field}: ..."
+    if kind == "string_type" and isinstance(value, bool | int | float):
+        return "expected text, found a number or true/false", f"put the value in quotes: \"{_source_text(value)}\""
+    if kind == "bool_type":
+        if isinstance(value, str):
+            return f"expected true or false, found {value!r}", "write true or false; yes, no, on and off are text"
+        return "expected true or false", "write true or false"
+    if kind == "timezone_aware":
+        return (
+            "the date-time has no UTC offset",
+            "add one, e.g. 2026-11-27T09:00:00+01:00, or use {local_time: \"09:00\", date: 2026-11-27} "
+            "for each contact's own time zone",
+        )
+    if kind.startswith(("datetime_", "date_")):
+        return f"{message} (found {value!r})", "use ISO 8601, e.g. 2026-11-27T09:00:00+01:00 or 2026-11-27"
+    if kind == "literal_error" and isinstance(value, str):
+        expected = re.findall(r"'([^']*)'", message)
+        guess = difflib.get_close_matches(value, expected, n=1)
+        return f"{value!r} is not one of {', '.join(expected)}", (f"did you mean {guess[0]!r}?" if guess else "")
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return "expected a mapping of keys and values", "indent the keys below this one, or use {key: value}"
+    if kind == "list_type":
+        return "expected a list", "write [a, b] or one '- item' per line"
+    if kind in ("too_short", "too_long") and "List" in message:
+        return message.replace("List should", "the list should"), ""
+    return message, ""
+
+
+def _source_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _kind(model: type[BaseModel]) -> str:
+    return next((k for k, m in KINDS.items() if m is model), model.__name__)

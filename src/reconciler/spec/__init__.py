@@ -1,0 +1,26 @@
+"""The spec language: one pydantic model per document kind, and the DesiredState a workspace adds up to."""
+
+from reconciler.spec.documents import (
+    BUILTIN_FIELDS,
+    Campaign,
+    CustomField,
+    MailingList,
+    Segment,
+    Settings,
+)
+from reconciler.spec.workflow import Workflow
+from reconciler.spec.workspace import KINDS, DesiredState, Source, TemplateFile
+
+__all__ = [
+    "BUILTIN_FIELDS",
+    "KINDS",
+    "Campaign",
+    "CustomField",
+    "DesiredState",
+    "MailingList",
+    "Segment",
+    "Settings",
+    "Source",
+    "TemplateFile",
+    "Workflow",
+]

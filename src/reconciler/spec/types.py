@@ -1,0 +1,223 @@
+"""Value types shared by every kind: names, durations, times, addresses.
+
+Each type validates strictly and explains itself in its error, because a marketer reading
+``send_at: not a date-time`` needs to know what to write instead. Every type also carries its JSON Schema so
+`reconciler schema` gives editors the same rules as `validate`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from email.utils import parseaddr
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    StrictBool,
+    WithJsonSchema,
+)
+
+
+class Model(BaseModel):
+    """Base of every spec model: immutable, and a typo in a key is an error rather than silently ignored."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        str_strip_whitespace=False,
+    )
+
+
+SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+_SLUG = re.compile(SLUG_PATTERN)
+
+
+def _slug(value: str) -> str:
+    if len(value) > 64 or not _SLUG.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name (use lowercase letters, digits and single dashes, "
+            "e.g. black-friday-2026; at most 64 characters)"
+        )
+    return value
+
+
+Slug = Annotated[
+    str,
+    AfterValidator(_slug),
+    WithJsonSchema({"type": "string", "pattern": SLUG_PATTERN, "maxLength": 64}),
+]
+"""A name: lowercase letters, digits and dashes, unique per kind."""
+
+IDENTIFIER_PATTERN = r"^[a-z][a-z0-9_]*$"
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
+
+
+def _identifier(value: str) -> str:
+    if len(value) > 64 or not _IDENTIFIER.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid field name (use lowercase letters, digits and underscores, starting "
+            "with a letter, e.g. spend_2020: templates read it as contact.spend_2020)"
+        )
+    return value
+
+
+Identifier = Annotated[
+    str,
+    AfterValidator(_identifier),
+    WithJsonSchema({"type": "string", "pattern": IDENTIFIER_PATTERN, "maxLength": 64}),
+]
+"""A custom field name, usable in templates as ``contact.<name>``."""
+
+STEP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+_STEP_ID = re.compile(STEP_ID_PATTERN)
+
+
+def _step_id(value: str) -> str:
+    if not _STEP_ID.match(value):
+        raise ValueError(f"{value!r} is not a valid step id (use lowercase letters, digits, '-' and '_')")
+    return value
+
+
+StepId = Annotated[str, AfterValidator(_step_id), WithJsonSchema({"type": "string", "pattern": STEP_ID_PATTERN})]
+
+TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]*(?:/[a-z0-9][a-z0-9_-]*)*$"
+_TEMPLATE = re.compile(TEMPLATE_PATTERN)
+
+
+def _template_ref(value: str) -> str:
+    if value.endswith(".mjml"):
+        raise ValueError(f"{value!r}: leave out the .mjml extension (write {value[:-5]!r})")
+    if not _TEMPLATE.match(value):
+        raise ValueError(
+            f"{value!r} is not a template name (a path under templates/ without extension, "
+            "e.g. offers/black-friday for templates/offers/black-friday.mjml)"
+        )
+    return value
+
+
+TemplateRef = Annotated[
+    str, AfterValidator(_template_ref), WithJsonSchema({"type": "string", "pattern": TEMPLATE_PATTERN})
+]
+"""A template under templates/, without the .mjml extension."""
+
+DURATION_PATTERN = r"^[1-9][0-9]*[mhdw]$"
+_DURATION = re.compile(r"^([1-9][0-9]*)([mhdw])$")
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Turn ``30m``/``12h``/``2d``/``1w`` into a timedelta; anything else is a mistake worth explaining."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration (write a number and a unit: 30m, 12h, 2d or 1w)")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest spelling of a duration in the spec's own units."""
+    minutes = int(value.total_seconds() // 60)
+    for unit, size in (("w", 7 * 24 * 60), ("d", 24 * 60), ("h", 60)):
+        if minutes % size == 0:
+            return f"{minutes // size}{unit}"
+    return f"{minutes}m"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30m", "12h", "2d", "1w"]}),
+]
+"""A length of time: a number and a unit, m (minutes), h (hours), d (days) or w (weeks)."""
+
+CLOCK_PATTERN = r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$"
+_CLOCK = re.compile(CLOCK_PATTERN)
+
+
+def _parse_clock(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str) and _CLOCK.match(value):
+        hours, minutes = value.split(":")
+        return time(int(hours), int(minutes))
+    raise ValueError(f"{value!r} is not a time of day (write 24-hour HH:MM in quotes, e.g. \"09:00\")")
+
+
+ClockTime = Annotated[
+    time,
+    BeforeValidator(_parse_clock),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str),
+    WithJsonSchema({"type": "string", "pattern": CLOCK_PATTERN, "examples": ["09:00"]}),
+]
+"""A time of day, 24-hour ``HH:MM``."""
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a known time zone (use an IANA name such as Europe/Warsaw or UTC)"
+        ) from None
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_timezone), WithJsonSchema({"type": "string", "examples": ["UTC"]})]
+"""An IANA time zone name such as Europe/Warsaw."""
+
+ENV_PATTERN = r"^[A-Z_][A-Z0-9_]*$"
+_ENV = re.compile(ENV_PATTERN)
+
+
+def _env_name(value: str) -> str:
+    if not _ENV.match(value):
+        # Never echo the value: someone may have pasted the secret itself here.
+        raise ValueError(
+            "must name an environment variable (uppercase letters, digits and _, e.g. SMTP_PASSWORD), "
+            "never hold the secret itself"
+        )
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name), WithJsonSchema({"type": "string", "pattern": ENV_PATTERN})]
+"""The name of an environment variable that holds a secret on the server."""
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL (e.g. https://mail.example.com)")
+    return value
+
+
+Url = Annotated[str, AfterValidator(_url), WithJsonSchema({"type": "string", "format": "uri"})]
+"""An absolute http or https URL."""
+
+_ADDR_SPEC = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
+
+
+def _address(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("an address must be on one line")
+    display, addr = parseaddr(value)
+    if not _ADDR_SPEC.match(addr):
+        raise ValueError(f"{value!r} is not an email address (e.g. \"Acme News <news@acme.example>\")")
+    return value
+
+
+MailAddress = Annotated[str, AfterValidator(_address), WithJsonSchema({"type": "string"})]
+"""An email address, optionally with a display name: ``"Acme News <news@acme.example>"``."""
+
+Scalar = StrictBool | int | float | str
+"""A literal value in a condition: text, a number, true/false, or an ISO date written as text."""

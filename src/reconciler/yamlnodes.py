@@ -1,0 +1,198 @@
+"""YAML text -> plain Python values, with the position of every key and item.
+
+We compose ruamel.yaml's node graph and build the values ourselves instead of letting a constructor guess, so that:
+
+- duplicate keys are errors (a second ``subject:`` silently winning is a classic review miss);
+- scalars follow YAML 1.2 (``NO``, ``on``, ``yes`` stay text; ``09:00`` is not sexagesimal), and a number with a
+  leading zero (``012``) stays the text it was written as instead of becoming an octal or a decimal;
+- timestamps stay text, so pydantic sees the UTC offset as written;
+- every key and list item keeps its line and column, so a pydantic error location points at the file;
+- alias bombs and recursive aliases end in an error instead of eating memory.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Loc = tuple[str | int, ...]
+
+_TAG = "tag:yaml.org,2002:"
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9_]+$")
+MAX_NODES = 200_000
+"""More values than any real spec has; past it a document is refused (alias bombs)."""
+
+
+@dataclass(frozen=True)
+class NodeError:
+    """A YAML-level mistake at a 1-based position."""
+
+    line: int
+    column: int
+    message: str
+    hint: str = ""
+
+
+@dataclass
+class Document:
+    """One YAML document: its value, where it starts, and where each key and item sits."""
+
+    value: Any
+    line: int
+    column: int
+    positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    errors: list[NodeError] = field(default_factory=list)
+    """Mistakes inside this document (duplicate keys, unknown tags); its value is still usable."""
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.errors: list[NodeError] = []
+        self.positions: dict[Loc, tuple[int, int]] = {}
+        self.count = 0
+        self.active: set[int] = set()
+
+    def build(self, node: Node, loc: Loc) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooLarge
+        if id(node) in self.active:
+            self.errors.append(_at(node, "an alias refers to itself", "remove the recursive alias"))
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, ScalarNode):
+                return self.scalar(node)
+            if isinstance(node, SequenceNode):
+                items = []
+                for index, item in enumerate(node.value):
+                    self.positions.setdefault((*loc, index), _pos(item))
+                    items.append(self.build(item, (*loc, index)))
+                return items
+            if isinstance(node, MappingNode):
+                return self.mapping(node, loc)
+            self.errors.append(_at(node, f"unsupported YAML node {type(node).__name__}"))
+            return None
+        finally:
+            self.active.discard(id(node))
+
+    def mapping(self, node: MappingNode, loc: Loc) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        first_seen: dict[str, int] = {}
+        merged: list[MappingNode] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _TAG + "merge":
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                merged.extend(n for n in sources if isinstance(n, MappingNode))
+                continue
+            if not isinstance(key_node, ScalarNode):
+                self.errors.append(_at(key_node, "a key must be plain text", "write the key as a word"))
+                continue
+            key = str(key_node.value)
+            if key in first_seen:
+                self.errors.append(
+                    _at(
+                        key_node,
+                        f"duplicate key {key!r} (first at line {first_seen[key]})",
+                        "keep one of them: YAML would silently use the last",
+                    )
+                )
+                continue
+            first_seen[key] = key_node.start_mark.line + 1
+            self.positions[(*loc, key)] = _pos(key_node)
+            result[key] = self.build(value_node, (*loc, key))
+        for source in merged:  # `<<: *defaults` fills in keys the mapping did not set itself
+            for key, value in self.mapping(source, loc).items():
+                result.setdefault(key, value)
+        return result
+
+    def scalar(self, node: ScalarNode) -> Any:
+        text: str = node.value
+        tag = node.tag or ""
+        if tag in (_TAG + "str", _TAG + "timestamp", _TAG + "binary") or node.style in ("'", '"', "|", ">"):
+            return text
+        if tag == _TAG + "null":
+            return None
+        if tag == _TAG + "bool":
+            return text.lower() == "true"
+        if tag == _TAG + "int":
+            if _LEADING_ZERO.match(text):
+                return text
+            try:
+                return int(text.replace("_", ""), 0)
+            except ValueError:
+                return text
+        if tag == _TAG + "float":
+            lowered = text.lower().lstrip("+")
+            if lowered in (".inf", "-.inf"):
+                return -math.inf if lowered.startswith("-") else math.inf
+            if lowered == ".nan":
+                return math.nan
+            try:
+                return float(text.replace("_", ""))
+            except ValueError:
+                return text
+        self.errors.append(_at(node, f"unknown tag {tag!r}", "remove the tag; write plain values"))
+        return text
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _pos(node: Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _at(node: Node, message: str, hint: str = "") -> NodeError:
+    line, column = _pos(node)
+    return NodeError(line, column, message, hint)
+
+
+def parse_documents(text: str) -> tuple[list[Document], list[NodeError]]:
+    """All documents of a YAML stream, and the syntax error that ended it early, if any.
+
+    Documents before a syntax error are kept, so their own mistakes are still reported.
+    """
+    yaml = YAML(typ="rt")
+    documents: list[Document] = []
+    errors: list[NodeError] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for node in yaml.compose_all(text):
+                if node is None:
+                    continue
+                builder = _Builder()
+                try:
+                    value = builder.build(node, ())
+                except _TooLarge:
+                    errors.append(_at(node, "the document expands to too many values (an alias bomb?)"))
+                    continue
+                line, column = _pos(node)
+                documents.append(Document(value, line, column, builder.positions, builder.errors))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        errors.append(NodeError(line, column, f"YAML syntax: {problem}", _syntax_hint(problem)))
+    except (YAMLError, ValueError, RecursionError) as exc:
+        errors.append(NodeError(1, 1, f"YAML syntax: {exc}", "check indentation and quoting"))
+    return documents, errors
+
+
+def _syntax_hint(problem: str) -> str:
+    if "tab" in problem:
+        return "indent with spaces, not tabs"
+    if "mapping values are not allowed" in problem:
+        return "a value containing ': ' needs quotes"
+    if "found character" in problem and "that cannot start any token" in problem:
+        return "put the value in quotes"
+    return "check indentation and quoting around this line"
