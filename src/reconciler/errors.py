@@ -18,6 +18,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 Severity = Literal["error", "warning"]
+Loc = tuple[str | int, ...]
+
+
+def field_path(loc: Loc) -> str:
+    """A location as a reader writes it: ``audience.lists[0]``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
 @dataclass(frozen=True, order=True)
@@ -47,6 +56,16 @@ class Problem:
         parts.append(self.message)
         text = " ".join(parts)
         return f"{text} ({self.hint})" if self.hint else text
+
+    def github(self) -> str:
+        """A GitHub Actions workflow command, shown as an annotation on the pull request's diff."""
+        command = "error" if self.severity == "error" else "warning"
+        title = " ".join(part for part in (self.kind, self.name) if part) or "reconciler"
+        message = " ".join(p for p in (f"{self.field}:" if self.field else "", self.message) if p)
+        if self.hint:
+            message += f" ({self.hint})"
+        props = f"file={_escape_property(self.path)},line={self.line},col={self.column},title={_escape_property(title)}"
+        return f"::{command} {props}::{_escape_data(message)}"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -89,3 +108,11 @@ class TemporaryError(ReconcilerError):
 
 class PermanentError(ReconcilerError):
     """The operation cannot succeed however often it is tried."""
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from reconciler.errors import Problem, UsageError
+from reconciler.errors import Problem, field_path, UsageError
 from reconciler.spec import KINDS, DesiredState, Source, TemplateFile
 from reconciler.spec.types import Model
 from reconciler.yamlnodes import Document, parse_documents
@@ -59,6 +59,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
     problems: list[Problem] = []
     documents: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
     sources: dict[tuple[str, str], Source] = {}
+    invalid: set[tuple[str, str]] = set()
     digest = hashlib.sha256()
 
     for file in _files(root, YAML_FOLDERS, (".yaml", ".yml")):
@@ -68,7 +69,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
         parsed, node_errors = parse_documents(text)
         problems += [Problem(shown, e.line, e.column, "", "", "", e.message, e.hint) for e in node_errors]
         for document in parsed:
-            _load_document(document, shown, documents, sources, problems)
+            _load_document(document, shown, documents, sources, problems, invalid)
 
     templates = _load_templates(root, problems, digest)
     settings_found = list(documents["Settings"].values())
@@ -84,6 +85,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
             templates=templates,
             sources=sources,
             revision=digest.hexdigest()[:12],
+            invalid=frozenset(invalid),
         ),
         problems,
     )
@@ -128,6 +130,7 @@ def _load_document(
     documents: dict[str, dict[str, Any]],
     sources: dict[tuple[str, str], Source],
     problems: list[Problem],
+    invalid: set[tuple[str, str]],
 ) -> None:
     raw = document.value
     where = Source(path, document.line, document.column, document.positions)
@@ -150,17 +153,18 @@ def _load_document(
         message = "missing kind" if kind is None else f"unknown kind {kind!r}"
         problem(("kind",), "", name, "kind", message, hint)
         return
-    secret_locs = _scan_secrets(raw, (), lambda loc, msg, hint: problem(loc, kind, name, _dotted(loc), msg, hint))
+    secret_locs = _scan_secrets(raw, (), lambda loc, msg, hint: problem(loc, kind, name, field_path(loc), msg, hint))
     model = KINDS[kind]
     try:
         parsed = model.model_validate(raw)
     except ValidationError as exc:
+        invalid.add((kind, name))
         for error in exc.errors():
             loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("<")))
             if error["type"] == "extra_forbidden" and loc in secret_locs:
                 continue
             message, hint = explain(error, model, _mapping_at(raw, loc[:-1]))
-            problem(loc, kind, name, _dotted(loc), message, hint)
+            problem(loc, kind, name, field_path(loc), message, hint)
         return
     key = getattr(parsed, "name", name)
     if key in documents[kind]:
@@ -201,13 +205,6 @@ def _scan_secrets(value: Any, loc: tuple[str | int, ...], report: Any) -> set[tu
                "remove it from git, rotate it, and put it in an environment variable (private_key_env)")  # fmt: skip
         found.add(loc)
     return found
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 @cache

@@ -81,6 +81,8 @@ class DesiredState:
     templates: Mapping[str, TemplateFile]
     sources: Mapping[tuple[str, str], Source]
     revision: str
+    invalid: frozenset[tuple[str, str]] = frozenset()
+    """(kind, name) of documents that failed to parse: already reported, so references to them are not."""
 
     def source(self, kind: str, name: str) -> Source:
         """Where the document was written; a placeholder when it came from nowhere (defaults)."""

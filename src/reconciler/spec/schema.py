@@ -1,0 +1,42 @@
+"""The JSON Schema of every document kind, for editors (VS Code's YAML extension) and other tools.
+
+Editors' YAML language servers handle draft-07 best, so the schema is written as draft-07: definitions under
+``definitions`` and a top-level ``oneOf`` chosen by each document's ``kind``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from reconciler.spec.workspace import KINDS
+
+SCHEMA_ID = "https://reconciler.dev/schema/workspace.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """One schema that accepts any single document of a workspace."""
+    models = [(model, "validation") for model in KINDS.values()]
+    refs, schema = models_json_schema(models, ref_template="#/definitions/{model}")
+    definitions = schema.get("$defs", {})
+    choices = []
+    for kind, model in KINDS.items():
+        ref = refs[(model, "validation")]
+        choices.append({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": ref})
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$id": SCHEMA_ID,
+        "title": "reconciler workspace document",
+        "description": "One YAML document of a reconciler workspace: Settings, List, Field, Segment, Campaign or Workflow.",
+        "type": "object",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": list(KINDS), "description": "The document kind."}},
+        "allOf": choices,
+        "definitions": definitions,
+    }
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=False, default=str) + "\n"

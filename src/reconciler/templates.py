@@ -1,0 +1,220 @@
+"""Templates: MJML with Jinja, compiled once per message definition and rendered once per recipient.
+
+The obvious pipeline (Jinja per recipient, then MJML per recipient) pays the MJML compiler for every message.
+We split Jinja in two instead:
+
+1. *Structure*: ``{% extends %}``, ``{% include %}`` and ``{% block %}`` are resolved once, while every other
+   piece of Jinja (``{{ contact.first_name }}``, ``{% if %}``, ``{% for %}``) is protected as raw text.
+   The result is one flat MJML document that still holds the per-recipient Jinja.
+2. *Compile*: mjml-python turns it into HTML (the Jinja passes through as text), cached by content hash.
+3. *Render*: the compiled HTML is one sandboxed Jinja template; each recipient costs one render.
+
+Everything runs in a `SandboxedEnvironment` with `StrictUndefined`: a misspelt variable is an error in
+`validate`, and a template can never reach Python internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from types import TracebackType
+from typing import Any
+
+from jinja2 import BaseLoader, StrictUndefined, Template, TemplateError, TemplateNotFound, TemplateSyntaxError
+from jinja2.environment import Environment
+from jinja2.sandbox import SandboxedEnvironment
+from mjml import mjml2html
+
+from reconciler.spec import TemplateFile
+
+STRUCTURAL_TAGS = frozenset({"extends", "include", "block", "endblock"})
+_JINJA_SYNTAX = re.compile(r"\{%-?\s*(\w+).*?-?%\}|\{\{.*?\}\}", re.S)
+_ENDRAW = re.compile(r"\{%-?\s*endraw\s*-?%\}")
+
+
+@dataclass(frozen=True)
+class TemplateFailure(Exception):
+    """A template that does not compile or render, located in the file where the mistake is."""
+
+    template: str
+    """The jinja name (path under templates/) of the file at fault."""
+    line: int
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.template}:{self.line}: {self.message}"
+
+
+class _Loader(BaseLoader):
+    """Serves workspace templates by their path under templates/, optionally transformed (phase 1)."""
+
+    def __init__(self, sources: Mapping[str, str], transform: Callable[[str], str] | None = None) -> None:
+        self.sources = sources
+        self.transform = transform
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        if template not in self.sources:
+            raise TemplateNotFound(template)
+        text = self.sources[template]
+        return (self.transform(text) if self.transform else text), template, lambda: True
+
+
+def protect(source: str) -> str:
+    """Wrap every non-structural piece of Jinja in ``{% raw %}`` so phase 1 leaves it for phase 2."""
+    out: list[str] = []
+    position = 0
+    while (match := _JINJA_SYNTAX.search(source, position)) is not None:
+        out.append(source[position : match.start()])
+        tag = match.group(1)
+        end = match.end()
+        if tag == "raw":  # a raw block of the author's own stays a raw block after phase 1
+            closing = _ENDRAW.search(source, end)
+            end = closing.end() if closing else len(source)
+        piece = source[match.start() : end]
+        out.append(piece if tag in STRUCTURAL_TAGS else "{% raw %}" + piece + "{% endraw %}")
+        position = end
+    out.append(source[position:])
+    return "".join(out)
+
+
+def sources_of(templates: Mapping[str, TemplateFile]) -> dict[str, str]:
+    return {t.jinja_name: t.text for t in templates.values()}
+
+
+def html_environment(sources: Mapping[str, str]) -> SandboxedEnvironment:
+    """The environment that renders a template's source directly: it reports errors with their file and line."""
+    return SandboxedEnvironment(
+        loader=_Loader(sources), undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True
+    )
+
+
+_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def render_text(source: str, context: Mapping[str, Any]) -> str:
+    """Render a subject or preheader: no HTML escaping, and never a line break (header injection)."""
+    rendered = _TEXT_ENV.from_string(source).render(context)
+    return " ".join(rendered.split())
+
+
+def flatten(sources: Mapping[str, str], jinja_name: str) -> str:
+    """Phase 1: resolve layouts and partials into one MJML document that still holds per-recipient Jinja."""
+    environment = SandboxedEnvironment(loader=_Loader(sources, protect), undefined=StrictUndefined)
+    try:
+        return environment.get_template(jinja_name).render()
+    except TemplateError as exc:
+        raise _failure(exc, jinja_name, "only literal names work in extends and include") from None
+
+
+@lru_cache(maxsize=512)
+def _compile_mjml(source: str) -> str:
+    return str(mjml2html(source, disable_comments=True))
+
+
+def compile_mjml(mjml: str, jinja_name: str) -> str:
+    """Phase 2: MJML -> HTML, once per distinct document (cached by content)."""
+    try:
+        return _compile_mjml(mjml)
+    except (ValueError, RuntimeError) as exc:
+        raise TemplateFailure(
+            jinja_name, 1, f"MJML does not compile: {exc}", "check that every mj- tag is closed and nested as MJML allows"
+        ) from None
+
+
+@dataclass(frozen=True)
+class CompiledTemplate:
+    """A message definition's HTML, ready for one Jinja render per recipient."""
+
+    name: str
+    html: str
+    content_hash: str
+    template: Template
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        return self.template.render(context)
+
+
+_COMPILED: dict[str, CompiledTemplate] = {}
+
+
+def compile_template(templates: Mapping[str, TemplateFile], name: str) -> CompiledTemplate:
+    """Flatten, compile and prepare a template; the same flat MJML is compiled only once per process."""
+    sources = sources_of(templates)
+    jinja_name = templates[name].jinja_name
+    flat = flatten(sources, jinja_name)
+    key = hashlib.sha256(flat.encode()).hexdigest()
+    cached = _COMPILED.get(key)
+    if cached is None:
+        html = compile_mjml(flat, jinja_name)
+        try:
+            template = html_environment({}).from_string(html)
+        except TemplateSyntaxError as exc:
+            raise TemplateFailure(jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}") from None
+        cached = CompiledTemplate(name=name, html=html, content_hash=key, template=template)
+        if len(_COMPILED) > 2048:
+            _COMPILED.clear()
+        _COMPILED[key] = cached
+    return cached
+
+
+def render_source(sources: Mapping[str, str], jinja_name: str, context: Mapping[str, Any]) -> str:
+    """Render the template's MJML source directly, so a mistake is reported with its own file and line."""
+    try:
+        return html_environment(sources).get_template(jinja_name).render(context)
+    except TemplateError as exc:
+        raise _failure(exc, jinja_name) from None
+
+
+def _failure(exc: TemplateError, jinja_name: str, hint: str = "") -> TemplateFailure:
+    if isinstance(exc, TemplateSyntaxError):
+        return TemplateFailure(exc.name or jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}", hint)
+    template, line = _innermost_template_frame(exc.__traceback__, jinja_name)
+    message = str(exc.message or exc)
+    if isinstance(exc, TemplateNotFound):
+        return TemplateFailure(template, line, f"template {exc.name!r} not found", "the path is under templates/")
+    if "undefined" in message or "has no attribute" in message:
+        names = re.findall(r"'([^']+)'", message)
+        unknown = names[-1] if names else message
+        return TemplateFailure(
+            template, line, f"unknown variable or field {unknown!r}",
+            "check the spelling; contact fields are contact.<name> for built-in and declared Fields; "
+            "use | default('...') for data a contact may lack",
+        )  # fmt: skip
+    return TemplateFailure(template, line, message, hint)
+
+
+def _innermost_template_frame(tb: TracebackType | None, fallback: str) -> tuple[str, int]:
+    """Jinja rewrites tracebacks so template frames carry the template's name and line: take the last one."""
+    found = (fallback, 1)
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith((".mjml", ".txt")):
+            found = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+SAMPLE_VALUES: dict[str, Any] = {
+    "string": "Sample",
+    "number": 123.45,
+    "integer": 3,
+    "boolean": True,
+    "date": date(1990, 5, 17),
+    "datetime": datetime(2026, 1, 15, 9, 30, tzinfo=UTC),
+    "list": ["sample"],
+}
+
+
+def sample_contact(fields: Mapping[str, str]) -> dict[str, Any]:
+    """A contact with every built-in and declared field set, as `validate` renders templates with."""
+    contact: dict[str, Any] = {name: SAMPLE_VALUES[kind] for name, kind in fields.items()}
+    contact.update(
+        email="sample.subscriber@example.com", first_name="Alex", last_name="Sample", timezone="UTC",
+        locale="en", country="PL", tags=["sample"], created_at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
+    )  # fmt: skip
+    return contact
