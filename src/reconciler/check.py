@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import difflib
-import os
 import html
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,7 +53,13 @@ Loc = tuple[str | int, ...]
 ORDERED_TYPES = {"number", "integer", "date", "datetime"}
 DATE_TYPES = {"date", "datetime"}
 SAMPLE_TOKEN = "SAMPLE-TOKEN"
-_DOCUMENT_KINDS = {"list": "List", "segment": "Segment", "campaign": "Campaign", "workflow": "Workflow", "field": "Field"}
+_DOCUMENT_KINDS = {
+    "list": "List",
+    "segment": "Segment",
+    "campaign": "Campaign",
+    "workflow": "Workflow",
+    "field": "Field",
+}
 
 
 @dataclass
@@ -94,10 +100,10 @@ def check(desired: DesiredState) -> list[Problem]:
     if desired.settings is None:
         if any(kind == "Settings" for kind, _ in desired.invalid):
             return checker.problems  # its errors are reported; the rest cannot be checked without it
-        checker.problems.append(
-            Problem(os.path.join(desired.root, "spec", "settings.yaml"), 1, 1, "Settings", "", "", "the workspace has no Settings document",
-                    "add spec/settings.yaml with kind: Settings (organization, public_url, senders, defaults)")
-        )  # fmt: skip
+        path = os.path.join(desired.root, "spec", "settings.yaml")
+        message = "the workspace has no Settings document"
+        hint = "add spec/settings.yaml with kind: Settings (organization, public_url, senders, defaults)"
+        checker.problems.append(Problem(path, 1, 1, "Settings", "", "", message, hint))
         return checker.problems
     _check_settings(checker)
     _check_fields(checker)
@@ -115,9 +121,21 @@ def check(desired: DesiredState) -> list[Problem]:
 def _check_settings(c: Checker) -> None:
     settings = c.desired.settings
     assert settings is not None
-    c.reference("Settings", settings.name, ("defaults", "sender"), "sender", settings.defaults.sender, settings.senders)
     c.reference(
-        "Settings", settings.name, ("defaults", "transport"), "transport", settings.defaults.transport, settings.transports
+        "Settings",
+        settings.name,
+        ("defaults", "sender"),
+        "sender",
+        settings.defaults.sender,
+        settings.senders,
+    )
+    c.reference(
+        "Settings",
+        settings.name,
+        ("defaults", "transport"),
+        "transport",
+        settings.defaults.transport,
+        settings.transports,
     )
     url = urlsplit(settings.public_url)
     if url.scheme != "https" and url.hostname not in ("localhost", "127.0.0.1"):
@@ -141,7 +159,9 @@ def field_types(desired: DesiredState) -> dict[str, str]:
     return {**BUILTIN_FIELDS, **{name: f.type for name, f in desired.fields.items()}}
 
 
-def _check_condition(c: Checker, kind: str, name: str, root: Loc, condition: Any, step_ids: Mapping[str, int] | None = None) -> None:
+def _check_condition(
+    c: Checker, kind: str, name: str, root: Loc, condition: Any, step_ids: Mapping[str, int] | None = None
+) -> None:
     desired = c.desired
     types = field_types(desired)
     for loc, node in walk(condition, root):
@@ -156,9 +176,13 @@ def _check_condition(c: Checker, kind: str, name: str, root: Loc, condition: Any
             engaged = node.engaged
             if engaged.campaign:
                 c.reference(kind, name, (*loc, "engaged", "campaign"), "campaign", engaged.campaign, desired.campaigns)
-            if engaged.workflow and c.reference(
-                kind, name, (*loc, "engaged", "workflow"), "workflow", engaged.workflow, desired.workflows
-            ) and engaged.step:
+            if (
+                engaged.workflow
+                and c.reference(
+                    kind, name, (*loc, "engaged", "workflow"), "workflow", engaged.workflow, desired.workflows
+                )
+                and engaged.step
+            ):
                 ids = _step_ids(desired.workflows[engaged.workflow])
                 c.reference(kind, name, (*loc, "engaged", "step"), "step id", engaged.step, ids)
         elif isinstance(node, StepOpened | StepClicked) and step_ids is not None:
@@ -189,8 +213,10 @@ def _check_operator(c: Checker, kind: str, name: str, loc: Loc, node: FieldCondi
 
 def _fits(value: Any, field_type: str) -> bool:
     if field_type in ("number", "integer"):
-        return isinstance(value, int | float) and not isinstance(value, bool) and (
-            field_type == "number" or float(value).is_integer()
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (field_type == "number" or float(value).is_integer())
         )
     if field_type == "boolean":
         return isinstance(value, bool)
@@ -230,7 +256,7 @@ def _check_segment_cycles(c: Checker) -> None:
             if target not in segments:
                 continue
             if target in path:
-                cycle = [*path[path.index(target):], target]
+                cycle = [*path[path.index(target) :], target]
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
@@ -328,8 +354,9 @@ def _check_workflow(c: Checker, workflow: Workflow) -> None:
             if c.reference(kind, name, (*loc, "set_field", "field"), "field", assignment.field, desired.fields):
                 field_type = desired.fields[assignment.field].type
                 if assignment.value is not None and not _fits(assignment.value, field_type):
-                    c.report(kind, name, (*loc, "set_field", "value"), f"{assignment.value!r} is not a {field_type} value",
-                             f"{assignment.field} is a {field_type} field")  # fmt: skip
+                    message = f"{assignment.value!r} is not a {field_type} value"
+                    hint = f"{assignment.field} is a {field_type} field"
+                    c.report(kind, name, (*loc, "set_field", "value"), message, hint)
         if isinstance(step, SendStep) and step.id:
             earlier_sends[step.id] = len(earlier_sends)
 
@@ -436,7 +463,7 @@ def _check_templates(c: Checker) -> None:
         for key, text in (("subject", use.subject), ("preheader", use.preheader)):
             try:
                 render_text(text, context)
-            except Exception as exc:  # noqa: BLE001 - any Jinja failure is the author's to fix
+            except Exception as exc:
                 c.report(use.kind, use.name, (*use.loc[:-1], key), f"the {key} does not render: {exc}",
                          "check the Jinja: {{ contact.first_name | default('Hi') }}")  # fmt: skip
         template = desired.templates[use.template]
@@ -447,7 +474,7 @@ def _check_templates(c: Checker) -> None:
         except TemplateFailure as failure:
             template_problem(use, failure)
             continue
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             template_problem(use, TemplateFailure(template.jinja_name, 1, f"does not render: {exc}"))
             continue
         if use.marketing and use.template not in compliance_done:

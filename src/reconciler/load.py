@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from reconciler.errors import Problem, field_path, UsageError
+from reconciler.errors import Problem, UsageError, field_path
 from reconciler.spec import KINDS, DesiredState, Source, TemplateFile
 from reconciler.spec.types import Model
 from reconciler.yamlnodes import Document, parse_documents
@@ -145,8 +145,7 @@ def _load_document(
     kind, name = raw.get("kind"), raw.get("name")
     name = name if isinstance(name, str) else ""
     shown_kind = kind if isinstance(kind, str) and kind in KINDS else ""
-    for error in document.errors:
-        problems.append(Problem(path, error.line, error.column, shown_kind, name, "", error.message, error.hint))
+    problems.extend(Problem(path, e.line, e.column, shown_kind, name, "", e.message, e.hint) for e in document.errors)
     if not isinstance(kind, str) or kind not in KINDS:
         guess = difflib.get_close_matches(str(kind), list(KINDS), n=1)
         hint = f"did you mean {guess[0]}?" if guess else "kinds: " + ", ".join(KINDS)
@@ -241,20 +240,30 @@ def explain(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any
     field = next((p for p in reversed(error["loc"]) if isinstance(p, str) and not p.startswith("<")), "")
     if kind == "extra_forbidden":
         guess = difflib.get_close_matches(field, _keys_like(siblings, field), n=1, cutoff=0.7)
-        hint = f"did you mean {guess[0]!r}?" if guess else f"remove it; `reconciler schema` lists the keys of {_kind(model)}"
+        hint = (
+            f"did you mean {guess[0]!r}?"
+            if guess
+            else f"remove it; `reconciler schema` lists the keys of {_kind(model)}"
+        )
         return f"unknown key {field!r}", hint
     if kind == "missing":
         return f"missing required key {field!r}", f"add {field}: ..."
     if kind == "string_type" and isinstance(value, bool | int | float):
-        return "expected text, found a number or true/false", f"put the value in quotes: \"{_source_text(value)}\""
+        return (
+            "expected text, found a number or true/false",
+            f'put the value in quotes: "{_source_text(value)}"',
+        )
     if kind == "bool_type":
         if isinstance(value, str):
-            return f"expected true or false, found {value!r}", "write true or false; yes, no, on and off are text"
+            return (
+                f"expected true or false, found {value!r}",
+                "write true or false; yes, no, on and off are text",
+            )
         return "expected true or false", "write true or false"
     if kind == "timezone_aware":
         return (
             "the date-time has no UTC offset",
-            "add one, e.g. 2026-11-27T09:00:00+01:00, or use {local_time: \"09:00\", date: 2026-11-27} "
+            'add one, e.g. 2026-11-27T09:00:00+01:00, or use {local_time: "09:00", date: 2026-11-27} '
             "for each contact's own time zone",
         )
     if kind.startswith(("datetime_", "date_")):

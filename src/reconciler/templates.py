@@ -122,7 +122,10 @@ def compile_mjml(mjml: str, jinja_name: str) -> str:
         return _compile_mjml(mjml)
     except (ValueError, RuntimeError) as exc:
         raise TemplateFailure(
-            jinja_name, 1, f"MJML does not compile: {exc}", "check that every mj- tag is closed and nested as MJML allows"
+            jinja_name,
+            1,
+            f"MJML does not compile: {exc}",
+            "check that every mj- tag is closed and nested as MJML allows",
         ) from None
 
 

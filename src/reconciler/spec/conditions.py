@@ -239,7 +239,10 @@ class Engagement(Model):
 
 
 class EngagedCondition(Model):
-    """Engagement with a campaign, a workflow or any message: ``{engaged: {campaign: spring-sale, action: clicked}}``."""
+    """Engagement with a campaign, a workflow or any message.
+
+    ``{engaged: {campaign: spring-sale, action: clicked}}``
+    """
 
     engaged: Engagement
     """What was done, with which messages."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from reconciler.spec.workspace import KINDS
 
@@ -18,7 +19,7 @@ SCHEMA_ID = "https://reconciler.dev/schema/workspace.json"
 
 def json_schema() -> dict[str, Any]:
     """One schema that accepts any single document of a workspace."""
-    models = [(model, "validation") for model in KINDS.values()]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [(model, "validation") for model in KINDS.values()]
     refs, schema = models_json_schema(models, ref_template="#/definitions/{model}")
     definitions = schema.get("$defs", {})
     choices = []
@@ -29,7 +30,7 @@ def json_schema() -> dict[str, Any]:
         "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": SCHEMA_ID,
         "title": "reconciler workspace document",
-        "description": "One YAML document of a reconciler workspace: Settings, List, Field, Segment, Campaign or Workflow.",
+        "description": "One document of a reconciler workspace: Settings, List, Field, Segment, Campaign or Workflow.",
         "type": "object",
         "required": ["kind"],
         "properties": {"kind": {"enum": list(KINDS), "description": "The document kind."}},

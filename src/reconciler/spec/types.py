@@ -151,7 +151,7 @@ def _parse_clock(value: Any) -> time:
     if isinstance(value, str) and _CLOCK.match(value):
         hours, minutes = value.split(":")
         return time(int(hours), int(minutes))
-    raise ValueError(f"{value!r} is not a time of day (write 24-hour HH:MM in quotes, e.g. \"09:00\")")
+    raise ValueError(f'{value!r} is not a time of day (write 24-hour HH:MM in quotes, e.g. "09:00")')
 
 
 ClockTime = Annotated[
@@ -210,9 +210,9 @@ _ADDR_SPEC = re.compile(r"^[^@\s<>\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(
 def _address(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise ValueError("an address must be on one line")
-    display, addr = parseaddr(value)
+    _, addr = parseaddr(value)
     if not _ADDR_SPEC.match(addr):
-        raise ValueError(f"{value!r} is not an email address (e.g. \"Acme News <news@acme.example>\")")
+        raise ValueError(f'{value!r} is not an email address (e.g. "Acme News <news@acme.example>")')
     return value
 
 
