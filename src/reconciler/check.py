@@ -12,7 +12,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,14 +39,7 @@ from reconciler.spec.workflow import (
     WaitUntilStep,
     walk_steps,
 )
-from reconciler.templates import (
-    TemplateFailure,
-    compile_template,
-    render_source,
-    render_text,
-    sample_contact,
-    sources_of,
-)
+from reconciler.templates import TemplateFailure, TemplateSet, render_text, sample_contact
 
 Loc = tuple[str | int, ...]
 ORDERED_TYPES = {"number", "integer", "date", "datetime"}
@@ -422,29 +414,25 @@ def sample_context(desired: DesiredState, use: Use) -> dict[str, Any]:
     }
 
 
-class _Page(HTMLParser):
-    """The links and visible text of rendered HTML, for the compliance checks."""
+_HREF = re.compile(r"""<a\s[^>]*?href\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
+_INVISIBLE = re.compile(r"<(style|script|head)\b.*?</\1\s*>", re.I | re.S)
+_TAG = re.compile(r"<[^>]*>")
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.links: list[str] = []
-        self.text: list[str] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.links += [value for key, value in attrs if key == "href" and value]
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
+def links_and_text(page: str) -> tuple[list[str], str]:
+    """The link targets and the visible text (tags removed, entities decoded, spaces collapsed) of HTML."""
+    links = [html.unescape(double or single) for double, single in _HREF.findall(page)]
+    text = html.unescape(_TAG.sub(" ", _INVISIBLE.sub(" ", page)))
+    return links, " ".join(text.split())
 
 
 def _check_templates(c: Checker) -> None:
+    """Render every used template with sample data once, and every subject per use; then check compliance."""
     desired = c.desired
-    settings = desired.settings
-    assert settings is not None
-    sources = sources_of(desired.templates)
+    templates = TemplateSet(desired.templates)
     reported: set[tuple[str, int, str]] = set()
-    compliance_done: set[str] = set()
+    rendered: dict[str, str | None] = {}
+    compliant: set[str] = set()
 
     def template_problem(use: Use, failure: TemplateFailure) -> None:
         key = (failure.template, failure.line, failure.message)
@@ -453,8 +441,8 @@ def _check_templates(c: Checker) -> None:
         reported.add(key)
         name = failure.template.removesuffix(".mjml")
         path = desired.templates[name].path if name in desired.templates else f"templates/{failure.template}"
-        c.problems.append(Problem(path, failure.line, 1, "Template", name, "", failure.message,
-                                  failure.hint or f"used by {use.kind} {use.name}"))  # fmt: skip
+        hint = failure.hint or f"used by {use.kind} {use.name}"
+        c.problems.append(Problem(path, failure.line, 1, "Template", name, "", failure.message, hint))
 
     for use in _uses(desired):
         if use.template not in desired.templates:
@@ -463,40 +451,53 @@ def _check_templates(c: Checker) -> None:
         for key, text in (("subject", use.subject), ("preheader", use.preheader)):
             try:
                 render_text(text, context)
-            except Exception as exc:
-                c.report(use.kind, use.name, (*use.loc[:-1], key), f"the {key} does not render: {exc}",
-                         "check the Jinja: {{ contact.first_name | default('Hi') }}")  # fmt: skip
-        template = desired.templates[use.template]
-        try:
-            render_source(sources, template.jinja_name, context)
-            compiled = compile_template(desired.templates, use.template)
-            rendered = compiled.render(context)
-        except TemplateFailure as failure:
-            template_problem(use, failure)
-            continue
-        except Exception as exc:
-            template_problem(use, TemplateFailure(template.jinja_name, 1, f"does not render: {exc}"))
-            continue
-        if use.marketing and use.template not in compliance_done:
-            compliance_done.add(use.template)
-            _check_compliance(c, use, rendered, template.path, context)
+            except Exception as exc:  # any Jinja failure is the author's to fix
+                hint = "check the Jinja, e.g. {{ contact.first_name | default('Hi') }}"
+                c.report(use.kind, use.name, (*use.loc[:-1], key), f"the {key} does not render: {exc}", hint)
+        if use.template not in rendered:
+            rendered[use.template] = _render_sample(templates, use, context, template_problem)
+        page = rendered[use.template]
+        if page is not None and use.marketing and use.template not in compliant:
+            compliant.add(use.template)
+            _check_compliance(c, use, page, desired.templates[use.template].path, context)
+
+
+def _render_sample(templates: TemplateSet, use: Use, context: Mapping[str, Any], report: Any) -> str | None:
+    """The template's HTML for the sample contact, or None after reporting why it cannot be made.
+
+    The compiled template is what recipients get, so it is rendered first; only when that fails is the source
+    rendered directly, to name the file and line of the mistake (a layout, a partial, or the template itself).
+    """
+    try:
+        return templates.compile(use.template).render(context)
+    except TemplateFailure as failure:
+        report(use, failure)
+        return None
+    except Exception as exc:  # a template can fail in ways Jinja does not classify
+        failed: Exception = exc
+    try:
+        templates.render_source(use.template, context)
+    except TemplateFailure as failure:
+        report(use, failure)
+        return None
+    except Exception as exc:
+        failed = exc
+    report(use, TemplateFailure(templates.templates[use.template].jinja_name, 1, f"does not render: {failed}"))
+    return None
 
 
 def _check_compliance(c: Checker, use: Use, rendered: str, path: str, context: Mapping[str, Any]) -> None:
     settings = c.desired.settings
     assert settings is not None
-    page = _Page()
-    page.feed(rendered)
-    page.close()
-    if not any(link in (context["unsubscribe_url"], context["preferences_url"]) for link in page.links):
-        c.problems.append(Problem(path, 1, 1, "Template", use.template, "",
+    links, text = links_and_text(rendered)
+    if not any(link in (context["unsubscribe_url"], context["preferences_url"]) for link in links):
+        c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance",
             "marketing mail without an unsubscribe link",
             'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer '
             f"(used by {use.kind} {use.name})"))  # fmt: skip
-    text = " ".join(html.unescape("".join(page.text)).split())
     address = " ".join(settings.organization.postal_address.split())
     if address not in text:
-        c.problems.append(Problem(path, 1, 1, "Template", use.template, "",
+        c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance",
             "marketing mail without the organization's postal address",
             "add {{ organization.postal_address }} to the footer; the law asks for it "
             f"(used by {use.kind} {use.name})"))  # fmt: skip

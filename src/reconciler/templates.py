@@ -82,33 +82,19 @@ def protect(source: str) -> str:
     return "".join(out)
 
 
-def sources_of(templates: Mapping[str, TemplateFile]) -> dict[str, str]:
-    return {t.jinja_name: t.text for t in templates.values()}
+_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, cache_size=-1)
+_HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True, cache_size=-1)
 
 
-def html_environment(sources: Mapping[str, str]) -> SandboxedEnvironment:
-    """The environment that renders a template's source directly: it reports errors with their file and line."""
-    return SandboxedEnvironment(
-        loader=_Loader(sources), undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True
-    )
-
-
-_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+@lru_cache(maxsize=4096)
+def _text_template(source: str) -> Template:
+    return _TEXT_ENV.from_string(source)
 
 
 def render_text(source: str, context: Mapping[str, Any]) -> str:
     """Render a subject or preheader: no HTML escaping, and never a line break (header injection)."""
-    rendered = _TEXT_ENV.from_string(source).render(context)
+    rendered = _text_template(source).render(context)
     return " ".join(rendered.split())
-
-
-def flatten(sources: Mapping[str, str], jinja_name: str) -> str:
-    """Phase 1: resolve layouts and partials into one MJML document that still holds per-recipient Jinja."""
-    environment = SandboxedEnvironment(loader=_Loader(sources, protect), undefined=StrictUndefined)
-    try:
-        return environment.get_template(jinja_name).render()
-    except TemplateError as exc:
-        raise _failure(exc, jinja_name, "only literal names work in extends and include") from None
 
 
 @lru_cache(maxsize=512)
@@ -117,16 +103,12 @@ def _compile_mjml(source: str) -> str:
 
 
 def compile_mjml(mjml: str, jinja_name: str) -> str:
-    """Phase 2: MJML -> HTML, once per distinct document (cached by content)."""
+    """MJML -> HTML, once per distinct document (cached by content)."""
     try:
         return _compile_mjml(mjml)
     except (ValueError, RuntimeError) as exc:
-        raise TemplateFailure(
-            jinja_name,
-            1,
-            f"MJML does not compile: {exc}",
-            "check that every mj- tag is closed and nested as MJML allows",
-        ) from None
+        hint = "check that every mj- tag is closed and nested as MJML allows"
+        raise TemplateFailure(jinja_name, 1, f"MJML does not compile: {exc}", hint) from None
 
 
 @dataclass(frozen=True)
@@ -143,34 +125,57 @@ class CompiledTemplate:
 
 
 _COMPILED: dict[str, CompiledTemplate] = {}
+"""Compiled templates by the hash of their flat MJML: one MJML compile per distinct message definition."""
 
 
-def compile_template(templates: Mapping[str, TemplateFile], name: str) -> CompiledTemplate:
-    """Flatten, compile and prepare a template; the same flat MJML is compiled only once per process."""
-    sources = sources_of(templates)
-    jinja_name = templates[name].jinja_name
-    flat = flatten(sources, jinja_name)
-    key = hashlib.sha256(flat.encode()).hexdigest()
-    cached = _COMPILED.get(key)
-    if cached is None:
-        html = compile_mjml(flat, jinja_name)
+class TemplateSet:
+    """A workspace's templates with their two Jinja environments, built once and reused for every template."""
+
+    def __init__(self, templates: Mapping[str, TemplateFile]) -> None:
+        self.templates = templates
+        sources = {t.jinja_name: t.text for t in templates.values()}
+        options: dict[str, Any] = {"undefined": StrictUndefined, "auto_reload": False, "cache_size": -1}
+        self._direct = SandboxedEnvironment(
+            loader=_Loader(sources), autoescape=True, keep_trailing_newline=True, **options
+        )
+        self._structure = SandboxedEnvironment(loader=_Loader(sources, protect), **options)
+        self._flat: dict[str, str] = {}
+
+    def flatten(self, name: str) -> str:
+        """Phase 1: resolve layouts and partials into one MJML document that still holds per-recipient Jinja."""
+        if name not in self._flat:
+            jinja_name = self.templates[name].jinja_name
+            try:
+                self._flat[name] = self._structure.get_template(jinja_name).render()
+            except TemplateError as exc:
+                raise _failure(exc, jinja_name, "only literal names work in extends and include") from None
+        return self._flat[name]
+
+    def compile(self, name: str) -> CompiledTemplate:
+        """Flatten, compile and prepare a template; the same flat MJML is compiled only once per process."""
+        flat = self.flatten(name)
+        key = hashlib.sha256(flat.encode()).hexdigest()
+        cached = _COMPILED.get(key)
+        if cached is None:
+            jinja_name = self.templates[name].jinja_name
+            html = compile_mjml(flat, jinja_name)
+            try:
+                template = _HTML_ENV.from_string(html)
+            except TemplateSyntaxError as exc:
+                raise TemplateFailure(jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}") from None
+            cached = CompiledTemplate(name=name, html=html, content_hash=key, template=template)
+            if len(_COMPILED) > 2048:
+                _COMPILED.clear()
+            _COMPILED[key] = cached
+        return cached
+
+    def render_source(self, name: str, context: Mapping[str, Any]) -> str:
+        """Render the template's MJML source directly, so a mistake is reported with its own file and line."""
+        jinja_name = self.templates[name].jinja_name
         try:
-            template = html_environment({}).from_string(html)
-        except TemplateSyntaxError as exc:
-            raise TemplateFailure(jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}") from None
-        cached = CompiledTemplate(name=name, html=html, content_hash=key, template=template)
-        if len(_COMPILED) > 2048:
-            _COMPILED.clear()
-        _COMPILED[key] = cached
-    return cached
-
-
-def render_source(sources: Mapping[str, str], jinja_name: str, context: Mapping[str, Any]) -> str:
-    """Render the template's MJML source directly, so a mistake is reported with its own file and line."""
-    try:
-        return html_environment(sources).get_template(jinja_name).render(context)
-    except TemplateError as exc:
-        raise _failure(exc, jinja_name) from None
+            return self._direct.get_template(jinja_name).render(context)
+        except TemplateError as exc:
+            raise _failure(exc, jinja_name) from None
 
 
 def _failure(exc: TemplateError, jinja_name: str, hint: str = "") -> TemplateFailure:

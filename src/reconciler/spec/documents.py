@@ -235,7 +235,7 @@ class Settings(Document):
     frequency_cap: FrequencyCap | None = None
     """A limit on marketing messages per contact."""
     api: Api = Api()
-    """The HTTP API."""
+    """The HTTP API: where its bearer token comes from."""
 
 
 # --- Lists and fields -------------------------------------------------------------------------------

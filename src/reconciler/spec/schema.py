@@ -35,8 +35,21 @@ def json_schema() -> dict[str, Any]:
         "required": ["kind"],
         "properties": {"kind": {"enum": list(KINDS), "description": "The document kind."}},
         "allOf": choices,
-        "definitions": definitions,
+        "definitions": _draft7_refs(definitions),
     }
+
+
+def _draft7_refs(node: Any) -> Any:
+    """Draft-07 ignores keys beside a ``$ref``; wrap the ref in ``allOf`` so descriptions and defaults show."""
+    if isinstance(node, list):
+        return [_draft7_refs(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _draft7_refs(value) for key, value in node.items()}
+    if "$ref" in node and len(node) > 1:
+        ref = node.pop("$ref")
+        node["allOf"] = [{"$ref": ref}]
+    return node
 
 
 def json_schema_text() -> str:

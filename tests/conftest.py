@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to the example workspace and a way to write small workspaces."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_FOLDERS = ("spec", "campaigns", "templates")
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """A private copy of the repository's example workspace, safe to edit."""
+    for folder in EXAMPLE_FOLDERS:
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    return tmp_path
+
+
+WriteFiles = Callable[[dict[str, str]], Path]
+
+
+@pytest.fixture
+def write_files(tmp_path: Path) -> WriteFiles:
+    """Write {relative path: text} into the temporary workspace (dedented) and return its root."""
+
+    def write(files: dict[str, str]) -> Path:
+        for relative, text in files.items():
+            path = tmp_path / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return tmp_path
+
+    return write

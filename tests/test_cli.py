@@ -1,0 +1,95 @@
+"""The `reconciler` command as a user runs it: real processes, real files, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, WriteFiles
+
+
+def reconciler(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_example_workspace_is_valid() -> None:
+    result = reconciler("validate", cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert "valid" in result.stderr
+
+
+def test_github_format_prints_annotations_and_exits_1(example: Path) -> None:
+    campaign = next((example / "campaigns").glob("*.yaml"))
+    text = campaign.read_text()
+    campaign.write_text(text.replace("subject:", "subjct:", 1))
+    result = reconciler("validate", "--format", "github", cwd=example)
+    assert result.returncode == 1
+    relative = campaign.relative_to(example).as_posix()
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.startswith("subject:"))
+    assert f"::error file={relative},line={line},col=1,title=Campaign " in result.stdout
+    assert "unknown key 'subjct'" in result.stdout
+    assert "did you mean 'subject'?" in result.stdout
+
+
+def test_json_format_is_machine_readable(example: Path) -> None:
+    (example / "campaigns" / "extra.yaml").write_text("kind: Campaign\nname: extra\n")
+    result = reconciler("validate", "--format", "json", cwd=example)
+    report = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert report["ok"] is False
+    missing = {p["message"] for p in report["problems"] if p["file"] == "campaigns/extra.yaml"}
+    assert {"missing required key 'subject'", "missing required key 'template'"} <= missing
+
+
+def test_validating_one_file_shows_only_its_problems(example: Path) -> None:
+    (example / "campaigns" / "a.yaml").write_text("kind: Campaign\nname: a\n")
+    (example / "campaigns" / "b.yaml").write_text("kind: Campaign\nname: b\n")
+    result = reconciler("validate", "campaigns/a.yaml", cwd=example)
+    assert result.returncode == 1
+    assert "campaigns/a.yaml" in result.stdout
+    assert "campaigns/b.yaml" not in result.stdout
+
+
+def test_workspace_option_validates_another_folder(example: Path, tmp_path: Path) -> None:
+    result = reconciler("-C", str(example), "validate", cwd=REPO / "src")
+    assert result.returncode == 0, result.stdout
+
+
+def test_a_path_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    result = reconciler("validate", "nowhere", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nowhere does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_folder_that_is_no_workspace_is_a_usage_error(tmp_path: Path) -> None:
+    result = reconciler("validate", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not in a workspace" in result.stderr
+
+
+def test_problems_never_print_a_traceback_and_debug_does(write_files: WriteFiles) -> None:
+    root = write_files({"spec/settings.yaml": "kind: Settings\nname: default\n  broken: [\n"})
+    result = reconciler("validate", cwd=root)
+    assert result.returncode == 1
+    assert "spec/settings.yaml:3" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_version_and_module_entry_point() -> None:
+    result = reconciler("--version", cwd=REPO)
+    assert result.returncode == 0
+    assert result.stdout.startswith("reconciler, version ")
+
+
+def test_schema_is_printed_as_json() -> None:
+    result = reconciler("schema", cwd=REPO)
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["$schema"] == "http://json-schema.org/draft-07/schema#"
