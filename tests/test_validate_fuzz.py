@@ -62,8 +62,10 @@ YAML_PIECES = [
     "é",
     "\x00",
 ]
-TEMPLATE_PIECES = ["<mj-section>", "</mj-column>", "<mj-text>", "{{ contact.", "{% if x %}", "{% endif %}",
-                   "{% include 'partials/nope.mjml' %}", "{% extends 'x' %}", "{% block content %}", "<", ">", "&", "}}"]  # fmt: skip
+TEMPLATE_PIECES = [
+    "<mj-section>", "</mj-column>", "<mj-text>", "{{ contact.", "{% if x %}", "{% endif %}",
+    "{% include 'partials/nope.mjml' %}", "{% extends 'x' %}", "{% block content %}", "<", ">", "&", "}}",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +105,8 @@ def mutation(draw: st.DrawFn, text: str, pieces: list[str]) -> str:
             index = draw(st.integers(0, len(lines) - 1))
             key, sep, _ = lines[index].partition(":")
             if sep:
-                lines[index] = (
-                    f"{key}: {draw(st.sampled_from(pieces + ['', '[]', '{}', '-1', '99999999999999999999']))}\n"
-                )
+                values = [*pieces, "", "[]", "{}", "-1", "99999999999999999999"]
+                lines[index] = f"{key}: {draw(st.sampled_from(values))}\n"
             text = "".join(lines)
     return text
 
