@@ -276,8 +276,9 @@ def explain(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any
         return "expected a mapping of keys and values", "indent the keys below this one, or use {key: value}"
     if kind == "list_type":
         return "expected a list", "write [a, b] or one '- item' per line"
-    if kind in ("too_short", "too_long") and "List" in message:
-        return message.replace("List should", "the list should"), ""
+    if kind == "too_short":
+        minimum = (error.get("ctx") or {}).get("min_length", 1)
+        return f"needs at least {minimum} {'entry' if minimum == 1 else 'entries'}", ""
     return message, ""
 
 
