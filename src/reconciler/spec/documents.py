@@ -17,6 +17,7 @@ from pydantic import (
     PositiveInt,
     StrictBool,
     Tag,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -317,6 +318,14 @@ class LocalSendTime(Model):
     """The day, e.g. 2026-11-27."""
 
 
+_DATETIME_SCHEMA = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$",
+    "description": "An ISO 8601 date-time with a UTC offset, e.g. 2026-11-27T09:00:00+01:00.",
+}
+
+
 def _send_at_kind(value: Any) -> str | None:
     if value == "now":
         return "<now>"
@@ -328,7 +337,7 @@ def _send_at_kind(value: Any) -> str | None:
 SendAt = Annotated[
     Union[  # noqa: UP007
         Annotated[Literal["now"], Tag("<now>")],
-        Annotated[AwareDatetime, Tag("<at>")],
+        Annotated[AwareDatetime, Tag("<at>"), WithJsonSchema(_DATETIME_SCHEMA)],
         Annotated[LocalSendTime, Tag("<local>")],
     ],
     Discriminator(_send_at_kind),
