@@ -39,7 +39,7 @@ from reconciler.spec.workflow import (
     WaitUntilStep,
     walk_steps,
 )
-from reconciler.templates import TemplateFailure, TemplateSet, render_text, sample_contact
+from reconciler.templates import TemplateFailure, TemplateSet, describe_error, render_text, sample_contact
 
 Loc = tuple[str | int, ...]
 ORDERED_TYPES = {"number", "integer", "date", "datetime"}
@@ -73,7 +73,7 @@ class Checker:
         known = list(known)
         if target in known:
             return True
-        if (_DOCUMENT_KINDS.get(target_kind, ""), target) in self.desired.invalid:
+        if {(_DOCUMENT_KINDS.get(target_kind, ""), target), ("*", target)} & self.desired.invalid:
             return False  # the target has its own errors; "unknown" would only add noise
         guess = difflib.get_close_matches(target, known, n=1)
         if guess:
@@ -92,7 +92,7 @@ def check(desired: DesiredState) -> list[Problem]:
     if desired.settings is None:
         if any(kind == "Settings" for kind, _ in desired.invalid):
             return checker.problems  # its errors are reported; the rest cannot be checked without it
-        path = os.path.join(desired.root, "spec", "settings.yaml")
+        path = os.path.normpath(os.path.join(desired.root, "spec", "settings.yaml"))
         message = "the workspace has no Settings document"
         hint = "add spec/settings.yaml with kind: Settings (organization, public_url, senders, defaults)"
         checker.problems.append(Problem(path, 1, 1, "Settings", "", "", message, hint))
@@ -433,6 +433,7 @@ def _check_templates(c: Checker) -> None:
     reported: set[tuple[str, int, str]] = set()
     rendered: dict[str, str | None] = {}
     compliant: set[str] = set()
+    messages = set(_message_templates(desired))
 
     def template_problem(use: Use, failure: TemplateFailure) -> None:
         key = (failure.template, failure.line, failure.message)
@@ -445,15 +446,15 @@ def _check_templates(c: Checker) -> None:
         c.problems.append(Problem(path, failure.line, 1, "Template", name, "", failure.message, hint))
 
     for use in _uses(desired):
-        if use.template not in desired.templates:
+        if use.template not in messages:
             continue  # already reported as an unknown reference
         context = sample_context(desired, use)
         for key, text in (("subject", use.subject), ("preheader", use.preheader)):
             try:
                 render_text(text, context)
             except Exception as exc:  # any Jinja failure is the author's to fix
-                hint = "check the Jinja, e.g. {{ contact.first_name | default('Hi') }}"
-                c.report(use.kind, use.name, (*use.loc[:-1], key), f"the {key} does not render: {exc}", hint)
+                message, hint = describe_error(exc)
+                c.report(use.kind, use.name, (*use.loc[:-1], key), f"the {key} does not render: {message}", hint)
         if use.template not in rendered:
             rendered[use.template] = _render_sample(templates, use, context, template_problem)
         page = rendered[use.template]
@@ -492,12 +493,10 @@ def _check_compliance(c: Checker, use: Use, rendered: str, path: str, context: M
     links, text = links_and_text(rendered)
     if not any(link in (context["unsubscribe_url"], context["preferences_url"]) for link in links):
         c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance",
-            "marketing mail without an unsubscribe link",
-            'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer '
-            f"(used by {use.kind} {use.name})"))  # fmt: skip
+            f"marketing mail ({use.kind} {use.name}) without an unsubscribe link",
+            'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer'))  # fmt: skip
     address = " ".join(settings.organization.postal_address.split())
     if address not in text:
         c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance",
-            "marketing mail without the organization's postal address",
-            "add {{ organization.postal_address }} to the footer; the law asks for it "
-            f"(used by {use.kind} {use.name})"))  # fmt: skip
+            f"marketing mail ({use.kind} {use.name}) without the organization's postal address",
+            "add {{ organization.postal_address }} to the footer: anti-spam law requires it"))  # fmt: skip

@@ -28,6 +28,7 @@ SECRET_KEYS = frozenset(
     {"password", "passwd", "secret", "token", "api_key", "apikey", "api_token", "private_key", "signing_key",
      "secret_key", "access_key", "client_secret", "key"}
 )  # fmt: skip
+_DECLARED_NAME = re.compile(r"^\s*-?\s*name:\s*['\"]?([a-z0-9_-]+)", re.M)
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 
@@ -68,6 +69,8 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
         digest.update(file.relative_to(root).as_posix().encode() + b"\0" + text.encode())
         parsed, node_errors = parse_documents(text)
         problems += [Problem(shown, e.line, e.column, "", "", "", e.message, e.hint) for e in node_errors]
+        if node_errors:  # what the unreadable part declares is unknown: keep references to it from piling up
+            invalid |= {("*", found) for found in _DECLARED_NAME.findall(text)}
         for document in parsed:
             _load_document(document, shown, documents, sources, problems, invalid)
 
@@ -150,7 +153,7 @@ def _load_document(
         guess = difflib.get_close_matches(str(kind), list(KINDS), n=1)
         hint = f"did you mean {guess[0]}?" if guess else "kinds: " + ", ".join(KINDS)
         message = "missing kind" if kind is None else f"unknown kind {kind!r}"
-        problem(("kind",), "", name, "kind", message, hint)
+        problem(("kind",), "", "", "kind", message, hint)
         return
     secret_locs = _scan_secrets(raw, (), lambda loc, msg, hint: problem(loc, kind, name, field_path(loc), msg, hint))
     model = KINDS[kind]
@@ -160,12 +163,17 @@ def _load_document(
         invalid.add((kind, name))
         for error in exc.errors():
             loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("<")))
-            if error["type"] == "extra_forbidden" and loc in secret_locs:
+            if loc in secret_locs or _is_covered_by_typo(error, loc, raw):
                 continue
             message, hint = explain(error, model, _mapping_at(raw, loc[:-1]))
             problem(loc, kind, name, field_path(loc), message, hint)
         return
     key = getattr(parsed, "name", name)
+    if kind == "Settings" and documents["Settings"]:
+        first = next(iter(sources[("Settings", n)] for n in documents["Settings"]))
+        problem((), kind, key, "", f"a second Settings document (the first is at {first.path}:{first.line})",
+                "a workspace has exactly one Settings document; merge them")  # fmt: skip
+        return
     if key in documents[kind]:
         first = sources[(kind, key)]
         problem(
@@ -173,11 +181,6 @@ def _load_document(
             f"duplicate {kind} name {key!r} (first defined at {first.path}:{first.line})",
             "give each document of a kind its own name",
         )  # fmt: skip
-        return
-    if kind == "Settings" and documents["Settings"]:
-        first = next(iter(sources[("Settings", n)] for n in documents["Settings"]))
-        problem((), kind, key, "", f"a second Settings document (the first is at {first.path}:{first.line})",
-                "a workspace has exactly one Settings document; merge them")  # fmt: skip
         return
     documents[kind][key] = parsed
     sources[(kind, key)] = where
@@ -200,8 +203,8 @@ def _scan_secrets(value: Any, loc: tuple[str | int, ...], report: Any) -> set[tu
         for index, item in enumerate(value):
             found |= _scan_secrets(item, (*loc, index), report)
     elif isinstance(value, str) and _PEM.search(value):
-        report(loc, "a private key written into the spec",
-               "remove it from git, rotate it, and put it in an environment variable (private_key_env)")  # fmt: skip
+        hint = "remove it from git, rotate it, and put it in the environment variable that private_key_env names"
+        report(loc, "a private key written into the spec", hint)
         found.add(loc)
     return found
 
@@ -216,6 +219,15 @@ def _model_keys() -> list[frozenset[str]]:
         models += model.__subclasses__()
         found.append(frozenset(info.alias or name for name, info in model.model_fields.items()))
     return found
+
+
+def _is_covered_by_typo(error: ErrorDetails, loc: tuple[str | int, ...], raw: Any) -> bool:
+    """A missing key whose misspelling sits in the same mapping is already explained by "did you mean"."""
+    if error["type"] != "missing" or not loc or not isinstance(loc[-1], str):
+        return False
+    siblings = _mapping_at(raw, loc[:-1])
+    unknown = [key for key in siblings if key not in _keys_like(siblings, key)]
+    return any(loc[-1] in difflib.get_close_matches(key, [str(loc[-1])], n=1, cutoff=0.7) for key in unknown)
 
 
 def _mapping_at(raw: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
@@ -276,6 +288,10 @@ def explain(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any
         return "expected a mapping of keys and values", "indent the keys below this one, or use {key: value}"
     if kind == "list_type":
         return "expected a list", "write [a, b] or one '- item' per line"
+    if kind == "int_parsing" or kind == "int_type":
+        return f"expected a whole number, found {value!r}", ""
+    if kind in ("float_parsing", "float_type"):
+        return f"expected a number, found {value!r}", ""
     if kind == "too_short":
         minimum = (error.get("ctx") or {}).get("min_length", 1)
         return f"needs at least {minimum} {'entry' if minimum == 1 else 'entries'}", ""

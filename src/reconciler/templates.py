@@ -24,8 +24,17 @@ from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
-from jinja2 import BaseLoader, StrictUndefined, Template, TemplateError, TemplateNotFound, TemplateSyntaxError
+from jinja2 import (
+    BaseLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+)
 from jinja2.environment import Environment
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from mjml import mjml2html
 
@@ -148,7 +157,7 @@ class TemplateSet:
             try:
                 self._flat[name] = self._structure.get_template(jinja_name).render()
             except TemplateError as exc:
-                raise _failure(exc, jinja_name, "only literal names work in extends and include") from None
+                raise _failure(exc, jinja_name, structure=True) from None
         return self._flat[name]
 
     def compile(self, name: str) -> CompiledTemplate:
@@ -178,21 +187,35 @@ class TemplateSet:
             raise _failure(exc, jinja_name) from None
 
 
-def _failure(exc: TemplateError, jinja_name: str, hint: str = "") -> TemplateFailure:
+def describe_error(exc: Exception) -> tuple[str, str]:
+    """A Jinja error as a sentence a template author can act on, and a hint."""
     if isinstance(exc, TemplateSyntaxError):
-        return TemplateFailure(exc.name or jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}", hint)
-    template, line = _innermost_template_frame(exc.__traceback__, jinja_name)
-    message = str(exc.message or exc)
+        return f"Jinja syntax: {exc.message}", "check that every {{ }} and {% %} is closed"
     if isinstance(exc, TemplateNotFound):
-        return TemplateFailure(template, line, f"template {exc.name!r} not found", "the path is under templates/")
-    if "undefined" in message or "has no attribute" in message:
+        return f"template {exc.name!r} not found", "the path is relative to templates/, with .mjml"
+    message = str(getattr(exc, "message", None) or exc)
+    if isinstance(exc, UndefinedError):
         names = re.findall(r"'([^']+)'", message)
         unknown = names[-1] if names else message
-        return TemplateFailure(
-            template, line, f"unknown variable or field {unknown!r}",
+        return f"unknown variable or field {unknown!r}", (
             "check the spelling; contact fields are contact.<name> for built-in and declared Fields; "
-            "use | default('...') for data a contact may lack",
-        )  # fmt: skip
+            "use | default('...') for data a contact may lack"
+        )
+    if isinstance(exc, SecurityError):
+        return f"not allowed in a template: {message}", "templates run in a sandbox"
+    return message, ""
+
+
+def _failure(exc: TemplateError, jinja_name: str, *, structure: bool = False) -> TemplateFailure:
+    if isinstance(exc, TemplateSyntaxError):
+        template, line = exc.name or jinja_name, exc.lineno or 1
+    else:
+        template, line = _innermost_template_frame(exc.__traceback__, jinja_name)
+    if structure and isinstance(exc, UndefinedError):
+        # In the structure pass only extends/include/block run: a variable there is a computed template name.
+        return TemplateFailure(template, line, "extends and include need a literal template name",
+                               'write {% include "partials/footer.mjml" %}')  # fmt: skip
+    message, hint = describe_error(exc)
     return TemplateFailure(template, line, message, hint)
 
 

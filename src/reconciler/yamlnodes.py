@@ -186,7 +186,9 @@ def parse_documents(text: str) -> tuple[list[Document], list[NodeError]]:
                 line, column = _pos(node)
                 documents.append(Document(value, line, column, builder.positions, builder.errors))
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        # An unclosed bracket or quote is noticed lines later; where it opened is where the fix goes.
+        opened = (exc.context or "").startswith(("while parsing a flow", "while scanning a quoted"))
+        mark = (exc.context_mark if opened else None) or exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         errors.append(NodeError(line, column, f"YAML syntax: {problem}", _syntax_hint(problem)))
