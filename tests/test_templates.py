@@ -6,7 +6,7 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 from reconciler.spec import TemplateFile
-from reconciler.templates import TemplateFailure, TemplateSet, _compile_mjml, protect, render_text
+from reconciler.templates import StrictFields, TemplateFailure, TemplateSet, _compile_mjml, protect, render_text
 
 LAYOUT = """<mjml><mj-body>
 {% block content %}{% endblock %}
@@ -29,8 +29,9 @@ def templates(**overrides: str) -> dict[str, TemplateFile]:
     return {name: TemplateFile(name=name, path=f"templates/{name}.mjml", text=text) for name, text in texts.items()}
 
 
-def context(**contact: object) -> dict[str, object]:
-    return {"contact": {"first_name": "Ada", "vip": False, **contact}, "unsubscribe_url": "https://x.example/u/T"}
+def context(contact: object = None, **fields: object) -> dict[str, object]:
+    person = contact if contact is not None else {"first_name": "Ada", "vip": False, **fields}
+    return {"contact": person, "unsubscribe_url": "https://x.example/u/T"}
 
 
 def test_structure_is_resolved_while_per_recipient_jinja_survives() -> None:
@@ -99,3 +100,17 @@ def test_subjects_never_carry_line_breaks() -> None:
 
 def test_subjects_are_not_html_escaped() -> None:
     assert render_text("{{ a }}", {"a": "Tom & Jerry's <deal>"}) == "Tom & Jerry's <deal>"
+
+
+def test_a_misspelt_field_is_an_error_even_behind_a_default() -> None:
+    contact = StrictFields({"first_name": "Ada", "vip": False}, known=["first_name", "city"])
+    typo = MESSAGE.replace("{{ contact.first_name }}", "{{ contact.frist_name | default('there') }}")
+    with pytest.raises(TemplateFailure) as failure:
+        TemplateSet(templates(**{"news/hello": typo})).render_source("news/hello", context(contact=contact))
+    assert "frist_name" in failure.value.message
+    assert "first_name" in failure.value.hint
+
+
+def test_a_declared_field_the_contact_lacks_falls_back_to_its_default() -> None:
+    contact = StrictFields({"first_name": "Ada"}, known=["first_name", "city"])
+    assert render_text("{{ contact.city | default('your town') }}", {"contact": contact}) == "your town"

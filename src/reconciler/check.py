@@ -39,7 +39,14 @@ from reconciler.spec.workflow import (
     WaitUntilStep,
     walk_steps,
 )
-from reconciler.templates import TemplateFailure, TemplateSet, describe_error, render_text, sample_contact
+from reconciler.templates import (
+    StrictFields,
+    TemplateFailure,
+    TemplateSet,
+    describe_error,
+    render_text,
+    sample_contact,
+)
 
 Loc = tuple[str | int, ...]
 ORDERED_TYPES = {"number", "integer", "date", "datetime"}
@@ -404,9 +411,9 @@ def sample_context(desired: DesiredState, use: Use) -> dict[str, Any]:
     list_spec = desired.lists.get(use.list_name)
     return {
         "contact": sample_contact({n: f.type for n, f in desired.fields.items()}),
-        "organization": settings.organization.model_dump(),
-        "campaign": {"name": use.name, "subject": use.subject},
-        "list": {"name": use.list_name, "title": list_spec.title if list_spec else use.list_name},
+        "organization": StrictFields(settings.organization.model_dump()),
+        "campaign": StrictFields({"name": use.name, "subject": use.subject}),
+        "list": StrictFields({"name": use.list_name, "title": list_spec.title if list_spec else ""}),
         "unsubscribe_url": f"{base}/u/{SAMPLE_TOKEN}",
         "preferences_url": f"{base}/p/{SAMPLE_TOKEN}",
         "view_online_url": f"{base}/v/{SAMPLE_TOKEN}",

@@ -15,9 +15,10 @@ Everything runs in a `SandboxedEnvironment` with `StrictUndefined`: a misspelt v
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -183,12 +184,43 @@ class TemplateSet:
         jinja_name = self.templates[name].jinja_name
         try:
             return self._direct.get_template(jinja_name).render(context)
-        except TemplateError as exc:
+        except (TemplateError, UnknownName) as exc:
             raise _failure(exc, jinja_name) from None
+
+
+class UnknownName(Exception):  # not a LookupError: Jinja would turn that into a silent "undefined"
+    """A template asked a mapping such as `contact` for a name it can never have."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = sorted(known)
+
+
+class StrictFields(dict[str, Any]):
+    """A mapping whose missing *declared* keys are undefined, but whose unknown keys are errors.
+
+    Jinja treats a missing key as undefined, and ``| default(...)`` turns undefined into a fallback. That is right
+    for a contact who lacks a declared field, and wrong for a misspelt one (``contact.frist_name | default('Hi')``
+    would greet everyone with "Hi" forever), so a name that is not declared raises instead.
+    """
+
+    def __init__(self, values: Mapping[str, Any], *, known: Iterable[str] = ()) -> None:
+        super().__init__(values)
+        self.allowed = frozenset(known) | frozenset(values)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.allowed:
+            raise UnknownName(key, self.allowed)
+        return super().__getitem__(key)
 
 
 def describe_error(exc: Exception) -> tuple[str, str]:
     """A Jinja error as a sentence a template author can act on, and a hint."""
+    if isinstance(exc, UnknownName):
+        close = difflib.get_close_matches(exc.name, exc.known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(exc.known)
+        return f"unknown variable or field {exc.name!r}", hint
     if isinstance(exc, TemplateSyntaxError):
         return f"Jinja syntax: {exc.message}", "check that every {{ }} and {% %} is closed"
     if isinstance(exc, TemplateNotFound):
@@ -206,7 +238,7 @@ def describe_error(exc: Exception) -> tuple[str, str]:
     return message, ""
 
 
-def _failure(exc: TemplateError, jinja_name: str, *, structure: bool = False) -> TemplateFailure:
+def _failure(exc: Exception, jinja_name: str, *, structure: bool = False) -> TemplateFailure:
     if isinstance(exc, TemplateSyntaxError):
         template, line = exc.name or jinja_name, exc.lineno or 1
     else:
@@ -241,11 +273,11 @@ SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
-def sample_contact(fields: Mapping[str, str]) -> dict[str, Any]:
+def sample_contact(fields: Mapping[str, str]) -> StrictFields:
     """A contact with every built-in and declared field set, as `validate` renders templates with."""
     contact: dict[str, Any] = {name: SAMPLE_VALUES[kind] for name, kind in fields.items()}
     contact.update(
         email="sample.subscriber@example.com", first_name="Alex", last_name="Sample", timezone="UTC",
         locale="en", country="PL", tags=["sample"], created_at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
     )  # fmt: skip
-    return contact
+    return StrictFields(contact)
