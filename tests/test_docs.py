@@ -1,0 +1,46 @@
+"""Every command, option and document kind a user can meet is documented where they will look."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from conftest import REPO
+from reconciler.cli import main
+from reconciler.spec import KINDS
+
+README = (REPO / "README.md").read_text()
+SPEC_DOC = (REPO / "docs" / "spec-language.md").read_text()
+
+
+def commands() -> list[tuple[str, click.Command]]:
+    assert isinstance(main, click.Group)
+    return sorted(main.commands.items())
+
+
+@pytest.mark.parametrize(("name", "command"), commands())
+def test_every_command_and_option_is_in_the_readme(name: str, command: click.Command) -> None:
+    assert f"  {name} " in README or f"reconciler {name}" in README
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert any(opt in README for opt in param.opts), f"{name} {param.opts} is not in README.md"
+
+
+def test_global_options_are_in_the_readme() -> None:
+    for param in main.params:
+        if isinstance(param, click.Option) and "--help" not in param.opts:
+            assert any(opt in README for opt in param.opts), param.opts
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_is_in_the_example_and_the_spec_guide(kind: str) -> None:
+    example = "\n".join(p.read_text() for p in REPO.glob("spec/*.yaml")) + "\n".join(
+        p.read_text() for p in REPO.glob("campaigns/*.yaml")
+    )
+    assert f"kind: {kind}" in example
+    assert kind in SPEC_DOC or kind in README
+
+
+def test_the_readme_shows_the_two_commands_and_ci_usage() -> None:
+    for text in ("make run", "make test", "reconciler validate --format github", "reconciler schema"):
+        assert text in README
