@@ -9,7 +9,7 @@ Conditions compile to parameterised SQL (segments module); nothing here is ever 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -269,29 +269,20 @@ class NotCondition(Model):
     """The condition to negate."""
 
 
-def key_discriminator(keys: tuple[str, ...], classes: dict[type, str]) -> Callable[[Any], str | None]:
+def key_discriminator(keys: tuple[str, ...]) -> Callable[[Any], str | None]:
     """Pick a union member by which subject key a mapping has: errors then speak about one member only."""
 
     def pick(value: Any) -> str | None:
         if isinstance(value, dict):
-            return next((f"<{key}>" for key in keys if key in value), None)
-        return classes.get(type(value))
+            present: Iterable[str] = value.keys()
+        else:  # a model being serialised: its own keys tell which member it is
+            present = {info.alias or name for name, info in type(value).model_fields.items()}
+        return next((f"<{key}>" for key in keys if key in present), None)
 
     return pick
 
 
 CONDITION_KEYS = ("all", "any", "not", "field", "tag", "list", "in_segment", "event", "engaged")
-_CONDITION_CLASSES: dict[type, str] = {
-    AllCondition: "<all>",
-    AnyCondition: "<any>",
-    NotCondition: "<not>",
-    FieldCondition: "<field>",
-    TagCondition: "<tag>",
-    ListCondition: "<list>",
-    InSegmentCondition: "<in_segment>",
-    EventCondition: "<event>",
-    EngagedCondition: "<engaged>",
-}
 
 Condition = Annotated[
     Union[  # noqa: UP007 - Tag annotations need the Union spelling
@@ -306,7 +297,7 @@ Condition = Annotated[
         Annotated[EngagedCondition, Tag("<engaged>")],
     ],
     Discriminator(
-        key_discriminator(CONDITION_KEYS, _CONDITION_CLASSES),
+        key_discriminator(CONDITION_KEYS),
         custom_error_type="condition",
         custom_error_message="a condition needs one of: " + ", ".join(CONDITION_KEYS),
     ),
@@ -347,9 +338,7 @@ StepCondition = Annotated[
         Annotated[EngagedCondition, Tag("<engaged>")],
     ],
     Discriminator(
-        key_discriminator(
-            STEP_CONDITION_KEYS, {StepOpened: "<opened>", StepClicked: "<clicked>", **_CONDITION_CLASSES}
-        ),
+        key_discriminator(STEP_CONDITION_KEYS),
         custom_error_type="condition",
         custom_error_message="a workflow condition needs one of: " + ", ".join(STEP_CONDITION_KEYS),
     ),

@@ -8,6 +8,7 @@ Each type validates strictly and explains itself in its error, because a markete
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import time, timedelta
 from email.utils import parseaddr
 from typing import Annotated, Any
@@ -19,10 +20,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     PlainSerializer,
     StrictBool,
     WithJsonSchema,
 )
+from pydantic_core import core_schema
 
 
 class Model(BaseModel):
@@ -37,57 +41,51 @@ class Model(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class Matching:
+    """``Annotated[str, Matching(...)]``: text that must match a pattern, with what to write when it does not."""
+
+    pattern: str
+    expected: str
+    """Completes the sentence "'X' is not ...", with an example."""
+    max_length: int = 64
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
+        return {"type": "string", "pattern": self.pattern, "maxLength": self.max_length}
+
+    def _check(self, value: str) -> str:
+        if len(value) > self.max_length or not re.match(self.pattern, value):
+            raise ValueError(f"{value!r} is not {self.expected}")
+        return value
+
+
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
-_SLUG = re.compile(SLUG_PATTERN)
-
-
-def _slug(value: str) -> str:
-    if len(value) > 64 or not _SLUG.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid name (use lowercase letters, digits and single dashes, "
-            "e.g. black-friday-2026; at most 64 characters)"
-        )
-    return value
-
-
 Slug = Annotated[
     str,
-    AfterValidator(_slug),
-    WithJsonSchema({"type": "string", "pattern": SLUG_PATTERN, "maxLength": 64}),
+    Matching(
+        SLUG_PATTERN,
+        "a valid name (use lowercase letters, digits and single dashes, e.g. black-friday-2026; at most 64 characters)",
+    ),
 ]
 """A name: lowercase letters, digits and dashes, unique per kind."""
 
-IDENTIFIER_PATTERN = r"^[a-z][a-z0-9_]*$"
-_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
-
-
-def _identifier(value: str) -> str:
-    if len(value) > 64 or not _IDENTIFIER.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid field name (use lowercase letters, digits and underscores, starting "
-            "with a letter, e.g. spend_2020: templates read it as contact.spend_2020)"
-        )
-    return value
-
-
 Identifier = Annotated[
     str,
-    AfterValidator(_identifier),
-    WithJsonSchema({"type": "string", "pattern": IDENTIFIER_PATTERN, "maxLength": 64}),
+    Matching(
+        r"^[a-z][a-z0-9_]*$",
+        "a valid field name (use lowercase letters, digits and underscores, starting with a letter, "
+        "e.g. spend_2020: templates read it as contact.spend_2020)",
+    ),
 ]
 """A custom field name, usable in templates as ``contact.<name>``."""
 
-STEP_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-_STEP_ID = re.compile(STEP_ID_PATTERN)
-
-
-def _step_id(value: str) -> str:
-    if not _STEP_ID.match(value):
-        raise ValueError(f"{value!r} is not a valid step id (use lowercase letters, digits, '-' and '_')")
-    return value
-
-
-StepId = Annotated[str, AfterValidator(_step_id), WithJsonSchema({"type": "string", "pattern": STEP_ID_PATTERN})]
+StepId = Annotated[
+    str, Matching(r"^[a-z0-9][a-z0-9_-]*$", "a valid step id (use lowercase letters, digits, '-' and '_')")
+]
+"""A workflow step's id."""
 
 TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]*(?:/[a-z0-9][a-z0-9_-]*)*$"
 _TEMPLATE = re.compile(TEMPLATE_PATTERN)

@@ -56,15 +56,7 @@ Trigger = Annotated[
         Annotated[SegmentEnteredTrigger, Tag("<segment_entered>")],
     ],
     Discriminator(
-        key_discriminator(
-            TRIGGER_KEYS,
-            {
-                SubscribedTrigger: "<subscribed>",
-                EventTrigger: "<event>",
-                DateFieldTrigger: "<date_field>",
-                SegmentEnteredTrigger: "<segment_entered>",
-            },
-        ),
+        key_discriminator(TRIGGER_KEYS),
         custom_error_type="trigger",
         custom_error_message="a trigger needs one of: " + ", ".join(TRIGGER_KEYS),
     ),
@@ -180,19 +172,9 @@ class SetFieldStep(StepBase):
     """Which field, and its value."""
 
 
-_STEPS: dict[type, str] = {
-    SendStep: "<send>",
-    WaitStep: "<wait>",
-    WaitUntilStep: "<wait_until>",
-    IfStep: "<if>",
-    AddToListStep: "<add_to_list>",
-    RemoveFromListStep: "<remove_from_list>",
-    MoveToListStep: "<move_to_list>",
-    TagStep: "<tag>",
-    UntagStep: "<untag>",
-    SetFieldStep: "<set_field>",
-}
-STEP_KEYS = tuple(tag.strip("<>") for tag in _STEPS.values())
+STEP_KEYS = (
+    "send", "wait_until", "wait", "if", "add_to_list", "remove_from_list", "move_to_list", "tag", "untag", "set_field",
+)  # fmt: skip
 
 Step = Annotated[
     Union[  # noqa: UP007
@@ -208,7 +190,7 @@ Step = Annotated[
         Annotated[SetFieldStep, Tag("<set_field>")],
     ],
     Discriminator(
-        key_discriminator(STEP_KEYS, _STEPS),
+        key_discriminator(STEP_KEYS),
         custom_error_type="step",
         custom_error_message="a step needs one of: " + ", ".join(STEP_KEYS),
     ),
