@@ -323,22 +323,20 @@ class StepClicked(Model):
 
 STEP_CONDITION_KEYS = ("opened", "clicked", *CONDITION_KEYS)
 
+
+def _step_condition_kind(value: Any) -> str | None:
+    chosen = key_discriminator(STEP_CONDITION_KEYS)(value)
+    return chosen if chosen in (None, "<opened>", "<clicked>") else "<condition>"
+
+
 StepCondition = Annotated[
     Union[  # noqa: UP007
         Annotated[StepOpened, Tag("<opened>")],
         Annotated[StepClicked, Tag("<clicked>")],
-        Annotated[AllCondition, Tag("<all>")],
-        Annotated[AnyCondition, Tag("<any>")],
-        Annotated[NotCondition, Tag("<not>")],
-        Annotated[FieldCondition, Tag("<field>")],
-        Annotated[TagCondition, Tag("<tag>")],
-        Annotated[ListCondition, Tag("<list>")],
-        Annotated[InSegmentCondition, Tag("<in_segment>")],
-        Annotated[EventCondition, Tag("<event>")],
-        Annotated[EngagedCondition, Tag("<engaged>")],
+        Annotated[Condition, Tag("<condition>")],
     ],
     Discriminator(
-        key_discriminator(STEP_CONDITION_KEYS),
+        _step_condition_kind,
         custom_error_type="condition",
         custom_error_message="a workflow condition needs one of: " + ", ".join(STEP_CONDITION_KEYS),
     ),
