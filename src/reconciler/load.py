@@ -6,6 +6,7 @@ parse is reported and the rest still load, so one `validate` run shows everythin
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import os
@@ -160,14 +161,17 @@ def _load_document(
     try:
         parsed = model.model_validate(raw)
     except ValidationError as exc:
-        invalid.add((kind, name))
         for error in exc.errors():
-            loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("<")))
+            loc = _loc(error)
             if loc in secret_locs or _is_covered_by_typo(error, loc, raw):
                 continue
             message, hint = explain(error, model, _mapping_at(raw, loc[:-1]))
             problem(loc, kind, name, field_path(loc), message, hint)
-        return
+        recovered = _recovered(model, raw, exc.errors())
+        if recovered is None:
+            invalid.add((kind, name))
+            return
+        parsed = recovered
     key = getattr(parsed, "name", name)
     if kind == "Settings" and documents["Settings"]:
         first = next(iter(sources[("Settings", n)] for n in documents["Settings"]))
@@ -219,6 +223,35 @@ def _model_keys() -> list[frozenset[str]]:
         models += model.__subclasses__()
         found.append(frozenset(info.alias or name for name, info in model.model_fields.items()))
     return found
+
+
+def _loc(error: ErrorDetails) -> tuple[str | int, ...]:
+    """The error's location in the document, without pydantic's union tags (which we spell <tag>)."""
+    return tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("<")))
+
+
+def _recovered(model: type[Model], raw: dict[str, Any], errors: list[ErrorDetails]) -> Model | None:
+    """The document as its author most likely meant it, when only misspelt or unknown keys are wrong.
+
+    Like a compiler recovering after a typo: the typos are reported already, and recovering lets the same run
+    check the document's references too, so one run still shows every mistake.
+    """
+    if any(error["type"] not in ("extra_forbidden", "missing") for error in errors):
+        return None
+    fixed = copy.deepcopy(raw)
+    for error in errors:
+        loc = _loc(error)
+        if error["type"] != "extra_forbidden" or not loc:
+            continue
+        parent = _mapping_at(fixed, loc[:-1]) if len(loc) > 1 else fixed
+        value = parent.pop(str(loc[-1]), None)
+        guess = difflib.get_close_matches(str(loc[-1]), _keys_like(parent, ""), n=1, cutoff=0.7)
+        if guess and guess[0] not in parent:
+            parent[guess[0]] = value
+    try:
+        return model.model_validate(fixed)
+    except ValidationError:
+        return None
 
 
 def _is_covered_by_typo(error: ErrorDetails, loc: tuple[str | int, ...], raw: Any) -> bool:
