@@ -173,3 +173,10 @@ def test_env_names_never_echo_what_was_written(value: str) -> None:
         )
     assert "environment variable" in str(exc.value.errors()[0]["msg"])
     assert value not in str(exc.value.errors()[0]["msg"])
+
+
+@pytest.mark.parametrize("where", [["a", "b"], "text", 3, None])
+def test_a_condition_that_is_not_a_mapping_is_an_error_not_a_crash(where: object) -> None:
+    with pytest.raises(ValidationError) as exc:
+        Segment.model_validate({"kind": "Segment", "name": "s", "where": where or []})
+    assert "a condition needs one of" in errors(exc)[0][1]

@@ -438,7 +438,7 @@ def _check_templates(c: Checker) -> None:
     desired = c.desired
     templates = TemplateSet(desired.templates)
     reported: set[tuple[str, int, str]] = set()
-    rendered: dict[str, str | None] = {}
+    rendered: dict[str, tuple[str, str | None] | None] = {}
     compliant: set[str] = set()
     messages = set(_message_templates(desired))
 
@@ -447,8 +447,10 @@ def _check_templates(c: Checker) -> None:
         if key in reported:
             return
         reported.add(key)
-        name = failure.template.removesuffix(".mjml")
+        name = failure.template.removesuffix(".mjml").removesuffix(".txt")
         path = desired.templates[name].path if name in desired.templates else f"templates/{failure.template}"
+        if failure.template.endswith(".txt"):
+            path = os.path.splitext(path)[0] + ".txt"
         hint = failure.hint or f"used by {use.kind} {use.name}"
         c.problems.append(Problem(path, failure.line, 1, "Template", name, "", failure.message, hint))
 
@@ -464,20 +466,30 @@ def _check_templates(c: Checker) -> None:
                 c.report(use.kind, use.name, (*use.loc[:-1], key), f"the {key} does not render: {message}", hint)
         if use.template not in rendered:
             rendered[use.template] = _render_sample(templates, use, context, template_problem)
-        page = rendered[use.template]
-        if page is not None and use.marketing and use.template not in compliant:
+        parts = rendered[use.template]
+        if parts is not None and use.marketing and use.template not in compliant:
             compliant.add(use.template)
-            _check_compliance(c, use, page, desired.templates[use.template].path, context)
+            page, text_part = parts
+            path = desired.templates[use.template].path
+            links, visible = links_and_text(page)
+            _check_compliance(c, use, path, links, visible, context)
+            if text_part is not None:
+                text_path = os.path.splitext(path)[0] + ".txt"
+                _check_compliance(c, use, text_path, [text_part], " ".join(text_part.split()), context)
 
 
-def _render_sample(templates: TemplateSet, use: Use, context: Mapping[str, Any], report: Any) -> str | None:
-    """The template's HTML for the sample contact, or None after reporting why it cannot be made.
+def _render_sample(
+    templates: TemplateSet, use: Use, context: Mapping[str, Any], report: Any
+) -> tuple[str, str | None] | None:
+    """The template's HTML and hand-written text part for the sample contact, or None after saying why not.
 
     The compiled template is what recipients get, so it is rendered first; only when that fails is the source
     rendered directly, to name the file and line of the mistake (a layout, a partial, or the template itself).
     """
     try:
-        return templates.compile(use.template).render(context)
+        page = templates.compile(use.template).render(context)
+        text = templates.render_text_part(use.template, context)
+        return page, text
     except TemplateFailure as failure:
         report(use, failure)
         return None
@@ -494,11 +506,12 @@ def _render_sample(templates: TemplateSet, use: Use, context: Mapping[str, Any],
     return None
 
 
-def _check_compliance(c: Checker, use: Use, rendered: str, path: str, context: Mapping[str, Any]) -> None:
+def _check_compliance(c: Checker, use: Use, path: str, links: list[str], text: str, context: Mapping[str, Any]) -> None:
+    """Marketing mail must let people leave and say who sent it (CAN-SPAM, Gmail and Yahoo bulk rules)."""
     settings = c.desired.settings
     assert settings is not None
-    links, text = links_and_text(rendered)
-    if not any(link in (context["unsubscribe_url"], context["preferences_url"]) for link in links):
+    exits = (context["unsubscribe_url"], context["preferences_url"])
+    if not any(url in link for link in links for url in exits):
         c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance",
             f"marketing mail ({use.kind} {use.name}) without an unsubscribe link",
             'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer'))  # fmt: skip

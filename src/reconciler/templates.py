@@ -149,6 +149,10 @@ class TemplateSet:
             loader=_Loader(sources), autoescape=True, keep_trailing_newline=True, **options
         )
         self._structure = SandboxedEnvironment(loader=_Loader(sources, protect), **options)
+        texts = {f"{t.name}.txt": t.text_part for t in templates.values() if t.text_part is not None}
+        self._text = SandboxedEnvironment(
+            loader=_Loader(texts), autoescape=False, keep_trailing_newline=True, **options
+        )
         self._flat: dict[str, str] = {}
 
     def flatten(self, name: str) -> str:
@@ -178,6 +182,15 @@ class TemplateSet:
                 _COMPILED.clear()
             _COMPILED[key] = cached
         return cached
+
+    def render_text_part(self, name: str, context: Mapping[str, Any]) -> str | None:
+        """The hand-written text/plain part (templates/<name>.txt), if the template has one."""
+        if self.templates[name].text_part is None:
+            return None
+        try:
+            return self._text.get_template(f"{name}.txt").render(context)
+        except (TemplateError, UnknownName) as exc:
+            raise _failure(exc, f"{name}.txt") from None
 
     def render_source(self, name: str, context: Mapping[str, Any]) -> str:
         """Render the template's MJML source directly, so a mistake is reported with its own file and line."""

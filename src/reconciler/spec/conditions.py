@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Discriminator, Field, StrictBool, Tag, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, StrictBool, Tag, WithJsonSchema, field_validator, model_validator
 
 from reconciler.spec.types import (
     DURATION_PATTERN,
@@ -275,8 +275,10 @@ def key_discriminator(keys: tuple[str, ...]) -> Callable[[Any], str | None]:
     def pick(value: Any) -> str | None:
         if isinstance(value, dict):
             present: Iterable[str] = value.keys()
-        else:  # a model being serialised: its own keys tell which member it is
+        elif isinstance(value, BaseModel):  # a model being serialised: its own keys tell which member it is
             present = {info.alias or name for name, info in type(value).model_fields.items()}
+        else:
+            return None  # a list or a scalar where a mapping belongs: the union's own error explains it
         return next((f"<{key}>" for key in keys if key in present), None)
 
     return pick
