@@ -1,0 +1,48 @@
+"""Checks across documents: references, cycles, field types, templates and compliance.
+
+`check(desired)` is pure (templates compile in memory) and returns every problem it finds; `validate` is
+`load` followed by `check`. Each problem points at the key that is wrong, so the fix is one click away in CI.
+"""
+
+from __future__ import annotations
+
+import os
+
+from reconciler.check.checker import Checker
+from reconciler.check.references import (
+    check_campaign,
+    check_fields,
+    check_segment,
+    check_segment_cycles,
+    check_settings,
+    check_workflow,
+)
+from reconciler.check.templates import check_templates, sample_context, uses
+from reconciler.errors import Problem
+from reconciler.spec import DesiredState
+
+__all__ = ["check", "sample_context", "uses"]
+
+
+def check(desired: DesiredState) -> list[Problem]:
+    """Every problem that spans documents; assumes each document on its own already parsed."""
+    checker = Checker(desired)
+    if desired.settings is None:
+        if any(kind == "Settings" for kind, _ in desired.invalid):
+            return checker.problems  # its errors are reported; the rest cannot be checked without it
+        path = os.path.normpath(os.path.join(desired.root, "spec", "settings.yaml"))
+        message = "the workspace has no Settings document"
+        hint = "add spec/settings.yaml with kind: Settings (organization, public_url, senders, defaults)"
+        checker.problems.append(Problem(path, 1, 1, "Settings", "", "", message, hint))
+        return checker.problems
+    check_settings(checker)
+    check_fields(checker)
+    for segment in desired.segments.values():
+        check_segment(checker, segment)
+    check_segment_cycles(checker)
+    for campaign in desired.campaigns.values():
+        check_campaign(checker, campaign)
+    for workflow in desired.workflows.values():
+        check_workflow(checker, workflow)
+    check_templates(checker)
+    return checker.problems
