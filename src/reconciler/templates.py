@@ -107,18 +107,11 @@ def render_text(source: str, context: Mapping[str, Any]) -> str:
     return " ".join(rendered.split())
 
 
-@lru_cache(maxsize=512)
-def _compile_mjml(source: str) -> str:
-    return str(mjml2html(source, disable_comments=True))
-
-
-def compile_mjml(mjml: str, jinja_name: str) -> str:
-    """MJML -> HTML, once per distinct document (cached by content)."""
-    try:
-        return _compile_mjml(mjml)
-    except (ValueError, RuntimeError) as exc:
-        hint = "check that every mj- tag is closed and nested as MJML allows"
-        raise TemplateFailure(jinja_name, 1, f"MJML does not compile: {exc}", hint) from None
+@lru_cache(maxsize=1024)
+def _compile_mjml(flat: str) -> tuple[str, Template]:
+    """Phase 2, cached by content: MJML -> HTML, and that HTML as the per-recipient Jinja template."""
+    html = str(mjml2html(flat, disable_comments=True))
+    return html, _HTML_ENV.from_string(html)
 
 
 @dataclass(frozen=True)
@@ -132,10 +125,6 @@ class CompiledTemplate:
 
     def render(self, context: Mapping[str, Any]) -> str:
         return self.template.render(context)
-
-
-_COMPILED: dict[str, CompiledTemplate] = {}
-"""Compiled templates by the hash of their flat MJML: one MJML compile per distinct message definition."""
 
 
 class TemplateSet:
@@ -168,20 +157,15 @@ class TemplateSet:
     def compile(self, name: str) -> CompiledTemplate:
         """Flatten, compile and prepare a template; the same flat MJML is compiled only once per process."""
         flat = self.flatten(name)
-        key = hashlib.sha256(flat.encode()).hexdigest()
-        cached = _COMPILED.get(key)
-        if cached is None:
-            jinja_name = self.templates[name].jinja_name
-            html = compile_mjml(flat, jinja_name)
-            try:
-                template = _HTML_ENV.from_string(html)
-            except TemplateSyntaxError as exc:
-                raise TemplateFailure(jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}") from None
-            cached = CompiledTemplate(name=name, html=html, content_hash=key, template=template)
-            if len(_COMPILED) > 2048:
-                _COMPILED.clear()
-            _COMPILED[key] = cached
-        return cached
+        jinja_name = self.templates[name].jinja_name
+        try:
+            html, template = _compile_mjml(flat)
+        except TemplateSyntaxError as exc:
+            raise TemplateFailure(jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}") from None
+        except (ValueError, RuntimeError) as exc:
+            hint = "check that every mj- tag is closed and nested as MJML allows"
+            raise TemplateFailure(jinja_name, 1, f"MJML does not compile: {exc}", hint) from None
+        return CompiledTemplate(name, html, hashlib.sha256(flat.encode()).hexdigest(), template)
 
     def render_text_part(self, name: str, context: Mapping[str, Any]) -> str | None:
         """The hand-written text/plain part (templates/<name>.txt), if the template has one."""

@@ -5,10 +5,8 @@ It is built by `load` and read by everything else; nothing in it touches a file,
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from reconciler.spec.documents import Campaign, CustomField, MailingList, Segment, Settings
 from reconciler.spec.types import Model
@@ -61,10 +59,6 @@ class TemplateFile:
     def jinja_name(self) -> str:
         """The name `{% extends %}` and `{% include %}` use: the path under templates/."""
         return f"{self.name}.mjml"
-
-    @cached_property
-    def content_hash(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
