@@ -14,11 +14,25 @@ in compiler form (``path:line:column: Kind name: field: message (hint)``) that e
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 Severity = Literal["error", "warning"]
 Loc = tuple[str | int, ...]
+
+
+def closest(word: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The candidate `word` most likely misspells, if any is close enough."""
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, candidates: Iterable[str], *, otherwise: str = "") -> str:
+    """The hint every "unknown X" problem gives: the closest known name, or `otherwise`."""
+    guess = closest(word, candidates)
+    return f"did you mean {guess!r}?" if guess else otherwise
 
 
 def field_path(loc: Loc) -> str:

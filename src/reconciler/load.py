@@ -7,7 +7,6 @@ parse is reported and the rest still load, so one `validate` run shows everythin
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import os
 import re
@@ -19,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from reconciler.errors import Problem, UsageError, field_path
+from reconciler.errors import Problem, UsageError, closest, did_you_mean, field_path
 from reconciler.spec import KINDS, DesiredState, Source, TemplateFile
 from reconciler.spec.types import Model
 from reconciler.yamlnodes import Document, parse_documents
@@ -151,8 +150,7 @@ def _load_document(
     shown_kind = kind if isinstance(kind, str) and kind in KINDS else ""
     problems.extend(Problem(path, e.line, e.column, shown_kind, name, "", e.message, e.hint) for e in document.errors)
     if not isinstance(kind, str) or kind not in KINDS:
-        guess = difflib.get_close_matches(str(kind), list(KINDS), n=1)
-        hint = f"did you mean {guess[0]}?" if guess else "kinds: " + ", ".join(KINDS)
+        hint = did_you_mean(str(kind), KINDS, otherwise="kinds: " + ", ".join(KINDS))
         message = "missing kind" if kind is None else f"unknown kind {kind!r}"
         problem(("kind",), "", "", "kind", message, hint)
         return
@@ -244,10 +242,10 @@ def _recovered(model: type[Model], raw: dict[str, Any], errors: list[ErrorDetail
         if error["type"] != "extra_forbidden" or not loc:
             continue
         parent = _mapping_at(fixed, loc[:-1]) if len(loc) > 1 else fixed
+        meant = _meant_key(str(loc[-1]), parent)
         value = parent.pop(str(loc[-1]), None)
-        guess = difflib.get_close_matches(str(loc[-1]), _keys_like(parent, ""), n=1, cutoff=0.7)
-        if guess and guess[0] not in parent:
-            parent[guess[0]] = value
+        if meant and meant not in parent:
+            parent[meant] = value
     try:
         return model.model_validate(fixed)
     except ValidationError:
@@ -259,8 +257,7 @@ def _is_covered_by_typo(error: ErrorDetails, loc: tuple[str | int, ...], raw: An
     if error["type"] != "missing" or not loc or not isinstance(loc[-1], str):
         return False
     siblings = _mapping_at(raw, loc[:-1])
-    unknown = [key for key in siblings if key not in _keys_like(siblings, key)]
-    return any(loc[-1] in difflib.get_close_matches(key, [str(loc[-1])], n=1, cutoff=0.7) for key in unknown)
+    return any(_meant_key(key, siblings) == loc[-1] for key in siblings)
 
 
 def _mapping_at(raw: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
@@ -270,6 +267,11 @@ def _mapping_at(raw: Any, loc: tuple[str | int, ...]) -> dict[str, Any]:
         except (KeyError, IndexError, TypeError):
             return {}
     return raw if isinstance(raw, dict) else {}
+
+
+def _meant_key(key: str, siblings: dict[str, Any]) -> str | None:
+    """The key an unknown `key` most likely misspells, among those the mapping's other keys allow."""
+    return closest(key, _keys_like(siblings, key), cutoff=0.7)
 
 
 def _keys_like(siblings: dict[str, Any], unknown: str) -> list[str]:
@@ -284,11 +286,9 @@ def explain(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any
     message = message.removeprefix("Value error, ")
     field = next((p for p in reversed(error["loc"]) if isinstance(p, str) and not p.startswith("<")), "")
     if kind == "extra_forbidden":
-        guess = difflib.get_close_matches(field, _keys_like(siblings, field), n=1, cutoff=0.7)
+        meant = _meant_key(field, siblings)
         hint = (
-            f"did you mean {guess[0]!r}?"
-            if guess
-            else f"remove it; `reconciler schema` lists the keys of {_kind(model)}"
+            f"did you mean {meant!r}?" if meant else f"remove it; `reconciler schema` lists the keys of {_kind(model)}"
         )
         return f"unknown key {field!r}", hint
     if kind == "missing":
@@ -315,8 +315,7 @@ def explain(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any
         return f"{message} (found {value!r})", "use ISO 8601, e.g. 2026-11-27T09:00:00+01:00 or 2026-11-27"
     if kind == "literal_error" and isinstance(value, str):
         expected = re.findall(r"'([^']*)'", message)
-        guess = difflib.get_close_matches(value, expected, n=1)
-        return f"{value!r} is not one of {', '.join(expected)}", (f"did you mean {guess[0]!r}?" if guess else "")
+        return f"{value!r} is not one of {', '.join(expected)}", did_you_mean(value, expected)
     if kind in ("dict_type", "model_type", "model_attributes_type"):
         return "expected a mapping of keys and values", "indent the keys below this one, or use {key: value}"
     if kind == "list_type":

@@ -15,7 +15,6 @@ Everything runs in a `SandboxedEnvironment` with `StrictUndefined`: a misspelt v
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -39,6 +38,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from mjml import mjml2html
 
+from reconciler.errors import did_you_mean
 from reconciler.spec import TemplateFile
 
 STRUCTURAL_TAGS = frozenset({"extends", "include", "block", "endblock"})
@@ -215,8 +215,7 @@ class StrictFields(dict[str, Any]):
 def describe_error(exc: Exception) -> tuple[str, str]:
     """A Jinja error as a sentence a template author can act on, and a hint."""
     if isinstance(exc, UnknownName):
-        close = difflib.get_close_matches(exc.name, exc.known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(exc.known)
+        hint = did_you_mean(exc.name, exc.known, otherwise="known: " + ", ".join(exc.known))
         return f"unknown variable or field {exc.name!r}", hint
     if isinstance(exc, TemplateSyntaxError):
         return f"Jinja syntax: {exc.message}", "check that every {{ }} and {% %} is closed"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from reconciler.errors import Loc, Problem, Severity, field_path
+from reconciler.errors import Loc, Problem, Severity, did_you_mean, field_path
 from reconciler.spec import DesiredState
 
 ORDERED_TYPES = {"number", "integer", "date", "datetime"}
@@ -41,12 +40,9 @@ class Checker:
             return True
         if {(_DOCUMENT_KINDS.get(target_kind, ""), target), ("*", target)} & self.desired.invalid:
             return False  # the target has its own errors; "unknown" would only add noise
-        guess = difflib.get_close_matches(target, known, n=1)
-        if guess:
-            hint = f"did you mean {guess[0]!r}?"
-        elif known:
-            hint = f"known: {', '.join(sorted(known)[:12])}"
-        else:
-            hint = f"declare it first: no {target_kind} exists yet"
+        otherwise = (
+            f"known: {', '.join(sorted(known)[:12])}" if known else f"declare it first: no {target_kind} exists yet"
+        )
+        hint = did_you_mean(target, known, otherwise=otherwise)
         self.report(kind, name, loc, f"unknown {target_kind} {target!r}", hint)
         return False
