@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +22,16 @@ def example(tmp_path: Path) -> Path:
     for folder in EXAMPLE_FOLDERS:
         shutil.copytree(REPO / folder, tmp_path / folder)
     return tmp_path
+
+
+def reconciler(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command as a user would, in a fresh process."""
+    environment = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    environment.pop("RECONCILER_STATE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args], cwd=cwd, env=environment, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
 
 
 WriteFiles = Callable[[dict[str, str]], Path]

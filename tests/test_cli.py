@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO, WriteFiles
-
-
-def reconciler(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
+from conftest import REPO, WriteFiles, reconciler
 
 
 def test_the_example_workspace_is_valid() -> None:

@@ -6,6 +6,7 @@ Exit codes (PRODUCT §3): 0 success, 1 the spec or plan has errors, 2 usage erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -14,12 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlite_utils import Database
 
 from reconciler import __version__
+from reconciler.apply import apply_plan
 from reconciler.check import check
-from reconciler.errors import Problem, ReconcilerError, UsageError
-from reconciler.load import find_workspace, load_workspace
+from reconciler.clock import Clock, FixedClock, SystemClock, iso, parse_instant
+from reconciler.contacts import BATCH_ROWS, import_file, normalise_email
+from reconciler.daemon import reconcile_once
+from reconciler.daemon import run as run_daemon
+from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError
+from reconciler.load import find_workspace, git_commit, load_workspace
+from reconciler.plan import as_json, as_markdown, as_text, make_plan
+from reconciler.report import format_status, status_report
+from reconciler.samples import sample_csv
+from reconciler.spec import DesiredState
 from reconciler.spec.schema import json_schema_text
+from reconciler.state import observe, open_db, state_path
+from reconciler.state.contacts import erase_contact, export_contact
+from reconciler.state.schema import migrations
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +69,16 @@ class Group(click.Group):
     "-C", "--workspace", "workspace", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
     show_default=True, help="The workspace folder (holding spec/, campaigns/, templates/).",
 )  # fmt: skip
+@click.option(
+    "--state", "state", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The state database (default: $RECONCILER_STATE, else .state/reconciler.db in the workspace).",
+)  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(__version__, prog_name="reconciler")
 @click.pass_context
-def main(ctx: click.Context, workspace: Path, debug: bool) -> None:
+def main(ctx: click.Context, workspace: Path, state: Path | None, debug: bool) -> None:
     """Email marketing as code: validate, plan and apply a workspace of YAML and MJML."""
-    ctx.obj = {"workspace": workspace, "debug": debug}
+    ctx.obj = {"workspace": workspace, "state": state, "debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -125,3 +143,225 @@ def _print_problems(problems: list[Problem], fmt: str) -> None:
 def schema() -> None:
     """Print the JSON Schema of workspace documents (for editors and CI)."""
     sys.stdout.write(json_schema_text())
+
+
+# --- plan, apply, tick, status, run -----------------------------------------------------------------------------
+
+NOW_OPTION = click.option("--now", "now", metavar="ISO-8601", default=None,
+                          help="Act as if it were this instant (e.g. 2026-11-27T09:00:00+01:00).")  # fmt: skip
+CONFIRM_OPTION = click.option("--confirm", "confirm", multiple=True, metavar="CAMPAIGN",
+                              help="Send this campaign although its start time is past the grace period "
+                                   "(repeatable).")  # fmt: skip
+
+
+def _clock(now: str | None) -> Clock:
+    if now is None:
+        return SystemClock()
+    try:
+        return FixedClock(parse_instant(now))
+    except ValueError as exc:
+        raise UsageError(f"--now: {exc}") from None
+
+
+def _root(ctx: click.Context) -> Path:
+    return find_workspace(Path(ctx.obj["workspace"]).resolve())
+
+
+def _db(ctx: click.Context, root: Path, *, create: bool = True) -> Database:
+    return open_db(state_path(root, ctx.obj["state"]), create=create)
+
+
+def _checked(root: Path) -> DesiredState:
+    """The workspace, or SpecErrors printed as validate prints them (nothing is planned from a broken spec)."""
+    desired, problems = load_workspace(root)
+    problems = sorted(set(problems + check(desired)))
+    if any(p.severity == "error" for p in problems):
+        _print_problems(problems, "text")
+        raise SpecErrors([p for p in problems if p.severity == "error"])
+    return desired
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
+              help="markdown is meant for a pull request comment.")  # fmt: skip
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 without changes, 2 with changes, 1 on errors.")
+@NOW_OPTION
+@CONFIRM_OPTION
+@click.pass_context
+def plan(ctx: click.Context, fmt: str, detailed_exitcode: bool, now: str | None, confirm: tuple[str, ...]) -> None:
+    """Show what apply would do, with audience counts, against the state database. Changes nothing.
+
+    Without a state database (as in CI) the plan is made against an empty one.
+    """
+    root = _root(ctx)
+    desired = _checked(root)
+    path = state_path(root, ctx.obj["state"])
+    db = open_db(path) if path.exists() else Database(memory=True)
+    if not path.exists():
+        migrations.apply(db)
+    result = make_plan(desired, observe(db), now=_clock(now).now(), git_commit=git_commit(root), confirm=confirm)
+    click.echo({"text": as_text, "json": as_json, "markdown": as_markdown}[fmt](result).rstrip("\n"))
+    if result.errors:
+        ctx.exit(1)
+    ctx.exit(2 if detailed_exitcode and result.has_changes else 0)
+
+
+@main.command()
+@NOW_OPTION
+@CONFIRM_OPTION
+@click.pass_context
+def apply(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
+    """Carry out the plan once: record lists and fields, schedule, pause, cancel. Never sends."""
+    root = _root(ctx)
+    desired = _checked(root)
+    db = _db(ctx, root)
+    moment = _clock(now).now()
+    result = make_plan(desired, observe(db), now=moment, git_commit=git_commit(root), confirm=confirm)
+    click.echo(as_text(result).rstrip("\n"))
+    applied = apply_plan(db, result, desired, now=moment)
+    click.echo(f"Applied {applied.actions} change{'s' * (applied.actions != 1)} from revision {result.revision}.")
+    ctx.exit(1 if result.errors else 0)
+
+
+@main.command()
+@NOW_OPTION
+@CONFIRM_OPTION
+@click.pass_context
+def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
+    """One pass of the daemon, then exit: apply the workspace and start every campaign that is due."""
+    root = _root(ctx)
+    db = _db(ctx, root)
+    result = reconcile_once(root, db, now=_clock(now).now(), confirm=confirm)
+    if not result.valid:
+        _print_problems(result.problems, "text")
+        click.echo(f"Revision {result.revision} has errors: nothing of it was applied.", err=True)
+    elif result.plan is not None:
+        for action in result.plan.actions:
+            click.echo(f"{action.subject}: {action.summary}")
+        for problem in result.plan.problems:
+            click.echo(problem.format(), err=True)
+    for name in result.started:
+        click.echo(f"Campaign {name}: started")
+    if result.valid and not (result.plan and result.plan.actions) and not result.started:
+        click.echo("Nothing to do.")
+    ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) else 1)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def status(ctx: click.Context, fmt: str) -> None:
+    """Campaigns with their condition and progress, the last applied revision, and the last error."""
+    root = _root(ctx)
+    report = status_report(_db(ctx, root, create=False))
+    click.echo(json.dumps(report, indent=2) if fmt == "json" else format_status(report))
+
+
+@main.command()
+@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds between full passes when no file changes.")  # fmt: skip
+@click.pass_context
+def run(ctx: click.Context, interval: float) -> None:
+    """The daemon: watch the workspace, apply every good revision, start campaigns when they are due."""
+    root = _root(ctx)
+    db = _db(ctx, root)
+    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval))
+
+
+# --- contacts -----------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def contacts() -> None:
+    """Import, export and erase contacts (runtime data, never in git)."""
+
+
+@contacts.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--list", "lists", multiple=True, metavar="LIST", help="Subscribe every good row to LIST (repeatable).")
+@click.option("--consent", metavar="TEXT", default=None,
+              help="How these people consented (the wording or its version), for the consent record.")  # fmt: skip
+@click.pass_context
+def contacts_import(ctx: click.Context, file: Path, lists: tuple[str, ...], consent: str | None) -> None:
+    """Import a CSV or JSONL file: columns are field names; bad rows are reported with their line."""
+    root = _root(ctx)
+    desired, problems = load_workspace(root)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        _print_problems(errors, "text")
+        raise SpecErrors(errors)
+    db = _db(ctx, root)
+    size = file.stat().st_size if file.is_file() else 0
+    if sys.stderr.isatty() and size > 1_000_000:
+        with click.progressbar(length=size, label=f"Importing {file.name}", file=sys.stderr) as bar:
+            position = {"bytes": 0}
+
+            def progress(rows: int) -> None:
+                done = int(size * rows / max(1, _estimate_rows(file, size)))
+                bar.update(max(0, min(size, done) - position["bytes"]))
+                position["bytes"] = min(size, done)
+
+            report = import_file(db, desired, file, lists=list(lists), consent_text=consent,
+                                 now=SystemClock().now(), progress=progress)  # fmt: skip
+    else:
+
+        def progress(rows: int) -> None:
+            if rows % 100_000 < BATCH_ROWS:
+                log.info("%s: %d rows read", file.name, rows)
+
+        report = import_file(db, desired, file, lists=list(lists), consent_text=consent, now=SystemClock().now(),
+                             progress=progress if size > 1_000_000 else None)  # fmt: skip
+    for bad in report.bad:
+        click.echo(f"{file}:{bad.line}: {bad.message}", err=True)
+    click.echo(report.summary())
+    ctx.exit(1 if report.bad else 0)
+
+
+def _estimate_rows(file: Path, size: int) -> int:
+    with file.open("rb") as handle:
+        sample = handle.read(65536)
+    return max(1, int(size / max(1, len(sample)) * max(1, sample.count(b"\n"))))
+
+
+@contacts.command("export")
+@click.argument("email")
+@click.pass_context
+def contacts_export(ctx: click.Context, email: str) -> None:
+    """Print, as JSON, everything held about one person (GDPR access request)."""
+    db = _db(ctx, _root(ctx), create=False)
+    found = export_contact(db, _address(email))
+    if found is None:
+        raise ReconcilerError(f"no contact {email} in the state database")
+    click.echo(json.dumps(found, indent=2, ensure_ascii=False))
+
+
+@contacts.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def contacts_erase(ctx: click.Context, email: str, yes: bool) -> None:
+    """Delete everything about one person (GDPR erasure); a hash of the address keeps them from being re-imported."""
+    address = _address(email)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("erasing cannot be undone: add --yes to confirm")
+        click.confirm(f"Erase everything about {address}? This cannot be undone", abort=True)
+    db = _db(ctx, _root(ctx))
+    held = erase_contact(db, address, at=iso(SystemClock().now()))
+    click.echo(f"Erased {address}." if held else f"No record of {address}; its hash is kept so it is never imported.")
+
+
+def _address(email: str) -> str:
+    try:
+        return normalise_email(email)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@contacts.command("sample")
+@click.option("--count", type=click.IntRange(min=1), default=200, show_default=True, help="How many rows.")
+@click.option("--seed", type=int, default=2026, show_default=True, help="The same seed gives the same rows.")
+def contacts_sample(count: int, seed: int) -> None:
+    """Print made-up contacts as CSV (example.com addresses) to try a workspace: `... sample > try.csv`."""
+    for chunk in sample_csv(count, seed=seed):
+        sys.stdout.write(chunk)

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import os
 import re
+import subprocess
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -338,3 +339,19 @@ def _source_text(value: object) -> str:
 
 def _kind(model: type[BaseModel]) -> str:
     return next((k for k, m in KINDS.items() if m is model), model.__name__)
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit the workspace is checked out at (short), "+dirty" when its files differ; None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False)  # fmt: skip
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", *YAML_FOLDERS, "templates"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -231,6 +231,9 @@ class Settings(Document):
     """Defaults for campaigns and workflows."""
     tracking: Tracking = Tracking()
     """Default tracking; campaigns may override it."""
+    schedule_grace: Duration = timedelta(hours=6)
+    """A scheduled send found this late (the daemon was down, or send_at is in the past) waits for confirmation
+    (`reconciler apply --confirm NAME`) instead of going out unexpectedly."""
     quiet_hours: QuietHours | None = None
     """Hours in which marketing mail is held back."""
     frequency_cap: FrequencyCap | None = None

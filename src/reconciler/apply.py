@@ -1,0 +1,172 @@
+"""Carrying out a plan, and starting the campaigns that are due.
+
+`apply_plan` writes a revision's actions in one transaction with their audit entries. `start_due` works from the
+state alone (the content stored when the campaign was scheduled), so a campaign keeps its date even while the
+files hold a revision with errors: the last good revision stays in force.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlite_utils import Database
+
+from reconciler.clock import iso
+from reconciler.plan import Action, Plan
+from reconciler.plan.audience import TRANSACTIONAL_BLOCKING
+from reconciler.plan.content import ago, describe_when, local_due
+from reconciler.spec import DesiredState
+from reconciler.spec.documents import LocalSendTime
+from reconciler.state import campaigns, records
+from reconciler.state.contacts import BLOCKING
+from reconciler.state.db import audit, get_meta, set_meta, write
+
+log = logging.getLogger(__name__)
+
+_REASONS = {"draft": "Draft", "scheduled": "Scheduled", "paused": "Paused", "cancelled": "Cancelled",
+            "sending": "Sending", "sent": "Sent"}  # fmt: skip
+
+
+@dataclass
+class Applied:
+    actions: int = 0
+    started: list[str] = field(default_factory=list)
+
+
+def settings_essentials(desired: DesiredState) -> dict[str, str]:
+    """What `start_due` needs from Settings when it runs without a valid workspace."""
+    settings = desired.settings
+    assert settings is not None
+    return {"settings.timezone": settings.timezone,
+            "settings.schedule_grace": str(int(settings.schedule_grace.total_seconds()))}  # fmt: skip
+
+
+def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime) -> Applied:
+    """Write every action of `plan`; campaigns with errors keep what they had and say why in their status."""
+    at = iso(now)
+    result = Applied()
+    with write(db):
+        for key, value in settings_essentials(desired).items():
+            if get_meta(db, key) != value:
+                set_meta(db, key, value)
+        for action in plan.actions:
+            _apply_action(db, action, plan=plan, at=at)
+            audit(db, at=at, revision=plan.revision, actor="apply", subject=action.subject, action=action.op,
+                  detail=action.summary)  # fmt: skip
+            result.actions += 1
+        failed = {p.name for p in plan.errors if p.kind == "Campaign"}
+        for problem in plan.errors:
+            if problem.kind == "Campaign":
+                campaigns.set_condition(db, problem.name, ready=False, reason="Stalled",
+                                        message=f"{problem.field}: {problem.message}", at=at)  # fmt: skip
+        campaigns.mark_attempted(db, sorted(failed), revision=plan.revision)
+        if result.actions:
+            records.record_revision(db, plan.revision, git_commit=plan.git_commit, at=at, actions=result.actions)
+        if get_meta(db, "last_error"):
+            set_meta(db, "last_error", "")
+    return result
+
+
+def _apply_action(db: Database, action: Action, *, plan: Plan, at: str) -> None:
+    record: dict[str, Any] = dict(action.record)
+    if action.kind == "List":
+        if action.op == "remove":
+            records.remove_list(db, action.name, at=at)
+        else:
+            records.upsert_list(db, action.name, record["spec"])
+    elif action.kind == "Field":
+        if action.op == "remove":
+            records.remove_field(db, action.name, at=at)
+        else:
+            records.upsert_field(db, action.name, record["type"])
+    elif action.kind == "Workflow":
+        if action.op == "remove":
+            records.remove_workflow(db, action.name, at=at)
+        else:
+            records.upsert_workflow(db, action.name, record["spec"], record["content_hash"])
+    elif action.kind == "Campaign":
+        _apply_campaign(db, action, record, plan=plan, at=at)
+
+
+def _apply_campaign(db: Database, action: Action, record: dict[str, Any], *, plan: Plan, at: str) -> None:
+    name, status = action.name, action.status or "draft"
+    if action.op == "confirm":
+        campaigns.confirm_late(db, name)
+    elif action.op == "remove":
+        campaigns.mark_removed(db, name, status=status, reason="Removed", message=action.summary, at=at,
+                               revision=plan.revision)  # fmt: skip
+        campaigns.skip_unsent(db, name, why="campaign file removed", at=at)
+    elif record:  # not started: the whole definition is (re)written
+        message = {"scheduled": f"scheduled for {action.when}", "draft": "draft: not scheduled",
+                   "paused": "paused before it started", "cancelled": "cancelled: never sent"}[status]  # fmt: skip
+        if action.audience is not None and status == "scheduled":
+            message += f" {action.audience.describe()}"
+        campaigns.upsert_campaign(
+            db, name, status=status, reason=_REASONS[status], message=message, path=record["path"],
+            spec=record["spec"], content=record["content"], content_hash=record["content_hash"],
+            start_at=iso(action.start_at) if action.start_at and status == "scheduled" else None, at=at,
+            revision=plan.revision,
+        )  # fmt: skip
+    else:  # started: only the status moves
+        campaigns.set_status(db, name, status=status, reason=_REASONS[status], message=action.summary, at=at,
+                             revision=plan.revision)  # fmt: skip
+        if action.op == "cancel":
+            campaigns.skip_unsent(db, name, why="campaign cancelled", at=at)
+
+
+def start_due(db: Database, *, now: datetime) -> list[str]:
+    """Snapshot the audience of every scheduled campaign whose time has come; returns the names started."""
+    at = iso(now)
+    started = []
+    with write(db):
+        grace = timedelta(seconds=int(get_meta(db, "settings.schedule_grace") or 6 * 3600))
+        default_zone = get_meta(db, "settings.timezone") or "UTC"
+        categories = {row["name"]: json.loads(row["spec"]).get("category", "marketing")
+                      for row in db.query("SELECT name, spec FROM lists")}  # fmt: skip
+        for row in campaigns.due_to_start(db, now=at):
+            name, spec = row["name"], json.loads(row["spec"])
+            audience = spec["audience"]
+            exclude = audience.get("exclude") or {}
+            if audience.get("segments") or exclude.get("segments"):
+                campaigns.set_condition(db, name, ready=False, reason="SegmentsNotSupported", at=at,
+                                        message="waits: its audience uses segments, which this version does not "
+                                                "evaluate yet")  # fmt: skip
+                continue
+            late = now - datetime.fromisoformat(row["start_at"])
+            if late > grace and not row["confirmed_late"]:
+                campaigns.set_condition(db, name, ready=False, reason="LateSchedule", at=at,
+                                        message=f"waits: its start time is {ago(late)} past, more than the grace of "
+                                                f"{ago(grace)}; confirm with `reconciler apply --confirm {name}` "
+                                                "or set a new send_at")  # fmt: skip
+                continue
+            transactional = all(categories.get(n) == "transactional" for n in audience["lists"])
+            send_at = spec["send_at"]
+            due = _due_function(send_at, default_zone=default_zone, at=at)
+            count = campaigns.snapshot_audience(
+                db, name, lists=audience["lists"], exclude_lists=exclude.get("lists", []),
+                blocking=TRANSACTIONAL_BLOCKING if transactional else BLOCKING, due_at=due,
+                content_hash=row["content_hash"], revision=row["last_applied_revision"] or "", at=at,
+            )  # fmt: skip
+            audit(db, at=at, revision=row["last_applied_revision"], actor="tick", subject=f"Campaign {name}",
+                  action="start", detail=f"{count} recipients snapshotted")  # fmt: skip
+            log.info("Campaign %s: started, %d recipients queued (%s)", name, count,
+                     describe_when(_send_at_value(send_at), now=now))  # fmt: skip
+            started.append(name)
+    return started
+
+
+def _send_at_value(send_at: Any) -> Any:
+    if isinstance(send_at, dict):
+        return LocalSendTime.model_validate(send_at)
+    return send_at if send_at == "now" else datetime.fromisoformat(send_at)
+
+
+def _due_function(send_at: Any, *, default_zone: str, at: str) -> Any:
+    if isinstance(send_at, dict):
+        local = LocalSendTime.model_validate(send_at)
+        return lambda zone: iso(local_due(local, zone or default_zone))
+    return lambda zone: at

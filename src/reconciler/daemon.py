@@ -1,0 +1,145 @@
+"""The reconcile loop: one pass (`reconcile_once`, also `reconciler tick`) and the daemon around it (`run`).
+
+A pass: load → check → plan → apply, then start what is due. A workspace with errors changes nothing: the
+error is recorded (log and `status`) and the last good revision stays in force — its scheduled campaigns still
+start on time, because starting reads the state, not the files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+from watchfiles import Change, awatch
+
+from reconciler.apply import Applied, apply_plan, start_due
+from reconciler.check import check
+from reconciler.clock import Clock, iso
+from reconciler.errors import Problem
+from reconciler.load import YAML_FOLDERS, git_commit, load_workspace
+from reconciler.plan import Plan, make_plan
+from reconciler.state import observe
+from reconciler.state.db import get_meta, set_meta, write
+
+log = logging.getLogger(__name__)
+WATCHED = (*YAML_FOLDERS, "templates")
+
+
+@dataclass
+class PassResult:
+    """What one pass saw and did."""
+
+    revision: str
+    problems: list[Problem] = field(default_factory=list)
+    plan: Plan | None = None
+    applied: Applied | None = None
+    started: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+
+def reconcile_once(root: Path, db: Database, *, now: datetime, confirm: Collection[str] = ()) -> PassResult:
+    desired, problems = load_workspace(root)
+    problems += check(desired)
+    result = PassResult(desired.revision, sorted(set(problems)))
+    if not result.valid:
+        record_invalid(db, desired.revision, result.problems, now=now)
+    else:
+        result.plan = make_plan(desired, observe(db), now=now, git_commit=git_commit(root), confirm=confirm)
+        result.applied = apply_plan(db, result.plan, desired, now=now)
+    result.started = start_due(db, now=now)
+    return result
+
+
+def record_invalid(db: Database, revision: str, problems: list[Problem], *, now: datetime) -> None:
+    """Remember why a revision was refused, for `status` (and /healthz): the first problems, formatted."""
+    errors = [p.format() for p in problems if p.severity == "error"]
+    with write(db):
+        if get_meta(db, "last_error_revision") != revision or not get_meta(db, "last_error"):
+            set_meta(db, "last_error_at", iso(now))
+        set_meta(db, "last_error_revision", revision)
+        set_meta(db, "last_error", json.dumps({"count": len(errors), "problems": errors[:20]}))
+
+
+def next_start(db: Database) -> datetime | None:
+    row = db.conn.execute(
+        "SELECT min(start_at) FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL"
+    ).fetchone()
+    return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+
+def _relevant(change: Change, path: str) -> bool:
+    return path.endswith((".yaml", ".yml", ".mjml", ".txt"))
+
+
+async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0) -> None:
+    """Watch the workspace and reconcile on every change, and at least every `interval` seconds, until SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    changed = asyncio.Event()
+    watcher = asyncio.create_task(_watch(root, changed, stop))
+    last_logged: str | None = None
+    log.info("reconciler: watching %s (a full pass at least every %ss)", root, f"{interval:g}")
+    try:
+        while not stop.is_set():
+            changed.clear()
+            try:
+                result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now())
+                last_logged = _log_pass(result, last_logged)
+            except Exception:  # the daemon never dies of one bad pass; the next one tries again
+                log.exception("reconcile pass failed; trying again in %ss", f"{interval:g}")
+            await _sleep(db, clock, interval, changed, stop)
+    finally:
+        watcher.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("reconciler: stopped")
+
+
+async def _sleep(db: Database, clock: Clock, interval: float, changed: asyncio.Event, stop: asyncio.Event) -> None:
+    wait = interval
+    upcoming = next_start(db)
+    if upcoming is not None:
+        wait = max(0.05, min(wait, (upcoming - clock.now()).total_seconds() + 0.01))
+    waiters = [asyncio.create_task(changed.wait()), asyncio.create_task(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiters:
+            task.cancel()
+
+
+async def _watch(root: Path, changed: asyncio.Event, stop: asyncio.Event) -> None:
+    folders = [root / name for name in WATCHED if (root / name).is_dir()]
+    if not folders:
+        return
+    async for _ in awatch(*folders, watch_filter=_relevant, stop_event=stop, debounce=300):
+        changed.set()
+
+
+def _log_pass(result: PassResult, last_logged: str | None) -> str | None:
+    if not result.valid:
+        if last_logged != f"invalid {result.revision}":
+            errors = [p for p in result.problems if p.severity == "error"]
+            log.error("revision %s has %d error(s); the last good revision stays in force:\n  %s",
+                      result.revision, len(errors), "\n  ".join(p.format() for p in errors[:10]))  # fmt: skip
+        return f"invalid {result.revision}"
+    if result.applied and result.applied.actions and result.plan:
+        for action in result.plan.actions:
+            log.info("%s: %s", action.subject, action.summary)
+        log.info("revision %s applied: %d change(s)", result.revision, result.applied.actions)
+    for problem in result.plan.problems if result.plan else []:
+        if last_logged != f"valid {result.revision}":
+            log.warning("%s", problem.format())
+    return f"valid {result.revision}"

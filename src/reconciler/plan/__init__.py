@@ -1,0 +1,8 @@
+"""Planning: the pure diff between the workspace and the state (ARCHITECTURE: `plan` runs no SQL, no I/O)."""
+
+from reconciler.plan.audience import AudienceCount, count_audience
+from reconciler.plan.describe import as_json, as_markdown, as_text
+from reconciler.plan.make import make_plan
+from reconciler.plan.model import Action, Plan
+
+__all__ = ["Action", "AudienceCount", "Plan", "as_json", "as_markdown", "as_text", "count_audience", "make_plan"]

@@ -1,0 +1,98 @@
+"""A plan as people read it: text for a terminal, markdown for a pull request comment, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from reconciler.plan.model import SYMBOLS, Action, Plan
+
+_VERBS = {"create": "to create", "update": "to change", "schedule": "to schedule", "unschedule": "to unschedule",
+          "pause": "to pause", "resume": "to resume", "cancel": "to cancel", "remove": "to remove",
+          "confirm": "to confirm"}  # fmt: skip
+
+
+def header(plan: Plan) -> str:
+    source = f"revision {plan.revision}"
+    if plan.git_commit:
+        source += f" (commit {plan.git_commit})"
+    return source
+
+
+def totals(plan: Plan) -> str:
+    counts: Counter[str] = Counter(action.op for action in plan.actions)
+    parts = [f"{counts[op]} {verb}" for op, verb in _VERBS.items() if counts[op]]
+    text = "Plan: " + (", ".join(parts) if parts else "no changes") + "."
+    errors = len(plan.errors)
+    warnings = len(plan.problems) - errors
+    if errors:
+        text += f" {errors} error{'s' * (errors != 1)}: those changes are not applied."
+    if warnings:
+        text += f" {warnings} warning{'s' * (warnings != 1)}."
+    return text
+
+
+def _lines(action: Action) -> list[str]:
+    lines = [f"{action.summary}"]
+    if action.audience is not None and action.op not in ("remove", "confirm"):
+        lines.append(action.audience.describe())
+    return lines
+
+
+def as_text(plan: Plan) -> str:
+    out = [f"Plan for {header(plan)}:", ""]
+    if not plan.actions:
+        out.append("  No changes: the state matches the workspace.")
+    width = max((len(a.subject) for a in plan.actions), default=0)
+    for action in plan.actions:
+        first, *rest = _lines(action)
+        out.append(f"  {SYMBOLS[action.op]} {action.subject.ljust(width)}  {first}")
+        out += [f"    {' ' * width}  {line}" for line in rest]
+    if plan.problems:
+        out.append("")
+        out += [problem.format() for problem in plan.problems]
+    out += ["", totals(plan)]
+    return "\n".join(out) + "\n"
+
+
+def as_markdown(plan: Plan) -> str:
+    """A pull request comment: what merging this would do."""
+    out = [f"### reconciler plan for {header(plan)}", ""]
+    if plan.actions:
+        out += ["| | Document | Change | Audience |", "|---|---|---|---|"]
+        for action in plan.actions:
+            audience = action.audience.describe() if action.audience and action.op not in ("remove",) else ""
+            out.append(f"| {SYMBOLS[action.op]} | `{action.kind} {action.name}` | {_cell(action.summary)} | "
+                       f"{_cell(audience)} |")  # fmt: skip
+    else:
+        out.append("No changes: the state matches the workspace.")
+    if plan.problems:
+        out += ["", "**Problems**", ""]
+        for problem in plan.problems:
+            badge = "❌" if problem.severity == "error" else "⚠️"
+            out.append(f"- {badge} `{problem.path}:{problem.line}` {_cell(problem.format().split(': ', 1)[-1])}")
+    if plan.audiences:
+        out += ["", "<details><summary>Audiences of every campaign</summary>", ""]
+        out += [f"- `{name}` {_cell(count.describe())}" for name, count in sorted(plan.audiences.items())]
+        out += ["", "</details>"]
+    out += ["", totals(plan)]
+    return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def as_json(plan: Plan) -> str:
+    return json.dumps(
+        {
+            "revision": plan.revision,
+            "git_commit": plan.git_commit,
+            "changes": plan.has_changes,
+            "errors": len(plan.errors),
+            "actions": [action.as_dict() for action in plan.actions],
+            "problems": [problem.as_dict() for problem in plan.problems],
+            "audiences": {name: count.as_dict() for name, count in sorted(plan.audiences.items())},
+        },
+        indent=2,
+    )

@@ -1,0 +1,271 @@
+"""make_plan(desired, observed, *, now): the diff between the files and the state, as actions. Pure.
+
+Rules (PRODUCT §2.5, §3): a campaign's content is frozen once it has started sending (a change is an error);
+`paused` and `cancelled` always apply; a removed file cancels a campaign that has not started and keeps history;
+a schedule further in the past than the grace period waits for confirmation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from reconciler.errors import Problem
+from reconciler.plan.audience import AudienceCount, campaign_audience
+from reconciler.plan.content import (
+    ago,
+    campaign_content,
+    describe_when,
+    digest,
+    spec_json,
+    start_at,
+    workflow_content,
+)
+from reconciler.plan.model import Action, Op, Plan
+from reconciler.spec import DesiredState
+from reconciler.spec.documents import Campaign
+from reconciler.state.observe import CampaignRecord, ObservedState
+from reconciler.templates import TemplateSet
+
+ENDED = ("sent", "cancelled")
+
+
+def make_plan(
+    desired: DesiredState,
+    observed: ObservedState,
+    *,
+    now: datetime,
+    git_commit: str | None = None,
+    confirm: Collection[str] = (),
+) -> Plan:
+    """What apply would do to bring the state in line with `desired` at `now`."""
+    templates = TemplateSet(desired.templates)
+    actions: list[Action] = []
+    problems: list[Problem] = []
+    audiences: dict[str, AudienceCount] = {}
+    actions += _lists(desired, observed)
+    actions += _fields(desired, observed)
+    actions += _workflows(desired, observed, templates)
+    for name, campaign in sorted(desired.campaigns.items()):
+        audiences[name] = campaign_audience(desired, campaign, observed.audience)
+        planner = _CampaignPlan(desired, campaign, observed.campaigns.get(name), templates, now, audiences[name])
+        actions += planner.actions()
+        problems += planner.problems
+    for name, record in sorted(observed.campaigns.items()):
+        if name not in desired.campaigns and record.removed_at is None:
+            actions += _removed_campaign(record, problems)
+    for name in sorted(confirm):
+        actions += _confirm(desired, observed, name, now, problems)
+    return Plan(desired.revision, git_commit, tuple(actions), tuple(problems), audiences)
+
+
+class _CampaignPlan:
+    """The action (at most one) and problems for one campaign that has a file."""
+
+    def __init__(
+        self, desired: DesiredState, campaign: Campaign, record: CampaignRecord | None, templates: TemplateSet,
+        now: datetime, audience: AudienceCount,
+    ) -> None:  # fmt: skip
+        self.desired, self.campaign, self.record, self.now, self.audience = desired, campaign, record, now, audience
+        self.source = desired.source("Campaign", campaign.name)
+        self.spec = spec_json(campaign)
+        self.content = campaign_content(desired, campaign, templates)
+        self.content_hash = digest(self.content)
+        self.problems: list[Problem] = []
+
+    def problem(self, loc: tuple[str | int, ...], message: str, hint: str = "", *, error: bool = True) -> None:
+        line, column = self.source.at(loc)
+        field = ".".join(str(part) for part in loc)
+        self.problems.append(Problem(self.source.path, line, column, "Campaign", self.campaign.name, field, message,
+                                     hint, "error" if error else "warning"))  # fmt: skip
+
+    def action(self, op: Any, summary: str, *, changes: tuple[str, ...] = (), status: str | None = None) -> Action:
+        when = start_at(self.campaign.send_at, now=self.now)
+        record = {"spec": self.spec, "content": self.content, "content_hash": self.content_hash,
+                  "path": self.source.path}  # fmt: skip
+        return Action("Campaign", self.campaign.name, op, summary, changes, self.audience,
+                      status or self.campaign.status, when, describe_when(self.campaign.send_at, now=self.now),
+                      record)  # fmt: skip
+
+    def changes(self) -> tuple[str, ...]:
+        assert self.record is not None
+        old = self.record.spec
+        changed = [
+            key for key in sorted(set(self.spec) | set(old)) if key != "status" and self.spec.get(key) != old.get(key)
+        ]
+        if self.content_hash != self.record.content_hash and not changed:
+            changed.append("template files")
+        return tuple(changed)
+
+    def actions(self) -> list[Action]:
+        record, status = self.record, self.campaign.status
+        if record is None or (record.removed_at is not None and not record.started):
+            return self._create()
+        if record.removed_at is not None:
+            self.problem(("name",), f"a campaign of this name already ran (started {record.started_at}) and its "
+                         "file was removed", "give the new campaign a new name; history keeps the old one")  # fmt: skip
+            return []
+        changes = self.changes()
+        if record.started:
+            return self._started(record, changes)
+        self._warn_segments()
+        if status == record.status:
+            if not changes:
+                self._late(record)
+                return []
+            return [self._with_late(self.action("update", f"update ({', '.join(changes)})", changes=changes))]
+        op = {"scheduled": "schedule", "draft": "unschedule", "paused": "pause", "cancelled": "cancel"}[status]
+        summary = {
+            "schedule": f"schedule for {describe_when(self.campaign.send_at, now=self.now)}",
+            "unschedule": "back to draft: will not be sent",
+            "pause": "pause before it starts",
+            "cancel": "cancel: will not be sent",
+        }[op]
+        if changes:
+            summary += f"; update ({', '.join(changes)})"
+        return [self._with_late(self.action(op, summary, changes=changes))]
+
+    def _create(self) -> list[Action]:
+        status = self.campaign.status
+        self._warn_segments()
+        if status == "scheduled":
+            summary = f"schedule for {describe_when(self.campaign.send_at, now=self.now)}"
+            return [self._with_late(self.action("schedule", summary))]
+        summary = {"draft": "draft: not scheduled", "paused": "paused: not scheduled",
+                   "cancelled": "cancelled: never sent"}[status]  # fmt: skip
+        return [self.action("create", summary)]
+
+    def _started(self, record: CampaignRecord, changes: tuple[str, ...]) -> list[Action]:
+        status = self.campaign.status
+        if changes:
+            self.problem(
+                (changes[0],) if changes[0] != "template files" else ("template",),
+                f"started sending at {record.started_at}: its content is frozen, but {', '.join(changes)} changed",
+                "revert the change, or copy the campaign to a new file with a new name; status: paused or "
+                "cancelled are always allowed",
+            )
+        if record.status == "sent" or status == record.status or (status, record.status) == ("scheduled", "sending"):
+            return []
+        if status == "draft":
+            self.problem(("status",), "a campaign that started sending cannot return to draft",
+                         "use status: paused to stop it for now, or cancelled to stop it for good")  # fmt: skip
+            return []
+        if record.status == "cancelled":
+            self.problem(("status",), "this campaign was cancelled while sending; cancelling is final",
+                         "copy it to a new campaign to send the rest")  # fmt: skip
+            return []
+        op: Op = {"paused": "pause", "scheduled": "resume", "cancelled": "cancel"}[status]  # type: ignore[assignment]
+        left = record.progress.get("queued", 0) + record.progress.get("deferred", 0)
+        summary = {"pause": f"pause sending ({left:,} messages wait)",
+                   "resume": f"resume sending ({left:,} messages to go)",
+                   "cancel": f"cancel: {left:,} unsent messages are skipped"}[op]  # fmt: skip
+        return [Action("Campaign", self.campaign.name, op, summary, (), None,
+                       "sending" if op == "resume" else status)]  # fmt: skip
+
+    def _warn_segments(self) -> None:
+        if self.audience.unevaluated and self.campaign.status == "scheduled":
+            self.problem(("audience",), f"uses {', '.join(self.audience.unevaluated)}, which this version cannot "
+                         "evaluate yet: it will wait instead of sending to the wrong people",
+                         "remove the segments, or wait for segment support", error=False)  # fmt: skip
+
+    def _late(self, record: CampaignRecord) -> None:
+        if record.status == "scheduled" and not record.confirmed_late and record.start_at:
+            self._check_late(datetime.fromisoformat(record.start_at))
+
+    def _with_late(self, action: Action) -> Action:
+        if action.status == "scheduled" and action.start_at and not (self.record and self.record.confirmed_late):
+            self._check_late(action.start_at)
+        return action
+
+    def _check_late(self, when: datetime) -> None:
+        grace = self.desired.settings.schedule_grace if self.desired.settings else None
+        if grace is not None and self.now - when > grace:
+            self.problem(("send_at",), f"send_at is {ago(self.now - when)} in the past, more than the grace of "
+                         f"{ago(grace)}: it waits instead of sending",
+                         f"confirm with `reconciler apply --confirm {self.campaign.name}`, or set a new send_at",
+                         error=False)  # fmt: skip
+
+
+def _removed_campaign(record: CampaignRecord, problems: list[Problem]) -> list[Action]:
+    if not record.started:
+        summary = "file removed: cancelled, record kept" if record.status != "cancelled" else "file removed"
+        return [Action("Campaign", record.name, "remove", summary, (), None, "cancelled")]
+    if record.status in ENDED:
+        return [Action("Campaign", record.name, "remove", "file removed; history kept", (), None, record.status)]
+    problems.append(Problem(record.path, 1, 1, "Campaign", record.name, "",
+                            f"the file was removed while the campaign is {record.status}; it carries on",
+                            "restore the file with status: cancelled to stop it", "warning"))  # fmt: skip
+    return []
+
+
+def _confirm(desired: DesiredState, observed: ObservedState, name: str, now: datetime,
+             problems: list[Problem]) -> list[Action]:  # fmt: skip
+    record = observed.campaigns.get(name)
+    if name not in desired.campaigns:
+        problems.append(Problem(desired.root, 1, 1, "Campaign", name, "", "--confirm names no campaign of the "
+                                "workspace", "check the name with `reconciler status`"))  # fmt: skip
+        return []
+    if record is not None and record.started:
+        return []
+    when = start_at(desired.campaigns[name].send_at, now=now)
+    return [Action("Campaign", name, "confirm", f"confirmed: send although send_at {when.isoformat()} is past")]
+
+
+def _lists(desired: DesiredState, observed: ObservedState) -> list[Action]:
+    actions = []
+    for name, document in sorted(desired.lists.items()):
+        spec = spec_json(document)
+        old = observed.lists.get(name)
+        if old is None or old.get("removed_at"):
+            summary = f"{document.title!r}: {document.visibility}, {document.opt_in} opt-in, {document.category}"
+            actions.append(Action("List", name, "create", summary, record={"spec": spec}))
+        else:
+            changes = tuple(k for k in sorted(spec) if spec.get(k) != old.get(k))
+            if changes:
+                actions.append(Action("List", name, "update", f"update ({', '.join(changes)})", changes,
+                                      record={"spec": spec}))  # fmt: skip
+    for name, old in sorted(observed.lists.items()):
+        if name not in desired.lists and not old.get("removed_at"):
+            actions.append(Action("List", name, "remove", "removed from the spec; subscriptions are kept"))
+    return actions
+
+
+def _fields(desired: DesiredState, observed: ObservedState) -> list[Action]:
+    actions = []
+    for name, document in sorted(desired.fields.items()):
+        old = observed.fields.get(name)
+        if old is None:
+            actions.append(Action("Field", name, "create", document.type, record={"type": document.type}))
+        elif old != document.type:
+            actions.append(
+                Action(
+                    "Field",
+                    name,
+                    "update",
+                    f"type {old} → {document.type} (stored values stay as they are; re-import to convert them)",
+                    ("type",),
+                    record={"type": document.type},
+                )
+            )
+    for name in sorted(set(observed.fields) - set(desired.fields)):
+        actions.append(Action("Field", name, "remove", "removed from the spec; stored values are kept"))
+    return actions
+
+
+def _workflows(desired: DesiredState, observed: ObservedState, templates: TemplateSet) -> list[Action]:
+    actions = []
+    for name, workflow in sorted(desired.workflows.items()):
+        content = workflow_content(desired, workflow, templates)
+        content_hash = digest(content)
+        record = {"spec": content["spec"], "content_hash": content_hash}
+        old = observed.workflows.get(name)
+        if old is None:
+            trigger = next(iter(workflow.trigger.model_dump(mode="json", exclude_none=True).items()))
+            summary = f"{workflow.status}, triggered by {trigger[0]}: {trigger[1]}"
+            actions.append(Action("Workflow", name, "create", summary, record=record))
+        elif old != content_hash:
+            actions.append(Action("Workflow", name, "update", "steps or templates changed", record=record))
+    for name in sorted(set(observed.workflows) - set(desired.workflows)):
+        actions.append(Action("Workflow", name, "remove", "removed from the spec"))
+    return actions

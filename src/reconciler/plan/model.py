@@ -1,0 +1,73 @@
+"""A plan: the actions apply would take, and the problems that stop some of them, as plain values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from reconciler.errors import Problem
+from reconciler.plan.audience import AudienceCount
+
+Op = Literal["create", "update", "schedule", "unschedule", "pause", "resume", "cancel", "remove", "confirm"]
+
+SYMBOLS: dict[str, str] = {
+    "create": "+", "update": "~", "schedule": "+", "unschedule": "~", "pause": "‖", "resume": "▶",
+    "cancel": "×", "remove": "-", "confirm": "!",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change apply would make to one document's record in the state."""
+
+    kind: str
+    name: str
+    op: Op
+    summary: str
+    """One line a reviewer reads: "schedule for Fri 2026-11-27 08:00 +01:00"."""
+    changes: tuple[str, ...] = ()
+    """Which keys differ from what was applied."""
+    audience: AudienceCount | None = None
+    status: str | None = None
+    """For campaigns: the status the record has afterwards."""
+    start_at: datetime | None = None
+    when: str = ""
+    """When it sends, as a reader says it ("Fri 2026-11-27 08:00 +01:00")."""
+    record: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What apply writes (spec, content, hashes, path): not part of any output."""
+
+    @property
+    def subject(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "op": self.op,
+            "summary": self.summary,
+            "changes": list(self.changes),
+            "audience": self.audience.as_dict() if self.audience else None,
+            "status": self.status,
+            "start_at": self.start_at.isoformat() if self.start_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    revision: str
+    git_commit: str | None
+    actions: tuple[Action, ...]
+    problems: tuple[Problem, ...] = ()
+    audiences: Mapping[str, AudienceCount] = field(default_factory=dict)
+    """Every campaign's audience as it stands, whether or not it changes."""
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions)

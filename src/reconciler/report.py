@@ -1,0 +1,92 @@
+"""`reconciler status`: the state as an operator reads it (campaign conditions, progress, revisions, errors)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlite_utils import Database
+
+from reconciler.state import observe
+from reconciler.state.db import get_meta
+from reconciler.state.records import revisions
+
+PROGRESS_STATES = ("queued", "sending", "deferred", "sent", "uncertain", "failed", "skipped")
+
+
+def status_report(db: Database) -> dict[str, Any]:
+    observed = observe(db, audience=False)
+    error = json.loads(get_meta(db, "last_error") or "null")
+    last = revisions(db, limit=1)
+    return {
+        "revision": {
+            "applied": observed.last_applied_revision,
+            "git_commit": (last[0]["git_commit"] if last else None) or None,
+            "applied_at": last[0]["applied_at"] if last else None,
+        },
+        "last_error": {
+            "revision": get_meta(db, "last_error_revision"),
+            "since": get_meta(db, "last_error_at"),
+            "count": error["count"],
+            "problems": error["problems"],
+        }
+        if error
+        else None,
+        "contacts": observed.contacts,
+        "campaigns": [
+            {
+                "name": record.name,
+                "status": record.status,
+                "ready": record.ready,
+                "reason": record.reason,
+                "message": record.message,
+                "start_at": record.start_at,
+                "started_at": record.started_at,
+                "recipients": record.recipients,
+                "progress": {state: record.progress.get(state, 0) for state in PROGRESS_STATES},
+                "removed": record.removed_at is not None,
+                "last_attempted_revision": record.last_attempted_revision,
+                "last_applied_revision": record.last_applied_revision,
+            }
+            for record in sorted(observed.campaigns.values(), key=lambda r: (r.removed_at is not None, r.name))
+        ],
+        "workflows": sorted(observed.workflows),
+        "lists": sorted(name for name, spec in observed.lists.items() if not spec.get("removed_at")),
+    }
+
+
+def format_status(report: dict[str, Any]) -> str:
+    revision = report["revision"]
+    out = []
+    if revision["applied"]:
+        commit = f" (commit {revision['git_commit']})" if revision["git_commit"] else ""
+        out.append(f"Applied revision: {revision['applied']}{commit} at {revision['applied_at']}")
+    else:
+        out.append("Applied revision: none yet (run `reconciler apply` or `reconciler run`)")
+    error = report["last_error"]
+    if error:
+        out.append(f"Last error: revision {error['revision']} has {error['count']} error(s) since {error['since']}; "
+                   "the last good revision stays in force:")  # fmt: skip
+        out += [f"  {line}" for line in error["problems"]]
+    out.append(f"Contacts: {report['contacts']:,}   Lists: {', '.join(report['lists']) or '-'}   "
+               f"Workflows: {', '.join(report['workflows']) or '-'}")  # fmt: skip
+    out.append("")
+    if not report["campaigns"]:
+        out.append("No campaigns applied yet.")
+        return "\n".join(out)
+    rows = [("CAMPAIGN", "STATUS", "READY", "REASON", "PROGRESS", "REVISION")]
+    for c in report["campaigns"]:
+        progress = c["progress"]
+        done = progress["sent"] + progress["failed"] + progress["skipped"] + progress["uncertain"]
+        total = sum(progress.values())
+        shown = f"{done:,}/{total:,} sent" if total else "-"
+        name = c["name"] + (" (file removed)" if c["removed"] else "")
+        ready = "yes" if c["ready"] else "no"
+        rows.append((name, c["status"], ready, c["reason"], shown, c["last_applied_revision"] or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if index:
+            campaign = report["campaigns"][index - 1]
+            out.append(f"    {campaign['message']}")
+    return "\n".join(out)

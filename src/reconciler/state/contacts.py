@@ -1,0 +1,268 @@
+"""Contact writes and reads: the upsert an import runs per batch, subscriptions with their consent record,
+GDPR export and erasure.
+
+Suppressions are keyed by the hash of the normalised address, so an erased person leaves no address behind and
+still cannot be imported again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlite_utils import Database
+
+from reconciler.state.db import audit, write
+
+BUILTIN_COLUMNS = ("first_name", "last_name", "timezone", "locale", "country")
+BLOCKING = ("bounced", "complained", "unsubscribed", "erased")
+"""Suppression reasons that keep a contact off marketing lists (a transactional list only honours the first and
+the last: receipts still go to someone who unsubscribed from marketing)."""
+
+
+def email_hash(email: str) -> str:
+    """The key of a suppression: sha256 of the normalised address."""
+    return hashlib.sha256(email.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    """One normalised, typed row of an import: only the values the file gave (None = keep what we have)."""
+
+    email: str
+    builtins: dict[str, str]
+    tags: list[str]
+    fields: dict[str, Any]
+    created_at: str | None = None
+
+
+@dataclass
+class BatchResult:
+    created: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    """Rows for an address an earlier row of the same file already gave (merged into it)."""
+    skipped_erased: int = 0
+    subscribed: int = 0
+    kept_out: dict[str, int] = field(default_factory=dict)
+    """Rows not subscribed, by why: suppressed (bounced ...), or unsubscribed from the list earlier."""
+
+
+_UPSERT = f"""
+INSERT INTO contacts (email, email_hash, {", ".join(BUILTIN_COLUMNS)}, tags, fields, created_at, updated_at,
+                      import_id)
+VALUES (?, ?, {", ".join("?" for _ in BUILTIN_COLUMNS)}, ?, ?, ?, ?, ?)
+ON CONFLICT (email) DO UPDATE SET
+    {", ".join(f"{c} = coalesce(excluded.{c}, {c})" for c in BUILTIN_COLUMNS)},
+    tags = CASE WHEN excluded.tags = '[]' THEN tags ELSE (
+        SELECT json_group_array(value) FROM (
+            SELECT value FROM json_each(contacts.tags) UNION SELECT value FROM json_each(excluded.tags)
+        )
+    ) END,
+    fields = json_patch(fields, excluded.fields),
+    updated_at = excluded.updated_at,
+    import_id = excluded.import_id
+"""  # noqa: S608 - column names are constants of this module, values are parameters
+
+
+def start_import(db: Database, *, file: str, at: str) -> int:
+    with write(db):
+        cursor = db.conn.execute("INSERT INTO imports(file, started_at) VALUES (?, ?)", (file, at))
+    return int(cursor.lastrowid or 0)
+
+
+def import_batch(
+    db: Database,
+    rows: Sequence[ContactRow],
+    *,
+    import_id: int,
+    at: str,
+    lists: Iterable[tuple[str, bool]] = (),
+    source: str,
+    consent_text: str | None,
+) -> BatchResult:
+    """Upsert one batch of rows and subscribe them to `lists` ((name, transactional) pairs), in one transaction.
+
+    Nobody who unsubscribed, bounced, complained or was erased is subscribed again; erased addresses are not even
+    stored again.
+    """
+    result = BatchResult()
+    hashes = {row.email: email_hash(row.email) for row in rows}
+    with write(db):
+        blocked = _suppressed(db, hashes.values())
+        earlier = _existing(db, hashes)
+        seen: set[str] = set()
+        values = []
+        for row in rows:
+            if blocked.get(hashes[row.email]) == "erased":
+                result.skipped_erased += 1
+                continue
+            if row.email in seen or earlier.get(row.email) == import_id:
+                result.duplicates += 1
+            elif row.email in earlier:
+                result.updated += 1
+            else:
+                result.created += 1
+            seen.add(row.email)
+            values.append((
+                row.email, hashes[row.email], *(row.builtins.get(c) for c in BUILTIN_COLUMNS),
+                json.dumps(sorted(set(row.tags))), json.dumps(row.fields, separators=(",", ":")),
+                row.created_at or at, at, import_id,
+            ))  # fmt: skip
+        db.conn.executemany(_UPSERT, values)
+        emails = json.dumps(sorted(seen))
+        for name, transactional in lists:
+            _subscribe_batch(db, result, emails, name, transactional, at=at, source=source, text=consent_text)
+    return result
+
+
+def _suppressed(db: Database, hashes: Iterable[str]) -> dict[str, str]:
+    rows = db.conn.execute(
+        "SELECT email_hash, reason FROM suppressions WHERE email_hash IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(hashes)),),
+    )
+    return dict(rows.fetchall())
+
+
+def _existing(db: Database, hashes: dict[str, str]) -> dict[str, int | None]:
+    rows = db.conn.execute(
+        "SELECT email, import_id FROM contacts WHERE email IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(hashes)),),
+    )
+    return dict(rows.fetchall())
+
+
+def _subscribe_batch(
+    db: Database, result: BatchResult, emails: str, name: str, transactional: bool, *, at: str, source: str,
+    text: str | None,
+) -> None:  # fmt: skip
+    blocking = ("bounced", "erased") if transactional else BLOCKING
+    params = {"emails": emails, "list": name, "at": at, "source": source, "text": text,
+              "b": json.dumps(blocking)}  # fmt: skip
+    kept_out = db.conn.execute(
+        """
+        SELECT coalesce(p.reason, s.status), count(*) FROM contacts c
+        LEFT JOIN suppressions p ON p.email_hash = c.email_hash AND p.reason IN (SELECT value FROM json_each(:b))
+        LEFT JOIN subscriptions s ON s.contact_id = c.id AND s.list = :list AND s.status = 'unsubscribed'
+        WHERE c.email IN (SELECT value FROM json_each(:emails)) AND (p.reason IS NOT NULL OR s.status IS NOT NULL)
+        GROUP BY 1
+        """,
+        params,
+    ).fetchall()
+    for reason, count in kept_out:
+        result.kept_out[reason] = result.kept_out.get(reason, 0) + count
+    eligible = """
+        FROM contacts c WHERE c.email IN (SELECT value FROM json_each(:emails))
+        AND NOT EXISTS (SELECT 1 FROM suppressions p WHERE p.email_hash = c.email_hash
+                        AND p.reason IN (SELECT value FROM json_each(:b)))
+        AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.list = :list)
+    """
+    db.conn.execute(
+        "INSERT INTO consent(contact_id, list, action, at, source, text) "
+        f"SELECT c.id, :list, 'subscribe', :at, :source, :text {eligible}",
+        params,
+    )
+    cursor = db.conn.execute(
+        f"INSERT INTO subscriptions(contact_id, list, status, updated_at) SELECT c.id, :list, 'subscribed', :at "
+        f"{eligible}",
+        params,
+    )
+    result.subscribed += cursor.rowcount
+
+
+def finish_import(db: Database, import_id: int, *, at: str, rows: int, created: int, updated: int,
+                  rejected: int, file: str) -> None:  # fmt: skip
+    with write(db):
+        db.conn.execute(
+            "UPDATE imports SET finished_at = ?, rows = ?, created = ?, updated = ?, rejected = ? WHERE id = ?",
+            (at, rows, created, updated, rejected, import_id),
+        )
+        audit(db, at=at, actor="import", subject=f"import {import_id}", action="imported",
+              detail=f"{file}: {created} created, {updated} updated, {rejected} rejected")  # fmt: skip
+
+
+def export_contact(db: Database, email: str) -> dict[str, Any] | None:
+    """Everything held about one person (GDPR access), or None when we hold nothing."""
+    hashed = email_hash(email)
+    suppression = db.conn.execute(
+        "SELECT reason, at, detail FROM suppressions WHERE email_hash = ?", (hashed,)
+    ).fetchone()
+    contact = next(db.query("SELECT * FROM contacts WHERE email = ?", [email]), None)
+    if contact is None:
+        if suppression is None:
+            return None
+        return {"email": email, "held": "only a hash of the address, to keep it suppressed",
+                "suppression": dict(zip(("reason", "at", "detail"), suppression, strict=True))}  # fmt: skip
+    cid = contact["id"]
+
+    def rows(sql: str) -> list[dict[str, Any]]:
+        return list(db.query(sql, [cid]))
+
+    for key in ("tags", "fields"):
+        contact[key] = json.loads(contact[key])
+    for key in ("email_hash", "import_id", "id"):
+        contact.pop(key)
+    events = rows("SELECT type, occurred_at, properties FROM events WHERE contact_id = ? ORDER BY occurred_at")
+    for event in events:
+        event["properties"] = json.loads(event["properties"])
+    return {
+        "contact": contact,
+        "subscriptions": rows("SELECT list, status, updated_at FROM subscriptions WHERE contact_id = ? ORDER BY list"),
+        "consent": rows("SELECT list, action, at, source, text, ip FROM consent WHERE contact_id = ? ORDER BY id"),
+        "suppression": dict(zip(("reason", "at", "detail"), suppression, strict=True)) if suppression else None,
+        "messages": rows(
+            "SELECT source_kind, source, stage, state, message_id, updated_at FROM ledger WHERE contact_id = ? "
+            "ORDER BY id"
+        ),
+        "engagement": rows(
+            "SELECT source, stage, action, machine, at FROM engagement WHERE contact_id = ? ORDER BY id"
+        ),
+        "events": events,
+    }
+
+
+def erase_contact(db: Database, email: str, *, at: str) -> bool:
+    """Delete everything about the person except a hash that keeps them suppressed; True if we held a record."""
+    hashed = email_hash(email)
+    with write(db):
+        deleted = db.conn.execute("DELETE FROM contacts WHERE email = ?", (email,)).rowcount
+        db.conn.execute(
+            "INSERT INTO suppressions(email_hash, reason, at) VALUES (?, 'erased', ?) "
+            "ON CONFLICT(email_hash) DO UPDATE SET reason = 'erased', at = excluded.at, detail = NULL",
+            (hashed, at),
+        )
+        audit(db, at=at, actor="erase", subject=f"contact {hashed[:12]}", action="erased",
+              detail="record deleted" if deleted else "no record; address hash suppressed")  # fmt: skip
+    return bool(deleted)
+
+
+def suppress(db: Database, email: str, reason: str, *, at: str, detail: str | None = None) -> None:
+    """Keep an address out of mail: bounced, complained or unsubscribed from everything."""
+    with write(db):
+        db.conn.execute(
+            "INSERT INTO suppressions(email_hash, reason, at, detail) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(email_hash) DO NOTHING",
+            (email_hash(email), reason, at, detail),
+        )
+
+
+def set_subscription(db: Database, email: str, list_name: str, status: str, *, at: str, source: str,
+                     text: str | None = None, ip: str | None = None) -> None:  # fmt: skip
+    """Change one subscription, with its consent record (used by tests now, by the web service later)."""
+    with write(db):
+        row = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
+        if row is None:
+            raise KeyError(email)
+        db.conn.execute(
+            "INSERT INTO subscriptions(contact_id, list, status, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(contact_id, list) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+            (row[0], list_name, status, at),
+        )
+        action = {"subscribed": "subscribe", "unsubscribed": "unsubscribe", "pending": "subscribe"}[status]
+        db.conn.execute(
+            "INSERT INTO consent(contact_id, list, action, at, source, text, ip) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row[0], list_name, action, at, source, text, ip),
+        )

@@ -1,0 +1,86 @@
+"""Opening the state database: WAL, a busy timeout, foreign keys, and the schema brought up to date.
+
+There is one writer at a time: every write runs in `write()`, a ``BEGIN IMMEDIATE`` transaction that takes the
+write lock up front, so two processes (a daemon and a `tick`) queue on the lock instead of failing half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from reconciler.errors import ReconcilerError
+from reconciler.state.schema import migrations
+
+BUSY_TIMEOUT_MS = 30_000
+DEFAULT_PATH = ".state/reconciler.db"
+
+
+class StateError(ReconcilerError):
+    """The state database cannot be used (unreadable, locked for too long, newer than this program)."""
+
+
+def state_path(workspace: Path, override: Path | str | None = None) -> Path:
+    """`--state`, else `RECONCILER_STATE`, else `.state/reconciler.db` under the workspace (PRODUCT §2)."""
+    chosen = override or os.environ.get("RECONCILER_STATE")
+    return Path(chosen) if chosen else workspace / DEFAULT_PATH
+
+
+def open_db(path: Path, *, create: bool = True) -> Database:
+    """Open (or create) the state database and apply pending migrations."""
+    if not path.exists() and not create:
+        raise StateError(f"{path}: no state database here yet (run `reconciler apply` or import contacts first)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        db = Database(conn)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.enable_wal()
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: commits survive kill -9 (MAIL-FACTS)
+        conn.execute("PRAGMA foreign_keys = ON")
+        with write(db):  # under the write lock, so two processes starting at once migrate once
+            migrations.apply(db)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: cannot open the state database: {exc}") from exc
+    return db
+
+
+@contextmanager
+def write(db: Database) -> Iterator[Database]:
+    """One write transaction holding the write lock from its first statement (``BEGIN IMMEDIATE``)."""
+    if db.conn.in_transaction:  # nested: part of the caller's transaction
+        yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    else:
+        db.conn.execute("COMMIT")
+
+
+def get_meta(db: Database, key: str) -> str | None:
+    row = db.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(db: Database, key: str, value: str) -> None:
+    db.conn.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def audit(db: Database, *, at: str, actor: str, subject: str, action: str, detail: str = "",
+          revision: str | None = None) -> None:  # fmt: skip
+    db.conn.execute(
+        "INSERT INTO audit(at, revision, actor, subject, action, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        (at, revision, actor, subject, action, detail or None),
+    )

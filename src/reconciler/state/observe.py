@@ -1,0 +1,133 @@
+"""ObservedState: what the state database holds that `make_plan` compares the workspace with.
+
+Reading it is the only SQL of a plan. Audience counts come as a histogram of membership *signatures* (which lists
+a contact is subscribed to, unsubscribed from or pending on, and why they are suppressed) so that the pure planner
+can count any number of campaigns' audiences without another query: a million contacts fall into a few hundred
+signatures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlite_utils import Database
+
+from reconciler.state.db import get_meta
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    """A campaign as last applied, with its progress."""
+
+    name: str
+    status: str
+    ready: bool
+    reason: str
+    message: str
+    path: str
+    spec: Mapping[str, Any]
+    content_hash: str
+    start_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    removed_at: str | None
+    confirmed_late: bool
+    recipients: int | None
+    last_attempted_revision: str | None
+    last_applied_revision: str | None
+    progress: Mapping[str, int] = field(default_factory=dict)
+    """Ledger rows by state (queued, sent, ...)."""
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One kind of contact, for counting: their lists by subscription status and their suppression, if any."""
+
+    subscribed: frozenset[str]
+    unsubscribed: frozenset[str]
+    pending: frozenset[str]
+    suppression: str | None
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    campaigns: Mapping[str, CampaignRecord]
+    lists: Mapping[str, Mapping[str, Any]]
+    """List documents as applied (JSON), including removed ones (with `removed_at`)."""
+    fields: Mapping[str, str]
+    workflows: Mapping[str, str]
+    """Workflow name -> content hash as applied (removed ones absent)."""
+    audience: Mapping[Signature, int]
+    contacts: int
+    last_applied_revision: str | None = None
+    last_error: str | None = None
+
+
+def observe(db: Database, *, audience: bool = True) -> ObservedState:
+    """Read everything `make_plan` needs; `audience=False` skips the counts (status, or a plan without them)."""
+    progress: dict[str, dict[str, int]] = {}
+    for source, state, count in db.conn.execute(
+        "SELECT source, state, count(*) FROM ledger WHERE source_kind = 'campaign' GROUP BY source, state"
+    ):
+        progress.setdefault(source, {})[state] = count
+    campaigns = {}
+    for row in db.query("SELECT * FROM campaigns"):
+        campaigns[row["name"]] = CampaignRecord(
+            name=row["name"], status=row["status"], ready=bool(row["ready"]), reason=row["reason"],
+            message=row["message"], path=row["path"], spec=json.loads(row["spec"]), content_hash=row["content_hash"],
+            start_at=row["start_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+            removed_at=row["removed_at"], confirmed_late=bool(row["confirmed_late"]), recipients=row["recipients"],
+            last_attempted_revision=row["last_attempted_revision"],
+            last_applied_revision=row["last_applied_revision"], progress=progress.get(row["name"], {}),
+        )  # fmt: skip
+    lists = {}
+    for name, spec, removed_at in db.conn.execute("SELECT name, spec, removed_at FROM lists"):
+        lists[name] = {**json.loads(spec), "removed_at": removed_at}
+    fields = dict(db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
+    workflows = dict(db.conn.execute("SELECT name, content_hash FROM workflows WHERE removed_at IS NULL").fetchall())
+    contacts = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    return ObservedState(
+        campaigns=campaigns,
+        lists=lists,
+        fields=fields,
+        workflows=workflows,
+        audience=audience_histogram(db) if audience else {},
+        contacts=contacts,
+        last_applied_revision=get_meta(db, "last_applied_revision"),
+        last_error=get_meta(db, "last_error"),
+    )
+
+
+def audience_histogram(db: Database) -> dict[Signature, int]:
+    """Contacts with at least one subscription, counted by signature, in one grouped query."""
+    histogram: Counter[Signature] = Counter()
+    rows = db.conn.execute(
+        """
+        SELECT m.subscribed, m.unsubscribed, m.pending, p.reason, count(*)
+        FROM (
+            SELECT contact_id,
+                   group_concat(CASE WHEN status = 'subscribed' THEN list END, char(31)) AS subscribed,
+                   group_concat(CASE WHEN status = 'unsubscribed' THEN list END, char(31)) AS unsubscribed,
+                   group_concat(CASE WHEN status = 'pending' THEN list END, char(31)) AS pending
+            FROM subscriptions GROUP BY contact_id
+        ) AS m
+        JOIN contacts c ON c.id = m.contact_id
+        LEFT JOIN suppressions p ON p.email_hash = c.email_hash
+        GROUP BY 1, 2, 3, 4
+        """
+    )
+    for subscribed, unsubscribed, pending, reason, count in rows:
+        histogram[Signature(_set(subscribed), _set(unsubscribed), _set(pending), reason)] += count
+    return dict(histogram)
+
+
+def _set(text: str | None) -> frozenset[str]:
+    return frozenset(text.split("\x1f")) if text else frozenset()
