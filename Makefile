@@ -15,10 +15,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: validate the example workspace (spec/, campaigns/, templates/) and show what it holds
-run: $(STAMP)
+SAMPLE := .state/sample-contacts.csv
+
+## run: validate the example workspace, import made-up contacts once, and run the daemon on it (Ctrl-C stops it)
+run: $(STAMP) .state/.sample-imported
 	$(BIN)/reconciler validate
-	@echo "The example workspace is valid. Try: $(BIN)/reconciler validate --format github"
+	$(BIN)/reconciler run
+
+.state/.sample-imported: $(STAMP)
+	mkdir -p .state
+	$(BIN)/reconciler contacts sample --count 500 > $(SAMPLE)
+	$(BIN)/reconciler contacts import $(SAMPLE) --list newsletter --list offers --consent "made-up sample data"
+	touch $@
 
 ## test: the whole test suite
 test: $(STAMP)

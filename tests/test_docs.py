@@ -14,8 +14,14 @@ SPEC_DOC = (REPO / "docs" / "spec-language.md").read_text()
 
 
 def commands() -> list[tuple[str, click.Command]]:
+    """Every command, with the subcommands of groups as "group sub"."""
     assert isinstance(main, click.Group)
-    return sorted(main.commands.items())
+    found = []
+    for name, command in sorted(main.commands.items()):
+        found.append((name, command))
+        if isinstance(command, click.Group):
+            found += [(f"{name} {sub}", child) for sub, child in sorted(command.commands.items())]
+    return found
 
 
 @pytest.mark.parametrize(("name", "command"), commands())

@@ -30,13 +30,25 @@ def email_hash(email: str) -> str:
 
 @dataclass(frozen=True)
 class ContactRow:
-    """One normalised, typed row of an import: only the values the file gave (None = keep what we have)."""
+    """One normalised, typed row of an import: only the values the file gave (None = keep what we have).
+
+    Hash and JSON are computed where the row is parsed (a worker process, for large files), not by the writer.
+    """
 
     email: str
+    email_hash: str
     builtins: dict[str, str]
-    tags: list[str]
-    fields: dict[str, Any]
+    tags: str
+    """JSON array, sorted."""
+    fields: str
+    """JSON object of custom fields."""
     created_at: str | None = None
+
+    @classmethod
+    def build(cls, email: str, builtins: dict[str, str], tags: list[str], fields: dict[str, Any],
+              created_at: str | None = None) -> ContactRow:  # fmt: skip
+        return cls(email, email_hash(email), builtins, json.dumps(sorted(set(tags))),
+                   json.dumps(fields, separators=(",", ":")), created_at)  # fmt: skip
 
 
 @dataclass
@@ -90,7 +102,7 @@ def import_batch(
     stored again.
     """
     result = BatchResult()
-    hashes = {row.email: email_hash(row.email) for row in rows}
+    hashes = {row.email: row.email_hash for row in rows}
     with write(db):
         blocked = _suppressed(db, hashes.values())
         earlier = _existing(db, hashes)
@@ -108,8 +120,7 @@ def import_batch(
                 result.created += 1
             seen.add(row.email)
             values.append((
-                row.email, hashes[row.email], *(row.builtins.get(c) for c in BUILTIN_COLUMNS),
-                json.dumps(sorted(set(row.tags))), json.dumps(row.fields, separators=(",", ":")),
+                row.email, row.email_hash, *(row.builtins.get(c) for c in BUILTIN_COLUMNS), row.tags, row.fields,
                 row.created_at or at, at, import_id,
             ))  # fmt: skip
         db.conn.executemany(_UPSERT, values)

@@ -43,6 +43,8 @@ def open_db(path: Path, *, create: bool = True) -> Database:
         db.enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: commits survive kill -9 (MAIL-FACTS)
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA cache_size = -65536")  # up to 64 MB of pages: indexes over a million contacts stay hot
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")  # fewer, larger checkpoints: hot pages written once
         with write(db):  # under the write lock, so two processes starting at once migrate once
             migrations.apply(db)
     except sqlite3.DatabaseError as exc:

@@ -1,0 +1,256 @@
+"""plan, apply and tick on the example workspace, against a real state database: the documented actions."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlite_utils import Database
+
+from conftest import reconciler
+from reconciler.apply import apply_plan, start_due
+from reconciler.check import check
+from reconciler.contacts import import_file
+from reconciler.daemon import reconcile_once
+from reconciler.load import load_workspace
+from reconciler.plan import Plan, as_json, as_markdown, as_text, make_plan
+from reconciler.samples import sample_csv
+from reconciler.spec import DesiredState
+from reconciler.state import observe, open_db
+from reconciler.state.contacts import set_subscription, suppress
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def _desired(root: Path) -> DesiredState:
+    desired, problems = load_workspace(root)
+    problems += check(desired)
+    assert not [p for p in problems if p.severity == "error"], problems
+    return desired
+
+
+def _plan(root: Path, db: Database, now: datetime = NOW, **kwargs: object) -> Plan:
+    return make_plan(_desired(root), observe(db), now=now, **kwargs)  # type: ignore[arg-type]
+
+
+def _apply(root: Path, db: Database, now: datetime = NOW, **kwargs: object) -> Plan:
+    plan = _plan(root, db, now, **kwargs)
+    apply_plan(db, plan, _desired(root), now=now)
+    return plan
+
+
+def _ops(plan: Plan, kind: str = "Campaign") -> dict[str, str]:
+    return {a.name: a.op for a in plan.actions if a.kind == kind}
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.fixture
+def db(example: Path) -> Database:
+    """The example's state with 300 made-up contacts on newsletter and offers, a few of them opted out."""
+    (example / "contacts.csv").write_text("".join(sample_csv(300, seed=1)))
+    database = open_db(example / ".state" / "reconciler.db")
+    import_file(database, _desired(example), example / "contacts.csv", lists=["newsletter", "offers"],
+                consent_text="test", now=NOW)  # fmt: skip
+    emails = [row[0] for row in database.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 8")]
+    for email in emails[:3]:
+        set_subscription(database, email, "newsletter", "unsubscribed", at="2026-11-24T11:00:00Z", source="test")
+    for email in emails[3:5]:
+        suppress(database, email, "bounced", at="2026-11-24T11:00:00Z")
+    return database
+
+
+def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_count(example: Path) -> None:
+    db = open_db(example / "state.db")
+    plan = _plan(example, db)
+    assert _ops(plan) == {"black-friday-2026": "schedule", "guji-harvest-2026": "create",
+                          "holiday-gift-guide-2026": "schedule"}  # fmt: skip
+    assert {name: count.recipients for name, count in plan.audiences.items()} == {
+        "black-friday-2026": 0, "guji-harvest-2026": 0, "holiday-gift-guide-2026": 0,
+    }  # fmt: skip
+    text = as_text(plan)
+    for name in plan.audiences:
+        assert re.search(rf"\+ Campaign {name} .*\n.*→ 0 recipients", text), text
+    assert "Plan: 14 to create, 2 to schedule. 2 warnings." in text
+
+
+def test_counts_exclude_unsubscribed_and_bounced_contacts(example: Path, db: Database) -> None:
+    plan = _plan(example, db)
+    total = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    guji = plan.audiences["guji-harvest-2026"]  # newsletter only
+    assert (guji.recipients, dict(guji.excluded)) == (total - 5, {"unsubscribed": 3, "bounced": 2})
+    friday = plan.audiences["black-friday-2026"]  # offers or newsletter: the three are still on offers
+    assert (friday.recipients, dict(friday.excluded)) == (total - 2, {"bounced": 2})
+    assert f"→ {total - 5:,} recipients; excluded: unsubscribed 3, bounced 2" in as_text(plan)
+
+
+def test_applying_twice_changes_nothing_the_second_time(example: Path, db: Database) -> None:
+    first = _apply(example, db)
+    assert first.has_changes
+    dump = list(db.iterdump())
+    second = _apply(example, db, NOW + timedelta(minutes=5))
+    assert not second.has_changes
+    assert "No changes: the state matches the workspace." in as_text(second)
+    assert list(db.iterdump()) == dump
+
+
+def test_the_plan_formats_carry_the_same_actions(example: Path, db: Database) -> None:
+    plan = _plan(example, db)
+    data = json.loads(as_json(plan))
+    assert [(a["kind"], a["name"], a["op"]) for a in data["actions"]] == [(a.kind, a.name, a.op) for a in plan.actions]
+    assert data["audiences"]["guji-harvest-2026"]["excluded"] == {"unsubscribed": 3, "bounced": 2}
+    markdown = as_markdown(plan)
+    assert "| + | `Campaign black-friday-2026` | schedule for Fri 2026-11-27 08:00 +01:00 (07:00 UTC) |" in markdown
+
+
+def test_editing_pausing_cancelling_and_deleting_campaign_files(example: Path, db: Database) -> None:
+    _apply(example, db)
+    friday = example / "campaigns" / "black-friday-2026.yaml"
+    _edit(friday, "25% off everything until Sunday", "30% off everything until Sunday")
+    _edit(friday, "send_at: 2026-11-27T08:00:00+01:00", "send_at: 2026-11-27T09:00:00+01:00")
+    plan = _apply(example, db)
+    [action] = [a for a in plan.actions if a.name == "black-friday-2026"]
+    assert (action.op, action.changes) == ("update", ("send_at", "subject"))
+    assert observe(db).campaigns["black-friday-2026"].start_at == "2026-11-27T08:00:00Z"
+
+    _edit(friday, "status: scheduled", "status: paused")
+    assert _ops(_apply(example, db)) == {"black-friday-2026": "pause"}
+    _edit(friday, "status: paused", "status: cancelled")
+    assert _ops(_apply(example, db)) == {"black-friday-2026": "cancel"}
+    assert observe(db).campaigns["black-friday-2026"].status == "cancelled"
+
+    (example / "campaigns" / "holiday-gift-guide-2026.yaml").unlink()
+    plan = _apply(example, db)
+    assert _ops(plan) == {"holiday-gift-guide-2026": "remove"}
+    record = observe(db).campaigns["holiday-gift-guide-2026"]
+    assert (record.status, record.reason, record.removed_at is not None) == ("cancelled", "Removed", True)
+    assert not _apply(example, db).has_changes  # removing is done once; the record stays
+
+    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: scheduled")
+    plan = _apply(example, db)
+    assert _ops(plan) == {"guji-harvest-2026": "schedule"}
+    assert "schedule for now" in as_text(plan)
+
+
+def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(example: Path, db: Database) -> None:
+    guji = example / "campaigns" / "guji-harvest-2026.yaml"
+    _edit(guji, "status: draft", "status: scheduled")
+    _apply(example, db)
+    assert start_due(db, now=NOW) == ["guji-harvest-2026"]
+    record = observe(db).campaigns["guji-harvest-2026"]
+    total = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    assert record.status == "sending" and record.recipients == total - 5 == record.progress["queued"]
+
+    _edit(guji, "The Guji harvest has landed", "The Guji harvest is here")
+    _edit(guji, "status: scheduled", "status: paused")
+    plan = _apply(example, db)
+    [error] = plan.errors
+    assert (error.kind, error.name, error.field, error.line) == ("Campaign", "guji-harvest-2026", "subject", 5)
+    assert "its content is frozen, but subject changed" in error.message
+    assert _ops(plan) == {"guji-harvest-2026": "pause"}  # pause always applies
+    record = observe(db).campaigns["guji-harvest-2026"]
+    assert (record.status, record.ready, record.reason) == ("paused", False, "Stalled")
+    assert json.loads(
+        db.conn.execute("SELECT content FROM campaigns WHERE name = ?", ("guji-harvest-2026",)).fetchone()[0]
+    )["subject"].startswith("The Guji harvest has landed")  # the content that goes out is still the one that started
+
+    _edit(guji, "The Guji harvest is here", "The Guji harvest has landed")
+    _edit(guji, "status: paused", "status: scheduled")
+    plan = _apply(example, db)
+    assert _ops(plan) == {"guji-harvest-2026": "resume"} and not plan.errors
+    assert observe(db).campaigns["guji-harvest-2026"].status == "sending"
+    _edit(guji, "status: scheduled", "status: cancelled")
+    _apply(example, db)
+    record = observe(db).campaigns["guji-harvest-2026"]
+    assert record.status == "cancelled" and record.progress == {"skipped": total - 5}
+
+
+def test_a_schedule_past_the_grace_period_waits_for_confirmation(example: Path, db: Database) -> None:
+    friday = example / "campaigns" / "black-friday-2026.yaml"
+    _edit(friday, "  exclude: {segments: [recent-buyers]}\n", "")
+    late = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # a day after send_at
+    plan = _apply(example, db, late)
+    assert any("send_at is 1 day in the past" in p.message and p.severity == "warning" for p in plan.problems)
+    assert start_due(db, now=late) == []
+    record = observe(db).campaigns["black-friday-2026"]
+    assert (record.ready, record.reason) == (False, "LateSchedule")
+    assert "reconciler apply --confirm black-friday-2026" in record.message
+
+    plan = _apply(example, db, late, confirm=["black-friday-2026"])
+    assert _ops(plan) == {"black-friday-2026": "confirm"}
+    assert start_due(db, now=late) == ["black-friday-2026"]
+
+
+def test_a_schedule_within_the_grace_period_starts_and_local_times_are_per_contact(example: Path, db: Database) -> None:
+    gift = example / "campaigns" / "holiday-gift-guide-2026.yaml"
+    _edit(gift, "  exclude: {segments: [recent-buyers]}\n", "")
+    _apply(example, db)
+    assert start_due(db, now=datetime(2026, 12, 13, 18, 0, tzinfo=UTC)) == []  # 09:00 in Kiribati is 19:00 UTC
+    assert start_due(db, now=datetime(2026, 12, 13, 19, 0, tzinfo=UTC)) == ["holiday-gift-guide-2026"]
+    due = dict(db.conn.execute(
+        "SELECT c.timezone, min(l.due_at) FROM ledger l JOIN contacts c ON c.id = l.contact_id GROUP BY 1"
+    ).fetchall())  # fmt: skip
+    assert due["Asia/Tokyo"] == "2026-12-14T00:00:00Z"
+    assert due["Europe/Warsaw"] == "2026-12-14T08:00:00Z"
+    assert due["America/Los_Angeles"] == "2026-12-14T17:00:00Z"
+
+
+def test_campaigns_with_segments_wait_instead_of_sending_to_the_wrong_people(example: Path, db: Database) -> None:
+    _apply(example, db)
+    assert start_due(db, now=datetime(2026, 11, 27, 7, 0, tzinfo=UTC)) == []
+    record = observe(db).campaigns["black-friday-2026"]
+    assert (record.ready, record.reason, record.started_at) == (False, "SegmentsNotSupported", None)
+
+
+def test_a_revision_with_errors_leaves_the_last_good_one_in_force(example: Path, db: Database) -> None:
+    guji = example / "campaigns" / "guji-harvest-2026.yaml"
+    _edit(guji, "status: draft", "status: scheduled")
+    _edit(guji, "\nsend_at: now", "\nsend_at: 2026-11-25T10:00:00Z")
+    good = reconcile_once(example, db, now=NOW)
+    assert good.valid and good.applied and good.applied.actions
+    _edit(guji, "send_at: 2026-11-25T10:00:00Z", "send_at: 2026-11-25T10:00:00Z\nsubjcet: typo")
+    bad = reconcile_once(example, db, now=NOW + timedelta(minutes=1))
+    assert not bad.valid and bad.plan is None
+    started = reconcile_once(example, db, now=datetime(2026, 11, 25, 10, 0, 1, tzinfo=UTC))
+    assert started.started == ["guji-harvest-2026"]  # the good revision's schedule still holds
+    status = reconciler("status", "--format", "json", cwd=example)
+    report = json.loads(status.stdout)
+    assert report["revision"]["applied"] == good.revision
+    assert report["last_error"]["revision"] == bad.revision
+    assert any("subjcet" in line for line in report["last_error"]["problems"])
+    text = reconciler("status", cwd=example).stdout
+    assert f"Last error: revision {bad.revision} has 1 error(s)" in text
+    assert "guji-harvest-2026        sending" in text
+
+
+def test_plan_exit_codes_follow_terraform(example: Path) -> None:
+    changes = reconciler("plan", "--detailed-exitcode", cwd=example)
+    assert changes.returncode == 2, changes.stderr
+    assert not (example / ".state").exists()  # plan never creates the state
+    assert reconciler("plan", cwd=example).returncode == 0
+    applied = reconciler("apply", "--now", "2026-11-24T12:00:00Z", cwd=example)
+    assert applied.returncode == 0 and "Applied 16 changes" in applied.stdout
+    same = reconciler("plan", "--detailed-exitcode", "--now", "2026-11-24T12:00:00Z", cwd=example)
+    assert same.returncode == 0, same.stdout
+    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: sideways")
+    broken = reconciler("plan", "--detailed-exitcode", cwd=example)
+    assert broken.returncode == 1 and "guji-harvest-2026.yaml:" in broken.stdout
+
+
+def test_tick_applies_and_starts_what_is_due(example: Path) -> None:
+    (example / "c.csv").write_text("email\nann@example.com\nbob@example.com\n")
+    assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
+    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: scheduled")
+    result = reconciler("tick", "--now", "2026-11-24T12:00:00Z", cwd=example)
+    assert result.returncode == 0, result.stderr
+    assert "Campaign guji-harvest-2026: started" in result.stdout
+    again = reconciler("tick", "--now", "2026-11-24T12:01:00Z", cwd=example)
+    assert "Nothing to do." in again.stdout
+    assert "2 recipients" in reconciler("status", cwd=example).stdout
