@@ -21,6 +21,7 @@ from reconciler.samples import sample_csv
 from reconciler.spec import DesiredState
 from reconciler.state import observe, open_db
 from reconciler.state.contacts import set_subscription, suppress
+from reconciler.state.observe import _histogram_by_names, audience_histogram
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -254,3 +255,10 @@ def test_tick_applies_and_starts_what_is_due(example: Path) -> None:
     again = reconciler("tick", "--now", "2026-11-24T12:01:00Z", cwd=example)
     assert "Nothing to do." in again.stdout
     assert "2 recipients" in reconciler("status", cwd=example).stdout
+
+
+def test_the_fast_signature_count_agrees_with_the_plain_one(db: Database) -> None:
+    suppress(db, "nobody@example.com", "complained", at="2026-11-24T11:00:00Z")  # a suppression without a contact
+    email = db.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 1 OFFSET 9").fetchone()[0]
+    set_subscription(db, email, "customers", "pending", at="2026-11-24T11:00:00Z", source="test")
+    assert audience_histogram(db) == _histogram_by_names(db)

@@ -107,7 +107,47 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
 
 
 def audience_histogram(db: Database) -> dict[Signature, int]:
-    """Contacts with at least one subscription, counted by signature, in one grouped query."""
+    """Contacts with at least one subscription, counted by signature.
+
+    Each list is a bit, so a contact's signature is three integers summed by SQLite (much cheaper than strings),
+    and the few suppressed contacts are counted apart instead of joining every contact to the suppressions.
+    """
+    lists = [row[0] for row in db.conn.execute("SELECT DISTINCT list FROM subscriptions ORDER BY list")]
+    if not lists:
+        return {}
+    if len(lists) > 62:
+        return _histogram_by_names(db)
+    bit = "CASE list " + " ".join("WHEN ? THEN ?" for _ in lists) + " ELSE 0 END"
+    params: list[Any] = [value for index, name in enumerate(lists) for value in (name, 1 << index)]
+    signatures = f"""
+        SELECT contact_id,
+               sum(CASE WHEN status = 'subscribed' THEN bit ELSE 0 END) AS s,
+               sum(CASE WHEN status = 'unsubscribed' THEN bit ELSE 0 END) AS u,
+               sum(CASE WHEN status = 'pending' THEN bit ELSE 0 END) AS p
+        FROM (SELECT contact_id, status, {bit} AS bit FROM subscriptions %s) GROUP BY contact_id
+    """  # noqa: S608 - only "?" placeholders and constant SQL are interpolated
+    everyone = db.conn.execute(f"SELECT s, u, p, count(*) FROM ({signatures % ''}) GROUP BY 1, 2, 3", params)  # noqa: S608
+    counts: Counter[tuple[int, int, int, str | None]] = Counter()
+    for s, u, p, count in everyone:
+        counts[(s, u, p, None)] += count
+    suppressed = db.conn.execute(
+        "WITH x AS (SELECT c.id, p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash) "  # noqa: S608
+        f"SELECT m.s, m.u, m.p, x.reason, count(*) FROM ({signatures % 'WHERE contact_id IN (SELECT id FROM x)'}) m "
+        "JOIN x ON x.id = m.contact_id GROUP BY 1, 2, 3, 4",
+        params,
+    )
+    for s, u, p, reason, count in suppressed:
+        counts[(s, u, p, None)] -= count
+        counts[(s, u, p, reason)] += count
+
+    def names(mask: int) -> frozenset[str]:
+        return frozenset(name for index, name in enumerate(lists) if mask >> index & 1)
+
+    return {Signature(names(s), names(u), names(p), reason): n for (s, u, p, reason), n in counts.items() if n}
+
+
+def _histogram_by_names(db: Database) -> dict[Signature, int]:
+    """The same counts for workspaces with more lists than an integer has bits."""
     histogram: Counter[Signature] = Counter()
     rows = db.conn.execute(
         """
