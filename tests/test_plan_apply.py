@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,6 +165,9 @@ def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(ex
     )["subject"].startswith("The Guji harvest has landed")  # the content that goes out is still the one that started
 
     _edit(guji, "The Guji harvest is here", "The Guji harvest has landed")
+    assert not _apply(example, db).has_changes
+    record = observe(db).campaigns["guji-harvest-2026"]
+    assert (record.status, record.ready, record.reason) == ("paused", True, "Paused")  # reverted: not stalled
     _edit(guji, "status: paused", "status: scheduled")
     plan = _apply(example, db)
     assert _ops(plan) == {"guji-harvest-2026": "resume"} and not plan.errors
@@ -262,3 +267,18 @@ def test_the_fast_signature_count_agrees_with_the_plain_one(db: Database) -> Non
     email = db.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 1 OFFSET 9").fetchone()[0]
     set_subscription(db, email, "customers", "pending", at="2026-11-24T11:00:00Z", source="test")
     assert audience_histogram(db) == _histogram_by_names(db)
+
+
+def test_two_ticks_at_once_start_a_campaign_once(example: Path) -> None:
+    (example / "c.csv").write_text("email\n" + "".join(f"p{i}@example.com\n" for i in range(200)))
+    assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
+    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: scheduled")
+    command = [sys.executable, "-m", "reconciler", "tick", "--now", "2026-11-24T12:00:00Z"]
+    ticks = [subprocess.Popen(command, cwd=example, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]  # fmt: skip
+    outputs = [tick.communicate(timeout=120) for tick in ticks]
+    assert [tick.returncode for tick in ticks] == [0, 0, 0], outputs
+    assert sum("guji-harvest-2026: started" in out for out, _ in outputs) == 1
+    db = open_db(example / ".state" / "reconciler.db")
+    assert db.conn.execute("SELECT count(*), count(DISTINCT contact_id) FROM ledger").fetchone() == (200, 200)
+    assert db.conn.execute("SELECT count(*) FROM revisions").fetchone()[0] == 1

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlite_utils import Database
 
 from reconciler.clock import iso
-from reconciler.plan import Action, Plan
+from reconciler.plan import Action, Plan, make_plan
 from reconciler.plan.audience import TRANSACTIONAL_BLOCKING
 from reconciler.plan.content import ago, describe_when, local_due
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import LocalSendTime
-from reconciler.state import campaigns, records
+from reconciler.state import campaigns, observe, records
 from reconciler.state.contacts import BLOCKING
-from reconciler.state.db import audit, get_meta, set_meta, write
+from reconciler.state.db import StaleState, audit, bump_serial, claim_serial, get_meta, set_meta, write
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ _REASONS = {"draft": "Draft", "scheduled": "Scheduled", "paused": "Paused", "can
 @dataclass
 class Applied:
     actions: int = 0
-    started: list[str] = field(default_factory=list)
 
 
 def settings_essentials(desired: DesiredState) -> dict[str, str]:
@@ -50,6 +50,8 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
     at = iso(now)
     result = Applied()
     with write(db):
+        if plan.actions:
+            claim_serial(db, plan.serial)
         for key, value in settings_essentials(desired).items():
             if get_meta(db, key) != value:
                 set_meta(db, key, value)
@@ -64,11 +66,25 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
                 campaigns.set_condition(db, problem.name, ready=False, reason="Stalled",
                                         message=f"{problem.field}: {problem.message}", at=at)  # fmt: skip
         campaigns.mark_attempted(db, sorted(failed), revision=plan.revision)
+        campaigns.clear_stalled(db, keep=failed, at=at)
         if result.actions:
             records.record_revision(db, plan.revision, git_commit=plan.git_commit, at=at, actions=result.actions)
         if get_meta(db, "last_error"):
             set_meta(db, "last_error", "")
     return result
+
+
+def plan_and_apply(
+    db: Database, desired: DesiredState, *, now: datetime, git_commit: str | None, confirm: Collection[str] = ()
+) -> tuple[Plan, Applied]:
+    """Observe, plan and apply; when another process applied in between, plan again from what it left."""
+    for attempt in range(5):
+        plan = make_plan(desired, observe(db), now=now, git_commit=git_commit, confirm=confirm)
+        try:
+            return plan, apply_plan(db, plan, desired, now=now)
+        except StaleState:
+            log.debug("state changed while planning (attempt %d); planning again", attempt + 1)
+    raise StaleState("the state kept changing while planning; is another process applying in a loop?")
 
 
 def _apply_action(db: Database, action: Action, *, plan: Plan, at: str) -> None:
@@ -156,6 +172,8 @@ def start_due(db: Database, *, now: datetime) -> list[str]:
             log.info("Campaign %s: started, %d recipients queued (%s)", name, count,
                      describe_when(_send_at_value(send_at), now=now))  # fmt: skip
             started.append(name)
+        if started:
+            bump_serial(db)
     return started
 
 

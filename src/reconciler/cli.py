@@ -18,7 +18,7 @@ import click
 from sqlite_utils import Database
 
 from reconciler import __version__
-from reconciler.apply import apply_plan
+from reconciler.apply import plan_and_apply
 from reconciler.check import check
 from reconciler.clock import Clock, FixedClock, SystemClock, iso, parse_instant
 from reconciler.contacts import BATCH_ROWS, import_file, normalise_email
@@ -215,10 +215,8 @@ def apply(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None
     root = _root(ctx)
     desired = _checked(root)
     db = _db(ctx, root)
-    moment = _clock(now).now()
-    result = make_plan(desired, observe(db), now=moment, git_commit=git_commit(root), confirm=confirm)
+    result, applied = plan_and_apply(db, desired, now=_clock(now).now(), git_commit=git_commit(root), confirm=confirm)
     click.echo(as_text(result).rstrip("\n"))
-    applied = apply_plan(db, result, desired, now=moment)
     click.echo(f"Applied {applied.actions} change{'s' * (applied.actions != 1)} from revision {result.revision}.")
     ctx.exit(1 if result.errors else 0)
 

@@ -19,13 +19,12 @@ from pathlib import Path
 from sqlite_utils import Database
 from watchfiles import Change, awatch
 
-from reconciler.apply import Applied, apply_plan, start_due
+from reconciler.apply import Applied, plan_and_apply, start_due
 from reconciler.check import check
 from reconciler.clock import Clock, iso
 from reconciler.errors import Problem
 from reconciler.load import YAML_FOLDERS, git_commit, load_workspace
-from reconciler.plan import Plan, make_plan
-from reconciler.state import observe
+from reconciler.plan import Plan
 from reconciler.state.db import get_meta, set_meta, write
 
 log = logging.getLogger(__name__)
@@ -54,8 +53,7 @@ def reconcile_once(root: Path, db: Database, *, now: datetime, confirm: Collecti
     if not result.valid:
         record_invalid(db, desired.revision, result.problems, now=now)
     else:
-        result.plan = make_plan(desired, observe(db), now=now, git_commit=git_commit(root), confirm=confirm)
-        result.applied = apply_plan(db, result.plan, desired, now=now)
+        result.plan, result.applied = plan_and_apply(db, desired, now=now, git_commit=git_commit(root), confirm=confirm)
     result.started = start_due(db, now=now)
     return result
 

@@ -57,7 +57,7 @@ def make_plan(
             actions += _removed_campaign(record, problems)
     for name in sorted(confirm):
         actions += _confirm(desired, observed, name, now, problems)
-    return Plan(desired.revision, git_commit, tuple(actions), tuple(problems), audiences)
+    return Plan(desired.revision, git_commit, tuple(actions), tuple(problems), audiences, observed.serial)
 
 
 class _CampaignPlan:

@@ -63,6 +63,8 @@ class Plan:
     problems: tuple[Problem, ...] = ()
     audiences: Mapping[str, AudienceCount] = field(default_factory=dict)
     """Every campaign's audience as it stands, whether or not it changes."""
+    serial: int = 0
+    """The state's serial the plan was made from (apply refuses a stale plan)."""
 
     @property
     def errors(self) -> list[Problem]:

@@ -66,6 +66,16 @@ def set_condition(db: Database, name: str, *, ready: bool, reason: str, message:
     )
 
 
+def clear_stalled(db: Database, *, keep: Iterable[str], at: str) -> None:
+    """Campaigns whose files agree with what was applied again are ready again."""
+    db.conn.execute(
+        "UPDATE campaigns SET ready = 1, reason = upper(substr(status, 1, 1)) || substr(status, 2), "
+        "message = 'the files agree with what was applied again', updated_at = ? "
+        "WHERE reason = 'Stalled' AND name NOT IN (SELECT value FROM json_each(?))",
+        (at, json.dumps(sorted(keep))),
+    )
+
+
 def mark_attempted(db: Database, names: Iterable[str], *, revision: str) -> None:
     db.conn.executemany(
         "UPDATE campaigns SET last_attempted_revision = ? WHERE name = ?", [(revision, name) for name in names]

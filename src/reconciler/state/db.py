@@ -80,6 +80,22 @@ def set_meta(db: Database, key: str, value: str) -> None:
     )
 
 
+class StaleState(StateError):
+    """The state changed between observing it and applying a plan made from it (another process applied first)."""
+
+
+def claim_serial(db: Database, expected: int) -> None:
+    """Inside a write: fail if someone applied since `expected` was observed, else move the serial on."""
+    current = int(get_meta(db, "serial") or 0)
+    if current != expected:
+        raise StaleState(f"the state changed while planning (serial {expected} -> {current}); plan again")
+    set_meta(db, "serial", str(current + 1))
+
+
+def bump_serial(db: Database) -> None:
+    set_meta(db, "serial", str(int(get_meta(db, "serial") or 0) + 1))
+
+
 def audit(db: Database, *, at: str, actor: str, subject: str, action: str, detail: str = "",
           revision: str | None = None) -> None:  # fmt: skip
     db.conn.execute(

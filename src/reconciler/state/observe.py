@@ -69,6 +69,8 @@ class ObservedState:
     contacts: int
     last_applied_revision: str | None = None
     last_error: str | None = None
+    serial: int = 0
+    """Bumped by every write that changes what a plan is based on: a plan made from an older serial is stale."""
 
 
 def observe(db: Database, *, audience: bool = True) -> ObservedState:
@@ -103,6 +105,7 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
         contacts=contacts,
         last_applied_revision=get_meta(db, "last_applied_revision"),
         last_error=get_meta(db, "last_error"),
+        serial=int(get_meta(db, "serial") or 0),
     )
 
 
