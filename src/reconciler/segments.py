@@ -1,0 +1,296 @@
+"""Conditions -> parameterised SQL. Nothing from YAML ever reaches SQL text: every name and value is a parameter.
+
+Every compiled condition is a boolean expression over the contact row aliased ``c`` that is always 0 or 1, never
+NULL: a missing value makes a comparison false, and `not` flips it (two-valued logic, so ``ne`` is exactly
+``not eq`` and includes contacts without the field). Dates and times compare as stored (dates ``YYYY-MM-DD``,
+date-times UTC ``YYYY-MM-DDTHH:MM:SSZ``); bounds written as a date mean the start of that day in the workspace's
+time zone; relative bounds (``30d``) are measured from the `now` the compiler is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from reconciler.spec.conditions import (
+    AllCondition,
+    AnyCondition,
+    EngagedCondition,
+    EventCondition,
+    FieldCondition,
+    InSegmentCondition,
+    ListCondition,
+    NotCondition,
+    Operators,
+    TagCondition,
+)
+from reconciler.spec.documents import BUILTIN_FIELDS, Segment
+from reconciler.spec.types import DURATION_PATTERN, parse_duration
+
+COLUMNS = {
+    "email": "c.email", "first_name": "c.first_name", "last_name": "c.last_name", "timezone": "c.timezone",
+    "locale": "c.locale", "country": "c.country", "tags": "c.tags", "created_at": "c.created_at",
+}  # fmt: skip
+"""Built-in fields and the columns holding them (constants: the only identifiers that reach SQL text)."""
+
+Params = list[Any]
+
+
+@dataclass(frozen=True)
+class Sql:
+    """A fragment of SQL and its parameters, in order."""
+
+    text: str
+    params: tuple[Any, ...] = ()
+
+    def __and__(self, other: Sql) -> Sql:
+        return Sql(f"({self.text} AND {other.text})", self.params + other.params)
+
+
+TRUE = Sql("1")
+FALSE = Sql("0")
+
+
+class Compiler:
+    """Compiles the conditions of one workspace at one moment."""
+
+    def __init__(
+        self,
+        segments: Mapping[str, Segment],
+        field_types: Mapping[str, str],
+        *,
+        now: datetime,
+        timezone: str = "UTC",
+    ) -> None:
+        self.segments = segments
+        self.types = {**BUILTIN_FIELDS, **field_types}
+        self.now = now.astimezone(UTC)
+        self.zone = ZoneInfo(timezone)
+
+    # --- segments -----------------------------------------------------------------------------------------------
+
+    def members(self, name: str) -> Sql:
+        """``SELECT c.id FROM contacts c ...``: the segment's members, top-N applied."""
+        segment = self.segments[name]
+        where = self.base(segment)
+        order = ""
+        params = where.params
+        if segment.order_by is not None:
+            value = self.value(segment.order_by.field)
+            direction = "DESC" if segment.order_by.direction == "desc" else "ASC"
+            order = f" ORDER BY ({value.text}) IS NULL, {value.text} {direction}, c.id"
+            params += value.params + value.params
+        if segment.limit is not None:
+            order += " LIMIT ?"
+            params += (segment.limit,)
+        return Sql(f"SELECT c.id FROM contacts c WHERE {where.text}{order}", params)
+
+    def base(self, segment: Segment) -> Sql:
+        """The segment's condition and list base, without top-N."""
+        where = self.condition(segment.where) if segment.where is not None else TRUE
+        if segment.lists:
+            where = subscribed_to(segment.lists) & where
+        return where
+
+    def membership(self, name: str) -> Sql:
+        """A boolean expression: the contact ``c`` is a member of segment `name`."""
+        segment = self.segments[name]
+        if segment.limit is None:
+            return self.base(segment)
+        members = self.members(name)
+        return Sql(f"(c.id IN (SELECT id FROM ({members.text})))", members.params)
+
+    # --- conditions -------------------------------------------------------------------------------------------------
+
+    def condition(self, node: Any) -> Sql:
+        if isinstance(node, AllCondition):
+            return _join(" AND ", [self.condition(child) for child in node.all])
+        if isinstance(node, AnyCondition):
+            return _join(" OR ", [self.condition(child) for child in node.any])
+        if isinstance(node, NotCondition):
+            inner = self.condition(node.not_)
+            return Sql(f"(NOT {inner.text})", inner.params)
+        if isinstance(node, FieldCondition):
+            return self.field(node)
+        if isinstance(node, TagCondition):
+            return Sql("EXISTS (SELECT 1 FROM json_each(c.tags) WHERE value = ?)", (node.tag,))
+        if isinstance(node, ListCondition):
+            return subscribed_to([node.list])
+        if isinstance(node, InSegmentCondition):
+            return self.membership(node.in_segment)
+        if isinstance(node, EventCondition):
+            return self.event(node)
+        if isinstance(node, EngagedCondition):
+            return self.engaged(node)
+        raise TypeError(f"not a segment condition: {type(node).__name__}")
+
+    def value(self, field: str) -> Sql:
+        """The SQL value of a field for contact `alias`."""
+        if field in COLUMNS:
+            return Sql(COLUMNS[field])
+        return Sql("json_extract(c.fields, ?)", (json_path(field),))
+
+    def field(self, node: FieldCondition) -> Sql:
+        return self.compare(self.value(node.field), self.types[node.field], node)
+
+    def compare(self, value: Sql, type_: str, node: Operators) -> Sql:
+        """Apply the node's one operator to `value`, a field of type `type_`."""
+        op, operand = node.operator, node.operand
+        v, vp = value.text, value.params
+        if op == "exists":
+            present = Sql(f"({v} IS NOT NULL AND json_array_length({v}) > 0)", vp + vp) if type_ == "list" \
+                else Sql(f"({v} IS NOT NULL)", vp)  # fmt: skip
+            return present if operand else Sql(f"(NOT {present.text})", present.params)
+        if op in ("ne", "not_in"):
+            positive = Operators.model_validate({"eq" if op == "ne" else "in": operand})
+            inner = self.compare(value, type_, positive)
+            return Sql(f"(NOT {inner.text})", inner.params)
+        if type_ == "list":
+            if op in ("eq", "contains"):
+                return Sql(f"EXISTS (SELECT 1 FROM json_each({v}) WHERE value = ?)", (*vp, _plain(operand)))
+            if op == "in":
+                return Sql(f"EXISTS (SELECT 1 FROM json_each({v}) WHERE value IN (SELECT value FROM json_each(?)))",
+                           (*vp, json.dumps([_plain(o) for o in operand])))  # fmt: skip
+        if op == "eq":
+            return Sql(f"coalesce({v} = ?, 0)", (*vp, self.operand(operand, type_)))
+        if op == "in":
+            values = [self.operand(o, type_) for o in operand]
+            return Sql(f"coalesce({v} IN (SELECT value FROM json_each(?)), 0)", (*vp, json.dumps(values)))
+        if op in ("gt", "gte", "lt", "lte", "before", "after"):
+            sign = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "before": "<", "after": ">"}[op]
+            bound = self.bound(operand, type_) if op in ("before", "after") else self.operand(operand, type_)
+            return Sql(f"coalesce({v} {sign} ?, 0)", (*vp, bound))
+        if op == "within":
+            assert isinstance(operand, timedelta)
+            start, end = self.instant(self.now - operand, type_), self.instant(self.now, type_)
+            return Sql(f"coalesce({v} >= ? AND {v} <= ?, 0)", (*vp, start, *vp, end))
+        if op == "contains":
+            return Sql(f"coalesce(instr({v}, ?) > 0, 0)", (*vp, str(operand)))
+        if op == "starts_with":
+            return Sql(f"coalesce(substr({v}, 1, ?) = ?, 0)", (*vp, len(operand), operand))
+        raise ValueError(f"operator {op} does not apply to a {type_} field")
+
+    def operand(self, operand: Any, type_: str) -> Any:
+        """A literal as stored for a field of `type_` (dates and times normalised, booleans as 0/1)."""
+        if isinstance(operand, bool):
+            return int(operand)
+        if type_ in ("date", "datetime") and isinstance(operand, str):
+            return self.bound(operand, type_)
+        return operand
+
+    def bound(self, text: str, type_: str) -> str:
+        """A before/after bound: a date, a date-time, or a duration ago, as the field stores it."""
+        if re.match(DURATION_PATTERN, text):
+            return self.instant(self.now - parse_duration(text), type_)
+        if "T" in text or " " in text:
+            moment = datetime.fromisoformat(text.replace("z", "Z"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=self.zone)
+            return self.instant(moment, type_)
+        day = date.fromisoformat(text)
+        if type_ == "date":
+            return day.isoformat()
+        return self.instant(datetime.combine(day, time(0, 0), tzinfo=self.zone), type_)
+
+    def instant(self, moment: datetime, type_: str) -> str:
+        """An instant as a date field (the local day) or a date-time field (UTC) stores it."""
+        if type_ == "date":
+            return moment.astimezone(self.zone).date().isoformat()
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # --- events and engagement --------------------------------------------------------------------------------------
+
+    def event(self, node: EventCondition) -> Sql:
+        where = "e.contact_id = c.id AND e.type = ?"
+        params: tuple[Any, ...] = (node.event,)
+        if node.within is not None:
+            where += " AND e.occurred_at >= ?"
+            params += (self.instant(self.now - node.within, "datetime"),)
+        for prop in node.properties():
+            value = Sql("json_extract(e.properties, ?)", (json_path(prop.name),))
+            test = self.compare(value, _type_of(prop), prop)
+            where += f" AND {test.text}"
+            params += test.params
+        if node.count is None and node.sum is None:
+            return Sql(f"EXISTS (SELECT 1 FROM events e WHERE {where})", params)
+        tests: list[Sql] = []
+        if node.count is not None:
+            count = f"(SELECT count(*) FROM events e WHERE {where})"
+            tests += [_bound(count, params, op, limit) for op, limit in node.count.bounds().items()]
+        if node.sum is not None:
+            total = f"(SELECT coalesce(sum(json_extract(e.properties, ?)), 0) FROM events e WHERE {where})"
+            sum_params = (json_path(node.sum.property), *params)
+            tests += [_bound(total, sum_params, op, limit) for op, limit in node.sum.bounds().items()]
+        return _join(" AND ", tests)
+
+    def engaged(self, node: EngagedCondition) -> Sql:
+        engaged = node.engaged
+        if engaged.action == "sent":
+            params: tuple[Any, ...] = ()
+            where = "l.contact_id = c.id AND l.state = 'sent'"
+            table, alias, at = "ledger", "l", "updated_at"
+        else:
+            where, params = "g.contact_id = c.id AND g.action = ?", (engaged.action,)
+            table, alias, at = "engagement", "g", "at"
+            if not engaged.include_machine:
+                where += " AND g.machine = 0"
+        if engaged.campaign:
+            where += f" AND {alias}.source_kind = 'campaign' AND {alias}.source = ?"
+            params += (engaged.campaign,)
+        if engaged.workflow:
+            where += f" AND {alias}.source_kind = 'workflow' AND {alias}.source = ?"
+            params += (engaged.workflow,)
+        if engaged.step:
+            where += f" AND {alias}.stage = ?"
+            params += (engaged.step,)
+        if engaged.within is not None:
+            where += f" AND {alias}.{at} >= ?"
+            params += (self.instant(self.now - engaged.within, "datetime"),)
+        return Sql(f"EXISTS (SELECT 1 FROM {table} {alias} WHERE {where})", params)
+
+
+def subscribed_to(lists: list[str]) -> Sql:
+    """The contact is subscribed to any of `lists`."""
+    return Sql(
+        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.status = 'subscribed' "
+        "AND s.list IN (SELECT value FROM json_each(?)))",
+        (json.dumps(sorted(lists)),),
+    )
+
+
+def json_path(name: str) -> str:
+    """The JSON path of a key, quoted so any name is one key (a parameter, never SQL text)."""
+    return "$." + json.dumps(name)
+
+
+def _join(glue: str, parts: list[Sql]) -> Sql:
+    if not parts:
+        return TRUE if glue == " AND " else FALSE
+    return Sql("(" + glue.join(part.text for part in parts) + ")", tuple(p for part in parts for p in part.params))
+
+
+def _bound(expression: str, params: tuple[Any, ...], op: str, limit: float) -> Sql:
+    sign = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
+    return Sql(f"({expression} {sign} ?)", (*params, limit))
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _type_of(node: Operators) -> str:
+    """The type an event property is compared as, from its operand (event properties are not declared)."""
+    operand = node.operand
+    sample = operand[0] if isinstance(operand, list) and operand else operand
+    if node.operator in ("before", "after", "within"):
+        return "datetime"
+    if isinstance(sample, bool):
+        return "boolean"
+    if isinstance(sample, int | float):
+        return "number"
+    return "string"
