@@ -58,9 +58,7 @@ def people(draw: st.DrawFn) -> list[Person]:
             "vip": draw(maybe(st.booleans())),
             "birthday": draw(maybe(st.sampled_from(DATES))),
             "last_order_at": draw(maybe(st.one_of(st.sampled_from(TIMES), st.integers(0, 800).map(_instant)))),
-            "interests": draw(
-                maybe(st.lists(st.sampled_from(("tea", "espresso", "filter")), unique=True, max_size=2))
-            ),
+            "interests": draw(maybe(st.lists(st.sampled_from(("tea", "espresso", "filter")), unique=True, max_size=2))),
         }
         subscriptions = {name: draw(st.sampled_from(("subscribed", "unsubscribed", "pending"))) for name in LISTS
                          if draw(st.booleans())}  # fmt: skip
