@@ -13,7 +13,7 @@ import pytest
 from sqlite_utils import Database
 
 from conftest import reconciler
-from reconciler.apply import apply_plan, start_due
+from reconciler.apply import apply_plan, observe_for, start_due
 from reconciler.check import check
 from reconciler.contacts import import_file
 from reconciler.daemon import reconcile_once
@@ -36,7 +36,8 @@ def _desired(root: Path) -> DesiredState:
 
 
 def _plan(root: Path, db: Database, now: datetime = NOW, **kwargs: object) -> Plan:
-    return make_plan(_desired(root), observe(db), now=now, **kwargs)  # type: ignore[arg-type]
+    desired = _desired(root)
+    return make_plan(desired, observe_for(db, desired, now=now), now=now, **kwargs)  # type: ignore[arg-type]
 
 
 def _apply(root: Path, db: Database, now: datetime = NOW, **kwargs: object) -> Plan:
@@ -81,7 +82,8 @@ def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_coun
     text = as_text(plan)
     for name in plan.audiences:
         assert re.search(rf"\+ Campaign {name} .*\n.*→ 0 recipients", text), text
-    assert "Plan: 14 to create, 2 to schedule. 2 warnings." in text
+    assert "Plan: 14 to create, 2 to schedule." in text
+    assert "Segments:\n  espresso-people   0 members\n" in text
 
 
 def test_counts_exclude_unsubscribed_and_bounced_contacts(example: Path, db: Database) -> None:
@@ -208,11 +210,40 @@ def test_a_schedule_within_the_grace_period_starts_and_local_times_are_per_conta
     assert due["America/Los_Angeles"] == "2026-12-14T17:00:00Z"
 
 
-def test_campaigns_with_segments_wait_instead_of_sending_to_the_wrong_people(example: Path, db: Database) -> None:
+def test_segments_are_counted_in_the_plan_and_evaluated_when_the_campaign_starts(example: Path, db: Database) -> None:
+    buyers = [row[0] for row in db.conn.execute("SELECT id FROM contacts ORDER BY id DESC LIMIT 4")]
+    for days_ago, contact in zip((1, 5, 13, 20), buyers, strict=True):  # recent-buyers: a purchase within 14 days
+        db.conn.execute(
+            "INSERT INTO events (contact_id, type, occurred_at) VALUES (?, 'purchase', ?)",
+            (contact, f"2026-11-{27 - days_ago:02d}T06:00:00Z"),
+        )
+    total = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    start = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+    plan = _apply(example, db, start - timedelta(hours=1))
+    friday = plan.audiences["black-friday-2026"]
+    assert (friday.recipients, dict(friday.excluded)) == (total - 2 - 3, {"bounced": 2, "excluded segment": 3})
+    assert f"→ {total - 5:,} recipients; excluded: excluded segment 3, bounced 2" in as_text(plan)
+    assert "recent-buyers     3 members" in as_text(plan)
+
+    assert start_due(db, now=start) == ["black-friday-2026"]
+    queued = {row[0] for row in db.conn.execute("SELECT contact_id FROM ledger WHERE source = 'black-friday-2026'")}
+    assert len(queued) == friday.recipients
+    assert set(buyers[:3]).isdisjoint(queued) and buyers[3] in queued  # 20 days ago is not recent
+
+
+def test_a_changed_segment_updates_a_scheduled_campaign_but_not_a_started_one(example: Path, db: Database) -> None:
     _apply(example, db)
-    assert start_due(db, now=datetime(2026, 11, 27, 7, 0, tzinfo=UTC)) == []
-    record = observe(db).campaigns["black-friday-2026"]
-    assert (record.ready, record.reason, record.started_at) == (False, "SegmentsNotSupported", None)
+    segments = example / "spec" / "segments.yaml"
+    _edit(segments, "within: 14d", "within: 10d")
+    plan = _apply(example, db)
+    assert {a.name: a.changes for a in plan.actions} == {
+        "black-friday-2026": ("segment definitions",),
+        "holiday-gift-guide-2026": ("segment definitions",),
+    }
+    assert start_due(db, now=datetime(2026, 11, 27, 7, 0, tzinfo=UTC)) == ["black-friday-2026"]
+    _edit(segments, "within: 10d", "within: 7d")
+    plan = _apply(example, db, datetime(2026, 11, 27, 8, 0, tzinfo=UTC))
+    assert [a.name for a in plan.actions] == ["holiday-gift-guide-2026"] and not plan.errors
 
 
 def test_a_revision_with_errors_leaves_the_last_good_one_in_force(example: Path, db: Database) -> None:

@@ -18,12 +18,11 @@ from sqlite_utils import Database
 
 from reconciler.clock import iso
 from reconciler.plan import Action, Plan, make_plan
-from reconciler.plan.audience import TRANSACTIONAL_BLOCKING
 from reconciler.plan.content import ago, describe_when, local_due
+from reconciler.segments import Compiler, audience_queries, audience_sql, blocking_for, segment_queries
 from reconciler.spec import DesiredState
-from reconciler.spec.documents import LocalSendTime
-from reconciler.state import campaigns, observe, records
-from reconciler.state.contacts import BLOCKING
+from reconciler.spec.documents import LocalSendTime, Segment
+from reconciler.state import ObservedState, campaigns, observe, records
 from reconciler.state.db import StaleState, audit, bump_serial, claim_serial, get_meta, set_meta, write
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,17 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
         campaigns.clear_stalled(db, keep=failed, at=at)
         if result.actions:
             records.record_revision(db, plan.revision, git_commit=plan.git_commit, at=at, actions=result.actions)
+        counts = {f"Segment {name}": n for name, n in plan.segment_counts.items()}
+        counts |= {f"Campaign {name}": a.recipients for name, a in plan.audiences.items() if not a.unevaluated}
+        records.record_counts(db, counts, at=at)
         if get_meta(db, "last_error"):
             set_meta(db, "last_error", "")
     return result
+
+
+def observe_for(db: Database, desired: DesiredState, *, now: datetime) -> ObservedState:
+    """The observed state with the counts this workspace's plan shows (its segments and segment audiences)."""
+    return observe(db, audiences=audience_queries(desired, now=now), segments=segment_queries(desired, now=now))
 
 
 def plan_and_apply(
@@ -79,7 +86,7 @@ def plan_and_apply(
 ) -> tuple[Plan, Applied]:
     """Observe, plan and apply; when another process applied in between, plan again from what it left."""
     for attempt in range(5):
-        plan = make_plan(desired, observe(db), now=now, git_commit=git_commit, confirm=confirm)
+        plan = make_plan(desired, observe_for(db, desired, now=now), now=now, git_commit=git_commit, confirm=confirm)
         try:
             return plan, apply_plan(db, plan, desired, now=now)
         except StaleState:
@@ -125,7 +132,7 @@ def _apply_campaign(db: Database, action: Action, record: dict[str, Any], *, pla
             db, name, status=status, reason=_REASONS[status], message=message, path=record["path"],
             spec=record["spec"], content=record["content"], content_hash=record["content_hash"],
             start_at=iso(action.start_at) if action.start_at and status == "scheduled" else None, at=at,
-            revision=plan.revision,
+            revision=plan.revision, audience=record.get("audience", {}),
         )  # fmt: skip
     else:  # started: only the status moves
         campaigns.set_status(db, name, status=status, reason=_REASONS[status], message=action.summary, at=at,
@@ -147,11 +154,6 @@ def start_due(db: Database, *, now: datetime) -> list[str]:
             name, spec = row["name"], json.loads(row["spec"])
             audience = spec["audience"]
             exclude = audience.get("exclude") or {}
-            if audience.get("segments") or exclude.get("segments"):
-                campaigns.set_condition(db, name, ready=False, reason="SegmentsNotSupported", at=at,
-                                        message="waits: its audience uses segments, which this version does not "
-                                                "evaluate yet")  # fmt: skip
-                continue
             late = now - datetime.fromisoformat(row["start_at"])
             if late > grace and not row["confirmed_late"]:
                 campaigns.set_condition(db, name, ready=False, reason="LateSchedule", at=at,
@@ -159,13 +161,21 @@ def start_due(db: Database, *, now: datetime) -> list[str]:
                                                 f"{ago(grace)}; confirm with `reconciler apply --confirm {name}` "
                                                 "or set a new send_at")  # fmt: skip
                 continue
-            transactional = all(categories.get(n) == "transactional" for n in audience["lists"])
+            stored = json.loads(row["audience"] or "{}")
+            compiler = Compiler(
+                {n: Segment.model_validate(s) for n, s in stored.get("segments", {}).items()},
+                stored.get("fields", {}), now=now, timezone=stored.get("timezone", default_zone),
+            )  # fmt: skip  # the segments as they were when the campaign was scheduled, evaluated now
+            query = audience_sql(
+                compiler, lists=audience["lists"], exclude_lists=exclude.get("lists", []),
+                segments=audience.get("segments", []), exclude_segments=exclude.get("segments", []),
+                blocking=blocking_for(categories, audience["lists"]),
+            )  # fmt: skip
             send_at = spec["send_at"]
             due = _due_function(send_at, default_zone=default_zone, at=at)
             count = campaigns.snapshot_audience(
-                db, name, lists=audience["lists"], exclude_lists=exclude.get("lists", []),
-                blocking=TRANSACTIONAL_BLOCKING if transactional else BLOCKING, due_at=due,
-                content_hash=row["content_hash"], revision=row["last_applied_revision"] or "", at=at,
+                db, name, recipients=query.recipients, due_at=due, content_hash=row["content_hash"],
+                revision=row["last_applied_revision"] or "", at=at,
             )  # fmt: skip
             audit(db, at=at, revision=row["last_applied_revision"], actor="tick", subject=f"Campaign {name}",
                   action="start", detail=f"{count} recipients snapshotted")  # fmt: skip

@@ -18,7 +18,7 @@ import click
 from sqlite_utils import Database
 
 from reconciler import __version__
-from reconciler.apply import plan_and_apply
+from reconciler.apply import observe_for, plan_and_apply
 from reconciler.check import check
 from reconciler.clock import Clock, FixedClock, SystemClock, iso, parse_instant
 from reconciler.contacts import BATCH_ROWS, import_file, normalise_email
@@ -31,7 +31,7 @@ from reconciler.report import format_status, status_report
 from reconciler.samples import sample_csv
 from reconciler.spec import DesiredState
 from reconciler.spec.schema import json_schema_text
-from reconciler.state import observe, open_db, state_path
+from reconciler.state import open_db, state_path
 from reconciler.state.contacts import erase_contact, export_contact
 from reconciler.state.schema import migrations
 
@@ -199,7 +199,9 @@ def plan(ctx: click.Context, fmt: str, detailed_exitcode: bool, now: str | None,
     db = open_db(path) if path.exists() else Database(memory=True)
     if not path.exists():
         migrations.apply(db)
-    result = make_plan(desired, observe(db), now=_clock(now).now(), git_commit=git_commit(root), confirm=confirm)
+    moment = _clock(now).now()
+    result = make_plan(desired, observe_for(db, desired, now=moment), now=moment, git_commit=git_commit(root),
+                       confirm=confirm)  # fmt: skip
     click.echo({"text": as_text, "json": as_json, "markdown": as_markdown}[fmt](result).rstrip("\n"))
     if result.errors:
         ctx.exit(1)

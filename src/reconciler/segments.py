@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -28,9 +28,11 @@ from reconciler.spec.conditions import (
     NotCondition,
     Operators,
     TagCondition,
+    walk,
 )
-from reconciler.spec.documents import BUILTIN_FIELDS, Segment
+from reconciler.spec.documents import BUILTIN_FIELDS, Campaign, Segment
 from reconciler.spec.types import DURATION_PATTERN, parse_duration
+from reconciler.spec.workspace import DesiredState
 
 COLUMNS = {
     "email": "c.email", "first_name": "c.first_name", "last_name": "c.last_name", "timezone": "c.timezone",
@@ -254,7 +256,7 @@ class Compiler:
         return Sql(f"EXISTS (SELECT 1 FROM {table} {alias} WHERE {where})", params)
 
 
-def subscribed_to(lists: list[str]) -> Sql:
+def subscribed_to(lists: Sequence[str]) -> Sql:
     """The contact is subscribed to any of `lists`."""
     return Sql(
         "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.status = 'subscribed' "
@@ -294,3 +296,128 @@ def _type_of(node: Operators) -> str:
     if isinstance(sample, int | float):
         return "number"
     return "string"
+
+
+@dataclass(frozen=True)
+class AudienceSql:
+    """A campaign audience as SQL over ``contacts c LEFT JOIN suppressions p``.
+
+    `candidates` are contacts with any subscription (any status) to the audience's lists; `reason` is the first
+    reason that keeps a candidate out, or '' for a recipient. Counts (plan) and the snapshot (start) use the same.
+    """
+
+    candidates: Sql
+    reason: Sql
+
+    @property
+    def recipients(self) -> Sql:
+        return Sql(
+            f"({self.candidates.text} AND ({self.reason.text}) = '')", self.candidates.params + self.reason.params
+        )
+
+
+def audience_sql(
+    compiler: Compiler,
+    *,
+    lists: Sequence[str],
+    exclude_lists: Sequence[str] = (),
+    segments: Sequence[str] = (),
+    exclude_segments: Sequence[str] = (),
+    blocking: Sequence[str],
+) -> AudienceSql:
+    """Subscribed to any of `lists`, in any of `segments` (when given), in no excluded list or segment, and not
+    suppressed for a `blocking` reason."""
+    wanted = json.dumps(sorted(lists))
+    candidates = Sql(
+        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id "
+        "AND s.list IN (SELECT value FROM json_each(?)))",
+        (wanted,),
+    )
+    pending = Sql(
+        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.status = 'pending' "
+        "AND s.list IN (SELECT value FROM json_each(?)))",
+        (wanted,),
+    )
+    cases: list[tuple[Sql, Sql]] = [
+        (Sql("p.reason IN (SELECT value FROM json_each(?))", (json.dumps(list(blocking)),)), Sql("p.reason")),
+        (Sql(f"NOT {subscribed_to(lists).text}", subscribed_to(lists).params),
+         Sql(f"CASE WHEN {pending.text} THEN 'awaiting confirmation' ELSE 'unsubscribed' END", pending.params)),
+    ]  # fmt: skip
+    if exclude_lists:
+        cases.append((subscribed_to(list(exclude_lists)), Sql("'excluded list'")))
+    if segments:
+        inside = _join(" OR ", [compiler.membership(name) for name in segments])
+        cases.append((Sql(f"NOT {inside.text}", inside.params), Sql("'not in segments'")))
+    if exclude_segments:
+        cases.append((_join(" OR ", [compiler.membership(name) for name in exclude_segments]),
+                      Sql("'excluded segment'")))  # fmt: skip
+    text = "CASE " + " ".join(f"WHEN {test.text} THEN {value.text}" for test, value in cases) + " ELSE '' END"
+    params = tuple(p for test, value in cases for p in (*test.params, *value.params))
+    return AudienceSql(candidates, Sql(text, params))
+
+
+def audience_key(lists: Sequence[str], exclude_lists: Sequence[str], segments: Sequence[str],
+                 exclude_segments: Sequence[str]) -> str:  # fmt: skip
+    """Campaigns with the same audience share one count."""
+    return json.dumps([sorted(lists), sorted(exclude_lists), sorted(segments), sorted(exclude_segments)])
+
+
+def campaign_audience_parts(campaign: Campaign) -> tuple[list[str], list[str], list[str], list[str]]:
+    audience = campaign.audience
+    exclude = audience.exclude
+    return (list(audience.lists), list(exclude.lists) if exclude else [], list(audience.segments),
+            list(exclude.segments) if exclude else [])  # fmt: skip
+
+
+def workspace_compiler(desired: DesiredState, *, now: datetime) -> Compiler:
+    timezone = desired.settings.timezone if desired.settings else "UTC"
+    types = {name: field.type for name, field in desired.fields.items()}
+    return Compiler(desired.segments, types, now=now, timezone=timezone)
+
+
+def blocking_for(desired_lists: Mapping[str, str], lists: Sequence[str]) -> tuple[str, ...]:
+    """Suppressions that keep people off these lists (`desired_lists`: list name -> category)."""
+    if lists and all(desired_lists.get(name) == "transactional" for name in lists):
+        return TRANSACTIONAL_BLOCKING
+    return MARKETING_BLOCKING
+
+
+MARKETING_BLOCKING = ("bounced", "complained", "unsubscribed", "erased")
+TRANSACTIONAL_BLOCKING = ("bounced", "erased")
+
+
+def audience_queries(desired: DesiredState, *, now: datetime) -> dict[str, AudienceSql]:
+    """One query per distinct campaign audience that uses segments (list-only audiences are counted without SQL)."""
+    compiler = workspace_compiler(desired, now=now)
+    categories = {name: document.category for name, document in desired.lists.items()}
+    queries: dict[str, AudienceSql] = {}
+    for campaign in desired.campaigns.values():
+        lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
+        if not (segments or exclude_segments):
+            continue
+        key = audience_key(lists, exclude_lists, segments, exclude_segments)
+        if key not in queries:
+            queries[key] = audience_sql(compiler, lists=lists, exclude_lists=exclude_lists, segments=segments,
+                                        exclude_segments=exclude_segments,
+                                        blocking=blocking_for(categories, lists))  # fmt: skip
+    return queries
+
+
+def segment_closure(segments: Mapping[str, Segment], names: Sequence[str]) -> dict[str, Segment]:
+    """The named segments and every segment they refer to through in_segment."""
+    found: dict[str, Segment] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in found or name not in segments:
+            continue
+        found[name] = segments[name]
+        if segments[name].where is not None:
+            todo += [n.in_segment for _, n in walk(segments[name].where) if isinstance(n, InSegmentCondition)]
+    return found
+
+
+def segment_queries(desired: DesiredState, *, now: datetime) -> dict[str, Sql]:
+    """Every segment's members query, for the counts `plan` shows."""
+    compiler = workspace_compiler(desired, now=now)
+    return {name: compiler.members(name) for name in sorted(desired.segments)}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from reconciler.segments import audience_key, campaign_audience_parts, segment_closure
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import Campaign
 from reconciler.state.contacts import BLOCKING
-from reconciler.state.observe import Signature
+from reconciler.state.observe import ObservedState, Signature
 
 TRANSACTIONAL_BLOCKING = ("bounced", "erased")
 
@@ -68,18 +70,28 @@ def count_audience(
     return AudienceCount(recipients, excluded)
 
 
-def campaign_audience(desired: DesiredState, campaign: Campaign, histogram: Mapping[Signature, int]) -> AudienceCount:
-    audience = campaign.audience
-    transactional = all(
-        desired.lists[name].category == "transactional" for name in audience.lists if name in desired.lists
-    )
-    count = count_audience(
-        histogram,
-        lists=audience.lists,
-        exclude_lists=audience.exclude.lists if audience.exclude else (),
-        transactional=transactional,
-    )
-    pending = [f"segment {name}" for name in audience.segments]
-    if audience.exclude:
-        pending += [f"exclude segment {name}" for name in audience.exclude.segments]
-    return AudienceCount(count.recipients, count.excluded, tuple(pending))
+def campaign_audience(desired: DesiredState, campaign: Campaign, observed: ObservedState) -> AudienceCount:
+    """The campaign's audience now: from the membership histogram, or for segments from their counted query."""
+    lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
+    if segments or exclude_segments:
+        counts = observed.audience_counts.get(audience_key(lists, exclude_lists, segments, exclude_segments))
+        if counts is None:  # not counted (no state to count against)
+            names = [f"segment {n}" for n in segments] + [f"exclude segment {n}" for n in exclude_segments]
+            return AudienceCount(0, {}, tuple(names))
+        excluded = {why: n for why, n in counts.items() if why not in ("", "not in segments")}
+        return AudienceCount(counts.get("", 0), excluded)
+    transactional = all(desired.lists[name].category == "transactional" for name in lists if name in desired.lists)
+    return count_audience(observed.audience, lists=lists, exclude_lists=exclude_lists, transactional=transactional)
+
+
+def audience_definition(desired: DesiredState, campaign: Campaign) -> dict[str, Any]:
+    """What the campaign's segments mean, stored with it: it starts from this, whatever the files say later."""
+    _, _, segments, exclude_segments = campaign_audience_parts(campaign)
+    closure = segment_closure(desired.segments, [*segments, *exclude_segments])
+    if not closure:
+        return {}
+    return {
+        "segments": {name: segment.model_dump(mode="json", by_alias=True) for name, segment in sorted(closure.items())},
+        "fields": {name: field.type for name, field in sorted(desired.fields.items())},
+        "timezone": desired.settings.timezone if desired.settings else "UTC",
+    }

@@ -32,11 +32,17 @@ def totals(plan: Plan) -> str:
     return text
 
 
-def _lines(action: Action) -> list[str]:
+def _lines(plan: Plan, action: Action) -> list[str]:
     lines = [f"{action.summary}"]
     if action.audience is not None and action.op not in ("remove", "confirm"):
-        lines.append(action.audience.describe())
+        lines.append(action.audience.describe() + plan.change(action.subject, action.audience.recipients))
     return lines
+
+
+def _segments(plan: Plan) -> list[str]:
+    width = max((len(name) for name in plan.segment_counts), default=0)
+    return [f"  {name.ljust(width)}  {n:,} member{'s' * (n != 1)}{plan.change(f'Segment {name}', n)}"
+            for name, n in sorted(plan.segment_counts.items())]  # fmt: skip
 
 
 def as_text(plan: Plan) -> str:
@@ -45,9 +51,11 @@ def as_text(plan: Plan) -> str:
         out.append("  No changes: the state matches the workspace.")
     width = max((len(a.subject) for a in plan.actions), default=0)
     for action in plan.actions:
-        first, *rest = _lines(action)
+        first, *rest = _lines(plan, action)
         out.append(f"  {SYMBOLS[action.op]} {action.subject.ljust(width)}  {first}")
         out += [f"    {' ' * width}  {line}" for line in rest]
+    if plan.segment_counts:
+        out += ["", "Segments:", *_segments(plan)]
     if plan.problems:
         out.append("")
         out += [problem.format() for problem in plan.problems]
@@ -71,9 +79,12 @@ def as_markdown(plan: Plan) -> str:
         for problem in plan.problems:
             badge = "❌" if problem.severity == "error" else "⚠️"
             out.append(f"- {badge} `{problem.path}:{problem.line}` {_cell(problem.format().split(': ', 1)[-1])}")
-    if plan.audiences:
-        out += ["", "<details><summary>Audiences of every campaign</summary>", ""]
-        out += [f"- `{name}` {_cell(count.describe())}" for name, count in sorted(plan.audiences.items())]
+    if plan.audiences or plan.segment_counts:
+        out += ["", "<details><summary>Audiences of every campaign, and segment sizes</summary>", ""]
+        out += [f"- `{name}` {_cell(count.describe() + plan.change(f'Campaign {name}', count.recipients))}"
+                for name, count in sorted(plan.audiences.items())]  # fmt: skip
+        out += [f"- segment `{name}`: {n:,} members{plan.change(f'Segment {name}', n)}"
+                for name, n in sorted(plan.segment_counts.items())]  # fmt: skip
         out += ["", "</details>"]
     out += ["", totals(plan)]
     return "\n".join(out) + "\n"
@@ -93,6 +104,8 @@ def as_json(plan: Plan) -> str:
             "actions": [action.as_dict() for action in plan.actions],
             "problems": [problem.as_dict() for problem in plan.problems],
             "audiences": {name: count.as_dict() for name, count in sorted(plan.audiences.items())},
+            "segments": dict(sorted(plan.segment_counts.items())),
+            "last_counts": dict(sorted(plan.last_counts.items())),
         },
         indent=2,
     )

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.errors import Problem
-from reconciler.plan.audience import AudienceCount, campaign_audience
+from reconciler.plan.audience import AudienceCount, audience_definition, campaign_audience
 from reconciler.plan.content import (
     ago,
     campaign_content,
@@ -48,7 +48,7 @@ def make_plan(
     actions += _fields(desired, observed)
     actions += _workflows(desired, observed, templates)
     for name, campaign in sorted(desired.campaigns.items()):
-        audiences[name] = campaign_audience(desired, campaign, observed.audience)
+        audiences[name] = campaign_audience(desired, campaign, observed)
         planner = _CampaignPlan(desired, campaign, observed.campaigns.get(name), templates, now, audiences[name])
         actions += planner.actions()
         problems += planner.problems
@@ -57,7 +57,8 @@ def make_plan(
             actions += _removed_campaign(record, problems)
     for name in sorted(confirm):
         actions += _confirm(desired, observed, name, now, problems)
-    return Plan(desired.revision, git_commit, tuple(actions), tuple(problems), audiences, observed.serial)
+    return Plan(desired.revision, git_commit, tuple(actions), tuple(problems), audiences, observed.serial,
+                dict(observed.segment_counts), dict(observed.last_counts))  # fmt: skip
 
 
 class _CampaignPlan:
@@ -72,6 +73,7 @@ class _CampaignPlan:
         self.spec = spec_json(campaign)
         self.content = campaign_content(desired, campaign, templates)
         self.content_hash = digest(self.content)
+        self.audience_definition = audience_definition(desired, campaign)
         self.problems: list[Problem] = []
 
     def problem(self, loc: tuple[str | int, ...], message: str, hint: str = "", *, error: bool = True) -> None:
@@ -83,7 +85,7 @@ class _CampaignPlan:
     def action(self, op: Any, summary: str, *, changes: tuple[str, ...] = (), status: str | None = None) -> Action:
         when = start_at(self.campaign.send_at, now=self.now)
         record = {"spec": self.spec, "content": self.content, "content_hash": self.content_hash,
-                  "path": self.source.path}  # fmt: skip
+                  "path": self.source.path, "audience": self.audience_definition}  # fmt: skip
         return Action("Campaign", self.campaign.name, op, summary, changes, self.audience,
                       status or self.campaign.status, when, describe_when(self.campaign.send_at, now=self.now),
                       record)  # fmt: skip
@@ -109,7 +111,8 @@ class _CampaignPlan:
         changes = self.changes()
         if record.started:
             return self._started(record, changes)
-        self._warn_segments()
+        if self.audience_definition != dict(record.audience):
+            changes += ("segment definitions",)
         if status == record.status:
             if not changes:
                 self._late(record)
@@ -128,7 +131,6 @@ class _CampaignPlan:
 
     def _create(self) -> list[Action]:
         status = self.campaign.status
-        self._warn_segments()
         if status == "scheduled":
             summary = f"schedule for {describe_when(self.campaign.send_at, now=self.now)}"
             return [self._with_late(self.action("schedule", summary))]
@@ -162,12 +164,6 @@ class _CampaignPlan:
                    "cancel": f"cancel: {left:,} unsent messages are skipped"}[op]  # fmt: skip
         return [Action("Campaign", self.campaign.name, op, summary, (), None,
                        "sending" if op == "resume" else status)]  # fmt: skip
-
-    def _warn_segments(self) -> None:
-        if self.audience.unevaluated and self.campaign.status == "scheduled":
-            self.problem(("audience",), f"uses {', '.join(self.audience.unevaluated)}, which this version cannot "
-                         "evaluate yet: it will wait instead of sending to the wrong people",
-                         "remove the segments, or wait for segment support", error=False)  # fmt: skip
 
     def _late(self, record: CampaignRecord) -> None:
         if record.status == "scheduled" and not record.confirmed_late and record.start_at:

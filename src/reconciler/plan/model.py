@@ -65,6 +65,16 @@ class Plan:
     """Every campaign's audience as it stands, whether or not it changes."""
     serial: int = 0
     """The state's serial the plan was made from (apply refuses a stale plan)."""
+    segment_counts: Mapping[str, int] = field(default_factory=dict)
+    last_counts: Mapping[str, int] = field(default_factory=dict)
+    """Counts at the last apply, by "Segment name" / "Campaign name"."""
+
+    def change(self, subject: str, now: int) -> str:
+        """ " (+12 since the last apply)", or nothing when unknown or unchanged."""
+        before = self.last_counts.get(subject)
+        if before is None or before == now:
+            return ""
+        return f" ({now - before:+,} since the last apply)"
 
     @property
     def errors(self) -> list[Problem]:

@@ -11,21 +11,25 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from reconciler.segments import Sql
+
 
 def upsert_campaign(
     db: Database, name: str, *, status: str, reason: str, message: str, path: str, spec: Mapping[str, Any],
     content: Mapping[str, Any], content_hash: str, start_at: str | None, at: str, revision: str,
+    audience: Mapping[str, Any],
 ) -> None:  # fmt: skip
     """Create or rewrite a campaign that has not started; a new start time needs a new confirmation."""
     db.conn.execute(
         """
         INSERT INTO campaigns (name, status, ready, reason, message, path, spec, content, content_hash, start_at,
-                               last_attempted_revision, last_applied_revision, updated_at)
-        VALUES (:name, :status, 1, :reason, :message, :path, :spec, :content, :hash, :start_at, :rev, :rev, :at)
+                               last_attempted_revision, last_applied_revision, updated_at, audience)
+        VALUES (:name, :status, 1, :reason, :message, :path, :spec, :content, :hash, :start_at, :rev, :rev, :at,
+                :audience)
         ON CONFLICT (name) DO UPDATE SET
             status = excluded.status, ready = 1, reason = excluded.reason, message = excluded.message,
             path = excluded.path, spec = excluded.spec, content = excluded.content,
-            content_hash = excluded.content_hash,
+            content_hash = excluded.content_hash, audience = excluded.audience,
             confirmed_late = CASE WHEN start_at IS excluded.start_at THEN confirmed_late ELSE 0 END,
             start_at = excluded.start_at, removed_at = NULL,
             last_attempted_revision = excluded.last_attempted_revision,
@@ -43,6 +47,7 @@ def upsert_campaign(
             "start_at": start_at,
             "rev": revision,
             "at": at,
+            "audience": json.dumps(audience),
         },
     )
 
@@ -116,9 +121,7 @@ def snapshot_audience(
     db: Database,
     name: str,
     *,
-    lists: Iterable[str],
-    exclude_lists: Iterable[str],
-    blocking: Iterable[str],
+    recipients: Sql,
     due_at: Callable[[str | None], str],
     content_hash: str,
     revision: str,
@@ -126,22 +129,12 @@ def snapshot_audience(
 ) -> int:
     """Put one queued ledger row per recipient, due at `due_at(contact timezone)`, and mark the campaign started.
 
-    The recipients are the rules of `plan.audience`: subscribed to any of `lists`, not suppressed for a
-    `blocking` reason, not subscribed to any of `exclude_lists`.
+    `recipients` is `segments.AudienceSql.recipients`: the rules `plan` counted with, evaluated now.
     """
-    params = {"lists": json.dumps(list(lists)), "exclude": json.dumps(list(exclude_lists)),
-              "blocking": json.dumps(list(blocking))}  # fmt: skip
     rows = db.conn.execute(
-        """
-        SELECT c.id, c.timezone FROM contacts c
-        WHERE EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.status = 'subscribed'
-                      AND s.list IN (SELECT value FROM json_each(:lists)))
-          AND NOT EXISTS (SELECT 1 FROM suppressions p WHERE p.email_hash = c.email_hash
-                          AND p.reason IN (SELECT value FROM json_each(:blocking)))
-          AND NOT EXISTS (SELECT 1 FROM subscriptions x WHERE x.contact_id = c.id AND x.status = 'subscribed'
-                          AND x.list IN (SELECT value FROM json_each(:exclude)))
-        """,
-        params,
+        "SELECT c.id, c.timezone FROM contacts c LEFT JOIN suppressions p ON p.email_hash = c.email_hash "
+        f"WHERE {recipients.text}",
+        recipients.params,
     )
     due_by_zone: dict[str | None, str] = {}
     inserted = 0

@@ -16,6 +16,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from reconciler.segments import AudienceSql, Sql
+from reconciler.state import audiences as run
 from reconciler.state.db import get_meta
 
 
@@ -41,6 +43,8 @@ class CampaignRecord:
     last_applied_revision: str | None
     progress: Mapping[str, int] = field(default_factory=dict)
     """Ledger rows by state (queued, sent, ...)."""
+    audience: Mapping[str, Any] = field(default_factory=dict)
+    """What its segments meant when it was scheduled (definitions, field types, time zone)."""
 
     @property
     def started(self) -> bool:
@@ -71,10 +75,24 @@ class ObservedState:
     last_error: str | None = None
     serial: int = 0
     """Bumped by every write that changes what a plan is based on: a plan made from an older serial is stale."""
+    audience_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Audiences that use segments, by `segments.audience_key`: candidates by reason ('' = recipients)."""
+    segment_counts: Mapping[str, int] = field(default_factory=dict)
+    last_counts: Mapping[str, int] = field(default_factory=dict)
+    """Counts recorded at the last apply ("Segment x", "Campaign y"), for the change since then."""
 
 
-def observe(db: Database, *, audience: bool = True) -> ObservedState:
-    """Read everything `make_plan` needs; `audience=False` skips the counts (status, or a plan without them)."""
+def observe(
+    db: Database,
+    *,
+    audience: bool = True,
+    audiences: Mapping[str, AudienceSql] | None = None,
+    segments: Mapping[str, Sql] | None = None,
+) -> ObservedState:
+    """Read everything `make_plan` needs: records, and the counts of the compiled `audiences` and `segments`.
+
+    `audience=False` skips every count (status).
+    """
     progress: dict[str, dict[str, int]] = {}
     for source, state, count in db.conn.execute(
         "SELECT source, state, count(*) FROM ledger WHERE source_kind = 'campaign' GROUP BY source, state"
@@ -89,6 +107,7 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
             removed_at=row["removed_at"], confirmed_late=bool(row["confirmed_late"]), recipients=row["recipients"],
             last_attempted_revision=row["last_attempted_revision"],
             last_applied_revision=row["last_applied_revision"], progress=progress.get(row["name"], {}),
+            audience=json.loads(row["audience"]),
         )  # fmt: skip
     lists = {}
     for name, spec, removed_at in db.conn.execute("SELECT name, spec, removed_at FROM lists"):
@@ -96,6 +115,13 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
     fields = dict(db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
     workflows = dict(db.conn.execute("SELECT name, content_hash FROM workflows WHERE removed_at IS NULL").fetchall())
     contacts = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
+    audience_counts: dict[str, Mapping[str, int]] = {}
+    segment_counts: dict[str, int] = {}
+    if audience:
+        for key, query in (audiences or {}).items():
+            audience_counts[key] = run.audience_reasons(db, candidates=query.candidates, reason=query.reason)
+        for name, members in (segments or {}).items():
+            segment_counts[name] = run.count(db, members)
     return ObservedState(
         campaigns=campaigns,
         lists=lists,
@@ -106,6 +132,9 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
         last_applied_revision=get_meta(db, "last_applied_revision"),
         last_error=get_meta(db, "last_error"),
         serial=int(get_meta(db, "serial") or 0),
+        audience_counts=audience_counts,
+        segment_counts=segment_counts,
+        last_counts=dict(db.conn.execute("SELECT subject, count FROM plan_counts").fetchall()),
     )
 
 

@@ -59,3 +59,12 @@ def record_revision(db: Database, revision: str, *, git_commit: str | None, at: 
 
 def revisions(db: Database, *, limit: int = 10) -> list[dict[str, Any]]:
     return list(db.query("SELECT * FROM revisions ORDER BY id DESC LIMIT ?", [limit]))
+
+
+def record_counts(db: Database, counts: Mapping[str, int], *, at: str) -> None:
+    """Remember counts as of this apply (only those that changed), for "the change since the last apply"."""
+    db.conn.executemany(
+        "INSERT INTO plan_counts(subject, count, at) VALUES (?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
+        "count = excluded.count, at = excluded.at WHERE count IS NOT excluded.count",
+        [(subject, count, at) for subject, count in counts.items()],
+    )

@@ -185,6 +185,22 @@ def _initial(db: Database) -> None:
     )
 
 
+@migrations(name="0002_campaign_audience")
+def _campaign_audience(db: Database) -> None:
+    """What a campaign's segments meant when it was scheduled: it starts from this, not from the files."""
+    _run_script(
+        db,
+        """
+        ALTER TABLE campaigns ADD COLUMN audience TEXT NOT NULL DEFAULT '{}';
+        CREATE TABLE plan_counts (
+            subject TEXT PRIMARY KEY,                 -- "Segment top-customers", "Campaign black-friday-2026"
+            count INTEGER NOT NULL,
+            at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 def _run_script(db: Database, script: str) -> None:
     """Statement by statement: `executescript` would commit the migration's transaction half-way."""
     statement = ""
