@@ -25,6 +25,7 @@ from reconciler.contacts import BATCH_ROWS, import_file, normalise_email
 from reconciler.daemon import reconcile_once
 from reconciler.daemon import run as run_daemon
 from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError
+from reconciler.explain import show
 from reconciler.load import find_workspace, git_commit, load_workspace
 from reconciler.plan import as_json, as_markdown, as_text, make_plan
 from reconciler.report import format_status, status_report
@@ -365,3 +366,28 @@ def contacts_sample(count: int, seed: int) -> None:
     """Print made-up contacts as CSV (example.com addresses) to try a workspace: `... sample > try.csv`."""
     for chunk in sample_csv(count, seed=seed):
         sys.stdout.write(chunk)
+
+
+# --- segments -----------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def segments() -> None:
+    """Look at segments as the state database has them now."""
+
+
+@segments.command("show")
+@click.argument("name")
+@click.option("--sample", type=click.IntRange(min=0), default=10, show_default=True, help="Members to list.")
+@click.option("--explain", is_flag=True, help="How many contacts meet each condition.")
+@click.option("--contact", metavar="EMAIL", default=None, help="Why this contact is in or out: each condition ✓/✗.")
+@NOW_OPTION
+@click.pass_context
+def segments_show(ctx: click.Context, name: str, sample: int, explain: bool, contact: str | None,
+                  now: str | None) -> None:  # fmt: skip
+    """A segment's size, a sample of its members, and with --explain or --contact why people are in or out."""
+    root = _root(ctx)
+    desired = _checked(root)
+    db = _db(ctx, root, create=False)
+    address = _address(contact) if contact else None
+    click.echo(show(db, desired, name, now=_clock(now).now(), sample=sample, explain=explain, contact=address))

@@ -23,7 +23,7 @@ DOMAINS = ("example.com", "example.org", "example.net")
 ROASTS = ("light", "medium", "dark")
 BREWS = ("espresso", "filter", "aeropress", "french press", "moka")
 COLUMNS = ("email", "first_name", "last_name", "country", "timezone", "tags", "total_spend", "orders_count",
-           "favourite_roast", "brew_method")  # fmt: skip
+           "favourite_roast", "brew_method", "wholesale")  # fmt: skip
 
 
 def sample_rows(count: int, *, seed: int = 2026) -> Iterator[dict[str, str]]:
@@ -48,6 +48,7 @@ def sample_rows(count: int, *, seed: int = 2026) -> Iterator[dict[str, str]]:
             "orders_count": str(orders),
             "favourite_roast": rng.choice(ROASTS),
             "brew_method": rng.choice(BREWS),
+            "wholesale": "true" if rng.random() < 0.03 else "false",
         }
 
 
