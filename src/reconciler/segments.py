@@ -10,6 +10,7 @@ time zone; relative bounds (``30d``) are measured from the `now` the compiler is
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -208,7 +209,8 @@ class Compiler:
     # --- events and engagement --------------------------------------------------------------------------------------
 
     def event(self, node: EventCondition) -> Sql:
-        where = "e.contact_id = c.id AND e.type = ?"
+        """Subqueries that do not depend on the contact: SQLite runs each once and probes the result per contact."""
+        where = "e.type = ?"
         params: tuple[Any, ...] = (node.event,)
         if node.within is not None:
             where += " AND e.occurred_at >= ?"
@@ -219,25 +221,30 @@ class Compiler:
             where += f" AND {test.text}"
             params += test.params
         if node.count is None and node.sum is None:
-            return Sql(f"EXISTS (SELECT 1 FROM events e WHERE {where})", params)
+            return Sql(f"c.id IN (SELECT e.contact_id FROM events e WHERE {where})", params)
         tests: list[Sql] = []
+        zero_ok = True  # does a contact without any matching event meet the bounds?
         if node.count is not None:
-            count = f"(SELECT count(*) FROM events e WHERE {where})"
-            tests += [_bound(count, params, op, limit) for op, limit in node.count.bounds().items()]
+            tests += [_bound("count(*)", (), op, limit) for op, limit in node.count.bounds().items()]
+            zero_ok &= _holds(0, node.count.bounds())
         if node.sum is not None:
-            total = f"(SELECT coalesce(sum(json_extract(e.properties, ?)), 0) FROM events e WHERE {where})"
-            sum_params = (json_path(node.sum.property), *params)
-            tests += [_bound(total, sum_params, op, limit) for op, limit in node.sum.bounds().items()]
-        return _join(" AND ", tests)
+            total, path = "coalesce(sum(json_extract(e.properties, ?)), 0)", (json_path(node.sum.property),)
+            tests += [_bound(total, path, op, limit) for op, limit in node.sum.bounds().items()]
+            zero_ok &= _holds(0, node.sum.bounds())
+        having = _join(" AND ", tests)
+        grouped = f"SELECT e.contact_id FROM events e WHERE {where} GROUP BY e.contact_id HAVING"
+        if zero_ok:
+            return Sql(f"c.id NOT IN ({grouped} NOT {having.text})", params + having.params)
+        return Sql(f"c.id IN ({grouped} {having.text})", params + having.params)
 
     def engaged(self, node: EngagedCondition) -> Sql:
         engaged = node.engaged
         if engaged.action == "sent":
             params: tuple[Any, ...] = ()
-            where = "l.contact_id = c.id AND l.state = 'sent'"
+            where = "l.contact_id IS NOT NULL AND l.state = 'sent'"
             table, alias, at = "ledger", "l", "updated_at"
         else:
-            where, params = "g.contact_id = c.id AND g.action = ?", (engaged.action,)
+            where, params = "g.contact_id IS NOT NULL AND g.action = ?", (engaged.action,)
             table, alias, at = "engagement", "g", "at"
             if not engaged.include_machine:
                 where += " AND g.machine = 0"
@@ -253,15 +260,15 @@ class Compiler:
         if engaged.within is not None:
             where += f" AND {alias}.{at} >= ?"
             params += (self.instant(self.now - engaged.within, "datetime"),)
-        return Sql(f"EXISTS (SELECT 1 FROM {table} {alias} WHERE {where})", params)
+        return Sql(f"c.id IN (SELECT {alias}.contact_id FROM {table} {alias} WHERE {where})", params)
 
 
-def subscribed_to(lists: Sequence[str]) -> Sql:
-    """The contact is subscribed to any of `lists`."""
+def subscribed_to(lists: Sequence[str], status: str = "subscribed") -> Sql:
+    """The contact's subscription to any of `lists` has `status` (one index range per list)."""
     return Sql(
-        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.status = 'subscribed' "
-        "AND s.list IN (SELECT value FROM json_each(?)))",
-        (json.dumps(sorted(lists)),),
+        "c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN (SELECT value FROM json_each(?)) "
+        "AND s.status = ?)",
+        (json.dumps(sorted(lists)), status),
     )
 
 
@@ -279,6 +286,12 @@ def _join(glue: str, parts: list[Sql]) -> Sql:
 def _bound(expression: str, params: tuple[Any, ...], op: str, limit: float) -> Sql:
     sign = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
     return Sql(f"({expression} {sign} ?)", (*params, limit))
+
+
+def _holds(value: float, bounds: Mapping[str, float]) -> bool:
+    checks = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
+              "lte": operator.le}  # fmt: skip
+    return all(bool(checks[op](value, limit)) for op, limit in bounds.items())
 
 
 def _plain(value: Any) -> Any:
@@ -329,15 +342,10 @@ def audience_sql(
     suppressed for a `blocking` reason."""
     wanted = json.dumps(sorted(lists))
     candidates = Sql(
-        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id "
-        "AND s.list IN (SELECT value FROM json_each(?)))",
+        "c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN (SELECT value FROM json_each(?)))",
         (wanted,),
     )
-    pending = Sql(
-        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.status = 'pending' "
-        "AND s.list IN (SELECT value FROM json_each(?)))",
-        (wanted,),
-    )
+    pending = subscribed_to(lists, "pending")
     cases: list[tuple[Sql, Sql]] = [
         (Sql("p.reason IN (SELECT value FROM json_each(?))", (json.dumps(list(blocking)),)), Sql("p.reason")),
         (Sql(f"NOT {subscribed_to(lists).text}", subscribed_to(lists).params),

@@ -131,24 +131,17 @@ def snapshot_audience(
 
     `recipients` is `segments.AudienceSql.recipients`: the rules `plan` counted with, evaluated now.
     """
-    rows = db.conn.execute(
-        "SELECT c.id, c.timezone FROM contacts c LEFT JOIN suppressions p ON p.email_hash = c.email_hash "
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS zone_due (zone TEXT PRIMARY KEY, due TEXT NOT NULL)")
+    db.conn.execute("DELETE FROM zone_due")
+    zones = [row[0] for row in db.conn.execute("SELECT DISTINCT coalesce(timezone, '') FROM contacts")]
+    db.conn.executemany("INSERT INTO zone_due VALUES (?, ?)", [(zone, due_at(zone or None)) for zone in zones])
+    inserted = db.conn.execute(  # one statement: a million rows never pass through Python
+        "INSERT OR IGNORE INTO ledger (source_kind, source, stage, contact_id, state, due_at, content_hash, revision, "
+        "created_at, updated_at) SELECT 'campaign', ?, '', c.id, 'queued', z.due, ?, ?, ?, ? FROM contacts c "
+        "LEFT JOIN suppressions p ON p.email_hash = c.email_hash JOIN zone_due z ON z.zone = coalesce(c.timezone, '') "
         f"WHERE {recipients.text}",
-        recipients.params,
-    )
-    due_by_zone: dict[str | None, str] = {}
-    inserted = 0
-    while batch := rows.fetchmany(10_000):
-        values = []
-        for contact_id, timezone in batch:
-            if timezone not in due_by_zone:
-                due_by_zone[timezone] = due_at(timezone)
-            values.append((name, contact_id, due_by_zone[timezone], content_hash, revision, at, at))
-        inserted += db.conn.executemany(
-            "INSERT OR IGNORE INTO ledger (source_kind, source, stage, contact_id, state, due_at, content_hash, "
-            "revision, created_at, updated_at) VALUES ('campaign', ?, '', ?, 'queued', ?, ?, ?, ?, ?)",
-            values,
-        ).rowcount
+        (name, content_hash, revision, at, at, *recipients.params),
+    ).rowcount
     db.conn.execute(
         "UPDATE campaigns SET status = 'sending', started_at = ?, recipients = ?, ready = 1, reason = 'Sending', "
         "message = ?, updated_at = ? WHERE name = ?",
