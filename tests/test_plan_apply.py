@@ -313,3 +313,19 @@ def test_two_ticks_at_once_start_a_campaign_once(example: Path) -> None:
     db = open_db(example / ".state" / "reconciler.db")
     assert db.conn.execute("SELECT count(*), count(DISTINCT contact_id) FROM ledger").fetchone() == (200, 200)
     assert db.conn.execute("SELECT count(*) FROM revisions").fetchone()[0] == 1
+
+
+def test_the_plan_shows_segment_sizes_and_the_change_since_the_last_apply(example: Path, db: Database) -> None:
+    _apply(example, db)
+    before = _plan(example, db).segment_counts["espresso-people"]
+    (example / "more.csv").write_text("email,brew_method\nnew1@example.com,espresso\nnew2@example.com,moka\n")
+    import_file(db, _desired(example), example / "more.csv", lists=["newsletter"], consent_text=None, now=NOW)
+    plan = _plan(example, db)
+    assert plan.segment_counts["espresso-people"] == before + 2
+    text = as_text(plan)
+    assert f"espresso-people   {before + 2:,} members (+2 since the last apply)" in text
+    total = plan.audiences["guji-harvest-2026"].recipients
+    assert (
+        f"  guji-harvest-2026        → {total:,} recipients; excluded: unsubscribed 3, bounced 2 (+2 since the "
+        "last apply)" in text
+    )

@@ -54,6 +54,13 @@ def as_text(plan: Plan) -> str:
         first, *rest = _lines(plan, action)
         out.append(f"  {SYMBOLS[action.op]} {action.subject.ljust(width)}  {first}")
         out += [f"    {' ' * width}  {line}" for line in rest]
+    unchanged = {name: count for name, count in plan.audiences.items()
+                 if not any(a.kind == "Campaign" and a.name == name for a in plan.actions)}  # fmt: skip
+    if unchanged:
+        width = max(len(name) for name in unchanged)
+        out += ["", "Audiences of unchanged campaigns:"]
+        out += [f"  {name.ljust(width)}  {count.describe()}{plan.change(f'Campaign {name}', count.recipients)}"
+                for name, count in sorted(unchanged.items())]  # fmt: skip
     if plan.segment_counts:
         out += ["", "Segments:", *_segments(plan)]
     if plan.problems:
