@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,8 @@ from reconciler.state import ObservedState, campaigns, observe, records
 from reconciler.state.db import StaleState, audit, bump_serial, claim_serial, get_meta, set_meta, write
 
 log = logging.getLogger(__name__)
+COUNT_BUDGET = 10.0
+"""Seconds a daemon pass may spend counting segment audiences for its log and status messages."""
 
 _REASONS = {"draft": "Draft", "scheduled": "Scheduled", "paused": "Paused", "cancelled": "Cancelled",
             "sending": "Sending", "sent": "Sent"}  # fmt: skip
@@ -76,9 +79,20 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
     return result
 
 
-def observe_for(db: Database, desired: DesiredState, *, now: datetime) -> ObservedState:
-    """The observed state with the counts this workspace's plan shows (its segments and segment audiences)."""
-    return observe(db, audiences=audience_queries(desired, now=now), segments=segment_queries(desired, now=now))
+def observe_for(
+    db: Database,
+    desired: DesiredState,
+    *,
+    now: datetime,
+    campaigns: Collection[str] | None = None,
+    segments: bool = True,
+    budget: float | None = None,
+) -> ObservedState:
+    """The observed state with the counts a plan shows: the segment audiences of `campaigns` (all when None) first,
+    then every segment's size; counting stops after `budget` seconds (segment counts cost a scan each)."""
+    deadline = None if budget is None else time.monotonic() + budget
+    return observe(db, audiences=audience_queries(desired, now=now, campaigns=campaigns),
+                   segments=segment_queries(desired, now=now) if segments else {}, deadline=deadline)  # fmt: skip
 
 
 def plan_and_apply(
@@ -86,7 +100,12 @@ def plan_and_apply(
 ) -> tuple[Plan, Applied]:
     """Observe, plan and apply; when another process applied in between, plan again from what it left."""
     for attempt in range(5):
-        plan = make_plan(desired, observe_for(db, desired, now=now), now=now, git_commit=git_commit, confirm=confirm)
+        # a pass without changes counts nothing; one with changes counts the segment audiences it touches
+        plan = make_plan(desired, observe(db), now=now, git_commit=git_commit, confirm=confirm)
+        touched = [a.name for a in plan.actions if a.kind == "Campaign" and a.audience and a.audience.unevaluated]
+        if touched:
+            observed = observe_for(db, desired, now=now, campaigns=touched, segments=False, budget=COUNT_BUDGET)
+            plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
         try:
             return plan, apply_plan(db, plan, desired, now=now)
         except StaleState:

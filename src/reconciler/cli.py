@@ -186,10 +186,13 @@ def _checked(root: Path) -> DesiredState:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
               help="markdown is meant for a pull request comment.")  # fmt: skip
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 without changes, 2 with changes, 1 on errors.")
+@click.option("--count-budget", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
+              help="Time for counting segment audiences and sizes; what is left is shown as not counted.")  # fmt: skip
 @NOW_OPTION
 @CONFIRM_OPTION
 @click.pass_context
-def plan(ctx: click.Context, fmt: str, detailed_exitcode: bool, now: str | None, confirm: tuple[str, ...]) -> None:
+def plan(ctx: click.Context, fmt: str, detailed_exitcode: bool, count_budget: float, now: str | None,
+         confirm: tuple[str, ...]) -> None:  # fmt: skip
     """Show what apply would do, with audience counts, against the state database. Changes nothing.
 
     Without a state database (as in CI) the plan is made against an empty one.
@@ -201,8 +204,8 @@ def plan(ctx: click.Context, fmt: str, detailed_exitcode: bool, now: str | None,
     if not path.exists():
         migrations.apply(db)
     moment = _clock(now).now()
-    result = make_plan(desired, observe_for(db, desired, now=moment), now=moment, git_commit=git_commit(root),
-                       confirm=confirm)  # fmt: skip
+    observed = observe_for(db, desired, now=moment, budget=count_budget)
+    result = make_plan(desired, observed, now=moment, git_commit=git_commit(root), confirm=confirm)
     click.echo({"text": as_text, "json": as_json, "markdown": as_markdown}[fmt](result).rstrip("\n"))
     if result.errors:
         ctx.exit(1)

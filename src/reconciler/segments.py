@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -404,12 +404,16 @@ MARKETING_BLOCKING = ("bounced", "complained", "unsubscribed", "erased")
 TRANSACTIONAL_BLOCKING = ("bounced", "erased")
 
 
-def audience_queries(desired: DesiredState, *, now: datetime) -> dict[str, AudienceSql]:
-    """One query per distinct campaign audience that uses segments (list-only audiences are counted without SQL)."""
+def audience_queries(
+    desired: DesiredState, *, now: datetime, campaigns: Collection[str] | None = None
+) -> dict[str, AudienceSql]:
+    """One query per distinct campaign audience that uses segments (list-only audiences are counted without SQL),
+    for every campaign or only the named ones, in the order given."""
     compiler = workspace_compiler(desired, now=now)
     categories = {name: document.category for name, document in desired.lists.items()}
     queries: dict[str, AudienceSql] = {}
-    for campaign in desired.campaigns.values():
+    names = list(desired.campaigns) if campaigns is None else [n for n in campaigns if n in desired.campaigns]
+    for campaign in (desired.campaigns[name] for name in names):
         lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
         if not (segments or exclude_segments):
             continue

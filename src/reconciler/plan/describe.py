@@ -63,6 +63,9 @@ def as_text(plan: Plan) -> str:
                 for name, count in sorted(unchanged.items())]  # fmt: skip
     if plan.segment_counts:
         out += ["", "Segments:", *_segments(plan)]
+        if plan.uncounted_segments:
+            out.append(f"  ... and {len(plan.uncounted_segments)} more not counted within the time budget "
+                       "(--count-budget, or `reconciler segments show NAME`)")  # fmt: skip
     if plan.problems:
         out.append("")
         out += [problem.format() for problem in plan.problems]

@@ -58,7 +58,8 @@ def make_plan(
     for name in sorted(confirm):
         actions += _confirm(desired, observed, name, now, problems)
     return Plan(desired.revision, git_commit, tuple(actions), tuple(problems), audiences, observed.serial,
-                dict(observed.segment_counts), dict(observed.last_counts))  # fmt: skip
+                dict(observed.segment_counts), dict(observed.last_counts),
+                tuple(sorted(set(desired.segments) - set(observed.segment_counts))))  # fmt: skip
 
 
 class _CampaignPlan:

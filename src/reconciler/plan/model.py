@@ -68,6 +68,8 @@ class Plan:
     segment_counts: Mapping[str, int] = field(default_factory=dict)
     last_counts: Mapping[str, int] = field(default_factory=dict)
     """Counts at the last apply, by "Segment name" / "Campaign name"."""
+    uncounted_segments: tuple[str, ...] = ()
+    """Segments whose size was not counted (time budget)."""
 
     def change(self, subject: str, now: int) -> str:
         """ " (+12 since the last apply)", or nothing when unknown or unchanged."""

@@ -9,6 +9,7 @@ signatures.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,10 +89,12 @@ def observe(
     audience: bool = True,
     audiences: Mapping[str, AudienceSql] | None = None,
     segments: Mapping[str, Sql] | None = None,
+    deadline: float | None = None,
 ) -> ObservedState:
     """Read everything `make_plan` needs: records, and the counts of the compiled `audiences` and `segments`.
 
-    `audience=False` skips every count (status).
+    `audience=False` skips every count (status). Counting stops at `deadline` (time.monotonic()); what was not
+    counted by then is absent, and the plan says so.
     """
     progress: dict[str, dict[str, int]] = {}
     for source, state, count in db.conn.execute(
@@ -119,8 +122,12 @@ def observe(
     segment_counts: dict[str, int] = {}
     if audience:
         for key, query in (audiences or {}).items():
+            if deadline is not None and time.monotonic() > deadline:
+                break
             audience_counts[key] = run.audience_reasons(db, candidates=query.candidates, reason=query.reason)
         for name, members in (segments or {}).items():
+            if deadline is not None and time.monotonic() > deadline:
+                break
             segment_counts[name] = run.count(db, members)
     return ObservedState(
         campaigns=campaigns,
