@@ -118,7 +118,13 @@ class Compiler:
         if isinstance(node, AnyCondition):
             return _join(" OR ", [self.condition(child) for child in node.any])
         if isinstance(node, NotCondition):
-            inner = self.condition(node.not_)
+            child = node.not_
+            if isinstance(child, EventCondition) and child.count is None and child.sum is None:
+                # "no purchase lately" usually narrows others' results: probe the index per remaining contact
+                # instead of first collecting everyone who did purchase
+                inner = self.event(child, correlated=True)
+                return Sql(f"(NOT {inner.text})", inner.params, cost=1)
+            inner = self.condition(child)
             return Sql(f"(NOT {inner.text})", inner.params, inner.cost)
         if isinstance(node, FieldCondition):
             return self.field(node)
@@ -212,7 +218,7 @@ class Compiler:
 
     # --- events and engagement --------------------------------------------------------------------------------------
 
-    def event(self, node: EventCondition) -> Sql:
+    def event(self, node: EventCondition, *, correlated: bool = False) -> Sql:
         """Subqueries that do not depend on the contact: SQLite runs each once and probes the result per contact."""
         where = "e.type = ?"
         params: tuple[Any, ...] = (node.event,)
@@ -225,6 +231,8 @@ class Compiler:
             where += f" AND {test.text}"
             params += test.params
         if node.count is None and node.sum is None:
+            if correlated:
+                return Sql(f"EXISTS (SELECT 1 FROM events e WHERE e.contact_id = c.id AND {where})", params)
             return Sql(f"c.id IN (SELECT e.contact_id FROM events e WHERE {where})", params)
         tests: list[Sql] = []
         zero_ok = True  # does a contact without any matching event meet the bounds?

@@ -203,13 +203,17 @@ def _campaign_audience(db: Database) -> None:
 
 @migrations(name="0003_segment_indexes")
 def _segment_indexes(db: Database) -> None:
-    """Indexes the segment compiler's subqueries read: events by type and time, engagement by action and time."""
+    """Indexes the segment compiler's subqueries read (events by type and time, engagement by action and time), and
+    the foreign keys' child columns."""
     _run_script(
         db,
         """
         CREATE INDEX events_by_type_time ON events(type, occurred_at, contact_id);
         DROP INDEX events_by_type;
         CREATE INDEX engagement_by_action ON engagement(action, at, machine, contact_id);
+        -- foreign keys point here: without these, deleting one row scans the whole child table
+        CREATE INDEX engagement_by_ledger ON engagement(ledger_id);
+        CREATE INDEX ledger_by_contact ON ledger(contact_id, state);
         """,
     )
 
