@@ -12,14 +12,12 @@ conditions (50 distinct audiences): counting all of them takes minutes at this s
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from reconciler.state import open_db
-from validate import generate  # bench/ is on sys.path when this script runs
+from validate import generate, timed  # bench/ is on sys.path when this script runs
 
 CONTACTS = 1_000_000
 RUNS = 3
@@ -57,16 +55,6 @@ def fill(db_path: Path) -> None:
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     db.close()
-
-
-def timed(root: Path, *args: str, expect: tuple[int, ...] = (0,)) -> float:
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "reconciler", "-C", str(root), *args], capture_output=True,
-                            text=True, check=False)  # fmt: skip
-    elapsed = time.perf_counter() - started
-    if result.returncode not in expect:
-        sys.exit(f"{args[0]} failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
-    return elapsed
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from reconciler.spec import DesiredState
 from reconciler.spec.documents import LocalSendTime, Segment
 from reconciler.state import ObservedState, campaigns, observe, records
 from reconciler.state.db import StaleState, audit, bump_serial, claim_serial, get_meta, set_meta, write
+from reconciler.state.observe import with_counts
 
 log = logging.getLogger(__name__)
 COUNT_BUDGET = 10.0
@@ -84,15 +85,16 @@ def observe_for(
     desired: DesiredState,
     *,
     now: datetime,
+    observed: ObservedState | None = None,
     campaigns: Collection[str] | None = None,
     segments: bool = True,
     budget: float | None = None,
 ) -> ObservedState:
-    """The observed state with the counts a plan shows: the segment audiences of `campaigns` (all when None) first,
-    then every segment's size; counting stops after `budget` seconds (segment counts cost a scan each)."""
+    """The observed state (read now unless given) with the counts a plan shows: the segment audiences of `campaigns`
+    (all when None) first, then every segment's size; counting stops after `budget` seconds (a scan each)."""
     deadline = None if budget is None else time.monotonic() + budget
-    return observe(db, audiences=audience_queries(desired, now=now, campaigns=campaigns),
-                   segments=segment_queries(desired, now=now) if segments else {}, deadline=deadline)  # fmt: skip
+    return with_counts(db, observed or observe(db), audiences=audience_queries(desired, now=now, campaigns=campaigns),
+                       segments=segment_queries(desired, now=now) if segments else {}, deadline=deadline)  # fmt: skip
 
 
 def plan_and_apply(
@@ -101,10 +103,12 @@ def plan_and_apply(
     """Observe, plan and apply; when another process applied in between, plan again from what it left."""
     for attempt in range(5):
         # a pass without changes counts nothing; one with changes counts the segment audiences it touches
-        plan = make_plan(desired, observe(db), now=now, git_commit=git_commit, confirm=confirm)
+        observed = observe(db)
+        plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
         touched = [a.name for a in plan.actions if a.kind == "Campaign" and a.audience and a.audience.unevaluated]
         if touched:
-            observed = observe_for(db, desired, now=now, campaigns=touched, segments=False, budget=COUNT_BUDGET)
+            observed = observe_for(db, desired, now=now, observed=observed, campaigns=touched, segments=False,
+                                   budget=COUNT_BUDGET)  # fmt: skip
             plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
         try:
             return plan, apply_plan(db, plan, desired, now=now)

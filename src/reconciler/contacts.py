@@ -26,9 +26,10 @@ from sqlite_utils import Database
 
 from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
+from reconciler.segments import blocking_for
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import BUILTIN_FIELDS
-from reconciler.state.contacts import ContactRow, finish_import, import_batch, start_import
+from reconciler.state.contacts import BatchResult, ContactRow, finish_import, import_batch, start_import
 
 BATCH_ROWS = 10_000
 PARALLEL_FROM_BYTES = 2_000_000
@@ -50,15 +51,11 @@ class BadRow:
 
 
 @dataclass
-class ImportReport:
-    file: str
+class ImportReport(BatchResult):
+    """The batches' totals, with the rows read and the rows refused."""
+
+    file: str = ""
     rows: int = 0
-    created: int = 0
-    updated: int = 0
-    duplicates: int = 0
-    subscribed: int = 0
-    skipped_erased: int = 0
-    kept_out: dict[str, int] = field(default_factory=dict)
     bad: list[BadRow] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -276,19 +273,13 @@ def import_file(
         report = ImportReport(file=path.name)
         at = iso(now)
         import_id = start_import(db, file=path.name, at=at)
-        targets = [(name, desired.lists[name].category == "transactional") for name in lists]
+        categories = {name: document.category for name, document in desired.lists.items()}
+        targets = [(name, blocking_for(categories, [name])) for name in lists]
         batch: list[ContactRow] = []
 
         def flush() -> None:
-            result = import_batch(db, batch, import_id=import_id, at=at, lists=targets, source=f"import:{path.name}",
-                                  consent_text=consent_text)  # fmt: skip
-            report.created += result.created
-            report.updated += result.updated
-            report.duplicates += result.duplicates
-            report.subscribed += result.subscribed
-            report.skipped_erased += result.skipped_erased
-            for reason, count in result.kept_out.items():
-                report.kept_out[reason] = report.kept_out.get(reason, 0) + count
+            report.add(import_batch(db, batch, import_id=import_id, at=at, lists=targets,
+                                    source=f"import:{path.name}", consent_text=consent_text))  # fmt: skip
             batch.clear()
             if progress:
                 progress(report.rows)

@@ -46,10 +46,25 @@ class PassResult:
         return not any(p.severity == "error" for p in self.problems)
 
 
-def reconcile_once(root: Path, db: Database, *, now: datetime, confirm: Collection[str] = ()) -> PassResult:
+def reconcile_once(
+    root: Path,
+    db: Database,
+    *,
+    now: datetime,
+    confirm: Collection[str] = (),
+    checked: dict[str, list[Problem]] | None = None,
+) -> PassResult:
+    """One pass. `checked` remembers the last revision's problems: the revision is a hash of every file, so an
+    unchanged workspace is not compiled and rendered again on each periodic pass."""
     desired, problems = load_workspace(root)
-    problems += check(desired)
-    result = PassResult(desired.revision, sorted(set(problems)))
+    if checked is not None and desired.revision in checked:
+        problems = checked[desired.revision]
+    else:
+        problems = sorted(set(problems + check(desired)))
+        if checked is not None:
+            checked.clear()
+            checked[desired.revision] = problems
+    result = PassResult(desired.revision, problems)
     if not result.valid:
         record_invalid(db, desired.revision, result.problems, now=now)
     else:
@@ -88,12 +103,13 @@ async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0)
     changed = asyncio.Event()
     watcher = asyncio.create_task(_watch(root, changed, stop))
     last_logged: str | None = None
+    checked: dict[str, list[Problem]] = {}
     log.info("reconciler: watching %s (a full pass at least every %ss)", root, f"{interval:g}")
     try:
         while not stop.is_set():
             changed.clear()
             try:
-                result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now())
+                result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now(), checked=checked)
                 last_logged = _log_pass(result, last_logged)
             except Exception:  # the daemon never dies of one bad pass; the next one tries again
                 log.exception("reconcile pass failed; trying again in %ss", f"{interval:g}")

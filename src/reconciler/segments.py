@@ -41,8 +41,6 @@ COLUMNS = {
 }  # fmt: skip
 """Built-in fields and the columns holding them (constants: the only identifiers that reach SQL text)."""
 
-Params = list[Any]
-
 
 @dataclass(frozen=True)
 class Sql:
@@ -401,15 +399,17 @@ def workspace_compiler(desired: DesiredState, *, now: datetime) -> Compiler:
     return Compiler(desired.segments, types, now=now, timezone=timezone)
 
 
+MARKETING_BLOCKING = ("bounced", "complained", "unsubscribed", "erased")
+"""Suppression reasons that keep a contact from marketing lists."""
+TRANSACTIONAL_BLOCKING = ("bounced", "erased")
+"""...and from transactional ones: receipts still go to someone who unsubscribed from marketing or complained."""
+
+
 def blocking_for(desired_lists: Mapping[str, str], lists: Sequence[str]) -> tuple[str, ...]:
     """Suppressions that keep people off these lists (`desired_lists`: list name -> category)."""
     if lists and all(desired_lists.get(name) == "transactional" for name in lists):
         return TRANSACTIONAL_BLOCKING
     return MARKETING_BLOCKING
-
-
-MARKETING_BLOCKING = ("bounced", "complained", "unsubscribed", "erased")
-TRANSACTIONAL_BLOCKING = ("bounced", "erased")
 
 
 def audience_queries(

@@ -6,17 +6,20 @@ count in the pull request is the count that gets the message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.segments import audience_key, campaign_audience_parts, segment_closure
+from reconciler.segments import (
+    MARKETING_BLOCKING,
+    audience_key,
+    blocking_for,
+    campaign_audience_parts,
+    segment_closure,
+)
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import Campaign
-from reconciler.state.contacts import BLOCKING
 from reconciler.state.observe import ObservedState, Signature
-
-TRANSACTIONAL_BLOCKING = ("bounced", "erased")
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,11 @@ def count_audience(
     *,
     lists: Iterable[str],
     exclude_lists: Iterable[str] = (),
-    transactional: bool = False,
+    blocking: Sequence[str] = MARKETING_BLOCKING,
 ) -> AudienceCount:
-    """Subscribed members of any of `lists`, minus suppressed people and members of `exclude_lists`."""
+    """Subscribed members of any of `lists`, minus people suppressed for a `blocking` reason and members of
+    `exclude_lists` (the rules of `segments.audience_sql`, which the snapshot runs)."""
     wanted, unwanted = frozenset(lists), frozenset(exclude_lists)
-    blocking = TRANSACTIONAL_BLOCKING if transactional else BLOCKING
     recipients = 0
     excluded: dict[str, int] = {}
     for signature, count in histogram.items():
@@ -80,8 +83,9 @@ def campaign_audience(desired: DesiredState, campaign: Campaign, observed: Obser
             return AudienceCount(0, {}, tuple(names))
         excluded = {why: n for why, n in counts.items() if why not in ("", "not in segments")}
         return AudienceCount(counts.get("", 0), excluded)
-    transactional = all(desired.lists[name].category == "transactional" for name in lists if name in desired.lists)
-    return count_audience(observed.audience, lists=lists, exclude_lists=exclude_lists, transactional=transactional)
+    categories = {name: document.category for name, document in desired.lists.items()}
+    return count_audience(observed.audience, lists=lists, exclude_lists=exclude_lists,
+                          blocking=blocking_for(categories, lists))  # fmt: skip
 
 
 def audience_definition(desired: DesiredState, campaign: Campaign) -> dict[str, Any]:

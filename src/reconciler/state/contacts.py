@@ -18,9 +18,6 @@ from sqlite_utils import Database
 from reconciler.state.db import audit, write
 
 BUILTIN_COLUMNS = ("first_name", "last_name", "timezone", "locale", "country")
-BLOCKING = ("bounced", "complained", "unsubscribed", "erased")
-"""Suppression reasons that keep a contact off marketing lists (a transactional list only honours the first and
-the last: receipts still go to someone who unsubscribed from marketing)."""
 
 
 def email_hash(email: str) -> str:
@@ -62,6 +59,16 @@ class BatchResult:
     kept_out: dict[str, int] = field(default_factory=dict)
     """Rows not subscribed, by why: suppressed (bounced ...), or unsubscribed from the list earlier."""
 
+    def add(self, other: BatchResult) -> None:
+        """Count another batch into this total."""
+        self.created += other.created
+        self.updated += other.updated
+        self.duplicates += other.duplicates
+        self.skipped_erased += other.skipped_erased
+        self.subscribed += other.subscribed
+        for reason, count in other.kept_out.items():
+            self.kept_out[reason] = self.kept_out.get(reason, 0) + count
+
 
 _UPSERT = f"""
 INSERT INTO contacts (email, email_hash, {", ".join(BUILTIN_COLUMNS)}, tags, fields, created_at, updated_at,
@@ -92,11 +99,12 @@ def import_batch(
     *,
     import_id: int,
     at: str,
-    lists: Iterable[tuple[str, bool]] = (),
+    lists: Iterable[tuple[str, Sequence[str]]] = (),
     source: str,
     consent_text: str | None,
 ) -> BatchResult:
-    """Upsert one batch of rows and subscribe them to `lists` ((name, transactional) pairs), in one transaction.
+    """Upsert one batch of rows and subscribe them to `lists` ((name, blocking suppression reasons) pairs), in one
+    transaction.
 
     Nobody who unsubscribed, bounced, complained or was erased is subscribed again; erased addresses are not even
     stored again.
@@ -125,8 +133,8 @@ def import_batch(
             ))  # fmt: skip
         db.conn.executemany(_UPSERT, values)
         emails = json.dumps(sorted(seen))
-        for name, transactional in lists:
-            _subscribe_batch(db, result, emails, name, transactional, at=at, source=source, text=consent_text)
+        for name, blocking in lists:
+            _subscribe_batch(db, result, emails, name, blocking, at=at, source=source, text=consent_text)
     return result
 
 
@@ -147,12 +155,11 @@ def _existing(db: Database, hashes: dict[str, str]) -> dict[str, int | None]:
 
 
 def _subscribe_batch(
-    db: Database, result: BatchResult, emails: str, name: str, transactional: bool, *, at: str, source: str,
+    db: Database, result: BatchResult, emails: str, name: str, blocking: Sequence[str], *, at: str, source: str,
     text: str | None,
 ) -> None:  # fmt: skip
-    blocking = ("bounced", "erased") if transactional else BLOCKING
     params = {"emails": emails, "list": name, "at": at, "source": source, "text": text,
-              "b": json.dumps(blocking)}  # fmt: skip
+              "b": json.dumps(list(blocking))}  # fmt: skip
     kept_out = db.conn.execute(
         """
         SELECT coalesce(p.reason, s.status), count(*) FROM contacts c

@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlite_utils import Database
@@ -73,7 +73,6 @@ class ObservedState:
     audience: Mapping[Signature, int]
     contacts: int
     last_applied_revision: str | None = None
-    last_error: str | None = None
     serial: int = 0
     """Bumped by every write that changes what a plan is based on: a plan made from an older serial is stale."""
     audience_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
@@ -83,19 +82,9 @@ class ObservedState:
     """Counts recorded at the last apply ("Segment x", "Campaign y"), for the change since then."""
 
 
-def observe(
-    db: Database,
-    *,
-    audience: bool = True,
-    audiences: Mapping[str, AudienceSql] | None = None,
-    segments: Mapping[str, Sql] | None = None,
-    deadline: float | None = None,
-) -> ObservedState:
-    """Read everything `make_plan` needs: records, and the counts of the compiled `audiences` and `segments`.
-
-    `audience=False` skips every count (status). Counting stops at `deadline` (time.monotonic()); what was not
-    counted by then is absent, and the plan says so.
-    """
+def observe(db: Database, *, audience: bool = True) -> ObservedState:
+    """Read everything `make_plan` needs but segment counts (`with_counts` adds those); `audience=False` also skips
+    the list-membership histogram (status)."""
     progress: dict[str, dict[str, int]] = {}
     for source, state, count in db.conn.execute(
         "SELECT source, state, count(*) FROM ledger WHERE source_kind = 'campaign' GROUP BY source, state"
@@ -118,17 +107,6 @@ def observe(
     fields = dict(db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
     workflows = dict(db.conn.execute("SELECT name, content_hash FROM workflows WHERE removed_at IS NULL").fetchall())
     contacts = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
-    audience_counts: dict[str, Mapping[str, int]] = {}
-    segment_counts: dict[str, int] = {}
-    if audience:
-        for key, query in (audiences or {}).items():
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            audience_counts[key] = run.audience_reasons(db, candidates=query.candidates, reason=query.reason)
-        for name, members in (segments or {}).items():
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            segment_counts[name] = run.count(db, members)
     return ObservedState(
         campaigns=campaigns,
         lists=lists,
@@ -137,12 +115,34 @@ def observe(
         audience=audience_histogram(db) if audience else {},
         contacts=contacts,
         last_applied_revision=get_meta(db, "last_applied_revision"),
-        last_error=get_meta(db, "last_error"),
         serial=int(get_meta(db, "serial") or 0),
-        audience_counts=audience_counts,
-        segment_counts=segment_counts,
         last_counts=dict(db.conn.execute("SELECT subject, count FROM plan_counts").fetchall()),
     )
+
+
+def with_counts(
+    db: Database,
+    observed: ObservedState,
+    *,
+    audiences: Mapping[str, AudienceSql],
+    segments: Mapping[str, Sql],
+    deadline: float | None = None,
+) -> ObservedState:
+    """`observed` plus the counts of compiled campaign `audiences` and `segments`, each a query of its own.
+
+    Counting stops at `deadline` (time.monotonic()); what was not counted by then is absent, and the plan says so.
+    """
+    audience_counts = dict(observed.audience_counts)
+    segment_counts = dict(observed.segment_counts)
+    for key, query in audiences.items():
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        audience_counts[key] = run.audience_reasons(db, candidates=query.candidates, reason=query.reason)
+    for name, members in segments.items():
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        segment_counts[name] = run.count(db, members)
+    return replace(observed, audience_counts=audience_counts, segment_counts=segment_counts)
 
 
 def audience_histogram(db: Database) -> dict[Signature, int]:
