@@ -41,11 +41,19 @@ class Applied:
 
 
 def settings_essentials(desired: DesiredState) -> dict[str, str]:
-    """What `start_due` needs from Settings when it runs without a valid workspace."""
+    """What `start_due` and dispatch need from Settings, kept so they work while the files hold a bad revision."""
     settings = desired.settings
     assert settings is not None
-    return {"settings.timezone": settings.timezone,
-            "settings.schedule_grace": str(int(settings.schedule_grace.total_seconds()))}  # fmt: skip
+    dump = settings.model_dump(mode="json", by_alias=True)
+    return {
+        "settings.timezone": settings.timezone,
+        "settings.schedule_grace": str(int(settings.schedule_grace.total_seconds())),
+        "settings.public_url": settings.public_url.rstrip("/"),
+        "settings.signing_key_env": settings.signing_key_env,
+        "settings.transports": json.dumps(dump["transports"], sort_keys=True),
+        "settings.quiet_hours": json.dumps(dump["quiet_hours"]),
+        "settings.frequency_cap": json.dumps(dump["frequency_cap"]),
+    }
 
 
 def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime) -> Applied:

@@ -24,6 +24,7 @@ from reconciler.clock import Clock, FixedClock, SystemClock, iso, parse_instant
 from reconciler.contacts import BATCH_ROWS, import_file, normalise_email
 from reconciler.daemon import reconcile_once
 from reconciler.daemon import run as run_daemon
+from reconciler.dispatch import Dispatcher, DispatchReport, Progress
 from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError
 from reconciler.explain import show
 from reconciler.load import find_workspace, git_commit, load_workspace
@@ -232,10 +233,12 @@ def apply(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None
 @CONFIRM_OPTION
 @click.pass_context
 def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
-    """One pass of the daemon, then exit: apply the workspace and start every campaign that is due."""
+    """One pass of the daemon, then exit: apply the workspace, start what is due, and send every message due at
+    --now (retries wait for their time; SIGTERM lets messages on the wire finish and sends no more)."""
     root = _root(ctx)
     db = _db(ctx, root)
-    result = reconcile_once(root, db, now=_clock(now).now(), confirm=confirm)
+    clock = _clock(now)
+    result = reconcile_once(root, db, now=clock.now(), confirm=confirm)
     if not result.valid:
         _print_problems(result.problems, "text")
         click.echo(f"Revision {result.revision} has errors: nothing of it was applied.", err=True)
@@ -246,9 +249,53 @@ def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
             click.echo(problem.format(), err=True)
     for name in result.started:
         click.echo(f"Campaign {name}: started")
-    if result.valid and not (result.plan and result.plan.actions) and not result.started:
+    report = asyncio.run(_dispatch(root, db, clock))
+    for line in _dispatch_lines(report):
+        click.echo(line)
+    if result.valid and not (result.plan and result.plan.actions) and not result.started and not report.sources:
         click.echo("Nothing to do.")
     ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) else 1)
+
+
+async def _dispatch(root: Path, db: Database, clock: Clock) -> DispatchReport:
+    """One dispatch pass with a progress bar per campaign on a terminal (log lines otherwise)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bars: dict[str, Any] = {}
+
+    def on_progress(progress: Progress) -> None:
+        bar = bars.get(progress.source)
+        if bar is None:
+            bar = bars[progress.source] = click.progressbar(length=progress.total, label=progress.source,
+                                                            file=sys.stderr, show_pos=True)  # fmt: skip
+            bar.__enter__()
+        bar.update(1)
+        if progress.done >= progress.total:
+            bar.__exit__(None, None, None)
+
+    dispatcher = Dispatcher(db, root=root, clock=clock, stop=stop,
+                            on_progress=on_progress if sys.stderr.isatty() else None)  # fmt: skip
+    try:
+        return await dispatcher.run_pass()
+    finally:
+        for bar in bars.values():
+            bar.__exit__(None, None, None)
+        await dispatcher.close()
+
+
+def _dispatch_lines(report: DispatchReport) -> list[str]:
+    lines = [f"Campaign {name}: stage started" for name in report.stages_started]
+    if report.uncertain:
+        lines.append(f"{report.uncertain} message(s) interrupted by a stopped process: marked uncertain")
+    for progress in report.sources:
+        outcomes = ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items()))
+        lines.append(f"Campaign {progress.source}: {outcomes or 'nothing sent'}")
+    lines += [f"Campaign {name}: finished" for name in report.finished]
+    return lines
 
 
 @main.command()
@@ -266,10 +313,11 @@ def status(ctx: click.Context, fmt: str) -> None:
               help="Seconds between full passes when no file changes.")  # fmt: skip
 @click.pass_context
 def run(ctx: click.Context, interval: float) -> None:
-    """The daemon: watch the workspace, apply every good revision, start campaigns when they are due."""
+    """The daemon: watch the workspace, apply every good revision, start campaigns when they are due and send."""
     root = _root(ctx)
     db = _db(ctx, root)
-    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval))
+    sender = _db(ctx, root)  # a connection of its own: sending runs beside the reconcile loop
+    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval, dispatch_db=sender))
 
 
 # --- contacts -----------------------------------------------------------------------------------------------------

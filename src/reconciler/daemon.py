@@ -3,6 +3,9 @@
 A pass: load → check → plan → apply, then start what is due. A workspace with errors changes nothing: the
 error is recorded (log and `status`) and the last good revision stays in force — its scheduled campaigns still
 start on time, because starting reads the state, not the files.
+
+The daemon sends in a task of its own beside the reconcile loop (each with its own database connection), so an
+edit that pauses a campaign is applied while it sends, and the dispatcher's next claim sees it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from watchfiles import Change, awatch
 from reconciler.apply import Applied, plan_and_apply, start_due
 from reconciler.check import check
 from reconciler.clock import Clock, iso
+from reconciler.dispatch import Dispatcher, DispatchReport
 from reconciler.errors import Problem
 from reconciler.load import YAML_FOLDERS, git_commit, load_workspace
 from reconciler.plan import Plan
+from reconciler.state import ledger
 from reconciler.state.db import get_meta, set_meta, write
 
 log = logging.getLogger(__name__)
@@ -94,14 +99,20 @@ def _relevant(change: Change, path: str) -> bool:
     return path.endswith((".yaml", ".yml", ".mjml", ".txt"))
 
 
-async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0) -> None:
-    """Watch the workspace and reconcile on every change, and at least every `interval` seconds, until SIGTERM."""
+async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
+              dispatch_db: Database | None = None) -> None:  # fmt: skip
+    """Watch the workspace and reconcile on every change, and at least every `interval` seconds; send what is due
+    (with `dispatch_db`, a second connection to the same file); on SIGTERM let messages on the wire finish, start
+    no new ones, and stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     changed = asyncio.Event()
+    wake = asyncio.Event()
     watcher = asyncio.create_task(_watch(root, changed, stop))
+    dispatcher = Dispatcher(dispatch_db, root=root, clock=clock, stop=stop) if dispatch_db is not None else None
+    sender = asyncio.create_task(_send_loop(dispatcher, wake, stop, interval)) if dispatcher else None
     last_logged: str | None = None
     checked: dict[str, list[Problem]] = {}
     log.info("reconciler: watching %s (a full pass at least every %ss)", root, f"{interval:g}")
@@ -111,14 +122,48 @@ async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0)
             try:
                 result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now(), checked=checked)
                 last_logged = _log_pass(result, last_logged)
+                wake.set()
             except Exception:  # the daemon never dies of one bad pass; the next one tries again
                 log.exception("reconcile pass failed; trying again in %ss", f"{interval:g}")
             await _sleep(db, clock, interval, changed, stop)
     finally:
+        stop.set()
         watcher.cancel()
+        if sender is not None:
+            await sender  # in-flight SMTP transactions finish; nothing new starts
+        if dispatcher is not None:
+            await dispatcher.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("reconciler: stopped")
+
+
+async def _send_loop(dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event, interval: float) -> None:
+    """Dispatch passes: after every reconcile pass, when a retry or a local send time comes due, and every interval."""
+    while not stop.is_set():
+        wake.clear()
+        try:
+            report = await dispatcher.run_pass()
+            _log_dispatch(report)
+        except Exception:  # a failing SMTP server or a bad row never ends the daemon
+            log.exception("dispatch pass failed; trying again in %ss", f"{interval:g}")
+        wait = interval
+        upcoming = ledger.next_due(dispatcher.db)
+        if upcoming is not None:
+            wait = max(0.05, min(wait, (datetime.fromisoformat(upcoming) - dispatcher.clock.now()).total_seconds()))
+        waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waiters:
+                task.cancel()
+
+
+def _log_dispatch(report: DispatchReport) -> None:
+    for progress in report.sources:
+        if progress.done:
+            log.info("Campaign %s: %s", progress.source,
+                     ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items())))  # fmt: skip
 
 
 async def _sleep(db: Database, clock: Clock, interval: float, changed: asyncio.Event, stop: asyncio.Event) -> None:

@@ -16,6 +16,7 @@ Everything runs in a `SandboxedEnvironment` with `StrictUndefined`: a misspelt v
 from __future__ import annotations
 
 import hashlib
+import html as html_module
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -277,3 +278,157 @@ def sample_contact(fields: Mapping[str, str]) -> StrictFields:
         locale="en", country="PL", tags=["sample"], created_at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
     )  # fmt: skip
     return StrictFields(contact)
+
+
+# --- Messages: one definition compiled once, rendered per recipient ------------------------------------------------
+
+_ANCHOR_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*")([^"]*)(")""", re.I)
+_BODY_OPEN = re.compile(r"<body\b[^>]*>", re.I)
+_BODY_CLOSE = re.compile(r"</body\s*>", re.I)
+_MD_LINK = re.compile(r"\[\s*([^\]]*?)\s*\]\(((?:\{\{.*?\}\}|[^)\s])*)\)", re.S)
+_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
+PIXEL = '<img src="{{ rc_pixel }}" width="1" height="1" alt="" style="display:block;height:1px;width:1px;border:0">'
+PREHEADER = ('<div style="display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;'
+             'overflow:hidden;mso-hide:all">{{ preheader }}</div>')  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    html: str
+    text: str
+
+
+def rewrite_links(html: str) -> str:
+    """Route every http(s) link of compiled HTML through `rc_link`, which adds UTM parameters and click tracking.
+
+    The link as written may hold Jinja (``https://shop.example/?ref={{ contact.id }}``), so it is captured with a
+    ``{% set %}`` block and passed, rendered, to `rc_link` for each recipient.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        target = match.group(2)
+        if not target.lower().startswith(("http://", "https://")):
+            return match.group(0)  # mailto:, #anchors and our own {{ unsubscribe_url }} stay as they are
+        captured = f"{{% set rc_target %}}{target}{{% endset %}}{{{{ rc_link(rc_target) }}}}"
+        return match.group(1) + captured + match.group(3)
+
+    return _ANCHOR_HREF.sub(replace, html)
+
+
+def text_from_html(html: str) -> str:
+    """A readable text/plain version of (compiled) HTML: links as "text (url)", no layout padding."""
+    from inscriptis import get_text
+    from inscriptis.model.config import ParserConfig
+
+    text = get_text(html, ParserConfig(display_links=True, display_anchors=False))
+    text = _MD_LINK.sub(lambda m: f"{' '.join(m.group(1).split())} ({m.group(2)})" if m.group(1).strip()
+                        else m.group(2), text)  # fmt: skip
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return tidy_text("\n".join(lines))
+
+
+def tidy_text(text: str) -> str:
+    return _BLANK_LINES.sub("\n\n", text).strip() + "\n"
+
+
+def add_query(url: str, params: Mapping[str, str]) -> str:
+    """`url` with `params` added to its query string, unless the link already sets them."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    present = {key for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    extra = {k: v for k, v in params.items() if k not in present}
+    if not extra:
+        return url
+    query = parts.query + ("&" if parts.query else "") + urlencode(extra)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class MessageTemplate:
+    """A message definition (subject, preheader, flattened MJML, text part, tracking, UTM) ready to render."""
+
+    subject: Template
+    preheader: Template
+    html: Template
+    text: Template | None
+    """From the hand-written part, or derived from the HTML once; None: derive per recipient (a rare fallback)."""
+    utm: tuple[tuple[str, str], ...]
+    utm_hosts: tuple[str, ...]
+    """Hosts whose links get UTM parameters (empty: every link)."""
+    tracks_clicks: bool
+    tracks_opens: bool
+
+    def render(
+        self,
+        context: Mapping[str, Any],
+        *,
+        click_url: Callable[[str], str] | None = None,
+        pixel_url: str = "",
+    ) -> RenderedMessage:
+        """One recipient's subject, HTML and text. `context` holds PRODUCT §2.7's variables."""
+        from urllib.parse import urlsplit
+
+        from markupsafe import Markup, escape
+
+        utm = dict(self.utm)
+
+        def link(target: Any) -> Markup:
+            url = html_module.unescape(str(target)).strip()
+            if utm and (not self.utm_hosts or (urlsplit(url).hostname or "") in self.utm_hosts):
+                url = add_query(url, utm)
+            if click_url is not None:
+                url = click_url(url)
+            return escape(url)
+
+        variables = dict(context)
+        subject = " ".join(self.subject.render(variables).split())  # never a line break in a header
+        variables["preheader"] = " ".join(self.preheader.render(variables).split())
+        variables["campaign"] = StrictFields({**dict(context.get("campaign", {})), "subject": subject})
+        variables["rc_link"] = link
+        variables["rc_pixel"] = pixel_url
+        page = self.html.render(variables)
+        text = tidy_text(self.text.render(variables)) if self.text is not None else text_from_html(page)
+        return RenderedMessage(subject, page, text)
+
+
+@lru_cache(maxsize=256)
+def prepare_message(
+    mjml: str,
+    *,
+    subject: str,
+    preheader: str = "",
+    text_part: str | None = None,
+    opens: bool = False,
+    clicks: bool = False,
+    utm: tuple[tuple[str, str], ...] = (),
+    utm_hosts: tuple[str, ...] = (),
+) -> MessageTemplate:
+    """Compile a message definition once (cached by its content): MJML → HTML with links routed through `rc_link`,
+    a pixel when opens are tracked, the preheader when the layout does not place it, and the text part."""
+    html, _ = _compile_mjml(mjml)
+    text_source = text_part
+    if text_source is None:
+        try:
+            text_source = text_from_html(html)
+            _TEXT_ENV.from_string(text_source)
+        except Exception:  # Jinja the converter could not carry over intact: derive it per recipient instead
+            text_source = None
+    if "preheader" not in mjml and (match := _BODY_OPEN.search(html)):
+        html = html[: match.end()] + PREHEADER + html[match.end() :]
+    if clicks or utm:
+        html = rewrite_links(html)
+    if opens and (closing := list(_BODY_CLOSE.finditer(html))):
+        at = closing[-1].start()
+        html = html[:at] + PIXEL + html[at:]
+    return MessageTemplate(
+        subject=_TEXT_ENV.from_string(subject),
+        preheader=_TEXT_ENV.from_string(preheader),
+        html=_HTML_ENV.from_string(html),
+        text=_TEXT_ENV.from_string(text_source) if text_source is not None else None,
+        utm=utm,
+        utm_hosts=utm_hosts,
+        tracks_clicks=clicks,
+        tracks_opens=opens,
+    )

@@ -49,7 +49,8 @@ def make_plan(
     actions += _workflows(desired, observed, templates)
     for name, campaign in sorted(desired.campaigns.items()):
         audiences[name] = campaign_audience(desired, campaign, observed)
-        planner = _CampaignPlan(desired, campaign, observed.campaigns.get(name), templates, now, audiences[name])
+        planner = _CampaignPlan(desired, campaign, observed.campaigns.get(name), templates, now, audiences[name],
+                                confirmed=name in confirm)  # fmt: skip
         actions += planner.actions()
         problems += planner.problems
     for name, record in sorted(observed.campaigns.items()):
@@ -67,9 +68,10 @@ class _CampaignPlan:
 
     def __init__(
         self, desired: DesiredState, campaign: Campaign, record: CampaignRecord | None, templates: TemplateSet,
-        now: datetime, audience: AudienceCount,
+        now: datetime, audience: AudienceCount, *, confirmed: bool = False,
     ) -> None:  # fmt: skip
         self.desired, self.campaign, self.record, self.now, self.audience = desired, campaign, record, now, audience
+        self.confirmed = confirmed
         self.source = desired.source("Campaign", campaign.name)
         self.spec = spec_json(campaign)
         self.content = campaign_content(desired, campaign, templates)
@@ -149,6 +151,11 @@ class _CampaignPlan:
                 "cancelled are always allowed",
             )
         if record.status == "sent" or status == record.status or (status, record.status) == ("scheduled", "sending"):
+            return []
+        if record.held and status == "scheduled" and not self.confirmed:
+            self.problem(("status",), f"sending was paused by the daemon: {record.message}",
+                         f"find out why the server refuses the mail, then resume with "
+                         f"`reconciler apply --confirm {self.campaign.name}`", error=False)  # fmt: skip
             return []
         if status == "draft":
             self.problem(("status",), "a campaign that started sending cannot return to draft",

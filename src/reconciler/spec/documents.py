@@ -131,6 +131,10 @@ class SmtpTransport(Model):
     """How long temporary failures (4xx, dropped connections) are retried before the message fails."""
     on_uncertain: Literal["skip", "resend"] = "skip"
     """A message cut off after its data was sent may have arrived: skip it (default) or resend it."""
+    ca_file: str | None = None
+    """A PEM file of CAs to trust for this server's certificate instead of the system's (a private CA)."""
+    timeout: float = Field(default=60.0, gt=0, le=600)
+    """Seconds to wait for each reply of the server."""
 
     @model_validator(mode="after")
     def _credentials_together(self) -> SmtpTransport:

@@ -46,6 +46,8 @@ class CampaignRecord:
     """Ledger rows by state (queued, sent, ...)."""
     audience: Mapping[str, Any] = field(default_factory=dict)
     """What its segments meant when it was scheduled (definitions, field types, time zone)."""
+    held: bool = False
+    """Paused by dispatch (too many policy rejections): it resumes only with `apply --confirm`."""
 
     @property
     def started(self) -> bool:
@@ -99,7 +101,7 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
             removed_at=row["removed_at"], confirmed_late=bool(row["confirmed_late"]), recipients=row["recipients"],
             last_attempted_revision=row["last_attempted_revision"],
             last_applied_revision=row["last_applied_revision"], progress=progress.get(row["name"], {}),
-            audience=json.loads(row["audience"]),
+            audience=json.loads(row["audience"]), held=bool(row["held"]),
         )  # fmt: skip
     lists = {}
     for name, spec, removed_at in db.conn.execute("SELECT name, spec, removed_at FROM lists"):

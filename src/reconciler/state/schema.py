@@ -218,6 +218,38 @@ def _segment_indexes(db: Database) -> None:
     )
 
 
+@migrations(name="0004_dispatch")
+def _dispatch(db: Database) -> None:
+    """Sending: who holds a ledger row while it is on the wire, when it went, the stages started, and the policy
+    rejections a campaign collected."""
+    _run_script(
+        db,
+        """
+        ALTER TABLE ledger ADD COLUMN claimed_by TEXT;   -- the dispatcher holding a 'sending' row
+        ALTER TABLE ledger ADD COLUMN sent_at TEXT;
+        ALTER TABLE ledger ADD COLUMN first_attempt_at TEXT;
+        CREATE INDEX ledger_by_source ON ledger(source_kind, source, stage, state);
+        CREATE INDEX ledger_sending ON ledger(state, claimed_by) WHERE state = 'sending';
+        CREATE TABLE dispatchers (
+            id TEXT PRIMARY KEY,                      -- host:pid:random, one per running process
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE campaign_stages (
+            campaign TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            recipients INTEGER NOT NULL,
+            PRIMARY KEY (campaign, stage)
+        ) WITHOUT ROWID;
+        ALTER TABLE campaigns ADD COLUMN policy_failures INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE campaigns ADD COLUMN held INTEGER NOT NULL DEFAULT 0;   -- paused by dispatch, needs --confirm
+        """,
+    )
+
+
 def _run_script(db: Database, script: str) -> None:
     """Statement by statement: `executescript` would commit the migration's transaction half-way."""
     statement = ""

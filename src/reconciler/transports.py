@@ -1,0 +1,260 @@
+"""Where messages go: an SMTP server (a pool of aiosmtplib connections), an outbox folder, or memory (tests).
+
+Every transport answers one `Delivery` per message, classified per MAIL-FACTS: 2xx sent; 4xx, refused or dropped
+connections deferred (retried with backoff); 5.1.x a bounce (the address is bad: suppress it); 5.7.x and 4.7.x a
+policy block (never the recipient's fault: counted against the campaign); other 5xx failed. A connection that
+breaks after the message body was written is `uncertain`: the server may have accepted it, so it is not sent again
+unless the transport says `on_uncertain: resend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import aiosmtplib
+
+Status = Literal["sent", "deferred", "bounced", "policy", "failed", "uncertain"]
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+MESSAGES_PER_CONNECTION = 100
+"""Reconnect after this many messages: some servers cap a session, and a fresh one spreads load on a relay pool."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome of one attempt to hand a message over."""
+
+    status: Status
+    reply: str
+    code: int | None = None
+    enhanced: str | None = None
+
+    @property
+    def soft_bounce(self) -> bool:
+        """Mailbox full (x.2.2): a bounce that says nothing about the address being wrong."""
+        return self.enhanced is not None and self.enhanced.endswith(".2.2")
+
+
+def classify(code: int, message: str) -> Delivery:
+    """An SMTP reply as a Delivery, by its enhanced status code (RFC 3463) where the server gives one."""
+    match = _ENHANCED.match(message)
+    enhanced = ".".join(match.groups()) if match else None
+    reply = f"{code} {message}".strip()
+    if 200 <= code < 300:
+        return Delivery("sent", reply, code, enhanced)
+    subject = enhanced.split(".", 1)[1] if enhanced else ""
+    if subject.startswith("7."):
+        status: Status = "policy" if code >= 500 else "deferred"
+        return Delivery(status, reply, code, enhanced)
+    if code < 500:
+        return Delivery("deferred", reply, code, enhanced)
+    if subject.startswith("1."):
+        return Delivery("bounced", reply, code, enhanced)
+    return Delivery("failed", reply, code, enhanced)
+
+
+class Transport(Protocol):
+    name: str
+    max_connections: int
+    on_uncertain: Literal["skip", "resend"]
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery: ...
+
+    async def close(self) -> None: ...
+
+
+class RateLimiter:
+    """Token buckets (per second, minute, hour, day): every message of every campaign on a transport takes one."""
+
+    def __init__(self, limits: list[tuple[int, float]]) -> None:
+        now = time.monotonic()
+        self.buckets = [[float(n), float(n), n / period, now] for n, period in limits]  # tokens, cap, rate, at
+        self.lock = asyncio.Lock()
+
+    @classmethod
+    def from_rate(cls, rate: dict[str, Any] | None) -> RateLimiter:
+        periods = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
+        return cls([(int(rate[k]), p) for k, p in periods.items() if rate and rate.get(k)])
+
+    async def acquire(self) -> None:
+        if not self.buckets:
+            return
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                wait = 0.0
+                for bucket in self.buckets:
+                    tokens, cap, rate, at = bucket
+                    bucket[0] = min(cap, tokens + (now - at) * rate)
+                    bucket[3] = now
+                    if bucket[0] < 1:
+                        wait = max(wait, (1 - bucket[0]) / rate)
+                if wait <= 0:
+                    for bucket in self.buckets:
+                        bucket[0] -= 1
+                    return
+                await asyncio.sleep(wait)
+
+
+@dataclass
+class _Connection:
+    smtp: aiosmtplib.SMTP
+    sent: int = 0
+    body_written: bool = False
+
+
+class SmtpTransport:
+    """A pool of up to `max_connections` SMTP sessions, reused (RSET after a failure) and renewed every
+    MESSAGES_PER_CONNECTION messages. STARTTLS/TLS verify the server's certificate (the system's CAs, or `ca_file`)."""
+
+    def __init__(self, name: str, config: dict[str, Any], *, ca_file: str | None = None) -> None:
+        self.name = name
+        self.host: str = config["host"]
+        self.port: int = int(config.get("port", 587))
+        self.security: str = config.get("security", "starttls")
+        self.username: str | None = config.get("username")
+        self.password_env: str | None = config.get("password_env")
+        self.max_connections: int = int(config.get("max_connections", 4))
+        self.on_uncertain: Literal["skip", "resend"] = config.get("on_uncertain", "skip")
+        self.timeout = float(config.get("timeout", 60))
+        self.limiter = RateLimiter.from_rate(config.get("rate"))
+        self.ca_file = ca_file or config.get("ca_file")
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(self.max_connections)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    async def _connect(self) -> _Connection:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, timeout=self.timeout, use_tls=self.security == "tls",
+            start_tls=self.security == "starttls", tls_context=self._tls_context(),
+        )  # fmt: skip
+        await smtp.connect()
+        if self.username:
+            password = os.environ.get(self.password_env or "", "")
+            await smtp.login(self.username, password)
+        connection = _Connection(smtp)
+        protocol = smtp.protocol
+        assert protocol is not None
+        write = protocol.write
+
+        def tracked_write(chunk: bytes) -> None:
+            # aiosmtplib writes the whole message body in one call after DATA's 354: from here on a broken
+            # connection leaves us unable to tell whether the server took the message
+            if chunk != b"DATA\r\n" and chunk.endswith(b"\r\n.\r\n"):
+                connection.body_written = True
+            write(chunk)
+
+        protocol.write = tracked_write  # type: ignore[method-assign,assignment]
+        return connection
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery:
+        await self.limiter.acquire()
+        async with self._slots:
+            try:
+                connection = self._idle.pop() if self._idle else await self._connect()
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                return Delivery("deferred", f"authentication failed: {exc.code} {exc.message}", exc.code)
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                return Delivery("deferred", f"cannot connect to {self.host}:{self.port}: {exc}")
+            connection.body_written = False
+            try:
+                delivery = await self._transaction(connection, sender, recipient, data)
+            except aiosmtplib.SMTPResponseException as exc:
+                delivery = classify(exc.code, exc.message)
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await connection.smtp.rset()
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+                connection.smtp.close()
+                if connection.body_written:
+                    return Delivery("uncertain", f"connection lost after the message was sent: {exc}")
+                return Delivery("deferred", f"connection lost: {exc}")
+            connection.sent += 1
+            if connection.smtp.is_connected and connection.sent < MESSAGES_PER_CONNECTION:
+                self._idle.append(connection)
+            else:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await connection.smtp.quit()
+            return delivery
+
+    async def _transaction(self, connection: _Connection, sender: str, recipient: str, data: bytes) -> Delivery:
+        smtp = connection.smtp
+        await smtp.mail(sender)
+        await smtp.rcpt(recipient)
+        response = await smtp.data(data)
+        return classify(response.code, response.message)
+
+    async def close(self) -> None:
+        while self._idle:
+            connection = self._idle.pop()
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await connection.smtp.quit()
+
+
+class OutboxTransport:
+    """Writes each message as an .eml file (the embedded default): nothing needs an SMTP server to try a workspace.
+
+    Files appear whole (written aside, then renamed), named by the message's ledger row so a retry overwrites."""
+
+    max_connections = 1
+    on_uncertain: Literal["skip", "resend"] = "resend"
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name = name
+        self.folder = folder
+
+    def path_for(self, message_id: str) -> Path:
+        return self.folder / (re.sub(r"[^A-Za-z0-9._-]", "_", message_id.strip("<>")) + ".eml")
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery:
+        message_id = re.search(rb"^Message-ID: (\S+)\r?$", data, re.M | re.I)
+        name = message_id.group(1).decode() if message_id else f"{time.time_ns()}"
+        target = self.path_for(name)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".part")
+            partial.write_bytes(data)
+            os.replace(partial, target)
+        except OSError as exc:
+            return Delivery("deferred", f"cannot write {target}: {exc}")
+        return Delivery("sent", f"250 written to {target.name}", 250)
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class MemoryTransport:
+    """Keeps messages in a list; `reply` scripts an outcome per message (tests of dispatch without sockets)."""
+
+    name: str = "memory"
+    max_connections: int = 2
+    on_uncertain: Literal["skip", "resend"] = "skip"
+    reply: Callable[[str, bytes], Delivery] | None = None
+    messages: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery:
+        await asyncio.sleep(0)
+        delivery = self.reply(recipient, data) if self.reply else Delivery("sent", "250 ok", 250)
+        if delivery.status == "sent":
+            self.messages.append((sender, recipient, data))
+        return delivery
+
+    async def close(self) -> None:
+        return None
+
+
+def make_transport(name: str, config: dict[str, Any], *, root: Path) -> Transport:
+    """The transport Settings `transports.<name>` describes."""
+    if config.get("type") == "smtp":
+        return SmtpTransport(name, config)
+    return OutboxTransport(name, root / config.get("path", ".state/outbox"))

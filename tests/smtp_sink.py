@@ -1,0 +1,99 @@
+"""A real SMTP server for tests: aiosmtpd on loopback, with faults scripted per recipient and attempt.
+
+`script(recipient, attempt, phase)` returns None to go on, an SMTP reply such as "451 4.3.0 try later" to refuse
+at that phase, or "drop" to cut the connection there without a reply. Phases: "rcpt" (before the message body is
+sent: a clean retry) and "data" (after the whole body arrived: the sender cannot know whether it was accepted).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+Script = Callable[[str, int, str], str | None]
+
+
+@dataclass
+class Sink:
+    """What the server received and refused, readable from the test's thread."""
+
+    script: Script | None = None
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    attempts: Counter[str] = field(default_factory=Counter)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    on_message: Callable[[str, bytes], None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def received(self) -> Counter[str]:
+        with self.lock:
+            return Counter(rcpt for rcpt, _ in self.messages)
+
+    def _decide(self, server: SMTP, rcpt: str, phase: str) -> str | None:
+        if self.script is None:
+            return None
+        action = self.script(rcpt, self.attempts[rcpt], phase)
+        if action == "drop":
+            assert server.transport is not None
+            server.transport.close()
+            with self.lock:
+                self.refused.append((rcpt, f"{phase}: dropped"))
+            return "421 4.4.2 closing (the client never reads this)"
+        if action:
+            with self.lock:
+                self.refused.append((rcpt, action))
+        return action
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:  # fmt: skip
+        with self.lock:
+            self.attempts[address] += 1
+        action = self._decide(server, address, "rcpt")
+        if action:
+            return action
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        rcpt = envelope.rcpt_tos[0]
+        data: Any = envelope.original_content or envelope.content
+        action = self._decide(server, rcpt, "data")
+        if action == "421 4.4.2 closing (the client never reads this)":
+            # dropped after the body arrived: count it as delivered or not at random would hide bugs; we keep it
+            # out of `messages` and in `refused`, and the sender must mark the row uncertain
+            return action
+        if action:
+            return action
+        with self.lock:
+            self.messages.append((rcpt, bytes(data)))
+        if self.on_message is not None:
+            self.on_message(rcpt, bytes(data))
+        return "250 2.0.0 queued"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class SinkServer:
+    """`with SinkServer(sink) as port:` runs the server on 127.0.0.1 for the block."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.controller = Controller(sink, hostname="127.0.0.1", port=free_port(), ready_timeout=10,
+                                     data_size_limit=10_000_000)  # fmt: skip
+
+    def __enter__(self) -> int:
+        self.controller.start()
+        return int(self.controller.port)
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()

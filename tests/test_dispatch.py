@@ -1,0 +1,368 @@
+"""Sending exactly once, against a real SMTP server (aiosmtpd on loopback) with scripted faults.
+
+Each test writes a small workspace whose transport points at the server, imports contacts into a real SQLite
+file, and runs `reconciler tick` (or `run`) as a user would; assertions count what arrived at the server.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import reconciler
+from smtp_sink import Sink, SinkServer
+
+NOW = "2026-11-24T10:00:00Z"
+LATER = "2026-11-24T13:00:00Z"
+MUCH_LATER = "2026-11-26T13:00:00Z"
+
+TEMPLATE = """\
+<mjml>
+  <mj-body>
+    <mj-section><mj-column>
+      <mj-text>Hello {{ contact.first_name | default('friend') }}, {{ contact.city | default('') }}</mj-text>
+      <mj-text><a href="https://shop.example.com/a">One</a> <a href="https://shop.example.com/b?x=1&amp;y=2">Two</a>
+        <a href="https://shop.example.com/c?who={{ contact.email }}">Three</a>
+        <a href="https://other.example.org/d">Four</a> <a href="mailto:help@example.com">Help</a></mj-text>
+      <mj-text><a href="{{ unsubscribe_url }}">Unsubscribe</a> · {{ organization.postal_address }}</mj-text>
+    </mj-column></mj-section>
+  </mj-body>
+</mjml>
+"""
+
+
+def workspace(root: Path, port: int, *, connections: int = 4, extra_transport: str = "", campaign: str = "") -> Path:
+    files = {
+        "spec/settings.yaml": f"""
+            kind: Settings
+            name: default
+            organization:
+              name: Test Shop
+              postal_address: "Test Shop, 1 Main Street, 00-001 Warsaw, Poland"
+              website: https://shop.example.com
+            public_url: https://mail.example.com
+            senders:
+              news: {{from: "Test Shop <news@example.com>", reply_to: "help@example.com"}}
+            transports:
+              sink:
+                type: smtp
+                host: 127.0.0.1
+                port: {port}
+                security: none
+                max_connections: {connections}
+                timeout: 10
+            {textwrap.indent(extra_transport, "    ").strip()}
+            defaults: {{sender: news, transport: sink}}
+            """,
+        "spec/lists.yaml": """
+            kind: List
+            name: news
+            title: News and offers
+            ---
+            kind: List
+            name: receipts
+            title: Receipts
+            category: transactional
+            visibility: private
+            """,
+        "spec/fields.yaml": """
+            kind: Field
+            name: city
+            type: string
+            """,
+        "templates/news/hello.mjml": TEMPLATE,
+        "campaigns/hello.yaml": campaign
+        or """
+            kind: Campaign
+            name: hello
+            subject: "Hello {{ contact.first_name | default('there') }}"
+            preheader: Our news
+            template: news/hello
+            audience: {lists: [news]}
+            send_at: now
+            status: scheduled
+            utm: {source: newsletter, campaign: hello}
+            """,
+    }
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return root
+
+
+def import_contacts(root: Path, count: int, *, lists: tuple[str, ...] = ("news",)) -> list[str]:
+    emails = [f"person{i}@example.net" for i in range(count)]
+    rows = ["email,first_name,city"] + [f"{e},Pat{i},Łódź" for i, e in enumerate(emails)]
+    (root / "contacts.csv").write_text("\n".join(rows) + "\n")
+    args = [arg for name in lists for arg in ("--list", name)]
+    result = reconciler("contacts", "import", "contacts.csv", *args, cwd=root)
+    assert result.returncode == 0, result.stderr
+    return emails
+
+
+def tick(root: Path, now: str = NOW, *extra: str) -> subprocess.CompletedProcess[str]:
+    result = reconciler("tick", "--now", now, *extra, cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def ledger(root: Path) -> Counter[str]:
+    with sqlite3.connect(root / ".state/reconciler.db") as db:
+        return Counter(dict(db.execute("SELECT state, count(*) FROM ledger GROUP BY state").fetchall()))
+
+
+def query(root: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+    with sqlite3.connect(root / ".state/reconciler.db") as db:
+        return db.execute(sql, params).fetchall()
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    defects = [d for part in message.walk() for d in part.defects]
+    assert not defects, defects
+    return message
+
+
+def bucket(address: str, modulo: int) -> int:
+    return int(hashlib.sha256(address.encode()).hexdigest(), 16) % modulo
+
+
+def test_every_recipient_of_2000_gets_exactly_one_message_that_parses_cleanly(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        emails = import_contacts(root, 2000)
+        result = tick(root)
+    assert "sent 2,000" in result.stdout
+    received = sink.received()
+    assert set(received) == set(emails) and set(received.values()) == {1}
+    assert ledger(root) == Counter(sent=2000)
+
+    rcpt, data = sink.messages[0]
+    message = parse(data)
+    assert message["To"].addresses[0].addr_spec == rcpt
+    assert message["Subject"].startswith("Hello Pat")
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    https, mailto = (part.strip(" <>") for part in message["List-Unsubscribe"].split(","))
+    assert https.startswith("https://mail.example.com/u/") and mailto.startswith("mailto:help@example.com?")
+    assert message["List-Id"] == "News and offers <news.mail.example.com>"
+    assert message["Precedence"] == "bulk" and message["Feedback-ID"] == "hello:main:campaign:mail.example.com"
+    assert message["Message-ID"].endswith("@example.com>") and message["Date"]
+    html = message.get_body(("html",)).get_content()
+    text = message.get_body(("plain",)).get_content()
+    assert "Łódź" in html and "Łódź" in text
+    assert html.count("https://mail.example.com/c/") == 4  # four http(s) links tracked, mailto and unsubscribe not
+    assert "mailto:help@example.com" in html and https in html
+    assert "https://mail.example.com/o/" in html  # the open pixel
+    assert "Our news" in html  # the preheader, hidden first in the body
+    # the click URL carries the destination with UTM parameters on the shop's own links only
+    from urllib.parse import parse_qs, urlsplit
+
+    targets = [parse_qs(urlsplit(u.replace("&amp;", "&")).query)["u"][0] for u in
+               __import__("re").findall(r'href="(https://mail\.example\.com/c/[^"]+)"', html)]  # fmt: skip
+    assert targets[0] == "https://shop.example.com/a?utm_source=newsletter&utm_medium=email&utm_campaign=hello"
+    assert targets[1].startswith("https://shop.example.com/b?x=1&y=2&utm_source=newsletter")
+    assert targets[2].startswith(f"https://shop.example.com/c?who={rcpt}&utm_source")
+    assert targets[3] == "https://other.example.org/d"
+    status = json.loads(reconciler("status", "--format", "json", cwd=root).stdout)
+    campaign = status["campaigns"][0]
+    assert campaign["status"] == "sent" and campaign["progress"]["sent"] == 2000
+
+
+def test_451s_and_dropped_connections_are_retried_until_everyone_has_exactly_one(tmp_path: Path) -> None:
+    def script(rcpt: str, attempt: int, phase: str) -> str | None:
+        if attempt == 1 and phase == "rcpt" and bucket(rcpt, 5) == 0:
+            return "451 4.3.0 try again later"
+        if attempt == 1 and phase == "rcpt" and bucket(rcpt, 5) == 1 and bucket(rcpt, 3) == 0:
+            return "drop"
+        return None
+
+    sink = Sink(script)
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        emails = import_contacts(root, 500)
+        tick(root)
+        first = ledger(root)
+        assert first["deferred"] > 100 and first["sent"] + first["deferred"] == 500
+        tick(root, NOW)  # nothing is due again before its backoff
+        assert ledger(root) == first
+        tick(root, LATER)
+    received = sink.received()
+    assert set(received) == set(emails) and set(received.values()) == {1}
+    assert ledger(root) == Counter(sent=500)
+    assert any("dropped" in why for _, why in sink.refused)
+
+
+def test_hard_bounces_suppress_policy_blocks_fail_and_nothing_is_retried(tmp_path: Path) -> None:
+    def script(rcpt: str, attempt: int, phase: str) -> str | None:
+        if rcpt.startswith("person1@"):
+            return "550 5.1.1 no such user"
+        if rcpt.startswith("person2@") and phase == "data":
+            return "550 5.7.1 message refused as spam"
+        if rcpt.startswith("person3@"):
+            return "552 5.2.2 mailbox full"
+        return None
+
+    sink = Sink(script)
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        import_contacts(root, 20)
+        tick(root)
+        tick(root, MUCH_LATER)
+    states = dict(query(root, "SELECT c.email, l.state FROM ledger l JOIN contacts c ON c.id = l.contact_id"))
+    assert states["person1@example.net"] == states["person2@example.net"] == states["person3@example.net"] == "failed"
+    assert sink.attempts["person1@example.net"] == sink.attempts["person2@example.net"] == 1
+    suppressed = {row[0] for row in query(root, "SELECT reason FROM suppressions")}
+    assert suppressed == {"bounced"} and len(query(root, "SELECT * FROM suppressions")) == 1
+    export = json.loads(reconciler("contacts", "export", "person1@example.net", cwd=root).stdout)
+    assert "bounced" in json.dumps(export)
+    assert query(root, "SELECT policy_failures FROM campaigns") == [(1,)]
+    assert len(sink.messages) == 17
+
+
+def test_many_policy_rejections_pause_the_campaign_until_confirmed(tmp_path: Path) -> None:
+    blocked = {"on": True}
+    sink = Sink(lambda rcpt, attempt, phase: "554 5.7.1 rejected by policy" if blocked["on"] else None)
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, connections=1)
+        import_contacts(root, 300)
+        tick(root)
+        campaign = json.loads(reconciler("status", "--format", "json", cwd=root).stdout)["campaigns"][0]
+        assert campaign["status"] == "paused" and campaign["reason"] == "PolicyRejections"
+        assert ledger(root)["failed"] == 20 and ledger(root)["queued"] == 280
+        plan = reconciler("plan", cwd=root)
+        assert "apply --confirm hello" in plan.stdout + plan.stderr
+        tick(root, LATER)  # the file still says scheduled: it stays paused without a confirmation
+        assert ledger(root)["queued"] == 280
+        blocked["on"] = False
+        tick(root, LATER, "--confirm", "hello")
+    assert ledger(root) == Counter(sent=280, failed=20)
+
+
+def test_an_unsubscribe_recorded_mid_send_stops_that_contacts_message(tmp_path: Path) -> None:
+    database = tmp_path / ".state/reconciler.db"
+    done = threading.Event()
+
+    def unsubscribe_late_contact(rcpt: str, data: bytes) -> None:
+        if rcpt == "person10@example.net" and not done.is_set():
+            with sqlite3.connect(database, timeout=30) as db:  # what the web service will record
+                db.execute("UPDATE subscriptions SET status = 'unsubscribed' WHERE contact_id = "
+                           "(SELECT id FROM contacts WHERE email = 'person1500@example.net')")  # fmt: skip
+            done.set()
+
+    sink = Sink(on_message=unsubscribe_late_contact)
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        import_contacts(root, 2000)
+        tick(root)
+    received = sink.received()
+    assert done.is_set() and "person1500@example.net" not in received
+    assert len(received) == 1999 and set(received.values()) == {1}
+    reason = query(root, "SELECT l.state, l.last_reply FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+                         "WHERE c.email = 'person1500@example.net'")  # fmt: skip
+    assert reason[0][0] == "skipped" and "unsubscribed" in str(reason[0][1])
+
+
+def test_two_ticks_at_once_send_nothing_twice(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        emails = import_contacts(root, 2000)
+        reconciler("apply", "--now", NOW, cwd=root)
+        command = [sys.executable, "-m", "reconciler", "tick", "--now", NOW]
+        processes = [subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2)]  # fmt: skip
+        outputs = [p.communicate(timeout=120) for p in processes]
+        assert all(p.returncode == 0 for p in processes), outputs
+    received = sink.received()
+    assert set(received) == set(emails) and set(received.values()) == {1}
+    assert ledger(root) == Counter(sent=2000)
+
+
+def test_a_connection_cut_after_the_body_is_uncertain_and_not_resent(tmp_path: Path) -> None:
+    sink = Sink(lambda rcpt, attempt, phase: "drop" if rcpt == "person3@example.net" and phase == "data" else None)
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        import_contacts(root, 10)
+        tick(root)
+        tick(root, MUCH_LATER)
+    assert sink.attempts["person3@example.net"] == 1
+    assert ledger(root) == Counter(sent=9, uncertain=1)
+
+
+def test_resend_on_uncertain_uses_the_same_message_id(tmp_path: Path) -> None:
+    sink = Sink(lambda rcpt, attempt, phase: "drop" if attempt == 1 and phase == "data" and
+                rcpt == "person3@example.net" else None)  # fmt: skip
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        settings = root / "spec/settings.yaml"
+        settings.write_text(settings.read_text().replace("timeout: 10", "timeout: 10\n    on_uncertain: resend"))
+        import_contacts(root, 10)
+        tick(root)
+        tick(root, LATER)
+    assert sink.attempts["person3@example.net"] == 2 and sink.received()["person3@example.net"] == 1
+    stored = query(root, "SELECT l.message_id FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+                         "WHERE c.email = 'person3@example.net'")[0][0]  # fmt: skip
+    (data,) = [d for r, d in sink.messages if r == "person3@example.net"]
+    assert parse(data)["Message-ID"] == stored
+
+
+def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers(tmp_path: Path) -> None:
+    dkim = pytest.importorskip("dkim")
+    rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
+    from cryptography.hazmat.primitives import serialization
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())  # fmt: skip
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    import base64
+
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        settings = root / "spec/settings.yaml"
+        signing = "timeout: 10\n    dkim: {domain: example.com, selector: s1, private_key_env: TEST_DKIM_KEY}"
+        settings.write_text(settings.read_text().replace("timeout: 10", signing))
+        import_contacts(root, 3)
+        result = reconciler("tick", "--now", NOW, cwd=root, env={"TEST_DKIM_KEY": pem.decode()})
+        assert result.returncode == 0, result.stderr
+    assert len(sink.messages) == 3
+    data = sink.messages[0][1]
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record if name == b"s1._domainkey.example.com." else None)
+    header = parse(data)["DKIM-Signature"].replace(" ", "").replace("\r\n", "").lower()
+    signed = header.split("h=", 1)[1].split(";", 1)[0].split(":")
+    assert signed.count("list-unsubscribe") == 2 and signed.count("list-unsubscribe-post") == 2
+    tampered = data.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: x")
+    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: record)
+
+
+def test_a_contact_whose_data_cannot_go_in_a_header_fails_alone(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        (root / "c.jsonl").write_text(
+            json.dumps({"email": "ok@example.net", "first_name": "Ola"}) + "\n"
+            + json.dumps({"email": "bad@example.net", "first_name": "Evil\r\nBcc: victim@example.org"}) + "\n"
+        )  # fmt: skip
+        assert reconciler("contacts", "import", "c.jsonl", "--list", "news", cwd=root).returncode == 0
+        tick(root)
+    assert [r for r, _ in sink.messages] == ["ok@example.net"]
+    for _, data in sink.messages:
+        assert b"victim" not in data
+    assert ledger(root) == Counter(sent=1, failed=1)
