@@ -7,6 +7,9 @@ Exit codes (PRODUCT §3): 0 success, 1 the spec or plan has errors, 2 usage erro
 from __future__ import annotations
 
 import asyncio
+import email
+import email.message
+import email.policy
 import json
 import logging
 import os
@@ -24,18 +27,23 @@ from reconciler.clock import Clock, FixedClock, SystemClock, iso, parse_instant
 from reconciler.contacts import BATCH_ROWS, import_file, normalise_email
 from reconciler.daemon import reconcile_once
 from reconciler.daemon import run as run_daemon
-from reconciler.dispatch import Dispatcher, DispatchReport, Progress
-from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError
+from reconciler.dispatch import Composer, Dispatcher, DispatchReport, Progress, instance_id, signer_for
+from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError, did_you_mean
 from reconciler.explain import show
 from reconciler.load import find_workspace, git_commit, load_workspace
 from reconciler.plan import as_json, as_markdown, as_text, make_plan
+from reconciler.plan.content import campaign_content, step_content
 from reconciler.report import format_status, status_report
 from reconciler.samples import sample_csv
 from reconciler.spec import DesiredState
 from reconciler.spec.schema import json_schema_text
+from reconciler.spec.workflow import SendStep, walk_steps
 from reconciler.state import open_db, state_path
 from reconciler.state.contacts import erase_contact, export_contact
+from reconciler.state.ledger import contact_row
 from reconciler.state.schema import migrations
+from reconciler.templates import TemplateSet, sample_row
+from reconciler.tokens import Signer
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +329,80 @@ def run(ctx: click.Context, interval: float) -> None:
 
 
 # --- contacts -----------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("target", metavar="CAMPAIGN|WORKFLOW:STEP")
+@click.option("--contact", "contact_email", metavar="EMAIL", help="Render for this contact of the state database "
+              "(default: a sample contact with every field set).")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here: the whole message when it ends in .eml, the HTML otherwise (default: HTML to stdout).",
+)
+@click.pass_context
+def render(ctx: click.Context, target: str, contact_email: str | None, output: Path | None) -> None:
+    """Preview a message as a recipient gets it: the HTML, or the whole .eml with every header."""
+    root = _root(ctx)
+    desired = _checked(root)
+    path = state_path(root, ctx.obj["state"])
+    db = open_db(path) if path.exists() else None
+    content, lists, kind, bulk = _render_content(desired, target)
+    field_types = {name: field.type for name, field in desired.fields.items()}
+    if contact_email:
+        if db is None or (row := contact_row(db, normalise_email(contact_email))) is None:
+            raise UsageError(f"--contact: {contact_email} is not a contact in the state database; import it first, "
+                             "or leave --contact out to render for a sample contact")  # fmt: skip
+    else:
+        row = sample_row(field_types)
+    settings = desired.settings
+    assert settings is not None
+    composer = Composer(
+        content, source=target.split(":", 1)[0], stage="", kind=kind, bulk=bulk, field_types=field_types,
+        lists={name: {"title": desired.lists[name].title} for name in lists if name in desired.lists},
+        public_url=settings.public_url, signer=signer_for(db) if db is not None else Signer(b"preview"),
+        instance=instance_id(db) if db is not None else "preview",
+    )  # fmt: skip
+    message = composer.compose(row, now=SystemClock().now())
+    if output is not None and output.suffix.lower() == ".eml":
+        output.write_bytes(message.data)
+    else:
+        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+        body = parsed.get_body(("html",)) if isinstance(parsed, email.message.EmailMessage) else None
+        page = body.get_content() if body is not None else ""
+        if output is not None:
+            output.write_text(page, encoding="utf-8")
+        else:
+            click.echo(page)
+    if output is not None:
+        click.echo(f"Wrote {output} ({len(message.data) / 1024:.1f} KB message)", err=True)
+
+
+def _render_content(desired: DesiredState, target: str) -> tuple[dict[str, Any], list[str], str, bool]:
+    templates = TemplateSet(desired.templates)
+    if ":" not in target:
+        campaign = desired.campaigns.get(target)
+        if campaign is None:
+            hint = did_you_mean(
+                target, desired.campaigns, otherwise="campaigns: " + ", ".join(sorted(desired.campaigns))
+            )
+            raise UsageError(f"no campaign named {target!r}; {hint}")
+        return campaign_content(desired, campaign, templates), campaign.audience.lists, "campaign", True
+    name, step_id = target.split(":", 1)
+    workflow = desired.workflows.get(name)
+    if workflow is None:
+        hint = did_you_mean(name, desired.workflows, otherwise="workflows: " + ", ".join(sorted(desired.workflows)))
+        raise UsageError(f"no workflow named {name!r}; {hint}")
+    steps = {step.id: step for _, step in walk_steps(workflow.steps) if isinstance(step, SendStep) and step.id}
+    if step_id not in steps:
+        raise UsageError(
+            f"workflow {name} has no send step with id {step_id!r}; send steps with an id: "
+            + (", ".join(sorted(steps)) or "none")
+        )
+    trigger_list = getattr(workflow.trigger, "subscribed", None)
+    content = step_content(desired, workflow, steps[step_id], templates)
+    return content, [trigger_list] if trigger_list else [], "workflow", workflow.category == "marketing"
 
 
 @main.group()

@@ -137,6 +137,8 @@ class Composer:
         instance: str,
         field_types: Mapping[str, str],
         dkim: DkimKey | None = None,
+        kind: str = "campaign",
+        bulk: bool = True,
     ) -> None:
         message = content if not stage else next(s for s in content["stages"] if s["name"] == stage)
         tracking = content.get("tracking") or {}
@@ -160,7 +162,7 @@ class Composer:
         self.skeleton = Skeleton(
             from_=sender["from"], reply_to=sender.get("reply_to"),
             list_id=(str(self.list["title"]), f"{first}.{host}") if first else None,
-            feedback_id=f"{source}:{stage or 'main'}:campaign:{host}", bulk=True,
+            feedback_id=f"{source}:{stage or 'main'}:{kind}:{host}", bulk=bulk,
         )  # fmt: skip
         self.organization = StrictFields(content.get("organization") or {})
         self.campaign = {"name": source}

@@ -270,6 +270,20 @@ SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
+def sample_row(fields: Mapping[str, str]) -> dict[str, Any]:
+    """The sample contact as a stored row (what dispatch renders from), for previews without a state database."""
+    import json
+
+    contact = dict(sample_contact(fields))
+    custom = {name: contact.pop(name) for name in fields}
+    return {
+        "id": 0, "contact_id": 0, "email": contact["email"], "first_name": contact["first_name"],
+        "last_name": contact["last_name"], "timezone": contact["timezone"], "locale": contact["locale"],
+        "country": contact["country"], "tags": json.dumps(contact["tags"]),
+        "created_at": contact["created_at"].isoformat(), "fields": json.dumps(custom, default=str),
+    }  # fmt: skip
+
+
 def sample_contact(fields: Mapping[str, str]) -> StrictFields:
     """A contact with every built-in and declared field set, as `validate` renders templates with."""
     contact: dict[str, Any] = {name: SAMPLE_VALUES[kind] for name, kind in fields.items()}

@@ -13,8 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from reconciler.spec import DesiredState
-from reconciler.spec.documents import Campaign, LocalSendTime
-from reconciler.spec.workflow import Workflow, walk_steps
+from reconciler.spec.documents import Campaign, CampaignTracking, LocalSendTime
+from reconciler.spec.workflow import SendStep, Workflow, walk_steps
 from reconciler.templates import TemplateSet
 
 EARLIEST_OFFSET = timedelta(hours=14)
@@ -34,15 +34,21 @@ def _message(templates: TemplateSet, desired: DesiredState, name: str) -> dict[s
     return {"template": name, "mjml": templates.flatten(name), "text_part": desired.templates[name].text_part}
 
 
+def _tracking(desired: DesiredState, switches: CampaignTracking) -> dict[str, bool]:
+    settings = desired.settings
+    assert settings is not None
+    return {
+        "opens": settings.tracking.opens if switches.opens is None else switches.opens,
+        "clicks": settings.tracking.clicks if switches.clicks is None else switches.clicks,
+    }
+
+
 def campaign_content(desired: DesiredState, campaign: Campaign, templates: TemplateSet) -> dict[str, Any]:
     """Everything that decides the bytes a recipient gets (not who gets them, nor when)."""
     settings = desired.settings
     assert settings is not None, "plans are made only from checked workspaces"
     sender = settings.senders[campaign.sender or settings.defaults.sender]
-    tracking = {
-        "opens": settings.tracking.opens if campaign.tracking.opens is None else campaign.tracking.opens,
-        "clicks": settings.tracking.clicks if campaign.tracking.clicks is None else campaign.tracking.clicks,
-    }
+    tracking = _tracking(desired, campaign.tracking)
     return {
         "subject": campaign.subject,
         "preheader": campaign.preheader,
@@ -63,6 +69,24 @@ def campaign_content(desired: DesiredState, campaign: Campaign, templates: Templ
             }
             for stage in campaign.stages
         ],
+    }
+
+
+def step_content(desired: DesiredState, workflow: Workflow, step: SendStep, templates: TemplateSet) -> dict[str, Any]:
+    """One workflow message in the shape of a campaign's content (what `render` and dispatch build from)."""
+    settings = desired.settings
+    assert settings is not None
+    sender = settings.senders[step.sender or workflow.sender or settings.defaults.sender]
+    return {
+        "subject": step.subject,
+        "preheader": step.preheader,
+        **_message(templates, desired, step.send),
+        "sender": sender.model_dump(mode="json", by_alias=True),
+        "transport": workflow.transport or settings.defaults.transport,
+        "tracking": _tracking(desired, step.tracking),
+        "utm": None,
+        "organization": settings.organization.model_dump(mode="json"),
+        "stages": [],
     }
 
 

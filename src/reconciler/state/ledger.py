@@ -160,6 +160,13 @@ def due_rows(db: Database, source: Source, *, now: str, after_id: int, limit: in
     )
 
 
+def contact_row(db: Database, email: str) -> dict[str, Any] | None:
+    """A contact in the shape `due_rows` gives (for `reconciler render --contact`)."""
+    rows = list(db.query(f"SELECT 0 AS id, c.id AS contact_id, {_CONTACT_COLUMNS} FROM contacts c WHERE c.email = ?",
+                         (email,)))  # fmt: skip
+    return rows[0] if rows else None
+
+
 def recent_sends(db: Database, contact_id: int, *, since: str) -> list[str]:
     """When marketing messages went to a contact since `since` (for the frequency cap), oldest first."""
     return [
