@@ -90,6 +90,7 @@ async def main():
 report, elapsed = asyncio.run(main())
 sent = report.count("sent")
 print(json.dumps({"sent": sent, "seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "render_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   "outcomes": {p.source: p.outcomes for p in report.sources}}))
 """
 
@@ -233,7 +234,8 @@ def main() -> None:
           f"(outcomes {full['outcomes']})")  # fmt: skip
     print(f"baseline: {RECIPIENTS:,} messages in {seconds:.1f} s = {base_rate:,.0f} msgs/s (bare aiosmtplib sendmail)")
     print(f"ratio ours/baseline: {ours_rate / base_rate:.2f} (target >= 0.6)")
-    print(f"peak RSS: {full['rss_mb']:.0f} MB for {RECIPIENTS:,} recipients, {small['rss_mb']:.0f} MB for "
+    print(f"peak RSS: {full['rss_mb']:.0f} MB (+ render process {full['render_rss_mb']:.0f} MB) for "
+          f"{RECIPIENTS:,} recipients; {small['rss_mb']:.0f} MB (+ {small['render_rss_mb']:.0f} MB) for "
           f"{RECIPIENTS // 5:,} (target < 200 MB, flat)")  # fmt: skip
 
 

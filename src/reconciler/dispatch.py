@@ -14,9 +14,13 @@ the last good revision), so a bad revision in the files never stops or changes a
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import random
 import secrets
@@ -33,7 +37,7 @@ from zoneinfo import ZoneInfo
 from sqlite_utils import Database
 
 from reconciler.clock import Clock, iso
-from reconciler.mime import DkimKey, HeaderValueError, Skeleton, address_domain, mailbox
+from reconciler.mime import DkimKey, HeaderValueError, QpEncoder, Skeleton, address_domain, mailbox, qp
 from reconciler.segments import MARKETING_BLOCKING, blocking_for
 from reconciler.spec.documents import BUILTIN_FIELDS, FrequencyCap, QuietHours, SmtpTransport
 from reconciler.state import ledger
@@ -45,6 +49,10 @@ from reconciler.transports import Delivery, Transport, make_transport
 
 log = logging.getLogger(__name__)
 PAGE = 500
+DISPATCH_CACHE_KB = 16_000
+RENDER_BATCH = 50
+RENDER_POOL_MIN = 1000
+"""Due messages from which a render process pays for its start (~0.5 s)."""
 UTM_ORDER = ("source", "medium", "campaign", "term", "content")
 HEARTBEAT = 10.0
 STALE = timedelta(minutes=2)
@@ -153,7 +161,6 @@ class Composer:
             utm_hosts=(urlsplit(website).hostname or "",) if website else (),
         )  # fmt: skip
         sender = content["sender"]
-        self.envelope_from = mailbox(None, _addr(sender["from"]))
         self.reply_address = _addr(sender.get("reply_to") or sender["from"])
         self.domain = address_domain(sender["from"])
         first = next(iter(lists), "")
@@ -172,6 +179,7 @@ class Composer:
         self.field_types = field_types
         self.known_fields = frozenset(BUILTIN_FIELDS) | frozenset(field_types)
         self.dkim = dkim
+        self.encoder = QpEncoder()
 
     def message_id(self, row_id: int) -> str:
         return f"<{base36(row_id)}.{self.instance}.r@{self.domain}>"
@@ -220,12 +228,43 @@ class Composer:
         mailto = f"mailto:{self.reply_address}?subject=unsubscribe%20{sign('unsubscribe', row_id)}"
         data = self.skeleton.build(
             to=mailbox(name, row["email"]), subject=rendered.subject, message_id=message_id, date=now,
-            html=rendered.html, text=rendered.text, unsubscribe=(unsubscribe, mailto),
+            html=self.encoder.encode(rendered.html_chunks), text=qp(rendered.text), unsubscribe=(unsubscribe, mailto),
         )  # fmt: skip
         if self.dkim is not None:
             data = self.dkim.sign(data)
         return Message(row_id, str(row["email"]), data, message_id, int(row.get("attempts") or 0),
                        row.get("first_attempt_at"))  # fmt: skip
+
+
+_COMPOSERS: dict[str, Composer] = {}
+
+
+def compose_batch(key: str, args: Mapping[str, Any], rows: list[dict[str, Any]],
+                  now: datetime) -> list[Message | tuple[int, str]]:  # fmt: skip
+    """Messages for `rows`, or (row id, why not) for a contact whose data cannot be sent. Runs in this process or in
+    a render process, which keeps one Composer per source (`key`)."""
+    composer = _COMPOSERS.get(key)
+    if composer is None:
+        if len(_COMPOSERS) > 16:
+            _COMPOSERS.clear()
+        composer = _COMPOSERS[key] = Composer(**args)
+    out: list[Message | tuple[int, str]] = []
+    for row in rows:
+        try:
+            out.append(composer.compose(row, now=now))
+        except HeaderValueError as exc:
+            out.append((int(row["id"]), f"could not build the message: {exc}"))
+        except Exception as exc:  # a template can fail on one contact's data in ways Jinja does not classify
+            out.append((int(row["id"]), f"could not render the template for this contact: {exc}"))
+    return out
+
+
+def _render_process() -> None:
+    """In the render process: the daemon decides when it stops (SIGTERM and Ctrl-C go to the daemon)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _addr(value: str) -> str:
@@ -259,12 +298,15 @@ class Dispatcher:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.db, self.root, self.clock = db, root, clock
+        # sending reads and updates rows by index: a small page cache keeps memory flat however large the audience
+        db.conn.execute(f"PRAGMA cache_size = -{DISPATCH_CACHE_KB}")
         self.ident = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.fixed_transports = dict(transports or {})
         self.transports: dict[str, Transport] = {}
         self.stop = stop or asyncio.Event()
         self.on_progress = on_progress
         self.random = random.Random()
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def transport(self, name: str) -> tuple[Transport, dict[str, Any]]:
         configs = transport_configs(self.db)
@@ -279,6 +321,9 @@ class Dispatcher:
         for transport in self.transports.values():
             await transport.close()
         self.transports.clear()
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
     async def run_pass(self) -> DispatchReport:
         """One dispatch pass over everything due now."""
@@ -361,20 +406,38 @@ class Dispatcher:
                 finished.append(campaign["name"])
         return finished
 
-    def composer(self, source: Source, config: Mapping[str, Any]) -> Composer:
+    def composer_args(self, source: Source, config: Mapping[str, Any]) -> dict[str, Any]:
+        """What a Composer is built from: plain values, so a render process can build the same one."""
         lists = {name: json.loads(spec) for name, spec in self.db.conn.execute("SELECT name, spec FROM lists")}
         fields = dict(self.db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
-        return Composer(
-            source.content, source=source.name, stage=source.stage,
-            lists={name: lists.get(name, {}) for name in source.lists},
-            public_url=get_meta(self.db, "settings.public_url") or "http://localhost:8025",
-            signer=signer_for(self.db), instance=instance_id(self.db), field_types=fields, dkim=dkim_key(config),
-        )  # fmt: skip
+        return {
+            "content": source.content, "source": source.name, "stage": source.stage,
+            "lists": {name: lists.get(name, {}) for name in source.lists},
+            "public_url": get_meta(self.db, "settings.public_url") or "http://localhost:8025",
+            "signer": signer_for(self.db), "instance": instance_id(self.db), "field_types": fields,
+            "dkim": dkim_key(config),
+        }  # fmt: skip
+
+    def render_pool(self, due: int) -> concurrent.futures.ProcessPoolExecutor | None:
+        """A process that renders while this one talks SMTP (the second core of a small server), for sends large
+        enough to pay for its start; RECONCILER_RENDER_PROCESSES=0 keeps rendering in this process."""
+        wanted = int(os.environ.get("RECONCILER_RENDER_PROCESSES", "1" if (os.cpu_count() or 1) > 1 else "0"))
+        if wanted <= 0 or due < RENDER_POOL_MIN:
+            return None
+        if self.pool is None:
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=wanted, mp_context=multiprocessing.get_context("spawn"), initializer=_render_process
+            )
+        return self.pool
 
     async def send_source(self, source: Source, *, now: datetime) -> Progress:
         """Send every due row of one campaign stage (or stop early: SIGTERM, or the campaign was paused)."""
         transport, config = self.transport(source.content.get("transport") or "outbox")
-        composer = self.composer(source, config)
+        args = self.composer_args(source, config)
+        envelope_from = _addr(source.content["sender"]["from"])
+        key = f"{source.name}/{source.stage}/{id(self)}"
+        pool = self.render_pool(source.due)
+        loop = asyncio.get_running_loop()
         categories = _categories(self.db)
         blocking = blocking_for(categories, source.lists)
         marketing = blocking == MARKETING_BLOCKING
@@ -396,8 +459,18 @@ class Dispatcher:
                 log.info("Campaign %s: %d/%d handled (%s)", progress.source, progress.done, progress.total,
                          ", ".join(f"{k} {v}" for k, v in sorted(progress.outcomes.items())))  # fmt: skip
 
+        async def deliver(results: list[Message | tuple[int, str]]) -> None:
+            for result in results:
+                if isinstance(result, Message):
+                    await queue.put(result)
+                else:  # one contact's bad data never stops a campaign (MAIL-FACTS)
+                    row_id, reason = result
+                    ledger.record(self.db, Outcome(row_id, "failed", reason, iso(self.clock.now())), source=source)
+                    note("failed")
+
         async def produce() -> None:
             after = 0
+            ahead: collections.deque[asyncio.Future[list[Message | tuple[int, str]]]] = collections.deque()
             try:
                 while not (self.stop.is_set() or halt.is_set()):
                     rows = ledger.due_rows(self.db, source, now=iso(now), after_id=after, limit=PAGE)
@@ -405,24 +478,28 @@ class Dispatcher:
                         break
                     after = rows[-1]["id"]
                     held = holds.check(rows, now=self.clock.now())
-                    for row in rows:
-                        if row["id"] in held:
-                            note("postponed")
-                            continue
+                    for _ in held:
+                        note("postponed")
+                    rows = [row for row in rows if row["id"] not in held]
+                    size = RENDER_BATCH if pool else 1
+                    for start in range(0, len(rows), size):
                         if self.stop.is_set() or halt.is_set():
                             break
-                        try:
-                            message = composer.compose(row, now=self.clock.now())
-                        except Exception as exc:  # one contact's bad data never stops a campaign (MAIL-FACTS)
-                            reason = f"could not build the message: {exc}"
-                            if not isinstance(exc, HeaderValueError):
-                                reason = f"could not render the template for this contact: {exc}"
-                            ledger.record(self.db, Outcome(int(row["id"]), "failed", reason, iso(self.clock.now())),
-                                          source=source)  # fmt: skip
-                            note("failed")
+                        batch = rows[start : start + size]
+                        if pool is None:
+                            await deliver(compose_batch(key, args, batch, self.clock.now()))
                             continue
-                        await queue.put(message)
+                        ahead.append(loop.run_in_executor(pool, compose_batch, key, args, batch, self.clock.now()))
+                        if len(ahead) >= 3:
+                            await deliver(await ahead.popleft())
+                while ahead and not (self.stop.is_set() or halt.is_set()):
+                    await deliver(await ahead.popleft())
+            except concurrent.futures.process.BrokenProcessPool:
+                log.error("the render process stopped; unsent messages wait for the next pass")
+                self.pool = None
             finally:
+                for future in ahead:
+                    future.cancel()
                 for _ in range(transport.max_connections):
                     await queue.put(None)
 
@@ -430,9 +507,14 @@ class Dispatcher:
             previous: Outcome | None = None
             while True:
                 if previous is not None and queue.empty():
-                    ledger.record(self.db, previous, source=source)
-                    previous = None
-                message = await queue.get()
+                    try:  # normally the next claim writes this outcome; if nothing comes soon, write it alone
+                        message = await asyncio.wait_for(queue.get(), timeout=0.2)
+                    except TimeoutError:
+                        ledger.record(self.db, previous, source=source)
+                        previous = None
+                        message = await queue.get()
+                else:
+                    message = await queue.get()
                 if message is None or self.stop.is_set() or halt.is_set():
                     if message is None:
                         break
@@ -448,13 +530,16 @@ class Dispatcher:
                 if result != "claimed":
                     note(result)
                     continue
-                delivery = await transport.send(composer.envelope_from, message.recipient, message.data)
+                delivery = await transport.send(envelope_from, message.recipient, message.data)
                 previous = self.outcome(message, delivery, transport=transport, retry_for=retry_for)
                 note(previous.state)
             if previous is not None:
                 ledger.record(self.db, previous, source=source)
 
-        await asyncio.gather(produce(), *(work() for _ in range(transport.max_connections)))
+        async with asyncio.TaskGroup() as group:  # a failing task cancels the others instead of leaving them waiting
+            group.create_task(produce())
+            for _ in range(transport.max_connections):
+                group.create_task(work())
         if halt.is_set():
             log.info("Campaign %s: paused; %d message(s) wait", source.name, progress.total - progress.done)
         return progress

@@ -16,7 +16,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address
@@ -91,8 +91,40 @@ def _static_header(name: str, value: str | Address) -> str:
 
 def qp(text: str) -> bytes:
     """A body as quoted-printable with CRLF line ends (soft breaks keep every line under 77 characters)."""
-    data = text.replace("\r\n", "\n").replace("\r", "\n").encode()
-    return binascii.b2a_qp(data).replace(b"\n", b"\r\n")
+    if "\r" in text:  # str's own methods: a Markup chunk's would escape their arguments
+        text = str.replace(str.replace(text, "\r\n", "\n"), "\r", "\n")
+    encoded = binascii.b2a_qp(str.encode(text))
+    return encoded.replace(b"\n", b"\r\n") if b"\n" in encoded else encoded
+
+
+class QpEncoder:
+    """Quoted-printable for a rendered template given as its chunks (Jinja's `generate`).
+
+    Most of a newsletter is the template's constant text, yielded as the same string objects for every recipient;
+    each chunk is encoded on its own and ended with a soft line break, so a constant chunk's encoding can be kept
+    and reused (decoders drop soft breaks: the content is unchanged). Only the personal parts cost an encoding.
+    """
+
+    def __init__(self, *, cached: int = 2048) -> None:
+        self.cache: dict[str, bytes] = {}
+        self.room = cached
+
+    def encode(self, chunks: Iterable[str]) -> bytes:
+        out = []
+        cache = self.cache
+        for chunk in chunks:
+            if not chunk:
+                continue
+            encoded = cache.get(chunk) if len(chunk) > 48 else None
+            if encoded is None:
+                encoded = qp(chunk)
+                if not encoded.endswith(b"\r\n"):
+                    encoded += b"=\r\n"
+                if len(chunk) > 48 and self.room > 0:
+                    cache[chunk] = encoded
+                    self.room -= 1
+            out.append(encoded)
+        return b"".join(out)
 
 
 def address_domain(address: str) -> str:
@@ -135,11 +167,12 @@ class Skeleton:
         subject: str,
         message_id: str,
         date: datetime,
-        html: str,
-        text: str,
+        html: bytes,
+        text: bytes,
         unsubscribe: Sequence[str] = (),
     ) -> bytes:
-        """The whole message for one recipient; `unsubscribe` is the https URL and the mailto of List-Unsubscribe."""
+        """The whole message for one recipient, from its quoted-printable bodies (`qp`, `QpEncoder`); `unsubscribe`
+        is the https URL and the mailto of List-Unsubscribe."""
         head = [
             f"Date: {format_datetime(date)}\r\n",
             f"Message-ID: {_check(message_id, 'Message-ID')}\r\n",
@@ -157,10 +190,10 @@ class Skeleton:
                 f'Content-Type: multipart/alternative; boundary="{b}"\r\n\r\n'
                 f'--{b}\r\nContent-Type: text/plain; charset="utf-8"\r\n'
                 "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode(),
-                qp(text),
+                text,
                 f'\r\n--{b}\r\nContent-Type: text/html; charset="utf-8"\r\n'
                 "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode(),
-                qp(html),
+                html,
                 f"\r\n--{b}--\r\n".encode(),
             )
         )
@@ -187,6 +220,6 @@ class DkimKey:
 
         signature = dkim.sign(
             message, self.selector.encode(), self.domain.encode(), self.private_key,
-            canonicalize=(b"relaxed", b"relaxed"), include_headers=list(DKIM_HEADERS),
+            canonicalize=(b"relaxed", b"relaxed"), include_headers=list(DKIM_HEADERS), linesep=b"\r\n",
         )  # fmt: skip
         return bytes(signature) + message

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import TracebackType
 from typing import Any
 
@@ -309,8 +309,13 @@ PREHEADER = ('<div style="display:none;font-size:1px;line-height:1px;max-height:
 @dataclass(frozen=True)
 class RenderedMessage:
     subject: str
-    html: str
+    html_chunks: list[str]
+    """The HTML as Jinja yields it: constant template text and personal values (see `mime.QpEncoder`)."""
     text: str
+
+    @property
+    def html(self) -> str:
+        return "".join(self.html_chunks)
 
 
 def rewrite_links(html: str) -> str:
@@ -374,6 +379,12 @@ class MessageTemplate:
     tracks_clicks: bool
     tracks_opens: bool
 
+    @cached_property
+    def utm_query(self) -> str:
+        from urllib.parse import urlencode
+
+        return urlencode(self.utm)
+
     def render(
         self,
         context: Mapping[str, Any],
@@ -386,12 +397,15 @@ class MessageTemplate:
 
         from markupsafe import Markup, escape
 
-        utm = dict(self.utm)
+        utm, utm_query = dict(self.utm), self.utm_query
 
         def link(target: Any) -> Markup:
             url = html_module.unescape(str(target)).strip()
             if utm and (not self.utm_hosts or (urlsplit(url).hostname or "") in self.utm_hosts):
-                url = add_query(url, utm)
+                if "utm_" in url or "#" in url:
+                    url = add_query(url, utm)
+                else:  # the common case, without parsing the query string
+                    url += ("&" if "?" in url else "?") + utm_query
             if click_url is not None:
                 url = click_url(url)
             return escape(url)
@@ -402,9 +416,9 @@ class MessageTemplate:
         variables["campaign"] = StrictFields({**dict(context.get("campaign", {})), "subject": subject})
         variables["rc_link"] = link
         variables["rc_pixel"] = pixel_url
-        page = self.html.render(variables)
-        text = tidy_text(self.text.render(variables)) if self.text is not None else text_from_html(page)
-        return RenderedMessage(subject, page, text)
+        chunks = list(self.html.generate(variables))
+        text = tidy_text(self.text.render(variables)) if self.text is not None else text_from_html("".join(chunks))
+        return RenderedMessage(subject, chunks, text)
 
 
 @lru_cache(maxsize=256)
