@@ -6,14 +6,10 @@ file, and runs `reconciler tick` (or `run`) as a user would; assertions count wh
 
 from __future__ import annotations
 
-import email
-import email.policy
-import hashlib
 import json
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -21,123 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import reconciler
+from sending import LATER, MUCH_LATER, NOW, bucket, import_contacts, ledger, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer
-
-NOW = "2026-11-24T10:00:00Z"
-LATER = "2026-11-24T13:00:00Z"
-MUCH_LATER = "2026-11-26T13:00:00Z"
-
-TEMPLATE = """\
-<mjml>
-  <mj-body>
-    <mj-section><mj-column>
-      <mj-text>Hello {{ contact.first_name | default('friend') }}, {{ contact.city | default('') }}</mj-text>
-      <mj-text><a href="https://shop.example.com/a">One</a> <a href="https://shop.example.com/b?x=1&amp;y=2">Two</a>
-        <a href="https://shop.example.com/c?who={{ contact.email }}">Three</a>
-        <a href="https://other.example.org/d">Four</a> <a href="mailto:help@example.com">Help</a></mj-text>
-      <mj-text><a href="{{ unsubscribe_url }}">Unsubscribe</a> · {{ organization.postal_address }}</mj-text>
-    </mj-column></mj-section>
-  </mj-body>
-</mjml>
-"""
-
-
-def workspace(root: Path, port: int, *, connections: int = 4, extra_transport: str = "", campaign: str = "") -> Path:
-    files = {
-        "spec/settings.yaml": f"""
-            kind: Settings
-            name: default
-            organization:
-              name: Test Shop
-              postal_address: "Test Shop, 1 Main Street, 00-001 Warsaw, Poland"
-              website: https://shop.example.com
-            public_url: https://mail.example.com
-            senders:
-              news: {{from: "Test Shop <news@example.com>", reply_to: "help@example.com"}}
-            transports:
-              sink:
-                type: smtp
-                host: 127.0.0.1
-                port: {port}
-                security: none
-                max_connections: {connections}
-                timeout: 10
-            {textwrap.indent(extra_transport, "    ").strip()}
-            defaults: {{sender: news, transport: sink}}
-            """,
-        "spec/lists.yaml": """
-            kind: List
-            name: news
-            title: News and offers
-            ---
-            kind: List
-            name: receipts
-            title: Receipts
-            category: transactional
-            visibility: private
-            """,
-        "spec/fields.yaml": """
-            kind: Field
-            name: city
-            type: string
-            """,
-        "templates/news/hello.mjml": TEMPLATE,
-        "campaigns/hello.yaml": campaign
-        or """
-            kind: Campaign
-            name: hello
-            subject: "Hello {{ contact.first_name | default('there') }}"
-            preheader: Our news
-            template: news/hello
-            audience: {lists: [news]}
-            send_at: now
-            status: scheduled
-            utm: {source: newsletter, campaign: hello}
-            """,
-    }
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return root
-
-
-def import_contacts(root: Path, count: int, *, lists: tuple[str, ...] = ("news",)) -> list[str]:
-    emails = [f"person{i}@example.net" for i in range(count)]
-    rows = ["email,first_name,city"] + [f"{e},Pat{i},Łódź" for i, e in enumerate(emails)]
-    (root / "contacts.csv").write_text("\n".join(rows) + "\n")
-    args = [arg for name in lists for arg in ("--list", name)]
-    result = reconciler("contacts", "import", "contacts.csv", *args, cwd=root)
-    assert result.returncode == 0, result.stderr
-    return emails
-
-
-def tick(root: Path, now: str = NOW, *extra: str) -> subprocess.CompletedProcess[str]:
-    result = reconciler("tick", "--now", now, *extra, cwd=root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def ledger(root: Path) -> Counter[str]:
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
-        return Counter(dict(db.execute("SELECT state, count(*) FROM ledger GROUP BY state").fetchall()))
-
-
-def query(root: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
-        return db.execute(sql, params).fetchall()
-
-
-def parse(data: bytes) -> email.message.EmailMessage:
-    message = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(message, email.message.EmailMessage)
-    defects = [d for part in message.walk() for d in part.defects]
-    assert not defects, defects
-    return message
-
-
-def bucket(address: str, modulo: int) -> int:
-    return int(hashlib.sha256(address.encode()).hexdigest(), 16) % modulo
 
 
 def test_every_recipient_of_2000_gets_exactly_one_message_that_parses_cleanly(tmp_path: Path) -> None:

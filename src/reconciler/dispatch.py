@@ -260,11 +260,21 @@ def compose_batch(key: str, args: Mapping[str, Any], rows: list[dict[str, Any]],
 
 
 def _render_process() -> None:
-    """In the render process: the daemon decides when it stops (SIGTERM and Ctrl-C go to the daemon)."""
+    """In the render process: the daemon decides when it stops (SIGTERM and Ctrl-C go to the daemon), and when the
+    daemon dies (kill -9) this process follows it instead of waiting forever on its task queue."""
     import signal
+    import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def follow_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=follow_parent, daemon=True, name="follow-parent").start()
 
 
 def _addr(value: str) -> str:

@@ -1,0 +1,132 @@
+"""`reconciler run` sending to a real SMTP server: killed with SIGKILL mid-send, paused, edited and resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import reconciler
+from sending import import_contacts, parse, query, workspace
+from smtp_sink import Sink, SinkServer
+
+
+def start_daemon(root: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "NO_COLOR": "1", "RECONCILER_SECRET": "test-secret"}
+    env.pop("RECONCILER_STATE", None)
+    return subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--interval", "60"], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def campaign(root: Path) -> dict[str, Any]:
+    result = reconciler("status", "--format", "json", cwd=root)
+    campaigns = json.loads(result.stdout)["campaigns"] if result.returncode == 0 else []
+    return dict(campaigns[0]) if campaigns else {}
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    return output
+
+
+def test_sigkill_mid_send_then_restart_sends_no_address_twice_and_skips_only_uncertain_rows(
+    tmp_path: Path, daemons: list[subprocess.Popen[str]]
+) -> None:
+    sink = Sink()
+    connections = 4
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, connections=connections)
+        emails = import_contacts(root, 5000)
+        daemons.append(start_daemon(root))
+        wait_for(lambda: len(sink.messages) >= 1000, "the first thousand messages")
+        daemons[0].send_signal(signal.SIGKILL)
+        daemons[0].wait()
+        at_kill = len(sink.messages)
+        on_the_wire = query(root, "SELECT count(*) FROM ledger WHERE state = 'sending'")[0][0]
+        assert isinstance(on_the_wire, int) and on_the_wire <= connections
+        assert at_kill < 5000, "the kill came too late to test anything"
+
+        daemons.append(start_daemon(root))
+        wait_for(lambda: campaign(root).get("status") == "sent", "the campaign to finish after the restart")
+        output = stop(daemons[1])
+    received = sink.received()
+    assert max(received.values()) == 1, [e for e, n in received.items() if n > 1][:5]
+    uncertain = {row[0] for row in query(root, "SELECT c.email FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+                                               "WHERE l.state = 'uncertain'")}  # fmt: skip
+    assert len(uncertain) == on_the_wire <= connections
+    assert set(emails) - set(received) <= uncertain
+    assert len(received) >= 5000 - connections
+    if uncertain:
+        assert "marked uncertain" in output
+
+
+def test_pause_stops_within_a_tick_edits_are_refused_and_resume_continues(
+    tmp_path: Path, daemons: list[subprocess.Popen[str]]
+) -> None:
+    sink = Sink()
+    original = sink.handle_DATA
+
+    async def slow_data(server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(0.005)  # ~400 messages a second over two connections: time to act mid-send
+        return await original(server, session, envelope)
+
+    sink.handle_DATA = slow_data  # type: ignore[method-assign]
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, connections=2)
+        emails = import_contacts(root, 3000)
+        daemons.append(start_daemon(root))
+        wait_for(lambda: len(sink.messages) >= 300, "sending to be under way")
+
+        path = root / "campaigns/hello.yaml"
+        text = path.read_text()
+        path.write_text(text.replace("status: scheduled", "status: paused"))
+        wait_for(lambda: campaign(root).get("status") == "paused", "the pause to be applied", timeout=20)
+        time.sleep(0.5)  # messages already on the wire finish
+        paused_at = len(sink.messages)
+        time.sleep(1.5)
+        assert len(sink.messages) == paused_at < 3000
+
+        path.write_text(text.replace("status: scheduled", "status: paused").replace("Hello {{", "Hi again {{"))
+        wait_for(lambda: campaign(root).get("reason") == "Stalled", "the edit to be refused", timeout=20)
+        assert "frozen" in campaign(root)["message"]
+        assert len(sink.messages) == paused_at
+
+        path.write_text(text)  # the original content, scheduled again: resume
+        wait_for(lambda: campaign(root).get("status") == "sent", "the campaign to finish after resuming")
+        stop(daemons[0])
+    received = sink.received()
+    assert set(received) == set(emails) and set(received.values()) == {1}
+    subjects = {str(parse(data)["Subject"]).split()[0] for _, data in sink.messages}
+    assert subjects == {"Hello"}
