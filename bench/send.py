@@ -67,7 +67,7 @@ TEMPLATE = (
 )
 
 SEND = """
-import asyncio, json, resource, sys, time
+import asyncio, json, sys, time
 from pathlib import Path
 from reconciler.apply import start_due
 from reconciler.clock import FixedClock, parse_instant
@@ -79,18 +79,23 @@ db = open_db(root / ".state/reconciler.db")
 clock = FixedClock(parse_instant(sys.argv[2]))
 start_due(db, now=clock.now())
 
+def peak_mb(status):  # VmHWM: this process's own peak (ru_maxrss would count the parent's pages from before exec)
+    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
 async def main():
     dispatcher = Dispatcher(db, root=root, clock=clock)
     started = time.perf_counter()
     report = await dispatcher.run_pass()
     elapsed = time.perf_counter() - started
+    render = peak_mb(dispatcher.pool.submit(Path("/proc/self/status").read_text).result()) if dispatcher.pool else 0
     await dispatcher.close()
-    return report, elapsed
+    return report, elapsed, render
 
-report, elapsed = asyncio.run(main())
+report, elapsed, render = asyncio.run(main())
 sent = report.count("sent")
-print(json.dumps({"sent": sent, "seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "render_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+print(json.dumps({"sent": sent, "seconds": elapsed, "rss_mb": peak_mb(Path("/proc/self/status").read_text()),
+                  "render_rss_mb": render,
                   "outcomes": {p.source: p.outcomes for p in report.sources}}))
 """
 

@@ -75,10 +75,14 @@ def phrase(name: str) -> str:
 
 
 def mailbox(name: str | None, address: str) -> str:
-    """`name <address>`, or the bare address without a name."""
+    """`name <address>`, or the bare address without a name (runs of white space in the name become one space)."""
     _check(address, "an address")
+    if name:
+        name = " ".join(_check(name, "a display name").split())
     if not address.isascii() or not re.fullmatch(r"[^\s<>()\\,;:\"]+@[^\s<>()\\,;:\"@]+", address):
         raise HeaderValueError(f"not an address we can put in a header: {address!r}")
+    if name and not name.isascii():  # the stdlib's encoding, which mail readers decode back to the same name
+        return _static_header("To", Address(display_name=name, addr_spec=address)).split(":", 1)[1].strip()
     return f"{phrase(name)} <{address}>" if name else address
 
 
