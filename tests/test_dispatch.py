@@ -247,3 +247,100 @@ def test_a_contact_whose_data_cannot_go_in_a_header_fails_alone(tmp_path: Path) 
     for _, data in sink.messages:
         assert b"victim" not in data
     assert ledger(root) == Counter(sent=1, failed=1)
+
+
+STAGED = """
+    kind: Campaign
+    name: hello
+    subject: "Hello {{ contact.first_name }}"
+    template: news/hello
+    audience: {lists: [news]}
+    send_at: now
+    status: scheduled
+    stages:
+      - {name: reminder, template: news/hello, subject: "Reminder", after: 2d, only: not_opened}
+      - {name: thanks, template: news/hello, subject: "Thanks for reading", after: 1d, only: opened}
+"""
+
+
+def test_stages_follow_after_their_delay_to_those_who_did_or_did_not_open(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, campaign=STAGED)
+        import_contacts(root, 10)
+        tick(root, "2026-11-24T10:00:00Z")
+        assert len(sink.messages) == 10
+        opened = ["person1@example.net", "person2@example.net"]
+        with sqlite3.connect(root / ".state/reconciler.db") as db:  # what the tracking pixel will record
+            db.executemany(
+                "INSERT INTO engagement (ledger_id, contact_id, source_kind, source, stage, action, machine, at) "
+                "SELECT l.id, l.contact_id, 'campaign', 'hello', '', 'opened', 0, '2026-11-24T11:00:00Z' "
+                "FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE c.email = ?",
+                [(e,) for e in opened],
+            )
+            db.execute(  # a machine open (a privacy proxy) is not an open
+                "INSERT INTO engagement (ledger_id, contact_id, source_kind, source, stage, action, machine, at) "
+                "SELECT l.id, l.contact_id, 'campaign', 'hello', '', 'opened', 1, '2026-11-24T11:00:00Z' "
+                "FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE c.email = 'person3@example.net'"
+            )
+        tick(root, "2026-11-25T10:00:00Z")  # one day later: nothing yet
+        assert len(sink.messages) == 10
+        tick(root, "2026-11-26T10:00:01Z")
+        reminders = {r for r, d in sink.messages if parse(d)["Subject"] == "Reminder"}
+        assert reminders == {f"person{i}@example.net" for i in range(10)} - set(opened)
+        status = json.loads(reconciler("status", "--format", "json", cwd=root).stdout)["campaigns"][0]
+        assert status["status"] == "sending"
+        tick(root, "2026-11-27T10:00:02Z")
+        thanks = {r for r, d in sink.messages if parse(d)["Subject"] == "Thanks for reading"}
+        assert thanks == set(opened)
+        status = json.loads(reconciler("status", "--format", "json", cwd=root).stdout)["campaigns"][0]
+        assert status["status"] == "sent" and status["progress"]["sent"] == 20
+    assert len(sink.messages) == 20
+
+
+def test_quiet_hours_and_the_frequency_cap_postpone_marketing_mail(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        settings = root / "spec/settings.yaml"
+        settings.write_text(settings.read_text() + 'quiet_hours: {start: "21:00", end: "08:00"}\n'
+                            "frequency_cap: {max: 1, per: 7d}\n")  # fmt: skip
+        (root / "c.csv").write_text("email,timezone\ntokyo@example.net,Asia/Tokyo\nwarsaw@example.net,Europe/Warsaw\n")
+        assert reconciler("contacts", "import", "c.csv", "--list", "news", cwd=root).returncode == 0
+        tick(root, "2026-11-24T14:00:00Z")  # 23:00 in Tokyo, 15:00 in Warsaw
+        assert [r for r, _ in sink.messages] == ["warsaw@example.net"]
+        waiting = query(root, "SELECT next_attempt_at, last_reply FROM ledger WHERE state = 'queued'")
+        assert waiting == [("2026-11-24T23:00:00Z", "postponed: quiet hours in the contact's time zone")]
+        tick(root, "2026-11-24T23:00:00Z")  # 08:00 in Tokyo
+        assert sorted(r for r, _ in sink.messages) == ["tokyo@example.net", "warsaw@example.net"]
+
+        second = root / "campaigns/second.yaml"
+        second.write_text((root / "campaigns/hello.yaml").read_text().replace("name: hello", "name: second"))
+        tick(root, "2026-11-25T10:00:00Z")  # 11:00 in Warsaw, 19:00 in Tokyo; both had one message this week
+        assert len(sink.messages) == 2
+        capped = query(root, "SELECT last_reply FROM ledger WHERE source = 'second'")
+        assert {row[0] for row in capped} == {"postponed: frequency cap: at most 1 marketing message(s) per 7 days"}
+        tick(root, "2026-12-01T14:00:01Z")  # a week after Warsaw's first message (Tokyo: quiet hours)
+        assert len(sink.messages) == 3
+        tick(root, "2026-12-01T23:00:01Z")  # a week after Tokyo's, 08:00 there
+    assert sorted(r for r, _ in sink.messages) == ["tokyo@example.net"] * 2 + ["warsaw@example.net"] * 2
+
+
+def test_the_outbox_writes_one_eml_per_message_and_resends_after_a_crash(tmp_path: Path) -> None:
+    root = workspace(tmp_path, 1)
+    settings = root / "spec/settings.yaml"
+    text = settings.read_text().replace("transport: sink}", "transport: outbox}")
+    settings.write_text(text.replace("transports:\n", "transports:\n  outbox: {type: outbox}\n"))
+    import_contacts(root, 5)
+    result = tick(root)
+    assert "sent 5" in result.stdout
+    files = sorted((root / ".state/outbox").glob("*.eml"))
+    assert len(files) == 5
+    for path in files:
+        parse(path.read_bytes())
+    with sqlite3.connect(root / ".state/reconciler.db") as db:  # as a process killed while writing leaves it
+        db.execute("UPDATE ledger SET state = 'sending', claimed_by = 'gone:1:x' WHERE id = 1")
+        db.execute("UPDATE campaigns SET status = 'sending', finished_at = NULL")
+    result = tick(root, LATER)
+    assert "marked uncertain" not in result.stdout and ledger(root) == Counter(sent=5)
+    assert len(list((root / ".state/outbox").glob("*.eml"))) == 5  # the same file, written again

@@ -38,6 +38,7 @@ from sqlite_utils import Database
 
 from reconciler.clock import Clock, iso
 from reconciler.mime import DkimKey, HeaderValueError, QpEncoder, Skeleton, address_domain, mailbox, qp
+from reconciler.plan.content import ago
 from reconciler.segments import MARKETING_BLOCKING, blocking_for
 from reconciler.spec.documents import BUILTIN_FIELDS, FrequencyCap, QuietHours, SmtpTransport
 from reconciler.state import ledger
@@ -386,13 +387,13 @@ class Dispatcher:
             content = json.loads(campaign["content"])
             stages = content.get("stages") or []
             done = ledger.started_stages(self.db, campaign["name"])
-            previous, previous_at = "", campaign["started_at"]
+            previous_at = campaign["started_at"]
             for stage in stages:
                 if stage["name"] not in done:
                     if ledger.stage_start_time(previous_at, [stage["after"]]) <= now:
                         lists = json.loads(campaign["spec"])["audience"]["lists"]
                         count = ledger.start_stage(
-                            self.db, campaign["name"], stage["name"], previous=previous, only=stage.get("only"),
+                            self.db, campaign["name"], stage["name"], only=stage.get("only"),
                             blocking=blocking_for(categories, lists), content_hash=campaign["content_hash"],
                             revision=campaign["last_applied_revision"] or "", at=iso(now),
                         )  # fmt: skip
@@ -400,7 +401,7 @@ class Dispatcher:
                                  count)  # fmt: skip
                         started.append(f"{campaign['name']}/{stage['name']}")
                     break
-                previous, previous_at = stage["name"], done[stage["name"]]
+                previous_at = done[stage["name"]]
         return started
 
     def finish(self, now: datetime) -> list[str]:
@@ -600,7 +601,7 @@ class _Holds:
                 recent = ledger.recent_sends(self.db, row["contact_id"], since=iso(now - self.cap.per))
                 if len(recent) >= self.cap.max:
                     until = datetime.fromisoformat(recent[len(recent) - self.cap.max]) + self.cap.per
-                    why = f"frequency cap: {self.cap.max} marketing messages per {self.cap.per}"
+                    why = f"frequency cap: at most {self.cap.max} marketing message(s) per {ago(self.cap.per)}"
             if until is not None:
                 postponed.append((int(row["id"]), iso(until), f"postponed: {why}"))
         if postponed:

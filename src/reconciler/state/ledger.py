@@ -313,10 +313,11 @@ def sending_campaigns(db: Database) -> list[dict[str, Any]]:
 
 
 def start_stage(
-    db: Database, name: str, stage: str, *, previous: str, only: str | None, blocking: Sequence[str],
-    content_hash: str, revision: str, at: str,
+    db: Database, name: str, stage: str, *, only: str | None, blocking: Sequence[str], content_hash: str,
+    revision: str, at: str,
 ) -> int:  # fmt: skip
-    """Queue a follow-up stage for everyone the previous stage reached, filtered by their engagement (`only`)."""
+    """Queue a follow-up stage for everyone the first message reached (every stage goes to the same audience),
+    filtered by their human opens or clicks of any message of the campaign so far (`only`)."""
     engaged = {
         "opened": "EXISTS (SELECT 1 FROM engagement e WHERE e.contact_id = p.contact_id AND e.source_kind = "
         "'campaign' AND e.source = p.source AND e.action IN ('opened', 'clicked') AND e.machine = 0)",
@@ -334,9 +335,9 @@ def start_stage(
             "revision, created_at, updated_at) SELECT 'campaign', p.source, ?, p.contact_id, 'queued', ?, ?, ?, ?, ? "
             "FROM ledger p JOIN contacts c ON c.id = p.contact_id "
             "LEFT JOIN suppressions s ON s.email_hash = c.email_hash "
-            "WHERE p.source_kind = 'campaign' AND p.source = ? AND p.stage = ? AND p.state = 'sent' "
+            "WHERE p.source_kind = 'campaign' AND p.source = ? AND p.stage = '' AND p.state = 'sent' "
             f"AND (s.reason IS NULL OR s.reason NOT IN (SELECT value FROM json_each(?))) AND {condition}",
-            (stage, at, content_hash, revision, at, at, name, previous, json.dumps(list(blocking))),
+            (stage, at, content_hash, revision, at, at, name, json.dumps(list(blocking))),
         ).rowcount
         db.conn.execute(
             "INSERT INTO campaign_stages(campaign, stage, started_at, recipients) VALUES (?, ?, ?, ?)",
