@@ -55,6 +55,16 @@ def status_report(db: Database) -> dict[str, Any]:
     }
 
 
+def _breakdown(progress: dict[str, int]) -> str:
+    """ " · sent 293 · waiting 197": where a started campaign's messages are, when not all are sent."""
+    waiting = progress["queued"] + progress["deferred"] + progress["sending"]
+    parts = [("sent", progress["sent"]), ("waiting", waiting), ("failed", progress["failed"]),
+             ("uncertain", progress["uncertain"]), ("skipped", progress["skipped"])]  # fmt: skip
+    if not sum(progress.values()) or progress["sent"] == sum(progress.values()):
+        return ""
+    return "".join(f" · {name} {count:,}" for name, count in parts if count)
+
+
 def format_status(report: dict[str, Any]) -> str:
     revision = report["revision"]
     out = []
@@ -88,5 +98,5 @@ def format_status(report: dict[str, Any]) -> str:
         out.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         if index:
             campaign = report["campaigns"][index - 1]
-            out.append(f"    {campaign['message']}")
+            out.append(f"    {campaign['message']}{_breakdown(campaign['progress'])}")
     return "\n".join(out)
