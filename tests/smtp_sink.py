@@ -86,10 +86,11 @@ def free_port() -> int:
 class SinkServer:
     """`with SinkServer(sink) as port:` runs the server on 127.0.0.1 for the block."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, **smtp_options: Any) -> None:
+        """`smtp_options` go to aiosmtpd's SMTP (tls_context, require_starttls, authenticator, auth_required ...)."""
         self.sink = sink
         self.controller = Controller(sink, hostname="127.0.0.1", port=free_port(), ready_timeout=10,
-                                     data_size_limit=10_000_000)  # fmt: skip
+                                     data_size_limit=10_000_000, **smtp_options)  # fmt: skip
 
     def __enter__(self) -> int:
         self.controller.start()

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -344,3 +345,87 @@ def test_the_outbox_writes_one_eml_per_message_and_resends_after_a_crash(tmp_pat
     result = tick(root, LATER)
     assert "marked uncertain" not in result.stdout and ledger(root) == Counter(sent=5)
     assert len(list((root / ".state/outbox").glob("*.eml"))) == 5  # the same file, written again
+
+
+def test_rate_limit_holds_across_two_campaigns_on_one_transport(tmp_path: Path) -> None:
+    sink = Sink()
+    arrivals: list[float] = []
+    sink.on_message = lambda rcpt, data: arrivals.append(time.monotonic())
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        settings = root / "spec/settings.yaml"
+        settings.write_text(settings.read_text().replace("timeout: 10", "timeout: 10\n    rate: {per_second: 20}"))
+        second = root / "campaigns/second.yaml"
+        second.write_text((root / "campaigns/hello.yaml").read_text().replace("name: hello", "name: second"))
+        import_contacts(root, 40)
+        tick(root)
+    assert len(sink.messages) == 80
+    # a bucket of 20 starts full: the other 60 messages need at least three seconds at 20 a second
+    assert arrivals[-1] - arrivals[0] >= 2.9
+    for start in arrivals:  # and no second ever holds more than the bucket plus one second's tokens
+        assert sum(1 for t in arrivals if start <= t < start + 1.0) <= 40
+
+
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: the CA a test trusts through `ca_file`."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return cert_path, key_path
+
+
+def test_starttls_checks_the_certificate_and_logs_in_with_the_password_from_the_environment(tmp_path: Path) -> None:
+    import ssl
+
+    from aiosmtpd.smtp import AuthResult
+
+    cert, key = _certificate(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins: list[tuple[str, str]] = []
+
+    def authenticator(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
+        login, password = data.login.decode(), data.password.decode()  # type: ignore[attr-defined]
+        logins.append((login, password))
+        return AuthResult(success=password == "s3cret")
+
+    sink = Sink()
+    server = SinkServer(sink, tls_context=context, require_starttls=True, authenticator=authenticator,
+                        auth_required=True)  # fmt: skip
+    with server as port:
+        root = workspace(tmp_path / "ws", port)
+        settings = root / "spec/settings.yaml"
+        plain = settings.read_text()
+        secure = plain.replace(
+            "security: none", "security: starttls\n    username: mailer\n    password_env: TEST_SMTP"
+        )
+        settings.write_text(secure)
+        import_contacts(root, 3)
+        result = reconciler("tick", "--now", NOW, cwd=root, env={"TEST_SMTP": "s3cret"})
+        assert result.returncode == 0 and ledger(root) == Counter(deferred=3)  # the system's CAs do not know it
+        assert "certificate" in str(query(root, "SELECT last_reply FROM ledger LIMIT 1")[0][0]).lower()
+        settings.write_text(secure.replace("timeout: 10", f"timeout: 10\n    ca_file: {cert}"))
+        result = reconciler("tick", "--now", LATER, cwd=root, env={"TEST_SMTP": "s3cret"})
+        assert result.returncode == 0, result.stderr
+    assert ledger(root) == Counter(sent=3) and len(sink.messages) == 3
+    assert set(logins) == {("mailer", "s3cret")}
