@@ -151,12 +151,7 @@ async def _send_loop(dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.
         upcoming = ledger.next_due(dispatcher.db)
         if upcoming is not None:
             wait = max(0.05, min(wait, (datetime.fromisoformat(upcoming) - dispatcher.clock.now()).total_seconds()))
-        waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waiters:
-                task.cancel()
+        await _wait_any((wake, stop), timeout=wait)
 
 
 def _log_dispatch(report: DispatchReport) -> None:
@@ -171,9 +166,14 @@ async def _sleep(db: Database, clock: Clock, interval: float, changed: asyncio.E
     upcoming = next_start(db)
     if upcoming is not None:
         wait = max(0.05, min(wait, (upcoming - clock.now()).total_seconds() + 0.01))
-    waiters = [asyncio.create_task(changed.wait()), asyncio.create_task(stop.wait())]
+    await _wait_any((changed, stop), timeout=wait)
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], *, timeout: float) -> None:
+    """Until one of `events` is set or `timeout` seconds pass."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
     try:
-        await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in waiters:
             task.cancel()
