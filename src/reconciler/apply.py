@@ -179,8 +179,7 @@ def start_due(db: Database, *, now: datetime) -> list[str]:
     with write(db):
         grace = timedelta(seconds=int(get_meta(db, "settings.schedule_grace") or 6 * 3600))
         default_zone = get_meta(db, "settings.timezone") or "UTC"
-        categories = {row["name"]: json.loads(row["spec"]).get("category", "marketing")
-                      for row in db.query("SELECT name, spec FROM lists")}  # fmt: skip
+        categories = records.list_categories(db)
         for row in campaigns.due_to_start(db, now=at):
             name, spec = row["name"], json.loads(row["spec"])
             audience = spec["audience"]

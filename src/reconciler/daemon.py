@@ -29,7 +29,7 @@ from reconciler.dispatch import Dispatcher, DispatchReport
 from reconciler.errors import Problem
 from reconciler.load import YAML_FOLDERS, git_commit, load_workspace
 from reconciler.plan import Plan
-from reconciler.state import ledger
+from reconciler.state import campaigns, ledger
 from reconciler.state.db import get_meta, set_meta, write
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,6 @@ def record_invalid(db: Database, revision: str, problems: list[Problem], *, now:
             set_meta(db, "last_error_at", iso(now))
         set_meta(db, "last_error_revision", revision)
         set_meta(db, "last_error", json.dumps({"count": len(errors), "problems": errors[:20]}))
-
-
-def next_start(db: Database) -> datetime | None:
-    row = db.conn.execute(
-        "SELECT min(start_at) FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL"
-    ).fetchone()
-    return datetime.fromisoformat(row[0]) if row and row[0] else None
 
 
 def _relevant(change: Change, path: str) -> bool:
@@ -163,7 +156,7 @@ def _log_dispatch(report: DispatchReport) -> None:
 
 async def _sleep(db: Database, clock: Clock, interval: float, changed: asyncio.Event, stop: asyncio.Event) -> None:
     wait = interval
-    upcoming = next_start(db)
+    upcoming = campaigns.next_start(db)
     if upcoming is not None:
         wait = max(0.05, min(wait, (upcoming - clock.now()).total_seconds() + 0.01))
     await _wait_any((changed, stop), timeout=wait)

@@ -41,7 +41,7 @@ from reconciler.mime import DkimKey, HeaderValueError, QpEncoder, Skeleton, addr
 from reconciler.plan.content import ago
 from reconciler.segments import MARKETING_BLOCKING, blocking_for
 from reconciler.spec.documents import BUILTIN_FIELDS, FrequencyCap, QuietHours, SmtpTransport
-from reconciler.state import ledger
+from reconciler.state import ledger, records
 from reconciler.state.db import get_meta, set_meta, write
 from reconciler.state.ledger import Outcome, Source
 from reconciler.templates import MessageTemplate, StrictFields, prepare_message
@@ -382,7 +382,7 @@ class Dispatcher:
 
     def start_stages(self, now: datetime) -> list[str]:
         started = []
-        categories = _categories(self.db)
+        categories = records.list_categories(self.db)
         for campaign in ledger.sending_campaigns(self.db):
             content = json.loads(campaign["content"])
             stages = content.get("stages") or []
@@ -419,8 +419,8 @@ class Dispatcher:
 
     def composer_args(self, source: Source, config: Mapping[str, Any]) -> dict[str, Any]:
         """What a Composer is built from: plain values, so a render process can build the same one."""
-        lists = {name: json.loads(spec) for name, spec in self.db.conn.execute("SELECT name, spec FROM lists")}
-        fields = dict(self.db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
+        lists = records.list_specs(self.db)
+        fields = records.field_types(self.db)
         return {
             "content": source.content, "source": source.name, "stage": source.stage,
             "lists": {name: lists.get(name, {}) for name in source.lists},
@@ -449,7 +449,7 @@ class Dispatcher:
         key = f"{source.name}/{source.stage}/{id(self)}"
         pool = self.render_pool(source.due)
         loop = asyncio.get_running_loop()
-        categories = _categories(self.db)
+        categories = records.list_categories(self.db)
         blocking = blocking_for(categories, source.lists)
         marketing = blocking == MARKETING_BLOCKING
         retry_for = SmtpTransport.model_validate({"type": "smtp", "host": "x", **config}).retry_for \
@@ -621,11 +621,6 @@ class _Holds:
             return None
         day = local.date() if clock < end else local.date() + timedelta(days=1)
         return datetime.combine(day, end, tzinfo=zone).astimezone(UTC)
-
-
-def _categories(db: Database) -> dict[str, str]:
-    return {name: json.loads(spec).get("category", "marketing") for name, spec in
-            db.conn.execute("SELECT name, spec FROM lists")}  # fmt: skip
 
 
 def _alive(pid: int) -> bool:

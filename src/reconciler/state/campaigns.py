@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
@@ -148,3 +149,11 @@ def snapshot_audience(
         (at, inserted, f"sending to {inserted:,} recipients", at, name),
     )
     return inserted
+
+
+def next_start(db: Database) -> datetime | None:
+    """When the next scheduled campaign starts (the daemon wakes up then)."""
+    row = db.conn.execute(
+        "SELECT min(start_at) FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL"
+    ).fetchone()
+    return datetime.fromisoformat(row[0]) if row and row[0] else None

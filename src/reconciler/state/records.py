@@ -68,3 +68,16 @@ def record_counts(db: Database, counts: Mapping[str, int], *, at: str) -> None:
         "count = excluded.count, at = excluded.at WHERE count IS NOT excluded.count",
         [(subject, count, at) for subject, count in counts.items()],
     )
+
+
+def list_specs(db: Database) -> dict[str, dict[str, Any]]:
+    """Every list as last applied (removed ones too: a running campaign may still send to one)."""
+    return {name: json.loads(spec) for name, spec in db.conn.execute("SELECT name, spec FROM lists")}
+
+
+def list_categories(db: Database) -> dict[str, str]:
+    return {name: spec.get("category", "marketing") for name, spec in list_specs(db).items()}
+
+
+def field_types(db: Database) -> dict[str, str]:
+    return dict(db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
