@@ -53,6 +53,10 @@ def settings_essentials(desired: DesiredState) -> dict[str, str]:
         "settings.transports": json.dumps(dump["transports"], sort_keys=True),
         "settings.quiet_hours": json.dumps(dump["quiet_hours"]),
         "settings.frequency_cap": json.dumps(dump["frequency_cap"]),
+        "settings.organization": json.dumps(dump["organization"], sort_keys=True),
+        "settings.default_sender": json.dumps(dump["senders"][settings.defaults.sender], sort_keys=True),
+        "settings.default_transport": settings.defaults.transport,
+        "settings.api_token_env": settings.api.token_env,
     }
 
 

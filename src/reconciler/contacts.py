@@ -161,10 +161,16 @@ def _builtin(name: str, value: Any) -> str:
 class RowParser:
     """Turns one raw row (a mapping of column to value) into a ContactRow, per the workspace's fields."""
 
-    def __init__(self, desired: DesiredState) -> None:
-        self.fields = {**BUILTIN_FIELDS, **{name: f.type for name, f in desired.fields.items()}}
-        self.custom = set(desired.fields)
-        self.timezone = desired.settings.timezone if desired.settings else "UTC"
+    def __init__(self, fields: Mapping[str, str], *, timezone: str) -> None:
+        """`fields`: the custom fields and their types (the API passes what was last applied)."""
+        self.fields = {**BUILTIN_FIELDS, **fields}
+        self.custom = set(fields)
+        self.timezone = timezone
+
+    @classmethod
+    def for_workspace(cls, desired: DesiredState) -> RowParser:
+        return cls({name: f.type for name, f in desired.fields.items()},
+                   timezone=desired.settings.timezone if desired.settings else "UTC")  # fmt: skip
 
     def check_columns(self, columns: list[str], file: str) -> None:
         unknown = [c for c in columns if c not in self.fields]
@@ -264,7 +270,7 @@ def import_file(
         raise ImportFileError(
             f"unknown list {unknown[0]!r} ({did_you_mean(unknown[0], desired.lists, otherwise='declare it in spec/')})"
         )
-    parser = RowParser(desired)
+    parser = RowParser.for_workspace(desired)
     if not path.is_file():
         raise ImportFileError(f"{path}: no such file")
     with open_rows(path) as (header, rows):

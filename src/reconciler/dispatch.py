@@ -44,12 +44,24 @@ from reconciler.spec.documents import BUILTIN_FIELDS, FrequencyCap, QuietHours, 
 from reconciler.state import ledger, records
 from reconciler.state.db import get_meta, set_meta, write
 from reconciler.state.ledger import Outcome, Source
+from reconciler.state.subscribers import CONFIRMATION_SOURCE
 from reconciler.templates import MessageTemplate, StrictFields, prepare_message
 from reconciler.tokens import Signer, base36, new_key
 from reconciler.transports import Delivery, Transport, make_transport
 
 log = logging.getLogger(__name__)
 PAGE = 500
+CONFIRMATION_SUBJECT = "Please confirm your subscription to {{ list.title }}"
+CONFIRMATION_MJML = """<mjml><mj-body><mj-section><mj-column>
+<mj-text font-size="20px">Please confirm your subscription</mj-text>
+<mj-text>You, or someone using your address, asked to receive {{ list.title }} from {{ organization.name }}.
+To confirm, open the link below and press the button. If it was not you, ignore this email: nothing happens.</mj-text>
+<mj-button href="{{ confirm_url }}">Confirm my subscription</mj-button>
+<mj-text font-size="12px">{{ organization.name }} · {{ organization.postal_address }}</mj-text>
+</mj-column></mj-section></mj-body></mjml>"""
+"""The confirmation email of double opt-in lists: no advertising, one button (MAIL-FACTS)."""
+FREQUENCIES = {"weekly": timedelta(days=7), "monthly": timedelta(days=30)}
+"""What a subscriber may choose on the preference page: at most one marketing message per period."""
 DISPATCH_CACHE_KB = 16_000
 RENDER_BATCH = 50
 RENDER_POOL_MIN = 1000
@@ -213,6 +225,7 @@ class Composer:
             "unsubscribe_url": unsubscribe,
             "preferences_url": f"{base}/p/{sign('preferences', int(row['contact_id']))}",
             "view_online_url": f"{base}/v/{sign('view', row_id)}",
+            "confirm_url": f"{base}/confirm/{sign('confirm', row_id)}",
         }
         click = None
         if self.template.tracks_clicks:
@@ -345,7 +358,7 @@ class Dispatcher:
         try:
             report.uncertain = self.recover(now)
             report.stages_started = self.start_stages(now)
-            for source in ledger.due_sources(self.db, now=iso(now)):
+            for source in self.confirmations(now) + ledger.due_sources(self.db, now=iso(now)):
                 if self.stop.is_set():
                     break
                 try:
@@ -362,6 +375,23 @@ class Dispatcher:
         while True:
             await asyncio.sleep(HEARTBEAT)
             ledger.heartbeat(self.db, self.ident, at=iso(datetime.now(UTC)))
+
+    def confirmations(self, now: datetime) -> list[Source]:
+        """Double opt-in confirmation emails (no advertising), sent through the ledger like everything else."""
+        lists = records.list_specs(self.db)
+        content = {
+            "subject": CONFIRMATION_SUBJECT, "preheader": "", "mjml": CONFIRMATION_MJML, "text_part": None,
+            "sender": json.loads(get_meta(self.db, "settings.default_sender") or "null")
+            or {"from": "reconciler <noreply@localhost>"},
+            "transport": get_meta(self.db, "settings.default_transport") or "outbox",
+            "tracking": {"opens": False, "clicks": False}, "utm": None,
+            "organization": json.loads(get_meta(self.db, "settings.organization") or "{}"), "stages": [],
+        }  # fmt: skip
+        return [
+            Source("workflow", CONFIRMATION_SOURCE, stage, content, (stage.split(":", 1)[0],), due, requires="pending")
+            for stage, due in ledger.due_confirmations(self.db, now=iso(now))
+            if stage.split(":", 1)[0] in lists
+        ]
 
     def recover(self, now: datetime) -> int:
         """Settle rows another process left `sending` when it died: uncertain, or queued again to resend."""
@@ -426,7 +456,7 @@ class Dispatcher:
             "lists": {name: lists.get(name, {}) for name in source.lists},
             "public_url": get_meta(self.db, "settings.public_url") or "http://localhost:8025",
             "signer": signer_for(self.db), "instance": instance_id(self.db), "field_types": fields,
-            "dkim": dkim_key(config),
+            "dkim": dkim_key(config), "kind": source.kind, "bulk": source.kind == "campaign",
         }  # fmt: skip
 
     def render_pool(self, due: int) -> concurrent.futures.ProcessPoolExecutor | None:
@@ -451,7 +481,7 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         categories = records.list_categories(self.db)
         blocking = blocking_for(categories, source.lists)
-        marketing = blocking == MARKETING_BLOCKING
+        marketing = blocking == MARKETING_BLOCKING and source.kind == "campaign"  # not a confirmation request
         retry_for = SmtpTransport.model_validate({"type": "smtp", "host": "x", **config}).retry_for \
             if config.get("type") == "smtp" else timedelta(days=3)  # fmt: skip
         holds = _Holds(self.db, marketing=marketing, default_zone=get_meta(self.db, "settings.timezone") or "UTC")
@@ -588,10 +618,11 @@ class _Holds:
         cap = json.loads(get_meta(db, "settings.frequency_cap") or "null")
         self.quiet = QuietHours.model_validate(quiet) if quiet and marketing else None
         self.cap = FrequencyCap.model_validate(cap) if cap and marketing else None
+        self.marketing = marketing
         self.default_zone = default_zone
 
     def check(self, rows: list[dict[str, Any]], *, now: datetime) -> set[int]:
-        if self.quiet is None and self.cap is None:
+        if self.quiet is None and self.cap is None and not (self.marketing and any(r.get("frequency") for r in rows)):
             return set()
         postponed: list[tuple[int, str, str]] = []
         for row in rows:
@@ -602,6 +633,12 @@ class _Holds:
                 if len(recent) >= self.cap.max:
                     until = datetime.fromisoformat(recent[len(recent) - self.cap.max]) + self.cap.per
                     why = f"frequency cap: at most {self.cap.max} marketing message(s) per {ago(self.cap.per)}"
+            chosen = FREQUENCIES.get(row.get("frequency") or "") if self.marketing else None
+            if until is None and chosen is not None:
+                recent = ledger.recent_sends(self.db, row["contact_id"], since=iso(now - chosen))
+                if recent:
+                    until = datetime.fromisoformat(recent[-1]) + chosen
+                    why = f"the contact chose at most one email a {row['frequency'].removesuffix('ly')}"
             if until is not None:
                 postponed.append((int(row["id"]), iso(until), f"postponed: {why}"))
         if postponed:

@@ -37,6 +37,8 @@ class Source:
     content: dict[str, Any]
     lists: tuple[str, ...]
     due: int
+    requires: str = "subscribed"
+    """The subscription a recipient must still have at claim time (`pending` for a double opt-in confirmation)."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,21 @@ def due_sources(db: Database, *, now: str) -> list[Source]:
     return sources
 
 
+def due_confirmations(db: Database, *, now: str) -> list[tuple[str, int]]:
+    """Double opt-in confirmation emails waiting, by stage ('<list>:<n>')."""
+    return [
+        (str(stage), int(count))
+        for stage, count in db.conn.execute(
+            "SELECT stage, count(*) FROM ledger WHERE source_kind = 'workflow' AND source = 'double-opt-in' "
+            "AND state IN ('queued', 'deferred') AND coalesce(next_attempt_at, due_at) <= ? GROUP BY stage",
+            (now,),
+        )
+    ]
+
+
 _CONTACT_COLUMNS = (
-    "c.email, c.email_hash, c.first_name, c.last_name, c.timezone, c.locale, c.country, c.tags, c.fields, c.created_at"
+    "c.email, c.email_hash, c.first_name, c.last_name, c.timezone, c.locale, c.country, c.tags, c.fields, "
+    "c.created_at, c.frequency"
 )
 
 
@@ -214,10 +229,10 @@ def claim(
                 return "paused"
         row = db.conn.execute(
             "SELECT l.state, l.contact_id, p.reason, EXISTS (SELECT 1 FROM subscriptions s WHERE "
-            "s.contact_id = l.contact_id AND s.status = 'subscribed' AND s.list IN (SELECT value FROM json_each(?))) "
+            "s.contact_id = l.contact_id AND s.status = ? AND s.list IN (SELECT value FROM json_each(?))) "
             "FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id "
             "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE l.id = ?",
-            (json.dumps(source.lists), row_id),
+            (source.requires, json.dumps(source.lists), row_id),
         ).fetchone()
         if row is None or row[0] not in ("queued", "deferred"):
             return "taken"
@@ -227,6 +242,8 @@ def claim(
             why = "the contact was erased before sending"
         elif suppressed in blocking:
             why = f"not sent: the address is suppressed ({suppressed}) since the campaign started"
+        elif not subscribed and source.requires == "pending":
+            why = "not sent: the subscription is no longer waiting for confirmation"
         elif not subscribed:
             why = "not sent: the contact unsubscribed from the campaign's lists before their message went out"
         if why:

@@ -250,6 +250,24 @@ def _dispatch(db: Database) -> None:
     )
 
 
+@migrations(name="0005_subscriber_service")
+def _subscriber_service(db: Database) -> None:
+    """The web service: a contact's frequency choice, and provider webhook events seen (redeliveries change nothing)."""
+    _run_script(
+        db,
+        """
+        ALTER TABLE contacts ADD COLUMN frequency TEXT;          -- NULL: every message; weekly | monthly
+        CREATE TABLE webhook_events (
+            provider TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (provider, event_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX engagement_by_source ON engagement(source_kind, source, action);
+        """,
+    )
+
+
 def _run_script(db: Database, script: str) -> None:
     """Statement by statement: `executescript` would commit the migration's transaction half-way."""
     statement = ""
