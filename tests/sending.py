@@ -33,7 +33,8 @@ TEMPLATE = """\
 """
 
 
-def workspace(root: Path, port: int, *, connections: int = 4, extra_transport: str = "", campaign: str = "") -> Path:
+def workspace(root: Path, port: int, *, connections: int = 4, campaign: str = "",
+              public_url: str = "https://mail.example.com") -> Path:  # fmt: skip
     files = {
         "spec/settings.yaml": f"""
             kind: Settings
@@ -42,7 +43,7 @@ def workspace(root: Path, port: int, *, connections: int = 4, extra_transport: s
               name: Test Shop
               postal_address: "Test Shop, 1 Main Street, 00-001 Warsaw, Poland"
               website: https://shop.example.com
-            public_url: https://mail.example.com
+            public_url: {public_url}
             senders:
               news: {{from: "Test Shop <news@example.com>", reply_to: "help@example.com"}}
             transports:
@@ -53,13 +54,19 @@ def workspace(root: Path, port: int, *, connections: int = 4, extra_transport: s
                 security: none
                 max_connections: {connections}
                 timeout: 10
-            {textwrap.indent(extra_transport, "    ").strip()}
             defaults: {{sender: news, transport: sink}}
             """,
         "spec/lists.yaml": """
             kind: List
             name: news
             title: News and offers
+            description: What is new in the shop.
+            ---
+            kind: List
+            name: offers
+            title: Offers
+            description: Sales and discounts, twice a month at most.
+            opt_in: double
             ---
             kind: List
             name: receipts

@@ -25,7 +25,7 @@ from reconciler.apply import observe_for, plan_and_apply
 from reconciler.check import check
 from reconciler.clock import Clock, FixedClock, SystemClock, iso, parse_instant
 from reconciler.contacts import BATCH_ROWS, import_file, normalise_email
-from reconciler.daemon import reconcile_once
+from reconciler.daemon import WebOptions, reconcile_once
 from reconciler.daemon import run as run_daemon
 from reconciler.dispatch import Composer, Dispatcher, DispatchReport, Progress, instance_id, signer_for
 from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError, did_you_mean
@@ -319,13 +319,28 @@ def status(ctx: click.Context, fmt: str) -> None:
 @main.command()
 @click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between full passes when no file changes.")  # fmt: skip
+@click.option(
+    "--host",
+    default=lambda: os.environ.get("RECONCILER_HOST", "127.0.0.1"),
+    show_default="127.0.0.1",
+    help="Address the web service listens on (RECONCILER_HOST); 0.0.0.0 for every interface.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=lambda: int(os.environ.get("RECONCILER_PORT", "8025")),
+    show_default="8025",
+    help="Port of the web service (RECONCILER_PORT).",
+)
 @click.pass_context
-def run(ctx: click.Context, interval: float) -> None:
-    """The daemon: watch the workspace, apply every good revision, start campaigns when they are due and send."""
+def run(ctx: click.Context, interval: float, host: str, port: int) -> None:
+    """The daemon: watch the workspace, apply every good revision, start campaigns when they are due, send, and
+    serve the unsubscribe and preference pages, tracking and the API on HOST:PORT."""
     root = _root(ctx)
     db = _db(ctx, root)
-    sender = _db(ctx, root)  # a connection of its own: sending runs beside the reconcile loop
-    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval, dispatch_db=sender))
+    sender = _db(ctx, root)  # connections of their own: sending and the web service run beside the reconcile loop
+    web = WebOptions(_db(ctx, root), host=host, port=port)
+    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web))
 
 
 # --- contacts -----------------------------------------------------------------------------------------------------

@@ -11,14 +11,17 @@ edit that pauses a campaign is applied while it sends, and the dispatcher's next
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import uvicorn
 from sqlite_utils import Database
 from watchfiles import Change, awatch
 
@@ -31,6 +34,8 @@ from reconciler.load import YAML_FOLDERS, git_commit, load_workspace
 from reconciler.plan import Plan
 from reconciler.state import campaigns, ledger
 from reconciler.state.db import get_meta, set_meta, write
+from reconciler.web import create_app
+from reconciler.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WATCHED = (*YAML_FOLDERS, "templates")
@@ -92,11 +97,28 @@ def _relevant(change: Change, path: str) -> bool:
     return path.endswith((".yaml", ".yml", ".mjml", ".txt"))
 
 
+@dataclass(frozen=True)
+class WebOptions:
+    """Where the web service listens, and its own connection to the state database."""
+
+    db: Database
+    host: str = "127.0.0.1"
+    port: int = 8025
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the daemon's event loop: the daemon owns SIGTERM and SIGINT, and stops the server itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
-              dispatch_db: Database | None = None) -> None:  # fmt: skip
+              dispatch_db: Database | None = None, web: WebOptions | None = None) -> None:  # fmt: skip
     """Watch the workspace and reconcile on every change, and at least every `interval` seconds; send what is due
-    (with `dispatch_db`, a second connection to the same file); on SIGTERM let messages on the wire finish, start
-    no new ones, and stop."""
+    (with `dispatch_db`, a second connection to the same file); serve the web service (with `web`); on SIGTERM let
+    messages on the wire finish, start no new ones, and stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -105,7 +127,15 @@ async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
     wake = asyncio.Event()
     watcher = asyncio.create_task(_watch(root, changed, stop))
     dispatcher = Dispatcher(dispatch_db, root=root, clock=clock, stop=stop) if dispatch_db is not None else None
-    sender = asyncio.create_task(_send_loop(dispatcher, wake, stop, interval)) if dispatcher else None
+    metrics = Metrics(web.db) if web else None
+    sender = asyncio.create_task(_send_loop(dispatcher, wake, stop, interval, metrics)) if dispatcher else None
+    server = None
+    if web is not None:
+        app = create_app(web.db, clock=clock, root=root, metrics=metrics)
+        server = _EmbeddedServer(uvicorn.Config(app, host=web.host, port=web.port, log_level="warning",
+                                                lifespan="on", access_log=False))  # fmt: skip
+        serving = asyncio.create_task(server.serve())
+        log.info("reconciler: serving http://%s:%d", web.host, web.port)
     last_logged: str | None = None
     checked: dict[str, list[Problem]] = {}
     log.info("reconciler: watching %s (a full pass at least every %ss)", root, f"{interval:g}")
@@ -124,6 +154,9 @@ async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
         watcher.cancel()
         if sender is not None:
             await sender  # in-flight SMTP transactions finish; nothing new starts
+        if server is not None:
+            server.should_exit = True
+            await serving
         if dispatcher is not None:
             await dispatcher.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,12 +164,16 @@ async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
         log.info("reconciler: stopped")
 
 
-async def _send_loop(dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event, interval: float) -> None:
+async def _send_loop(dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event, interval: float,
+                     metrics: Metrics | None = None) -> None:  # fmt: skip
     """Dispatch passes: after every reconcile pass, when a retry or a local send time comes due, and every interval."""
     while not stop.is_set():
         wake.clear()
         try:
+            started = time.monotonic()
             report = await dispatcher.run_pass()
+            if metrics is not None:
+                metrics.pass_seconds.observe(time.monotonic() - started)
             _log_dispatch(report)
         except Exception:  # a failing SMTP server or a bad row never ends the daemon
             log.exception("dispatch pass failed; trying again in %ss", f"{interval:g}")

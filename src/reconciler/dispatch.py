@@ -52,7 +52,8 @@ from reconciler.transports import Delivery, Transport, make_transport
 log = logging.getLogger(__name__)
 PAGE = 500
 CONFIRMATION_SUBJECT = "Please confirm your subscription to {{ list.title }}"
-CONFIRMATION_MJML = """<mjml><mj-body><mj-section><mj-column>
+CONFIRMATION_MJML = """<mjml><mj-head><mj-attributes><mj-all font-family="Helvetica, Arial, sans-serif" />
+</mj-attributes></mj-head><mj-body><mj-section><mj-column>
 <mj-text font-size="20px">Please confirm your subscription</mj-text>
 <mj-text>You, or someone using your address, asked to receive {{ list.title }} from {{ organization.name }}.
 To confirm, open the link below and press the button. If it was not you, ignore this email: nothing happens.</mj-text>
@@ -161,7 +162,8 @@ class Composer:
         kind: str = "campaign",
         bulk: bool = True,
     ) -> None:
-        message = content if not stage else next(s for s in content["stages"] if s["name"] == stage)
+        message = content if kind != "campaign" or not stage else next(s for s in content["stages"]
+                                                                       if s["name"] == stage)  # fmt: skip
         tracking = content.get("tracking") or {}
         utm = content.get("utm") or {}
         website = (content.get("organization") or {}).get("website")
@@ -364,7 +366,8 @@ class Dispatcher:
                 try:
                     report.sources.append(await self.send_source(source, now=now))
                 except DispatchConfigError as exc:
-                    log.error("Campaign %s: %s", source.name, exc)
+                    log.error("%s %s: %s", "Campaign" if source.kind == "campaign" else "Confirmation", source.name,
+                              exc)  # fmt: skip
             report.finished = self.finish(now)
         finally:
             beat.cancel()
@@ -392,6 +395,24 @@ class Dispatcher:
             for stage, due in ledger.due_confirmations(self.db, now=iso(now))
             if stage.split(":", 1)[0] in lists
         ]
+
+    def view_online(self, row_id: int) -> str | None:
+        """A sent message's HTML as its recipient got it (the "view in your browser" link)."""
+        found = ledger.row_for_view(self.db, row_id)
+        if found is None:
+            return None
+        row, content, lists = found
+        source = Source("campaign", row["source"], row["stage"], content, lists, 1)
+        args = self.composer_args(source, {})
+        message = compose_batch(f"view/{source.name}/{source.stage}", args, [row], self.clock.now())[0]
+        if not isinstance(message, Message):
+            return None
+        import email
+        import email.policy
+
+        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+        body = parsed.get_body(("html",)) if isinstance(parsed, email.message.EmailMessage) else None
+        return str(body.get_content()) if body is not None else None
 
     def recover(self, now: datetime) -> int:
         """Settle rows another process left `sending` when it died: uncertain, or queued again to resend."""
@@ -477,6 +498,10 @@ class Dispatcher:
         args = self.composer_args(source, config)
         envelope_from = _addr(source.content["sender"]["from"])
         key = f"{source.name}/{source.stage}/{id(self)}"
+        try:  # prepare the definition here first: a message that cannot be built waits, its rows untouched
+            compose_batch(key, args, [], self.clock.now())
+        except Exception as exc:
+            raise DispatchConfigError(f"cannot prepare the message: {exc}") from exc
         pool = self.render_pool(source.due)
         loop = asyncio.get_running_loop()
         categories = records.list_categories(self.db)

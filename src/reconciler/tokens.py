@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
-Purpose = Literal["unsubscribe", "preferences", "open", "click", "view", "confirm"]
+Purpose = Literal["unsubscribe", "preferences", "open", "click", "view", "confirm", "csrf"]
 _SIGNATURE_BYTES = 12
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 

@@ -182,6 +182,20 @@ def contact_row(db: Database, email: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def row_for_view(db: Database, row_id: int) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]] | None:
+    """A campaign's ledger row with its contact, the campaign's stored content and lists (to render it again)."""
+    rows = list(db.query(
+        f"SELECT l.id, l.contact_id, l.attempts, l.message_id, l.first_attempt_at, l.source, l.stage, "
+        f"{_CONTACT_COLUMNS}, m.content, m.spec FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        "JOIN campaigns m ON l.source_kind = 'campaign' AND m.name = l.source WHERE l.id = ?",
+        (row_id,),
+    ))  # fmt: skip
+    if not rows:
+        return None
+    row = rows[0]
+    return row, json.loads(row.pop("content")), tuple(json.loads(row.pop("spec"))["audience"]["lists"])
+
+
 def recent_sends(db: Database, contact_id: int, *, since: str) -> list[str]:
     """When marketing messages went to a contact since `since` (for the frequency cap), oldest first."""
     return [

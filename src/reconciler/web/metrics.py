@@ -1,0 +1,74 @@
+"""`GET /metrics` in Prometheus' format: messages by outcome, the queue, dispatch passes, HTTP requests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlite_utils import Database
+
+from reconciler.state.subscribers import sending_counts
+
+App = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+               Awaitable[None]]  # fmt: skip
+
+
+class _LedgerCollector:
+    """Read at scrape time from the ledger: nothing to keep in step."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = sending_counts(self.db)
+        messages = GaugeMetricFamily("reconciler_messages", "Ledger rows by state", labels=["state"])
+        for state in ("queued", "sending", "sent", "deferred", "uncertain", "failed", "skipped"):
+            messages.add_metric([state], counts.get(state, 0))
+        yield messages
+        yield GaugeMetricFamily("reconciler_queue_depth", "Messages waiting to be sent (queued or deferred)",
+                                value=counts.get("queued", 0) + counts.get("deferred", 0))  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, db: Database) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_LedgerCollector(db))
+        self.requests = Counter("reconciler_http_requests", "HTTP requests", ["route", "method", "status"],
+                                registry=self.registry)  # fmt: skip
+        self.pass_seconds = Histogram("reconciler_dispatch_pass_seconds", "Duration of a dispatch pass",
+                                      registry=self.registry,
+                                      buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800))  # fmt: skip
+        self.request_seconds = Histogram("reconciler_http_request_seconds", "HTTP request duration", ["route"],
+                                         registry=self.registry)  # fmt: skip
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def middleware(self, app: App) -> App:
+        """Counts every request by route template (never by token) and status."""
+
+        async def counted(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = {"code": 500}
+
+            async def watch(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, watch)
+            finally:
+                route = scope.get("route")
+                path = getattr(route, "path", "other")
+                self.requests.labels(path, scope.get("method", ""), str(status["code"])).inc()
+                self.request_seconds.labels(path).observe(time.perf_counter() - started)
+
+        return counted

@@ -1,0 +1,42 @@
+"""The real app under uvicorn on loopback, in a thread of the test process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from reconciler.clock import SystemClock
+from reconciler.state import open_db
+from reconciler.web import create_app
+from smtp_sink import free_port
+
+
+class WebServer:
+    """`with WebServer(root) as base:` serves the workspace's state database at `base` (http://127.0.0.1:PORT)."""
+
+    def __init__(self, root: Path, *, port: int | None = None, fetch: Callable[[str], bytes] | None = None) -> None:
+        self.db = open_db(root / ".state/reconciler.db")
+        options = {"fetch": fetch} if fetch else {}
+        self.app = create_app(self.db, clock=SystemClock(), root=root, **options)  # type: ignore[arg-type]
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on", access_log=False))  # fmt: skip
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.db.conn.close()
