@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 ## bench: every benchmark in bench/, printing figures against baselines measured in the same run
 bench: $(STAMP)
-	bench/install-smtp-sink.sh
+	bench/install-tools.sh
 	$(BIN)/python bench/run.py
 
 clean:
