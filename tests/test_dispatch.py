@@ -429,3 +429,23 @@ def test_starttls_checks_the_certificate_and_logs_in_with_the_password_from_the_
         assert result.returncode == 0, result.stderr
     assert ledger(root) == Counter(sent=3) and len(sink.messages) == 3
     assert set(logins) == {("mailer", "s3cret")}
+
+
+def test_a_contact_who_chose_weekly_gets_at_most_one_marketing_email_a_week(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        import_contacts(root, 2)
+        tick(root)
+        with sqlite3.connect(root / ".state/reconciler.db") as db:  # as the preference page records it
+            db.execute("UPDATE contacts SET frequency = 'weekly' WHERE email = 'person0@example.net'")
+        second = root / "campaigns/second.yaml"
+        second.write_text((root / "campaigns/hello.yaml").read_text().replace("name: hello", "name: second"))
+        tick(root, LATER)
+        assert sorted(r for r, _ in sink.messages) == ["person0@example.net", "person1@example.net",
+                                                      "person1@example.net"]  # fmt: skip
+        reply = query(root, "SELECT l.last_reply FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+                            "WHERE c.email = 'person0@example.net' AND l.source = 'second'")  # fmt: skip
+        assert reply == [("postponed: the contact chose at most one email a week",)]
+        tick(root, "2026-12-01T10:00:01Z")
+    assert len(sink.messages) == 4
