@@ -356,3 +356,18 @@ def test_api_contacts_events_health_and_metrics(site: tuple[Path, Sink, str, int
     (fields,) = query(root, "SELECT fields FROM contacts WHERE email = 'api.user@example.org'")[0]
     assert json.loads(str(fields)) == {"city": "Gdańsk"}
     assert ledger(root)["sent"] == 20 and NOW
+
+
+def test_view_online_shows_the_message_as_its_recipient_got_it(site: tuple[Path, Sink, str, int]) -> None:
+    from reconciler.tokens import Signer
+
+    root, _sink, base, port = site
+    (key,) = query(root, "SELECT value FROM meta WHERE key = 'signing_key'")[0]
+    (row_id,) = query(root, "SELECT l.id FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+                            "WHERE c.email = 'person7@example.net'")[0]  # fmt: skip
+    url = f"{base}/v/{Signer(str(key).encode()).sign('view', int(str(row_id)))}"
+    with WebServer(root, port=port), httpx.Client() as client:
+        page = client.get(url)
+        assert page.status_code == 200 and "Hello Pat7" in page.text and "Łódź" in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert client.get(url[:-2]).status_code == 404

@@ -146,7 +146,7 @@ def create_app(
         assert signer is not None
         specs = {n: s for n, s in records.list_specs(db).items() if s.get("visibility", "public") == "public"}
         if request.method == "POST":
-            if not _same_origin(request):
+            if not _same_origin(request, current().public_url):
                 return PlainTextResponse("forms are accepted from this site only\n", 403)
             form = await request.form()
             if not csrf_valid(signer, str(form.get("csrf", "")), contact_id):
@@ -233,7 +233,12 @@ def create_app(
     async def view(request: Request) -> Response:
         row_id = verified("view", request.path_params["token"])
         html = viewer.view_online(row_id) if row_id is not None else None
-        return HTMLResponse(html) if html is not None else invalid()
+        if html is None:
+            return invalid()
+        # the newsletter's own images and fonts load from the web; nothing may run or frame it
+        policy = ("default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline' https:; font-src https:; "
+                  "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
+        return HTMLResponse(html, headers={"content-security-policy": policy})
 
     # --- API ---------------------------------------------------------------------------------------------------
 
@@ -381,13 +386,14 @@ def create_app(
     return app
 
 
-def _same_origin(request: Request) -> bool:
-    """A browser's Origin (or Referer) header must name this host when it sends one: a page elsewhere cannot post
-    our forms (with the CSRF field, the second guard)."""
+def _same_origin(request: Request, public_url: str) -> bool:
+    """A browser's Origin (or Referer) header must name our public host (or the Host a proxy passed on) when it
+    sends one: a page elsewhere cannot post our forms (with the CSRF field, the second guard)."""
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin or origin == "null":
         return True
-    return urlsplit(origin).netloc == request.headers.get("host", urlsplit(str(request.url)).netloc)
+    ours = {urlsplit(public_url).netloc, request.headers.get("host", ""), urlsplit(str(request.url)).netloc}
+    return urlsplit(origin).netloc in ours - {""}
 
 
 def _too_many(wait: int) -> Response:
