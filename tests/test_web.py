@@ -70,6 +70,8 @@ def test_one_click_unsubscribe_from_a_received_message(site: tuple[Path, Sink, s
             assert answer.status_code == 404 and answer.text == client.get(f"{base}/u/nothing").text
         assert subscriptions(root, rcpt) == {"news": "subscribed", "offers": "subscribed"}
 
+        assert client.post(url, data={"something": "else"}).status_code == 400  # not RFC 8058's body: no change
+        assert subscriptions(root, rcpt) == {"news": "subscribed", "offers": "subscribed"}
         done = client.post(url, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
         assert done.status_code == 200 and "You are unsubscribed" in done.text
         assert done.headers["referrer-policy"] == "no-referrer" and done.headers["cache-control"] == "no-store"

@@ -129,9 +129,10 @@ def create_app(
         if request.method == "GET":  # link scanners fetch every URL: a GET never changes anything
             return page("unsubscribe.html", done=False, **values)
         form = await request.form()
-        one_click = form.get("List-Unsubscribe") == "One-Click"
-        subscribers.unsubscribe(db, target, at=now(), source="one-click" if one_click else "unsubscribe page",
-                                ip=ip(request))  # fmt: skip
+        if form.get("List-Unsubscribe") != "One-Click":  # RFC 8058's body, which the page's button sends too
+            return PlainTextResponse("expected List-Unsubscribe=One-Click\n", 400)
+        source = "unsubscribe page" if "text/html" in request.headers.get("accept", "") else "one-click"
+        subscribers.unsubscribe(db, target, at=now(), source=source, ip=ip(request))
         return page("unsubscribe.html", done=True, **values)
 
     # --- preferences -------------------------------------------------------------------------------------------
