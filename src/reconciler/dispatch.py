@@ -108,6 +108,9 @@ def signer_for(db: Database) -> Signer:
     variable = get_meta(db, "settings.signing_key_env") or "RECONCILER_SECRET"
     if os.environ.get(variable):
         return Signer.from_env(variable)
+    fallback = get_meta(db, "signing_key")  # read first: the write lock only when the key must be made
+    if fallback:
+        return Signer.from_env(variable, fallback=fallback)
     with write(db):
         fallback = get_meta(db, "signing_key")
         if not fallback:
@@ -120,6 +123,9 @@ def signer_for(db: Database) -> Signer:
 
 def instance_id(db: Database) -> str:
     """A random id of this state database, so Message-IDs from two workspaces never collide."""
+    value = get_meta(db, "instance_id")
+    if value:
+        return value
     with write(db):
         value = get_meta(db, "instance_id")
         if not value:
