@@ -449,3 +449,28 @@ def test_a_contact_who_chose_weekly_gets_at_most_one_marketing_email_a_week(tmp_
         assert reply == [("postponed: the contact chose at most one email a week",)]
         tick(root, "2026-12-01T10:00:01Z")
     assert len(sink.messages) == 4
+
+
+def test_dispatch_in_process_with_the_memory_transport(tmp_path: Path) -> None:
+    """Without sockets: scripted replies decide each row's outcome."""
+    import asyncio
+
+    from reconciler.clock import FixedClock, parse_instant
+    from reconciler.daemon import reconcile_once
+    from reconciler.dispatch import Dispatcher
+    from reconciler.state import open_db
+    from reconciler.transports import Delivery, MemoryTransport
+
+    root = workspace(tmp_path, 1)
+    import_contacts(root, 4)
+    replies = {"person1@example.net": Delivery("bounced", "550 5.1.1 no such user", 550, "5.1.1"),
+               "person2@example.net": Delivery("uncertain", "connection lost after the message was sent")}  # fmt: skip
+    memory = MemoryTransport(reply=lambda rcpt, data: replies.get(rcpt, Delivery("sent", "250 ok", 250)))
+    clock = FixedClock(parse_instant(NOW))
+    db = open_db(root / ".state/reconciler.db")
+    assert reconcile_once(root, db, now=clock.now()).started == ["hello"]
+    report = asyncio.run(Dispatcher(db, root=root, clock=clock, transports={"sink": memory}).run_pass())
+    db.conn.close()
+    assert sorted(r for _, r, _ in memory.messages) == ["person0@example.net", "person3@example.net"]
+    assert report.sources[0].outcomes == {"sent": 2, "failed": 1, "uncertain": 1}
+    assert ledger(root) == Counter(sent=2, failed=1, uncertain=1)

@@ -7,9 +7,6 @@ Exit codes (PRODUCT §3): 0 success, 1 the spec or plan has errors, 2 usage erro
 from __future__ import annotations
 
 import asyncio
-import email
-import email.message
-import email.policy
 import json
 import logging
 import os
@@ -379,19 +376,17 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
         public_url=settings.public_url, signer=signer_for(db) if db is not None else Signer(b"preview"),
         instance=instance_id(db) if db is not None else "preview",
     )  # fmt: skip
-    message = composer.compose(row, now=SystemClock().now())
     if output is not None and output.suffix.lower() == ".eml":
+        message = composer.compose(row, now=SystemClock().now())
         output.write_bytes(message.data)
-    else:
-        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
-        body = parsed.get_body(("html",)) if isinstance(parsed, email.message.EmailMessage) else None
-        page = body.get_content() if body is not None else ""
-        if output is not None:
-            output.write_text(page, encoding="utf-8")
-        else:
-            click.echo(page)
-    if output is not None:
         click.echo(f"Wrote {output} ({len(message.data) / 1024:.1f} KB message)", err=True)
+        return
+    page = composer.render(row).html
+    if output is None:
+        click.echo(page)
+        return
+    output.write_text(page, encoding="utf-8")
+    click.echo(f"Wrote {output} ({len(page.encode()) / 1024:.1f} KB of HTML)", err=True)
 
 
 def _render_content(desired: DesiredState, target: str) -> tuple[dict[str, Any], list[str], str, bool]:

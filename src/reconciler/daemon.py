@@ -20,8 +20,8 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from sqlite_utils import Database
 from watchfiles import Change, awatch
 
@@ -34,8 +34,9 @@ from reconciler.load import YAML_FOLDERS, git_commit, load_workspace
 from reconciler.plan import Plan
 from reconciler.state import campaigns, ledger
 from reconciler.state.db import get_meta, set_meta, write
-from reconciler.web import create_app
-from reconciler.web.metrics import Metrics
+
+if TYPE_CHECKING:
+    from reconciler.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WATCHED = (*YAML_FOLDERS, "templates")
@@ -106,12 +107,21 @@ class WebOptions:
     port: int = 8025
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside the daemon's event loop: the daemon owns SIGTERM and SIGINT, and stops the server itself."""
+def _web_server(web: WebOptions, *, clock: Clock, root: Path, metrics: Metrics) -> Any:
+    """uvicorn inside the daemon's event loop: the daemon owns SIGTERM and SIGINT and stops the server itself.
+    Imported here, not at the top: `validate` and `plan` start without the web stack."""
+    import uvicorn
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    from reconciler.web import create_app
+
+    class EmbeddedServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    app = create_app(web.db, clock=clock, root=root, metrics=metrics)
+    return EmbeddedServer(uvicorn.Config(app, host=web.host, port=web.port, log_level="warning", lifespan="on",
+                                         access_log=False))  # fmt: skip
 
 
 async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
@@ -127,13 +137,15 @@ async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
     wake = asyncio.Event()
     watcher = asyncio.create_task(_watch(root, changed, stop))
     dispatcher = Dispatcher(dispatch_db, root=root, clock=clock, stop=stop) if dispatch_db is not None else None
-    metrics = Metrics(web.db) if web else None
+    metrics = None
+    if web is not None:
+        from reconciler.web.metrics import Metrics
+
+        metrics = Metrics(web.db)
     sender = asyncio.create_task(_send_loop(dispatcher, wake, stop, interval, metrics)) if dispatcher else None
     server = None
-    if web is not None:
-        app = create_app(web.db, clock=clock, root=root, metrics=metrics)
-        server = _EmbeddedServer(uvicorn.Config(app, host=web.host, port=web.port, log_level="warning",
-                                                lifespan="on", access_log=False))  # fmt: skip
+    if web is not None and metrics is not None:
+        server = _web_server(web, clock=clock, root=root, metrics=metrics)
         serving = asyncio.create_task(server.serve())
         log.info("reconciler: serving http://%s:%d", web.host, web.port)
     last_logged: str | None = None

@@ -31,21 +31,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 from sqlite_utils import Database
 
 from reconciler.clock import Clock, iso
-from reconciler.mime import DkimKey, HeaderValueError, QpEncoder, Skeleton, address_domain, mailbox, qp
+from reconciler.mime import DkimKey, HeaderValueError, QpEncoder, Skeleton, addr_spec, address_domain, mailbox, qp
 from reconciler.plan.content import ago
 from reconciler.segments import MARKETING_BLOCKING, blocking_for
-from reconciler.spec.documents import BUILTIN_FIELDS, FrequencyCap, QuietHours, SmtpTransport
+from reconciler.spec.documents import BUILTIN_FIELDS, FrequencyCap, QuietHours
 from reconciler.state import ledger, records
+from reconciler.state.contacts import BUILTIN_COLUMNS
 from reconciler.state.db import get_meta, set_meta, write
 from reconciler.state.ledger import Outcome, Source
 from reconciler.state.subscribers import CONFIRMATION_SOURCE
-from reconciler.templates import MessageTemplate, StrictFields, prepare_message
+from reconciler.templates import MessageTemplate, RenderedMessage, StrictFields, prepare_message
 from reconciler.tokens import Signer, base36, new_key
 from reconciler.transports import Delivery, Transport, make_transport
 
@@ -173,8 +174,6 @@ class Composer:
         tracking = content.get("tracking") or {}
         utm = content.get("utm") or {}
         website = (content.get("organization") or {}).get("website")
-        from urllib.parse import urlsplit
-
         self.template: MessageTemplate = prepare_message(
             message["mjml"], subject=message["subject"], preheader=message.get("preheader") or "",
             text_part=message.get("text_part"), opens=bool(tracking.get("opens")),
@@ -182,11 +181,11 @@ class Composer:
             utm_hosts=(urlsplit(website).hostname or "",) if website else (),
         )  # fmt: skip
         sender = content["sender"]
-        self.reply_address = _addr(sender.get("reply_to") or sender["from"])
+        self.reply_address = addr_spec(sender.get("reply_to") or sender["from"])
         self.domain = address_domain(sender["from"])
         first = next(iter(lists), "")
         self.list = StrictFields({"name": first, "title": (lists.get(first) or {}).get("title", "")})
-        host = public_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        host = urlsplit(public_url).hostname or "localhost"
         self.skeleton = Skeleton(
             from_=sender["from"], reply_to=sender.get("reply_to"),
             list_id=(str(self.list["title"]), f"{first}.{host}") if first else None,
@@ -201,14 +200,14 @@ class Composer:
         self.known_fields = frozenset(BUILTIN_FIELDS) | frozenset(field_types)
         self.dkim = dkim
         self.encoder = QpEncoder()
+        self.confirms = "confirm_url" in message["mjml"]
+        """Only a double opt-in confirmation has a confirm link: other messages skip signing one."""
 
     def message_id(self, row_id: int) -> str:
         return f"<{base36(row_id)}.{self.instance}.r@{self.domain}>"
 
     def contact(self, row: Mapping[str, Any]) -> StrictFields:
-        values: dict[str, Any] = {k: row.get(k) for k in ("email", "first_name", "last_name", "timezone", "locale",
-                                                           "country")}  # fmt: skip
-        values = {k: v for k, v in values.items() if v is not None}
+        values: dict[str, Any] = {k: row[k] for k in ("email", *BUILTIN_COLUMNS) if row.get(k) is not None}
         values["tags"] = json.loads(row.get("tags") or "[]")
         if row.get("created_at"):
             values["created_at"] = datetime.fromisoformat(row["created_at"])
@@ -220,21 +219,21 @@ class Composer:
             values[name] = value
         return StrictFields(values, known=self.known_fields)
 
-    def compose(self, row: Mapping[str, Any], *, now: datetime) -> Message:
-        """One recipient's message; raises HeaderValueError or a Jinja error for data that cannot be sent."""
+    def render(self, row: Mapping[str, Any], *, unsubscribe_token: str | None = None) -> RenderedMessage:
+        """One recipient's subject, HTML and text, with every link signed for their ledger row."""
         row_id = int(row["id"])
         base, sign = self.public_url, self.signer.sign
-        unsubscribe = f"{base}/u/{sign('unsubscribe', row_id)}"
         context = {
             "contact": self.contact(row),
             "organization": self.organization,
             "campaign": self.campaign,
             "list": self.list,
-            "unsubscribe_url": unsubscribe,
+            "unsubscribe_url": f"{base}/u/{unsubscribe_token or sign('unsubscribe', row_id)}",
             "preferences_url": f"{base}/p/{sign('preferences', int(row['contact_id']))}",
             "view_online_url": f"{base}/v/{sign('view', row_id)}",
-            "confirm_url": f"{base}/confirm/{sign('confirm', row_id)}",
         }
+        if self.confirms:
+            context["confirm_url"] = f"{base}/confirm/{sign('confirm', row_id)}"
         click = None
         if self.template.tracks_clicks:
 
@@ -244,13 +243,19 @@ class Composer:
                 return f"{base}/c/{sign('click', row_id, url)}?u={quote(url, safe='')}"
 
         pixel = f"{base}/o/{sign('open', row_id)}.gif" if self.template.tracks_opens else ""
-        rendered = self.template.render(context, click_url=click, pixel_url=pixel)
+        return self.template.render(context, click_url=click, pixel_url=pixel)
+
+    def compose(self, row: Mapping[str, Any], *, now: datetime) -> Message:
+        """One recipient's message; raises HeaderValueError or a Jinja error for data that cannot be sent."""
+        row_id = int(row["id"])
+        token = self.signer.sign("unsubscribe", row_id)
+        rendered = self.render(row, unsubscribe_token=token)
         name = " ".join(filter(None, (row.get("first_name"), row.get("last_name")))) or None
         message_id = row.get("message_id") or self.message_id(row_id)
-        mailto = f"mailto:{self.reply_address}?subject=unsubscribe%20{sign('unsubscribe', row_id)}"
+        unsubscribe = (f"{self.public_url}/u/{token}", f"mailto:{self.reply_address}?subject=unsubscribe%20{token}")
         data = self.skeleton.build(
             to=mailbox(name, row["email"]), subject=rendered.subject, message_id=message_id, date=now,
-            html=self.encoder.encode(rendered.html_chunks), text=qp(rendered.text), unsubscribe=(unsubscribe, mailto),
+            html=self.encoder.encode(rendered.html_chunks), text=qp(rendered.text), unsubscribe=unsubscribe,
         )  # fmt: skip
         if self.dkim is not None:
             data = self.dkim.sign(data)
@@ -297,12 +302,6 @@ def _render_process() -> None:
         os._exit(0)
 
     threading.Thread(target=follow_parent, daemon=True, name="follow-parent").start()
-
-
-def _addr(value: str) -> str:
-    from email.utils import parseaddr
-
-    return parseaddr(value)[1]
 
 
 def dkim_key(config: Mapping[str, Any]) -> DkimKey | None:
@@ -409,16 +408,11 @@ class Dispatcher:
             return None
         row, content, lists = found
         source = Source("campaign", row["source"], row["stage"], content, lists, 1)
-        args = self.composer_args(source, {})
-        message = compose_batch(f"view/{source.name}/{source.stage}", args, [row], self.clock.now())[0]
-        if not isinstance(message, Message):
+        try:
+            return Composer(**self.composer_args(source, {})).render(row).html
+        except Exception:  # a message that cannot be rendered again is shown as an invalid link, never a 500
+            log.exception("view online: cannot render ledger row %d", row_id)
             return None
-        import email
-        import email.policy
-
-        parsed = email.message_from_bytes(message.data, policy=email.policy.default)
-        body = parsed.get_body(("html",)) if isinstance(parsed, email.message.EmailMessage) else None
-        return str(body.get_content()) if body is not None else None
 
     def recover(self, now: datetime) -> int:
         """Settle rows another process left `sending` when it died: uncertain, or queued again to resend."""
@@ -427,10 +421,8 @@ class Dispatcher:
         uncertain: list[int] = []
         resend: list[int] = []
         for row in rows:
-            transport = json.loads(row["content"] or "{}").get("transport", "")
-            config = transport_configs(self.db).get(transport, {})
-            policy = config.get("on_uncertain", "skip" if config.get("type") == "smtp" else "resend")
-            (resend if policy == "resend" else uncertain).append(row["id"])
+            transport, _ = self.transport(json.loads(row["content"] or "{}").get("transport") or "outbox")
+            (resend if transport.on_uncertain == "resend" else uncertain).append(row["id"])
         if rows:
             ledger.settle_interrupted(self.db, uncertain=uncertain, resend=resend, at=iso(now))
             log.warning("%d message(s) were on the wire when a dispatcher stopped: %d marked uncertain (not sent "
@@ -447,7 +439,7 @@ class Dispatcher:
             previous_at = campaign["started_at"]
             for stage in stages:
                 if stage["name"] not in done:
-                    if ledger.stage_start_time(previous_at, [stage["after"]]) <= now:
+                    if datetime.fromisoformat(previous_at) + timedelta(seconds=stage["after"]) <= now:
                         lists = json.loads(campaign["spec"])["audience"]["lists"]
                         count = ledger.start_stage(
                             self.db, campaign["name"], stage["name"], only=stage.get("only"),
@@ -502,7 +494,7 @@ class Dispatcher:
         """Send every due row of one campaign stage (or stop early: SIGTERM, or the campaign was paused)."""
         transport, config = self.transport(source.content.get("transport") or "outbox")
         args = self.composer_args(source, config)
-        envelope_from = _addr(source.content["sender"]["from"])
+        envelope_from = addr_spec(source.content["sender"]["from"])
         key = f"{source.name}/{source.stage}/{id(self)}"
         try:  # prepare the definition here first: a message that cannot be built waits, its rows untouched
             compose_batch(key, args, [], self.clock.now())
@@ -513,8 +505,6 @@ class Dispatcher:
         categories = records.list_categories(self.db)
         blocking = blocking_for(categories, source.lists)
         marketing = blocking == MARKETING_BLOCKING and source.kind == "campaign"  # not a confirmation request
-        retry_for = SmtpTransport.model_validate({"type": "smtp", "host": "x", **config}).retry_for \
-            if config.get("type") == "smtp" else timedelta(days=3)  # fmt: skip
         holds = _Holds(self.db, marketing=marketing, default_zone=get_meta(self.db, "settings.timezone") or "UTC")
         progress = Progress(f"{source.name}{'/' + source.stage if source.stage else ''}", source.due)
         queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=transport.max_connections * 4)
@@ -603,7 +593,7 @@ class Dispatcher:
                     note(result)
                     continue
                 delivery = await transport.send(envelope_from, message.recipient, message.data)
-                previous = self.outcome(message, delivery, transport=transport, retry_for=retry_for)
+                previous = self.outcome(message, delivery, transport=transport)
                 note(previous.state)
             if previous is not None:
                 ledger.record(self.db, previous, source=source)
@@ -616,7 +606,7 @@ class Dispatcher:
             log.info("Campaign %s: paused; %d message(s) wait", source.name, progress.total - progress.done)
         return progress
 
-    def outcome(self, message: Message, delivery: Delivery, *, transport: Transport, retry_for: timedelta) -> Outcome:
+    def outcome(self, message: Message, delivery: Delivery, *, transport: Transport) -> Outcome:
         """What a delivery attempt means for the row (MAIL-FACTS: bounces, policy blocks, backoff, uncertainty)."""
         now = self.clock.now()
         at = iso(now)
@@ -625,8 +615,9 @@ class Dispatcher:
             return Outcome(message.row_id, "sent", reply, at)
         if delivery.status == "deferred":
             first = datetime.fromisoformat(message.first_attempt_at) if message.first_attempt_at else now
-            if now - first >= retry_for:
-                return Outcome(message.row_id, "failed", f"gave up after {retry_for}: {reply}", at, soft=True)
+            if now - first >= transport.retry_for:
+                return Outcome(message.row_id, "failed", f"gave up after {ago(transport.retry_for)}: {reply}", at,
+                               soft=True)  # fmt: skip
             retry = now + ledger.backoff(message.attempts + 1, jitter=self.random.random())
             return Outcome(message.row_id, "deferred", reply, at, next_attempt_at=iso(retry))
         if delivery.status == "bounced":

@@ -131,8 +131,13 @@ class QpEncoder:
         return b"".join(out)
 
 
+def addr_spec(address: str) -> str:
+    """`news@acme.example` of "Acme News <news@acme.example>"."""
+    return parseaddr(address)[1]
+
+
 def address_domain(address: str) -> str:
-    return parseaddr(address)[1].rpartition("@")[2].lower() or "localhost"
+    return addr_spec(address).rpartition("@")[2].lower() or "localhost"
 
 
 @dataclass(frozen=True)

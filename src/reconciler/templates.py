@@ -436,13 +436,12 @@ def prepare_message(
     """Compile a message definition once (cached by its content): MJML → HTML with links routed through `rc_link`,
     a pixel when opens are tracked, the preheader when the layout does not place it, and the text part."""
     html, _ = _compile_mjml(mjml)
-    text_source = text_part
-    if text_source is None:
-        try:
-            text_source = text_from_html(html)
-            _TEXT_ENV.from_string(text_source)
-        except Exception:  # Jinja the converter could not carry over intact: derive it per recipient instead
-            text_source = None
+    text: Template | None = None
+    try:
+        text = _TEXT_ENV.from_string(text_part if text_part is not None else text_from_html(html))
+    except Exception:  # Jinja the converter could not carry over intact: derive it per recipient instead
+        if text_part is not None:
+            raise
     if "preheader" not in mjml and (match := _BODY_OPEN.search(html)):
         html = html[: match.end()] + PREHEADER + html[match.end() :]
     if clicks or utm:
@@ -454,7 +453,7 @@ def prepare_message(
         subject=_TEXT_ENV.from_string(subject),
         preheader=_TEXT_ENV.from_string(preheader),
         html=_HTML_ENV.from_string(html),
-        text=_TEXT_ENV.from_string(text_source) if text_source is not None else None,
+        text=text,
         utm=utm,
         utm_hosts=utm_hosts,
         tracks_clicks=clicks,

@@ -17,10 +17,14 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import aiosmtplib
+from pydantic import TypeAdapter
+
+from reconciler.spec import documents as spec
 
 Status = Literal["sent", "deferred", "bounced", "policy", "failed", "uncertain"]
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -61,10 +65,14 @@ def classify(code: int, message: str) -> Delivery:
     return Delivery("failed", reply, code, enhanced)
 
 
+DEFAULT_RETRY = timedelta(days=3)
+
+
 class Transport(Protocol):
     name: str
     max_connections: int
     on_uncertain: Literal["skip", "resend"]
+    retry_for: timedelta
 
     async def send(self, sender: str, recipient: str, data: bytes) -> Delivery: ...
 
@@ -80,9 +88,9 @@ class RateLimiter:
         self.lock = asyncio.Lock()
 
     @classmethod
-    def from_rate(cls, rate: dict[str, Any] | None) -> RateLimiter:
+    def from_rate(cls, rate: spec.Rate) -> RateLimiter:
         periods = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
-        return cls([(int(rate[k]), p) for k, p in periods.items() if rate and rate.get(k)])
+        return cls([(limit, p) for k, p in periods.items() if (limit := getattr(rate, k))])
 
     async def acquire(self) -> None:
         if not self.buckets:
@@ -125,18 +133,14 @@ class SmtpTransport:
     """A pool of up to `max_connections` SMTP sessions, reused (RSET after a failure) and renewed every
     MESSAGES_PER_CONNECTION messages. STARTTLS/TLS verify the server's certificate (the system's CAs, or `ca_file`)."""
 
-    def __init__(self, name: str, config: dict[str, Any], *, ca_file: str | None = None) -> None:
+    def __init__(self, name: str, config: spec.SmtpTransport) -> None:
         self.name = name
-        self.host: str = config["host"]
-        self.port: int = int(config.get("port", 587))
-        self.security: str = config.get("security", "starttls")
-        self.username: str | None = config.get("username")
-        self.password_env: str | None = config.get("password_env")
-        self.max_connections: int = int(config.get("max_connections", 4))
-        self.on_uncertain: Literal["skip", "resend"] = config.get("on_uncertain", "skip")
-        self.timeout = float(config.get("timeout", 60))
-        self.limiter = RateLimiter.from_rate(config.get("rate"))
-        self.ca_file = ca_file or config.get("ca_file")
+        self.host, self.port, self.security = config.host, config.port, config.security
+        self.username, self.password_env, self.ca_file = config.username, config.password_env, config.ca_file
+        self.max_connections, self.timeout = config.max_connections, config.timeout
+        self.on_uncertain: Literal["skip", "resend"] = config.on_uncertain
+        self.retry_for = config.retry_for
+        self.limiter = RateLimiter.from_rate(config.rate)
         self._idle: list[_Connection] = []
         self._tls: ssl.SSLContext | None = None
         self._slots = asyncio.Semaphore(self.max_connections)
@@ -225,6 +229,7 @@ class OutboxTransport:
 
     max_connections = 1
     on_uncertain: Literal["skip", "resend"] = "resend"
+    retry_for = DEFAULT_RETRY
 
     def __init__(self, name: str, folder: Path) -> None:
         self.name = name
@@ -257,6 +262,7 @@ class MemoryTransport:
     name: str = "memory"
     max_connections: int = 2
     on_uncertain: Literal["skip", "resend"] = "skip"
+    retry_for: timedelta = DEFAULT_RETRY
     reply: Callable[[str, bytes], Delivery] | None = None
     messages: list[tuple[str, str, bytes]] = field(default_factory=list)
 
@@ -271,8 +277,12 @@ class MemoryTransport:
         return None
 
 
+_CONFIG: TypeAdapter[spec.SmtpTransport | spec.OutboxTransport] = TypeAdapter(spec.Transport)
+
+
 def make_transport(name: str, config: dict[str, Any], *, root: Path) -> Transport:
-    """The transport Settings `transports.<name>` describes."""
-    if config.get("type") == "smtp":
-        return SmtpTransport(name, config)
-    return OutboxTransport(name, root / config.get("path", ".state/outbox"))
+    """The transport Settings `transports.<name>` describes (as stored at the last good revision)."""
+    model = _CONFIG.validate_python(config)
+    if isinstance(model, spec.SmtpTransport):
+        return SmtpTransport(name, model)
+    return OutboxTransport(name, root / model.path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlite_utils import Database
@@ -410,7 +410,3 @@ def next_due(db: Database) -> str | None:
         "'campaign' AND c.name = l.source WHERE c.status = 'sending' AND l.state IN ('queued', 'deferred')"
     ).fetchone()
     return row[0] if row else None
-
-
-def stage_start_time(started_at: str, afters: Iterable[float]) -> datetime:
-    return datetime.fromisoformat(started_at) + timedelta(seconds=sum(afters))

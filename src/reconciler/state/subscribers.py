@@ -52,11 +52,6 @@ def message_target(db: Database, row_id: int) -> MessageTarget | None:
     return MessageTarget(row_id, contact_id, email, kind, source, stage, lists)
 
 
-def contact_email(db: Database, contact_id: int) -> str | None:
-    row = db.conn.execute("SELECT email FROM contacts WHERE id = ?", (contact_id,)).fetchone()
-    return None if row is None else str(row[0])
-
-
 def unsubscribe(db: Database, target: MessageTarget, *, at: str, source: str, ip: str | None) -> list[str]:
     """Unsubscribe the contact from the lists the message was sent for; returns the lists that changed."""
     with write(db):

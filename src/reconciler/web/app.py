@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -416,7 +415,3 @@ def _cached(cache: dict[str, bytes], url: str, fetch: Callable[[str], bytes]) ->
     if url not in cache:
         cache[url] = fetch(url)
     return cache[url]
-
-
-def parse_time(value: str) -> datetime:
-    return parse_instant(value)
