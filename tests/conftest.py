@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,16 @@ def reconciler(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
         [sys.executable, "-m", "reconciler", *args], cwd=cwd, env=environment, capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0, *, every: float = 0.05) -> None:
+    """Poll `condition` until it holds, or fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 WriteFiles = Callable[[dict[str, str]], Path]

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import reconciler
+from conftest import reconciler, wait_for
 
 
 @pytest.fixture
@@ -35,30 +34,21 @@ def _status(example: Path) -> dict[str, object]:
     return json.loads(result.stdout) if result.returncode == 0 else {}
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_the_daemon_applies_changes_keeps_the_last_good_revision_and_stops_on_sigterm(
     example: Path, daemon: subprocess.Popen[str]
 ) -> None:
-    _wait_for(lambda: bool(_status(example).get("revision", {}).get("applied")), "the first revision")  # type: ignore[union-attr]
+    wait_for(lambda: bool(_status(example).get("revision", {}).get("applied")), "the first revision")  # type: ignore[union-attr]
     first = _status(example)["revision"]["applied"]  # type: ignore[index]
 
     guji = example / "campaigns" / "guji-harvest-2026.yaml"
     guji.write_text(guji.read_text().replace("status: draft", "status: paused"))
-    _wait_for(lambda: _status(example)["revision"]["applied"] != first, "the edit to be applied")  # type: ignore[index]
+    wait_for(lambda: _status(example)["revision"]["applied"] != first, "the edit to be applied")  # type: ignore[index]
     campaigns = {c["name"]: c for c in _status(example)["campaigns"]}  # type: ignore[attr-defined]
     assert campaigns["guji-harvest-2026"]["status"] == "paused"
     good = _status(example)["revision"]["applied"]  # type: ignore[index]
 
     guji.write_text(guji.read_text().replace("status: paused", "status: gone"))
-    _wait_for(lambda: _status(example)["last_error"] is not None, "the error to be reported")
+    wait_for(lambda: _status(example)["last_error"] is not None, "the error to be reported")
     report = _status(example)
     assert report["revision"]["applied"] == good  # type: ignore[index]
     assert any("guji-harvest-2026.yaml" in line and "status" in line
@@ -67,7 +57,7 @@ def test_the_daemon_applies_changes_keeps_the_last_good_revision_and_stops_on_si
     assert daemon.poll() is None  # still running
 
     guji.write_text(guji.read_text().replace("status: gone", "status: cancelled"))
-    _wait_for(lambda: _status(example)["last_error"] is None, "the error to clear")
+    wait_for(lambda: _status(example)["last_error"] is None, "the error to clear")
     assert {c["name"]: c["status"] for c in _status(example)["campaigns"]}["guji-harvest-2026"] == "cancelled"  # type: ignore[attr-defined]
 
     daemon.send_signal(signal.SIGTERM)

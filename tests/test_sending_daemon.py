@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import reconciler
+from conftest import reconciler, wait_for
 from sending import import_contacts, parse, query, workspace
 from smtp_sink import Sink, SinkServer
 
@@ -37,15 +37,6 @@ def daemons() -> Iterator[list[subprocess.Popen[str]]]:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def campaign(root: Path) -> dict[str, Any]:
@@ -70,7 +61,7 @@ def test_sigkill_mid_send_then_restart_sends_no_address_twice_and_skips_only_unc
         root = workspace(tmp_path, port, connections=connections)
         emails = import_contacts(root, 5000)
         daemons.append(start_daemon(root))
-        wait_for(lambda: len(sink.messages) >= 1000, "the first thousand messages")
+        wait_for(lambda: len(sink.messages) >= 1000, "the first thousand messages", 60)
         daemons[0].send_signal(signal.SIGKILL)
         daemons[0].wait()
         at_kill = len(sink.messages)
@@ -79,7 +70,7 @@ def test_sigkill_mid_send_then_restart_sends_no_address_twice_and_skips_only_unc
         assert at_kill < 5000, "the kill came too late to test anything"
 
         daemons.append(start_daemon(root))
-        wait_for(lambda: campaign(root).get("status") == "sent", "the campaign to finish after the restart")
+        wait_for(lambda: campaign(root).get("status") == "sent", "the campaign to finish after the restart", 60)
         output = stop(daemons[1])
     received = sink.received()
     assert max(received.values()) == 1, [e for e, n in received.items() if n > 1][:5]
@@ -124,7 +115,7 @@ def test_pause_stops_within_a_tick_edits_are_refused_and_resume_continues(
         assert len(sink.messages) == paused_at
 
         path.write_text(text)  # the original content, scheduled again: resume
-        wait_for(lambda: campaign(root).get("status") == "sent", "the campaign to finish after resuming")
+        wait_for(lambda: campaign(root).get("status") == "sent", "the campaign to finish after resuming", 60)
         stop(daemons[0])
     received = sink.received()
     assert set(received) == set(emails) and set(received.values()) == {1}
