@@ -40,8 +40,7 @@ def fill(db_path: Path) -> None:
         """,
         (CONTACTS,),
     )
-    for list_name, modulo, unsubscribed in (("news", 1, 13), ("offers", 2, 11), ("customers", 3, 17),
-                                            ("orders", 5, 0)):  # fmt: skip
+    for list_name, modulo, unsubscribed in (("news", 1, 13), ("offers", 2, 11), ("customers", 3, 17), ("orders", 5, 0)):
         conn.execute(
             "INSERT INTO subscriptions (contact_id, list, status, updated_at) "
             "SELECT id, ?, CASE WHEN ? > 0 AND id % ? = 0 THEN 'unsubscribed' ELSE 'subscribed' END, created_at "

@@ -29,8 +29,16 @@ from pathlib import Path
 RECIPIENTS = int(os.environ.get("BENCH_SEND_RECIPIENTS", "100000"))
 CONNECTIONS = 8
 NOW = "2026-11-24T10:00:00Z"
-FIELDS = [("city", "string"), ("roast", "string"), ("spend", "number"), ("orders", "integer"),
-          ("member_since", "date"), ("points", "integer"), ("tier", "string"), ("grind", "string")]  # fmt: skip
+FIELDS = [
+    ("city", "string"),
+    ("roast", "string"),
+    ("spend", "number"),
+    ("orders", "integer"),
+    ("member_since", "date"),
+    ("points", "integer"),
+    ("tier", "string"),
+    ("grind", "string"),
+]
 
 ARTICLE = """
     <mj-section><mj-column>
@@ -38,8 +46,10 @@ ARTICLE = """
       <mj-text font-size="22px" font-weight="bold">Story {n}: what we roasted this month</mj-text>
       <mj-text line-height="1.6">{lorem}</mj-text>
     </mj-column></mj-section>"""
-LOREM = ("We travelled to the highlands to meet the growers who harvest by hand, sorting every cherry twice before "
-         "it is washed and dried on raised beds for three weeks. ") * 6  # fmt: skip
+LOREM = (
+    "We travelled to the highlands to meet the growers who harvest by hand, sorting every cherry twice before "
+    "it is washed and dried on raised beds for three weeks. "
+) * 6
 TEMPLATE = (
     """<mjml>
   <mj-head><mj-preview>{{ preheader }}</mj-preview>
@@ -166,9 +176,11 @@ def write_contacts(path: Path, count: int) -> None:
     with path.open("w") as out:
         out.write("email,first_name,last_name," + ",".join(n for n, _ in FIELDS) + "\n")
         for i in range(count):
-            out.write(f"reader{i}@bench.example,Reader{i},Surname{i % 97},City{i % 50},{roasts[i % 3]},"
-                      f"{(i % 500) * 1.5},{i % 40},2020-0{1 + i % 9}-1{i % 9},{i * 7 % 1000},{tiers[i % 3]},"
-                      f"{grinds[i % 3]}\n")  # fmt: skip
+            out.write(
+                f"reader{i}@bench.example,Reader{i},Surname{i % 97},City{i % 50},{roasts[i % 3]},"
+                f"{(i % 500) * 1.5},{i % 40},2020-0{1 + i % 9}-1{i % 9},{i * 7 % 1000},{tiers[i % 3]},"
+                f"{grinds[i % 3]}\n"
+            )
 
 
 def ours(root: Path, count: int) -> dict[str, object]:
@@ -177,10 +189,17 @@ def ours(root: Path, count: int) -> dict[str, object]:
     write_contacts(root / "contacts.csv", count)
     env = {**os.environ, "NO_COLOR": "1"}
     for args in (["contacts", "import", "contacts.csv", "--list", "news"], ["apply", "--now", NOW]):
-        subprocess.run([sys.executable, "-m", "reconciler", *args], cwd=root, env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", SEND, str(root), NOW], cwd=root, env=env, check=True,
-                            capture_output=True, text=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "reconciler", *args],
+            cwd=root,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    result = subprocess.run(
+        [sys.executable, "-c", SEND, str(root), NOW], cwd=root, env=env, check=True, capture_output=True, text=True
+    )
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
@@ -212,8 +231,12 @@ async def baseline(port: int, data: bytes, count: int) -> float:
 def sample_message(root: Path) -> bytes:
     """One of our messages, as bytes, for the baseline to send: the same size on the wire."""
     out = root / "sample.eml"
-    subprocess.run([sys.executable, "-m", "reconciler", "render", "monthly", "--contact", "reader1@bench.example",
-                    "-o", str(out)], cwd=root, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "reconciler", "render", "monthly", "--contact", "reader1@bench.example", "-o", str(out)],
+        cwd=root,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return out.read_bytes()
 
 
@@ -235,13 +258,17 @@ def main() -> None:
     ours_rate = float(full["sent"]) / float(full["seconds"])  # type: ignore[arg-type]
     base_rate = RECIPIENTS / seconds
     print(f"message size: {len(data) / 1024:.1f} KB, {CONNECTIONS} connections, sink: smtp-sink on loopback")
-    print(f"ours:     {full['sent']:,} messages in {full['seconds']:.1f} s = {ours_rate:,.0f} msgs/s "
-          f"(outcomes {full['outcomes']})")  # fmt: skip
+    print(
+        f"ours:     {full['sent']:,} messages in {full['seconds']:.1f} s = {ours_rate:,.0f} msgs/s "
+        f"(outcomes {full['outcomes']})"
+    )
     print(f"baseline: {RECIPIENTS:,} messages in {seconds:.1f} s = {base_rate:,.0f} msgs/s (bare aiosmtplib sendmail)")
     print(f"ratio ours/baseline: {ours_rate / base_rate:.2f} (target >= 0.6)")
-    print(f"peak RSS: {full['rss_mb']:.0f} MB (+ render process {full['render_rss_mb']:.0f} MB) for "
-          f"{RECIPIENTS:,} recipients; {small['rss_mb']:.0f} MB (+ {small['render_rss_mb']:.0f} MB) for "
-          f"{RECIPIENTS // 5:,} (target < 200 MB, flat)")  # fmt: skip
+    print(
+        f"peak RSS: {full['rss_mb']:.0f} MB (+ render process {full['render_rss_mb']:.0f} MB) for "
+        f"{RECIPIENTS:,} recipients; {small['rss_mb']:.0f} MB (+ {small['render_rss_mb']:.0f} MB) for "
+        f"{RECIPIENTS // 5:,} (target < 200 MB, flat)"
+    )
 
 
 if __name__ == "__main__":

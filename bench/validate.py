@@ -32,15 +32,28 @@ defaults: {sender: news}
 """
 LISTS = "".join(
     f"---\nkind: List\nname: {name}\ntitle: {name.title()}\ncategory: {category}\n"
-    for name, category in [("news", "marketing"), ("offers", "marketing"), ("customers", "marketing"),
-                           ("orders", "transactional")]
-)  # fmt: skip
+    for name, category in [
+        ("news", "marketing"),
+        ("offers", "marketing"),
+        ("customers", "marketing"),
+        ("orders", "transactional"),
+    ]
+)
 FIELDS = "".join(
     f"---\nkind: Field\nname: {name}\ntype: {kind}\n"
-    for name, kind in [("spend", "number"), ("orders", "integer"), ("roast", "string"), ("birthday", "date"),
-                       ("last_order_at", "datetime"), ("wholesale", "boolean"), ("interests", "list"),
-                       ("city", "string"), ("score", "number"), ("visits", "integer")]
-)  # fmt: skip
+    for name, kind in [
+        ("spend", "number"),
+        ("orders", "integer"),
+        ("roast", "string"),
+        ("birthday", "date"),
+        ("last_order_at", "datetime"),
+        ("wholesale", "boolean"),
+        ("interests", "list"),
+        ("city", "string"),
+        ("score", "number"),
+        ("visits", "integer"),
+    ]
+)
 LAYOUT = """<mjml>
   <mj-head><mj-preview>{{ preheader }}</mj-preview></mj-head>
   <mj-body background-color="#f4f1ec">
@@ -132,8 +145,9 @@ def baseline(root: Path) -> float:
 def timed(root: Path, *args: str, expect: tuple[int, ...] = (0,)) -> float:
     """Seconds `reconciler -C root ARGS` takes in a fresh process, as in CI; exits when it fails."""
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "reconciler", "-C", str(root), *args], capture_output=True,
-                            text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "-C", str(root), *args], capture_output=True, text=True, check=False
+    )
     elapsed = time.perf_counter() - started
     if result.returncode not in expect:
         sys.exit(f"{args[0]} failed on the generated workspace:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")

@@ -98,8 +98,17 @@ def load(urls: list[str], *, method: str = "GET", duration: float = DURATION) ->
 
     start_at = time.time() + 2.0
     with ProcessPoolExecutor(PROCESSES, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_client_process, urls[i::PROCESSES] or urls, method, start_at, duration,
-                               CLIENTS // PROCESSES + (i < CLIENTS % PROCESSES)) for i in range(PROCESSES)]  # fmt: skip
+        futures = [
+            pool.submit(
+                _client_process,
+                urls[i::PROCESSES] or urls,
+                method,
+                start_at,
+                duration,
+                CLIENTS // PROCESSES + (i < CLIENTS % PROCESSES),
+            )
+            for i in range(PROCESSES)
+        ]
         results = [future.result() for future in futures]
     latencies = sorted(latency for process, _ in results for latency in process)
     errors = sum(e for _, e in results)
@@ -165,16 +174,23 @@ def main() -> None:
             root = Path(folder)
             write_workspace(root, smtp_port)
             settings = root / "spec/settings.yaml"
-            settings.write_text(settings.read_text().replace("https://mail.bench.example",
-                                                             f"http://127.0.0.1:{web_port}"))  # fmt: skip
+            settings.write_text(
+                settings.read_text().replace("https://mail.bench.example", f"http://127.0.0.1:{web_port}")
+            )
             # a steady send to measure beside: one connection with a rate limit
-            settings.write_text(settings.read_text().replace(
-                "max_connections: 8}", "max_connections: 1, rate: {per_second: 300}}"))  # fmt: skip
+            settings.write_text(
+                settings.read_text().replace("max_connections: 8}", "max_connections: 1, rate: {per_second: 300}}")
+            )
             write_contacts(root / "contacts.csv", RECIPIENTS)
             command = [sys.executable, "-m", "reconciler", "contacts", "import", "contacts.csv", "--list", "news"]
             subprocess.run(command, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            daemon = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--port", str(web_port)], cwd=root,
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "reconciler", "run", "--port", str(web_port)],
+                cwd=root,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 wait_port(web_port)
                 while True:  # let sending get under way
@@ -204,23 +220,37 @@ def main() -> None:
     finally:
         baseline.terminate()
         sink.terminate()
-    print(f"{CLIENTS} concurrent httpx clients in {PROCESSES} processes on loopback; a campaign sending meanwhile "
-          f"({sent_after - sent:,} messages went out during the measurements)")  # fmt: skip
+    print(
+        f"{CLIENTS} concurrent httpx clients in {PROCESSES} processes on loopback; a campaign sending meanwhile "
+        f"({sent_after - sent:,} messages went out during the measurements)"
+    )
     print(f"baseline (bare Starlette redirect): {base_rate:,.0f} req/s, p99 {base_p99:.1f} ms")
-    print(f"click redirect: {click_rate:,.0f} req/s, p99 {click_p99:.1f} ms, errors {click_errors}, ratio "
-          f"{click_rate / base_rate:.2f} (target >= 1,000 req/s, p99 < 50 ms); {opened:,} clicks recorded")  # fmt: skip
+    print(
+        f"click redirect: {click_rate:,.0f} req/s, p99 {click_p99:.1f} ms, errors {click_errors}, ratio "
+        f"{click_rate / base_rate:.2f} (target >= 1,000 req/s, p99 < 50 ms); {opened:,} clicks recorded"
+    )
     print(f"one-click unsubscribe POST: {post_rate:,.0f} req/s, p99 {post_p99:.1f} ms, errors {post_errors}")
     if wrk_base and wrk_click and wrk_post:
         ratio = wrk_click[0] / wrk_base[0]
         print(
             f"with wrk ({CLIENTS} connections, 2 threads): baseline {wrk_base[0]:,.0f} req/s p99 {wrk_base[1]:.1f} ms"
         )
-        print(f"  click redirect {wrk_click[0]:,.0f} req/s p99 {wrk_click[1]:.1f} ms (ratio {ratio:.2f}); "
-              f"one-click POST {wrk_post[0]:,.0f} req/s p99 {wrk_post[1]:.1f} ms")  # fmt: skip
+        print(
+            f"  click redirect {wrk_click[0]:,.0f} req/s p99 {wrk_click[1]:.1f} ms (ratio {ratio:.2f}); "
+            f"one-click POST {wrk_post[0]:,.0f} req/s p99 {wrk_post[1]:.1f} ms"
+        )
     else:
         print("wrk is not installed (apt-get install wrk): only the httpx figures")
-    print(json.dumps({"click_rps": round(click_rate), "click_p99_ms": round(click_p99, 1),
-                      "post_rps": round(post_rate), "post_p99_ms": round(post_p99, 1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "click_rps": round(click_rate),
+                "click_p99_ms": round(click_p99, 1),
+                "post_rps": round(post_rate),
+                "post_p99_ms": round(post_p99, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,13 @@ def reconciler(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     environment = {**os.environ, "NO_COLOR": "1", **(env or {})}
     environment.pop("RECONCILER_STATE", None)
     return subprocess.run(
-        [sys.executable, "-m", "reconciler", *args], cwd=cwd, env=environment, capture_output=True, text=True,
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0, *, every: float = 0.05) -> None:

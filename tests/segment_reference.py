@@ -183,7 +183,12 @@ class World:
 
 
 def _bounds(value: float, bounds: dict[str, float]) -> bool:
-    checks = {"eq": value == bounds.get("eq"), "ne": value != bounds.get("ne"), "gt": value > bounds.get("gt", 0),
-              "gte": value >= bounds.get("gte", 0), "lt": value < bounds.get("lt", 0),
-              "lte": value <= bounds.get("lte", 0)}  # fmt: skip
+    checks = {
+        "eq": value == bounds.get("eq"),
+        "ne": value != bounds.get("ne"),
+        "gt": value > bounds.get("gt", 0),
+        "gte": value >= bounds.get("gte", 0),
+        "lt": value < bounds.get("lt", 0),
+        "lte": value <= bounds.get("lte", 0),
+    }
     return all(checks[op] for op in bounds)

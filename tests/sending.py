@@ -33,8 +33,9 @@ TEMPLATE = """\
 """
 
 
-def workspace(root: Path, port: int, *, connections: int = 4, campaign: str = "",
-              public_url: str = "https://mail.example.com") -> Path:  # fmt: skip
+def workspace(
+    root: Path, port: int, *, connections: int = 4, campaign: str = "", public_url: str = "https://mail.example.com"
+) -> Path:
     files = {
         "spec/settings.yaml": f"""
             kind: Settings

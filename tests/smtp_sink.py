@@ -50,8 +50,9 @@ class Sink:
                 self.refused.append((rcpt, action))
         return action
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          rcpt_options: list[str]) -> str:  # fmt: skip
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         with self.lock:
             self.attempts[address] += 1
         action = self._decide(server, address, "rcpt")
@@ -89,8 +90,9 @@ class SinkServer:
     def __init__(self, sink: Sink, **smtp_options: Any) -> None:
         """`smtp_options` go to aiosmtpd's SMTP (tls_context, require_starttls, authenticator, auth_required ...)."""
         self.sink = sink
-        self.controller = Controller(sink, hostname="127.0.0.1", port=free_port(), ready_timeout=10,
-                                     data_size_limit=10_000_000, **smtp_options)  # fmt: skip
+        self.controller = Controller(
+            sink, hostname="127.0.0.1", port=free_port(), ready_timeout=10, data_size_limit=10_000_000, **smtp_options
+        )
 
     def __enter__(self) -> int:
         self.controller.start()

@@ -43,9 +43,12 @@ def test_a_10000_row_file_reports_exactly_its_bad_rows_and_imports_the_rest_once
         if index % 200 == 17:  # 50 bad rows, of several kinds
             kind = (index // 200) % 5
             email, spend = [
-                ("not-an-address", "1"), ("two@@example.com", "1"), ("", "3"), (f"ok{index}@example.com", "lots"),
+                ("not-an-address", "1"),
+                ("two@@example.com", "1"),
+                ("", "3"),
+                (f"ok{index}@example.com", "lots"),
                 (f"ok{index}@example.com", "1"),
-            ][kind]  # fmt: skip
+            ][kind]
             country = "Poland" if kind == 4 else "PL"
             bad_lines[line] = {0: "email", 1: "email", 2: "email", 3: "total_spend", 4: "country"}[kind]
             rows.append([email, "Bad", spend, country])
@@ -84,8 +87,11 @@ def test_a_10000_row_file_reports_exactly_its_bad_rows_and_imports_the_rest_once
 
 def test_an_unsubscribed_or_erased_address_stays_out_after_reimport(example: Path) -> None:
     path = example / "c.csv"
-    _write_csv(path, ["email", "first_name"], [["ann@example.com", "Ann"], ["bob@example.com", "Bob"],
-                                               ["cy@example.com", "Cy"], ["di@example.com", "Di"]])  # fmt: skip
+    _write_csv(
+        path,
+        ["email", "first_name"],
+        [["ann@example.com", "Ann"], ["bob@example.com", "Bob"], ["cy@example.com", "Cy"], ["di@example.com", "Di"]],
+    )
     db = open_db(example / "state.db")
     desired = _desired(example)
     import_file(db, desired, path, lists=["offers"], consent_text=None, now=NOW)
@@ -95,9 +101,13 @@ def test_an_unsubscribed_or_erased_address_stays_out_after_reimport(example: Pat
 
     report = import_file(db, desired, path, lists=["offers"], consent_text=None, now=NOW)
 
-    subscribed = {row[0] for row in db.conn.execute(
-        "SELECT c.email FROM subscriptions s JOIN contacts c ON c.id = s.contact_id "
-        "WHERE s.list = 'offers' AND s.status = 'subscribed'")}  # fmt: skip
+    subscribed = {
+        row[0]
+        for row in db.conn.execute(
+            "SELECT c.email FROM subscriptions s JOIN contacts c ON c.id = s.contact_id "
+            "WHERE s.list = 'offers' AND s.status = 'subscribed'"
+        )
+    }
     assert subscribed == {"cy@example.com", "di@example.com"}  # cy's subscription stands; the bounce keeps them out
     audience = count_audience(observe(db).audience, lists=["offers"])
     assert (audience.recipients, dict(audience.excluded)) == (1, {"bounced": 1, "unsubscribed": 1})
@@ -121,9 +131,11 @@ def test_jsonl_rows_merge_fields_and_tags_into_the_existing_contact(example: Pat
     db = open_db(example / "state.db")
     report = import_file(db, _desired(example), path, lists=[], consent_text=None, now=NOW)
     assert [(bad.line, bad.message.split(":")[0]) for bad in report.bad] == [
-        (4, "not a JSON object (each line holds one contact"), (5, "orders_count"), (6, "not JSON"),
+        (4, "not a JSON object (each line holds one contact"),
+        (5, "orders_count"),
+        (6, "not JSON"),
         (7, "unknown field 'orders' (did you mean 'orders_count'?)"),
-    ]  # fmt: skip
+    ]
     exported = export_contact(db, "ann@example.com")
     assert exported is not None
     contact = exported["contact"]
@@ -144,17 +156,24 @@ def test_unknown_columns_stop_the_import_before_anything_is_written(example: Pat
 @pytest.mark.parametrize(
     ("value", "type_", "expected"),
     [
-        ("1,234.5", "number", 1234.5), ("12", "integer", 12), (" yes ", "boolean", True), ("0", "boolean", False),
-        ("2026-02-01", "date", "2026-02-01"), ("2026-02-01T10:00:00", "datetime", "2026-02-01T09:00:00Z"),
-        ("a; b;", "list", ["a", "b"]), (3, "integer", 3),
+        ("1,234.5", "number", 1234.5),
+        ("12", "integer", 12),
+        (" yes ", "boolean", True),
+        ("0", "boolean", False),
+        ("2026-02-01", "date", "2026-02-01"),
+        ("2026-02-01T10:00:00", "datetime", "2026-02-01T09:00:00Z"),
+        ("a; b;", "list", ["a", "b"]),
+        (3, "integer", 3),
     ],
-)  # fmt: skip
+)
 def test_values_are_converted_to_the_declared_field_type(value: object, type_: str, expected: object) -> None:
     assert convert(value, type_, timezone="Europe/Warsaw") == expected
 
 
-@pytest.mark.parametrize(("value", "type_"), [("1.5", "integer"), ("maybe", "boolean"), ("nan", "number"),
-                                              ("31/12/2026", "date"), (True, "number")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "type_"),
+    [("1.5", "integer"), ("maybe", "boolean"), ("nan", "number"), ("31/12/2026", "date"), (True, "number")],
+)
 def test_values_of_the_wrong_type_are_refused(value: object, type_: str) -> None:
     with pytest.raises(ValueError, match="is not"):
         convert(value, type_, timezone="UTC")

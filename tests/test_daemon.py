@@ -21,8 +21,12 @@ def daemon(example: Path) -> Iterator[subprocess.Popen[str]]:
     env.pop("RECONCILER_STATE", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "run", "--interval", "60"],
-        cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=example,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     yield process
     if process.poll() is None:
         process.kill()
@@ -51,8 +55,7 @@ def test_the_daemon_applies_changes_keeps_the_last_good_revision_and_stops_on_si
     wait_for(lambda: _status(example)["last_error"] is not None, "the error to be reported")
     report = _status(example)
     assert report["revision"]["applied"] == good  # type: ignore[index]
-    assert any("guji-harvest-2026.yaml" in line and "status" in line
-               for line in report["last_error"]["problems"])  # type: ignore[index]  # fmt: skip
+    assert any("guji-harvest-2026.yaml" in line and "status" in line for line in report["last_error"]["problems"])  # type: ignore[index]
     assert {c["name"]: c["status"] for c in report["campaigns"]}["guji-harvest-2026"] == "paused"  # type: ignore[attr-defined]
     assert daemon.poll() is None  # still running
 

@@ -53,8 +53,10 @@ def test_every_recipient_of_2000_gets_exactly_one_message_that_parses_cleanly(tm
     # the click URL carries the destination with UTM parameters on the shop's own links only
     from urllib.parse import parse_qs, urlsplit
 
-    targets = [parse_qs(urlsplit(u.replace("&amp;", "&")).query)["u"][0] for u in
-               __import__("re").findall(r'href="(https://mail\.example\.com/c/[^"]+)"', html)]  # fmt: skip
+    targets = [
+        parse_qs(urlsplit(u.replace("&amp;", "&")).query)["u"][0]
+        for u in __import__("re").findall(r'href="(https://mail\.example\.com/c/[^"]+)"', html)
+    ]
     assert targets[0] == "https://shop.example.com/a?utm_source=newsletter&utm_medium=email&utm_campaign=hello"
     assert targets[1].startswith("https://shop.example.com/b?x=1&y=2&utm_source=newsletter")
     assert targets[2].startswith(f"https://shop.example.com/c?who={rcpt}&utm_source")
@@ -141,8 +143,10 @@ def test_an_unsubscribe_recorded_mid_send_stops_that_contacts_message(tmp_path: 
     def unsubscribe_late_contact(rcpt: str, data: bytes) -> None:
         if rcpt == "person10@example.net" and not done.is_set():
             with sqlite3.connect(database, timeout=30) as db:  # what the web service will record
-                db.execute("UPDATE subscriptions SET status = 'unsubscribed' WHERE contact_id = "
-                           "(SELECT id FROM contacts WHERE email = 'person1500@example.net')")  # fmt: skip
+                db.execute(
+                    "UPDATE subscriptions SET status = 'unsubscribed' WHERE contact_id = "
+                    "(SELECT id FROM contacts WHERE email = 'person1500@example.net')"
+                )
             done.set()
 
     sink = Sink(on_message=unsubscribe_late_contact)
@@ -153,8 +157,11 @@ def test_an_unsubscribe_recorded_mid_send_stops_that_contacts_message(tmp_path: 
     received = sink.received()
     assert done.is_set() and "person1500@example.net" not in received
     assert len(received) == 1999 and set(received.values()) == {1}
-    reason = query(root, "SELECT l.state, l.last_reply FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-                         "WHERE c.email = 'person1500@example.net'")  # fmt: skip
+    reason = query(
+        root,
+        "SELECT l.state, l.last_reply FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        "WHERE c.email = 'person1500@example.net'",
+    )
     assert reason[0][0] == "skipped" and "unsubscribed" in str(reason[0][1])
 
 
@@ -165,8 +172,10 @@ def test_two_ticks_at_once_send_nothing_twice(tmp_path: Path) -> None:
         emails = import_contacts(root, 2000)
         reconciler("apply", "--now", NOW, cwd=root)
         command = [sys.executable, "-m", "reconciler", "tick", "--now", NOW]
-        processes = [subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for _ in range(2)]  # fmt: skip
+        processes = [
+            subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         outputs = [p.communicate(timeout=120) for p in processes]
         assert all(p.returncode == 0 for p in processes), outputs
     received = sink.received()
@@ -186,8 +195,11 @@ def test_a_connection_cut_after_the_body_is_uncertain_and_not_resent(tmp_path: P
 
 
 def test_resend_on_uncertain_uses_the_same_message_id(tmp_path: Path) -> None:
-    sink = Sink(lambda rcpt, attempt, phase: "drop" if attempt == 1 and phase == "data" and
-                rcpt == "person3@example.net" else None)  # fmt: skip
+    sink = Sink(
+        lambda rcpt, attempt, phase: (
+            "drop" if attempt == 1 and phase == "data" and rcpt == "person3@example.net" else None
+        )
+    )
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port)
         settings = root / "spec/settings.yaml"
@@ -196,8 +208,11 @@ def test_resend_on_uncertain_uses_the_same_message_id(tmp_path: Path) -> None:
         tick(root)
         tick(root, LATER)
     assert sink.attempts["person3@example.net"] == 2 and sink.received()["person3@example.net"] == 1
-    stored = query(root, "SELECT l.message_id FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-                         "WHERE c.email = 'person3@example.net'")[0][0]  # fmt: skip
+    stored = query(
+        root,
+        "SELECT l.message_id FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        "WHERE c.email = 'person3@example.net'",
+    )[0][0]
     (data,) = [d for r, d in sink.messages if r == "person3@example.net"]
     assert parse(data)["Message-ID"] == stored
 
@@ -208,10 +223,10 @@ def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers(tmp_path: Pa
     from cryptography.hazmat.primitives import serialization
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())  # fmt: skip
-    public = key.public_key().public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     import base64
 
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
@@ -239,9 +254,11 @@ def test_a_contact_whose_data_cannot_go_in_a_header_fails_alone(tmp_path: Path) 
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port)
         (root / "c.jsonl").write_text(
-            json.dumps({"email": "ok@example.net", "first_name": "Ola"}) + "\n"
-            + json.dumps({"email": "bad@example.net", "first_name": "Evil\r\nBcc: victim@example.org"}) + "\n"
-        )  # fmt: skip
+            json.dumps({"email": "ok@example.net", "first_name": "Ola"})
+            + "\n"
+            + json.dumps({"email": "bad@example.net", "first_name": "Evil\r\nBcc: victim@example.org"})
+            + "\n"
+        )
         assert reconciler("contacts", "import", "c.jsonl", "--list", "news", cwd=root).returncode == 0
         tick(root)
     assert [r for r, _ in sink.messages] == ["ok@example.net"]
@@ -304,8 +321,9 @@ def test_quiet_hours_and_the_frequency_cap_postpone_marketing_mail(tmp_path: Pat
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port)
         settings = root / "spec/settings.yaml"
-        settings.write_text(settings.read_text() + 'quiet_hours: {start: "21:00", end: "08:00"}\n'
-                            "frequency_cap: {max: 1, per: 7d}\n")  # fmt: skip
+        settings.write_text(
+            settings.read_text() + 'quiet_hours: {start: "21:00", end: "08:00"}\nfrequency_cap: {max: 1, per: 7d}\n'
+        )
         (root / "c.csv").write_text("email,timezone\ntokyo@example.net,Asia/Tokyo\nwarsaw@example.net,Europe/Warsaw\n")
         assert reconciler("contacts", "import", "c.csv", "--list", "news", cwd=root).returncode == 0
         tick(root, "2026-11-24T14:00:00Z")  # 23:00 in Tokyo, 15:00 in Warsaw
@@ -380,17 +398,22 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -410,8 +433,9 @@ def test_starttls_checks_the_certificate_and_logs_in_with_the_password_from_the_
         return AuthResult(success=password == "s3cret")
 
     sink = Sink()
-    server = SinkServer(sink, tls_context=context, require_starttls=True, authenticator=authenticator,
-                        auth_required=True)  # fmt: skip
+    server = SinkServer(
+        sink, tls_context=context, require_starttls=True, authenticator=authenticator, auth_required=True
+    )
     with server as port:
         root = workspace(tmp_path / "ws", port)
         settings = root / "spec/settings.yaml"
@@ -442,10 +466,16 @@ def test_a_contact_who_chose_weekly_gets_at_most_one_marketing_email_a_week(tmp_
         second = root / "campaigns/second.yaml"
         second.write_text((root / "campaigns/hello.yaml").read_text().replace("name: hello", "name: second"))
         tick(root, LATER)
-        assert sorted(r for r, _ in sink.messages) == ["person0@example.net", "person1@example.net",
-                                                      "person1@example.net"]  # fmt: skip
-        reply = query(root, "SELECT l.last_reply FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-                            "WHERE c.email = 'person0@example.net' AND l.source = 'second'")  # fmt: skip
+        assert sorted(r for r, _ in sink.messages) == [
+            "person0@example.net",
+            "person1@example.net",
+            "person1@example.net",
+        ]
+        reply = query(
+            root,
+            "SELECT l.last_reply FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+            "WHERE c.email = 'person0@example.net' AND l.source = 'second'",
+        )
         assert reply == [("postponed: the contact chose at most one email a week",)]
         tick(root, "2026-12-01T10:00:01Z")
     assert len(sink.messages) == 4
@@ -463,8 +493,10 @@ def test_dispatch_in_process_with_the_memory_transport(tmp_path: Path) -> None:
 
     root = workspace(tmp_path, 1)
     import_contacts(root, 4)
-    replies = {"person1@example.net": Delivery("bounced", "550 5.1.1 no such user", 550, "5.1.1"),
-               "person2@example.net": Delivery("uncertain", "connection lost after the message was sent")}  # fmt: skip
+    replies = {
+        "person1@example.net": Delivery("bounced", "550 5.1.1 no such user", 550, "5.1.1"),
+        "person2@example.net": Delivery("uncertain", "connection lost after the message was sent"),
+    }
     memory = MemoryTransport(reply=lambda rcpt, data: replies.get(rcpt, Delivery("sent", "250 ok", 250)))
     clock = FixedClock(parse_instant(NOW))
     db = open_db(root / ".state/reconciler.db")

@@ -15,16 +15,23 @@ from reconciler.tokens import Signer
 from reconciler.transports import classify, dot_stuff
 
 SKELETON = Skeleton(
-    from_="Sklep Łąka <news@example.com>", reply_to="help@example.com",
-    list_id=("Nowości i oferty", "news.mail.example.com"), feedback_id="c:main:campaign:x", bulk=True,
-)  # fmt: skip
+    from_="Sklep Łąka <news@example.com>",
+    reply_to="help@example.com",
+    list_id=("Nowości i oferty", "news.mail.example.com"),
+    feedback_id="c:main:campaign:x",
+    bulk=True,
+)
 
 
 def build(subject: str, name: str | None, html: str, text: str) -> email.message.EmailMessage:
     data = SKELETON.build(
-        to=mailbox(name, "ola@example.net"), subject=subject, message_id="<1.a@example.com>",
-        date=datetime(2026, 11, 24, tzinfo=UTC), html=QpEncoder().encode([html]), text=qp(text),
-    )  # fmt: skip
+        to=mailbox(name, "ola@example.net"),
+        subject=subject,
+        message_id="<1.a@example.com>",
+        date=datetime(2026, 11, 24, tzinfo=UTC),
+        html=QpEncoder().encode([html]),
+        text=qp(text),
+    )
     message = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(message, email.message.EmailMessage)
     assert not [d for part in message.walk() for d in part.defects]
@@ -60,8 +67,9 @@ def test_line_breaks_never_reach_a_header(value: str) -> None:
     with pytest.raises(HeaderValueError):
         mailbox(value, "ola@example.net")
     with pytest.raises(HeaderValueError):
-        SKELETON.build(to="ola@example.net", subject=value, message_id="<1@x>", date=datetime.now(UTC), html=b"",
-                       text=b"")  # fmt: skip
+        SKELETON.build(
+            to="ola@example.net", subject=value, message_id="<1@x>", date=datetime.now(UTC), html=b"", text=b""
+        )
 
 
 def test_cached_constant_chunks_decode_to_the_same_html() -> None:

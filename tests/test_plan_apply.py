@@ -61,8 +61,14 @@ def db(example: Path) -> Database:
     """The example's state with 300 made-up contacts on newsletter and offers, a few of them opted out."""
     (example / "contacts.csv").write_text("".join(sample_csv(300, seed=1)))
     database = open_db(example / ".state" / "reconciler.db")
-    import_file(database, _desired(example), example / "contacts.csv", lists=["newsletter", "offers"],
-                consent_text="test", now=NOW)  # fmt: skip
+    import_file(
+        database,
+        _desired(example),
+        example / "contacts.csv",
+        lists=["newsletter", "offers"],
+        consent_text="test",
+        now=NOW,
+    )
     emails = [row[0] for row in database.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 8")]
     for email in emails[:3]:
         set_subscription(database, email, "newsletter", "unsubscribed", at="2026-11-24T11:00:00Z", source="test")
@@ -74,11 +80,16 @@ def db(example: Path) -> Database:
 def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_count(example: Path) -> None:
     db = open_db(example / "state.db")
     plan = _plan(example, db)
-    assert _ops(plan) == {"black-friday-2026": "schedule", "guji-harvest-2026": "create",
-                          "holiday-gift-guide-2026": "schedule"}  # fmt: skip
+    assert _ops(plan) == {
+        "black-friday-2026": "schedule",
+        "guji-harvest-2026": "create",
+        "holiday-gift-guide-2026": "schedule",
+    }
     assert {name: count.recipients for name, count in plan.audiences.items()} == {
-        "black-friday-2026": 0, "guji-harvest-2026": 0, "holiday-gift-guide-2026": 0,
-    }  # fmt: skip
+        "black-friday-2026": 0,
+        "guji-harvest-2026": 0,
+        "holiday-gift-guide-2026": 0,
+    }
     text = as_text(plan)
     for name in plan.audiences:
         assert re.search(rf"\+ Campaign {name} .*\n.*→ 0 recipients", text), text
@@ -202,9 +213,11 @@ def test_a_schedule_within_the_grace_period_starts_and_local_times_are_per_conta
     _apply(example, db)
     assert start_due(db, now=datetime(2026, 12, 13, 18, 0, tzinfo=UTC)) == []  # 09:00 in Kiribati is 19:00 UTC
     assert start_due(db, now=datetime(2026, 12, 13, 19, 0, tzinfo=UTC)) == ["holiday-gift-guide-2026"]
-    due = dict(db.conn.execute(
-        "SELECT c.timezone, min(l.due_at) FROM ledger l JOIN contacts c ON c.id = l.contact_id GROUP BY 1"
-    ).fetchall())  # fmt: skip
+    due = dict(
+        db.conn.execute(
+            "SELECT c.timezone, min(l.due_at) FROM ledger l JOIN contacts c ON c.id = l.contact_id GROUP BY 1"
+        ).fetchall()
+    )
     assert due["Asia/Tokyo"] == "2026-12-14T00:00:00Z"
     assert due["Europe/Warsaw"] == "2026-12-14T08:00:00Z"
     assert due["America/Los_Angeles"] == "2026-12-14T17:00:00Z"
@@ -305,8 +318,10 @@ def test_two_ticks_at_once_start_a_campaign_once(example: Path) -> None:
     assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
     _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: scheduled")
     command = [sys.executable, "-m", "reconciler", "tick", "--now", "2026-11-24T12:00:00Z"]
-    ticks = [subprocess.Popen(command, cwd=example, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]  # fmt: skip
+    ticks = [
+        subprocess.Popen(command, cwd=example, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outputs = [tick.communicate(timeout=120) for tick in ticks]
     assert [tick.returncode for tick in ticks] == [0, 0, 0], outputs
     assert sum("guji-harvest-2026: started" in out for out, _ in outputs) == 1

@@ -17,16 +17,41 @@ from reconciler.state import open_db
 from reconciler.state.audiences import member_ids
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-TYPES = {"spend": "number", "orders": "integer", "roast": "string", "vip": "boolean", "birthday": "date",
-         "last_order_at": "datetime", "interests": "list", "renewal": "date"}  # fmt: skip
+TYPES = {
+    "spend": "number",
+    "orders": "integer",
+    "roast": "string",
+    "vip": "boolean",
+    "birthday": "date",
+    "last_order_at": "datetime",
+    "interests": "list",
+    "renewal": "date",
+}
 PEOPLE: dict[str, dict[str, Any]] = {
-    "ann": {"country": "PL", "tags": ["vip"], "spend": 120.5, "orders": 3, "roast": "dark", "vip": True,
-            "birthday": "1990-03-10", "last_order_at": "2026-03-09T23:30:00Z", "interests": ["espresso", "tea"]},
-    "bob": {"country": "DE", "spend": 80, "orders": 1, "roast": "light roast", "vip": False,
-            "birthday": "1985-12-31", "last_order_at": "2026-01-01T10:00:00Z", "interests": []},
+    "ann": {
+        "country": "PL",
+        "tags": ["vip"],
+        "spend": 120.5,
+        "orders": 3,
+        "roast": "dark",
+        "vip": True,
+        "birthday": "1990-03-10",
+        "last_order_at": "2026-03-09T23:30:00Z",
+        "interests": ["espresso", "tea"],
+    },
+    "bob": {
+        "country": "DE",
+        "spend": 80,
+        "orders": 1,
+        "roast": "light roast",
+        "vip": False,
+        "birthday": "1985-12-31",
+        "last_order_at": "2026-01-01T10:00:00Z",
+        "interests": [],
+    },
     "cy": {"country": None, "spend": 120.5, "orders": 0, "roast": "Dark", "renewal": "2026-03-11"},
     "di": {},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +62,15 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
         database.conn.execute(
             "INSERT INTO contacts (id, email, email_hash, country, tags, fields, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
-            (index, f"{name}@example.com", name, values.get("country"), json.dumps(values.get("tags", [])),
-             json.dumps(custom)),
-        )  # fmt: skip
+            (
+                index,
+                f"{name}@example.com",
+                name,
+                values.get("country"),
+                json.dumps(values.get("tags", [])),
+                json.dumps(custom),
+            ),
+        )
     return database
 
 
@@ -108,8 +139,12 @@ def test_top_n_breaks_ties_by_the_older_contact_and_puts_missing_values_last(db:
 
 def test_values_from_the_spec_never_reach_the_sql_text() -> None:
     hostile = "x'); DROP TABLE contacts; --"
-    conditions = [{"field": "roast", "eq": hostile}, {"tag": hostile}, {"field": "roast", "starts_with": hostile},
-                  {"event": "x.y", "property": {"name": hostile, "eq": hostile}}]  # fmt: skip
+    conditions = [
+        {"field": "roast", "eq": hostile},
+        {"tag": hostile},
+        {"field": "roast", "starts_with": hostile},
+        {"event": "x.y", "property": {"name": hostile, "eq": hostile}},
+    ]
     document = {"kind": "Segment", "name": "s", "where": {"all": conditions}}
     compiler = Compiler({"s": Segment.model_validate(document)}, TYPES, now=NOW)
     query = compiler.members("s")

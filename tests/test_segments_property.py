@@ -23,8 +23,15 @@ from reconciler.state.audiences import member_ids
 from segment_reference import Person, World
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
-TYPES = {"spend": "number", "orders": "integer", "roast": "string", "vip": "boolean", "birthday": "date",
-         "last_order_at": "datetime", "interests": "list"}  # fmt: skip
+TYPES = {
+    "spend": "number",
+    "orders": "integer",
+    "roast": "string",
+    "vip": "boolean",
+    "birthday": "date",
+    "last_order_at": "datetime",
+    "interests": "list",
+}
 ALL_TYPES = {"country": "string", "first_name": "string", "tags": "list", "created_at": "datetime", **TYPES}
 LISTS = ("news", "offers")
 STRINGS = ("dark", "light", "Dark", "medium roast", "")
@@ -60,21 +67,37 @@ def people(draw: st.DrawFn) -> list[Person]:
             "last_order_at": draw(maybe(st.one_of(st.sampled_from(TIMES), st.integers(0, 800).map(_instant)))),
             "interests": draw(maybe(st.lists(st.sampled_from(("tea", "espresso", "filter")), unique=True, max_size=2))),
         }
-        subscriptions = {name: draw(st.sampled_from(("subscribed", "unsubscribed", "pending"))) for name in LISTS
-                         if draw(st.booleans())}  # fmt: skip
+        subscriptions = {
+            name: draw(st.sampled_from(("subscribed", "unsubscribed", "pending")))
+            for name in LISTS
+            if draw(st.booleans())
+        }
         events = [
-            {"type": draw(st.sampled_from(("purchase", "visit"))), "occurred_at": _instant(draw(st.integers(0, 3000))),
-             "properties": {k: v for k, v in {"amount": draw(maybe(st.sampled_from(NUMBERS))),
-                                              "sku": draw(maybe(st.sampled_from(("A1", "B2"))))}.items()
-                            if v is not None}}
+            {
+                "type": draw(st.sampled_from(("purchase", "visit"))),
+                "occurred_at": _instant(draw(st.integers(0, 3000))),
+                "properties": {
+                    k: v
+                    for k, v in {
+                        "amount": draw(maybe(st.sampled_from(NUMBERS))),
+                        "sku": draw(maybe(st.sampled_from(("A1", "B2")))),
+                    }.items()
+                    if v is not None
+                },
+            }
             for _ in range(draw(st.integers(0, 4)))
-        ]  # fmt: skip
+        ]
         engagement = [
-            {"action": draw(st.sampled_from(("opened", "clicked"))), "source_kind": "campaign",
-             "source": draw(st.sampled_from(("spring", "summer"))), "stage": "", "machine": draw(st.booleans()),
-             "at": _instant(draw(st.integers(0, 2000)))}
+            {
+                "action": draw(st.sampled_from(("opened", "clicked"))),
+                "source_kind": "campaign",
+                "source": draw(st.sampled_from(("spring", "summer"))),
+                "stage": "",
+                "machine": draw(st.booleans()),
+                "at": _instant(draw(st.integers(0, 2000))),
+            }
             for _ in range(draw(st.integers(0, 3)))
-        ]  # fmt: skip
+        ]
         found.append(Person(index + 1, values, subscriptions, events, engagement))
     return found
 
@@ -93,9 +116,14 @@ def field_condition(draw: st.DrawFn) -> dict[str, Any]:
         ops += ["contains"]
     op = draw(st.sampled_from(ops))
     pool: tuple[Any, ...] = {
-        "number": NUMBERS, "integer": (0, 1, 2, 3), "string": COUNTRIES + STRINGS if name == "country" else STRINGS,
-        "boolean": (True, False), "date": DATES, "datetime": TIMES + DATES, "list": ("tea", "espresso", "vip", "gift"),
-    }[type_]  # fmt: skip
+        "number": NUMBERS,
+        "integer": (0, 1, 2, 3),
+        "string": COUNTRIES + STRINGS if name == "country" else STRINGS,
+        "boolean": (True, False),
+        "date": DATES,
+        "datetime": TIMES + DATES,
+        "list": ("tea", "espresso", "vip", "gift"),
+    }[type_]
     if op == "exists":
         operand: Any = draw(st.booleans())
     elif op in ("in", "not_in"):
@@ -138,8 +166,10 @@ def leaf(draw: st.DrawFn) -> dict[str, Any]:
     if choice == "count":
         event["count"] = {draw(st.sampled_from(("eq", "ne", "gt", "gte", "lt", "lte"))): draw(st.integers(0, 3))}
     elif choice == "sum":
-        event["sum"] = {"property": "amount", draw(st.sampled_from(("gt", "gte", "lt", "eq"))): draw(
-            st.sampled_from((0, 2.5, 10, 100)))}  # fmt: skip
+        event["sum"] = {
+            "property": "amount",
+            draw(st.sampled_from(("gt", "gte", "lt", "eq"))): draw(st.sampled_from((0, 2.5, 10, 100))),
+        }
     if draw(st.booleans()):
         prop_op = draw(st.sampled_from(("eq", "ne", "in", "gt", "exists")))
         operand = {"eq": "A1", "ne": "B2", "in": ["A1"], "gt": 5, "exists": True}[prop_op]
@@ -169,9 +199,10 @@ def segments(draw: st.DrawFn, *, name: str, with_segments: bool) -> dict[str, An
     if draw(st.integers(0, 5)):
         document["where"] = draw(conditions(with_segments=with_segments))
     if draw(st.booleans()):
-        document["order_by"] = {"field": draw(st.sampled_from(("spend", "orders", "roast", "birthday",
-                                                                  "last_order_at", "country"))),
-                                "direction": draw(st.sampled_from(("asc", "desc")))}  # fmt: skip
+        document["order_by"] = {
+            "field": draw(st.sampled_from(("spend", "orders", "roast", "birthday", "last_order_at", "country"))),
+            "direction": draw(st.sampled_from(("asc", "desc"))),
+        }
         document["limit"] = draw(st.integers(1, 6))
     return document
 
@@ -186,21 +217,39 @@ def _store(db: Database, world: World) -> None:
         conn.execute(
             "INSERT INTO contacts (id, email, email_hash, first_name, country, tags, fields, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (person.id, f"p{person.id}@example.com", f"h{person.id}", values["first_name"], values["country"],
-             json.dumps(values["tags"]), json.dumps(custom), values["created_at"], values["created_at"]),
-        )  # fmt: skip
+            (
+                person.id,
+                f"p{person.id}@example.com",
+                f"h{person.id}",
+                values["first_name"],
+                values["country"],
+                json.dumps(values["tags"]),
+                json.dumps(custom),
+                values["created_at"],
+                values["created_at"],
+            ),
+        )
         for list_name, status in person.subscriptions.items():
             conn.execute("INSERT INTO subscriptions VALUES (?, ?, ?, ?)", (person.id, list_name, status, "x"))
         for event in person.events:
-            conn.execute("INSERT INTO events (contact_id, type, occurred_at, properties) VALUES (?, ?, ?, ?)",
-                         (person.id, event["type"], event["occurred_at"], json.dumps(event["properties"])))  # fmt: skip
+            conn.execute(
+                "INSERT INTO events (contact_id, type, occurred_at, properties) VALUES (?, ?, ?, ?)",
+                (person.id, event["type"], event["occurred_at"], json.dumps(event["properties"])),
+            )
         for row in person.engagement:
             conn.execute(
                 "INSERT INTO engagement (contact_id, source_kind, source, stage, action, machine, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (person.id, row["source_kind"], row["source"], row["stage"], row["action"], int(row["machine"]),
-                 row["at"]),
-            )  # fmt: skip
+                (
+                    person.id,
+                    row["source_kind"],
+                    row["source"],
+                    row["stage"],
+                    row["action"],
+                    int(row["machine"]),
+                    row["at"],
+                ),
+            )
 
 
 _DB: list[Database] = []

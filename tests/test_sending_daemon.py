@@ -23,8 +23,14 @@ from smtp_sink import Sink, SinkServer
 def start_daemon(root: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "NO_COLOR": "1", "RECONCILER_SECRET": "test-secret"}
     env.pop("RECONCILER_STATE", None)
-    return subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--interval", "60"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "run", "--interval", "60"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -74,8 +80,12 @@ def test_sigkill_mid_send_then_restart_sends_no_address_twice_and_skips_only_unc
         output = stop(daemons[1])
     received = sink.received()
     assert max(received.values()) == 1, [e for e, n in received.items() if n > 1][:5]
-    uncertain = {row[0] for row in query(root, "SELECT c.email FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-                                               "WHERE l.state = 'uncertain'")}  # fmt: skip
+    uncertain = {
+        row[0]
+        for row in query(
+            root, "SELECT c.email FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE l.state = 'uncertain'"
+        )
+    }
     assert len(uncertain) == on_the_wire <= connections
     assert set(emails) - set(received) <= uncertain
     assert len(received) >= 5000 - connections

@@ -63,9 +63,20 @@ YAML_PIECES = [
     "\x00",
 ]
 TEMPLATE_PIECES = [
-    "<mj-section>", "</mj-column>", "<mj-text>", "{{ contact.", "{% if x %}", "{% endif %}",
-    "{% include 'partials/nope.mjml' %}", "{% extends 'x' %}", "{% block content %}", "<", ">", "&", "}}",
-]  # fmt: skip
+    "<mj-section>",
+    "</mj-column>",
+    "<mj-text>",
+    "{{ contact.",
+    "{% if x %}",
+    "{% endif %}",
+    "{% include 'partials/nope.mjml' %}",
+    "{% extends 'x' %}",
+    "{% block content %}",
+    "<",
+    ">",
+    "&",
+    "}}",
+]
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,13 @@ def unsubscribe_url(data: bytes) -> str:
 
 
 def subscriptions(root: Path, email: str) -> dict[str, str]:
-    return dict(query(root, "SELECT s.list, s.status FROM subscriptions s JOIN contacts c ON c.id = s.contact_id "
-                            "WHERE c.email = ?", email))  # type: ignore[arg-type]  # fmt: skip
+    return dict(
+        query(
+            root,
+            "SELECT s.list, s.status FROM subscriptions s JOIN contacts c ON c.id = s.contact_id WHERE c.email = ?",
+            email,
+        )
+    )  # type: ignore[arg-type]
 
 
 def test_one_click_unsubscribe_from_a_received_message(site: tuple[Path, Sink, str, int]) -> None:
@@ -109,9 +114,16 @@ def test_preference_page_in_chromium(site: tuple[Path, Sink, str, int]) -> None:
     with WebServer(root, port=port), sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(chromium),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
         page.goto(unsubscribe_url(data))
         page.get_by_role("link", name="Choose what you receive").click()
@@ -132,8 +144,11 @@ def test_preference_page_in_chromium(site: tuple[Path, Sink, str, int]) -> None:
         browser.close()
     assert subscriptions(root, rcpt) == {"news": "unsubscribed", "offers": "unsubscribed"}
     assert query(root, "SELECT frequency FROM contacts WHERE email = ?", rcpt) == [("weekly",)]
-    assert query(root, "SELECT p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash "
-                       "WHERE c.email = ?", rcpt) == [("unsubscribed",)]  # fmt: skip
+    assert query(
+        root,
+        "SELECT p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash WHERE c.email = ?",
+        rcpt,
+    ) == [("unsubscribed",)]
     consent = "SELECT action FROM consent c JOIN contacts p ON p.id = c.contact_id WHERE p.email = ? AND source = ?"
     actions = [a for (a,) in query(root, consent + " ORDER BY c.id", rcpt, "preferences")]
     assert actions == ["unsubscribe", "unsubscribe", "unsubscribe"]
@@ -173,8 +188,14 @@ def test_double_opt_in_from_form_to_confirmed_subscription(tmp_path: Path) -> No
         import_contacts(root, 1)
         tick(root)  # applies the lists; the campaign goes to person0
         with WebServer(root, port=web_port), httpx.Client() as client:
-            answer = client.post(f"{base}/subscribe", data={"email": " New.Reader@Example.NET ", "list": "offers",
-                                                            "consent": "Yes, send me offers (form v3)"})  # fmt: skip
+            answer = client.post(
+                f"{base}/subscribe",
+                data={
+                    "email": " New.Reader@Example.NET ",
+                    "list": "offers",
+                    "consent": "Yes, send me offers (form v3)",
+                },
+            )
             assert answer.status_code == 200 and "Thank you" in answer.text
             assert subscriptions(root, "new.reader@example.net") == {"offers": "pending"}
             tick(root, "2030-01-01T00:00:00Z")  # the request was queued at the real time; tick at a later one
@@ -200,13 +221,15 @@ def test_double_opt_in_from_form_to_confirmed_subscription(tmp_path: Path) -> No
 def test_subscribe_form_is_rate_limited_per_address(site: tuple[Path, Sink, str, int]) -> None:
     root, _sink, base, port = site
     with WebServer(root, port=port), httpx.Client() as client:
-        answers = [client.post(f"{base}/subscribe", data={"email": "spam@example.org", "list": "offers"})
-                   for _ in range(4)]  # fmt: skip
+        answers = [
+            client.post(f"{base}/subscribe", data={"email": "spam@example.org", "list": "offers"}) for _ in range(4)
+        ]
         assert [a.status_code for a in answers] == [200, 200, 200, 429]
         assert int(answers[-1].headers["retry-after"]) > 0
         assert client.post(f"{base}/subscribe", data={"email": "x@example.org", "list": "receipts"}).status_code == 422
-        big = client.post(f"{base}/subscribe", content=b"x" * 2_000_000,
-                          headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+        big = client.post(
+            f"{base}/subscribe", content=b"x" * 2_000_000, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
         assert big.status_code == 413
     confirmations = query(root, "SELECT count(*) FROM ledger WHERE source = 'double-opt-in'")[0][0]
     assert confirmations == 3
@@ -248,9 +271,16 @@ def _sns_key_and_fetch() -> tuple[object, object, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
-            .sign(key, hashes.SHA256()))  # fmt: skip
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     return key, hashes, cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -261,10 +291,14 @@ def _sns(key: object, hashes: object, message: dict[str, object], version: str =
     from cryptography.hazmat.primitives.asymmetric import padding
 
     body: dict[str, object] = {
-        "Type": "Notification", "MessageId": f"m-{time.time_ns()}", "Timestamp": "2026-11-24T10:00:00.000Z",
-        "TopicArn": "arn:aws:sns:eu-west-1:123:ses", "Message": json.dumps(message), "SignatureVersion": version,
+        "Type": "Notification",
+        "MessageId": f"m-{time.time_ns()}",
+        "Timestamp": "2026-11-24T10:00:00.000Z",
+        "TopicArn": "arn:aws:sns:eu-west-1:123:ses",
+        "Message": json.dumps(message),
+        "SignatureVersion": version,
         "SigningCertURL": CERT_URL,
-    }  # fmt: skip
+    }
     keys = ["Message", "MessageId", "Timestamp", "TopicArn", "Type"]
     text = "".join(f"{k}\n{body[k]}\n" for k in keys).encode()
     algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()  # type: ignore[attr-defined]
@@ -283,15 +317,38 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
         return pem
 
     bounced = [{"emailAddress": "person1@example.net", "diagnosticCode": "smtp; 550 5.1.1"}]
-    hard = _sns(key, hashes, {"notificationType": "Bounce", "bounce": {
-        "bounceType": "Permanent", "bounceSubType": "General", "bouncedRecipients": bounced}})  # fmt: skip
+    hard = _sns(
+        key,
+        hashes,
+        {
+            "notificationType": "Bounce",
+            "bounce": {"bounceType": "Permanent", "bounceSubType": "General", "bouncedRecipients": bounced},
+        },
+    )
     transient = [{"emailAddress": "person2@example.net"}]
-    soft = _sns(key, hashes, {"notificationType": "Bounce", "bounce": {
-        "bounceType": "Transient", "bouncedRecipients": transient}}, version="2")  # fmt: skip
-    complaint = _sns(key, hashes, {"notificationType": "Complaint", "complaint": {
-        "complainedRecipients": [{"emailAddress": "person3@example.net"}]}})  # fmt: skip
-    forged = dict(hard, Message=json.dumps({"notificationType": "Complaint", "complaint": {
-        "complainedRecipients": [{"emailAddress": "person9@example.net"}]}}))  # fmt: skip
+    soft = _sns(
+        key,
+        hashes,
+        {"notificationType": "Bounce", "bounce": {"bounceType": "Transient", "bouncedRecipients": transient}},
+        version="2",
+    )
+    complaint = _sns(
+        key,
+        hashes,
+        {
+            "notificationType": "Complaint",
+            "complaint": {"complainedRecipients": [{"emailAddress": "person3@example.net"}]},
+        },
+    )
+    forged = dict(
+        hard,
+        Message=json.dumps(
+            {
+                "notificationType": "Complaint",
+                "complaint": {"complainedRecipients": [{"emailAddress": "person9@example.net"}]},
+            }
+        ),
+    )
     foreign = dict(hard, SigningCertURL="https://evil.example.org/SimpleNotificationService-1.pem")
     auth = {"authorization": "Basic " + base64.b64encode(f"postmark:{TOKEN}".encode()).decode()}
     with WebServer(root, port=port, fetch=fetch), httpx.Client() as client:
@@ -312,18 +369,25 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
         spam = {"RecordType": "SpamComplaint", "ID": 43, "Email": "person5@example.net"}
         assert client.post(postmark, json=spam, headers=auth).json()["recorded"] == 1
         generic = f"{base}/api/v1/webhooks/generic"
-        event = [{"id": "g-1", "type": "bounce", "bounce_type": "soft", "email": "person6@example.net"},
-                 {"id": "g-2", "type": "complaint", "email": "person7@example.net"}]  # fmt: skip
+        event = [
+            {"id": "g-1", "type": "bounce", "bounce_type": "soft", "email": "person6@example.net"},
+            {"id": "g-2", "type": "complaint", "email": "person7@example.net"},
+        ]
         assert client.post(generic, json=event).status_code == 401
         bearer = {"authorization": f"Bearer {TOKEN}"}
         assert client.post(generic, json=event, headers=bearer).json()["recorded"] == 2
         assert client.post(generic, json=[{"id": "x"}], headers=bearer).status_code == 400
     assert fetched == [CERT_URL]  # the certificate is fetched once
-    suppressed = dict(query(root, "SELECT c.email, p.reason FROM suppressions p JOIN contacts c "
-                                  "ON c.email_hash = p.email_hash"))  # fmt: skip
-    assert suppressed == {"person1@example.net": "bounced", "person3@example.net": "complained",
-                          "person4@example.net": "bounced", "person5@example.net": "complained",
-                          "person7@example.net": "complained"}  # fmt: skip
+    suppressed = dict(
+        query(root, "SELECT c.email, p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash")
+    )
+    assert suppressed == {
+        "person1@example.net": "bounced",
+        "person3@example.net": "complained",
+        "person4@example.net": "bounced",
+        "person5@example.net": "complained",
+        "person7@example.net": "complained",
+    }
     soft_counted = query(root, "SELECT count(*) FROM engagement WHERE action = 'bounced' AND detail LIKE 'soft:%'")
     assert soft_counted == [(2,)]
 
@@ -332,8 +396,13 @@ def test_api_contacts_events_health_and_metrics(site: tuple[Path, Sink, str, int
     root, _sink, base, port = site
     bearer = {"authorization": f"Bearer {TOKEN}"}
     with WebServer(root, port=port), httpx.Client() as client:
-        contact = {"email": "API.User@Example.org", "first_name": "Api", "city": "Gdańsk", "lists": ["news"],
-                   "consent": "signed up at the till"}  # fmt: skip
+        contact = {
+            "email": "API.User@Example.org",
+            "first_name": "Api",
+            "city": "Gdańsk",
+            "lists": ["news"],
+            "consent": "signed up at the till",
+        }
         assert client.post(f"{base}/api/v1/contacts", json=contact).status_code == 401
         assert (
             client.post(f"{base}/api/v1/contacts", json=contact, headers={"authorization": "Bearer no"}).status_code
@@ -343,9 +412,16 @@ def test_api_contacts_events_health_and_metrics(site: tuple[Path, Sink, str, int
         assert created.json() == {"created": 1, "updated": 0, "subscribed": 1}
         wrong = client.post(f"{base}/api/v1/contacts", json=[{"email": "a@example.org", "citty": "x"}], headers=bearer)
         assert wrong.status_code == 422 and "citty" in wrong.text
-        events = [{"email": "api.user@example.org", "type": "purchase", "properties": {"value": 30}, "id": "o-1",
-                   "occurred_at": "2026-11-24T09:00:00Z"},
-                  {"email": "api.user@example.org", "type": "purchase", "id": "o-2"}]  # fmt: skip
+        events = [
+            {
+                "email": "api.user@example.org",
+                "type": "purchase",
+                "properties": {"value": 30},
+                "id": "o-1",
+                "occurred_at": "2026-11-24T09:00:00Z",
+            },
+            {"email": "api.user@example.org", "type": "purchase", "id": "o-2"},
+        ]
         assert client.post(f"{base}/api/v1/events", json=events, headers=bearer).json() == {"added": 2, "repeated": 0}
         assert client.post(f"{base}/api/v1/events", json=events, headers=bearer).json() == {"added": 0, "repeated": 2}
         health = client.get(f"{base}/healthz").json()
@@ -365,8 +441,9 @@ def test_view_online_shows_the_message_as_its_recipient_got_it(site: tuple[Path,
 
     root, _sink, base, port = site
     (key,) = query(root, "SELECT value FROM meta WHERE key = 'signing_key'")[0]
-    (row_id,) = query(root, "SELECT l.id FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-                            "WHERE c.email = 'person7@example.net'")[0]  # fmt: skip
+    (row_id,) = query(
+        root, "SELECT l.id FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE c.email = 'person7@example.net'"
+    )[0]
     url = f"{base}/v/{Signer(str(key).encode()).sign('view', int(str(row_id)))}"
     with WebServer(root, port=port), httpx.Client() as client:
         page = client.get(url)

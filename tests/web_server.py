@@ -23,8 +23,11 @@ class WebServer:
         options = {"fetch": fetch} if fetch else {}
         self.app = create_app(self.db, clock=SystemClock(), root=root, **options)  # type: ignore[arg-type]
         self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", access_log=False))  # fmt: skip
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", access_log=False
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:

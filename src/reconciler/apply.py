@@ -31,8 +31,14 @@ log = logging.getLogger(__name__)
 COUNT_BUDGET = 10.0
 """Seconds a daemon pass may spend counting segment audiences for its log and status messages."""
 
-_REASONS = {"draft": "Draft", "scheduled": "Scheduled", "paused": "Paused", "cancelled": "Cancelled",
-            "sending": "Sending", "sent": "Sent"}  # fmt: skip
+_REASONS = {
+    "draft": "Draft",
+    "scheduled": "Scheduled",
+    "paused": "Paused",
+    "cancelled": "Cancelled",
+    "sending": "Sending",
+    "sent": "Sent",
+}
 
 
 @dataclass
@@ -72,14 +78,27 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
                 set_meta(db, key, value)
         for action in plan.actions:
             _apply_action(db, action, plan=plan, at=at)
-            audit(db, at=at, revision=plan.revision, actor="apply", subject=action.subject, action=action.op,
-                  detail=action.summary)  # fmt: skip
+            audit(
+                db,
+                at=at,
+                revision=plan.revision,
+                actor="apply",
+                subject=action.subject,
+                action=action.op,
+                detail=action.summary,
+            )
             result.actions += 1
         failed = {p.name for p in plan.errors if p.kind == "Campaign"}
         for problem in plan.errors:
             if problem.kind == "Campaign":
-                campaigns.set_condition(db, problem.name, ready=False, reason="Stalled",
-                                        message=f"{problem.field}: {problem.message}", at=at)  # fmt: skip
+                campaigns.set_condition(
+                    db,
+                    problem.name,
+                    ready=False,
+                    reason="Stalled",
+                    message=f"{problem.field}: {problem.message}",
+                    at=at,
+                )
         campaigns.mark_attempted(db, sorted(failed), revision=plan.revision)
         campaigns.clear_stalled(db, keep=failed, at=at)
         if result.actions:
@@ -105,8 +124,13 @@ def observe_for(
     """The observed state (read now unless given) with the counts a plan shows: the segment audiences of `campaigns`
     (all when None) first, then every segment's size; counting stops after `budget` seconds (a scan each)."""
     deadline = None if budget is None else time.monotonic() + budget
-    return with_counts(db, observed or observe(db), audiences=audience_queries(desired, now=now, campaigns=campaigns),
-                       segments=segment_queries(desired, now=now) if segments else {}, deadline=deadline)  # fmt: skip
+    return with_counts(
+        db,
+        observed or observe(db),
+        audiences=audience_queries(desired, now=now, campaigns=campaigns),
+        segments=segment_queries(desired, now=now) if segments else {},
+        deadline=deadline,
+    )
 
 
 def plan_and_apply(
@@ -119,8 +143,9 @@ def plan_and_apply(
         plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
         touched = [a.name for a in plan.actions if a.kind == "Campaign" and a.audience and a.audience.unevaluated]
         if touched:
-            observed = observe_for(db, desired, now=now, observed=observed, campaigns=touched, segments=False,
-                                   budget=COUNT_BUDGET)  # fmt: skip
+            observed = observe_for(
+                db, desired, now=now, observed=observed, campaigns=touched, segments=False, budget=COUNT_BUDGET
+            )
             plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
         try:
             return plan, apply_plan(db, plan, desired, now=now)
@@ -155,23 +180,38 @@ def _apply_campaign(db: Database, action: Action, record: dict[str, Any], *, pla
     if action.op == "confirm":
         campaigns.confirm_late(db, name)
     elif action.op == "remove":
-        campaigns.mark_removed(db, name, status=status, reason="Removed", message=action.summary, at=at,
-                               revision=plan.revision)  # fmt: skip
+        campaigns.mark_removed(
+            db, name, status=status, reason="Removed", message=action.summary, at=at, revision=plan.revision
+        )
         campaigns.skip_unsent(db, name, why="campaign file removed", at=at)
     elif record:  # not started: the whole definition is (re)written
-        message = {"scheduled": f"scheduled for {action.when}", "draft": "draft: not scheduled",
-                   "paused": "paused before it started", "cancelled": "cancelled: never sent"}[status]  # fmt: skip
+        message = {
+            "scheduled": f"scheduled for {action.when}",
+            "draft": "draft: not scheduled",
+            "paused": "paused before it started",
+            "cancelled": "cancelled: never sent",
+        }[status]
         if action.audience is not None and status == "scheduled":
             message += f" {action.audience.describe()}"
         campaigns.upsert_campaign(
-            db, name, status=status, reason=_REASONS[status], message=message, path=record["path"],
-            spec=record["spec"], content=record["content"], content_hash=record["content_hash"],
-            start_at=iso(action.start_at) if action.start_at and status == "scheduled" else None, at=at,
-            revision=plan.revision, audience=record.get("audience", {}),
-        )  # fmt: skip
+            db,
+            name,
+            status=status,
+            reason=_REASONS[status],
+            message=message,
+            path=record["path"],
+            spec=record["spec"],
+            content=record["content"],
+            content_hash=record["content_hash"],
+            start_at=iso(action.start_at) if action.start_at and status == "scheduled" else None,
+            at=at,
+            revision=plan.revision,
+            audience=record.get("audience", {}),
+        )
     else:  # started: only the status moves
-        campaigns.set_status(db, name, status=status, reason=_REASONS[status], message=action.summary, at=at,
-                             revision=plan.revision)  # fmt: skip
+        campaigns.set_status(
+            db, name, status=status, reason=_REASONS[status], message=action.summary, at=at, revision=plan.revision
+        )
         if action.op == "cancel":
             campaigns.skip_unsent(db, name, why="campaign cancelled", at=at)
 
@@ -190,31 +230,58 @@ def start_due(db: Database, *, now: datetime) -> list[str]:
             exclude = audience.get("exclude") or {}
             late = now - datetime.fromisoformat(row["start_at"])
             if late > grace and not row["confirmed_late"]:
-                campaigns.set_condition(db, name, ready=False, reason="LateSchedule", at=at,
-                                        message=f"waits: its start time is {ago(late)} past, more than the grace of "
-                                                f"{ago(grace)}; confirm with `reconciler apply --confirm {name}` "
-                                                "or set a new send_at")  # fmt: skip
+                campaigns.set_condition(
+                    db,
+                    name,
+                    ready=False,
+                    reason="LateSchedule",
+                    at=at,
+                    message=f"waits: its start time is {ago(late)} past, more than the grace of "
+                    f"{ago(grace)}; confirm with `reconciler apply --confirm {name}` "
+                    "or set a new send_at",
+                )
                 continue
             stored = json.loads(row["audience"] or "{}")
             compiler = Compiler(
                 {n: Segment.model_validate(s) for n, s in stored.get("segments", {}).items()},
-                stored.get("fields", {}), now=now, timezone=stored.get("timezone", default_zone),
-            )  # fmt: skip  # the segments as they were when the campaign was scheduled, evaluated now
+                stored.get("fields", {}),
+                now=now,
+                timezone=stored.get("timezone", default_zone),
+            )  # the segments as they were when the campaign was scheduled, evaluated now
             query = audience_sql(
-                compiler, lists=audience["lists"], exclude_lists=exclude.get("lists", []),
-                segments=audience.get("segments", []), exclude_segments=exclude.get("segments", []),
+                compiler,
+                lists=audience["lists"],
+                exclude_lists=exclude.get("lists", []),
+                segments=audience.get("segments", []),
+                exclude_segments=exclude.get("segments", []),
                 blocking=blocking_for(categories, audience["lists"]),
-            )  # fmt: skip
+            )
             send_at = spec["send_at"]
             due = _due_function(send_at, default_zone=default_zone, at=at)
             count = campaigns.snapshot_audience(
-                db, name, recipients=query.recipients, due_at=due, content_hash=row["content_hash"],
-                revision=row["last_applied_revision"] or "", at=at,
-            )  # fmt: skip
-            audit(db, at=at, revision=row["last_applied_revision"], actor="tick", subject=f"Campaign {name}",
-                  action="start", detail=f"{count} recipients snapshotted")  # fmt: skip
-            log.info("Campaign %s: started, %d recipients queued (%s)", name, count,
-                     describe_when(_send_at_value(send_at), now=now))  # fmt: skip
+                db,
+                name,
+                recipients=query.recipients,
+                due_at=due,
+                content_hash=row["content_hash"],
+                revision=row["last_applied_revision"] or "",
+                at=at,
+            )
+            audit(
+                db,
+                at=at,
+                revision=row["last_applied_revision"],
+                actor="tick",
+                subject=f"Campaign {name}",
+                action="start",
+                detail=f"{count} recipients snapshotted",
+            )
+            log.info(
+                "Campaign %s: started, %d recipients queued (%s)",
+                name,
+                count,
+                describe_when(_send_at_value(send_at), now=now),
+            )
             started.append(name)
         if started:
             bump_serial(db)

@@ -66,20 +66,31 @@ class Group(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback, and "
-                       "please report it)", err=True)  # fmt: skip
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback, and "
+                "please report it)",
+                err=True,
+            )
             ctx.exit(1)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "-C", "--workspace", "workspace", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-    show_default=True, help="The workspace folder (holding spec/, campaigns/, templates/).",
-)  # fmt: skip
+    "-C",
+    "--workspace",
+    "workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The workspace folder (holding spec/, campaigns/, templates/).",
+)
 @click.option(
-    "--state", "state", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--state",
+    "state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="The state database (default: $RECONCILER_STATE, else .state/reconciler.db in the workspace).",
-)  # fmt: skip
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(__version__, prog_name="reconciler")
 @click.pass_context
@@ -91,8 +102,14 @@ def main(ctx: click.Context, workspace: Path, state: Path | None, debug: bool) -
 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
-              help="github prints annotations for GitHub Actions.")  # fmt: skip
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="github prints annotations for GitHub Actions.",
+)
 @click.pass_context
 def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
     """Check the spec: schema, references, templates (compile and render with sample data), compliance.
@@ -132,8 +149,17 @@ def _print_problems(problems: list[Problem], fmt: str) -> None:
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
     if fmt == "json":
-        click.echo(json.dumps({"ok": errors == 0, "errors": errors, "warnings": warnings,
-                               "problems": [p.as_dict() for p in problems]}, indent=2))  # fmt: skip
+        click.echo(
+            json.dumps(
+                {
+                    "ok": errors == 0,
+                    "errors": errors,
+                    "warnings": warnings,
+                    "problems": [p.as_dict() for p in problems],
+                },
+                indent=2,
+            )
+        )
         return
     for problem in problems:
         click.echo(problem.github() if fmt == "github" else problem.format())
@@ -154,11 +180,20 @@ def schema() -> None:
 
 # --- plan, apply, tick, status, run -----------------------------------------------------------------------------
 
-NOW_OPTION = click.option("--now", "now", metavar="ISO-8601", default=None,
-                          help="Act as if it were this instant (e.g. 2026-11-27T09:00:00+01:00).")  # fmt: skip
-CONFIRM_OPTION = click.option("--confirm", "confirm", multiple=True, metavar="CAMPAIGN",
-                              help="Send this campaign although its start time is past the grace period "
-                                   "(repeatable).")  # fmt: skip
+NOW_OPTION = click.option(
+    "--now",
+    "now",
+    metavar="ISO-8601",
+    default=None,
+    help="Act as if it were this instant (e.g. 2026-11-27T09:00:00+01:00).",
+)
+CONFIRM_OPTION = click.option(
+    "--confirm",
+    "confirm",
+    multiple=True,
+    metavar="CAMPAIGN",
+    help="Send this campaign although its start time is past the grace period (repeatable).",
+)
 
 
 def _clock(now: str | None) -> Clock:
@@ -189,16 +224,34 @@ def _checked(root: Path) -> DesiredState:
 
 
 @main.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True,
-              help="markdown is meant for a pull request comment.")  # fmt: skip
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="markdown is meant for a pull request comment.",
+)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 without changes, 2 with changes, 1 on errors.")
-@click.option("--count-budget", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
-              help="Time for counting segment audiences and sizes; what is left is shown as not counted.")  # fmt: skip
+@click.option(
+    "--count-budget",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time for counting segment audiences and sizes; what is left is shown as not counted.",
+)
 @NOW_OPTION
 @CONFIRM_OPTION
 @click.pass_context
-def plan(ctx: click.Context, fmt: str, detailed_exitcode: bool, count_budget: float, now: str | None,
-         confirm: tuple[str, ...]) -> None:  # fmt: skip
+def plan(
+    ctx: click.Context,
+    fmt: str,
+    detailed_exitcode: bool,
+    count_budget: float,
+    now: str | None,
+    confirm: tuple[str, ...],
+) -> None:
     """Show what apply would do, with audience counts, against the state database. Changes nothing.
 
     Without a state database (as in CI) the plan is made against an empty one.
@@ -275,15 +328,17 @@ async def _dispatch(root: Path, db: Database, clock: Clock) -> DispatchReport:
     def on_progress(progress: Progress) -> None:
         bar = bars.get(progress.source)
         if bar is None:
-            bar = bars[progress.source] = click.progressbar(length=progress.total, label=progress.source,
-                                                            file=sys.stderr, show_pos=True)  # fmt: skip
+            bar = bars[progress.source] = click.progressbar(
+                length=progress.total, label=progress.source, file=sys.stderr, show_pos=True
+            )
             bar.__enter__()
         bar.update(1)
         if progress.done >= progress.total:
             bar.__exit__(None, None, None)
 
-    dispatcher = Dispatcher(db, root=root, clock=clock, stop=stop,
-                            on_progress=on_progress if sys.stderr.isatty() else None)  # fmt: skip
+    dispatcher = Dispatcher(
+        db, root=root, clock=clock, stop=stop, on_progress=on_progress if sys.stderr.isatty() else None
+    )
     try:
         return await dispatcher.run_pass()
     finally:
@@ -314,8 +369,13 @@ def status(ctx: click.Context, fmt: str) -> None:
 
 
 @main.command()
-@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Seconds between full passes when no file changes.")  # fmt: skip
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between full passes when no file changes.",
+)
 @click.option(
     "--host",
     default=lambda: os.environ.get("RECONCILER_HOST", "127.0.0.1"),
@@ -345,8 +405,12 @@ def run(ctx: click.Context, interval: float, host: str, port: int) -> None:
 
 @main.command()
 @click.argument("target", metavar="CAMPAIGN|WORKFLOW:STEP")
-@click.option("--contact", "contact_email", metavar="EMAIL", help="Render for this contact of the state database "
-              "(default: a sample contact with every field set).")  # fmt: skip
+@click.option(
+    "--contact",
+    "contact_email",
+    metavar="EMAIL",
+    help="Render for this contact of the state database (default: a sample contact with every field set).",
+)
 @click.option(
     "-o",
     "--output",
@@ -364,18 +428,26 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
     field_types = {name: field.type for name, field in desired.fields.items()}
     if contact_email:
         if db is None or (row := contact_row(db, normalise_email(contact_email))) is None:
-            raise UsageError(f"--contact: {contact_email} is not a contact in the state database; import it first, "
-                             "or leave --contact out to render for a sample contact")  # fmt: skip
+            raise UsageError(
+                f"--contact: {contact_email} is not a contact in the state database; import it first, "
+                "or leave --contact out to render for a sample contact"
+            )
     else:
         row = sample_row(field_types)
     settings = desired.settings
     assert settings is not None
     composer = Composer(
-        content, source=target.split(":", 1)[0], stage="", kind=kind, bulk=bulk, field_types=field_types,
+        content,
+        source=target.split(":", 1)[0],
+        stage="",
+        kind=kind,
+        bulk=bulk,
+        field_types=field_types,
         lists={name: {"title": desired.lists[name].title} for name in lists if name in desired.lists},
-        public_url=settings.public_url, signer=signer_for(db) if db is not None else Signer(b"preview"),
+        public_url=settings.public_url,
+        signer=signer_for(db) if db is not None else Signer(b"preview"),
         instance=instance_id(db) if db is not None else "preview",
-    )  # fmt: skip
+    )
     if output is not None and output.suffix.lower() == ".eml":
         message = composer.compose(row, now=SystemClock().now())
         output.write_bytes(message.data)
@@ -423,8 +495,12 @@ def contacts() -> None:
 @contacts.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--list", "lists", multiple=True, metavar="LIST", help="Subscribe every good row to LIST (repeatable).")
-@click.option("--consent", metavar="TEXT", default=None,
-              help="How these people consented (the wording or its version), for the consent record.")  # fmt: skip
+@click.option(
+    "--consent",
+    metavar="TEXT",
+    default=None,
+    help="How these people consented (the wording or its version), for the consent record.",
+)
 @click.pass_context
 def contacts_import(ctx: click.Context, file: Path, lists: tuple[str, ...], consent: str | None) -> None:
     """Import a CSV or JSONL file: columns are field names; bad rows are reported with their line."""
@@ -445,16 +521,24 @@ def contacts_import(ctx: click.Context, file: Path, lists: tuple[str, ...], cons
                 bar.update(max(0, min(size, done) - position["bytes"]))
                 position["bytes"] = min(size, done)
 
-            report = import_file(db, desired, file, lists=list(lists), consent_text=consent,
-                                 now=SystemClock().now(), progress=progress)  # fmt: skip
+            report = import_file(
+                db, desired, file, lists=list(lists), consent_text=consent, now=SystemClock().now(), progress=progress
+            )
     else:
 
         def progress(rows: int) -> None:
             if rows % 100_000 < BATCH_ROWS:
                 log.info("%s: %d rows read", file.name, rows)
 
-        report = import_file(db, desired, file, lists=list(lists), consent_text=consent, now=SystemClock().now(),
-                             progress=progress if size > 1_000_000 else None)  # fmt: skip
+        report = import_file(
+            db,
+            desired,
+            file,
+            lists=list(lists),
+            consent_text=consent,
+            now=SystemClock().now(),
+            progress=progress if size > 1_000_000 else None,
+        )
     for bad in report.bad:
         click.echo(f"{file}:{bad.line}: {bad.message}", err=True)
     click.echo(report.summary())
@@ -526,8 +610,9 @@ def segments() -> None:
 @click.option("--contact", metavar="EMAIL", default=None, help="Why this contact is in or out: each condition ✓/✗.")
 @NOW_OPTION
 @click.pass_context
-def segments_show(ctx: click.Context, name: str, sample: int, explain: bool, contact: str | None,
-                  now: str | None) -> None:  # fmt: skip
+def segments_show(
+    ctx: click.Context, name: str, sample: int, explain: bool, contact: str | None, now: str | None
+) -> None:
     """A segment's size, a sample of its members, and with --explain or --contact why people are in or out."""
     root = _root(ctx)
     desired = _checked(root)

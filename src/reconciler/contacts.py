@@ -169,8 +169,10 @@ class RowParser:
 
     @classmethod
     def for_workspace(cls, desired: DesiredState) -> RowParser:
-        return cls({name: f.type for name, f in desired.fields.items()},
-                   timezone=desired.settings.timezone if desired.settings else "UTC")  # fmt: skip
+        return cls(
+            {name: f.type for name, f in desired.fields.items()},
+            timezone=desired.settings.timezone if desired.settings else "UTC",
+        )
 
     def check_columns(self, columns: list[str], file: str) -> None:
         unknown = [c for c in columns if c not in self.fields]
@@ -284,8 +286,17 @@ def import_file(
         batch: list[ContactRow] = []
 
         def flush() -> None:
-            report.add(import_batch(db, batch, import_id=import_id, at=at, lists=targets,
-                                    source=f"import:{path.name}", consent_text=consent_text))  # fmt: skip
+            report.add(
+                import_batch(
+                    db,
+                    batch,
+                    import_id=import_id,
+                    at=at,
+                    lists=targets,
+                    source=f"import:{path.name}",
+                    consent_text=consent_text,
+                )
+            )
             batch.clear()
             if progress:
                 progress(report.rows)
@@ -298,8 +309,16 @@ def import_file(
                 flush()
         if batch:
             flush()
-    finish_import(db, import_id, at=at, rows=report.rows, created=report.created, updated=report.updated,
-                  rejected=len(report.bad), file=path.name)  # fmt: skip
+    finish_import(
+        db,
+        import_id,
+        at=at,
+        rows=report.rows,
+        created=report.created,
+        updated=report.updated,
+        rejected=len(report.bad),
+        file=path.name,
+    )
     return report
 
 

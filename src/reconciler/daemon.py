@@ -120,12 +120,20 @@ def _web_server(web: WebOptions, *, clock: Clock, root: Path, metrics: Metrics) 
             yield
 
     app = create_app(web.db, clock=clock, root=root, metrics=metrics)
-    return EmbeddedServer(uvicorn.Config(app, host=web.host, port=web.port, log_level="warning", lifespan="on",
-                                         access_log=False))  # fmt: skip
+    return EmbeddedServer(
+        uvicorn.Config(app, host=web.host, port=web.port, log_level="warning", lifespan="on", access_log=False)
+    )
 
 
-async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
-              dispatch_db: Database | None = None, web: WebOptions | None = None) -> None:  # fmt: skip
+async def run(
+    root: Path,
+    db: Database,
+    *,
+    clock: Clock,
+    interval: float = 30.0,
+    dispatch_db: Database | None = None,
+    web: WebOptions | None = None,
+) -> None:
     """Watch the workspace and reconcile on every change, and at least every `interval` seconds; send what is due
     (with `dispatch_db`, a second connection to the same file); serve the web service (with `web`); on SIGTERM let
     messages on the wire finish, start no new ones, and stop."""
@@ -176,8 +184,9 @@ async def run(root: Path, db: Database, *, clock: Clock, interval: float = 30.0,
         log.info("reconciler: stopped")
 
 
-async def _send_loop(dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event, interval: float,
-                     metrics: Metrics | None = None) -> None:  # fmt: skip
+async def _send_loop(
+    dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event, interval: float, metrics: Metrics | None = None
+) -> None:
     """Dispatch passes: after every reconcile pass, when a retry or a local send time comes due, and every interval."""
     while not stop.is_set():
         wake.clear()
@@ -199,8 +208,11 @@ async def _send_loop(dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.
 def _log_dispatch(report: DispatchReport) -> None:
     for progress in report.sources:
         if progress.done:
-            log.info("Campaign %s: %s", progress.source,
-                     ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items())))  # fmt: skip
+            log.info(
+                "Campaign %s: %s",
+                progress.source,
+                ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items())),
+            )
 
 
 async def _sleep(db: Database, clock: Clock, interval: float, changed: asyncio.Event, stop: asyncio.Event) -> None:
@@ -233,8 +245,12 @@ def _log_pass(result: PassResult, last_logged: str | None) -> str | None:
     if not result.valid:
         if last_logged != f"invalid {result.revision}":
             errors = [p for p in result.problems if p.severity == "error"]
-            log.error("revision %s has %d error(s); the last good revision stays in force:\n  %s",
-                      result.revision, len(errors), "\n  ".join(p.format() for p in errors[:10]))  # fmt: skip
+            log.error(
+                "revision %s has %d error(s); the last good revision stays in force:\n  %s",
+                result.revision,
+                len(errors),
+                "\n  ".join(p.format() for p in errors[:10]),
+            )
         return f"invalid {result.revision}"
     if result.applied and result.applied.actions and result.plan:
         for action in result.plan.actions:

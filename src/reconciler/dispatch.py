@@ -117,8 +117,12 @@ def signer_for(db: Database) -> Signer:
         if not fallback:
             fallback = new_key()
             set_meta(db, "signing_key", fallback)
-            log.warning("%s is not set: links are signed with a key generated into the state database; set %s "
-                        "to a long random secret on a server", variable, variable)  # fmt: skip
+            log.warning(
+                "%s is not set: links are signed with a key generated into the state database; set %s "
+                "to a long random secret on a server",
+                variable,
+                variable,
+            )
     return Signer.from_env(variable, fallback=fallback)
 
 
@@ -169,17 +173,22 @@ class Composer:
         kind: str = "campaign",
         bulk: bool = True,
     ) -> None:
-        message = content if kind != "campaign" or not stage else next(s for s in content["stages"]
-                                                                       if s["name"] == stage)  # fmt: skip
+        message = (
+            content if kind != "campaign" or not stage else next(s for s in content["stages"] if s["name"] == stage)
+        )
         tracking = content.get("tracking") or {}
         utm = content.get("utm") or {}
         website = (content.get("organization") or {}).get("website")
         self.template: MessageTemplate = prepare_message(
-            message["mjml"], subject=message["subject"], preheader=message.get("preheader") or "",
-            text_part=message.get("text_part"), opens=bool(tracking.get("opens")),
-            clicks=bool(tracking.get("clicks")), utm=tuple((f"utm_{k}", str(utm[k])) for k in UTM_ORDER if utm.get(k)),
+            message["mjml"],
+            subject=message["subject"],
+            preheader=message.get("preheader") or "",
+            text_part=message.get("text_part"),
+            opens=bool(tracking.get("opens")),
+            clicks=bool(tracking.get("clicks")),
+            utm=tuple((f"utm_{k}", str(utm[k])) for k in UTM_ORDER if utm.get(k)),
             utm_hosts=(urlsplit(website).hostname or "",) if website else (),
-        )  # fmt: skip
+        )
         sender = content["sender"]
         self.reply_address = addr_spec(sender.get("reply_to") or sender["from"])
         self.domain = address_domain(sender["from"])
@@ -187,10 +196,12 @@ class Composer:
         self.list = StrictFields({"name": first, "title": (lists.get(first) or {}).get("title", "")})
         host = urlsplit(public_url).hostname or "localhost"
         self.skeleton = Skeleton(
-            from_=sender["from"], reply_to=sender.get("reply_to"),
+            from_=sender["from"],
+            reply_to=sender.get("reply_to"),
             list_id=(str(self.list["title"]), f"{first}.{host}") if first else None,
-            feedback_id=f"{source}:{stage or 'main'}:{kind}:{host}", bulk=bulk,
-        )  # fmt: skip
+            feedback_id=f"{source}:{stage or 'main'}:{kind}:{host}",
+            bulk=bulk,
+        )
         self.organization = StrictFields(content.get("organization") or {})
         self.campaign = {"name": source}
         self.public_url = public_url.rstrip("/")
@@ -254,20 +265,27 @@ class Composer:
         message_id = row.get("message_id") or self.message_id(row_id)
         unsubscribe = (f"{self.public_url}/u/{token}", f"mailto:{self.reply_address}?subject=unsubscribe%20{token}")
         data = self.skeleton.build(
-            to=mailbox(name, row["email"]), subject=rendered.subject, message_id=message_id, date=now,
-            html=self.encoder.encode(rendered.html_chunks), text=qp(rendered.text), unsubscribe=unsubscribe,
-        )  # fmt: skip
+            to=mailbox(name, row["email"]),
+            subject=rendered.subject,
+            message_id=message_id,
+            date=now,
+            html=self.encoder.encode(rendered.html_chunks),
+            text=qp(rendered.text),
+            unsubscribe=unsubscribe,
+        )
         if self.dkim is not None:
             data = self.dkim.sign(data)
-        return Message(row_id, str(row["email"]), data, message_id, int(row.get("attempts") or 0),
-                       row.get("first_attempt_at"))  # fmt: skip
+        return Message(
+            row_id, str(row["email"]), data, message_id, int(row.get("attempts") or 0), row.get("first_attempt_at")
+        )
 
 
 _COMPOSERS: dict[str, Composer] = {}
 
 
-def compose_batch(key: str, args: Mapping[str, Any], rows: list[dict[str, Any]],
-                  now: datetime) -> list[Message | tuple[int, str]]:  # fmt: skip
+def compose_batch(
+    key: str, args: Mapping[str, Any], rows: list[dict[str, Any]], now: datetime
+) -> list[Message | tuple[int, str]]:
     """Messages for `rows`, or (row id, why not) for a contact whose data cannot be sent. Runs in this process or in
     a render process, which keeps one Composer per source (`key`)."""
     composer = _COMPOSERS.get(key)
@@ -310,8 +328,10 @@ def dkim_key(config: Mapping[str, Any]) -> DkimKey | None:
         return None
     pem = os.environ.get(dkim["private_key_env"], "")
     if not pem:
-        raise DispatchConfigError(f"DKIM signing is on but {dkim['private_key_env']} is not set (it holds the PEM "
-                                  "private key); messages wait until it is")  # fmt: skip
+        raise DispatchConfigError(
+            f"DKIM signing is on but {dkim['private_key_env']} is not set (it holds the PEM "
+            "private key); messages wait until it is"
+        )
     return DkimKey(dkim["domain"], dkim["selector"], pem.encode())
 
 
@@ -371,8 +391,9 @@ class Dispatcher:
                 try:
                     report.sources.append(await self.send_source(source, now=now))
                 except DispatchConfigError as exc:
-                    log.error("%s %s: %s", "Campaign" if source.kind == "campaign" else "Confirmation", source.name,
-                              exc)  # fmt: skip
+                    log.error(
+                        "%s %s: %s", "Campaign" if source.kind == "campaign" else "Confirmation", source.name, exc
+                    )
             report.finished = self.finish(now)
         finally:
             beat.cancel()
@@ -388,13 +409,18 @@ class Dispatcher:
         """Double opt-in confirmation emails (no advertising), sent through the ledger like everything else."""
         lists = records.list_specs(self.db)
         content = {
-            "subject": CONFIRMATION_SUBJECT, "preheader": "", "mjml": CONFIRMATION_MJML, "text_part": None,
+            "subject": CONFIRMATION_SUBJECT,
+            "preheader": "",
+            "mjml": CONFIRMATION_MJML,
+            "text_part": None,
             "sender": json.loads(get_meta(self.db, "settings.default_sender") or "null")
             or {"from": "reconciler <noreply@localhost>"},
             "transport": get_meta(self.db, "settings.default_transport") or "outbox",
-            "tracking": {"opens": False, "clicks": False}, "utm": None,
-            "organization": json.loads(get_meta(self.db, "settings.organization") or "{}"), "stages": [],
-        }  # fmt: skip
+            "tracking": {"opens": False, "clicks": False},
+            "utm": None,
+            "organization": json.loads(get_meta(self.db, "settings.organization") or "{}"),
+            "stages": [],
+        }
         return [
             Source("workflow", CONFIRMATION_SOURCE, stage, content, (stage.split(":", 1)[0],), due, requires="pending")
             for stage, due in ledger.due_confirmations(self.db, now=iso(now))
@@ -416,8 +442,9 @@ class Dispatcher:
 
     def recover(self, now: datetime) -> int:
         """Settle rows another process left `sending` when it died: uncertain, or queued again to resend."""
-        rows = ledger.interrupted(self.db, host=socket.gethostname(), alive=_alive,
-                                  stale_before=iso(datetime.now(UTC) - STALE))  # fmt: skip
+        rows = ledger.interrupted(
+            self.db, host=socket.gethostname(), alive=_alive, stale_before=iso(datetime.now(UTC) - STALE)
+        )
         uncertain: list[int] = []
         resend: list[int] = []
         for row in rows:
@@ -425,8 +452,13 @@ class Dispatcher:
             (resend if transport.on_uncertain == "resend" else uncertain).append(row["id"])
         if rows:
             ledger.settle_interrupted(self.db, uncertain=uncertain, resend=resend, at=iso(now))
-            log.warning("%d message(s) were on the wire when a dispatcher stopped: %d marked uncertain (not sent "
-                        "again), %d queued to resend", len(rows), len(uncertain), len(resend))  # fmt: skip
+            log.warning(
+                "%d message(s) were on the wire when a dispatcher stopped: %d marked uncertain (not sent "
+                "again), %d queued to resend",
+                len(rows),
+                len(uncertain),
+                len(resend),
+            )
         return len(uncertain)
 
     def start_stages(self, now: datetime) -> list[str]:
@@ -442,12 +474,16 @@ class Dispatcher:
                     if datetime.fromisoformat(previous_at) + timedelta(seconds=stage["after"]) <= now:
                         lists = json.loads(campaign["spec"])["audience"]["lists"]
                         count = ledger.start_stage(
-                            self.db, campaign["name"], stage["name"], only=stage.get("only"),
-                            blocking=blocking_for(categories, lists), content_hash=campaign["content_hash"],
-                            revision=campaign["last_applied_revision"] or "", at=iso(now),
-                        )  # fmt: skip
-                        log.info("Campaign %s: stage %s started, %d recipients", campaign["name"], stage["name"],
-                                 count)  # fmt: skip
+                            self.db,
+                            campaign["name"],
+                            stage["name"],
+                            only=stage.get("only"),
+                            blocking=blocking_for(categories, lists),
+                            content_hash=campaign["content_hash"],
+                            revision=campaign["last_applied_revision"] or "",
+                            at=iso(now),
+                        )
+                        log.info("Campaign %s: stage %s started, %d recipients", campaign["name"], stage["name"], count)
                         started.append(f"{campaign['name']}/{stage['name']}")
                     break
                 previous_at = done[stage["name"]]
@@ -461,8 +497,11 @@ class Dispatcher:
                 continue
             counts = ledger.finish(self.db, campaign["name"], at=iso(now))
             if counts is not None:
-                log.info("Campaign %s: finished (%s)", campaign["name"],
-                         ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))  # fmt: skip
+                log.info(
+                    "Campaign %s: finished (%s)",
+                    campaign["name"],
+                    ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())),
+                )
                 finished.append(campaign["name"])
         return finished
 
@@ -471,12 +510,18 @@ class Dispatcher:
         lists = records.list_specs(self.db)
         fields = records.field_types(self.db)
         return {
-            "content": source.content, "source": source.name, "stage": source.stage,
+            "content": source.content,
+            "source": source.name,
+            "stage": source.stage,
             "lists": {name: lists.get(name, {}) for name in source.lists},
             "public_url": get_meta(self.db, "settings.public_url") or "http://localhost:8025",
-            "signer": signer_for(self.db), "instance": instance_id(self.db), "field_types": fields,
-            "dkim": dkim_key(config), "kind": source.kind, "bulk": source.kind == "campaign",
-        }  # fmt: skip
+            "signer": signer_for(self.db),
+            "instance": instance_id(self.db),
+            "field_types": fields,
+            "dkim": dkim_key(config),
+            "kind": source.kind,
+            "bulk": source.kind == "campaign",
+        }
 
     def render_pool(self, due: int) -> concurrent.futures.ProcessPoolExecutor | None:
         """A process that renders while this one talks SMTP (the second core of a small server), for sends large
@@ -518,8 +563,13 @@ class Dispatcher:
                 self.on_progress(progress)
             elif time.monotonic() - last_log > 5:
                 last_log = time.monotonic()
-                log.info("Campaign %s: %d/%d handled (%s)", progress.source, progress.done, progress.total,
-                         ", ".join(f"{k} {v}" for k, v in sorted(progress.outcomes.items())))  # fmt: skip
+                log.info(
+                    "Campaign %s: %d/%d handled (%s)",
+                    progress.source,
+                    progress.done,
+                    progress.total,
+                    ", ".join(f"{k} {v}" for k, v in sorted(progress.outcomes.items())),
+                )
 
         async def deliver(results: list[Message | tuple[int, str]]) -> None:
             for result in results:
@@ -582,9 +632,16 @@ class Dispatcher:
                         break
                     continue  # unclaimed: it stays queued for the next pass
                 at = self.clock.now()
-                result = ledger.claim(self.db, message.row_id, source=source, dispatcher=self.ident,
-                                      message_id=message.message_id, blocking=blocking, at=iso(at),
-                                      previous=previous)  # fmt: skip
+                result = ledger.claim(
+                    self.db,
+                    message.row_id,
+                    source=source,
+                    dispatcher=self.ident,
+                    message_id=message.message_id,
+                    blocking=blocking,
+                    at=iso(at),
+                    previous=previous,
+                )
                 previous = None
                 if result == "paused":
                     halt.set()
@@ -616,8 +673,9 @@ class Dispatcher:
         if delivery.status == "deferred":
             first = datetime.fromisoformat(message.first_attempt_at) if message.first_attempt_at else now
             if now - first >= transport.retry_for:
-                return Outcome(message.row_id, "failed", f"gave up after {ago(transport.retry_for)}: {reply}", at,
-                               soft=True)  # fmt: skip
+                return Outcome(
+                    message.row_id, "failed", f"gave up after {ago(transport.retry_for)}: {reply}", at, soft=True
+                )
             retry = now + ledger.backoff(message.attempts + 1, jitter=self.random.random())
             return Outcome(message.row_id, "deferred", reply, at, next_attempt_at=iso(retry))
         if delivery.status == "bounced":

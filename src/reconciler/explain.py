@@ -25,8 +25,9 @@ def _describe(node: Any) -> str:
         return "not:"
     data = node.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
     data = dict(sorted(data.items(), key=lambda item: item[0] not in CONDITION_KEYS))  # the subject first
-    return ", ".join(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}"
-                     for key, value in data.items())  # fmt: skip
+    return ", ".join(
+        f"{key}: {json.dumps(value) if not isinstance(value, str) else value}" for key, value in data.items()
+    )
 
 
 def _children(node: Any) -> list[Any]:
@@ -39,8 +40,16 @@ def _children(node: Any) -> list[Any]:
     return []
 
 
-def show(db: Database, desired: DesiredState, name: str, *, now: datetime, sample: int = 10,
-         explain: bool = False, contact: str | None = None) -> str:  # fmt: skip
+def show(
+    db: Database,
+    desired: DesiredState,
+    name: str,
+    *,
+    now: datetime,
+    sample: int = 10,
+    explain: bool = False,
+    contact: str | None = None,
+) -> str:
     """The text `segments show` prints."""
     if name not in desired.segments:
         raise ReconcilerError(f"no segment {name!r} ({did_you_mean(name, desired.segments, otherwise='see spec/')})")
@@ -75,8 +84,9 @@ def _tree(node: Any, depth: int = 1) -> Iterator[tuple[int, Any]]:
         yield from _tree(child, depth + 1)
 
 
-def _explain_contact(db: Database, desired: DesiredState, name: str, email: str, *, compiler: Any,
-                     members: Sql) -> Iterator[str]:  # fmt: skip
+def _explain_contact(
+    db: Database, desired: DesiredState, name: str, email: str, *, compiler: Any, members: Sql
+) -> Iterator[str]:
     segment = desired.segments[name]
     found = audiences.contact_id(db, email)
     if found is None:
@@ -93,8 +103,10 @@ def _explain_contact(db: Database, desired: DesiredState, name: str, email: str,
     if segment.limit is not None and segment.order_by is not None:
         base = audiences.holds(db, compiler.base(segment), found)
         ranked = "within" if inside else ("outside" if base else "not ranked for")
-        yield (f"  {'✓' if inside else '✗'} {ranked} the top {segment.limit:,} by {segment.order_by.field} "
-               f"({segment.order_by.direction})")  # fmt: skip
+        yield (
+            f"  {'✓' if inside else '✗'} {ranked} the top {segment.limit:,} by {segment.order_by.field} "
+            f"({segment.order_by.direction})"
+        )
 
 
 def _explain_counts(db: Database, desired: DesiredState, name: str, *, compiler: Any) -> Iterator[str]:

@@ -26,9 +26,22 @@ from reconciler.yamlnodes import Document, parse_documents
 
 YAML_FOLDERS = ("spec", "campaigns")
 SECRET_KEYS = frozenset(
-    {"password", "passwd", "secret", "token", "api_key", "apikey", "api_token", "private_key", "signing_key",
-     "secret_key", "access_key", "client_secret", "key"}
-)  # fmt: skip
+    {
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "api_token",
+        "private_key",
+        "signing_key",
+        "secret_key",
+        "access_key",
+        "client_secret",
+        "key",
+    }
+)
 _DECLARED_NAME = re.compile(r"^\s*-?\s*name:\s*['\"]?([a-z0-9_-]+)", re.M)
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
@@ -174,16 +187,25 @@ def _load_document(
     key = getattr(parsed, "name", name)
     if kind == "Settings" and documents["Settings"]:
         first = next(iter(sources[("Settings", n)] for n in documents["Settings"]))
-        problem((), kind, key, "", f"a second Settings document (the first is at {first.path}:{first.line})",
-                "a workspace has exactly one Settings document; merge them")  # fmt: skip
+        problem(
+            (),
+            kind,
+            key,
+            "",
+            f"a second Settings document (the first is at {first.path}:{first.line})",
+            "a workspace has exactly one Settings document; merge them",
+        )
         return
     if key in documents[kind]:
         first = sources[(kind, key)]
         problem(
-            ("name",), kind, key, "name",
+            ("name",),
+            kind,
+            key,
+            "name",
             f"duplicate {kind} name {key!r} (first defined at {first.path}:{first.line})",
             "give each document of a kind its own name",
-        )  # fmt: skip
+        )
         return
     documents[kind][key] = parsed
     sources[(kind, key)] = where
@@ -196,9 +218,12 @@ def _scan_secrets(value: Any, loc: tuple[str | int, ...], report: Any) -> set[tu
         for key, item in value.items():
             here = (*loc, key)
             if key.lower() in SECRET_KEYS and item not in (None, ""):
-                report(here, f"a secret written into the spec ({key})",
-                       "remove it from git, rotate it, and name the environment variable that holds it "
-                       f"instead: {key}_env: VARIABLE_NAME")  # fmt: skip
+                report(
+                    here,
+                    f"a secret written into the spec ({key})",
+                    "remove it from git, rotate it, and name the environment variable that holds it "
+                    f"instead: {key}_env: VARIABLE_NAME",
+                )
                 found.add(here)
             else:
                 found |= _scan_secrets(item, here, report)
@@ -344,14 +369,22 @@ def _kind(model: type[BaseModel]) -> str:
 def git_commit(root: Path) -> str | None:
     """The commit the workspace is checked out at (short), "+dirty" when its files differ; None outside git."""
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=False)  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if head.returncode != 0:
             return None
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--", *YAML_FOLDERS, "templates"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -58,8 +58,13 @@ def status_report(db: Database) -> dict[str, Any]:
 def _breakdown(progress: dict[str, int]) -> str:
     """ " · sent 293 · waiting 197": where a started campaign's messages are, when not all are sent."""
     waiting = progress["queued"] + progress["deferred"] + progress["sending"]
-    parts = [("sent", progress["sent"]), ("waiting", waiting), ("failed", progress["failed"]),
-             ("uncertain", progress["uncertain"]), ("skipped", progress["skipped"])]  # fmt: skip
+    parts = [
+        ("sent", progress["sent"]),
+        ("waiting", waiting),
+        ("failed", progress["failed"]),
+        ("uncertain", progress["uncertain"]),
+        ("skipped", progress["skipped"]),
+    ]
     if not sum(progress.values()) or progress["sent"] == sum(progress.values()):
         return ""
     return "".join(f" · {name} {count:,}" for name, count in parts if count)
@@ -75,11 +80,15 @@ def format_status(report: dict[str, Any]) -> str:
         out.append("Applied revision: none yet (run `reconciler apply` or `reconciler run`)")
     error = report["last_error"]
     if error:
-        out.append(f"Last error: revision {error['revision']} has {error['count']} error(s) since {error['since']}; "
-                   "the last good revision stays in force:")  # fmt: skip
+        out.append(
+            f"Last error: revision {error['revision']} has {error['count']} error(s) since {error['since']}; "
+            "the last good revision stays in force:"
+        )
         out += [f"  {line}" for line in error["problems"]]
-    out.append(f"Contacts: {report['contacts']:,}   Lists: {', '.join(report['lists']) or '-'}   "
-               f"Workflows: {', '.join(report['workflows']) or '-'}")  # fmt: skip
+    out.append(
+        f"Contacts: {report['contacts']:,}   Lists: {', '.join(report['lists']) or '-'}   "
+        f"Workflows: {', '.join(report['workflows']) or '-'}"
+    )
     out.append("")
     if not report["campaigns"]:
         out.append("No campaigns applied yet.")

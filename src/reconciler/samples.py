@@ -11,19 +11,78 @@ import io
 import random
 from collections.abc import Iterator
 
-FIRST = ("Ada", "Bruno", "Chiara", "Dawid", "Emma", "Farah", "Gustav", "Hana", "Ines", "Jonas", "Kasia", "Liam",
-         "Maja", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Vera", "Wiktor", "Yuki",
-         "Zoe")  # fmt: skip
-LAST = ("Nowak", "Rossi", "Müller", "García", "Smith", "Kowalski", "Dubois", "Jensen", "Silva", "Tanaka", "Novak",
-        "Öztürk", "Hansen", "Moreau", "Costa")  # fmt: skip
-PLACES = (("PL", "Europe/Warsaw"), ("DE", "Europe/Berlin"), ("IT", "Europe/Rome"), ("US", "America/New_York"),
-          ("US", "America/Los_Angeles"), ("GB", "Europe/London"), ("JP", "Asia/Tokyo"), ("BR", "America/Sao_Paulo"),
-          ("AU", "Australia/Sydney"), ("SE", "Europe/Stockholm"))  # fmt: skip
+FIRST = (
+    "Ada",
+    "Bruno",
+    "Chiara",
+    "Dawid",
+    "Emma",
+    "Farah",
+    "Gustav",
+    "Hana",
+    "Ines",
+    "Jonas",
+    "Kasia",
+    "Liam",
+    "Maja",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Uma",
+    "Vera",
+    "Wiktor",
+    "Yuki",
+    "Zoe",
+)
+LAST = (
+    "Nowak",
+    "Rossi",
+    "Müller",
+    "García",
+    "Smith",
+    "Kowalski",
+    "Dubois",
+    "Jensen",
+    "Silva",
+    "Tanaka",
+    "Novak",
+    "Öztürk",
+    "Hansen",
+    "Moreau",
+    "Costa",
+)
+PLACES = (
+    ("PL", "Europe/Warsaw"),
+    ("DE", "Europe/Berlin"),
+    ("IT", "Europe/Rome"),
+    ("US", "America/New_York"),
+    ("US", "America/Los_Angeles"),
+    ("GB", "Europe/London"),
+    ("JP", "Asia/Tokyo"),
+    ("BR", "America/Sao_Paulo"),
+    ("AU", "Australia/Sydney"),
+    ("SE", "Europe/Stockholm"),
+)
 DOMAINS = ("example.com", "example.org", "example.net")
 ROASTS = ("light", "medium", "dark")
 BREWS = ("espresso", "filter", "aeropress", "french press", "moka")
-COLUMNS = ("email", "first_name", "last_name", "country", "timezone", "tags", "total_spend", "orders_count",
-           "favourite_roast", "brew_method", "wholesale")  # fmt: skip
+COLUMNS = (
+    "email",
+    "first_name",
+    "last_name",
+    "country",
+    "timezone",
+    "tags",
+    "total_spend",
+    "orders_count",
+    "favourite_roast",
+    "brew_method",
+    "wholesale",
+)
 
 
 def sample_rows(count: int, *, seed: int = 2026) -> Iterator[dict[str, str]]:

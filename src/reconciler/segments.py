@@ -36,9 +36,15 @@ from reconciler.spec.types import DURATION_PATTERN, parse_duration
 from reconciler.spec.workspace import DesiredState
 
 COLUMNS = {
-    "email": "c.email", "first_name": "c.first_name", "last_name": "c.last_name", "timezone": "c.timezone",
-    "locale": "c.locale", "country": "c.country", "tags": "c.tags", "created_at": "c.created_at",
-}  # fmt: skip
+    "email": "c.email",
+    "first_name": "c.first_name",
+    "last_name": "c.last_name",
+    "timezone": "c.timezone",
+    "locale": "c.locale",
+    "country": "c.country",
+    "tags": "c.tags",
+    "created_at": "c.created_at",
+}
 """Built-in fields and the columns holding them (constants: the only identifiers that reach SQL text)."""
 
 
@@ -154,8 +160,11 @@ class Compiler:
         op, operand = node.operator, node.operand
         v, vp = value.text, value.params
         if op == "exists":
-            present = Sql(f"({v} IS NOT NULL AND json_array_length({v}) > 0)", vp + vp) if type_ == "list" \
-                else Sql(f"({v} IS NOT NULL)", vp)  # fmt: skip
+            present = (
+                Sql(f"({v} IS NOT NULL AND json_array_length({v}) > 0)", vp + vp)
+                if type_ == "list"
+                else Sql(f"({v} IS NOT NULL)", vp)
+            )
             return present if operand else Sql(f"(NOT {present.text})", present.params)
         if op in ("ne", "not_in"):
             positive = Operators.model_validate({"eq" if op == "ne" else "in": operand})
@@ -165,8 +174,10 @@ class Compiler:
             if op in ("eq", "contains"):
                 return Sql(f"EXISTS (SELECT 1 FROM json_each({v}) WHERE value = ?)", (*vp, _plain(operand)))
             if op == "in":
-                return Sql(f"EXISTS (SELECT 1 FROM json_each({v}) WHERE value IN (SELECT value FROM json_each(?)))",
-                           (*vp, json.dumps([_plain(o) for o in operand])))  # fmt: skip
+                return Sql(
+                    f"EXISTS (SELECT 1 FROM json_each({v}) WHERE value IN (SELECT value FROM json_each(?)))",
+                    (*vp, json.dumps([_plain(o) for o in operand])),
+                )
         if op == "eq":
             return Sql(f"coalesce({v} = ?, 0)", (*vp, self.operand(operand, type_)))
         if op == "in":
@@ -295,8 +306,11 @@ def _join(glue: str, parts: list[Sql]) -> Sql:
     if not parts:
         return TRUE if glue == " AND " else FALSE
     parts = sorted(parts, key=lambda part: part.cost)
-    return Sql("(" + glue.join(part.text for part in parts) + ")", tuple(p for part in parts for p in part.params),
-               max(part.cost for part in parts))  # fmt: skip
+    return Sql(
+        "(" + glue.join(part.text for part in parts) + ")",
+        tuple(p for part in parts for p in part.params),
+        max(part.cost for part in parts),
+    )
 
 
 def _bound(expression: str, params: tuple[Any, ...], op: str, limit: float) -> Sql:
@@ -305,8 +319,14 @@ def _bound(expression: str, params: tuple[Any, ...], op: str, limit: float) -> S
 
 
 def _holds(value: float, bounds: Mapping[str, float]) -> bool:
-    checks = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "gte": operator.ge, "lt": operator.lt,
-              "lte": operator.le}  # fmt: skip
+    checks = {
+        "eq": operator.eq,
+        "ne": operator.ne,
+        "gt": operator.gt,
+        "gte": operator.ge,
+        "lt": operator.lt,
+        "lte": operator.le,
+    }
     return all(bool(checks[op](value, limit)) for op, limit in bounds.items())
 
 
@@ -364,24 +384,28 @@ def audience_sql(
     pending = subscribed_to(lists, "pending")
     cases: list[tuple[Sql, Sql]] = [
         (Sql("p.reason IN (SELECT value FROM json_each(?))", (json.dumps(list(blocking)),)), Sql("p.reason")),
-        (Sql(f"NOT {subscribed_to(lists).text}", subscribed_to(lists).params),
-         Sql(f"CASE WHEN {pending.text} THEN 'awaiting confirmation' ELSE 'unsubscribed' END", pending.params)),
-    ]  # fmt: skip
+        (
+            Sql(f"NOT {subscribed_to(lists).text}", subscribed_to(lists).params),
+            Sql(f"CASE WHEN {pending.text} THEN 'awaiting confirmation' ELSE 'unsubscribed' END", pending.params),
+        ),
+    ]
     if exclude_lists:
         cases.append((subscribed_to(list(exclude_lists)), Sql("'excluded list'")))
     if segments:
         inside = _join(" OR ", [compiler.membership(name) for name in segments])
         cases.append((Sql(f"NOT {inside.text}", inside.params), Sql("'not in segments'")))
     if exclude_segments:
-        cases.append((_join(" OR ", [compiler.membership(name) for name in exclude_segments]),
-                      Sql("'excluded segment'")))  # fmt: skip
+        cases.append(
+            (_join(" OR ", [compiler.membership(name) for name in exclude_segments]), Sql("'excluded segment'"))
+        )
     text = "CASE " + " ".join(f"WHEN {test.text} THEN {value.text}" for test, value in cases) + " ELSE '' END"
     params = tuple(p for test, value in cases for p in (*test.params, *value.params))
     return AudienceSql(candidates, Sql(text, params))
 
 
-def audience_key(lists: Sequence[str], exclude_lists: Sequence[str], segments: Sequence[str],
-                 exclude_segments: Sequence[str]) -> str:  # fmt: skip
+def audience_key(
+    lists: Sequence[str], exclude_lists: Sequence[str], segments: Sequence[str], exclude_segments: Sequence[str]
+) -> str:
     """Campaigns with the same audience share one count."""
     return json.dumps([sorted(lists), sorted(exclude_lists), sorted(segments), sorted(exclude_segments)])
 
@@ -389,8 +413,12 @@ def audience_key(lists: Sequence[str], exclude_lists: Sequence[str], segments: S
 def campaign_audience_parts(campaign: Campaign) -> tuple[list[str], list[str], list[str], list[str]]:
     audience = campaign.audience
     exclude = audience.exclude
-    return (list(audience.lists), list(exclude.lists) if exclude else [], list(audience.segments),
-            list(exclude.segments) if exclude else [])  # fmt: skip
+    return (
+        list(audience.lists),
+        list(exclude.lists) if exclude else [],
+        list(audience.segments),
+        list(exclude.segments) if exclude else [],
+    )
 
 
 def workspace_compiler(desired: DesiredState, *, now: datetime) -> Compiler:
@@ -427,9 +455,14 @@ def audience_queries(
             continue
         key = audience_key(lists, exclude_lists, segments, exclude_segments)
         if key not in queries:
-            queries[key] = audience_sql(compiler, lists=lists, exclude_lists=exclude_lists, segments=segments,
-                                        exclude_segments=exclude_segments,
-                                        blocking=blocking_for(categories, lists))  # fmt: skip
+            queries[key] = audience_sql(
+                compiler,
+                lists=lists,
+                exclude_lists=exclude_lists,
+                segments=segments,
+                exclude_segments=exclude_segments,
+                blocking=blocking_for(categories, lists),
+            )
     return queries
 
 

@@ -242,8 +242,12 @@ def _failure(exc: Exception, jinja_name: str, *, structure: bool = False) -> Tem
         template, line = _innermost_template_frame(exc.__traceback__, jinja_name)
     if structure and isinstance(exc, UndefinedError):
         # In the structure pass only extends/include/block run: a variable there is a computed template name.
-        return TemplateFailure(template, line, "extends and include need a literal template name",
-                               'write {% include "partials/footer.mjml" %}')  # fmt: skip
+        return TemplateFailure(
+            template,
+            line,
+            "extends and include need a literal template name",
+            'write {% include "partials/footer.mjml" %}',
+        )
     message, hint = describe_error(exc)
     return TemplateFailure(template, line, message, hint)
 
@@ -277,20 +281,33 @@ def sample_row(fields: Mapping[str, str]) -> dict[str, Any]:
     contact = dict(sample_contact(fields))
     custom = {name: contact.pop(name) for name in fields}
     return {
-        "id": 0, "contact_id": 0, "email": contact["email"], "first_name": contact["first_name"],
-        "last_name": contact["last_name"], "timezone": contact["timezone"], "locale": contact["locale"],
-        "country": contact["country"], "tags": json.dumps(contact["tags"]),
-        "created_at": contact["created_at"].isoformat(), "fields": json.dumps(custom, default=str),
-    }  # fmt: skip
+        "id": 0,
+        "contact_id": 0,
+        "email": contact["email"],
+        "first_name": contact["first_name"],
+        "last_name": contact["last_name"],
+        "timezone": contact["timezone"],
+        "locale": contact["locale"],
+        "country": contact["country"],
+        "tags": json.dumps(contact["tags"]),
+        "created_at": contact["created_at"].isoformat(),
+        "fields": json.dumps(custom, default=str),
+    }
 
 
 def sample_contact(fields: Mapping[str, str]) -> StrictFields:
     """A contact with every built-in and declared field set, as `validate` renders templates with."""
     contact: dict[str, Any] = {name: SAMPLE_VALUES[kind] for name, kind in fields.items()}
     contact.update(
-        email="sample.subscriber@example.com", first_name="Alex", last_name="Sample", timezone="UTC",
-        locale="en", country="PL", tags=["sample"], created_at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
-    )  # fmt: skip
+        email="sample.subscriber@example.com",
+        first_name="Alex",
+        last_name="Sample",
+        timezone="UTC",
+        locale="en",
+        country="PL",
+        tags=["sample"],
+        created_at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
+    )
     return StrictFields(contact)
 
 
@@ -302,8 +319,10 @@ _BODY_CLOSE = re.compile(r"</body\s*>", re.I)
 _MD_LINK = re.compile(r"\[\s*([^\]]*?)\s*\]\(((?:\{\{.*?\}\}|[^)\s])*)\)", re.S)
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
 PIXEL = '<img src="{{ rc_pixel }}" width="1" height="1" alt="" style="display:block;height:1px;width:1px;border:0">'
-PREHEADER = ('<div style="display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;'
-             'overflow:hidden;mso-hide:all">{{ preheader }}</div>')  # fmt: skip
+PREHEADER = (
+    '<div style="display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;'
+    'overflow:hidden;mso-hide:all">{{ preheader }}</div>'
+)
 
 
 @dataclass(frozen=True)
@@ -341,8 +360,9 @@ def text_from_html(html: str) -> str:
     from inscriptis.model.config import ParserConfig
 
     text = get_text(html, ParserConfig(display_links=True, display_anchors=False))
-    text = _MD_LINK.sub(lambda m: f"{' '.join(m.group(1).split())} ({m.group(2)})" if m.group(1).strip()
-                        else m.group(2), text)  # fmt: skip
+    text = _MD_LINK.sub(
+        lambda m: f"{' '.join(m.group(1).split())} ({m.group(2)})" if m.group(1).strip() else m.group(2), text
+    )
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return tidy_text("\n".join(lines))
 

@@ -55,8 +55,10 @@ class Signer:
         """The key from `variable`, else `fallback` (the daemon keeps a generated one in its state database)."""
         value = os.environ.get(variable) or fallback
         if not value:
-            raise MissingSigningKey(f"set the environment variable {variable} to a long random string: it signs "
-                                    "every unsubscribe, preference and tracking link")  # fmt: skip
+            raise MissingSigningKey(
+                f"set the environment variable {variable} to a long random string: it signs "
+                "every unsubscribe, preference and tracking link"
+            )
         return cls(value.encode())
 
     def _signature(self, purpose: Purpose, ident: str, extra: str) -> str:

@@ -155,9 +155,13 @@ class SmtpTransport:
 
     async def _connect(self) -> _Connection:
         smtp = aiosmtplib.SMTP(
-            hostname=self.host, port=self.port, timeout=self.timeout, use_tls=self.security == "tls",
-            start_tls=self.security == "starttls", tls_context=self._tls_context(),
-        )  # fmt: skip
+            hostname=self.host,
+            port=self.port,
+            timeout=self.timeout,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            tls_context=self._tls_context(),
+        )
         await smtp.connect()
         if self.username:
             password = os.environ.get(self.password_env or "", "")

@@ -55,19 +55,34 @@ def check_settings(c: Checker) -> None:
     )
     url = urlsplit(settings.public_url)
     if url.scheme != "https" and url.hostname not in ("localhost", "127.0.0.1"):
-        c.report("Settings", settings.name, ("public_url",), "links in mail should use https",
-                 "mailbox providers and subscribers distrust http links; serve the daemon behind TLS",
-                 severity="warning")  # fmt: skip
+        c.report(
+            "Settings",
+            settings.name,
+            ("public_url",),
+            "links in mail should use https",
+            "mailbox providers and subscribers distrust http links; serve the daemon behind TLS",
+            severity="warning",
+        )
     if url.query or url.fragment:
-        c.report("Settings", settings.name, ("public_url",), "public_url must not have a query or fragment",
-                 "give the base URL only, e.g. https://mail.acme.example")  # fmt: skip
+        c.report(
+            "Settings",
+            settings.name,
+            ("public_url",),
+            "public_url must not have a query or fragment",
+            "give the base URL only, e.g. https://mail.acme.example",
+        )
 
 
 def check_fields(c: Checker) -> None:
     for name in c.desired.fields:
         if name in BUILTIN_FIELDS:
-            c.report("Field", name, ("name",), f"{name!r} is a built-in contact field",
-                     "choose another name; built-ins: " + ", ".join(BUILTIN_FIELDS))  # fmt: skip
+            c.report(
+                "Field",
+                name,
+                ("name",),
+                f"{name!r} is a built-in contact field",
+                "choose another name; built-ins: " + ", ".join(BUILTIN_FIELDS),
+            )
 
 
 def field_types(desired: DesiredState) -> dict[str, str]:
@@ -150,17 +165,26 @@ def check_segment(c: Checker, segment: Segment) -> None:
         types = field_types(c.desired)
         order = segment.order_by.field
         if c.reference("Segment", segment.name, ("order_by", "field"), "field", order, types) and types[order] in (
-            "list", "boolean"
-        ):  # fmt: skip
-            c.report("Segment", segment.name, ("order_by", "field"), f"cannot sort by the {types[order]} field {order}",
-                     "sort by a number, text or date field")  # fmt: skip
+            "list",
+            "boolean",
+        ):
+            c.report(
+                "Segment",
+                segment.name,
+                ("order_by", "field"),
+                f"cannot sort by the {types[order]} field {order}",
+                "sort by a number, text or date field",
+            )
 
 
 def _segment_edges(segment: Segment) -> list[tuple[Loc, str]]:
     if segment.where is None:
         return []
-    return [((*loc, "in_segment"), n.in_segment) for loc, n in walk(segment.where, ("where",))
-            if isinstance(n, InSegmentCondition)]  # fmt: skip
+    return [
+        ((*loc, "in_segment"), n.in_segment)
+        for loc, n in walk(segment.where, ("where",))
+        if isinstance(n, InSegmentCondition)
+    ]
 
 
 def check_segment_cycles(c: Checker) -> None:
@@ -176,8 +200,13 @@ def check_segment_cycles(c: Checker) -> None:
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
-                    c.report("Segment", name, loc, "segments refer to each other in a cycle: " + " -> ".join(cycle),
-                             "break the cycle: a segment cannot contain itself")  # fmt: skip
+                    c.report(
+                        "Segment",
+                        name,
+                        loc,
+                        "segments refer to each other in a cycle: " + " -> ".join(cycle),
+                        "break the cycle: a segment cannot contain itself",
+                    )
                 continue
             visit(target, [*path, target])
 
@@ -196,8 +225,9 @@ def _check_audience_refs(c: Checker, campaign: Campaign) -> None:
         for index, list_name in enumerate(audience.exclude.lists):
             c.reference("Campaign", name, ("audience", "exclude", "lists", index), "list", list_name, desired.lists)
         for index, segment in enumerate(audience.exclude.segments):
-            c.reference("Campaign", name, ("audience", "exclude", "segments", index), "segment", segment,
-                        desired.segments)  # fmt: skip
+            c.reference(
+                "Campaign", name, ("audience", "exclude", "segments", index), "segment", segment, desired.segments
+            )
 
 
 def check_campaign(c: Checker, campaign: Campaign) -> None:
@@ -212,11 +242,17 @@ def check_campaign(c: Checker, campaign: Campaign) -> None:
     seen: set[str] = set()
     for index, stage in enumerate(campaign.stages):
         if stage.name in seen:
-            c.report("Campaign", name, ("stages", index, "name"), f"duplicate stage name {stage.name!r}",
-                     "give each stage its own name")  # fmt: skip
+            c.report(
+                "Campaign",
+                name,
+                ("stages", index, "name"),
+                f"duplicate stage name {stage.name!r}",
+                "give each stage its own name",
+            )
         seen.add(stage.name)
-        c.reference("Campaign", name, ("stages", index, "template"), "template", stage.template,
-                    message_templates(c.desired))  # fmt: skip
+        c.reference(
+            "Campaign", name, ("stages", index, "template"), "template", stage.template, message_templates(c.desired)
+        )
 
 
 def _step_ids(workflow: Workflow) -> dict[str, int]:
@@ -234,11 +270,17 @@ def check_workflow(c: Checker, workflow: Workflow) -> None:
         c.reference(kind, name, ("trigger", "segment_entered"), "segment", trigger.segment_entered, desired.segments)
     elif isinstance(trigger, DateFieldTrigger):
         types = field_types(desired)
-        if c.reference(kind, name, ("trigger", "date_field"), "field", trigger.date_field, types) and types[
-            trigger.date_field
-        ] not in DATE_TYPES:  # fmt: skip
-            c.report(kind, name, ("trigger", "date_field"), f"{trigger.date_field} is not a date field",
-                     "a date_field trigger needs a Field of type date or datetime")  # fmt: skip
+        if (
+            c.reference(kind, name, ("trigger", "date_field"), "field", trigger.date_field, types)
+            and types[trigger.date_field] not in DATE_TYPES
+        ):
+            c.report(
+                kind,
+                name,
+                ("trigger", "date_field"),
+                f"{trigger.date_field} is not a date field",
+                "a date_field trigger needs a Field of type date or datetime",
+            )
     if workflow.sender:
         c.reference(kind, name, ("sender",), "sender", workflow.sender, settings.senders)
     if workflow.transport:

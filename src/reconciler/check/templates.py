@@ -47,17 +47,47 @@ def uses(desired: DesiredState) -> list[Use]:
         audience_lists = [lists[n] for n in campaign.audience.lists if n in lists]
         marketing = not audience_lists or any(lst.category == "marketing" for lst in audience_lists)
         first_list = campaign.audience.lists[0]
-        uses.append(Use("Campaign", campaign.name, ("template",), campaign.template, campaign.subject,
-                        campaign.preheader, marketing, first_list))  # fmt: skip
+        uses.append(
+            Use(
+                "Campaign",
+                campaign.name,
+                ("template",),
+                campaign.template,
+                campaign.subject,
+                campaign.preheader,
+                marketing,
+                first_list,
+            )
+        )
         for index, stage in enumerate(campaign.stages):
-            uses.append(Use("Campaign", campaign.name, ("stages", index, "template"), stage.template, stage.subject,
-                            stage.preheader, marketing, first_list))  # fmt: skip
+            uses.append(
+                Use(
+                    "Campaign",
+                    campaign.name,
+                    ("stages", index, "template"),
+                    stage.template,
+                    stage.subject,
+                    stage.preheader,
+                    marketing,
+                    first_list,
+                )
+            )
     for workflow in desired.workflows.values():
         trigger_list = getattr(workflow.trigger, "subscribed", "") or ""
         for loc, step in walk_steps(workflow.steps):
             if isinstance(step, SendStep):
-                uses.append(Use("Workflow", workflow.name, (*loc, "send"), step.send, step.subject, step.preheader,
-                                workflow.category == "marketing", trigger_list))  # fmt: skip
+                uses.append(
+                    Use(
+                        "Workflow",
+                        workflow.name,
+                        (*loc, "send"),
+                        step.send,
+                        step.subject,
+                        step.preheader,
+                        workflow.category == "marketing",
+                        trigger_list,
+                    )
+                )
     return uses
 
 
@@ -170,11 +200,29 @@ def _check_compliance(c: Checker, use: Use, path: str, links: list[str], text: s
     assert settings is not None
     exits = (context["unsubscribe_url"], context["preferences_url"])
     if not any(url in link for link in links for url in exits):
-        c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance",
-            f"marketing mail ({use.kind} {use.name}) without an unsubscribe link",
-            'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer'))  # fmt: skip
+        c.problems.append(
+            Problem(
+                path,
+                1,
+                1,
+                "Template",
+                use.template,
+                "compliance",
+                f"marketing mail ({use.kind} {use.name}) without an unsubscribe link",
+                'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer',
+            )
+        )
     address = " ".join(settings.organization.postal_address.split())
     if address not in text:
-        c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance",
-            f"marketing mail ({use.kind} {use.name}) without the organization's postal address",
-            "add {{ organization.postal_address }} to the footer: anti-spam law requires it"))  # fmt: skip
+        c.problems.append(
+            Problem(
+                path,
+                1,
+                1,
+                "Template",
+                use.template,
+                "compliance",
+                f"marketing mail ({use.kind} {use.name}) without the organization's postal address",
+                "add {{ organization.postal_address }} to the footer: anti-spam law requires it",
+            )
+        )

@@ -84,8 +84,9 @@ def campaign_audience(desired: DesiredState, campaign: Campaign, observed: Obser
         excluded = {why: n for why, n in counts.items() if why not in ("", "not in segments")}
         return AudienceCount(counts.get("", 0), excluded)
     categories = {name: document.category for name, document in desired.lists.items()}
-    return count_audience(observed.audience, lists=lists, exclude_lists=exclude_lists,
-                          blocking=blocking_for(categories, lists))  # fmt: skip
+    return count_audience(
+        observed.audience, lists=lists, exclude_lists=exclude_lists, blocking=blocking_for(categories, lists)
+    )
 
 
 def audience_definition(desired: DesiredState, campaign: Campaign) -> dict[str, Any]:

@@ -7,9 +7,17 @@ from collections import Counter
 
 from reconciler.plan.model import SYMBOLS, Action, Plan
 
-_VERBS = {"create": "to create", "update": "to change", "schedule": "to schedule", "unschedule": "to unschedule",
-          "pause": "to pause", "resume": "to resume", "cancel": "to cancel", "remove": "to remove",
-          "confirm": "to confirm"}  # fmt: skip
+_VERBS = {
+    "create": "to create",
+    "update": "to change",
+    "schedule": "to schedule",
+    "unschedule": "to unschedule",
+    "pause": "to pause",
+    "resume": "to resume",
+    "cancel": "to cancel",
+    "remove": "to remove",
+    "confirm": "to confirm",
+}
 
 
 def header(plan: Plan) -> str:
@@ -41,8 +49,10 @@ def _lines(plan: Plan, action: Action) -> list[str]:
 
 def _segments(plan: Plan) -> list[str]:
     width = max((len(name) for name in plan.segment_counts), default=0)
-    return [f"  {name.ljust(width)}  {n:,} member{'s' * (n != 1)}{plan.change(f'Segment {name}', n)}"
-            for name, n in sorted(plan.segment_counts.items())]  # fmt: skip
+    return [
+        f"  {name.ljust(width)}  {n:,} member{'s' * (n != 1)}{plan.change(f'Segment {name}', n)}"
+        for name, n in sorted(plan.segment_counts.items())
+    ]
 
 
 def as_text(plan: Plan) -> str:
@@ -54,18 +64,25 @@ def as_text(plan: Plan) -> str:
         first, *rest = _lines(plan, action)
         out.append(f"  {SYMBOLS[action.op]} {action.subject.ljust(width)}  {first}")
         out += [f"    {' ' * width}  {line}" for line in rest]
-    unchanged = {name: count for name, count in plan.audiences.items()
-                 if not any(a.kind == "Campaign" and a.name == name for a in plan.actions)}  # fmt: skip
+    unchanged = {
+        name: count
+        for name, count in plan.audiences.items()
+        if not any(a.kind == "Campaign" and a.name == name for a in plan.actions)
+    }
     if unchanged:
         width = max(len(name) for name in unchanged)
         out += ["", "Audiences of unchanged campaigns:"]
-        out += [f"  {name.ljust(width)}  {count.describe()}{plan.change(f'Campaign {name}', count.recipients)}"
-                for name, count in sorted(unchanged.items())]  # fmt: skip
+        out += [
+            f"  {name.ljust(width)}  {count.describe()}{plan.change(f'Campaign {name}', count.recipients)}"
+            for name, count in sorted(unchanged.items())
+        ]
     if plan.segment_counts:
         out += ["", "Segments:", *_segments(plan)]
         if plan.uncounted_segments:
-            out.append(f"  ... and {len(plan.uncounted_segments)} more not counted within the time budget "
-                       "(--count-budget, or `reconciler segments show NAME`)")  # fmt: skip
+            out.append(
+                f"  ... and {len(plan.uncounted_segments)} more not counted within the time budget "
+                "(--count-budget, or `reconciler segments show NAME`)"
+            )
     if plan.problems:
         out.append("")
         out += [problem.format() for problem in plan.problems]
@@ -80,8 +97,10 @@ def as_markdown(plan: Plan) -> str:
         out += ["| | Document | Change | Audience |", "|---|---|---|---|"]
         for action in plan.actions:
             audience = action.audience.describe() if action.audience and action.op not in ("remove",) else ""
-            out.append(f"| {SYMBOLS[action.op]} | `{action.kind} {action.name}` | {_cell(action.summary)} | "
-                       f"{_cell(audience)} |")  # fmt: skip
+            out.append(
+                f"| {SYMBOLS[action.op]} | `{action.kind} {action.name}` | {_cell(action.summary)} | "
+                f"{_cell(audience)} |"
+            )
     else:
         out.append("No changes: the state matches the workspace.")
     if plan.problems:
@@ -91,10 +110,14 @@ def as_markdown(plan: Plan) -> str:
             out.append(f"- {badge} `{problem.path}:{problem.line}` {_cell(problem.format().split(': ', 1)[-1])}")
     if plan.audiences or plan.segment_counts:
         out += ["", "<details><summary>Audiences of every campaign, and segment sizes</summary>", ""]
-        out += [f"- `{name}` {_cell(count.describe() + plan.change(f'Campaign {name}', count.recipients))}"
-                for name, count in sorted(plan.audiences.items())]  # fmt: skip
-        out += [f"- segment `{name}`: {n:,} members{plan.change(f'Segment {name}', n)}"
-                for name, n in sorted(plan.segment_counts.items())]  # fmt: skip
+        out += [
+            f"- `{name}` {_cell(count.describe() + plan.change(f'Campaign {name}', count.recipients))}"
+            for name, count in sorted(plan.audiences.items())
+        ]
+        out += [
+            f"- segment `{name}`: {n:,} members{plan.change(f'Segment {name}', n)}"
+            for name, n in sorted(plan.segment_counts.items())
+        ]
         out += ["", "</details>"]
     out += ["", totals(plan)]
     return "\n".join(out) + "\n"

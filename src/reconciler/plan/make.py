@@ -49,8 +49,9 @@ def make_plan(
     actions += _workflows(desired, observed, templates)
     for name, campaign in sorted(desired.campaigns.items()):
         audiences[name] = campaign_audience(desired, campaign, observed)
-        planner = _CampaignPlan(desired, campaign, observed.campaigns.get(name), templates, now, audiences[name],
-                                confirmed=name in confirm)  # fmt: skip
+        planner = _CampaignPlan(
+            desired, campaign, observed.campaigns.get(name), templates, now, audiences[name], confirmed=name in confirm
+        )
         actions += planner.actions()
         problems += planner.problems
     for name, record in sorted(observed.campaigns.items()):
@@ -58,18 +59,33 @@ def make_plan(
             actions += _removed_campaign(record, problems)
     for name in sorted(confirm):
         actions += _confirm(desired, observed, name, now, problems)
-    return Plan(desired.revision, git_commit, tuple(actions), tuple(problems), audiences, observed.serial,
-                dict(observed.segment_counts), dict(observed.last_counts),
-                tuple(sorted(set(desired.segments) - set(observed.segment_counts))))  # fmt: skip
+    return Plan(
+        desired.revision,
+        git_commit,
+        tuple(actions),
+        tuple(problems),
+        audiences,
+        observed.serial,
+        dict(observed.segment_counts),
+        dict(observed.last_counts),
+        tuple(sorted(set(desired.segments) - set(observed.segment_counts))),
+    )
 
 
 class _CampaignPlan:
     """The action (at most one) and problems for one campaign that has a file."""
 
     def __init__(
-        self, desired: DesiredState, campaign: Campaign, record: CampaignRecord | None, templates: TemplateSet,
-        now: datetime, audience: AudienceCount, *, confirmed: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        desired: DesiredState,
+        campaign: Campaign,
+        record: CampaignRecord | None,
+        templates: TemplateSet,
+        now: datetime,
+        audience: AudienceCount,
+        *,
+        confirmed: bool = False,
+    ) -> None:
         self.desired, self.campaign, self.record, self.now, self.audience = desired, campaign, record, now, audience
         self.confirmed = confirmed
         self.source = desired.source("Campaign", campaign.name)
@@ -82,16 +98,41 @@ class _CampaignPlan:
     def problem(self, loc: tuple[str | int, ...], message: str, hint: str = "", *, error: bool = True) -> None:
         line, column = self.source.at(loc)
         field = ".".join(str(part) for part in loc)
-        self.problems.append(Problem(self.source.path, line, column, "Campaign", self.campaign.name, field, message,
-                                     hint, "error" if error else "warning"))  # fmt: skip
+        self.problems.append(
+            Problem(
+                self.source.path,
+                line,
+                column,
+                "Campaign",
+                self.campaign.name,
+                field,
+                message,
+                hint,
+                "error" if error else "warning",
+            )
+        )
 
     def action(self, op: Any, summary: str, *, changes: tuple[str, ...] = (), status: str | None = None) -> Action:
         when = start_at(self.campaign.send_at, now=self.now)
-        record = {"spec": self.spec, "content": self.content, "content_hash": self.content_hash,
-                  "path": self.source.path, "audience": self.audience_definition}  # fmt: skip
-        return Action("Campaign", self.campaign.name, op, summary, changes, self.audience,
-                      status or self.campaign.status, when, describe_when(self.campaign.send_at, now=self.now),
-                      record)  # fmt: skip
+        record = {
+            "spec": self.spec,
+            "content": self.content,
+            "content_hash": self.content_hash,
+            "path": self.source.path,
+            "audience": self.audience_definition,
+        }
+        return Action(
+            "Campaign",
+            self.campaign.name,
+            op,
+            summary,
+            changes,
+            self.audience,
+            status or self.campaign.status,
+            when,
+            describe_when(self.campaign.send_at, now=self.now),
+            record,
+        )
 
     def changes(self) -> tuple[str, ...]:
         assert self.record is not None
@@ -108,8 +149,11 @@ class _CampaignPlan:
         if record is None or (record.removed_at is not None and not record.started):
             return self._create()
         if record.removed_at is not None:
-            self.problem(("name",), f"a campaign of this name already ran (started {record.started_at}) and its "
-                         "file was removed", "give the new campaign a new name; history keeps the old one")  # fmt: skip
+            self.problem(
+                ("name",),
+                f"a campaign of this name already ran (started {record.started_at}) and its file was removed",
+                "give the new campaign a new name; history keeps the old one",
+            )
             return []
         changes = self.changes()
         if record.started:
@@ -137,8 +181,11 @@ class _CampaignPlan:
         if status == "scheduled":
             summary = f"schedule for {describe_when(self.campaign.send_at, now=self.now)}"
             return [self._with_late(self.action("schedule", summary))]
-        summary = {"draft": "draft: not scheduled", "paused": "paused: not scheduled",
-                   "cancelled": "cancelled: never sent"}[status]  # fmt: skip
+        summary = {
+            "draft": "draft: not scheduled",
+            "paused": "paused: not scheduled",
+            "cancelled": "cancelled: never sent",
+        }[status]
         return [self.action("create", summary)]
 
     def _started(self, record: CampaignRecord, changes: tuple[str, ...]) -> list[Action]:
@@ -153,25 +200,36 @@ class _CampaignPlan:
         if record.status == "sent" or status == record.status or (status, record.status) == ("scheduled", "sending"):
             return []
         if record.held and status == "scheduled" and not self.confirmed:
-            self.problem(("status",), f"sending was paused by the daemon: {record.message}",
-                         f"find out why the server refuses the mail, then resume with "
-                         f"`reconciler apply --confirm {self.campaign.name}`", error=False)  # fmt: skip
+            self.problem(
+                ("status",),
+                f"sending was paused by the daemon: {record.message}",
+                f"find out why the server refuses the mail, then resume with "
+                f"`reconciler apply --confirm {self.campaign.name}`",
+                error=False,
+            )
             return []
         if status == "draft":
-            self.problem(("status",), "a campaign that started sending cannot return to draft",
-                         "use status: paused to stop it for now, or cancelled to stop it for good")  # fmt: skip
+            self.problem(
+                ("status",),
+                "a campaign that started sending cannot return to draft",
+                "use status: paused to stop it for now, or cancelled to stop it for good",
+            )
             return []
         if record.status == "cancelled":
-            self.problem(("status",), "this campaign was cancelled while sending; cancelling is final",
-                         "copy it to a new campaign to send the rest")  # fmt: skip
+            self.problem(
+                ("status",),
+                "this campaign was cancelled while sending; cancelling is final",
+                "copy it to a new campaign to send the rest",
+            )
             return []
         op: Op = {"paused": "pause", "scheduled": "resume", "cancelled": "cancel"}[status]  # type: ignore[assignment]
         left = record.progress.get("queued", 0) + record.progress.get("deferred", 0)
-        summary = {"pause": f"pause sending ({left:,} messages wait)",
-                   "resume": f"resume sending ({left:,} messages to go)",
-                   "cancel": f"cancel: {left:,} unsent messages are skipped"}[op]  # fmt: skip
-        return [Action("Campaign", self.campaign.name, op, summary, (), None,
-                       "sending" if op == "resume" else status)]  # fmt: skip
+        summary = {
+            "pause": f"pause sending ({left:,} messages wait)",
+            "resume": f"resume sending ({left:,} messages to go)",
+            "cancel": f"cancel: {left:,} unsent messages are skipped",
+        }[op]
+        return [Action("Campaign", self.campaign.name, op, summary, (), None, "sending" if op == "resume" else status)]
 
     def _late(self, record: CampaignRecord) -> None:
         if record.status == "scheduled" and not record.confirmed_late and record.start_at:
@@ -185,10 +243,13 @@ class _CampaignPlan:
     def _check_late(self, when: datetime) -> None:
         grace = self.desired.settings.schedule_grace if self.desired.settings else None
         if grace is not None and self.now - when > grace:
-            self.problem(("send_at",), f"send_at is {ago(self.now - when)} in the past, more than the grace of "
-                         f"{ago(grace)}: it waits instead of sending",
-                         f"confirm with `reconciler apply --confirm {self.campaign.name}`, or set a new send_at",
-                         error=False)  # fmt: skip
+            self.problem(
+                ("send_at",),
+                f"send_at is {ago(self.now - when)} in the past, more than the grace of "
+                f"{ago(grace)}: it waits instead of sending",
+                f"confirm with `reconciler apply --confirm {self.campaign.name}`, or set a new send_at",
+                error=False,
+            )
 
 
 def _removed_campaign(record: CampaignRecord, problems: list[Problem]) -> list[Action]:
@@ -197,18 +258,39 @@ def _removed_campaign(record: CampaignRecord, problems: list[Problem]) -> list[A
         return [Action("Campaign", record.name, "remove", summary, (), None, "cancelled")]
     if record.status in ENDED:
         return [Action("Campaign", record.name, "remove", "file removed; history kept", (), None, record.status)]
-    problems.append(Problem(record.path, 1, 1, "Campaign", record.name, "",
-                            f"the file was removed while the campaign is {record.status}; it carries on",
-                            "restore the file with status: cancelled to stop it", "warning"))  # fmt: skip
+    problems.append(
+        Problem(
+            record.path,
+            1,
+            1,
+            "Campaign",
+            record.name,
+            "",
+            f"the file was removed while the campaign is {record.status}; it carries on",
+            "restore the file with status: cancelled to stop it",
+            "warning",
+        )
+    )
     return []
 
 
-def _confirm(desired: DesiredState, observed: ObservedState, name: str, now: datetime,
-             problems: list[Problem]) -> list[Action]:  # fmt: skip
+def _confirm(
+    desired: DesiredState, observed: ObservedState, name: str, now: datetime, problems: list[Problem]
+) -> list[Action]:
     record = observed.campaigns.get(name)
     if name not in desired.campaigns:
-        problems.append(Problem(desired.root, 1, 1, "Campaign", name, "", "--confirm names no campaign of the "
-                                "workspace", "check the name with `reconciler status`"))  # fmt: skip
+        problems.append(
+            Problem(
+                desired.root,
+                1,
+                1,
+                "Campaign",
+                name,
+                "",
+                "--confirm names no campaign of the workspace",
+                "check the name with `reconciler status`",
+            )
+        )
         return []
     if record is not None and record.started:
         return []
@@ -227,8 +309,9 @@ def _lists(desired: DesiredState, observed: ObservedState) -> list[Action]:
         else:
             changes = tuple(k for k in sorted(spec) if spec.get(k) != old.get(k))
             if changes:
-                actions.append(Action("List", name, "update", f"update ({', '.join(changes)})", changes,
-                                      record={"spec": spec}))  # fmt: skip
+                actions.append(
+                    Action("List", name, "update", f"update ({', '.join(changes)})", changes, record={"spec": spec})
+                )
     for name, old in sorted(observed.lists.items()):
         if name not in desired.lists and not old.get("removed_at"):
             actions.append(Action("List", name, "remove", "removed from the spec; subscriptions are kept"))

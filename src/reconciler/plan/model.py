@@ -13,9 +13,16 @@ from reconciler.plan.audience import AudienceCount
 Op = Literal["create", "update", "schedule", "unschedule", "pause", "resume", "cancel", "remove", "confirm"]
 
 SYMBOLS: dict[str, str] = {
-    "create": "+", "update": "~", "schedule": "+", "unschedule": "~", "pause": "‖", "resume": "▶",
-    "cancel": "×", "remove": "-", "confirm": "!",
-}  # fmt: skip
+    "create": "+",
+    "update": "~",
+    "schedule": "+",
+    "unschedule": "~",
+    "pause": "‖",
+    "resume": "▶",
+    "cancel": "×",
+    "remove": "-",
+    "confirm": "!",
+}
 
 
 @dataclass(frozen=True)

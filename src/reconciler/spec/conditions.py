@@ -26,9 +26,21 @@ from reconciler.spec.types import (
 )
 
 OPERATORS = (
-    "eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "starts_with", "exists", "before", "after",
+    "eq",
+    "ne",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "in",
+    "not_in",
+    "contains",
+    "starts_with",
+    "exists",
+    "before",
+    "after",
     "within",
-)  # fmt: skip
+)
 
 
 def _check_date_bound(value: str) -> str:

@@ -173,8 +173,17 @@ class SetFieldStep(StepBase):
 
 
 STEP_KEYS = (
-    "send", "wait_until", "wait", "if", "add_to_list", "remove_from_list", "move_to_list", "tag", "untag", "set_field",
-)  # fmt: skip
+    "send",
+    "wait_until",
+    "wait",
+    "if",
+    "add_to_list",
+    "remove_from_list",
+    "move_to_list",
+    "tag",
+    "untag",
+    "set_field",
+)
 
 Step = Annotated[
     Union[  # noqa: UP007

@@ -16,10 +16,21 @@ from reconciler.segments import Sql
 
 
 def upsert_campaign(
-    db: Database, name: str, *, status: str, reason: str, message: str, path: str, spec: Mapping[str, Any],
-    content: Mapping[str, Any], content_hash: str, start_at: str | None, at: str, revision: str,
+    db: Database,
+    name: str,
+    *,
+    status: str,
+    reason: str,
+    message: str,
+    path: str,
+    spec: Mapping[str, Any],
+    content: Mapping[str, Any],
+    content_hash: str,
+    start_at: str | None,
+    at: str,
+    revision: str,
     audience: Mapping[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     """Create or rewrite a campaign that has not started; a new start time needs a new confirmation."""
     db.conn.execute(
         """
@@ -53,8 +64,17 @@ def upsert_campaign(
     )
 
 
-def set_status(db: Database, name: str, *, status: str, reason: str, message: str, at: str,
-               revision: str | None = None, ready: bool = True) -> None:  # fmt: skip
+def set_status(
+    db: Database,
+    name: str,
+    *,
+    status: str,
+    reason: str,
+    message: str,
+    at: str,
+    revision: str | None = None,
+    ready: bool = True,
+) -> None:
     db.conn.execute(
         "UPDATE campaigns SET status = ?, ready = ?, reason = ?, message = ?, updated_at = ?, "
         "last_attempted_revision = coalesce(?, last_attempted_revision), "
@@ -88,8 +108,7 @@ def mark_attempted(db: Database, names: Iterable[str], *, revision: str) -> None
     )
 
 
-def mark_removed(db: Database, name: str, *, status: str, reason: str, message: str, at: str,
-                 revision: str) -> None:  # fmt: skip
+def mark_removed(db: Database, name: str, *, status: str, reason: str, message: str, at: str, revision: str) -> None:
     set_status(db, name, status=status, reason=reason, message=message, at=at, revision=revision)
     db.conn.execute("UPDATE campaigns SET removed_at = ? WHERE name = ?", (at, name))
 

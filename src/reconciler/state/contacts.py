@@ -42,10 +42,22 @@ class ContactRow:
     created_at: str | None = None
 
     @classmethod
-    def build(cls, email: str, builtins: dict[str, str], tags: list[str], fields: dict[str, Any],
-              created_at: str | None = None) -> ContactRow:  # fmt: skip
-        return cls(email, email_hash(email), builtins, json.dumps(sorted(set(tags))),
-                   json.dumps(fields, separators=(",", ":")), created_at)  # fmt: skip
+    def build(
+        cls,
+        email: str,
+        builtins: dict[str, str],
+        tags: list[str],
+        fields: dict[str, Any],
+        created_at: str | None = None,
+    ) -> ContactRow:
+        return cls(
+            email,
+            email_hash(email),
+            builtins,
+            json.dumps(sorted(set(tags))),
+            json.dumps(fields, separators=(",", ":")),
+            created_at,
+        )
 
 
 @dataclass
@@ -127,10 +139,18 @@ def import_batch(
             else:
                 result.created += 1
             seen.add(row.email)
-            values.append((
-                row.email, row.email_hash, *(row.builtins.get(c) for c in BUILTIN_COLUMNS), row.tags, row.fields,
-                row.created_at or at, at, import_id,
-            ))  # fmt: skip
+            values.append(
+                (
+                    row.email,
+                    row.email_hash,
+                    *(row.builtins.get(c) for c in BUILTIN_COLUMNS),
+                    row.tags,
+                    row.fields,
+                    row.created_at or at,
+                    at,
+                    import_id,
+                )
+            )
         db.conn.executemany(_UPSERT, values)
         emails = json.dumps(sorted(seen))
         for name, blocking in lists:
@@ -155,11 +175,17 @@ def _existing(db: Database, hashes: dict[str, str]) -> dict[str, int | None]:
 
 
 def _subscribe_batch(
-    db: Database, result: BatchResult, emails: str, name: str, blocking: Sequence[str], *, at: str, source: str,
+    db: Database,
+    result: BatchResult,
+    emails: str,
+    name: str,
+    blocking: Sequence[str],
+    *,
+    at: str,
+    source: str,
     text: str | None,
-) -> None:  # fmt: skip
-    params = {"emails": emails, "list": name, "at": at, "source": source, "text": text,
-              "b": json.dumps(list(blocking))}  # fmt: skip
+) -> None:
+    params = {"emails": emails, "list": name, "at": at, "source": source, "text": text, "b": json.dumps(list(blocking))}
     kept_out = db.conn.execute(
         """
         SELECT coalesce(p.reason, s.status), count(*) FROM contacts c
@@ -191,15 +217,22 @@ def _subscribe_batch(
     result.subscribed += cursor.rowcount
 
 
-def finish_import(db: Database, import_id: int, *, at: str, rows: int, created: int, updated: int,
-                  rejected: int, file: str) -> None:  # fmt: skip
+def finish_import(
+    db: Database, import_id: int, *, at: str, rows: int, created: int, updated: int, rejected: int, file: str
+) -> None:
     with write(db):
         db.conn.execute(
             "UPDATE imports SET finished_at = ?, rows = ?, created = ?, updated = ?, rejected = ? WHERE id = ?",
             (at, rows, created, updated, rejected, import_id),
         )
-        audit(db, at=at, actor="import", subject=f"import {import_id}", action="imported",
-              detail=f"{file}: {created} created, {updated} updated, {rejected} rejected")  # fmt: skip
+        audit(
+            db,
+            at=at,
+            actor="import",
+            subject=f"import {import_id}",
+            action="imported",
+            detail=f"{file}: {created} created, {updated} updated, {rejected} rejected",
+        )
 
 
 def export_contact(db: Database, email: str) -> dict[str, Any] | None:
@@ -212,8 +245,11 @@ def export_contact(db: Database, email: str) -> dict[str, Any] | None:
     if contact is None:
         if suppression is None:
             return None
-        return {"email": email, "held": "only a hash of the address, to keep it suppressed",
-                "suppression": dict(zip(("reason", "at", "detail"), suppression, strict=True))}  # fmt: skip
+        return {
+            "email": email,
+            "held": "only a hash of the address, to keep it suppressed",
+            "suppression": dict(zip(("reason", "at", "detail"), suppression, strict=True)),
+        }
     cid = contact["id"]
 
     def rows(sql: str) -> list[dict[str, Any]]:
@@ -252,8 +288,14 @@ def erase_contact(db: Database, email: str, *, at: str) -> bool:
             "ON CONFLICT(email_hash) DO UPDATE SET reason = 'erased', at = excluded.at, detail = NULL",
             (hashed, at),
         )
-        audit(db, at=at, actor="erase", subject=f"contact {hashed[:12]}", action="erased",
-              detail="record deleted" if deleted else "no record; address hash suppressed")  # fmt: skip
+        audit(
+            db,
+            at=at,
+            actor="erase",
+            subject=f"contact {hashed[:12]}",
+            action="erased",
+            detail="record deleted" if deleted else "no record; address hash suppressed",
+        )
     return bool(deleted)
 
 
@@ -267,8 +309,17 @@ def suppress(db: Database, email: str, reason: str, *, at: str, detail: str | No
         )
 
 
-def set_subscription(db: Database, email: str, list_name: str, status: str, *, at: str, source: str,
-                     text: str | None = None, ip: str | None = None) -> None:  # fmt: skip
+def set_subscription(
+    db: Database,
+    email: str,
+    list_name: str,
+    status: str,
+    *,
+    at: str,
+    source: str,
+    text: str | None = None,
+    ip: str | None = None,
+) -> None:
     """Change one subscription, with its consent record (used by tests now, by the web service later)."""
     with write(db):
         row = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()

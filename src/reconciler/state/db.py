@@ -96,8 +96,9 @@ def bump_serial(db: Database) -> None:
     set_meta(db, "serial", str(int(get_meta(db, "serial") or 0) + 1))
 
 
-def audit(db: Database, *, at: str, actor: str, subject: str, action: str, detail: str = "",
-          revision: str | None = None) -> None:  # fmt: skip
+def audit(
+    db: Database, *, at: str, actor: str, subject: str, action: str, detail: str = "", revision: str | None = None
+) -> None:
     db.conn.execute(
         "INSERT INTO audit(at, revision, actor, subject, action, detail) VALUES (?, ?, ?, ?, ?, ?)",
         (at, revision, actor, subject, action, detail or None),

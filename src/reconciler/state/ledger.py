@@ -177,19 +177,22 @@ def due_rows(db: Database, source: Source, *, now: str, after_id: int, limit: in
 
 def contact_row(db: Database, email: str) -> dict[str, Any] | None:
     """A contact in the shape `due_rows` gives (for `reconciler render --contact`)."""
-    rows = list(db.query(f"SELECT 0 AS id, c.id AS contact_id, {_CONTACT_COLUMNS} FROM contacts c WHERE c.email = ?",
-                         (email,)))  # fmt: skip
+    rows = list(
+        db.query(f"SELECT 0 AS id, c.id AS contact_id, {_CONTACT_COLUMNS} FROM contacts c WHERE c.email = ?", (email,))
+    )
     return rows[0] if rows else None
 
 
 def row_for_view(db: Database, row_id: int) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]] | None:
     """A campaign's ledger row with its contact, the campaign's stored content and lists (to render it again)."""
-    rows = list(db.query(
-        f"SELECT l.id, l.contact_id, l.attempts, l.message_id, l.first_attempt_at, l.source, l.stage, "
-        f"{_CONTACT_COLUMNS}, m.content, m.spec FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-        "JOIN campaigns m ON l.source_kind = 'campaign' AND m.name = l.source WHERE l.id = ?",
-        (row_id,),
-    ))  # fmt: skip
+    rows = list(
+        db.query(
+            f"SELECT l.id, l.contact_id, l.attempts, l.message_id, l.first_attempt_at, l.source, l.stage, "
+            f"{_CONTACT_COLUMNS}, m.content, m.spec FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+            "JOIN campaigns m ON l.source_kind = 'campaign' AND m.name = l.source WHERE l.id = ?",
+            (row_id,),
+        )
+    )
     if not rows:
         return None
     row = rows[0]
@@ -283,9 +286,16 @@ def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
     db.conn.execute(
         "UPDATE ledger SET state = ?, last_reply = ?, updated_at = ?, next_attempt_at = ?, claimed_by = NULL, "
         "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
-        (outcome.state, outcome.reply[:500], outcome.at, outcome.next_attempt_at, outcome.state, outcome.at,
-         outcome.row_id),
-    )  # fmt: skip
+        (
+            outcome.state,
+            outcome.reply[:500],
+            outcome.at,
+            outcome.next_attempt_at,
+            outcome.state,
+            outcome.at,
+            outcome.row_id,
+        ),
+    )
     if outcome.suppress or outcome.soft:
         contact = db.conn.execute(
             "SELECT c.id, c.email_hash FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE l.id = ?",
@@ -301,9 +311,16 @@ def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
             db.conn.execute(
                 "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, at, detail) "
                 "VALUES (?, ?, ?, ?, ?, 'bounced', ?, ?)",
-                (outcome.row_id, contact[0], source.kind, source.name, source.stage, outcome.at,
-                 ("soft: " if outcome.soft else "hard: ") + outcome.reply[:200]),
-            )  # fmt: skip
+                (
+                    outcome.row_id,
+                    contact[0],
+                    source.kind,
+                    source.name,
+                    source.stage,
+                    outcome.at,
+                    ("soft: " if outcome.soft else "hard: ") + outcome.reply[:200],
+                ),
+            )
     if outcome.policy and source.kind == "campaign":
         _count_policy_failure(db, source.name, reply=outcome.reply, at=outcome.at)
 
@@ -316,8 +333,10 @@ def _count_policy_failure(db: Database, name: str, *, reply: str, at: str) -> No
         (name,),
     ).fetchone()
     if failures >= POLICY_PAUSE_MIN and failures >= POLICY_PAUSE_RATIO * attempted:
-        message = (f"paused: {failures} of {attempted} messages were refused for policy or reputation reasons "
-                   f"(last: {reply[:120]})")  # fmt: skip
+        message = (
+            f"paused: {failures} of {attempted} messages were refused for policy or reputation reasons "
+            f"(last: {reply[:120]})"
+        )
         changed = db.conn.execute(
             "UPDATE campaigns SET status = 'paused', held = 1, ready = 0, reason = 'PolicyRejections', message = ?, "
             "updated_at = ? WHERE name = ? AND status = 'sending'",
@@ -344,9 +363,16 @@ def sending_campaigns(db: Database) -> list[dict[str, Any]]:
 
 
 def start_stage(
-    db: Database, name: str, stage: str, *, only: str | None, blocking: Sequence[str], content_hash: str,
-    revision: str, at: str,
-) -> int:  # fmt: skip
+    db: Database,
+    name: str,
+    stage: str,
+    *,
+    only: str | None,
+    blocking: Sequence[str],
+    content_hash: str,
+    revision: str,
+    at: str,
+) -> int:
     """Queue a follow-up stage for everyone the first message reached (every stage goes to the same audience),
     filtered by their human opens or clicks of any message of the campaign so far (`only`)."""
     engaged = {
@@ -374,8 +400,14 @@ def start_stage(
             "INSERT INTO campaign_stages(campaign, stage, started_at, recipients) VALUES (?, ?, ?, ?)",
             (name, stage, at, inserted),
         )
-        audit(db, at=at, actor="dispatch", subject=f"Campaign {name}", action="start stage",
-              detail=f"{stage}: {inserted} recipients")  # fmt: skip
+        audit(
+            db,
+            at=at,
+            actor="dispatch",
+            subject=f"Campaign {name}",
+            action="start stage",
+            detail=f"{stage}: {inserted} recipients",
+        )
     return inserted
 
 
@@ -390,8 +422,9 @@ def finish(db: Database, name: str, *, at: str) -> dict[str, int] | None:
         )
         if any(counts.get(state) for state in ("queued", "deferred", "sending")):
             return None
-        summary = ", ".join(f"{state} {counts[state]:,}" for state in ("sent", "failed", "uncertain", "skipped")
-                            if counts.get(state))  # fmt: skip
+        summary = ", ".join(
+            f"{state} {counts[state]:,}" for state in ("sent", "failed", "uncertain", "skipped") if counts.get(state)
+        )
         changed = db.conn.execute(
             "UPDATE campaigns SET status = 'sent', reason = 'Sent', ready = 1, finished_at = ?, updated_at = ?, "
             "message = ? WHERE name = ? AND status = 'sending'",

@@ -95,14 +95,26 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
     campaigns = {}
     for row in db.query("SELECT * FROM campaigns"):
         campaigns[row["name"]] = CampaignRecord(
-            name=row["name"], status=row["status"], ready=bool(row["ready"]), reason=row["reason"],
-            message=row["message"], path=row["path"], spec=json.loads(row["spec"]), content_hash=row["content_hash"],
-            start_at=row["start_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-            removed_at=row["removed_at"], confirmed_late=bool(row["confirmed_late"]), recipients=row["recipients"],
+            name=row["name"],
+            status=row["status"],
+            ready=bool(row["ready"]),
+            reason=row["reason"],
+            message=row["message"],
+            path=row["path"],
+            spec=json.loads(row["spec"]),
+            content_hash=row["content_hash"],
+            start_at=row["start_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            removed_at=row["removed_at"],
+            confirmed_late=bool(row["confirmed_late"]),
+            recipients=row["recipients"],
             last_attempted_revision=row["last_attempted_revision"],
-            last_applied_revision=row["last_applied_revision"], progress=progress.get(row["name"], {}),
-            audience=json.loads(row["audience"]), held=bool(row["held"]),
-        )  # fmt: skip
+            last_applied_revision=row["last_applied_revision"],
+            progress=progress.get(row["name"], {}),
+            audience=json.loads(row["audience"]),
+            held=bool(row["held"]),
+        )
     lists = {}
     for name, spec, removed_at in db.conn.execute("SELECT name, spec, removed_at FROM lists"):
         lists[name] = {**json.loads(spec), "removed_at": removed_at}

@@ -55,20 +55,34 @@ def message_target(db: Database, row_id: int) -> MessageTarget | None:
 def unsubscribe(db: Database, target: MessageTarget, *, at: str, source: str, ip: str | None) -> list[str]:
     """Unsubscribe the contact from the lists the message was sent for; returns the lists that changed."""
     with write(db):
-        changed = _set_lists(db, target.contact_id, {name: False for name in target.lists}, at=at, source=source,
-                             ip=ip)  # fmt: skip
+        changed = _set_lists(db, target.contact_id, {name: False for name in target.lists}, at=at, source=source, ip=ip)
         if changed:
             db.conn.execute(
                 "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, at, detail) "
                 "VALUES (?, ?, ?, ?, ?, 'unsubscribed', ?, ?)",
-                (target.row_id, target.contact_id, target.source_kind, target.source, target.stage, at,
-                 ", ".join(changed)),
-            )  # fmt: skip
+                (
+                    target.row_id,
+                    target.contact_id,
+                    target.source_kind,
+                    target.source,
+                    target.stage,
+                    at,
+                    ", ".join(changed),
+                ),
+            )
     return changed
 
 
-def _set_lists(db: Database, contact_id: int, wanted: dict[str, bool], *, at: str, source: str,
-               ip: str | None, text: str | None = None) -> list[str]:  # fmt: skip
+def _set_lists(
+    db: Database,
+    contact_id: int,
+    wanted: dict[str, bool],
+    *,
+    at: str,
+    source: str,
+    ip: str | None,
+    text: str | None = None,
+) -> list[str]:
     current = dict(
         db.conn.execute("SELECT list, status FROM subscriptions WHERE contact_id = ?", (contact_id,)).fetchall()
     )
@@ -116,8 +130,9 @@ def preferences(db: Database, contact_id: int) -> Preferences | None:
     return Preferences(email, first_name, frequency, subscriptions, suppressed == "unsubscribed")
 
 
-def save_preferences(db: Database, contact_id: int, *, lists: dict[str, bool], frequency: str | None, at: str,
-                     ip: str | None) -> list[str]:  # fmt: skip
+def save_preferences(
+    db: Database, contact_id: int, *, lists: dict[str, bool], frequency: str | None, at: str, ip: str | None
+) -> list[str]:
     """The preference form: each public list on or off, and the frequency. Choosing a list again after
     "unsubscribe from everything" lifts that (it is the person's own new consent)."""
     with write(db):
@@ -127,14 +142,14 @@ def save_preferences(db: Database, contact_id: int, *, lists: dict[str, bool], f
                 "(SELECT email_hash FROM contacts WHERE id = ?)",
                 (contact_id,),
             )
-        changed = _set_lists(db, contact_id, lists, at=at, source="preferences", ip=ip,
-                             text="preference center")  # fmt: skip
+        changed = _set_lists(db, contact_id, lists, at=at, source="preferences", ip=ip, text="preference center")
         db.conn.execute("UPDATE contacts SET frequency = ?, updated_at = ? WHERE id = ?", (frequency, at, contact_id))
     return changed
 
 
-def unsubscribe_all(db: Database, contact_id: int, *, marketing_lists: Sequence[str], at: str, source: str,
-                    ip: str | None) -> None:  # fmt: skip
+def unsubscribe_all(
+    db: Database, contact_id: int, *, marketing_lists: Sequence[str], at: str, source: str, ip: str | None
+) -> None:
     """Leave every marketing list and keep the address out of marketing mail (receipts still go)."""
     with write(db):
         _set_lists(db, contact_id, {name: False for name in marketing_lists}, at=at, source=source, ip=ip)
@@ -153,9 +168,15 @@ def unsubscribe_all(db: Database, contact_id: int, *, marketing_lists: Sequence[
 
 
 def request_subscription(
-    db: Database, email: str, lists: Sequence[tuple[str, bool]], *, first_name: str | None, at: str, ip: str | None,
+    db: Database,
+    email: str,
+    lists: Sequence[tuple[str, bool]],
+    *,
+    first_name: str | None,
+    at: str,
+    ip: str | None,
     text: str,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """A subscribe form: single opt-in lists subscribe at once, double opt-in ones go `pending` and queue one
     confirmation email each (at most MAX_CONFIRMATIONS per list). Returns the double opt-in lists that got one.
     Suppressed addresses (bounced, complained, unsubscribed from everything, erased) get nothing."""
@@ -254,8 +275,9 @@ def contact_id_for(db: Database, email: str, *, at: str, create: bool) -> int | 
     return None if row is None else int(row[0])
 
 
-def insert_events(db: Database, events: Sequence[tuple[str, str, str, dict[str, Any], str | None]], *,
-                  at: str) -> tuple[int, int]:  # fmt: skip
+def insert_events(
+    db: Database, events: Sequence[tuple[str, str, str, dict[str, Any], str | None]], *, at: str
+) -> tuple[int, int]:
     """(email, type, occurred_at, properties, id) each; an id seen before is skipped. Returns (added, repeated)."""
     added = 0
     with write(db):
@@ -269,8 +291,9 @@ def insert_events(db: Database, events: Sequence[tuple[str, str, str, dict[str, 
     return added, len(events) - added
 
 
-def provider_event(db: Database, provider: str, event_id: str, *, email: str, kind: str, hard: bool, at: str,
-                   detail: str) -> bool:  # fmt: skip
+def provider_event(
+    db: Database, provider: str, event_id: str, *, email: str, kind: str, hard: bool, at: str, detail: str
+) -> bool:
     """A bounce or complaint from a provider's webhook, once per event id. A hard bounce suppresses the address,
     a complaint suppresses all marketing to it, a soft bounce is only counted. Returns False for a redelivery."""
     with write(db):
@@ -299,10 +322,17 @@ def provider_event(db: Database, provider: str, event_id: str, *, email: str, ki
             db.conn.execute(
                 "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, at, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (ledger_id, contact[0], source_kind, source, stage,
-                 "complained" if kind == "complaint" else "bounced", at,
-                 f"{'hard' if hard else 'soft'}: {provider}: {detail}"[:200] if kind == "bounce" else provider),
-            )  # fmt: skip
+                (
+                    ledger_id,
+                    contact[0],
+                    source_kind,
+                    source,
+                    stage,
+                    "complained" if kind == "complaint" else "bounced",
+                    at,
+                    f"{'hard' if hard else 'soft'}: {provider}: {detail}"[:200] if kind == "bounce" else provider,
+                ),
+            )
     return True
 
 

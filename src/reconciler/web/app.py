@@ -41,8 +41,11 @@ from reconciler.web.tracking import PIXEL_GIF, EngagementWriter, is_machine
 
 log = logging.getLogger(__name__)
 PAGES = Environment(loader=PackageLoader("reconciler.web", "templates"), autoescape=select_autoescape(["html"]))
-FREQUENCY_LABELS = [("", "Every email on the topics I chose"), ("weekly", "At most one email a week"),
-                    ("monthly", "At most one email a month")]  # fmt: skip
+FREQUENCY_LABELS = [
+    ("", "Every email on the topics I chose"),
+    ("weekly", "At most one email a week"),
+    ("monthly", "At most one email a month"),
+]
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
@@ -123,8 +126,11 @@ def create_app(
         signer = current().signer
         assert signer is not None
         preferences_url = f"{current().public_url}/p/{signer.sign('preferences', target.contact_id)}"
-        values: dict[str, Any] = {"email": target.email, "titles": list_titles(target.lists),
-                                  "preferences_url": preferences_url}  # fmt: skip
+        values: dict[str, Any] = {
+            "email": target.email,
+            "titles": list_titles(target.lists),
+            "preferences_url": preferences_url,
+        }
         if request.method == "GET":  # link scanners fetch every URL: a GET never changes anything
             return page("unsubscribe.html", done=False, **values)
         form = await request.form()
@@ -155,22 +161,36 @@ def create_app(
                 marketing = [
                     n for n, s in records.list_specs(db).items() if s.get("category", "marketing") == "marketing"
                 ]
-                subscribers.unsubscribe_all(db, contact_id, marketing_lists=marketing, at=now(), source="preferences",
-                                            ip=ip(request))  # fmt: skip
+                subscribers.unsubscribe_all(
+                    db, contact_id, marketing_lists=marketing, at=now(), source="preferences", ip=ip(request)
+                )
                 return RedirectResponse(f"{request.url.path}?saved=all", 303)
             chosen = set(form.getlist("list"))
             frequency = str(form.get("frequency") or "") or None
             if frequency is not None and frequency not in FREQUENCIES:
                 frequency = None
-            subscribers.save_preferences(db, contact_id, lists={n: n in chosen for n in specs}, frequency=frequency,
-                                         at=now(), ip=ip(request))  # fmt: skip
+            subscribers.save_preferences(
+                db, contact_id, lists={n: n in chosen for n in specs}, frequency=frequency, at=now(), ip=ip(request)
+            )
             return RedirectResponse(f"{request.url.path}?saved=1", 303)
-        items = [{"name": n, "title": s.get("title", n), "description": s.get("description", ""),
-                  "subscribed": prefs.subscriptions.get(n) == "subscribed" and not prefs.unsubscribed_from_all}
-                 for n, s in sorted(specs.items(), key=lambda item: item[1].get("title", item[0]))]  # fmt: skip
-        return page("preferences.html", email=prefs.email, lists=items, frequency=prefs.frequency or "",
-                    frequencies=FREQUENCY_LABELS, csrf=csrf_token(signer, contact_id),
-                    saved=request.query_params.get("saved"))  # fmt: skip
+        items = [
+            {
+                "name": n,
+                "title": s.get("title", n),
+                "description": s.get("description", ""),
+                "subscribed": prefs.subscriptions.get(n) == "subscribed" and not prefs.unsubscribed_from_all,
+            }
+            for n, s in sorted(specs.items(), key=lambda item: item[1].get("title", item[0]))
+        ]
+        return page(
+            "preferences.html",
+            email=prefs.email,
+            lists=items,
+            frequency=prefs.frequency or "",
+            frequencies=FREQUENCY_LABELS,
+            csrf=csrf_token(signer, contact_id),
+            saved=request.query_params.get("saved"),
+        )
 
     # --- double opt-in -----------------------------------------------------------------------------------------
 
@@ -197,9 +217,14 @@ def create_app(
         consent = str(form.get("consent") or "subscribe form")[:500]
         first_name = str(form.get("first_name") or "")[:100] or None
         subscribers.request_subscription(
-            db, email, [(n, specs[n].get("opt_in", "single") == "double") for n in wanted], first_name=first_name,
-            at=now(), ip=ip(request), text=consent,
-        )  # fmt: skip
+            db,
+            email,
+            [(n, specs[n].get("opt_in", "single") == "double") for n in wanted],
+            first_name=first_name,
+            at=now(),
+            ip=ip(request),
+            text=consent,
+        )
         return page("subscribed.html", email=email)
 
     async def confirm(request: Request) -> Response:
@@ -236,8 +261,10 @@ def create_app(
         if html is None:
             return invalid()
         # the newsletter's own images and fonts load from the web; nothing may run or frame it
-        policy = ("default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline' https:; font-src https:; "
-                  "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")  # fmt: skip
+        policy = (
+            "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline' https:; font-src https:; "
+            "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+        )
         return HTMLResponse(html, headers={"content-security-policy": policy})
 
     # --- API ---------------------------------------------------------------------------------------------------
@@ -269,8 +296,13 @@ def create_app(
                 continue
             wanted |= set(lists)
             try:
-                rows.append((parser.parse({k: v for k, v in item.items() if k not in ("lists", "consent")}),
-                             tuple(lists), item.get("consent")))  # fmt: skip
+                rows.append(
+                    (
+                        parser.parse({k: v for k, v in item.items() if k not in ("lists", "consent")}),
+                        tuple(lists),
+                        item.get("consent"),
+                    )
+                )
             except ValueError as exc:
                 errors.append({"index": index, "error": str(exc)})
         if errors:
@@ -279,9 +311,15 @@ def create_app(
         import_id = start_import(db, file="api:contacts", at=now())
         totals = {"created": 0, "updated": 0, "subscribed": 0}
         for row, lists, consent in rows:
-            result = import_batch(db, [row], import_id=import_id, at=now(), source="api",
-                                  lists=[(n, blocking_for(categories, [n])) for n in lists],
-                                  consent_text=str(consent) if consent else None)  # fmt: skip
+            result = import_batch(
+                db,
+                [row],
+                import_id=import_id,
+                at=now(),
+                source="api",
+                lists=[(n, blocking_for(categories, [n])) for n in lists],
+                consent_text=str(consent) if consent else None,
+            )
             totals["created"] += result.created
             totals["updated"] += result.updated
             totals["subscribed"] += result.subscribed
@@ -303,8 +341,15 @@ def create_app(
                 if not isinstance(properties, dict):
                     raise ValueError("properties must be an object")
                 external = item.get("id")
-                events.append((normalise_email(str(item.get("email", ""))), item["type"], when, properties,
-                               str(external) if external is not None else None))  # fmt: skip
+                events.append(
+                    (
+                        normalise_email(str(item.get("email", ""))),
+                        item["type"],
+                        when,
+                        properties,
+                        str(external) if external is not None else None,
+                    )
+                )
             except ValueError as exc:
                 errors.append({"index": index, "error": str(exc)})
         if errors:
@@ -336,20 +381,37 @@ def create_app(
                 email = normalise_email(event.email)
             except ValueError:
                 continue
-            recorded += subscribers.provider_event(db, provider, event.event_id, email=email, kind=event.kind,
-                                                   hard=event.hard, at=now(), detail=event.detail)  # fmt: skip
+            recorded += subscribers.provider_event(
+                db,
+                provider,
+                event.event_id,
+                email=email,
+                kind=event.kind,
+                hard=event.hard,
+                at=now(),
+                detail=event.detail,
+            )
         return JSONResponse({"events": len(events), "recorded": recorded, "repeated": len(events) - recorded})
 
     async def healthz(request: Request) -> Response:
         last = records.revisions(db, limit=1)
         error = json.loads(get_meta(db, "last_error") or "null")
-        return JSONResponse({
-            "status": "degraded" if error else "ok",
-            "revision": {"applied": last[0]["revision"] if last else None,
-                         "git_commit": last[0]["git_commit"] if last else None},
-            "last_error": {"revision": get_meta(db, "last_error_revision"), "since": get_meta(db, "last_error_at"),
-                           **error} if error else None,
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "status": "degraded" if error else "ok",
+                "revision": {
+                    "applied": last[0]["revision"] if last else None,
+                    "git_commit": last[0]["git_commit"] if last else None,
+                },
+                "last_error": {
+                    "revision": get_meta(db, "last_error_revision"),
+                    "since": get_meta(db, "last_error_at"),
+                    **error,
+                }
+                if error
+                else None,
+            }
+        )
 
     async def metrics_endpoint(request: Request) -> Response:
         if not authorized(request):
@@ -379,8 +441,9 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(SecurityMiddleware), Middleware(metrics.middleware)])  # fmt: skip
+    app = Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityMiddleware), Middleware(metrics.middleware)]
+    )
     app.state.writer = writer
     app.state.metrics = metrics
     return app

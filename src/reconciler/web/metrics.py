@@ -13,8 +13,9 @@ from sqlite_utils import Database
 
 from reconciler.state.subscribers import sending_counts
 
-App = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-               Awaitable[None]]  # fmt: skip
+App = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
 
 
 class _LedgerCollector:
@@ -29,21 +30,29 @@ class _LedgerCollector:
         for state in ("queued", "sending", "sent", "deferred", "uncertain", "failed", "skipped"):
             messages.add_metric([state], counts.get(state, 0))
         yield messages
-        yield GaugeMetricFamily("reconciler_queue_depth", "Messages waiting to be sent (queued or deferred)",
-                                value=counts.get("queued", 0) + counts.get("deferred", 0))  # fmt: skip
+        yield GaugeMetricFamily(
+            "reconciler_queue_depth",
+            "Messages waiting to be sent (queued or deferred)",
+            value=counts.get("queued", 0) + counts.get("deferred", 0),
+        )
 
 
 class Metrics:
     def __init__(self, db: Database) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_LedgerCollector(db))
-        self.requests = Counter("reconciler_http_requests", "HTTP requests", ["route", "method", "status"],
-                                registry=self.registry)  # fmt: skip
-        self.pass_seconds = Histogram("reconciler_dispatch_pass_seconds", "Duration of a dispatch pass",
-                                      registry=self.registry,
-                                      buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800))  # fmt: skip
-        self.request_seconds = Histogram("reconciler_http_request_seconds", "HTTP request duration", ["route"],
-                                         registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "reconciler_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.pass_seconds = Histogram(
+            "reconciler_dispatch_pass_seconds",
+            "Duration of a dispatch pass",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+        )
+        self.request_seconds = Histogram(
+            "reconciler_http_request_seconds", "HTTP request duration", ["route"], registry=self.registry
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -47,8 +47,13 @@ class EngagementWriter:
     """Collects opens and clicks and writes them together, every `interval` seconds or `batch` events, so a burst
     of opens costs a few transactions instead of one each (and never waits for the write lock per request)."""
 
-    def __init__(self, write: Callable[[list[tuple[int, str, bool, str, str | None]]], Any], *,
-                 interval: float = 0.5, batch: int = 500) -> None:  # fmt: skip
+    def __init__(
+        self,
+        write: Callable[[list[tuple[int, str, bool, str, str | None]]], Any],
+        *,
+        interval: float = 0.5,
+        batch: int = 500,
+    ) -> None:
         self.write, self.interval, self.batch = write, interval, batch
         self.pending: list[tuple[int, str, bool, str, str | None]] = []
         self.full = asyncio.Event()

@@ -86,8 +86,9 @@ def generic(body: Any, headers: Mapping[str, str], token: str | None) -> list[Pr
         if record["type"] not in ("bounce", "complaint"):
             raise WebhookPayloadError(f"type must be bounce or complaint, not {record['type']!r}")
         hard = record["type"] == "bounce" and record.get("bounce_type", "hard") == "hard"
-        events.append(ProviderEvent(str(record["id"]), str(record["email"]), record["type"], hard,
-                                    str(record.get("detail", ""))))  # fmt: skip
+        events.append(
+            ProviderEvent(str(record["id"]), str(record["email"]), record["type"], hard, str(record.get("detail", "")))
+        )
     return events
 
 
@@ -154,7 +155,13 @@ def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], 
     elif kind == "Complaint":
         complaint = notification.get("complaint") or {}
         for recipient in complaint.get("complainedRecipients") or []:
-            events.append(ProviderEvent(f"{message_id}:{recipient.get('emailAddress')}",
-                                        str(recipient.get("emailAddress", "")), "complaint", False,
-                                        str(complaint.get("complaintFeedbackType", ""))))  # fmt: skip
+            events.append(
+                ProviderEvent(
+                    f"{message_id}:{recipient.get('emailAddress')}",
+                    str(recipient.get("emailAddress", "")),
+                    "complaint",
+                    False,
+                    str(complaint.get("complaintFeedbackType", "")),
+                )
+            )
     return events, None
