@@ -32,7 +32,7 @@ run: $(STAMP) .state/.sample-imported
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## lint: ruff, mypy (strict) on src/, and the import layers of ARCHITECTURE.md
+## lint: ruff, mypy (strict), and the import layers of docs/architecture.md
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench

@@ -79,7 +79,7 @@ TEMPLATE = (
 SEND = """
 import asyncio, json, sys, time
 from pathlib import Path
-from reconciler.apply import start_due
+from reconciler.start import start_due
 from reconciler.clock import FixedClock, parse_instant
 from reconciler.dispatch import Dispatcher
 from reconciler.state import open_db

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from conftest import reconciler
-from reconciler.contacts import ImportFileError, convert, import_file, normalise_email
+from reconciler.imports import ImportFileError, convert, import_file, normalise_email
 from reconciler.load import load_workspace
 from reconciler.plan import count_audience
 from reconciler.state import observe, open_db
-from reconciler.state.contacts import erase_contact, export_contact, set_subscription, suppress
+from reconciler.state.contacts import erase_contact, export_contact
+from state_helpers import set_status, suppress_address
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -95,9 +96,9 @@ def test_an_unsubscribed_or_erased_address_stays_out_after_reimport(example: Pat
     db = open_db(example / "state.db")
     desired = _desired(example)
     import_file(db, desired, path, lists=["offers"], consent_text=None, now=NOW)
-    set_subscription(db, "ann@example.com", "offers", "unsubscribed", at="2026-11-24T13:00:00Z", source="test")
+    set_status(db, "ann@example.com", "offers", "unsubscribed", at="2026-11-24T13:00:00Z")
     erase_contact(db, "bob@example.com", at="2026-11-24T13:00:00Z")
-    suppress(db, "cy@example.com", "bounced", at="2026-11-24T13:00:00Z")
+    suppress_address(db, "cy@example.com", "bounced", at="2026-11-24T13:00:00Z")
 
     report = import_file(db, desired, path, lists=["offers"], consent_text=None, now=NOW)
 

@@ -13,17 +13,18 @@ import pytest
 from sqlite_utils import Database
 
 from conftest import reconciler
-from reconciler.apply import apply_plan, observe_for, start_due
+from reconciler.apply import apply_plan, observe_for
 from reconciler.check import check
-from reconciler.contacts import import_file
 from reconciler.daemon import reconcile_once
+from reconciler.imports import import_file
 from reconciler.load import load_workspace
 from reconciler.plan import Plan, as_json, as_markdown, as_text, make_plan
 from reconciler.samples import sample_csv
 from reconciler.spec import DesiredState
+from reconciler.start import start_due
 from reconciler.state import observe, open_db
-from reconciler.state.contacts import set_subscription, suppress
 from reconciler.state.observe import _histogram_by_names, audience_histogram
+from state_helpers import set_status, suppress_address
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -71,9 +72,9 @@ def db(example: Path) -> Database:
     )
     emails = [row[0] for row in database.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 8")]
     for email in emails[:3]:
-        set_subscription(database, email, "newsletter", "unsubscribed", at="2026-11-24T11:00:00Z", source="test")
+        set_status(database, email, "newsletter", "unsubscribed", at="2026-11-24T11:00:00Z")
     for email in emails[3:5]:
-        suppress(database, email, "bounced", at="2026-11-24T11:00:00Z")
+        suppress_address(database, email, "bounced", at="2026-11-24T11:00:00Z")
     return database
 
 
@@ -307,9 +308,11 @@ def test_tick_applies_and_starts_what_is_due(example: Path) -> None:
 
 
 def test_the_fast_signature_count_agrees_with_the_plain_one(db: Database) -> None:
-    suppress(db, "nobody@example.com", "complained", at="2026-11-24T11:00:00Z")  # a suppression without a contact
+    suppress_address(
+        db, "nobody@example.com", "complained", at="2026-11-24T11:00:00Z"
+    )  # a suppression without a contact
     email = db.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 1 OFFSET 9").fetchone()[0]
-    set_subscription(db, email, "customers", "pending", at="2026-11-24T11:00:00Z", source="test")
+    set_status(db, email, "customers", "pending", at="2026-11-24T11:00:00Z")
     assert audience_histogram(db) == _histogram_by_names(db)
 
 

@@ -1,4 +1,4 @@
-"""The spec models accept what PRODUCT §2 documents and explain what they refuse."""
+"""The spec models accept what docs/spec-language.md documents and explain what they refuse."""
 
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ class WebServer:
     """`with WebServer(root) as base:` serves the workspace's state database at `base` (http://127.0.0.1:PORT)."""
 
     def __init__(self, root: Path, *, port: int | None = None, fetch: Callable[[str], bytes] | None = None) -> None:
-        self.db = open_db(root / ".state/reconciler.db")
+        state = root / ".state/reconciler.db"
+        open_db(state).conn.close()  # created and migrated, as `reconciler run` does before serving
         options = {"fetch": fetch} if fetch else {}
-        self.app = create_app(self.db, clock=SystemClock(), root=root, **options)  # type: ignore[arg-type]
+        self.app = create_app(state, clock=SystemClock(), root=root, **options)  # type: ignore[arg-type]
         self.port = port or free_port()
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -42,4 +43,3 @@ class WebServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-        self.db.conn.close()

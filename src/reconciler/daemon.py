@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -25,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils import Database
 from watchfiles import Change, awatch
 
-from reconciler.apply import Applied, plan_and_apply, start_due
-from reconciler.check import check
+from reconciler.apply import Applied, plan_and_apply
+from reconciler.check import validate_workspace
 from reconciler.clock import Clock, iso
 from reconciler.dispatch import Dispatcher, DispatchReport
 from reconciler.errors import Problem
-from reconciler.load import YAML_FOLDERS, git_commit, load_workspace
+from reconciler.load import YAML_FOLDERS, git_commit
 from reconciler.plan import Plan
-from reconciler.state import campaigns, ledger
-from reconciler.state.db import get_meta, set_meta, write
+from reconciler.start import start_due
+from reconciler.state import campaigns, ledger, records
 
 if TYPE_CHECKING:
     from reconciler.web.metrics import Metrics
@@ -67,14 +66,7 @@ def reconcile_once(
 ) -> PassResult:
     """One pass. `checked` remembers the last revision's problems: the revision is a hash of every file, so an
     unchanged workspace is not compiled and rendered again on each periodic pass."""
-    desired, problems = load_workspace(root)
-    if checked is not None and desired.revision in checked:
-        problems = checked[desired.revision]
-    else:
-        problems = sorted(set(problems + check(desired)))
-        if checked is not None:
-            checked.clear()
-            checked[desired.revision] = problems
+    desired, problems = validate_workspace(root, checked=checked)
     result = PassResult(desired.revision, problems)
     if not result.valid:
         record_invalid(db, desired.revision, result.problems, now=now)
@@ -86,12 +78,7 @@ def reconcile_once(
 
 def record_invalid(db: Database, revision: str, problems: list[Problem], *, now: datetime) -> None:
     """Remember why a revision was refused, for `status` (and /healthz): the first problems, formatted."""
-    errors = [p.format() for p in problems if p.severity == "error"]
-    with write(db):
-        if get_meta(db, "last_error_revision") != revision or not get_meta(db, "last_error"):
-            set_meta(db, "last_error_at", iso(now))
-        set_meta(db, "last_error_revision", revision)
-        set_meta(db, "last_error", json.dumps({"count": len(errors), "problems": errors[:20]}))
+    records.refuse_revision(db, revision, [p.format() for p in problems if p.severity == "error"], at=iso(now))
 
 
 def _relevant(change: Change, path: str) -> bool:
@@ -100,14 +87,14 @@ def _relevant(change: Change, path: str) -> bool:
 
 @dataclass(frozen=True)
 class WebOptions:
-    """Where the web service listens, and its own connection to the state database."""
+    """Where the web service listens, and the state database it opens connections of its own to."""
 
-    db: Database
+    state: Path
     host: str = "127.0.0.1"
     port: int = 8025
 
 
-def _web_server(web: WebOptions, *, clock: Clock, root: Path, metrics: Metrics) -> Any:
+def _web_server(web: WebOptions, *, clock: Clock, root: Path) -> tuple[Any, Metrics]:
     """uvicorn inside the daemon's event loop: the daemon owns SIGTERM and SIGINT and stops the server itself.
     Imported here, not at the top: `validate` and `plan` start without the web stack."""
     import uvicorn
@@ -119,10 +106,9 @@ def _web_server(web: WebOptions, *, clock: Clock, root: Path, metrics: Metrics) 
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    app = create_app(web.db, clock=clock, root=root, metrics=metrics)
-    return EmbeddedServer(
-        uvicorn.Config(app, host=web.host, port=web.port, log_level="warning", lifespan="on", access_log=False)
-    )
+    app = create_app(web.state, clock=clock, root=root)
+    config = uvicorn.Config(app, host=web.host, port=web.port, log_level="warning", lifespan="on", access_log=False)
+    return EmbeddedServer(config), app.state.metrics
 
 
 async def run(
@@ -145,15 +131,9 @@ async def run(
     wake = asyncio.Event()
     watcher = asyncio.create_task(_watch(root, changed, stop))
     dispatcher = Dispatcher(dispatch_db, root=root, clock=clock, stop=stop) if dispatch_db is not None else None
-    metrics = None
-    if web is not None:
-        from reconciler.web.metrics import Metrics
-
-        metrics = Metrics(web.db)
+    server, metrics = _web_server(web, clock=clock, root=root) if web is not None else (None, None)
     sender = asyncio.create_task(_send_loop(dispatcher, wake, stop, interval, metrics)) if dispatcher else None
-    server = None
-    if web is not None and metrics is not None:
-        server = _web_server(web, clock=clock, root=root, metrics=metrics)
+    if server is not None and web is not None:
         serving = asyncio.create_task(server.serve())
         log.info("reconciler: serving http://%s:%d", web.host, web.port)
     last_logged: str | None = None

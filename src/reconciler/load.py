@@ -177,7 +177,7 @@ def _load_document(
             loc = _loc(error)
             if loc in secret_locs or _is_covered_by_typo(error, loc, raw):
                 continue
-            message, hint = explain(error, model, _mapping_at(raw, loc[:-1]))
+            message, hint = describe_validation_error(error, model, _mapping_at(raw, loc[:-1]))
             problem(loc, kind, name, field_path(loc), message, hint)
         recovered = _recovered(model, raw, exc.errors())
         if recovered is None:
@@ -306,7 +306,7 @@ def _keys_like(siblings: dict[str, Any], unknown: str) -> list[str]:
     return sorted({key for keys in _model_keys() if others <= keys for key in keys})
 
 
-def explain(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any]) -> tuple[str, str]:
+def describe_validation_error(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any]) -> tuple[str, str]:
     """A pydantic error as a sentence a marketer can act on, and a hint."""
     kind, message, value = error["type"], error["msg"], error.get("input")
     message = message.removeprefix("Value error, ")

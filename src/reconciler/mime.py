@@ -5,7 +5,7 @@ MIME structure is the same for every recipient of a message definition (a campai
 static headers are formatted once with the stdlib's policy and each message only fills in its own headers and two
 quoted-printable bodies (`binascii`, in C). Tests parse the result with `email.policy.default` and find no defects.
 
-MAIL-FACTS: lines may be up to 998 characters (`policy.SMTP` would fold and RFC 2047-encode a long
+What is easy to get wrong here: lines may be up to 998 characters (`policy.SMTP` would fold and RFC 2047-encode a long
 `List-Unsubscribe`), `Date` and `Message-ID` are ours to add, a CR or LF in a contact's value must never reach a
 header, and DKIM signs the final bytes, which are then sent unchanged.
 """
@@ -221,7 +221,7 @@ DKIM_HEADERS = (
     b"feedback-id",
     b"mime-version",
     b"content-type",
-    # named twice: oversigned, so nobody can add a second one after signing (MAIL-FACTS)
+    # named twice: oversigned, so nobody can add a second one after signing (RFC 8058 §4 wants these signed)
     b"from",
     b"subject",
     b"list-unsubscribe",

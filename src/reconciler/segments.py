@@ -31,20 +31,12 @@ from reconciler.spec.conditions import (
     TagCondition,
     walk,
 )
-from reconciler.spec.documents import BUILTIN_FIELDS, Campaign, Segment
+from reconciler.spec.contact import BUILTIN_FIELDS
+from reconciler.spec.documents import Campaign, MailingList, Segment
 from reconciler.spec.types import DURATION_PATTERN, parse_duration
 from reconciler.spec.workspace import DesiredState
 
-COLUMNS = {
-    "email": "c.email",
-    "first_name": "c.first_name",
-    "last_name": "c.last_name",
-    "timezone": "c.timezone",
-    "locale": "c.locale",
-    "country": "c.country",
-    "tags": "c.tags",
-    "created_at": "c.created_at",
-}
+COLUMNS = {name: f"c.{name}" for name in BUILTIN_FIELDS}
 """Built-in fields and the columns holding them (constants: the only identifiers that reach SQL text)."""
 
 
@@ -433,9 +425,9 @@ TRANSACTIONAL_BLOCKING = ("bounced", "erased")
 """...and from transactional ones: receipts still go to someone who unsubscribed from marketing or complained."""
 
 
-def blocking_for(desired_lists: Mapping[str, str], lists: Sequence[str]) -> tuple[str, ...]:
-    """Suppressions that keep people off these lists (`desired_lists`: list name -> category)."""
-    if lists and all(desired_lists.get(name) == "transactional" for name in lists):
+def blocking_for(lists: Mapping[str, MailingList], names: Sequence[str]) -> tuple[str, ...]:
+    """Suppressions that keep people off the lists `names` (`lists`: the List documents by name)."""
+    if names and all(name in lists and lists[name].category == "transactional" for name in names):
         return TRANSACTIONAL_BLOCKING
     return MARKETING_BLOCKING
 
@@ -446,7 +438,6 @@ def audience_queries(
     """One query per distinct campaign audience that uses segments (list-only audiences are counted without SQL),
     for every campaign or only the named ones, in the order given."""
     compiler = workspace_compiler(desired, now=now)
-    categories = {name: document.category for name, document in desired.lists.items()}
     queries: dict[str, AudienceSql] = {}
     names = list(desired.campaigns) if campaigns is None else [n for n in campaigns if n in desired.campaigns]
     for campaign in (desired.campaigns[name] for name in names):
@@ -461,7 +452,7 @@ def audience_queries(
                 exclude_lists=exclude_lists,
                 segments=segments,
                 exclude_segments=exclude_segments,
-                blocking=blocking_for(categories, lists),
+                blocking=blocking_for(desired.lists, lists),
             )
     return queries
 

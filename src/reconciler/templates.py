@@ -37,10 +37,10 @@ from jinja2 import (
 from jinja2.environment import Environment
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
-from mjml import mjml2html
 
 from reconciler.errors import did_you_mean
 from reconciler.spec import TemplateFile
+from reconciler.spec.contact import BUILTIN_FIELDS, Contact
 
 STRUCTURAL_TAGS = frozenset({"extends", "include", "block", "endblock"})
 _JINJA_SYNTAX = re.compile(r"\{%-?\s*(\w+).*?-?%\}|\{\{.*?\}\}", re.S)
@@ -111,6 +111,8 @@ def render_text(source: str, context: Mapping[str, Any]) -> str:
 @lru_cache(maxsize=1024)
 def _compile_mjml(flat: str) -> tuple[str, Template]:
     """Phase 2, cached by content: MJML -> HTML, and that HTML as the per-recipient Jinja template."""
+    from mjml import mjml2html  # the compiler is loaded by the commands that compile, not by every command
+
     html = str(mjml2html(flat, disable_comments=True))
     return html, _HTML_ENV.from_string(html)
 
@@ -274,41 +276,28 @@ SAMPLE_VALUES: dict[str, Any] = {
 }
 
 
-def sample_row(fields: Mapping[str, str]) -> dict[str, Any]:
-    """The sample contact as a stored row (what dispatch renders from), for previews without a state database."""
-    import json
-
-    contact = dict(sample_contact(fields))
-    custom = {name: contact.pop(name) for name in fields}
-    return {
-        "id": 0,
-        "contact_id": 0,
-        "email": contact["email"],
-        "first_name": contact["first_name"],
-        "last_name": contact["last_name"],
-        "timezone": contact["timezone"],
-        "locale": contact["locale"],
-        "country": contact["country"],
-        "tags": json.dumps(contact["tags"]),
-        "created_at": contact["created_at"].isoformat(),
-        "fields": json.dumps(custom, default=str),
-    }
-
-
-def sample_contact(fields: Mapping[str, str]) -> StrictFields:
-    """A contact with every built-in and declared field set, as `validate` renders templates with."""
-    contact: dict[str, Any] = {name: SAMPLE_VALUES[kind] for name, kind in fields.items()}
-    contact.update(
+def sample_contact(field_types: Mapping[str, str]) -> Contact:
+    """A contact with every built-in and declared field set (`field_types`: custom field -> type), as `validate`
+    renders templates with and `render` previews without a state database."""
+    custom = {name: SAMPLE_VALUES[kind] for name, kind in field_types.items()}
+    return Contact(
+        id=0,
         email="sample.subscriber@example.com",
         first_name="Alex",
         last_name="Sample",
         timezone="UTC",
         locale="en",
         country="PL",
-        tags=["sample"],
+        tags=("sample",),
         created_at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
+        fields={name: value.isoformat() if isinstance(value, date) else value for name, value in custom.items()},
     )
-    return StrictFields(contact)
+
+
+def template_contact(contact: Contact, field_types: Mapping[str, str]) -> StrictFields:
+    """What a template reads as `contact`: every built-in and declared field may be asked for (a missing one is
+    undefined, so `| default(...)` works); any other name is a mistake."""
+    return StrictFields(contact.values(field_types), known=(*BUILTIN_FIELDS, *field_types))
 
 
 # --- Messages: one definition compiled once, rendered per recipient ------------------------------------------------
@@ -412,7 +401,7 @@ class MessageTemplate:
         click_url: Callable[[str], str] | None = None,
         pixel_url: str = "",
     ) -> RenderedMessage:
-        """One recipient's subject, HTML and text. `context` holds PRODUCT §2.7's variables."""
+        """One recipient's subject, HTML and text. `context` holds the variables of docs/spec-language.md."""
         from urllib.parse import urlsplit
 
         from markupsafe import Markup, escape

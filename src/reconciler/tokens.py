@@ -3,7 +3,8 @@
 A token is ``<id in base 36>.<signature>``: the id of the ledger row (or the contact) it speaks for, and 96 bits of
 HMAC-SHA256 over the purpose, the id and any extra value the link carries (the destination of a click). Tokens
 never expire: CAN-SPAM wants unsubscribe links to work long after sending, and a row id plus a purpose is all
-they grant. They stay short so `List-Unsubscribe` fits on one header line (MAIL-FACTS).
+they grant. They stay short so `List-Unsubscribe` fits on one header line (a folded or RFC 2047-encoded URL is
+ignored by receivers).
 
 A token made for one purpose never verifies for another, and a token from another workspace's key never verifies.
 """

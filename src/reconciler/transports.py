@@ -1,8 +1,8 @@
 """Where messages go: an SMTP server (a pool of aiosmtplib connections), an outbox folder, or memory (tests).
 
-Every transport answers one `Delivery` per message, classified per MAIL-FACTS: 2xx sent; 4xx, refused or dropped
-connections deferred (retried with backoff); 5.1.x a bounce (the address is bad: suppress it); 5.7.x and 4.7.x a
-policy block (never the recipient's fault: counted against the campaign); other 5xx failed. A connection that
+Every transport answers one `Delivery` per message, classified by the reply's (enhanced) code: 2xx sent; 4xx,
+refused or dropped connections deferred (retried with backoff); 5.1.x a bounce (the address is bad: suppress it);
+5.7.x and 4.7.x a policy block (never the recipient's fault: counted against the campaign); other 5xx failed. A connection that
 breaks after the message body was written is `uncertain`: the server may have accepted it, so it is not sent again
 unless the transport says `on_uncertain: resend`.
 """
@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import aiosmtplib
-from pydantic import TypeAdapter
 
 from reconciler.spec import documents as spec
 
@@ -281,12 +280,8 @@ class MemoryTransport:
         return None
 
 
-_CONFIG: TypeAdapter[spec.SmtpTransport | spec.OutboxTransport] = TypeAdapter(spec.Transport)
-
-
-def make_transport(name: str, config: dict[str, Any], *, root: Path) -> Transport:
-    """The transport Settings `transports.<name>` describes (as stored at the last good revision)."""
-    model = _CONFIG.validate_python(config)
-    if isinstance(model, spec.SmtpTransport):
-        return SmtpTransport(name, model)
-    return OutboxTransport(name, root / model.path)
+def make_transport(name: str, config: spec.SmtpTransport | spec.OutboxTransport, *, root: Path) -> Transport:
+    """The transport Settings `transports.<name>` describes (as kept at the last good revision)."""
+    if isinstance(config, spec.SmtpTransport):
+        return SmtpTransport(name, config)
+    return OutboxTransport(name, root / config.path)

@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
+from pathlib import Path
 
 from reconciler.check.checker import Checker
+from reconciler.check.messages import check_templates, sample_context, uses
 from reconciler.check.references import (
     check_campaign,
     check_fields,
@@ -17,11 +20,28 @@ from reconciler.check.references import (
     check_settings,
     check_workflow,
 )
-from reconciler.check.templates import check_templates, sample_context, uses
 from reconciler.errors import Problem
+from reconciler.load import load_workspace
 from reconciler.spec import DesiredState
 
-__all__ = ["check", "sample_context", "uses"]
+__all__ = ["check", "sample_context", "uses", "validate_workspace"]
+
+
+def validate_workspace(
+    root: Path, *, checked: MutableMapping[str, list[Problem]] | None = None
+) -> tuple[DesiredState, list[Problem]]:
+    """Load the workspace and check it: the desired state and every problem, sorted, each once.
+
+    `checked` remembers the problems of the last revision checked: the revision is a hash of every file, so an
+    unchanged workspace is not compiled and rendered again (the daemon's periodic passes)."""
+    desired, problems = load_workspace(root)
+    if checked is not None and desired.revision in checked:
+        return desired, checked[desired.revision]
+    problems = sorted(set(problems + check(desired)))
+    if checked is not None:
+        checked.clear()
+        checked[desired.revision] = problems
+    return desired, problems
 
 
 def check(desired: DesiredState) -> list[Problem]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from reconciler.segments import (
     MARKETING_BLOCKING,
@@ -19,6 +18,7 @@ from reconciler.segments import (
 )
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import Campaign
+from reconciler.state.campaigns import SegmentDefinitions, StoredAudience
 from reconciler.state.observe import ObservedState, Signature
 
 
@@ -83,20 +83,26 @@ def campaign_audience(desired: DesiredState, campaign: Campaign, observed: Obser
             return AudienceCount(0, {}, tuple(names))
         excluded = {why: n for why, n in counts.items() if why not in ("", "not in segments")}
         return AudienceCount(counts.get("", 0), excluded)
-    categories = {name: document.category for name, document in desired.lists.items()}
     return count_audience(
-        observed.audience, lists=lists, exclude_lists=exclude_lists, blocking=blocking_for(categories, lists)
+        observed.audience, lists=lists, exclude_lists=exclude_lists, blocking=blocking_for(desired.lists, lists)
     )
 
 
-def audience_definition(desired: DesiredState, campaign: Campaign) -> dict[str, Any]:
-    """What the campaign's segments mean, stored with it: it starts from this, whatever the files say later."""
-    _, _, segments, exclude_segments = campaign_audience_parts(campaign)
+def stored_audience(desired: DesiredState, campaign: Campaign) -> StoredAudience:
+    """Who the campaign goes to, with what its segments mean now: it starts from this, whatever the files say later."""
+    lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
     closure = segment_closure(desired.segments, [*segments, *exclude_segments])
-    if not closure:
-        return {}
-    return {
-        "segments": {name: segment.model_dump(mode="json", by_alias=True) for name, segment in sorted(closure.items())},
-        "fields": {name: field.type for name, field in sorted(desired.fields.items())},
-        "timezone": desired.settings.timezone if desired.settings else "UTC",
-    }
+    definitions = None
+    if closure:
+        definitions = SegmentDefinitions(
+            segments=dict(sorted(closure.items())),
+            fields={name: field.type for name, field in sorted(desired.fields.items())},
+            timezone=desired.settings.timezone if desired.settings else "UTC",  # plans need Settings; see check
+        )
+    return StoredAudience(
+        lists=tuple(lists),
+        exclude_lists=tuple(exclude_lists),
+        segments=tuple(segments),
+        exclude_segments=tuple(exclude_segments),
+        definitions=definitions,
+    )

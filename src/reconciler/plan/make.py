@@ -1,6 +1,6 @@
 """make_plan(desired, observed, *, now): the diff between the files and the state, as actions. Pure.
 
-Rules (PRODUCT §2.5, §3): a campaign's content is frozen once it has started sending (a change is an error);
+Rules: a campaign's content is frozen once it has started sending (a change is an error);
 `paused` and `cancelled` always apply; a removed file cancels a campaign that has not started and keeps history;
 a schedule further in the past than the grace period waits for confirmation.
 """
@@ -12,20 +12,15 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.errors import Problem
-from reconciler.plan.audience import AudienceCount, audience_definition, campaign_audience
-from reconciler.plan.content import (
-    ago,
-    campaign_content,
-    describe_when,
-    digest,
-    spec_json,
-    start_at,
-    workflow_content,
-)
+from reconciler.plan.audience import AudienceCount, campaign_audience, stored_audience
+from reconciler.plan.content import campaign_content, spec_json, workflow_content
 from reconciler.plan.model import Action, Op, Plan
+from reconciler.plan.when import ago, describe_when, start_at
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import Campaign
-from reconciler.state.observe import CampaignRecord, ObservedState
+from reconciler.state.campaigns import CampaignDefinition, CampaignRecord
+from reconciler.state.content import digest
+from reconciler.state.observe import ObservedState
 from reconciler.templates import TemplateSet
 
 ENDED = ("sent", "cancelled")
@@ -91,8 +86,8 @@ class _CampaignPlan:
         self.source = desired.source("Campaign", campaign.name)
         self.spec = spec_json(campaign)
         self.content = campaign_content(desired, campaign, templates)
-        self.content_hash = digest(self.content)
-        self.audience_definition = audience_definition(desired, campaign)
+        self.content_hash = self.content.digest
+        self.stored_audience = stored_audience(desired, campaign)
         self.problems: list[Problem] = []
 
     def problem(self, loc: tuple[str | int, ...], message: str, hint: str = "", *, error: bool = True) -> None:
@@ -114,13 +109,7 @@ class _CampaignPlan:
 
     def action(self, op: Any, summary: str, *, changes: tuple[str, ...] = (), status: str | None = None) -> Action:
         when = start_at(self.campaign.send_at, now=self.now)
-        record = {
-            "spec": self.spec,
-            "content": self.content,
-            "content_hash": self.content_hash,
-            "path": self.source.path,
-            "audience": self.audience_definition,
-        }
+        definition = CampaignDefinition(self.source.path, self.spec, self.content, self.stored_audience)
         return Action(
             "Campaign",
             self.campaign.name,
@@ -131,7 +120,7 @@ class _CampaignPlan:
             status or self.campaign.status,
             when,
             describe_when(self.campaign.send_at, now=self.now),
-            record,
+            definition=definition,
         )
 
     def changes(self) -> tuple[str, ...]:
@@ -158,7 +147,7 @@ class _CampaignPlan:
         changes = self.changes()
         if record.started:
             return self._started(record, changes)
-        if self.audience_definition != dict(record.audience):
+        if self.stored_audience.definitions != record.audience.definitions:
             changes += ("segment definitions",)
         if status == record.status:
             if not changes:
@@ -301,19 +290,20 @@ def _confirm(
 def _lists(desired: DesiredState, observed: ObservedState) -> list[Action]:
     actions = []
     for name, document in sorted(desired.lists.items()):
-        spec = spec_json(document)
         old = observed.lists.get(name)
-        if old is None or old.get("removed_at"):
+        if old is None or old.removed_at:
             summary = f"{document.title!r}: {document.visibility}, {document.opt_in} opt-in, {document.category}"
-            actions.append(Action("List", name, "create", summary, record={"spec": spec}))
+            actions.append(Action("List", name, "create", summary, document=document))
         else:
-            changes = tuple(k for k in sorted(spec) if spec.get(k) != old.get(k))
+            changes = tuple(
+                k for k in sorted(type(document).model_fields) if getattr(document, k) != getattr(old.document, k)
+            )
             if changes:
                 actions.append(
-                    Action("List", name, "update", f"update ({', '.join(changes)})", changes, record={"spec": spec})
+                    Action("List", name, "update", f"update ({', '.join(changes)})", changes, document=document)
                 )
     for name, old in sorted(observed.lists.items()):
-        if name not in desired.lists and not old.get("removed_at"):
+        if name not in desired.lists and not old.removed_at:
             actions.append(Action("List", name, "remove", "removed from the spec; subscriptions are kept"))
     return actions
 
@@ -323,7 +313,7 @@ def _fields(desired: DesiredState, observed: ObservedState) -> list[Action]:
     for name, document in sorted(desired.fields.items()):
         old = observed.fields.get(name)
         if old is None:
-            actions.append(Action("Field", name, "create", document.type, record={"type": document.type}))
+            actions.append(Action("Field", name, "create", document.type, document=document))
         elif old != document.type:
             actions.append(
                 Action(
@@ -332,7 +322,7 @@ def _fields(desired: DesiredState, observed: ObservedState) -> list[Action]:
                     "update",
                     f"type {old} → {document.type} (stored values stay as they are; re-import to convert them)",
                     ("type",),
-                    record={"type": document.type},
+                    document=document,
                 )
             )
     for name in sorted(set(observed.fields) - set(desired.fields)):
@@ -345,14 +335,22 @@ def _workflows(desired: DesiredState, observed: ObservedState, templates: Templa
     for name, workflow in sorted(desired.workflows.items()):
         content = workflow_content(desired, workflow, templates)
         content_hash = digest(content)
-        record = {"spec": content["spec"], "content_hash": content_hash}
         old = observed.workflows.get(name)
         if old is None:
             trigger = next(iter(workflow.trigger.model_dump(mode="json", exclude_none=True).items()))
             summary = f"{workflow.status}, triggered by {trigger[0]}: {trigger[1]}"
-            actions.append(Action("Workflow", name, "create", summary, record=record))
+            actions.append(Action("Workflow", name, "create", summary, document=workflow, content_hash=content_hash))
         elif old != content_hash:
-            actions.append(Action("Workflow", name, "update", "steps or templates changed", record=record))
+            actions.append(
+                Action(
+                    "Workflow",
+                    name,
+                    "update",
+                    "steps or templates changed",
+                    document=workflow,
+                    content_hash=content_hash,
+                )
+            )
     for name in sorted(set(observed.workflows) - set(desired.workflows)):
         actions.append(Action("Workflow", name, "remove", "removed from the spec"))
     return actions

@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from reconciler.errors import Problem
 from reconciler.plan.audience import AudienceCount
+from reconciler.spec.documents import CustomField, MailingList
+from reconciler.spec.workflow import Workflow
+from reconciler.state.campaigns import CampaignDefinition
 
 Op = Literal["create", "update", "schedule", "unschedule", "pause", "resume", "cancel", "remove", "confirm"]
 
@@ -42,8 +45,12 @@ class Action:
     start_at: datetime | None = None
     when: str = ""
     """When it sends, as a reader says it ("Fri 2026-11-27 08:00 +01:00")."""
-    record: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    """What apply writes (spec, content, hashes, path): not part of any output."""
+    document: MailingList | CustomField | Workflow | None = field(default=None, compare=False, repr=False)
+    """For lists, fields and workflows: the document apply records."""
+    definition: CampaignDefinition | None = field(default=None, compare=False, repr=False)
+    """For campaigns that have not started: what apply writes (document, content, audience)."""
+    content_hash: str = field(default="", compare=False, repr=False)
+    """For workflows: the hash of their steps and templates."""
 
     @property
     def subject(self) -> str:

@@ -1,7 +1,7 @@
 """The spec language: one pydantic model per document kind, and the DesiredState a workspace adds up to."""
 
+from reconciler.spec.contact import BUILTIN_FIELDS, Contact
 from reconciler.spec.documents import (
-    BUILTIN_FIELDS,
     Campaign,
     CustomField,
     MailingList,
@@ -15,6 +15,7 @@ __all__ = [
     "BUILTIN_FIELDS",
     "KINDS",
     "Campaign",
+    "Contact",
     "CustomField",
     "DesiredState",
     "MailingList",

@@ -1,4 +1,4 @@
-"""The segment condition tree (PRODUCT §2.4) and the workflow conditions built on it.
+"""The segment condition tree and the workflow conditions built on it.
 
 A condition is a small mapping whose *subject key* says what it tests: ``field``, ``tag``, ``list``,
 ``in_segment``, ``event``, ``engaged``, or the combinators ``all`` / ``any`` / ``not``. The union is

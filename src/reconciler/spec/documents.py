@@ -1,4 +1,4 @@
-"""The document kinds of a workspace (PRODUCT §2): Settings, List, Field, Segment and Campaign.
+"""The document kinds of a workspace: Settings, List, Field, Segment and Campaign.
 
 Workflows, with their step tree, live in `spec.workflow`. Every field carries a docstring: `reconciler schema`
 publishes them, so editors show the same help a reader of this file gets.
@@ -34,18 +34,6 @@ from reconciler.spec.types import (
     TimeZone,
     Url,
 )
-
-BUILTIN_FIELDS: dict[str, str] = {
-    "email": "string",
-    "first_name": "string",
-    "last_name": "string",
-    "timezone": "string",
-    "locale": "string",
-    "country": "string",
-    "tags": "list",
-    "created_at": "datetime",
-}
-"""Fields every contact has, with their types."""
 
 
 class Document(Model):

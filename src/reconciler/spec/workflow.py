@@ -1,4 +1,4 @@
-"""Workflows (PRODUCT §2.6): a trigger puts a contact on a run that walks a tree of steps.
+"""Workflows: a trigger puts a contact on a run that walks a tree of steps.
 
 Steps are mappings discriminated by their action key (``send``, ``wait``, ``wait_until``, ``if``, and the
 list/tag/field actions). A step's optional ``id`` is what keeps running contacts in place when the workflow is

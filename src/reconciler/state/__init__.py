@@ -1,6 +1,7 @@
-"""The state database: the only package that runs SQL (ARCHITECTURE)."""
+"""The state database: the only package that runs SQL."""
 
+from reconciler.state.campaigns import CampaignRecord
 from reconciler.state.db import StateError, open_db, state_path, write
-from reconciler.state.observe import CampaignRecord, ObservedState, Signature, observe
+from reconciler.state.observe import ObservedState, Signature, observe
 
 __all__ = ["CampaignRecord", "ObservedState", "Signature", "StateError", "observe", "open_db", "state_path", "write"]

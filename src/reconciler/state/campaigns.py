@@ -1,35 +1,150 @@
-"""Campaign records and the audience snapshot: the writes `apply` makes for campaigns.
+"""Campaign records, their stored audience, and the audience snapshot: the writes `apply` and `start` make for
+campaigns, and the one reader of a campaign row.
 
-Every function runs inside the caller's `write()` transaction, so a revision's actions land together or not at all.
+Every write runs inside the caller's `write()` transaction, so a revision's actions land together or not at all.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 from sqlite_utils import Database
 
 from reconciler.segments import Sql
+from reconciler.spec.documents import Segment, SendAt
+from reconciler.state.conditions import Reason
+from reconciler.state.content import MessageContent, load_content
+from reconciler.state.db import audit, write
+
+_SEND_AT: TypeAdapter[Any] = TypeAdapter(SendAt)
+
+
+class SegmentDefinitions(BaseModel):
+    """What a campaign's segments meant when it was scheduled: it starts from these, whatever the files say later."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    segments: dict[str, Segment]
+    """The segments it names and every segment they refer to."""
+    fields: dict[str, str]
+    """Custom field types, as the segments were checked against."""
+    timezone: str
+    """The workspace's time zone (dates in conditions are local to it)."""
+
+
+class StoredAudience(BaseModel):
+    """Who a campaign goes to, as stored with it (`audience` in the Campaign document, and its segments)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    lists: tuple[str, ...]
+    exclude_lists: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
+    exclude_segments: tuple[str, ...] = ()
+    definitions: SegmentDefinitions | None = None
+    """None when the audience uses no segment."""
+
+    def as_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+@dataclass(frozen=True)
+class CampaignDefinition:
+    """What apply writes for a campaign that has not started: its document, its content and its audience."""
+
+    path: str
+    """The file it was written in."""
+    spec: Mapping[str, Any]
+    """The Campaign document as applied (JSON), which the next plan compares with the files."""
+    content: MessageContent
+    audience: StoredAudience
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    """A campaign as last applied, with its progress."""
+
+    name: str
+    status: str
+    ready: bool
+    reason: str
+    message: str
+    path: str
+    spec: Mapping[str, Any]
+    content_hash: str
+    start_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    removed_at: str | None
+    confirmed_late: bool
+    recipients: int | None
+    last_attempted_revision: str | None
+    last_applied_revision: str | None
+    audience: StoredAudience
+    held: bool = False
+    """Paused by dispatch (too many policy rejections): it resumes only with `apply --confirm`."""
+    progress: Mapping[str, int] = field(default_factory=dict)
+    """Ledger rows by state (queued, sent, ...)."""
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
+
+    @property
+    def send_at(self) -> Any:
+        """`send_at` as the spec types it: "now", an aware datetime, or a LocalSendTime."""
+        return _SEND_AT.validate_python(self.spec["send_at"])
+
+
+def campaign_record(row: Mapping[str, Any], *, progress: Mapping[str, int] | None = None) -> CampaignRecord:
+    """The one reader of a `campaigns` row (`SELECT *`)."""
+    return CampaignRecord(
+        name=row["name"],
+        status=row["status"],
+        ready=bool(row["ready"]),
+        reason=row["reason"],
+        message=row["message"],
+        path=row["path"],
+        spec=json.loads(row["spec"]),
+        content_hash=row["content_hash"],
+        start_at=row["start_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        removed_at=row["removed_at"],
+        confirmed_late=bool(row["confirmed_late"]),
+        recipients=row["recipients"],
+        last_attempted_revision=row["last_attempted_revision"],
+        last_applied_revision=row["last_applied_revision"],
+        audience=StoredAudience.model_validate_json(row["audience"]),
+        held=bool(row["held"]),
+        progress=progress or {},
+    )
+
+
+def campaign_records(db: Database) -> list[CampaignRecord]:
+    """Every campaign ever applied, with its progress."""
+    progress: dict[str, dict[str, int]] = {}
+    for source, state, count in db.conn.execute(
+        "SELECT source, state, count(*) FROM ledger WHERE source_kind = 'campaign' GROUP BY source, state"
+    ):
+        progress.setdefault(source, {})[state] = count
+    rows = db.query("SELECT * FROM campaigns ORDER BY name")
+    return [campaign_record(row, progress=progress.get(row["name"], {})) for row in rows]
 
 
 def upsert_campaign(
     db: Database,
     name: str,
+    definition: CampaignDefinition,
     *,
     status: str,
-    reason: str,
     message: str,
-    path: str,
-    spec: Mapping[str, Any],
-    content: Mapping[str, Any],
-    content_hash: str,
     start_at: str | None,
     at: str,
     revision: str,
-    audience: Mapping[str, Any],
 ) -> None:
     """Create or rewrite a campaign that has not started; a new start time needs a new confirmation."""
     db.conn.execute(
@@ -50,16 +165,16 @@ def upsert_campaign(
         {
             "name": name,
             "status": status,
-            "reason": reason,
+            "reason": Reason.for_status(status),
             "message": message,
-            "path": path,
-            "spec": json.dumps(spec),
-            "content": json.dumps(content),
-            "hash": content_hash,
+            "path": definition.path,
+            "spec": json.dumps(definition.spec),
+            "content": definition.content.as_json(),
+            "hash": definition.content.digest,
             "start_at": start_at,
             "rev": revision,
             "at": at,
-            "audience": json.dumps(audience),
+            "audience": definition.audience.as_json(),
         },
     )
 
@@ -69,7 +184,7 @@ def set_status(
     name: str,
     *,
     status: str,
-    reason: str,
+    reason: Reason,
     message: str,
     at: str,
     revision: str | None = None,
@@ -83,7 +198,7 @@ def set_status(
     )
 
 
-def set_condition(db: Database, name: str, *, ready: bool, reason: str, message: str, at: str) -> None:
+def set_condition(db: Database, name: str, *, ready: bool, reason: Reason, message: str, at: str) -> None:
     """Report on a campaign without changing its status (waiting, stalled ...)."""
     db.conn.execute(
         "UPDATE campaigns SET ready = ?, reason = ?, message = ?, updated_at = ? WHERE name = ? "
@@ -94,11 +209,12 @@ def set_condition(db: Database, name: str, *, ready: bool, reason: str, message:
 
 def clear_stalled(db: Database, *, keep: Iterable[str], at: str) -> None:
     """Campaigns whose files agree with what was applied again are ready again."""
-    db.conn.execute(
-        "UPDATE campaigns SET ready = 1, reason = upper(substr(status, 1, 1)) || substr(status, 2), "
-        "message = 'the files agree with what was applied again', updated_at = ? "
-        "WHERE reason = 'Stalled' AND name NOT IN (SELECT value FROM json_each(?))",
-        (at, json.dumps(sorted(keep))),
+    kept = set(keep)
+    stalled = db.conn.execute("SELECT name, status FROM campaigns WHERE reason = ?", (Reason.STALLED,)).fetchall()
+    db.conn.executemany(
+        "UPDATE campaigns SET ready = 1, reason = ?, message = 'the files agree with what was applied again', "
+        "updated_at = ? WHERE name = ?",
+        [(Reason.for_status(status), at, name) for name, status in stalled if name not in kept],
     )
 
 
@@ -108,8 +224,8 @@ def mark_attempted(db: Database, names: Iterable[str], *, revision: str) -> None
     )
 
 
-def mark_removed(db: Database, name: str, *, status: str, reason: str, message: str, at: str, revision: str) -> None:
-    set_status(db, name, status=status, reason=reason, message=message, at=at, revision=revision)
+def mark_removed(db: Database, name: str, *, status: str, message: str, at: str, revision: str) -> None:
+    set_status(db, name, status=status, reason=Reason.REMOVED, message=message, at=at, revision=revision)
     db.conn.execute("UPDATE campaigns SET removed_at = ? WHERE name = ?", (at, name))
 
 
@@ -126,15 +242,14 @@ def skip_unsent(db: Database, name: str, *, why: str, at: str) -> int:
     ).rowcount
 
 
-def due_to_start(db: Database, *, now: str) -> list[dict[str, Any]]:
-    """Scheduled campaigns whose start time has come and that have not started."""
-    return list(
-        db.query(
-            "SELECT * FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL "
-            "AND start_at <= ? ORDER BY start_at, name",
-            [now],
-        )
+def due_to_start(db: Database, *, now: str) -> list[CampaignRecord]:
+    """Scheduled campaigns whose start time has come and that have not started, earliest first."""
+    rows = db.query(
+        "SELECT * FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL "
+        "AND start_at <= ? ORDER BY start_at, name",
+        [now],
     )
+    return [campaign_record(row) for row in rows]
 
 
 def snapshot_audience(
@@ -163,11 +278,123 @@ def snapshot_audience(
         (name, content_hash, revision, at, at, *recipients.params),
     ).rowcount
     db.conn.execute(
-        "UPDATE campaigns SET status = 'sending', started_at = ?, recipients = ?, ready = 1, reason = 'Sending', "
+        "UPDATE campaigns SET status = 'sending', started_at = ?, recipients = ?, ready = 1, reason = ?, "
         "message = ?, updated_at = ? WHERE name = ?",
-        (at, inserted, f"sending to {inserted:,} recipients", at, name),
+        (at, inserted, Reason.SENDING, f"sending to {inserted:,} recipients", at, name),
     )
     return inserted
+
+
+# --- stages and completion ------------------------------------------------------------------------------------
+
+
+def started_stages(db: Database, name: str) -> dict[str, str]:
+    return dict(db.conn.execute("SELECT stage, started_at FROM campaign_stages WHERE campaign = ?", (name,)))
+
+
+@dataclass(frozen=True)
+class SendingCampaign:
+    """A campaign that is sending: what starting its next stages and finishing it need."""
+
+    name: str
+    content: MessageContent
+    content_hash: str
+    lists: tuple[str, ...]
+    started_at: str
+    revision: str
+    """The revision it was last applied from."""
+
+
+def sending_campaigns(db: Database) -> list[SendingCampaign]:
+    rows = db.conn.execute(
+        "SELECT name, content, content_hash, audience, started_at, last_applied_revision FROM campaigns "
+        "WHERE status = 'sending' ORDER BY started_at, name"
+    )
+    return [
+        SendingCampaign(
+            name,
+            load_content(content),
+            content_hash,
+            StoredAudience.model_validate_json(audience).lists,
+            started,
+            revision or "",
+        )
+        for name, content, content_hash, audience, started, revision in rows
+    ]
+
+
+def start_stage(
+    db: Database,
+    name: str,
+    stage: str,
+    *,
+    only: str | None,
+    blocking: Sequence[str],
+    content_hash: str,
+    revision: str,
+    at: str,
+) -> int:
+    """Queue a follow-up stage for everyone the first message reached (every stage goes to the same audience),
+    filtered by their human opens or clicks of any message of the campaign so far (`only`)."""
+    engaged = {
+        "opened": "EXISTS (SELECT 1 FROM engagement e WHERE e.contact_id = p.contact_id AND e.source_kind = "
+        "'campaign' AND e.source = p.source AND e.action IN ('opened', 'clicked') AND e.machine = 0)",
+        "clicked": "EXISTS (SELECT 1 FROM engagement e WHERE e.contact_id = p.contact_id AND e.source_kind = "
+        "'campaign' AND e.source = p.source AND e.action = 'clicked' AND e.machine = 0)",
+    }
+    condition = "1"
+    if only:
+        condition = engaged[only.removeprefix("not_")]
+        if only.startswith("not_"):
+            condition = f"NOT {condition}"
+    with write(db):
+        inserted = db.conn.execute(
+            "INSERT OR IGNORE INTO ledger (source_kind, source, stage, contact_id, state, due_at, content_hash, "
+            "revision, created_at, updated_at) SELECT 'campaign', p.source, ?, p.contact_id, 'queued', ?, ?, ?, ?, ? "
+            "FROM ledger p JOIN contacts c ON c.id = p.contact_id "
+            "LEFT JOIN suppressions s ON s.email_hash = c.email_hash "
+            "WHERE p.source_kind = 'campaign' AND p.source = ? AND p.stage = '' AND p.state = 'sent' "
+            f"AND (s.reason IS NULL OR s.reason NOT IN (SELECT value FROM json_each(?))) AND {condition}",
+            (stage, at, content_hash, revision, at, at, name, json.dumps(list(blocking))),
+        ).rowcount
+        db.conn.execute(
+            "INSERT INTO campaign_stages(campaign, stage, started_at, recipients) VALUES (?, ?, ?, ?)",
+            (name, stage, at, inserted),
+        )
+        audit(
+            db,
+            at=at,
+            actor="dispatch",
+            subject=f"Campaign {name}",
+            action="start stage",
+            detail=f"{stage}: {inserted} recipients",
+        )
+    return inserted
+
+
+def finish(db: Database, name: str, *, at: str) -> dict[str, int] | None:
+    """Mark a campaign sent when no row of it can still go out; returns its final counts then."""
+    with write(db):
+        counts = dict(
+            db.conn.execute(
+                "SELECT state, count(*) FROM ledger WHERE source_kind = 'campaign' AND source = ? GROUP BY state",
+                (name,),
+            ).fetchall()
+        )
+        if any(counts.get(state) for state in ("queued", "deferred", "sending")):
+            return None
+        summary = ", ".join(
+            f"{state} {counts[state]:,}" for state in ("sent", "failed", "uncertain", "skipped") if counts.get(state)
+        )
+        changed = db.conn.execute(
+            "UPDATE campaigns SET status = 'sent', reason = ?, ready = 1, finished_at = ?, updated_at = ?, "
+            "message = ? WHERE name = ? AND status = 'sending'",
+            (Reason.SENT, at, at, f"finished: {summary or 'nobody to send to'}", name),
+        ).rowcount
+        if not changed:
+            return None
+        audit(db, at=at, actor="dispatch", subject=f"Campaign {name}", action="finish", detail=summary)
+    return counts
 
 
 def next_start(db: Database) -> datetime | None:

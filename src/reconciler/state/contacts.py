@@ -7,22 +7,41 @@ still cannot be imported again.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
+from reconciler.spec.contact import TEXT_FIELDS, Contact
 from reconciler.state.db import audit, write
+from reconciler.state.suppressions import email_hash, suppress
 
-BUILTIN_COLUMNS = ("first_name", "last_name", "timezone", "locale", "country")
+CONTACT_COLUMNS = ", ".join(
+    f"c.{name}" for name in ("id", "email", *TEXT_FIELDS, "tags", "fields", "created_at", "frequency")
+)
+"""What `contact_from_row` reads, selected from `contacts c`."""
 
 
-def email_hash(email: str) -> str:
-    """The key of a suppression: sha256 of the normalised address."""
-    return hashlib.sha256(email.encode()).hexdigest()
+def contact_from_row(row: Mapping[str, Any]) -> Contact:
+    """The one reader of a contact row (CONTACT_COLUMNS, by name)."""
+    return Contact(
+        id=int(row["id"]),
+        email=str(row["email"]),
+        **{name: row[name] for name in TEXT_FIELDS},
+        tags=tuple(json.loads(row["tags"] or "[]")),
+        created_at=datetime.fromisoformat(row["created_at"]) if row["created_at"] else None,
+        fields=json.loads(row["fields"] or "{}"),
+        frequency=row["frequency"],
+    )
+
+
+def find_contact(db: Database, email: str) -> Contact | None:
+    """A contact by normalised address."""
+    rows = list(db.query(f"SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.email = ?", (email,)))
+    return contact_from_row(rows[0]) if rows else None
 
 
 @dataclass(frozen=True)
@@ -83,11 +102,11 @@ class BatchResult:
 
 
 _UPSERT = f"""
-INSERT INTO contacts (email, email_hash, {", ".join(BUILTIN_COLUMNS)}, tags, fields, created_at, updated_at,
+INSERT INTO contacts (email, email_hash, {", ".join(TEXT_FIELDS)}, tags, fields, created_at, updated_at,
                       import_id)
-VALUES (?, ?, {", ".join("?" for _ in BUILTIN_COLUMNS)}, ?, ?, ?, ?, ?)
+VALUES (?, ?, {", ".join("?" for _ in TEXT_FIELDS)}, ?, ?, ?, ?, ?)
 ON CONFLICT (email) DO UPDATE SET
-    {", ".join(f"{c} = coalesce(excluded.{c}, {c})" for c in BUILTIN_COLUMNS)},
+    {", ".join(f"{c} = coalesce(excluded.{c}, {c})" for c in TEXT_FIELDS)},
     tags = CASE WHEN excluded.tags = '[]' THEN tags ELSE (
         SELECT json_group_array(value) FROM (
             SELECT value FROM json_each(contacts.tags) UNION SELECT value FROM json_each(excluded.tags)
@@ -96,7 +115,7 @@ ON CONFLICT (email) DO UPDATE SET
     fields = json_patch(fields, excluded.fields),
     updated_at = excluded.updated_at,
     import_id = excluded.import_id
-"""  # noqa: S608 - column names are constants of this module, values are parameters
+"""
 
 
 def start_import(db: Database, *, file: str, at: str) -> int:
@@ -143,7 +162,7 @@ def import_batch(
                 (
                     row.email,
                     row.email_hash,
-                    *(row.builtins.get(c) for c in BUILTIN_COLUMNS),
+                    *(row.builtins.get(c) for c in TEXT_FIELDS),
                     row.tags,
                     row.fields,
                     row.created_at or at,
@@ -283,11 +302,7 @@ def erase_contact(db: Database, email: str, *, at: str) -> bool:
     hashed = email_hash(email)
     with write(db):
         deleted = db.conn.execute("DELETE FROM contacts WHERE email = ?", (email,)).rowcount
-        db.conn.execute(
-            "INSERT INTO suppressions(email_hash, reason, at) VALUES (?, 'erased', ?) "
-            "ON CONFLICT(email_hash) DO UPDATE SET reason = 'erased', at = excluded.at, detail = NULL",
-            (hashed, at),
-        )
+        suppress(db, hashed, "erased", at=at)
         audit(
             db,
             at=at,
@@ -297,41 +312,3 @@ def erase_contact(db: Database, email: str, *, at: str) -> bool:
             detail="record deleted" if deleted else "no record; address hash suppressed",
         )
     return bool(deleted)
-
-
-def suppress(db: Database, email: str, reason: str, *, at: str, detail: str | None = None) -> None:
-    """Keep an address out of mail: bounced, complained or unsubscribed from everything."""
-    with write(db):
-        db.conn.execute(
-            "INSERT INTO suppressions(email_hash, reason, at, detail) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(email_hash) DO NOTHING",
-            (email_hash(email), reason, at, detail),
-        )
-
-
-def set_subscription(
-    db: Database,
-    email: str,
-    list_name: str,
-    status: str,
-    *,
-    at: str,
-    source: str,
-    text: str | None = None,
-    ip: str | None = None,
-) -> None:
-    """Change one subscription, with its consent record (used by tests now, by the web service later)."""
-    with write(db):
-        row = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
-        if row is None:
-            raise KeyError(email)
-        db.conn.execute(
-            "INSERT INTO subscriptions(contact_id, list, status, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(contact_id, list) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-            (row[0], list_name, status, at),
-        )
-        action = {"subscribed": "subscribe", "unsubscribed": "unsubscribe", "pending": "subscribe"}[status]
-        db.conn.execute(
-            "INSERT INTO consent(contact_id, list, action, at, source, text, ip) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (row[0], list_name, action, at, source, text, ip),
-        )

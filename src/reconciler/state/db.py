@@ -7,7 +7,9 @@ write lock up front, so two processes (a daemon and a `tick`) queue on the lock 
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,13 +28,14 @@ class StateError(ReconcilerError):
 
 
 def state_path(workspace: Path, override: Path | str | None = None) -> Path:
-    """`--state`, else `RECONCILER_STATE`, else `.state/reconciler.db` under the workspace (PRODUCT §2)."""
+    """`--state`, else `RECONCILER_STATE`, else `.state/reconciler.db` under the workspace."""
     chosen = override or os.environ.get("RECONCILER_STATE")
     return Path(chosen) if chosen else workspace / DEFAULT_PATH
 
 
-def open_db(path: Path, *, create: bool = True) -> Database:
-    """Open (or create) the state database and apply pending migrations."""
+def open_db(path: Path, *, create: bool = True, migrate: bool = True) -> Database:
+    """Open (or create) the state database and apply pending migrations (`migrate=False`: a further connection
+    of a process that migrated already)."""
     if not path.exists() and not create:
         raise StateError(f"{path}: no state database here yet (run `reconciler apply` or import contacts first)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,14 +44,54 @@ def open_db(path: Path, *, create: bool = True) -> Database:
         db = Database(conn)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.enable_wal()
-        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: commits survive kill -9 (MAIL-FACTS)
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: commits survive kill -9
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA cache_size = -65536")  # up to 64 MB of pages: indexes over a million contacts stay hot
         conn.execute("PRAGMA wal_autocheckpoint = 10000")  # fewer, larger checkpoints: hot pages written once
-        with write(db):  # under the write lock, so two processes starting at once migrate once
-            migrations.apply(db)
+        if migrate:
+            with write(db):  # under the write lock, so two processes starting at once migrate once
+                migrations.apply(db)
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: cannot open the state database: {exc}") from exc
+    return db
+
+
+class ConnectionPool:
+    """Connections to one state database for worker threads: each call takes a connection of its own, so a thread
+    waiting for the write lock never holds up the others (reads never wait in WAL mode); at most `size` are open."""
+
+    def __init__(self, path: Path, *, size: int = 8) -> None:
+        self.path, self.size = path, size
+        self.idle: queue.SimpleQueue[Database] = queue.SimpleQueue()
+        self.opened: list[Database] = []
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Database]:
+        try:
+            db = self.idle.get_nowait()
+        except queue.Empty:
+            db = open_db(self.path, create=False, migrate=False)
+            with self.lock:
+                self.opened.append(db)
+        try:
+            yield db
+        finally:
+            if db.conn.in_transaction:  # a failed write never leaks its transaction into the next user
+                db.conn.execute("ROLLBACK")
+            self.idle.put(db)
+
+    def close(self) -> None:
+        with self.lock:
+            for db in self.opened:
+                db.conn.close()
+            self.opened.clear()
+
+
+def empty_db() -> Database:
+    """An empty state in memory: what `plan` compares with where there is no state database (as in CI)."""
+    db = Database(memory=True)
+    migrations.apply(db)
     return db
 
 

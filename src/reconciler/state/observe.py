@@ -8,7 +8,6 @@ signatures.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -19,39 +18,9 @@ from sqlite_utils import Database
 
 from reconciler.segments import AudienceSql, Sql
 from reconciler.state import audiences as run
+from reconciler.state.campaigns import CampaignRecord, campaign_records
 from reconciler.state.db import get_meta
-
-
-@dataclass(frozen=True)
-class CampaignRecord:
-    """A campaign as last applied, with its progress."""
-
-    name: str
-    status: str
-    ready: bool
-    reason: str
-    message: str
-    path: str
-    spec: Mapping[str, Any]
-    content_hash: str
-    start_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    removed_at: str | None
-    confirmed_late: bool
-    recipients: int | None
-    last_attempted_revision: str | None
-    last_applied_revision: str | None
-    progress: Mapping[str, int] = field(default_factory=dict)
-    """Ledger rows by state (queued, sent, ...)."""
-    audience: Mapping[str, Any] = field(default_factory=dict)
-    """What its segments meant when it was scheduled (definitions, field types, time zone)."""
-    held: bool = False
-    """Paused by dispatch (too many policy rejections): it resumes only with `apply --confirm`."""
-
-    @property
-    def started(self) -> bool:
-        return self.started_at is not None
+from reconciler.state.records import ListRecord, field_types, list_records
 
 
 @dataclass(frozen=True)
@@ -67,8 +36,8 @@ class Signature:
 @dataclass(frozen=True)
 class ObservedState:
     campaigns: Mapping[str, CampaignRecord]
-    lists: Mapping[str, Mapping[str, Any]]
-    """List documents as applied (JSON), including removed ones (with `removed_at`)."""
+    lists: Mapping[str, ListRecord]
+    """List documents as applied, including removed ones."""
     fields: Mapping[str, str]
     workflows: Mapping[str, str]
     """Workflow name -> content hash as applied (removed ones absent)."""
@@ -87,38 +56,9 @@ class ObservedState:
 def observe(db: Database, *, audience: bool = True) -> ObservedState:
     """Read everything `make_plan` needs but segment counts (`with_counts` adds those); `audience=False` also skips
     the list-membership histogram (status)."""
-    progress: dict[str, dict[str, int]] = {}
-    for source, state, count in db.conn.execute(
-        "SELECT source, state, count(*) FROM ledger WHERE source_kind = 'campaign' GROUP BY source, state"
-    ):
-        progress.setdefault(source, {})[state] = count
-    campaigns = {}
-    for row in db.query("SELECT * FROM campaigns"):
-        campaigns[row["name"]] = CampaignRecord(
-            name=row["name"],
-            status=row["status"],
-            ready=bool(row["ready"]),
-            reason=row["reason"],
-            message=row["message"],
-            path=row["path"],
-            spec=json.loads(row["spec"]),
-            content_hash=row["content_hash"],
-            start_at=row["start_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            removed_at=row["removed_at"],
-            confirmed_late=bool(row["confirmed_late"]),
-            recipients=row["recipients"],
-            last_attempted_revision=row["last_attempted_revision"],
-            last_applied_revision=row["last_applied_revision"],
-            progress=progress.get(row["name"], {}),
-            audience=json.loads(row["audience"]),
-            held=bool(row["held"]),
-        )
-    lists = {}
-    for name, spec, removed_at in db.conn.execute("SELECT name, spec, removed_at FROM lists"):
-        lists[name] = {**json.loads(spec), "removed_at": removed_at}
-    fields = dict(db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
+    campaigns = {record.name: record for record in campaign_records(db)}
+    lists = list_records(db)
+    fields = field_types(db)
     workflows = dict(db.conn.execute("SELECT name, content_hash FROM workflows WHERE removed_at IS NULL").fetchall())
     contacts = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
     return ObservedState(

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlite_utils import Database
 
-from reconciler.state.db import set_meta
+from reconciler.spec.documents import CustomField, MailingList
+from reconciler.spec.workflow import Workflow
+from reconciler.state.db import get_meta, set_meta, write
 
 
-def upsert_list(db: Database, name: str, spec: Mapping[str, Any]) -> None:
+@dataclass(frozen=True)
+class ListRecord:
+    """A List document as last applied; a removed list keeps its record (a running campaign may still use it)."""
+
+    document: MailingList
+    removed_at: str | None = None
+
+
+def upsert_list(db: Database, document: MailingList) -> None:
     db.conn.execute(
         "INSERT INTO lists(name, spec) VALUES (?, ?) "
         "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, removed_at = NULL",
-        (name, json.dumps(spec)),
+        (document.name, document.model_dump_json(by_alias=True)),
     )
 
 
@@ -23,11 +34,11 @@ def remove_list(db: Database, name: str, *, at: str) -> None:
     db.conn.execute("UPDATE lists SET removed_at = ? WHERE name = ?", (at, name))
 
 
-def upsert_field(db: Database, name: str, type_: str) -> None:
+def upsert_field(db: Database, document: CustomField) -> None:
     db.conn.execute(
         "INSERT INTO fields(name, type) VALUES (?, ?) "
         "ON CONFLICT(name) DO UPDATE SET type = excluded.type, removed_at = NULL",
-        (name, type_),
+        (document.name, document.type),
     )
 
 
@@ -35,11 +46,11 @@ def remove_field(db: Database, name: str, *, at: str) -> None:
     db.conn.execute("UPDATE fields SET removed_at = ? WHERE name = ?", (at, name))
 
 
-def upsert_workflow(db: Database, name: str, spec: Mapping[str, Any], content_hash: str) -> None:
+def upsert_workflow(db: Database, workflow: Workflow, content_hash: str) -> None:
     db.conn.execute(
         "INSERT INTO workflows(name, spec, content_hash) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
         "spec = excluded.spec, content_hash = excluded.content_hash, removed_at = NULL",
-        (name, json.dumps(spec), content_hash),
+        (workflow.name, workflow.model_dump_json(by_alias=True), content_hash),
     )
 
 
@@ -70,14 +81,53 @@ def record_counts(db: Database, counts: Mapping[str, int], *, at: str) -> None:
     )
 
 
-def list_specs(db: Database) -> dict[str, dict[str, Any]]:
-    """Every list as last applied (removed ones too: a running campaign may still send to one)."""
-    return {name: json.loads(spec) for name, spec in db.conn.execute("SELECT name, spec FROM lists")}
+def list_records(db: Database) -> dict[str, ListRecord]:
+    """The one reader of list records: every list as last applied, removed ones too."""
+    rows = db.conn.execute("SELECT name, spec, removed_at FROM lists ORDER BY name")
+    return {name: ListRecord(MailingList.model_validate_json(spec), removed_at) for name, spec, removed_at in rows}
 
 
-def list_categories(db: Database) -> dict[str, str]:
-    return {name: spec.get("category", "marketing") for name, spec in list_specs(db).items()}
+def lists(db: Database) -> dict[str, MailingList]:
+    """Every List document as last applied (removed ones too: a running campaign may still send to one)."""
+    return {name: record.document for name, record in list_records(db).items()}
 
 
 def field_types(db: Database) -> dict[str, str]:
     return dict(db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
+
+
+@dataclass(frozen=True)
+class RefusedRevision:
+    """The last revision that was not applied because of errors, while it is the newest one seen."""
+
+    revision: str
+    since: str
+    """When this revision was first refused."""
+    count: int
+    problems: tuple[str, ...]
+    """The first problems, formatted as `validate` prints them."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"revision": self.revision, "since": self.since, "count": self.count, "problems": list(self.problems)}
+
+
+def refuse_revision(db: Database, revision: str, problems: list[str], *, at: str) -> None:
+    """Remember why a revision was refused (`status` and /healthz show it) until a good revision is applied."""
+    with write(db):
+        known = refused_revision(db)
+        since = known.since if known is not None and known.revision == revision else at
+        stored = RefusedRevision(revision, since, len(problems), tuple(problems[:20]))
+        set_meta(db, "refused_revision", json.dumps(stored.as_dict()))
+
+
+def clear_refused(db: Database) -> None:
+    """Inside the caller's write: a good revision was applied."""
+    db.conn.execute("DELETE FROM meta WHERE key = 'refused_revision'")
+
+
+def refused_revision(db: Database) -> RefusedRevision | None:
+    text = get_meta(db, "refused_revision")
+    if not text:
+        return None
+    data = json.loads(text)
+    return RefusedRevision(data["revision"], data["since"], data["count"], tuple(data["problems"]))

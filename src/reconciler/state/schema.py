@@ -6,6 +6,7 @@ same schema by applying the ones it lacks. Each runs in a transaction together w
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from sqlite_utils import Database
@@ -266,6 +267,63 @@ def _subscriber_service(db: Database) -> None:
         CREATE INDEX engagement_by_source ON engagement(source_kind, source, action);
         """,
     )
+
+
+@migrations(name="0006_typed_records")
+def _typed_records(db: Database) -> None:
+    """Stored JSON in the shapes the typed readers expect: list records carry their kind; a campaign's stored
+    audience holds its lists and segments beside the segment definitions; the Settings of the last good revision,
+    and the last refused revision, are one document each instead of one key per value."""
+    db.conn.execute("UPDATE lists SET spec = json_set(spec, '$.kind', 'List')")
+    for name, spec_text, audience_text in db.conn.execute("SELECT name, spec, audience FROM campaigns").fetchall():
+        audience = json.loads(spec_text).get("audience") or {}
+        exclude = audience.get("exclude") or {}
+        stored = {
+            "lists": audience.get("lists") or [],
+            "exclude_lists": exclude.get("lists") or [],
+            "segments": audience.get("segments") or [],
+            "exclude_segments": exclude.get("segments") or [],
+            "definitions": json.loads(audience_text or "{}") or None,
+        }
+        db.conn.execute("UPDATE campaigns SET audience = ? WHERE name = ?", (json.dumps(stored), name))
+    legacy = dict(db.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'settings.%'").fetchall())
+    if "settings.public_url" in legacy:
+        db.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('settings', ?)", (_settings(legacy),))
+    db.conn.execute("DELETE FROM meta WHERE key LIKE 'settings.%'")
+    error = dict(db.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'last_error%'").fetchall())
+    if error.get("last_error"):
+        old = json.loads(error["last_error"])
+        refused = {
+            "revision": error.get("last_error_revision") or "",
+            "since": error.get("last_error_at") or "",
+            "count": old["count"],
+            "problems": old["problems"],
+        }
+        db.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('refused_revision', ?)", (json.dumps(refused),)
+        )
+    db.conn.execute("DELETE FROM meta WHERE key LIKE 'last_error%'")
+
+
+def _settings(legacy: dict[str, str]) -> str:
+    """A Settings document from the keys 0.3 kept (the next apply replaces it with the workspace's own)."""
+    grace = int(legacy.get("settings.schedule_grace") or 21600)
+    document = {
+        "kind": "Settings",
+        "name": "default",
+        "organization": json.loads(legacy.get("settings.organization") or "{}"),
+        "public_url": legacy["settings.public_url"],
+        "timezone": legacy.get("settings.timezone") or "UTC",
+        "signing_key_env": legacy.get("settings.signing_key_env") or "RECONCILER_SECRET",
+        "senders": {"default": json.loads(legacy.get("settings.default_sender") or "{}")},
+        "transports": json.loads(legacy.get("settings.transports") or "{}"),
+        "defaults": {"sender": "default", "transport": legacy.get("settings.default_transport") or "outbox"},
+        "schedule_grace": f"{max(1, grace // 60)}m",
+        "quiet_hours": json.loads(legacy.get("settings.quiet_hours") or "null"),
+        "frequency_cap": json.loads(legacy.get("settings.frequency_cap") or "null"),
+        "api": {"token_env": legacy.get("settings.api_token_env") or "RECONCILER_API_TOKEN"},
+    }
+    return json.dumps(document)
 
 
 def _run_script(db: Database, script: str) -> None:

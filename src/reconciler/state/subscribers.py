@@ -6,18 +6,21 @@ Every change of a subscription writes a consent record (time, source, IP) in the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlite_utils import Database
 
-from reconciler.state.contacts import email_hash
+from reconciler.state import engagement
+from reconciler.state.campaigns import StoredAudience
 from reconciler.state.db import write
+from reconciler.state.engagement import Engagement
+from reconciler.state.ledger import CONFIRMATION_SOURCE
+from reconciler.state.suppressions import email_hash, lift_unsubscribe, suppress
 
-CONFIRMATION_SOURCE = "double-opt-in"
-"""Ledger rows of confirmation emails: source_kind 'workflow', this source, stage '<list>:<n>'."""
 MAX_CONFIRMATIONS = 3
+Status = Literal["subscribed", "pending", "unsubscribed"]
 
 
 @dataclass(frozen=True)
@@ -35,16 +38,16 @@ class MessageTarget:
 
 def message_target(db: Database, row_id: int) -> MessageTarget | None:
     row = db.conn.execute(
-        "SELECT l.id, l.contact_id, c.email, l.source_kind, l.source, l.stage, m.spec FROM ledger l "
+        "SELECT l.id, l.contact_id, c.email, l.source_kind, l.source, l.stage, m.audience FROM ledger l "
         "JOIN contacts c ON c.id = l.contact_id LEFT JOIN campaigns m ON l.source_kind = 'campaign' "
         "AND m.name = l.source WHERE l.id = ?",
         (row_id,),
     ).fetchone()
     if row is None:
         return None
-    row_id, contact_id, email, kind, source, stage, spec = row
-    if spec:
-        lists = tuple(json.loads(spec)["audience"]["lists"])
+    row_id, contact_id, email, kind, source, stage, audience = row
+    if audience:
+        lists = StoredAudience.model_validate_json(audience).lists
     elif source == CONFIRMATION_SOURCE:
         lists = (stage.split(":", 1)[0],)
     else:
@@ -55,52 +58,47 @@ def message_target(db: Database, row_id: int) -> MessageTarget | None:
 def unsubscribe(db: Database, target: MessageTarget, *, at: str, source: str, ip: str | None) -> list[str]:
     """Unsubscribe the contact from the lists the message was sent for; returns the lists that changed."""
     with write(db):
-        changed = _set_lists(db, target.contact_id, {name: False for name in target.lists}, at=at, source=source, ip=ip)
+        wanted: dict[str, Status] = {name: "unsubscribed" for name in target.lists}
+        changed = change_subscriptions(db, target.contact_id, wanted, at=at, source=source, ip=ip)
         if changed:
-            db.conn.execute(
-                "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, at, detail) "
-                "VALUES (?, ?, ?, ?, ?, 'unsubscribed', ?, ?)",
-                (
-                    target.row_id,
-                    target.contact_id,
-                    target.source_kind,
-                    target.source,
-                    target.stage,
-                    at,
-                    ", ".join(changed),
-                ),
-            )
+            engagement.record(db, [Engagement(target.row_id, "unsubscribed", at, detail=", ".join(changed))])
     return changed
 
 
-def _set_lists(
+def change_subscriptions(
     db: Database,
     contact_id: int,
-    wanted: dict[str, bool],
+    wanted: Mapping[str, Status],
     *,
     at: str,
     source: str,
-    ip: str | None,
+    ip: str | None = None,
     text: str | None = None,
+    action: str | None = None,
 ) -> list[str]:
+    """Inside the caller's write: the one way a subscription changes, each change with its consent record (time,
+    source, wording, IP). Returns the lists that changed; unsubscribing from a list never joined changes nothing.
+    `action` names the consent action when it is not plain subscribe/resubscribe/unsubscribe (`confirm`)."""
     current = dict(
         db.conn.execute("SELECT list, status FROM subscriptions WHERE contact_id = ?", (contact_id,)).fetchall()
     )
     changed = []
-    for name, on in wanted.items():
-        status = "subscribed" if on else "unsubscribed"
+    for name, status in wanted.items():
         before = current.get(name)
-        if before == status or (not on and before is None):
+        if before == status or (status == "unsubscribed" and before is None):
             continue
         db.conn.execute(
             "INSERT INTO subscriptions(contact_id, list, status, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(contact_id, list) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
             (contact_id, name, status, at),
         )
-        action = ("resubscribe" if before == "unsubscribed" else "subscribe") if on else "unsubscribe"
+        if status == "unsubscribed":
+            done = "unsubscribe"
+        else:
+            done = action or ("resubscribe" if before == "unsubscribed" and status == "subscribed" else "subscribe")
         db.conn.execute(
             "INSERT INTO consent(contact_id, list, action, at, source, text, ip) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (contact_id, name, action, at, source, text, ip),
+            (contact_id, name, done, at, source, text, ip),
         )
         changed.append(name)
     return changed
@@ -137,12 +135,11 @@ def save_preferences(
     "unsubscribe from everything" lifts that (it is the person's own new consent)."""
     with write(db):
         if any(lists.values()):
-            db.conn.execute(
-                "DELETE FROM suppressions WHERE reason = 'unsubscribed' AND email_hash = "
-                "(SELECT email_hash FROM contacts WHERE id = ?)",
-                (contact_id,),
-            )
-        changed = _set_lists(db, contact_id, lists, at=at, source="preferences", ip=ip, text="preference center")
+            lift_unsubscribe(db, contact_id)
+        wanted: dict[str, Status] = {name: "subscribed" if on else "unsubscribed" for name, on in lists.items()}
+        changed = change_subscriptions(
+            db, contact_id, wanted, at=at, source="preferences", ip=ip, text="preference center"
+        )
         db.conn.execute("UPDATE contacts SET frequency = ?, updated_at = ? WHERE id = ?", (frequency, at, contact_id))
     return changed
 
@@ -152,16 +149,16 @@ def unsubscribe_all(
 ) -> None:
     """Leave every marketing list and keep the address out of marketing mail (receipts still go)."""
     with write(db):
-        _set_lists(db, contact_id, {name: False for name in marketing_lists}, at=at, source=source, ip=ip)
+        change_subscriptions(
+            db, contact_id, {name: "unsubscribed" for name in marketing_lists}, at=at, source=source, ip=ip
+        )
         db.conn.execute(
             "INSERT INTO consent(contact_id, list, action, at, source, ip) VALUES (?, NULL, 'unsubscribe', ?, ?, ?)",
             (contact_id, at, source, ip),
         )
-        db.conn.execute(
-            "INSERT INTO suppressions(email_hash, reason, at, detail) SELECT email_hash, 'unsubscribed', ?, ? "
-            "FROM contacts WHERE id = ? ON CONFLICT(email_hash) DO NOTHING",
-            (at, f"unsubscribed from everything ({source})", contact_id),
-        )
+        hashed = db.conn.execute("SELECT email_hash FROM contacts WHERE id = ?", (contact_id,)).fetchone()
+        if hashed is not None:
+            suppress(db, hashed[0], "unsubscribed", at=at, detail=f"unsubscribed from everything ({source})")
 
 
 # --- double opt-in -------------------------------------------------------------------------------------------
@@ -197,19 +194,10 @@ def request_subscription(
             ).fetchone()
             if status and status[0] == "subscribed":
                 continue
+            wanted: Status = "pending" if double else "subscribed"
+            change_subscriptions(db, contact_id, {name: wanted}, at=at, source="form", ip=ip, text=text)
             if not double:
-                _set_lists(db, contact_id, {name: True}, at=at, source="form", ip=ip, text=text)
                 continue
-            db.conn.execute(
-                "INSERT INTO subscriptions(contact_id, list, status, updated_at) VALUES (?, ?, 'pending', ?) "
-                "ON CONFLICT(contact_id, list) DO UPDATE SET status = 'pending', updated_at = excluded.updated_at",
-                (contact_id, name, at),
-            )
-            db.conn.execute(
-                "INSERT INTO consent(contact_id, list, action, at, source, text, ip) "
-                "VALUES (?, ?, 'subscribe', ?, 'form', ?, ?)",
-                (contact_id, name, at, text, ip),
-            )
             sent = db.conn.execute(
                 "SELECT count(*) FROM ledger WHERE source_kind = 'workflow' AND source = ? AND contact_id = ? "
                 "AND stage LIKE ?",
@@ -229,17 +217,12 @@ def confirm(db: Database, target: MessageTarget, *, at: str, ip: str | None) -> 
     """The confirm button: a pending subscription becomes a subscription (consent action `confirm`)."""
     name = target.lists[0] if target.lists else ""
     with write(db):
-        changed = db.conn.execute(
-            "UPDATE subscriptions SET status = 'subscribed', updated_at = ? WHERE contact_id = ? AND list = ? "
-            "AND status = 'pending'",
-            (at, target.contact_id, name),
-        ).rowcount
-        if changed:
-            db.conn.execute(
-                "INSERT INTO consent(contact_id, list, action, at, source, ip) VALUES (?, ?, 'confirm', ?, ?, ?)",
-                (target.contact_id, name, at, "confirmation link", ip),
-            )
-    return bool(changed)
+        if subscription_status(db, target.contact_id, name) != "pending":
+            return False
+        change_subscriptions(
+            db, target.contact_id, {name: "subscribed"}, at=at, source="confirmation link", ip=ip, action="confirm"
+        )
+    return True
 
 
 def subscription_status(db: Database, contact_id: int, name: str) -> str | None:
@@ -252,16 +235,11 @@ def subscription_status(db: Database, contact_id: int, name: str) -> str | None:
 # --- engagement, events, bounces ------------------------------------------------------------------------------
 
 
-def record_engagement(db: Database, rows: Iterable[tuple[int, str, bool, str, str | None]]) -> int:
-    """Opens and clicks in one transaction: (ledger row, action, machine, at, detail)."""
-    values = list(rows)
+def record_engagement(db: Database, facts: Sequence[Engagement]) -> int:
+    """Opens and clicks in one transaction."""
     with write(db):
-        db.conn.executemany(
-            "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail) "
-            "SELECT id, contact_id, source_kind, source, stage, ?, ?, ?, ? FROM ledger WHERE id = ?",
-            [(action, int(machine), at, detail, row_id) for row_id, action, machine, at, detail in values],
-        )
-    return len(values)
+        engagement.record(db, facts)
+    return len(facts)
 
 
 def contact_id_for(db: Database, email: str, *, at: str, create: bool) -> int | None:
@@ -303,35 +281,20 @@ def provider_event(
         ).rowcount
         if not fresh:
             return False
-        reason = {"complaint": "complained", "bounce": "bounced" if hard else None}[kind]
-        if reason:
-            db.conn.execute(
-                "INSERT INTO suppressions(email_hash, reason, at, detail) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(email_hash) DO UPDATE SET reason = excluded.reason, at = excluded.at, "
-                "detail = excluded.detail WHERE suppressions.reason = 'unsubscribed'",
-                (email_hash(email), reason, at, f"{provider}: {detail}"[:200]),
-            )
+        if kind == "complaint":
+            suppress(db, email_hash(email), "complained", at=at, detail=f"{provider}: {detail}")
+        elif hard:
+            suppress(db, email_hash(email), "bounced", at=at, detail=f"{provider}: {detail}")
         contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
         if contact is not None:
             last = db.conn.execute(
-                "SELECT id, source_kind, source, stage FROM ledger WHERE contact_id = ? AND state = 'sent' "
-                "ORDER BY sent_at DESC LIMIT 1",
+                "SELECT id FROM ledger WHERE contact_id = ? AND state = 'sent' ORDER BY sent_at DESC LIMIT 1",
                 (contact[0],),
             ).fetchone()
-            ledger_id, source_kind, source, stage = last or (None, None, None, None)
-            db.conn.execute(
-                "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, at, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ledger_id,
-                    contact[0],
-                    source_kind,
-                    source,
-                    stage,
-                    "complained" if kind == "complaint" else "bounced",
-                    at,
-                    f"{'hard' if hard else 'soft'}: {provider}: {detail}"[:200] if kind == "bounce" else provider,
-                ),
+            action: engagement.Action = "complained" if kind == "complaint" else "bounced"
+            note = f"{'hard' if hard else 'soft'}: {provider}: {detail}" if kind == "bounce" else provider
+            engagement.record(
+                db, [Engagement(last[0] if last else None, action, at, detail=note, contact_id=contact[0])]
             )
     return True
 

@@ -9,8 +9,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlite_utils import Database
 
+from reconciler.state.db import ConnectionPool
 from reconciler.state.subscribers import sending_counts
 
 App = Callable[
@@ -21,11 +21,12 @@ App = Callable[
 class _LedgerCollector:
     """Read at scrape time from the ledger: nothing to keep in step."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = sending_counts(self.db)
+        with self.pool.connection() as db:
+            counts = sending_counts(db)
         messages = GaugeMetricFamily("reconciler_messages", "Ledger rows by state", labels=["state"])
         for state in ("queued", "sending", "sent", "deferred", "uncertain", "failed", "skipped"):
             messages.add_metric([state], counts.get(state, 0))
@@ -38,9 +39,11 @@ class _LedgerCollector:
 
 
 class Metrics:
-    def __init__(self, db: Database) -> None:
+    """The daemon's metrics; `render` reads the ledger, so it runs in a worker thread."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_LedgerCollector(db))
+        self.registry.register(_LedgerCollector(pool))
         self.requests = Counter(
             "reconciler_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
         )

@@ -2,8 +2,8 @@
 
 Privacy proxies that fetch every image on delivery (Apple Mail Privacy Protection, Yahoo's and Outlook's
 prefetchers), security scanners that follow every link, and HEAD requests are machines: stored apart, they do not
-satisfy `opened` / `clicked` conditions. Gmail's image proxy fetches when the reader opens the message: a person
-(PRODUCT §4). We go by user agent and method, never by timing alone.
+satisfy `opened` / `clicked` conditions. Gmail's image proxy fetches when the reader opens the message: a person.
+We go by user agent and method, never by timing alone.
 """
 
 from __future__ import annotations
@@ -13,8 +13,15 @@ import base64
 import contextlib
 import logging
 import re
-from collections.abc import Callable
-from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from reconciler.state import subscribers
+from reconciler.state.engagement import Engagement
+from reconciler.web.context import WebContext, context
+from reconciler.web.pages import invalid
 
 log = logging.getLogger(__name__)
 
@@ -45,31 +52,25 @@ def is_machine(user_agent: str, method: str) -> bool:
 
 class EngagementWriter:
     """Collects opens and clicks and writes them together, every `interval` seconds or `batch` events, so a burst
-    of opens costs a few transactions instead of one each (and never waits for the write lock per request)."""
+    of opens costs a few transactions instead of one each, and no request ever waits for the write lock."""
 
-    def __init__(
-        self,
-        write: Callable[[list[tuple[int, str, bool, str, str | None]]], Any],
-        *,
-        interval: float = 0.5,
-        batch: int = 500,
-    ) -> None:
-        self.write, self.interval, self.batch = write, interval, batch
-        self.pending: list[tuple[int, str, bool, str, str | None]] = []
+    def __init__(self, web: WebContext, *, interval: float = 0.5, batch: int = 500) -> None:
+        self.web, self.interval, self.batch = web, interval, batch
+        self.pending: list[Engagement] = []
         self.full = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, row_id: int, action: str, machine: bool, at: str, detail: str | None = None) -> None:
-        self.pending.append((row_id, action, machine, at, detail))
+    def add(self, fact: Engagement) -> None:
+        self.pending.append(fact)
         if len(self.pending) >= self.batch:
             self.full.set()
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
         try:
-            self.write(pending)
+            await self.web.call(subscribers.record_engagement, pending)
         except Exception:  # the database is busy or gone: keep the events for the next flush
             log.exception("could not record %d opens/clicks; trying again", len(pending))
             self.pending = pending + self.pending
@@ -79,7 +80,7 @@ class EngagementWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.full.wait(), timeout=self.interval)
             self.full.clear()
-            self.flush()
+            await self.flush()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run())
@@ -87,4 +88,31 @@ class EngagementWriter:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        self.flush()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.flush()
+
+
+def writer(request: Request) -> EngagementWriter:
+    found: EngagementWriter = request.app.state.writer
+    return found
+
+
+async def pixel(request: Request) -> Response:
+    web = context(request)
+    row_id = await web.verified("open", request.path_params["token"])
+    if row_id is not None:
+        machine = is_machine(request.headers.get("user-agent", ""), request.method)
+        writer(request).add(Engagement(row_id, "opened", web.now(), machine=machine))
+    return Response(PIXEL_GIF, media_type="image/gif")
+
+
+async def click(request: Request) -> Response:
+    web = context(request)
+    url = request.query_params.get("u", "")
+    row_id = await web.verified("click", request.path_params["token"], url)
+    if row_id is None or urlsplit(url).scheme not in ("http", "https"):
+        return await invalid(request)
+    machine = is_machine(request.headers.get("user-agent", ""), request.method)
+    writer(request).add(Engagement(row_id, "clicked", web.now(), machine=machine, detail=url))
+    return RedirectResponse(url, 302)

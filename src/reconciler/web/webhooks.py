@@ -17,6 +17,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+from sqlite_utils import Database
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from reconciler.imports import normalise_email
+from reconciler.state import subscribers
+from reconciler.web.context import WebContext, context
+
 SNS_CERT_URL = re.compile(
     r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/SimpleNotificationService-[A-Za-z0-9]+\.pem$"
 )
@@ -165,3 +174,59 @@ def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], 
                 )
             )
     return events, None
+
+
+async def endpoint(request: Request) -> Response:
+    """POST /api/v1/webhooks/{provider}: bounces and complaints, recorded once per provider event id."""
+    web = context(request)
+    provider = request.path_params["provider"]
+    body = await read_json(request)
+    token = (await web.site()).api_token
+    try:
+        if provider == "ses":
+            events = await anyio.to_thread.run_sync(_ses, web, body)  # fetches the certificate: not on the loop
+        elif provider == "postmark":
+            events = postmark(body, request.headers, token)
+        elif provider == "generic":
+            events = generic(body, request.headers, token)
+        else:
+            return JSONResponse({"error": "providers: ses, postmark, generic"}, 404)
+    except WebhookAuthError as exc:
+        return JSONResponse({"error": str(exc)}, exc.status)
+    except WebhookPayloadError as exc:
+        return JSONResponse({"error": str(exc)}, 400)
+    recorded = await web.call(_record, provider, events, at=web.now())
+    return JSONResponse({"events": len(events), "recorded": recorded, "repeated": len(events) - recorded})
+
+
+def _ses(web: WebContext, body: Any) -> list[ProviderEvent]:
+    def fetch(url: str) -> bytes:
+        if url not in web.certificates:
+            web.certificates[url] = web.fetch(url)
+        return web.certificates[url]
+
+    events, subscribe_url = ses(body, fetch)
+    if subscribe_url:
+        web.fetch(subscribe_url)  # confirms the SNS subscription
+    return events
+
+
+def _record(db: Database, provider: str, events: list[ProviderEvent], *, at: str) -> int:
+    recorded = 0
+    for event in events:
+        try:
+            email = normalise_email(event.email)
+        except ValueError:
+            continue
+        recorded += subscribers.provider_event(
+            db, provider, event.event_id, email=email, kind=event.kind, hard=event.hard, at=at, detail=event.detail
+        )
+    return recorded
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, or None when it is not JSON."""
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        return None

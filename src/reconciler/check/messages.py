@@ -21,6 +21,7 @@ from reconciler.templates import (
     describe_error,
     render_text,
     sample_contact,
+    template_contact,
 )
 
 SAMPLE_TOKEN = "SAMPLE-TOKEN"
@@ -92,13 +93,14 @@ def uses(desired: DesiredState) -> list[Use]:
 
 
 def sample_context(desired: DesiredState, use: Use) -> dict[str, Any]:
-    """What a template sees when `validate` renders it: every variable of PRODUCT §2.7 with sample values."""
+    """What a template sees when `validate` renders it: every variable a template may use, with sample values."""
     settings = desired.settings
     assert settings is not None
     base = settings.public_url.rstrip("/")
+    field_types = {n: f.type for n, f in desired.fields.items()}
     list_spec = desired.lists.get(use.list_name)
     return {
-        "contact": sample_contact({n: f.type for n, f in desired.fields.items()}),
+        "contact": template_contact(sample_contact(field_types), field_types),
         "organization": StrictFields(settings.organization.model_dump()),
         "campaign": StrictFields({"name": use.name, "subject": use.subject}),
         "list": StrictFields({"name": use.list_name, "title": list_spec.title if list_spec else ""}),

@@ -28,7 +28,7 @@ from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
 from reconciler.segments import blocking_for
 from reconciler.spec import DesiredState
-from reconciler.spec.documents import BUILTIN_FIELDS
+from reconciler.spec.contact import BUILTIN_FIELDS
 from reconciler.state.contacts import BatchResult, ContactRow, finish_import, import_batch, start_import
 
 BATCH_ROWS = 10_000
@@ -281,8 +281,7 @@ def import_file(
         report = ImportReport(file=path.name)
         at = iso(now)
         import_id = start_import(db, file=path.name, at=at)
-        categories = {name: document.category for name, document in desired.lists.items()}
-        targets = [(name, blocking_for(categories, [name])) for name in lists]
+        targets = [(name, blocking_for(desired.lists, [name])) for name in lists]
         batch: list[ContactRow] = []
 
         def flush() -> None:

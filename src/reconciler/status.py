@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlite_utils import Database
 
 from reconciler.state import observe
-from reconciler.state.db import get_meta
-from reconciler.state.records import revisions
+from reconciler.state.records import refused_revision, revisions
 
 PROGRESS_STATES = ("queued", "sending", "deferred", "sent", "uncertain", "failed", "skipped")
 
 
 def status_report(db: Database) -> dict[str, Any]:
     observed = observe(db, audience=False)
-    error = json.loads(get_meta(db, "last_error") or "null")
+    refused = refused_revision(db)
     last = revisions(db, limit=1)
     return {
         "revision": {
@@ -24,14 +22,7 @@ def status_report(db: Database) -> dict[str, Any]:
             "git_commit": (last[0]["git_commit"] if last else None) or None,
             "applied_at": last[0]["applied_at"] if last else None,
         },
-        "last_error": {
-            "revision": get_meta(db, "last_error_revision"),
-            "since": get_meta(db, "last_error_at"),
-            "count": error["count"],
-            "problems": error["problems"],
-        }
-        if error
-        else None,
+        "last_error": refused.as_dict() if refused else None,
         "contacts": observed.contacts,
         "campaigns": [
             {
@@ -51,7 +42,7 @@ def status_report(db: Database) -> dict[str, Any]:
             for record in sorted(observed.campaigns.values(), key=lambda r: (r.removed_at is not None, r.name))
         ],
         "workflows": sorted(observed.workflows),
-        "lists": sorted(name for name, spec in observed.lists.items() if not spec.get("removed_at")),
+        "lists": sorted(name for name, record in observed.lists.items() if not record.removed_at),
     }
 
 

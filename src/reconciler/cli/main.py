@@ -1,0 +1,173 @@
+"""The `reconciler` group, its global options, and what every command shares: finding the workspace and the
+state database, `--now`, `--confirm`, and printing problems as `validate` does.
+
+Commands import the library inside their own body, so `reconciler --help` and a command that needs little (such as
+`validate`) start without the send and web stacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from reconciler import __version__
+from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from reconciler.clock import Clock
+    from reconciler.spec import DesiredState
+
+
+class Group(click.Group):
+    """Turns our errors into messages and exit codes, and anything unexpected into a short bug report."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise click.UsageError(str(exc), ctx) from exc
+        except ReconcilerError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except BrokenPipeError:  # `reconciler schema | head`: the reader has all it wanted
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+            ctx.exit(1)
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback, and please "
+                "report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C",
+    "--workspace",
+    "workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The workspace folder (holding spec/, campaigns/, templates/).",
+)
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The state database (default: $RECONCILER_STATE, else .state/reconciler.db in the workspace).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(__version__, prog_name="reconciler")
+@click.pass_context
+def main(ctx: click.Context, workspace: Path, state: Path | None, debug: bool) -> None:
+    """Email marketing as code: validate, plan and apply a workspace of YAML and MJML.
+
+    Exit codes: 0 success, 1 the spec or the plan has errors, 2 usage errors.
+    """
+    ctx.obj = {"workspace": workspace, "state": state, "debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+NOW_OPTION = click.option(
+    "--now",
+    "now",
+    metavar="ISO-8601",
+    default=None,
+    help="Act as if it were this instant (e.g. 2026-11-27T09:00:00+01:00).",
+)
+CONFIRM_OPTION = click.option(
+    "--confirm",
+    "confirm",
+    multiple=True,
+    metavar="CAMPAIGN",
+    help="Send this campaign although its start time is past the grace period (repeatable).",
+)
+
+
+def clock(now: str | None) -> Clock:
+    from reconciler.clock import FixedClock, SystemClock, parse_instant
+
+    if now is None:
+        return SystemClock()
+    try:
+        return FixedClock(parse_instant(now))
+    except ValueError as exc:
+        raise UsageError(f"--now: {exc}") from None
+
+
+def workspace_root(ctx: click.Context) -> Path:
+    from reconciler.load import find_workspace
+
+    return find_workspace(Path(ctx.obj["workspace"]).resolve())
+
+
+def state_file(ctx: click.Context, root: Path) -> Path:
+    from reconciler.state import state_path
+
+    return state_path(root, ctx.obj["state"])
+
+
+def database(ctx: click.Context, root: Path, *, create: bool = True) -> Database:
+    from reconciler.state import open_db
+
+    return open_db(state_file(ctx, root), create=create)
+
+
+def checked(root: Path) -> DesiredState:
+    """The workspace, or SpecErrors printed as validate prints them (nothing is planned from a broken spec)."""
+    from reconciler.check import validate_workspace
+
+    desired, problems = validate_workspace(root)
+    if any(p.severity == "error" for p in problems):
+        print_problems(problems, "text")
+        raise SpecErrors([p for p in problems if p.severity == "error"])
+    return desired
+
+
+def print_problems(problems: list[Problem], fmt: str) -> None:
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    if fmt == "json":
+        payload = {
+            "ok": errors == 0,
+            "errors": errors,
+            "warnings": warnings,
+            "problems": [p.as_dict() for p in problems],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    for problem in problems:
+        click.echo(problem.github() if fmt == "github" else problem.format())
+    summary = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    if fmt == "github":
+        click.echo(f"reconciler validate: {summary}", err=True)
+    elif problems:
+        click.echo(summary, err=True)
+    else:
+        click.echo("The workspace is valid.", err=True)
+
+
+def address(email: str) -> str:
+    """A normalised address from the command line, or a usage error saying what is wrong with it."""
+    from reconciler.imports import normalise_email
+
+    try:
+        return normalise_email(email)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

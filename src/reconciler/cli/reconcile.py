@@ -1,0 +1,226 @@
+"""Commands that bring the state in line with the workspace: `plan`, `apply`, `tick`, `run` and `status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from reconciler.cli.main import (
+    CONFIRM_OPTION,
+    NOW_OPTION,
+    checked,
+    clock,
+    database,
+    main,
+    print_problems,
+    state_file,
+    workspace_root,
+)
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from reconciler.clock import Clock
+    from reconciler.dispatch import DispatchReport, Progress
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="markdown is meant for a pull request comment.",
+)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 without changes, 2 with changes, 1 on errors.")
+@click.option(
+    "--count-budget",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time for counting segment audiences and sizes; what is left is shown as not counted.",
+)
+@NOW_OPTION
+@CONFIRM_OPTION
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    fmt: str,
+    detailed_exitcode: bool,
+    count_budget: float,
+    now: str | None,
+    confirm: tuple[str, ...],
+) -> None:
+    """Show what apply would do, with audience counts, against the state database. Changes nothing.
+
+    Without a state database (as in CI) the plan is made against an empty one.
+    """
+    from reconciler.apply import observe_for
+    from reconciler.load import git_commit
+    from reconciler.plan import as_json, as_markdown, as_text, make_plan
+    from reconciler.state.db import empty_db
+
+    root = workspace_root(ctx)
+    desired = checked(root)
+    db = database(ctx, root) if state_file(ctx, root).exists() else empty_db()
+    moment = clock(now).now()
+    observed = observe_for(db, desired, now=moment, budget=count_budget)
+    result = make_plan(desired, observed, now=moment, git_commit=git_commit(root), confirm=confirm)
+    click.echo({"text": as_text, "json": as_json, "markdown": as_markdown}[fmt](result).rstrip("\n"))
+    if result.errors:
+        ctx.exit(1)
+    ctx.exit(2 if detailed_exitcode and result.has_changes else 0)
+
+
+@main.command()
+@NOW_OPTION
+@CONFIRM_OPTION
+@click.pass_context
+def apply(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
+    """Carry out the plan once: record lists and fields, schedule, pause, cancel. Never sends."""
+    from reconciler.apply import plan_and_apply
+    from reconciler.load import git_commit
+    from reconciler.plan import as_text
+
+    root = workspace_root(ctx)
+    desired = checked(root)
+    db = database(ctx, root)
+    result, applied = plan_and_apply(db, desired, now=clock(now).now(), git_commit=git_commit(root), confirm=confirm)
+    click.echo(as_text(result).rstrip("\n"))
+    click.echo(f"Applied {applied.actions} change{'s' * (applied.actions != 1)} from revision {result.revision}.")
+    ctx.exit(1 if result.errors else 0)
+
+
+@main.command()
+@NOW_OPTION
+@CONFIRM_OPTION
+@click.pass_context
+def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
+    """One pass of the daemon, then exit: apply the workspace, start what is due, and send every message due at
+    --now (retries wait for their time; SIGTERM lets messages on the wire finish and sends no more)."""
+    import asyncio
+
+    from reconciler.daemon import reconcile_once
+
+    root = workspace_root(ctx)
+    db = database(ctx, root)
+    moment = clock(now)
+    result = reconcile_once(root, db, now=moment.now(), confirm=confirm)
+    if not result.valid:
+        print_problems(result.problems, "text")
+        click.echo(f"Revision {result.revision} has errors: nothing of it was applied.", err=True)
+    elif result.plan is not None:
+        for action in result.plan.actions:
+            click.echo(f"{action.subject}: {action.summary}")
+        for problem in result.plan.problems:
+            click.echo(problem.format(), err=True)
+    for name in result.started:
+        click.echo(f"Campaign {name}: started")
+    report = asyncio.run(_dispatch(root, db, moment))
+    for line in _dispatch_lines(report):
+        click.echo(line)
+    if result.valid and not (result.plan and result.plan.actions) and not result.started and not report.sources:
+        click.echo("Nothing to do.")
+    ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) else 1)
+
+
+async def _dispatch(root: Path, db: Database, moment: Clock) -> DispatchReport:
+    """One dispatch pass with a progress bar per campaign on a terminal (log lines otherwise)."""
+    import asyncio
+    import signal
+
+    from reconciler.dispatch import Dispatcher
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bars: dict[str, Any] = {}
+
+    def on_progress(progress: Progress) -> None:
+        bar = bars.get(progress.source)
+        if bar is None:
+            bar = bars[progress.source] = click.progressbar(
+                length=progress.total, label=progress.source, file=sys.stderr, show_pos=True
+            )
+            bar.__enter__()
+        bar.update(1)
+        if progress.done >= progress.total:
+            bar.__exit__(None, None, None)
+
+    dispatcher = Dispatcher(
+        db, root=root, clock=moment, stop=stop, on_progress=on_progress if sys.stderr.isatty() else None
+    )
+    try:
+        return await dispatcher.run_pass()
+    finally:
+        for bar in bars.values():
+            bar.__exit__(None, None, None)
+        await dispatcher.close()
+
+
+def _dispatch_lines(report: DispatchReport) -> list[str]:
+    lines = [f"Campaign {name}: stage started" for name in report.stages_started]
+    if report.uncertain:
+        lines.append(f"{report.uncertain} message(s) interrupted by a stopped process: marked uncertain")
+    for progress in report.sources:
+        outcomes = ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items()))
+        lines.append(f"Campaign {progress.source}: {outcomes or 'nothing sent'}")
+    lines += [f"Campaign {name}: finished" for name in report.finished]
+    return lines
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.pass_context
+def status(ctx: click.Context, fmt: str) -> None:
+    """Campaigns with their condition and progress, the last applied revision, and the last error."""
+    from reconciler.status import format_status, status_report
+
+    report = status_report(database(ctx, workspace_root(ctx), create=False))
+    click.echo(json.dumps(report, indent=2) if fmt == "json" else format_status(report))
+
+
+@main.command()
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between full passes when no file changes.",
+)
+@click.option(
+    "--host",
+    default=lambda: os.environ.get("RECONCILER_HOST", "127.0.0.1"),
+    show_default="127.0.0.1",
+    help="Address the web service listens on (RECONCILER_HOST); 0.0.0.0 for every interface.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=lambda: int(os.environ.get("RECONCILER_PORT", "8025")),
+    show_default="8025",
+    help="Port of the web service (RECONCILER_PORT).",
+)
+@click.pass_context
+def run(ctx: click.Context, interval: float, host: str, port: int) -> None:
+    """The daemon: watch the workspace, apply every good revision, start campaigns when they are due, send, and
+    serve the unsubscribe and preference pages, tracking and the API on HOST:PORT."""
+    import asyncio
+
+    from reconciler.clock import SystemClock
+    from reconciler.daemon import WebOptions
+    from reconciler.daemon import run as run_daemon
+
+    root = workspace_root(ctx)
+    db = database(ctx, root)
+    sender = database(ctx, root)  # connections of their own: sending and the web service run beside the reconcile loop
+    web = WebOptions(state_file(ctx, root), host=host, port=port)
+    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web))

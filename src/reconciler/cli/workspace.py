@@ -1,0 +1,89 @@
+"""Commands that read the workspace: `validate`, `schema` and `segments show`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from reconciler.cli.main import NOW_OPTION, address, checked, clock, database, main, print_problems, workspace_root
+from reconciler.errors import Problem, UsageError
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="github prints annotations for GitHub Actions.",
+)
+@click.pass_context
+def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
+    """Check the spec: schema, references, templates (compile and render with sample data), compliance.
+
+    PATHS are workspaces, or files in one (then only their problems are shown). Needs no secret and no state.
+    """
+    from reconciler.check import validate_workspace
+
+    problems: list[Problem] = []
+    for root, only in _workspaces(paths or (ctx.obj["workspace"],)):
+        _, found = validate_workspace(root)
+        problems += [p for p in found if only is None or Path(p.path).resolve() in only]
+    problems = sorted(set(problems))
+    print_problems(problems, fmt)
+    ctx.exit(1 if any(p.severity == "error" for p in problems) else 0)
+
+
+def _workspaces(targets: tuple[Path, ...]) -> list[tuple[Path, set[Path] | None]]:
+    """Group PATHS by workspace; a workspace given as a folder shows all its problems."""
+    from reconciler.load import find_workspace
+
+    found: dict[Path, set[Path] | None] = {}
+    for target in targets:
+        if not target.exists():
+            raise UsageError(f"{target} does not exist")
+        root = find_workspace(target.resolve())
+        if target.is_dir() and target.resolve() == root:
+            found[root] = None
+        elif found.get(root, set()) is not None:
+            files = found.setdefault(root, set())
+            assert files is not None
+            files |= {p.resolve() for p in target.rglob("*")} if target.is_dir() else {target.resolve()}
+    return list(found.items())
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of workspace documents (for editors and CI)."""
+    from reconciler.spec.schema import json_schema_text
+
+    sys.stdout.write(json_schema_text())
+
+
+@main.group()
+def segments() -> None:
+    """Look at segments as the state database has them now."""
+
+
+@segments.command("show")
+@click.argument("name")
+@click.option("--sample", type=click.IntRange(min=0), default=10, show_default=True, help="Members to list.")
+@click.option("--explain", is_flag=True, help="How many contacts meet each condition.")
+@click.option("--contact", metavar="EMAIL", default=None, help="Why this contact is in or out: each condition ✓/✗.")
+@NOW_OPTION
+@click.pass_context
+def segments_show(
+    ctx: click.Context, name: str, sample: int, explain: bool, contact: str | None, now: str | None
+) -> None:
+    """A segment's size, a sample of its members, and with --explain or --contact why people are in or out."""
+    from reconciler.segment_show import show
+
+    root = workspace_root(ctx)
+    desired = checked(root)
+    db = database(ctx, root, create=False)
+    email = address(contact) if contact else None
+    click.echo(show(db, desired, name, now=clock(now).now(), sample=sample, explain=explain, contact=email))

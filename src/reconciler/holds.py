@@ -1,0 +1,76 @@
+"""Holds on marketing mail: quiet hours in the contact's time zone, the frequency cap, and the contact's own
+frequency choice. A held row gets a later attempt time and a reason; it is never dropped, and transactional mail
+(receipts, opt-in confirmations) is never held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlite_utils import Database
+
+from reconciler.clock import iso
+from reconciler.plan.when import ago
+from reconciler.spec.documents import Settings
+from reconciler.state import ledger
+from reconciler.state.ledger import DueRow
+
+PERIODS = {"weekly": timedelta(days=7), "monthly": timedelta(days=30)}
+"""The frequency choices of the preference page: at most one marketing message per period."""
+
+
+class Holds:
+    """Decides, for a page of due rows of one message definition, which must wait and until when."""
+
+    def __init__(self, db: Database, settings: Settings, *, marketing: bool) -> None:
+        self.db = db
+        self.quiet = settings.quiet_hours if marketing else None
+        self.cap = settings.frequency_cap if marketing else None
+        self.marketing = marketing
+        self.default_zone = settings.timezone
+
+    def check(self, rows: Sequence[DueRow], *, now: datetime) -> set[int]:
+        """Postpone the rows that must wait (in the state); returns their ids."""
+        if not self.marketing:
+            return set()
+        postponed: list[tuple[int, str, str]] = []
+        for row in rows:
+            held = self._held(row, now)
+            if held is not None:
+                until, why = held
+                postponed.append((row.id, iso(until), f"postponed: {why}"))
+        if postponed:
+            ledger.postpone(self.db, postponed, at=iso(now))
+        return {row_id for row_id, _, _ in postponed}
+
+    def _held(self, row: DueRow, now: datetime) -> tuple[datetime, str] | None:
+        if self.quiet is not None and (until := self._quiet_until(row, now)) is not None:
+            return until, "quiet hours in the contact's time zone"
+        if self.cap is not None:
+            recent = ledger.recent_sends(self.db, row.contact.id, since=iso(now - self.cap.per))
+            if len(recent) >= self.cap.max:
+                until = datetime.fromisoformat(recent[len(recent) - self.cap.max]) + self.cap.per
+                return until, f"frequency cap: at most {self.cap.max} marketing message(s) per {ago(self.cap.per)}"
+        chosen = PERIODS.get(row.contact.frequency or "")
+        if chosen is not None:
+            recent = ledger.recent_sends(self.db, row.contact.id, since=iso(now - chosen))
+            if recent:
+                frequency = (row.contact.frequency or "").removesuffix("ly")
+                return datetime.fromisoformat(recent[-1]) + chosen, f"the contact chose at most one email a {frequency}"
+        return None
+
+    def _quiet_until(self, row: DueRow, now: datetime) -> datetime | None:
+        assert self.quiet is not None
+        try:
+            zone = ZoneInfo(row.contact.timezone or self.default_zone)
+        except (KeyError, ValueError):
+            zone = ZoneInfo(self.default_zone)
+        local = now.astimezone(zone)
+        start, end, clock = self.quiet.start, self.quiet.end, local.time()
+        inside = (start <= clock < end) if start < end else (clock >= start or clock < end)
+        if not inside:
+            return None
+        day = local.date() if clock < end else local.date() + timedelta(days=1)
+        return datetime.combine(day, end, tzinfo=zone).astimezone(UTC)

@@ -1,0 +1,42 @@
+"""Opens, clicks, bounces, complaints and unsubscribes, per message: the one place that writes engagement.
+
+A fact names the ledger row of the message it belongs to when it has one (its campaign or workflow and stage are
+copied from that row), or only the contact (a provider's bounce for a message we cannot find).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlite_utils import Database
+
+Action = Literal["opened", "clicked", "bounced", "complained", "unsubscribed"]
+
+
+@dataclass(frozen=True)
+class Engagement:
+    ledger_id: int | None
+    action: Action
+    at: str
+    machine: bool = False
+    """A proxy, prefetcher or scanner, not a person: stored apart, it satisfies no `opened`/`clicked` condition."""
+    detail: str | None = None
+    contact_id: int | None = None
+    """Only for facts without a ledger row."""
+
+
+def record(db: Database, facts: Iterable[Engagement]) -> None:
+    """Inside the caller's write (or on its own): facts whose message and contact are gone are dropped."""
+    db.conn.executemany(
+        "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail) "
+        "SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, l.source, l.stage, x.action, x.machine, "
+        "x.at, x.detail FROM (SELECT ? AS ledger_id, ? AS contact_id, ? AS action, ? AS machine, ? AS at, "
+        "? AS detail) x LEFT JOIN ledger l ON l.id = x.ledger_id "
+        "WHERE coalesce(l.contact_id, x.contact_id) IS NOT NULL",
+        [
+            (f.ledger_id, f.contact_id, f.action, int(f.machine), f.at, f.detail[:200] if f.detail else None)
+            for f in facts
+        ],
+    )

@@ -1,0 +1,101 @@
+"""What every endpoint of the web service shares: the state database through worker threads, the clock, the
+Settings of the last good revision (with the signing key), and the rate limits of the subscribe form."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+import anyio
+from sqlite_utils import Database
+from starlette.requests import Request
+
+from reconciler.clock import Clock, iso
+from reconciler.state import keys
+from reconciler.state import settings as runtime_settings
+from reconciler.state.db import ConnectionPool
+from reconciler.state.settings import RuntimeSettings
+from reconciler.tokens import Purpose, Signer
+from reconciler.web.security import RateLimit
+
+P = ParamSpec("P")
+T = TypeVar("T")
+SETTINGS_TTL = 5.0
+"""Seconds the web service keeps the Settings it read (a new revision shows within this time)."""
+DB_THREADS = 8
+
+
+def fetch_url(url: str) -> bytes:
+    import httpx
+
+    response = httpx.get(url, timeout=10, follow_redirects=False)
+    response.raise_for_status()
+    return response.content
+
+
+@dataclass
+class Site:
+    """What the pages need from the last good revision, re-read every SETTINGS_TTL seconds."""
+
+    runtime: RuntimeSettings
+    signer: Signer
+    api_token: str | None
+    read_at: float
+
+
+@dataclass
+class WebContext:
+    """What every endpoint shares: the database (through worker threads), the clock, the Settings, rate limits."""
+
+    pool: ConnectionPool
+    clock: Clock
+    root: Path
+    fetch: Callable[[str], bytes]
+    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
+    per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))
+    per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
+    certificates: dict[str, bytes] = field(default_factory=dict)
+    site_cache: Site | None = None
+
+    async def call(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(db, ...)` in a worker thread with a connection of its own."""
+        return await anyio.to_thread.run_sync(
+            functools.partial(self._with_db, fn, *args, **kwargs), limiter=self.limiter
+        )
+
+    def _with_db(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        with self.pool.connection() as db:
+            return fn(db, *args, **kwargs)
+
+    async def site(self) -> Site:
+        cached = self.site_cache
+        if cached is None or time.monotonic() - cached.read_at > SETTINGS_TTL:
+            cached = self.site_cache = await self.call(_read_site)
+        return cached
+
+    async def verified(self, purpose: Purpose, token: str, extra: str = "") -> int | None:
+        return (await self.site()).signer.verify(purpose, token, extra)
+
+    def now(self) -> str:
+        return iso(self.clock.now())
+
+
+def _read_site(db: Database) -> Site:
+    runtime = runtime_settings.load(db)
+    settings = runtime.settings
+    token = os.environ.get(settings.api.token_env)
+    return Site(runtime, keys.signer_for(db, settings.signing_key_env), token, time.monotonic())
+
+
+def context(request: Request) -> WebContext:
+    found: WebContext = request.app.state.context
+    return found
+
+
+def ip(request: Request) -> str | None:
+    return request.client.host if request.client else None

@@ -1,0 +1,212 @@
+"""The pages a subscriber sees: unsubscribe (RFC 8058 one-click and the page), preferences, the subscribe form with
+double opt-in, and "view online".
+
+A GET never changes anything (link scanners fetch every URL in a message); changes come from a POST: the one-click
+body, or a form posted from our own pages (Origin checked, signed CSRF field).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlite_utils import Database
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+
+from reconciler.compose import view_online
+from reconciler.holds import PERIODS
+from reconciler.imports import normalise_email
+from reconciler.spec.documents import MailingList
+from reconciler.state import records, subscribers
+from reconciler.state.ledger import CONFIRMATION_SOURCE
+from reconciler.web.context import context, ip
+from reconciler.web.security import csrf_token, csrf_valid
+
+log = logging.getLogger(__name__)
+PAGES = Environment(loader=PackageLoader("reconciler.web", "templates"), autoescape=select_autoescape(["html"]))
+FREQUENCY_LABELS = [
+    ("", "Every email on the topics I chose"),
+    ("weekly", "At most one email a week"),
+    ("monthly", "At most one email a month"),
+]
+VIEW_POLICY = (
+    "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline' https:; font-src https:; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+"""View online: the newsletter's own images and fonts load from the web; nothing may run or frame it."""
+
+
+async def page(request: Request, name: str, *, status: int = 200, **values: Any) -> HTMLResponse:
+    organization = (await context(request).site()).runtime.settings.organization
+    html = PAGES.get_template(name).render(organization=organization.model_dump(), **values)
+    return HTMLResponse(html, status_code=status)
+
+
+async def invalid(request: Request) -> HTMLResponse:
+    """The one answer to every token that does not verify, whatever was wrong with it."""
+    return await page(request, "invalid.html", status=404)
+
+
+def list_titles(lists: dict[str, MailingList], names: tuple[str, ...]) -> str:
+    titles = [lists[n].title if n in lists else n for n in names]
+    return ", ".join(titles) or "these emails"
+
+
+async def unsubscribe(request: Request) -> Response:
+    web = context(request)
+    row_id = await web.verified("unsubscribe", request.path_params["token"])
+    target = await web.call(subscribers.message_target, row_id) if row_id is not None else None
+    if target is None:
+        return await invalid(request)
+    site = await web.site()
+    values: dict[str, Any] = {
+        "email": target.email,
+        "titles": list_titles(await web.call(records.lists), target.lists),
+        "preferences_url": f"{site.runtime.public_url}/p/{site.signer.sign('preferences', target.contact_id)}",
+    }
+    if request.method == "GET":  # link scanners fetch every URL: a GET never changes anything
+        return await page(request, "unsubscribe.html", done=False, **values)
+    form = await request.form()
+    if form.get("List-Unsubscribe") != "One-Click":  # RFC 8058's body, which the page's button sends too
+        return PlainTextResponse("expected List-Unsubscribe=One-Click\n", 400)
+    source = "unsubscribe page" if "text/html" in request.headers.get("accept", "") else "one-click"
+    await web.call(subscribers.unsubscribe, target, at=web.now(), source=source, ip=ip(request))
+    return await page(request, "unsubscribe.html", done=True, **values)
+
+
+async def preferences(request: Request) -> Response:
+    web = context(request)
+    contact_id = await web.verified("preferences", request.path_params["token"])
+    prefs = await web.call(subscribers.preferences, contact_id) if contact_id is not None else None
+    if contact_id is None or prefs is None:
+        return await invalid(request)
+    site = await web.site()
+    lists = await web.call(records.lists)
+    public = {n: spec for n, spec in lists.items() if spec.visibility == "public"}
+    if request.method == "POST":
+        if not same_origin(request, site.runtime.public_url):
+            return PlainTextResponse("forms are accepted from this site only\n", 403)
+        form = await request.form()
+        if not csrf_valid(site.signer, str(form.get("csrf", "")), contact_id):
+            return PlainTextResponse("this form has expired; open the link from your email again\n", 403)
+        if form.get("action") == "unsubscribe_all":
+            marketing = [n for n, spec in lists.items() if spec.category == "marketing"]
+            await web.call(
+                subscribers.unsubscribe_all,
+                contact_id,
+                marketing_lists=marketing,
+                at=web.now(),
+                source="preferences",
+                ip=ip(request),
+            )
+            return RedirectResponse(f"{request.url.path}?saved=all", 303)
+        chosen = set(form.getlist("list"))
+        frequency = str(form.get("frequency") or "") or None
+        await web.call(
+            subscribers.save_preferences,
+            contact_id,
+            lists={n: n in chosen for n in public},
+            frequency=frequency if frequency in PERIODS else None,
+            at=web.now(),
+            ip=ip(request),
+        )
+        return RedirectResponse(f"{request.url.path}?saved=1", 303)
+    items = [
+        {
+            "name": name,
+            "title": spec.title,
+            "description": spec.description,
+            "subscribed": prefs.subscriptions.get(name) == "subscribed" and not prefs.unsubscribed_from_all,
+        }
+        for name, spec in sorted(public.items(), key=lambda item: item[1].title)
+    ]
+    return await page(
+        request,
+        "preferences.html",
+        email=prefs.email,
+        lists=items,
+        frequency=prefs.frequency or "",
+        frequencies=FREQUENCY_LABELS,
+        csrf=csrf_token(site.signer, contact_id),
+        saved=request.query_params.get("saved"),
+    )
+
+
+async def subscribe(request: Request) -> Response:
+    web = context(request)
+    wait = web.per_ip.retry_after(ip(request) or "unknown")
+    if wait:
+        return too_many(wait)
+    form = await request.form()
+    if form.get("website"):  # the honeypot field people never see
+        return await page(request, "subscribed.html", email="you")
+    try:
+        email = normalise_email(str(form.get("email", "")))
+    except ValueError as exc:
+        return PlainTextResponse(f"email: {exc}\n", 422)
+    wait = web.per_address.retry_after(email)
+    if wait:
+        return too_many(wait)
+    lists = await web.call(records.lists)
+    wanted = [str(n) for n in form.getlist("list")]
+    unknown = [n for n in wanted if n not in lists or lists[n].visibility != "public"]
+    if not wanted or unknown:
+        return PlainTextResponse(f"list: choose one of the public lists (unknown: {', '.join(unknown)})\n", 422)
+    await web.call(
+        subscribers.request_subscription,
+        email,
+        [(n, lists[n].opt_in == "double") for n in wanted],
+        first_name=str(form.get("first_name") or "")[:100] or None,
+        at=web.now(),
+        ip=ip(request),
+        text=str(form.get("consent") or "subscribe form")[:500],
+    )
+    return await page(request, "subscribed.html", email=email)
+
+
+async def confirm(request: Request) -> Response:
+    web = context(request)
+    row_id = await web.verified("confirm", request.path_params["token"])
+    target = await web.call(subscribers.message_target, row_id) if row_id is not None else None
+    if target is None or target.source != CONFIRMATION_SOURCE:
+        return await invalid(request)
+    title = list_titles(await web.call(records.lists), target.lists)
+    if request.method == "GET":  # a scanner following the link must not confirm: the button POSTs
+        status = await web.call(subscribers.subscription_status, target.contact_id, target.lists[0])
+        return await page(request, "confirm.html", email=target.email, title=title, done=status == "subscribed")
+    await web.call(subscribers.confirm, target, at=web.now(), ip=ip(request))
+    return await page(request, "confirm.html", email=target.email, title=title, done=True)
+
+
+async def view(request: Request) -> Response:
+    web = context(request)
+    row_id = await web.verified("view", request.path_params["token"])
+    html = await web.call(_view, row_id) if row_id is not None else None
+    if html is None:
+        return await invalid(request)
+    return HTMLResponse(html, headers={"content-security-policy": VIEW_POLICY})
+
+
+def _view(db: Database, row_id: int) -> str | None:
+    try:
+        return view_online(db, row_id)
+    except Exception:  # a message that cannot be rendered again is shown as an invalid link, never a 500
+        log.exception("view online: cannot render ledger row %d", row_id)
+        return None
+
+
+def same_origin(request: Request, public_url: str) -> bool:
+    """A browser's Origin (or Referer) header must name our public host (or the Host a proxy passed on) when it
+    sends one: a page elsewhere cannot post our forms (with the CSRF field, the second guard)."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin or origin == "null":
+        return True
+    ours = {urlsplit(public_url).netloc, request.headers.get("host", ""), urlsplit(str(request.url)).netloc}
+    return urlsplit(origin).netloc in ours - {""}
+
+
+def too_many(wait: int) -> Response:
+    return PlainTextResponse("too many requests; try again later\n", 429, headers={"Retry-After": str(wait)})
