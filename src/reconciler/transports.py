@@ -2,9 +2,9 @@
 
 Every transport answers one `Delivery` per message, classified by the reply's (enhanced) code: 2xx sent; 4xx,
 refused or dropped connections deferred (retried with backoff); 5.1.x a bounce (the address is bad: suppress it);
-5.7.x and 4.7.x a policy block (never the recipient's fault: counted against the campaign); other 5xx failed. A connection that
-breaks after the message body was written is `uncertain`: the server may have accepted it, so it is not sent again
-unless the transport says `on_uncertain: resend`.
+5.7.x and 4.7.x a policy block (never the recipient's fault: counted against the campaign); other 5xx failed. A
+connection that breaks after the message body was written is `uncertain`: the server may have accepted it, so it
+is not sent again unless the transport says `on_uncertain: resend`.
 """
 
 from __future__ import annotations
