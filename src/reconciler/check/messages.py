@@ -200,31 +200,18 @@ def _check_compliance(c: Checker, use: Use, path: str, links: list[str], text: s
     """Marketing mail must let people leave and say who sent it (CAN-SPAM, Gmail and Yahoo bulk rules)."""
     settings = c.desired.settings
     assert settings is not None
+
+    def missing(what: str, hint: str) -> None:
+        message = f"marketing mail ({use.kind} {use.name}) without {what}"
+        c.problems.append(Problem(path, 1, 1, "Template", use.template, "compliance", message, hint))
+
     exits = (context["unsubscribe_url"], context["preferences_url"])
     if not any(url in link for link in links for url in exits):
-        c.problems.append(
-            Problem(
-                path,
-                1,
-                1,
-                "Template",
-                use.template,
-                "compliance",
-                f"marketing mail ({use.kind} {use.name}) without an unsubscribe link",
-                'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer',
-            )
+        missing(
+            "an unsubscribe link", 'add <a href="{{ unsubscribe_url }}">Unsubscribe</a>, best in the layout\'s footer'
         )
-    address = " ".join(settings.organization.postal_address.split())
-    if address not in text:
-        c.problems.append(
-            Problem(
-                path,
-                1,
-                1,
-                "Template",
-                use.template,
-                "compliance",
-                f"marketing mail ({use.kind} {use.name}) without the organization's postal address",
-                "add {{ organization.postal_address }} to the footer: anti-spam law requires it",
-            )
+    if " ".join(settings.organization.postal_address.split()) not in text:
+        missing(
+            "the organization's postal address",
+            "add {{ organization.postal_address }} to the footer: anti-spam law requires it",
         )
