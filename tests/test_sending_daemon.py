@@ -86,7 +86,7 @@ def test_sigkill_mid_send_then_restart_sends_no_address_twice_and_skips_only_unc
             root, "SELECT c.email FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE l.state = 'uncertain'"
         )
     }
-    assert len(uncertain) == on_the_wire <= connections
+    assert len(uncertain) <= on_the_wire <= connections  # only rows past the point of no return are uncertain
     assert set(emails) - set(received) <= uncertain
     assert len(received) >= 5000 - connections
     if uncertain:

@@ -29,6 +29,9 @@ Status = Literal["sent", "deferred", "bounced", "policy", "failed", "uncertain"]
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 MESSAGES_PER_CONNECTION = 100
 """Reconnect after this many messages: some servers cap a session, and a fresh one spreads load on a relay pool."""
+IDLE_REUSE = 30.0
+"""Seconds a pooled connection may sit idle and still be used: relays close idle sessions (Postfix after 300 s, many
+sooner), and a fresh connection costs less than finding out."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,64 @@ def classify(code: int, message: str) -> Delivery:
 DEFAULT_RETRY = timedelta(days=3)
 
 
+OnWire = Callable[[], None]
+"""Called right before a message's body is written to the server (the point of no return); if it raises, the
+message is not sent and the connection is dropped, so the server discards the transaction."""
+
+
 class Transport(Protocol):
     name: str
     max_connections: int
     on_uncertain: Literal["skip", "resend"]
     retry_for: timedelta
+    breaker: Breaker
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery: ...
+    async def send(self, sender: str, recipient: str, data: bytes, *, on_wire: OnWire | None = None) -> Delivery: ...
+
+    async def probe(self) -> str | None:
+        """None when the server can be reached now, else why not."""
+        ...
 
     async def close(self) -> None: ...
+
+
+@dataclass
+class Breaker:
+    """A relay that cannot be reached THRESHOLD times in a row is down: no message is attempted until a probe (a
+    connection without a message) gets through. Probes back off from 1 s to a minute."""
+
+    THRESHOLD = 3
+    MAX_DELAY = 60.0
+    failures: int = 0
+    down_since: float | None = None
+    """time.time() when it went down."""
+    last_error: str = ""
+    delay: float = 1.0
+    next_probe: float = 0.0
+    """time.monotonic() of the next probe."""
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def success(self) -> None:
+        self.failures, self.down_since, self.last_error, self.delay = 0, None, "", 1.0
+
+    def failure(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        if self.failures >= self.THRESHOLD and self.down_since is None:
+            self.down_since = time.time()
+            self.delay = 1.0
+            self.next_probe = time.monotonic() + self.delay
+
+    def probe_failed(self, error: str) -> None:
+        self.last_error = error
+        self.delay = min(self.MAX_DELAY, self.delay * 2)
+        self.next_probe = time.monotonic() + self.delay
+
+    def probe_due(self) -> bool:
+        return self.down and time.monotonic() >= self.next_probe
 
 
 class RateLimiter:
@@ -116,6 +168,7 @@ class _Connection:
     smtp: aiosmtplib.SMTP
     sent: int = 0
     body_written: bool = False
+    idle_since: float = field(default_factory=time.monotonic)
 
 
 def dot_stuff(data: bytes) -> bytes:
@@ -143,6 +196,7 @@ class SmtpTransport:
         self._idle: list[_Connection] = []
         self._tls: ssl.SSLContext | None = None
         self._slots = asyncio.Semaphore(self.max_connections)
+        self.breaker = Breaker()
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """One context for the pool (loading the system's CAs costs ~15 ms); none without TLS."""
@@ -170,36 +224,87 @@ class SmtpTransport:
         connection = _Connection(smtp)
         return connection
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery:
+    async def send(self, sender: str, recipient: str, data: bytes, *, on_wire: OnWire | None = None) -> Delivery:
         await self.limiter.acquire()
         async with self._slots:
-            try:
-                connection = self._idle.pop() if self._idle else await self._connect()
-            except aiosmtplib.SMTPAuthenticationError as exc:
-                return Delivery("deferred", f"authentication failed: {exc.code} {exc.message}", exc.code)
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                return Delivery("deferred", f"cannot connect to {self.host}:{self.port}: {exc}")
-            connection.body_written = False
-            try:
-                delivery = await self._transaction(connection, sender, recipient, data)
-            except aiosmtplib.SMTPResponseException as exc:
-                delivery = classify(exc.code, exc.message)
-                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                    await connection.smtp.rset()
-            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                connection.smtp.close()
-                if connection.body_written:
-                    return Delivery("uncertain", f"connection lost after the message was sent: {exc}")
-                return Delivery("deferred", f"connection lost: {exc}")
-            connection.sent += 1
-            if connection.smtp.is_connected and connection.sent < MESSAGES_PER_CONNECTION:
-                self._idle.append(connection)
-            else:
-                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                    await connection.smtp.quit()
-            return delivery
+            while True:
+                connection = self._take_idle()
+                pooled = connection is not None
+                if connection is None:
+                    try:
+                        connection = await self._connect()
+                    except aiosmtplib.SMTPAuthenticationError as exc:
+                        return self._unreachable(f"authentication failed: {exc.code} {exc.message}", exc.code)
+                    except (aiosmtplib.SMTPException, OSError) as exc:
+                        return self._unreachable(f"cannot connect to {self.host}:{self.port}: {exc}")
+                delivery = await self._attempt(connection, sender, recipient, data, on_wire=on_wire, pooled=pooled)
+                if delivery is not None:
+                    return delivery
+                # the server had closed this idle connection: the same message, on a fresh one, same attempt
 
-    async def _transaction(self, connection: _Connection, sender: str, recipient: str, data: bytes) -> Delivery:
+    def _take_idle(self) -> _Connection | None:
+        """A pooled connection, unless it sat idle so long that the server has likely closed it."""
+        while self._idle:
+            connection = self._idle.pop()
+            if time.monotonic() - connection.idle_since < IDLE_REUSE and connection.smtp.is_connected:
+                return connection
+            connection.smtp.close()
+        return None
+
+    def _unreachable(self, reply: str, code: int | None = None) -> Delivery:
+        self.breaker.failure(reply)
+        return Delivery("deferred", reply, code)
+
+    async def _attempt(
+        self,
+        connection: _Connection,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        *,
+        on_wire: OnWire | None,
+        pooled: bool,
+    ) -> Delivery | None:
+        """One transaction on `connection`; None when a pooled connection turned out dead before the body."""
+        connection.body_written = False
+        try:
+            delivery = await self._transaction(connection, sender, recipient, data, on_wire)
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421 and pooled:  # "closing": the server ended an idle session
+                connection.smtp.close()
+                return None
+            delivery = classify(exc.code, exc.message)
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await connection.smtp.rset()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            connection.smtp.close()
+            if connection.body_written:
+                return Delivery("uncertain", f"connection lost after the message was sent: {exc}")
+            if pooled:
+                return None
+            return self._unreachable(f"connection lost: {exc}")
+        self.breaker.success()
+        connection.sent += 1
+        if connection.smtp.is_connected and connection.sent < MESSAGES_PER_CONNECTION:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await connection.smtp.quit()
+        return delivery
+
+    async def probe(self) -> str | None:
+        try:
+            connection = await self._connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return f"cannot connect to {self.host}:{self.port}: {exc}"
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await connection.smtp.quit()
+        return None
+
+    async def _transaction(
+        self, connection: _Connection, sender: str, recipient: str, data: bytes, on_wire: OnWire | None
+    ) -> Delivery:
         """MAIL, RCPT, DATA. Our bytes are CRLF already, so only dot-stuffing is left to do (`bytes.replace`, not
         aiosmtplib's per-message regexes), and we know exactly when the body went out."""
         smtp = connection.smtp
@@ -213,6 +318,12 @@ class SmtpTransport:
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the message was sent")
+        if on_wire is not None:
+            try:
+                on_wire()
+            except BaseException:
+                connection.smtp.close()  # without the final dot the server discards the transaction
+                raise
         connection.body_written = True  # from here a broken connection leaves the outcome unknown
         protocol.write(dot_stuff(data))
         response = await protocol.read_response(timeout=self.timeout)
@@ -237,11 +348,17 @@ class OutboxTransport:
     def __init__(self, name: str, folder: Path) -> None:
         self.name = name
         self.folder = folder
+        self.breaker = Breaker()
+
+    async def probe(self) -> str | None:
+        return None
 
     def path_for(self, message_id: str) -> Path:
         return self.folder / (re.sub(r"[^A-Za-z0-9._-]", "_", message_id.strip("<>")) + ".eml")
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery:
+    async def send(self, sender: str, recipient: str, data: bytes, *, on_wire: OnWire | None = None) -> Delivery:
+        if on_wire is not None:
+            on_wire()
         message_id = re.search(rb"^Message-ID: (\S+)\r?$", data, re.M | re.I)
         name = message_id.group(1).decode() if message_id else f"{time.time_ns()}"
         target = self.path_for(name)
@@ -268,9 +385,15 @@ class MemoryTransport:
     retry_for: timedelta = DEFAULT_RETRY
     reply: Callable[[str, bytes], Delivery] | None = None
     messages: list[tuple[str, str, bytes]] = field(default_factory=list)
+    breaker: Breaker = field(default_factory=Breaker)
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> Delivery:
+    async def probe(self) -> str | None:
+        return None
+
+    async def send(self, sender: str, recipient: str, data: bytes, *, on_wire: OnWire | None = None) -> Delivery:
         await asyncio.sleep(0)
+        if on_wire is not None:
+            on_wire()
         delivery = self.reply(recipient, data) if self.reply else Delivery("sent", "250 ok", 250)
         if delivery.status == "sent":
             self.messages.append((sender, recipient, data))

@@ -301,6 +301,11 @@ def erase_contact(db: Database, email: str, *, at: str) -> bool:
     """Delete everything about the person except a hash that keeps them suppressed; True if we held a record."""
     hashed = email_hash(email)
     with write(db):
+        db.conn.execute(
+            "UPDATE ledger SET state = 'skipped', last_reply = 'not sent: the contact was erased', updated_at = ? "
+            "WHERE state IN ('queued', 'deferred') AND contact_id = (SELECT id FROM contacts WHERE email = ?)",
+            (at, email),
+        )
         deleted = db.conn.execute("DELETE FROM contacts WHERE email = ?", (email,)).rowcount
         suppress(db, hashed, "erased", at=at)
         audit(

@@ -1,13 +1,16 @@
 """Who is sending: one registration per running dispatcher, and recovery of the rows a stopped one left behind.
 
 A dispatcher registers (host, pid) when a pass begins and beats every few seconds. A `sending` row whose
-dispatcher is gone (its process on this host is dead, or its heartbeat went stale) was cut off on the wire: it
-becomes `uncertain`, or is queued again with the same Message-ID where its transport says `on_uncertain: resend`.
+dispatcher is gone (its process on this host is dead, or its heartbeat went stale), or that a live dispatcher left
+behind in an earlier pass that failed, was cut off on the wire. Whether it may have been delivered depends on the
+point of no return, the final dot of the SMTP transaction (`on_wire_at`): before it, the server discards the
+message, so the row is simply queued again; past it, the row becomes `uncertain`, or is queued again with the same
+Message-ID where its transport says `on_uncertain: resend`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlite_utils import Database
@@ -23,6 +26,16 @@ class Interrupted:
     row_id: int
     transport: str | None
     """Its campaign's transport; None for messages sent with the default one (double opt-in confirmations)."""
+    on_wire: bool
+    """Its body was written to the server (the point of no return): it may have been delivered."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a recovery found: rows cut off on the wire, and the registrations of dispatchers that are gone."""
+
+    rows: list[Interrupted]
+    gone: set[str]
 
 
 def register(db: Database, ident: str, *, host: str, pid: int, at: str) -> None:
@@ -34,9 +47,9 @@ def register(db: Database, ident: str, *, host: str, pid: int, at: str) -> None:
         )
 
 
-def heartbeat(db: Database, ident: str, *, at: str) -> None:
-    with write(db):
-        db.conn.execute("UPDATE dispatchers SET heartbeat_at = ? WHERE id = ?", (at, ident))
+def heartbeat(db: Database, ident: str, *, host: str, pid: int, at: str) -> None:
+    """Still alive (registering again if the registration went missing)."""
+    register(db, ident, host=host, pid=pid, at=at)
 
 
 def unregister(db: Database, ident: str) -> None:
@@ -44,44 +57,55 @@ def unregister(db: Database, ident: str) -> None:
         db.conn.execute("DELETE FROM dispatchers WHERE id = ?", (ident,))
 
 
-def interrupted(db: Database, *, host: str, alive: Callable[[int], bool], stale_before: str) -> list[Interrupted]:
-    """`sending` rows whose dispatcher is gone: its process on this host is dead, or its heartbeat went stale."""
-    live = {
+def interrupted(db: Database, *, host: str, alive: Callable[[int], bool], stale_before: str, own: str) -> Recovery:
+    """`sending` rows whose dispatcher is gone (its process on this host is dead, or its heartbeat went stale) or is
+    `own`: the caller, which has nothing on the wire when its pass begins, so its `sending` rows are leftovers of an
+    earlier pass that failed."""
+    registered = db.conn.execute("SELECT id, host, pid, heartbeat_at FROM dispatchers").fetchall()
+    gone = {
         ident
-        for ident, dispatcher_host, pid, heartbeat_at in db.conn.execute(
-            "SELECT id, host, pid, heartbeat_at FROM dispatchers"
-        )
-        if heartbeat_at >= stale_before and (dispatcher_host != host or alive(pid))
+        for ident, dispatcher_host, pid, heartbeat_at in registered
+        if heartbeat_at < stale_before or (dispatcher_host == host and not alive(pid))
     }
+    live = {ident for ident, *_ in registered} - gone - {own}
     rows = db.conn.execute(
-        "SELECT l.id, l.claimed_by, c.content FROM ledger l "
+        "SELECT l.id, l.claimed_by, l.on_wire_at, c.content FROM ledger l "
         "LEFT JOIN campaigns c ON l.source_kind = 'campaign' AND c.name = l.source WHERE l.state = 'sending'"
     )
-    return [
-        Interrupted(row_id, load_content(content).transport if content else None)
-        for row_id, claimed_by, content in rows
+    found = [
+        Interrupted(row_id, load_content(content).transport if content else None, on_wire is not None)
+        for row_id, claimed_by, on_wire, content in rows
         if claimed_by not in live
     ]
+    return Recovery(found, gone - {own})
 
 
-def settle_interrupted(db: Database, *, uncertain: Sequence[int], resend: Sequence[int], at: str) -> None:
-    """After a crash: rows cut off mid-transaction are `uncertain`, or queued again (same Message-ID) where the
-    transport says `on_uncertain: resend`; dispatchers that left no row behind are forgotten."""
+def settle_interrupted(
+    db: Database,
+    *,
+    requeue: Sequence[int],
+    uncertain: Sequence[int],
+    resend: Sequence[int],
+    forget: Iterable[str],
+    at: str,
+) -> None:
+    """Rows cut off before the point of no return go out again; rows past it are `uncertain`, or queued again with
+    the same Message-ID where the transport says `on_uncertain: resend`; the registrations of dispatchers that are
+    gone are forgotten (never one that is alive: its next claim would look abandoned)."""
+    settle = [
+        (requeue, "queued", "interrupted before the message was handed over (the process stopped); it goes again"),
+        (uncertain, "uncertain", "interrupted during the SMTP transaction (the process stopped); not sent again"),
+        (
+            resend,
+            "queued",
+            "interrupted during the SMTP transaction; sent again with the same Message-ID (on_uncertain: resend)",
+        ),
+    ]
     with write(db):
-        db.conn.executemany(
-            "UPDATE ledger SET state = 'uncertain', claimed_by = NULL, updated_at = ?, last_reply = "
-            "'interrupted during the SMTP transaction (the process stopped); not sent again' "
-            "WHERE id = ? AND state = 'sending'",
-            [(at, row_id) for row_id in uncertain],
-        )
-        db.conn.executemany(
-            "UPDATE ledger SET state = 'queued', claimed_by = NULL, updated_at = ?, last_reply = "
-            "'interrupted during the SMTP transaction; sent again with the same Message-ID (on_uncertain: resend)' "
-            "WHERE id = ? AND state = 'sending'",
-            [(at, row_id) for row_id in resend],
-        )
-        db.conn.execute(
-            "DELETE FROM dispatchers WHERE id NOT IN (SELECT DISTINCT claimed_by FROM ledger "
-            "WHERE state = 'sending' AND claimed_by IS NOT NULL) AND heartbeat_at < ?",
-            (at,),
-        )
+        for rows, state, reply in settle:
+            db.conn.executemany(
+                "UPDATE ledger SET state = ?, claimed_by = NULL, on_wire_at = NULL, updated_at = ?, last_reply = ? "
+                "WHERE id = ? AND state = 'sending'",
+                [(state, at, reply, row_id) for row_id in rows],
+            )
+        db.conn.executemany("DELETE FROM dispatchers WHERE id = ?", [(ident,) for ident in forget])

@@ -233,10 +233,17 @@ def claim(
             return "skipped"
         db.conn.execute(
             "UPDATE ledger SET state = 'sending', claimed_by = ?, attempts = attempts + 1, message_id = ?, "
-            "first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ? WHERE id = ?",
+            "first_attempt_at = coalesce(first_attempt_at, ?), on_wire_at = NULL, updated_at = ? WHERE id = ?",
             (dispatcher, message_id, at, at, row_id),
         )
         return "claimed"
+
+
+def mark_on_wire(db: Database, row_id: int, *, at: str) -> None:
+    """The message's body is about to be written to the server: from here on it may be delivered whatever happens
+    to this process (the point of no return), so a crash leaves the row `uncertain` rather than queued."""
+    with write(db):
+        db.conn.execute("UPDATE ledger SET on_wire_at = ? WHERE id = ? AND state = 'sending'", (at, row_id))
 
 
 def record(db: Database, outcome: Outcome, *, source: Source) -> None:
@@ -248,7 +255,7 @@ def record(db: Database, outcome: Outcome, *, source: Source) -> None:
 def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
     db.conn.execute(
         "UPDATE ledger SET state = ?, last_reply = ?, updated_at = ?, next_attempt_at = ?, claimed_by = NULL, "
-        "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
+        "on_wire_at = NULL, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
         (
             outcome.state,
             outcome.reply[:500],
@@ -298,6 +305,7 @@ def next_due(db: Database) -> str | None:
     """When the earliest waiting row of a sending campaign becomes due (retries, quiet hours, local times)."""
     row = db.conn.execute(
         "SELECT min(coalesce(l.next_attempt_at, l.due_at)) FROM ledger l JOIN campaigns c ON l.source_kind = "
-        "'campaign' AND c.name = l.source WHERE c.status = 'sending' AND l.state IN ('queued', 'deferred')"
+        "'campaign' AND c.name = l.source WHERE c.status = 'sending' AND l.state IN ('queued', 'deferred') "
+        "AND l.contact_id IS NOT NULL"
     ).fetchone()
     return row[0] if row else None

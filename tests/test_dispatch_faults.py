@@ -1,0 +1,153 @@
+"""The send loop under faults: a database that fails mid-pass, rows a live process left behind, a recovery that
+must not touch a live dispatcher, and contacts erased while their messages wait.
+
+These run the dispatcher in this process (so a fault can be injected at the SQLite layer with an authorizer that
+denies writes) against a real SMTP server and a real state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from reconciler.clock import FixedClock, SystemClock, iso, parse_instant
+from reconciler.daemon import reconcile_once
+from reconciler.dispatch import Dispatcher, DispatchFailed, DispatchReport
+from reconciler.state import dispatchers, open_db
+from reconciler.state import ledger as state_ledger
+from reconciler.state.contacts import erase_contact
+from sending import NOW, import_contacts, ledger, query, workspace
+from smtp_sink import Sink, SinkServer
+
+CLOCK = FixedClock(parse_instant(NOW))
+
+
+def _deny_ledger_writes(action: int, table: str | None, *_: object) -> int:
+    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT) and table == "ledger":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+async def _pass_that_breaks(dispatcher: Dispatcher, sink: Sink, *, after: int) -> BaseException | None:
+    """Run a pass; once `after` messages arrived, the database refuses every ledger write."""
+
+    async def break_it() -> None:
+        while len(sink.messages) < after:
+            await asyncio.sleep(0.01)
+        dispatcher.db.conn.set_authorizer(_deny_ledger_writes)
+
+    breaker = asyncio.create_task(break_it())
+    try:
+        await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+    except DispatchFailed as exc:
+        return exc
+    finally:
+        breaker.cancel()
+    return None
+
+
+def test_a_database_error_mid_pass_fails_that_pass_and_the_next_pass_sends_the_rest(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, connections=4)
+        emails = import_contacts(root, 400)
+        db = open_db(root / ".state/reconciler.db")
+        assert reconcile_once(root, db, now=CLOCK.now()).started == ["hello"]
+
+        async def scenario() -> BaseException | None:
+            dispatcher = Dispatcher(db, root=root, clock=CLOCK)
+            try:
+                failure = await _pass_that_breaks(dispatcher, sink, after=100)
+                dispatcher.db.conn.set_authorizer(None)
+                await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+                return failure
+            finally:
+                await dispatcher.close()
+
+        failure = asyncio.run(scenario())
+    assert failure is not None and "not authorized" in str(failure)
+    received = sink.received()
+    assert max(received.values()) == 1
+    counts = ledger(root)
+    assert counts["sent"] + counts["uncertain"] == 400 and not counts["sending"]
+    assert counts["uncertain"] <= 4  # at most one message on the wire per connection when the writes stopped
+    uncertain = query(
+        root, "SELECT c.email FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE l.state = 'uncertain'"
+    )
+    assert set(emails) - set(received) <= {str(row[0]) for row in uncertain}
+
+
+def test_rows_a_live_daemon_left_sending_are_settled_by_its_next_pass_without_a_restart(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, connections=2)
+        import_contacts(root, 50)
+        db = open_db(root / ".state/reconciler.db")
+        reconcile_once(root, db, now=CLOCK.now())
+
+        async def scenario() -> None:
+            dispatcher = Dispatcher(db, root=root, clock=CLOCK)
+            try:
+                await _pass_that_breaks(dispatcher, sink, after=10)
+                dispatcher.db.conn.set_authorizer(None)
+                await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+            finally:
+                await dispatcher.close()
+
+        asyncio.run(scenario())
+    assert not ledger(root)["sending"]
+    assert ledger(root)["sent"] + ledger(root)["uncertain"] == 50
+    assert max(sink.received().values()) == 1
+
+
+def test_recovery_in_another_process_leaves_a_live_dispatchers_registration_alone(tmp_path: Path) -> None:
+    root = workspace(tmp_path, 1)  # no server needed: no message is sent
+    db = open_db(root / ".state/reconciler.db")
+    host = socket.gethostname()
+    live = f"{host}:{os.getpid()}:live"  # another dispatcher of a running process, which beat 5 s ago
+    dispatchers.register(db, live, host=host, pid=os.getpid(), at=iso(datetime.now(UTC) - timedelta(seconds=5)))
+    import_contacts(root, 1)
+    reconcile_once(root, db, now=CLOCK.now())
+    dead = f"{host}:999999999:dead"  # a process that is gone, which left a row on the wire
+    dispatchers.register(db, dead, host=host, pid=999_999_999, at="2026-11-24T09:59:00Z")
+    db.conn.execute("UPDATE ledger SET state = 'sending', claimed_by = ?", (dead,))
+    other = Dispatcher(db, root=root, clock=SystemClock())
+    asyncio.run(other.run_pass())
+    registered = {row[0] for row in db.conn.execute("SELECT id FROM dispatchers")}
+    assert live in registered, "a live dispatcher lost its registration to another process's recovery"
+
+
+def test_an_erased_contacts_waiting_message_is_skipped_and_the_campaign_finishes(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        import_contacts(root, 3)
+        db = open_db(root / ".state/reconciler.db")
+        reconcile_once(root, db, now=CLOCK.now())
+        erase_contact(db, "person1@example.net", at="2026-11-24T10:00:00Z")
+
+        async def one_pass() -> DispatchReport:
+            dispatcher = Dispatcher(db, root=root, clock=CLOCK)
+            try:
+                return await dispatcher.run_pass()
+            finally:
+                await dispatcher.close()
+
+        report = asyncio.run(one_pass())
+    assert report.finished == ["hello"]
+    assert ledger(root) == Counter(sent=2, skipped=1)
+    reply = query(root, "SELECT last_reply FROM ledger WHERE state = 'skipped'")[0][0]
+    assert "erased" in str(reply)
+    assert state_ledger.next_due(db) is None
+
+
+@pytest.fixture(autouse=True)
+def _no_render_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECONCILER_RENDER_PROCESSES", "0")
