@@ -30,6 +30,10 @@ class Sink:
     refused: list[tuple[str, str]] = field(default_factory=list)
     on_message: Callable[[str, bytes], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sessions: int = 0
+    """Connections the server accepted."""
+    closed: int = 0
+    """Connections that ended (either side closed them)."""
 
     def received(self) -> Counter[str]:
         with self.lock:
@@ -84,14 +88,47 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class _CountingController(Controller):
+    """aiosmtpd's controller, counting the sessions that start and end."""
+
+    def __init__(self, sink: Sink, **options: Any) -> None:
+        super().__init__(sink, **options)
+        self.sink = sink
+
+    def factory(self) -> SMTP:
+        server = super().factory()
+        made, lost = server.connection_made, server.connection_lost
+        sink = self.sink
+
+        def connection_made(transport: Any) -> None:
+            with sink.lock:
+                sink.sessions += 1
+            made(transport)
+
+        def connection_lost(error: Exception | None) -> None:
+            with sink.lock:
+                sink.closed += 1
+            lost(error)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+        return server
+
+
 class SinkServer:
     """`with SinkServer(sink) as port:` runs the server on 127.0.0.1 for the block."""
 
-    def __init__(self, sink: Sink, **smtp_options: Any) -> None:
-        """`smtp_options` go to aiosmtpd's SMTP (tls_context, require_starttls, authenticator, auth_required ...)."""
+    def __init__(self, sink: Sink, *, port: int | None = None, **smtp_options: Any) -> None:
+        """`smtp_options` go to aiosmtpd's SMTP (tls_context, require_starttls, authenticator, auth_required,
+        timeout: seconds an idle session may last ...). `port`: the same port again, for a server that restarts."""
         self.sink = sink
-        self.controller = Controller(
-            sink, hostname="127.0.0.1", port=free_port(), ready_timeout=10, data_size_limit=10_000_000, **smtp_options
+        self.controller = _CountingController(
+            sink,
+            hostname="127.0.0.1",
+            port=port or free_port(),
+            ready_timeout=10,
+            data_size_limit=10_000_000,
+            **smtp_options,
         )
 
     def __enter__(self) -> int:

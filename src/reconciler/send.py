@@ -298,6 +298,9 @@ def judge(
     reply = delivery.reply
     if delivery.status == "sent":
         return Outcome(message.row_id, "sent", reply, at)
+    if delivery.status == "unreachable":  # the relay's outage, not the recipient's: no attempt is counted
+        why = f"the server could not be reached ({reply}); it goes when the server answers again"
+        return Outcome(message.row_id, "queued", why, at, uncount=True)
     if delivery.status == "deferred":
         first = datetime.fromisoformat(message.first_attempt_at) if message.first_attempt_at else now
         if now - first >= transport.retry_for:

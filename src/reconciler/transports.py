@@ -25,7 +25,8 @@ import aiosmtplib
 
 from reconciler.spec import documents as spec
 
-Status = Literal["sent", "deferred", "bounced", "policy", "failed", "uncertain"]
+Status = Literal["sent", "deferred", "bounced", "policy", "failed", "uncertain", "unreachable"]
+"""unreachable: the server could not be reached at all; the message never left, and it is nobody's fault."""
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 MESSAGES_PER_CONNECTION = 100
 """Reconnect after this many messages: some servers cap a session, and a fresh one spreads load on a relay pool."""
@@ -253,7 +254,7 @@ class SmtpTransport:
 
     def _unreachable(self, reply: str, code: int | None = None) -> Delivery:
         self.breaker.failure(reply)
-        return Delivery("deferred", reply, code)
+        return Delivery("unreachable", reply, code)
 
     async def _attempt(
         self,
@@ -282,7 +283,7 @@ class SmtpTransport:
                 return Delivery("uncertain", f"connection lost after the message was sent: {exc}")
             if pooled:
                 return None
-            return self._unreachable(f"connection lost: {exc}")
+            return Delivery("deferred", f"connection lost: {exc}")
         self.breaker.success()
         connection.sent += 1
         if connection.smtp.is_connected and connection.sent < MESSAGES_PER_CONNECTION:

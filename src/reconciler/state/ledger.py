@@ -82,6 +82,8 @@ class Outcome:
     """A policy or reputation refusal (5.7.x), counted against the campaign."""
     soft: bool = False
     """A soft bounce (mailbox full), recorded as engagement without suppressing."""
+    uncount: bool = False
+    """The attempt never reached the server (it could not be reached): it does not count as an attempt."""
 
 
 def backoff(attempts: int, *, jitter: float) -> timedelta:
@@ -255,7 +257,8 @@ def record(db: Database, outcome: Outcome, *, source: Source) -> None:
 def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
     db.conn.execute(
         "UPDATE ledger SET state = ?, last_reply = ?, updated_at = ?, next_attempt_at = ?, claimed_by = NULL, "
-        "on_wire_at = NULL, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
+        "on_wire_at = NULL, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, attempts = attempts - ? "
+        "WHERE id = ?",
         (
             outcome.state,
             outcome.reply[:500],
@@ -263,6 +266,7 @@ def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
             outcome.next_attempt_at,
             outcome.state,
             outcome.at,
+            int(outcome.uncount),
             outcome.row_id,
         ),
     )
