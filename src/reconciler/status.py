@@ -7,6 +7,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from reconciler.state import observe
+from reconciler.state.ledger import Failure
 from reconciler.state.records import refused_revision, revisions
 
 PROGRESS_STATES = ("queued", "sending", "deferred", "sent", "uncertain", "failed", "skipped")
@@ -87,9 +88,8 @@ def format_status(report: dict[str, Any]) -> str:
     rows = [("CAMPAIGN", "STATUS", "READY", "REASON", "PROGRESS", "REVISION")]
     for c in report["campaigns"]:
         progress = c["progress"]
-        done = progress["sent"] + progress["failed"] + progress["skipped"] + progress["uncertain"]
         total = sum(progress.values())
-        shown = f"{done:,}/{total:,} sent" if total else "-"
+        shown = f"{progress['sent']:,}/{total:,} sent" if total else "-"
         name = c["name"] + (" (file removed)" if c["removed"] else "")
         ready = "yes" if c["ready"] else "no"
         rows.append((name, c["status"], ready, c["reason"], shown, c["last_applied_revision"] or "-"))
@@ -100,3 +100,16 @@ def format_status(report: dict[str, Any]) -> str:
             campaign = report["campaigns"][index - 1]
             out.append(f"    {campaign['message']}{_breakdown(campaign['progress'])}")
     return "\n".join(out)
+
+
+def format_failures(campaign: str, found: list[Failure], *, limit: int) -> str:
+    """`status CAMPAIGN --failures`: each message that did not arrive, with the server's last reply."""
+    if not found:
+        return f"Campaign {campaign}: no failed, uncertain or waiting-to-retry messages."
+    rows = [("ADDRESS", "STAGE", "STATE", "ATTEMPTS", "WHEN", "LAST REPLY")]
+    rows += [(f.email, f.stage or "-", f.state, str(f.attempts), f.at, f.reply) for f in found]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)), row[5]]) for row in rows]
+    if len(found) == limit:
+        lines.append(f"(the latest {limit:,}; --limit N shows more)")
+    return "\n".join(lines)

@@ -21,6 +21,7 @@ from reconciler.cli.main import (
     state_file,
     workspace_root,
 )
+from reconciler.errors import UsageError, did_you_mean
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -178,13 +179,34 @@ def _dispatch_lines(report: DispatchReport) -> list[str]:
 
 
 @main.command()
+@click.argument("campaign", required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--failures", is_flag=True, help="With CAMPAIGN: each message that did not arrive, with its reply.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Failures to show.")
 @click.pass_context
-def status(ctx: click.Context, fmt: str) -> None:
-    """Campaigns with their condition and progress, the last applied revision, and the last error."""
-    from reconciler.status import format_status, status_report
+def status(ctx: click.Context, campaign: str | None, fmt: str, failures: bool, limit: int) -> None:
+    """Campaigns with their condition and progress, the last applied revision, and the last error; with CAMPAIGN
+    --failures, the messages of one campaign that failed, are uncertain or wait to be retried."""
+    from reconciler.state import ledger
+    from reconciler.state.campaigns import campaign_records
+    from reconciler.status import format_failures, format_status, status_report
 
-    report = status_report(database(ctx, workspace_root(ctx), create=False))
+    db = database(ctx, workspace_root(ctx), create=False)
+    if failures or campaign:
+        if not (failures and campaign):
+            raise UsageError("--failures needs a campaign: reconciler status CAMPAIGN --failures")
+        known = [record.name for record in campaign_records(db)]
+        if campaign not in known:
+            raise UsageError(
+                f"no campaign {campaign!r} in the state database; {did_you_mean(campaign, known)}".rstrip("; ")
+            )
+        found = ledger.failures(db, campaign, limit=limit)
+        if fmt == "json":
+            click.echo(json.dumps([f.__dict__ for f in found], indent=2))
+        else:
+            click.echo(format_failures(campaign, found, limit=limit))
+        return
+    report = status_report(db)
     click.echo(json.dumps(report, indent=2) if fmt == "json" else format_status(report))
 
 

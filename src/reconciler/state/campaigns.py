@@ -372,29 +372,68 @@ def start_stage(
     return inserted
 
 
+FAILING_FROM = 20
+"""Outcomes a sending campaign needs before "most failed" says anything about it."""
+
+
 def finish(db: Database, name: str, *, at: str) -> dict[str, int] | None:
-    """Mark a campaign sent when no row of it can still go out; returns its final counts then."""
+    """Mark a campaign sent when no row of it can still go out; returns its final counts then. A campaign whose
+    messages mostly failed is not Ready: its message says how many and where to look."""
     with write(db):
-        counts = dict(
-            db.conn.execute(
-                "SELECT state, count(*) FROM ledger WHERE source_kind = 'campaign' AND source = ? GROUP BY state",
-                (name,),
-            ).fetchall()
-        )
+        counts = _counts(db, name)
         if any(counts.get(state) for state in ("queued", "deferred", "sending")):
+            _judge_progress(db, name, counts, at=at)
             return None
         summary = ", ".join(
             f"{state} {counts[state]:,}" for state in ("sent", "failed", "uncertain", "skipped") if counts.get(state)
         )
+        failing = _failing(name, counts)
+        reason, message = Reason.SENT, f"finished: {summary or 'nobody to send to'}"
+        if failing:
+            reason, message = Reason.DELIVERY_FAILED, f"finished, but {failing}"
         changed = db.conn.execute(
-            "UPDATE campaigns SET status = 'sent', reason = ?, ready = 1, finished_at = ?, updated_at = ?, "
+            "UPDATE campaigns SET status = 'sent', reason = ?, ready = ?, finished_at = ?, updated_at = ?, "
             "message = ? WHERE name = ? AND status = 'sending'",
-            (Reason.SENT, at, at, f"finished: {summary or 'nobody to send to'}", name),
+            (reason, int(not failing), at, at, message, name),
         ).rowcount
         if not changed:
             return None
         audit(db, at=at, actor="dispatch", subject=f"Campaign {name}", action="finish", detail=summary)
     return counts
+
+
+def _counts(db: Database, name: str) -> dict[str, int]:
+    rows = db.conn.execute(
+        "SELECT state, count(*) FROM ledger WHERE source_kind = 'campaign' AND source = ? GROUP BY state", (name,)
+    )
+    return dict(rows.fetchall())
+
+
+def _failing(name: str, counts: Mapping[str, int]) -> str | None:
+    """ "4 of 5 messages failed; see ..." when most messages that were tried did not arrive, else None."""
+    bad = counts.get("failed", 0) + counts.get("uncertain", 0)
+    tried = bad + counts.get("sent", 0)
+    if not tried or bad * 2 <= tried:
+        return None
+    return f"{bad:,} of {tried:,} messages failed; see `reconciler status {name} --failures`"
+
+
+def _judge_progress(db: Database, name: str, counts: Mapping[str, int], *, at: str) -> None:
+    """A campaign still sending whose messages mostly fail says so (and is not Ready); it recovers when they stop."""
+    tried = counts.get("failed", 0) + counts.get("uncertain", 0) + counts.get("sent", 0)
+    failing = _failing(name, counts) if tried >= FAILING_FROM else None
+    if failing:
+        db.conn.execute(
+            "UPDATE campaigns SET ready = 0, reason = ?, message = ?, updated_at = ? WHERE name = ? "
+            "AND status = 'sending' AND reason IN (?, ?)",
+            (Reason.DELIVERY_FAILING, f"sending, but {failing}", at, name, Reason.SENDING, Reason.DELIVERY_FAILING),
+        )
+    else:
+        db.conn.execute(
+            "UPDATE campaigns SET ready = 1, reason = ?, message = ?, updated_at = ? WHERE name = ? "
+            "AND status = 'sending' AND reason = ?",
+            (Reason.SENDING, f"sending to {sum(counts.values()):,} recipients", at, name, Reason.DELIVERY_FAILING),
+        )
 
 
 def next_start(db: Database) -> datetime | None:

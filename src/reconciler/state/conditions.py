@@ -22,6 +22,12 @@ class Reason(StrEnum):
     """Its file was removed."""
     POLICY_REJECTIONS = "PolicyRejections"
     """Paused by dispatch: too many messages were refused for policy or reputation reasons."""
+    DELIVERY_FAILING = "DeliveryFailing"
+    """Still sending, but most messages so far failed: look at the failures before it finishes."""
+    DELIVERY_FAILED = "DeliveryFailed"
+    """Finished, but most messages failed."""
+    SECRET_MISSING = "SecretMissing"
+    """Its messages wait: a secret it needs (a DKIM key, an SMTP password) is not in the environment."""
 
     @classmethod
     def for_status(cls, status: str) -> Reason:

@@ -305,6 +305,29 @@ def _count_policy_failure(db: Database, name: str, *, reply: str, at: str) -> No
             audit(db, at=at, actor="dispatch", subject=f"Campaign {name}", action="pause", detail=message)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A message that did not arrive (or may not have), with the server's last word."""
+
+    email: str
+    stage: str
+    state: str
+    attempts: int
+    reply: str
+    at: str
+
+
+def failures(db: Database, campaign: str, *, limit: int) -> list[Failure]:
+    """A campaign's failed, uncertain and deferred messages, latest first."""
+    rows = db.conn.execute(
+        "SELECT coalesce(c.email, '(erased)'), l.stage, l.state, l.attempts, coalesce(l.last_reply, ''), l.updated_at "
+        "FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id WHERE l.source_kind = 'campaign' AND l.source = ? "
+        "AND l.state IN ('failed', 'uncertain', 'deferred') ORDER BY l.updated_at DESC, l.id DESC LIMIT ?",
+        (campaign, limit),
+    )
+    return [Failure(*row) for row in rows]
+
+
 def next_due(db: Database) -> str | None:
     """When the earliest waiting row of a sending campaign becomes due (retries, quiet hours, local times)."""
     row = db.conn.execute(
