@@ -18,8 +18,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from reconciler.audience import audience_sql
 from reconciler.load import load_workspace
-from reconciler.segments import audience_sql, segment_queries, workspace_compiler
+from reconciler.segments import segment_queries, workspace_compiler
 from reconciler.spec.documents import Segment
 from reconciler.state import open_db
 from reconciler.state.audiences import count

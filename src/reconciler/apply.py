@@ -11,9 +11,11 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
+from reconciler.audience import audience_queries, missing_queries
 from reconciler.clock import iso
+from reconciler.field_reads import campaign_reads
 from reconciler.plan import Action, Plan, make_plan
-from reconciler.segments import audience_queries, segment_queries
+from reconciler.segments import segment_queries
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import CustomField, MailingList
 from reconciler.spec.workflow import Workflow
@@ -86,13 +88,16 @@ def observe_for(
     budget: float | None = None,
 ) -> ObservedState:
     """The observed state (read now unless given) with the counts a plan shows: the segment audiences of `campaigns`
-    (all when None) first, then every segment's size; counting stops after `budget` seconds (a scan each)."""
+    (all when None) first, then every segment's size, then who lacks a field a message reads without a default;
+    counting stops after `budget` seconds (a scan each)."""
     deadline = None if budget is None else time.monotonic() + budget
+    reads = {name: fields for name, fields in campaign_reads(desired).items() if campaigns is None or name in campaigns}
     return with_counts(
         db,
         observed or observe(db),
         audiences=audience_queries(desired, now=now, campaigns=campaigns),
         segments=segment_queries(desired, now=now) if segments else {},
+        missing=missing_queries(desired, now=now, reads=reads),
         deadline=deadline,
     )
 

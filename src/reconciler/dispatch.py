@@ -25,11 +25,11 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from reconciler.audience import MARKETING_BLOCKING, blocking_for
 from reconciler.clock import Clock, iso
 from reconciler.compose import CannotPrepare, RenderPool, confirmation_content, definition_for
 from reconciler.errors import ReconcilerError
 from reconciler.holds import Holds
-from reconciler.segments import MARKETING_BLOCKING, blocking_for
 from reconciler.send import Pending, Progress, SendRun, SourceSender
 from reconciler.spec.documents import OutboxTransport, SmtpTransport
 from reconciler.start import start_stages

@@ -24,9 +24,9 @@ from zoneinfo import ZoneInfo
 from email_validator import EmailNotValidError, validate_email
 from sqlite_utils import Database
 
+from reconciler.audience import blocking_for
 from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
-from reconciler.segments import blocking_for
 from reconciler.spec import DesiredState
 from reconciler.spec.contact import BUILTIN_FIELDS
 from reconciler.state.contacts import BatchResult, ContactRow, finish_import, import_batch, start_import

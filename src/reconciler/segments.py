@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -32,7 +32,7 @@ from reconciler.spec.conditions import (
     walk,
 )
 from reconciler.spec.contact import BUILTIN_FIELDS
-from reconciler.spec.documents import Campaign, MailingList, Segment
+from reconciler.spec.documents import Segment
 from reconciler.spec.types import DURATION_PATTERN, parse_duration
 from reconciler.spec.workspace import DesiredState
 
@@ -50,7 +50,7 @@ class Sql:
     """0: a column or a probe into a set computed once; 1: parses a contact's JSON. Cheaper tests go first."""
 
     def __and__(self, other: Sql) -> Sql:
-        return _join(" AND ", [self, other])
+        return join_sql(" AND ", [self, other])
 
 
 TRUE = Sql("1")
@@ -110,9 +110,9 @@ class Compiler:
 
     def condition(self, node: Any) -> Sql:
         if isinstance(node, AllCondition):
-            return _join(" AND ", [self.condition(child) for child in node.all])
+            return join_sql(" AND ", [self.condition(child) for child in node.all])
         if isinstance(node, AnyCondition):
-            return _join(" OR ", [self.condition(child) for child in node.any])
+            return join_sql(" OR ", [self.condition(child) for child in node.any])
         if isinstance(node, NotCondition):
             child = node.not_
             if isinstance(child, EventCondition) and child.count is None and child.sum is None:
@@ -244,7 +244,7 @@ class Compiler:
             total, path = "coalesce(sum(json_extract(e.properties, ?)), 0)", (json_path(node.sum.property),)
             tests += [_bound(total, path, op, limit) for op, limit in node.sum.bounds().items()]
             zero_ok &= _holds(0, node.sum.bounds())
-        having = _join(" AND ", tests)
+        having = join_sql(" AND ", tests)
         # "+" keeps SQLite from walking events in contact order to group them (it then reads every event's row);
         # the type-and-time index plus a sort is several times faster when a sum has to read properties
         key = "+e.contact_id" if node.sum is not None else "e.contact_id"
@@ -293,7 +293,7 @@ def json_path(name: str) -> str:
     return "$." + json.dumps(name)
 
 
-def _join(glue: str, parts: list[Sql]) -> Sql:
+def join_sql(glue: str, parts: list[Sql]) -> Sql:
     """AND / OR of parts, the cheap ones first: SQLite stops at the first part that decides."""
     if not parts:
         return TRUE if glue == " AND " else FALSE
@@ -339,122 +339,10 @@ def _type_of(node: Operators) -> str:
     return "string"
 
 
-@dataclass(frozen=True)
-class AudienceSql:
-    """A campaign audience as SQL over ``contacts c LEFT JOIN suppressions p``.
-
-    `candidates` are contacts with any subscription (any status) to the audience's lists; `reason` is the first
-    reason that keeps a candidate out, or '' for a recipient. Counts (plan) and the snapshot (start) use the same.
-    """
-
-    candidates: Sql
-    reason: Sql
-
-    @property
-    def recipients(self) -> Sql:
-        return Sql(
-            f"({self.candidates.text} AND ({self.reason.text}) = '')", self.candidates.params + self.reason.params
-        )
-
-
-def audience_sql(
-    compiler: Compiler,
-    *,
-    lists: Sequence[str],
-    exclude_lists: Sequence[str] = (),
-    segments: Sequence[str] = (),
-    exclude_segments: Sequence[str] = (),
-    blocking: Sequence[str],
-) -> AudienceSql:
-    """Subscribed to any of `lists`, in any of `segments` (when given), in no excluded list or segment, and not
-    suppressed for a `blocking` reason."""
-    wanted = json.dumps(sorted(lists))
-    candidates = Sql(
-        "c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN (SELECT value FROM json_each(?)))",
-        (wanted,),
-    )
-    pending = subscribed_to(lists, "pending")
-    cases: list[tuple[Sql, Sql]] = [
-        (Sql("p.reason IN (SELECT value FROM json_each(?))", (json.dumps(list(blocking)),)), Sql("p.reason")),
-        (
-            Sql(f"NOT {subscribed_to(lists).text}", subscribed_to(lists).params),
-            Sql(f"CASE WHEN {pending.text} THEN 'awaiting confirmation' ELSE 'unsubscribed' END", pending.params),
-        ),
-    ]
-    if exclude_lists:
-        cases.append((subscribed_to(list(exclude_lists)), Sql("'excluded list'")))
-    if segments:
-        inside = _join(" OR ", [compiler.membership(name) for name in segments])
-        cases.append((Sql(f"NOT {inside.text}", inside.params), Sql("'not in segments'")))
-    if exclude_segments:
-        cases.append(
-            (_join(" OR ", [compiler.membership(name) for name in exclude_segments]), Sql("'excluded segment'"))
-        )
-    text = "CASE " + " ".join(f"WHEN {test.text} THEN {value.text}" for test, value in cases) + " ELSE '' END"
-    params = tuple(p for test, value in cases for p in (*test.params, *value.params))
-    return AudienceSql(candidates, Sql(text, params))
-
-
-def audience_key(
-    lists: Sequence[str], exclude_lists: Sequence[str], segments: Sequence[str], exclude_segments: Sequence[str]
-) -> str:
-    """Campaigns with the same audience share one count."""
-    return json.dumps([sorted(lists), sorted(exclude_lists), sorted(segments), sorted(exclude_segments)])
-
-
-def campaign_audience_parts(campaign: Campaign) -> tuple[list[str], list[str], list[str], list[str]]:
-    audience = campaign.audience
-    exclude = audience.exclude
-    return (
-        list(audience.lists),
-        list(exclude.lists) if exclude else [],
-        list(audience.segments),
-        list(exclude.segments) if exclude else [],
-    )
-
-
 def workspace_compiler(desired: DesiredState, *, now: datetime) -> Compiler:
     timezone = desired.settings.timezone if desired.settings else "UTC"
     types = {name: field.type for name, field in desired.fields.items()}
     return Compiler(desired.segments, types, now=now, timezone=timezone)
-
-
-MARKETING_BLOCKING = ("bounced", "complained", "unsubscribed", "erased")
-"""Suppression reasons that keep a contact from marketing lists."""
-TRANSACTIONAL_BLOCKING = ("bounced", "erased")
-"""...and from transactional ones: receipts still go to someone who unsubscribed from marketing or complained."""
-
-
-def blocking_for(lists: Mapping[str, MailingList], names: Sequence[str]) -> tuple[str, ...]:
-    """Suppressions that keep people off the lists `names` (`lists`: the List documents by name)."""
-    if names and all(name in lists and lists[name].category == "transactional" for name in names):
-        return TRANSACTIONAL_BLOCKING
-    return MARKETING_BLOCKING
-
-
-def audience_queries(
-    desired: DesiredState, *, now: datetime, campaigns: Collection[str] | None = None
-) -> dict[str, AudienceSql]:
-    """One query per distinct campaign audience that uses segments (list-only audiences are counted without SQL),
-    for every campaign or only the named ones, in the order given."""
-    compiler = workspace_compiler(desired, now=now)
-    queries: dict[str, AudienceSql] = {}
-    names = list(desired.campaigns) if campaigns is None else [n for n in campaigns if n in desired.campaigns]
-    for campaign in (desired.campaigns[name] for name in names):
-        lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
-        if not (segments or exclude_segments):
-            continue
-        key = audience_key(lists, exclude_lists, segments, exclude_segments)
-        if key not in queries:
-            queries[key] = audience_sql(
-                compiler,
-                lists=lists,
-                exclude_lists=exclude_lists,
-                segments=segments,
-                exclude_segments=exclude_segments,
-                blocking=blocking_for(desired.lists, lists),
-            )
-    return queries
 
 
 def segment_closure(segments: Mapping[str, Segment], names: Sequence[str]) -> dict[str, Segment]:

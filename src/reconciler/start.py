@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
+from reconciler.audience import audience_sql, blocking_for
 from reconciler.clock import iso
 from reconciler.plan.when import ago, describe_when, local_due
-from reconciler.segments import Compiler, audience_sql, blocking_for
+from reconciler.segments import Compiler
 from reconciler.spec.documents import LocalSendTime
 from reconciler.state import campaigns, records, settings
 from reconciler.state.campaigns import CampaignRecord, SendingCampaign

@@ -11,7 +11,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 from reconciler.check.checker import Checker
-from reconciler.check.messages import check_templates, sample_context, uses
+from reconciler.check.messages import check_field_reads, check_templates, sample_context, uses
 from reconciler.check.references import (
     check_campaign,
     check_fields,
@@ -65,4 +65,5 @@ def check(desired: DesiredState) -> list[Problem]:
     for workflow in desired.workflows.values():
         check_workflow(checker, workflow)
     check_templates(checker)
+    check_field_reads(checker)
     return checker.problems

@@ -12,6 +12,7 @@ from typing import Any
 from reconciler.check.checker import Checker
 from reconciler.check.references import message_templates
 from reconciler.errors import Loc, Problem
+from reconciler.field_reads import FieldRead, optional_fields, unguarded_in_text, unguarded_reads
 from reconciler.spec import DesiredState
 from reconciler.spec.workflow import SendStep, walk_steps
 from reconciler.templates import (
@@ -215,3 +216,46 @@ def _check_compliance(c: Checker, use: Use, path: str, links: list[str], text: s
             "the organization's postal address",
             "add {{ organization.postal_address }} to the footer: anti-spam law requires it",
         )
+
+
+def check_field_reads(c: Checker) -> None:
+    """Warn where a message reads a field some contacts may lack, without a fallback: those contacts get no message
+    (templates are strict, so a typo cannot pass silently)."""
+    desired = c.desired
+    optional = optional_fields(desired.fields)
+    sources = {t.jinja_name: t.text for t in desired.templates.values()}
+    warned: set[tuple[str, str]] = set()
+    for use in uses(desired):
+        template = desired.templates.get(use.template)
+        if template is None:
+            continue
+        reads = unguarded_reads(sources, template.jinja_name, optional)
+        if template.text_part is not None:
+            text_name = template.jinja_name.removesuffix(".mjml") + ".txt"
+            reads += unguarded_reads({text_name: template.text_part}, text_name, optional)
+        for read in reads:
+            if (read.template, read.field) not in warned:
+                warned.add((read.template, read.field))
+                _warn_read(c, read)
+        for key, text in (("subject", use.subject), ("preheader", use.preheader)):
+            for field in unguarded_in_text(text, optional):
+                message, hint = _unguarded(field)
+                c.report(use.kind, use.name, (*use.loc[:-1], key), message, hint, severity="warning")
+
+
+def _warn_read(c: Checker, read: FieldRead) -> None:
+    name = read.template.removesuffix(".mjml").removesuffix(".txt")
+    known = c.desired.templates.get(name)
+    path = known.path if known is not None else f"templates/{read.template}"
+    if read.template.endswith(".txt"):
+        path = os.path.splitext(path)[0] + ".txt"
+    message, hint = _unguarded(read.field)
+    c.problems.append(Problem(path, read.line, 1, "Template", name, "", message, hint, "warning"))
+
+
+def _unguarded(field: str) -> tuple[str, str]:
+    return (
+        f"contact.{field} is read without a default: contacts without {field} get no message",
+        f"write contact.{field} | default('...'), or test `contact.{field} is defined` first; "
+        "`reconciler plan` counts who lacks it",
+    )

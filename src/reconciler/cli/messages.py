@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from reconciler.cli.main import address, checked, database, main, state_file, workspace_root
-from reconciler.errors import UsageError
+from reconciler.errors import ReconcilerError, UsageError
 
 
 @main.command()
@@ -32,7 +32,7 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
     from reconciler.state import keys
     from reconciler.state.contacts import find_contact
     from reconciler.state.ledger import DueRow
-    from reconciler.templates import sample_contact
+    from reconciler.templates import describe_error, sample_contact
     from reconciler.tokens import Signer
 
     root = workspace_root(ctx)
@@ -53,12 +53,19 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
                 "or leave --contact out to render for a sample contact"
             )
         contact = found
-    if output is not None and output.suffix.lower() == ".eml":
-        message = Composer(definition).compose(DueRow(0, 0, None, None, contact), now=SystemClock().now())
-        output.write_bytes(message.data)
-        click.echo(f"Wrote {output} ({len(message.data) / 1024:.1f} KB message)", err=True)
-        return
-    page = preview(definition, contact).html
+    try:
+        if output is not None and output.suffix.lower() == ".eml":
+            message = Composer(definition).compose(DueRow(0, 0, None, None, contact), now=SystemClock().now())
+            output.write_bytes(message.data)
+            click.echo(f"Wrote {output} ({len(message.data) / 1024:.1f} KB message)", err=True)
+            return
+        page = preview(definition, contact).html
+    except Exception as exc:  # what would make this contact's message fail at send time
+        reason, hint = describe_error(exc)
+        raise ReconcilerError(
+            f"{target}: the message cannot be built for {contact.email}: {reason} ({hint}); at send time this "
+            "contact's message would fail"
+        ) from exc
     if output is None:
         click.echo(page)
         return

@@ -7,15 +7,10 @@ count in the pull request is the count that gets the message.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from reconciler.segments import (
-    MARKETING_BLOCKING,
-    audience_key,
-    blocking_for,
-    campaign_audience_parts,
-    segment_closure,
-)
+from reconciler.audience import MARKETING_BLOCKING, audience_key, blocking_for, campaign_audience_parts
+from reconciler.segments import segment_closure
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import Campaign
 from reconciler.state.campaigns import SegmentDefinitions, StoredAudience
@@ -30,6 +25,8 @@ class AudienceCount:
     excluded: Mapping[str, int] = field(default_factory=dict)
     unevaluated: tuple[str, ...] = ()
     """Conditions this count leaves out (segments, until they are evaluated)."""
+    missing: Mapping[str, int] = field(default_factory=dict)
+    """Recipients who lack a field the message reads without a default (their message would fail), by field."""
 
     def describe(self) -> str:
         text = f"→ {self.recipients:,} recipient{'s' * (self.recipients != 1)}"
@@ -38,10 +35,18 @@ class AudienceCount:
             text += "; excluded: " + ", ".join(f"{why} {n:,}" for why, n in excluded)
         if self.unevaluated:
             text += f" (not counted: {', '.join(self.unevaluated)})"
+        for name, n in sorted(self.missing.items()):
+            if n:
+                text += f"; {n:,} {'has' if n == 1 else 'have'} no {name}: their message would fail"
         return text
 
     def as_dict(self) -> dict[str, object]:
-        return {"recipients": self.recipients, "excluded": dict(self.excluded), "not_counted": list(self.unevaluated)}
+        return {
+            "recipients": self.recipients,
+            "excluded": dict(self.excluded),
+            "not_counted": list(self.unevaluated),
+            "missing_fields": dict(self.missing),
+        }
 
 
 def count_audience(
@@ -74,7 +79,13 @@ def count_audience(
 
 
 def campaign_audience(desired: DesiredState, campaign: Campaign, observed: ObservedState) -> AudienceCount:
-    """The campaign's audience now: from the membership histogram, or for segments from their counted query."""
+    """The campaign's audience now: from the membership histogram, or for segments from their counted query; with
+    who lacks a field its messages read without a default, where that was counted."""
+    missing = {f: n for (name, f), n in observed.missing_counts.items() if name == campaign.name}
+    return replace(_audience(desired, campaign, observed), missing=missing)
+
+
+def _audience(desired: DesiredState, campaign: Campaign, observed: ObservedState) -> AudienceCount:
     lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
     if segments or exclude_segments:
         counts = observed.audience_counts.get(audience_key(lists, exclude_lists, segments, exclude_segments))

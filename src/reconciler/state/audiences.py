@@ -51,3 +51,13 @@ def audience_reasons(db: Database, *, candidates: Sql, reason: Sql) -> dict[str,
         (*reason.params, *candidates.params),
     )
     return {str(why): int(n) for why, n in rows}
+
+
+def count_where(db: Database, recipients: Sql, condition: Sql) -> int:
+    """How many of an audience's recipients meet `condition` (e.g. lack a field)."""
+    row = db.conn.execute(
+        "SELECT count(*) FROM contacts c LEFT JOIN suppressions p ON p.email_hash = c.email_hash "
+        f"WHERE {recipients.text} AND {condition.text}",
+        (*recipients.params, *condition.params),
+    ).fetchone()
+    return int(row[0])

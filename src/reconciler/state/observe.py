@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from reconciler.segments import AudienceSql, Sql
+from reconciler.audience import AudienceSql
+from reconciler.segments import Sql
 from reconciler.state import audiences as run
 from reconciler.state.campaigns import CampaignRecord, campaign_records
 from reconciler.state.db import get_meta
@@ -51,6 +52,8 @@ class ObservedState:
     segment_counts: Mapping[str, int] = field(default_factory=dict)
     last_counts: Mapping[str, int] = field(default_factory=dict)
     """Counts recorded at the last apply ("Segment x", "Campaign y"), for the change since then."""
+    missing_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(campaign, field) -> recipients who lack a field its messages read without a default."""
 
 
 def observe(db: Database, *, audience: bool = True) -> ObservedState:
@@ -80,6 +83,7 @@ def with_counts(
     *,
     audiences: Mapping[str, AudienceSql],
     segments: Mapping[str, Sql],
+    missing: Mapping[tuple[str, str], tuple[Sql, Sql]] | None = None,
     deadline: float | None = None,
 ) -> ObservedState:
     """`observed` plus the counts of compiled campaign `audiences` and `segments`, each a query of its own.
@@ -96,7 +100,14 @@ def with_counts(
         if deadline is not None and time.monotonic() > deadline:
             break
         segment_counts[name] = run.count(db, members)
-    return replace(observed, audience_counts=audience_counts, segment_counts=segment_counts)
+    missing_counts = dict(observed.missing_counts)
+    for pair, (recipients, lacking) in (missing or {}).items():
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        missing_counts[pair] = run.count_where(db, recipients, lacking)
+    return replace(
+        observed, audience_counts=audience_counts, segment_counts=segment_counts, missing_counts=missing_counts
+    )
 
 
 def audience_histogram(db: Database) -> dict[Signature, int]:

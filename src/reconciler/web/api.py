@@ -13,9 +13,9 @@ from sqlite_utils import Database
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from reconciler.audience import blocking_for
 from reconciler.clock import iso, parse_instant
 from reconciler.imports import RowParser, normalise_email
-from reconciler.segments import blocking_for
 from reconciler.state import records, subscribers
 from reconciler.state import settings as runtime_settings
 from reconciler.state.contacts import ContactRow, finish_import, import_batch, start_import

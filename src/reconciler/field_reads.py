@@ -1,0 +1,109 @@
+"""Which contact fields a message reads without a fallback.
+
+Templates are strict: a field the contact lacks is undefined, and using it (`{{ contact.city }}`,
+`{% if contact.city == 'Łódź' %}`) fails that contact's message, so it is not sent. That is right for a typo and
+wrong for data some contacts simply do not have, such as everyone who signed up through the form without a
+`brew_method`. This module finds each read of an optional field that neither `| default(...)` nor an
+`is defined` test guards, with its file and line, so `validate` can warn and `plan` can count who would be
+affected. It reads the template files as written (layouts and partials included), not the compiled HTML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+
+from jinja2 import Environment, TemplateSyntaxError, meta, nodes
+
+from reconciler.spec.contact import TEXT_FIELDS
+from reconciler.spec.workspace import DesiredState
+
+ALWAYS_SET = frozenset({"email", "tags", "created_at"})
+"""Built-in fields every contact has; every other field may be missing."""
+_GUARD_FILTERS = frozenset({"default", "d"})
+_GUARD_TESTS = frozenset({"defined", "undefined"})
+_PARSER = Environment()
+
+
+@dataclass(frozen=True, order=True)
+class FieldRead:
+    """An unguarded read of `contact.<field>` at `template` (its Jinja name, e.g. news/hello.mjml), `line`."""
+
+    field: str
+    template: str
+    line: int
+
+
+def optional_fields(custom: Collection[str]) -> frozenset[str]:
+    """The fields a contact may lack: the optional built-ins and every custom field."""
+    return frozenset(TEXT_FIELDS) | frozenset(custom)
+
+
+def unguarded_reads(sources: Mapping[str, str], start: str, optional: Collection[str]) -> list[FieldRead]:
+    """Unguarded reads of `optional` fields in the template `start` (a Jinja name in `sources`) and every layout and
+    partial it uses, each (field, file) once, at its first line."""
+    found: dict[tuple[str, str], FieldRead] = {}
+    todo, seen = [start], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sources:
+            continue
+        seen.add(name)
+        try:
+            tree = _PARSER.parse(sources[name])
+        except TemplateSyntaxError:
+            continue  # reported by the compile check
+        todo += [ref for ref in meta.find_referenced_templates(tree) if ref]
+        for read in _reads(tree, name, optional):
+            found.setdefault((read.field, read.template), read)
+    return sorted(found.values(), key=lambda r: (r.template, r.line, r.field))
+
+
+def unguarded_in_text(text: str, optional: Collection[str]) -> list[str]:
+    """The optional fields a subject or preheader reads without a guard."""
+    try:
+        tree = _PARSER.parse(text)
+    except TemplateSyntaxError:
+        return []
+    return sorted({read.field for read in _reads(tree, "", optional)})
+
+
+def _reads(tree: nodes.Template, template: str, optional: Collection[str]) -> Iterator[FieldRead]:
+    guarded_nodes = {id(f.node) for f in tree.find_all(nodes.Filter) if f.name in _GUARD_FILTERS}
+    tested = {field for t in tree.find_all(nodes.Test) if t.name in _GUARD_TESTS and (field := _field(t.node))}
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        field = _field(node)
+        if field and field in optional and field not in tested and id(node) not in guarded_nodes:
+            yield FieldRead(field, template, node.lineno)
+
+
+def _field(node: nodes.Node) -> str | None:
+    """`contact.x` or `contact['x']` -> x."""
+    if not (isinstance(node, nodes.Getattr | nodes.Getitem) and isinstance(node.node, nodes.Name)):
+        return None
+    if node.node.name != "contact":
+        return None
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None
+
+
+def campaign_reads(desired: DesiredState) -> dict[str, list[str]]:
+    """Per campaign, the optional fields its messages (template, stages, subjects, preheaders) read unguarded."""
+    optional = optional_fields(desired.fields)
+    sources = {t.jinja_name: t.text for t in desired.templates.values()}
+    found: dict[str, list[str]] = {}
+    for name, campaign in desired.campaigns.items():
+        fields: set[str] = set()
+        parts = [(campaign.template, campaign.subject, campaign.preheader)]
+        parts += [(stage.template, stage.subject, stage.preheader) for stage in campaign.stages]
+        for template, subject, preheader in parts:
+            if template in desired.templates:
+                fields |= {r.field for r in unguarded_reads(sources, desired.templates[template].jinja_name, optional)}
+                text_part = desired.templates[template].text_part
+                if text_part is not None:
+                    fields |= {r.field for r in unguarded_reads({"part.txt": text_part}, "part.txt", optional)}
+            fields |= set(unguarded_in_text(subject, optional)) | set(unguarded_in_text(preheader, optional))
+        if fields:
+            found[name] = sorted(fields)
+    return found
