@@ -98,7 +98,8 @@ async def main():
     started = time.perf_counter()
     report = await dispatcher.run_pass()
     elapsed = time.perf_counter() - started
-    render = peak_mb(dispatcher.pool.submit(Path("/proc/self/status").read_text).result()) if dispatcher.pool else 0
+    executor = dispatcher.run.pool.executor
+    render = peak_mb(executor.submit(Path("/proc/self/status").read_text).result()) if executor else 0
     await dispatcher.close()
     return report, elapsed, render
 

@@ -165,6 +165,8 @@ class Dispatcher:
                 now=now,
             )
             report.sources.append(await sender.run())
+            if transport.breaker.down:
+                report.relays_down[transport.name] = transport.breaker.last_error
         except CannotPrepare as exc:
             log.error("%s %s: %s", kind, source.name, exc)
         except Exception as exc:
@@ -218,28 +220,24 @@ class Dispatcher:
         ]
 
     def recover(self, now: datetime, runtime: RuntimeSettings) -> int:
-        """Settle rows left `sending` by a process that stopped, or by this one's earlier pass that failed: sent
-        again when they never passed the point of no return, otherwise uncertain (or resent where the transport
-        says `on_uncertain: resend`). Returns how many became uncertain."""
+        """Settle rows left `sending` (past the point of no return) by a process that stopped, or by this one's
+        earlier pass that failed: uncertain, or queued again where the transport says `on_uncertain: resend`.
+        Returns how many became uncertain."""
         found = dispatchers.interrupted(
             self.db, host=self.host, alive=_alive, stale_before=iso(datetime.now(UTC) - STALE), own=self.ident
         )
-        requeue = [row.row_id for row in found.rows if not row.on_wire]
         uncertain: list[int] = []
         resend: list[int] = []
-        for row in (row for row in found.rows if row.on_wire):
+        for row in found.rows:
             transport = self.transport(row.transport or runtime.settings.defaults.transport, runtime)
             (resend if transport.on_uncertain == "resend" else uncertain).append(row.row_id)
         if found.rows or found.gone:
-            dispatchers.settle_interrupted(
-                self.db, requeue=requeue, uncertain=uncertain, resend=resend, forget=found.gone, at=iso(now)
-            )
+            dispatchers.settle_interrupted(self.db, uncertain=uncertain, resend=resend, forget=found.gone, at=iso(now))
         if found.rows:
             log.warning(
-                "%d message(s) were cut off when a dispatcher stopped: %d never reached the point of no return and "
-                "go again, %d marked uncertain (not sent again), %d queued to resend",
+                "%d message(s) were on the wire when a dispatcher stopped: %d marked uncertain (not sent again), "
+                "%d queued to resend",
                 len(found.rows),
-                len(requeue),
                 len(uncertain),
                 len(resend),
             )

@@ -1,9 +1,11 @@
 """Sending one message definition's due rows in one pass, and what each SMTP answer means for its row.
 
 One producer renders messages ahead into a bounded queue (in a render process for large sends); `max_connections`
-workers each claim a row in its own short transaction (together with the outcome of the message they sent
-before), mark the point of no return right before the body goes on the wire, hand the message to the transport,
-and keep the outcome for their next claim. Marketing mail honours quiet hours and the frequency cap (`holds`).
+workers each hand a message to the transport, which calls back at the point of no return (the server said "go
+ahead" to DATA): only then is the row claimed, in one short transaction together with the outcome of the message
+the connection sent before. A server that refuses or cannot be reached before that point leaves the row unclaimed:
+refusals are written as an attempt (`ledger.refused`), an unreachable server counts nothing. Marketing mail honours
+quiet hours and the frequency cap (`holds`).
 
 A failure of the state database stops the definition: no new row is claimed, the messages already on the wire
 finish, and the outcomes that could not be written are kept for the next pass (`Pending`). Rows are never lost:
@@ -251,41 +253,61 @@ class SourceSender:
             self.fail(exc)
 
     async def send(self, message: Message, previous: Outcome | None) -> Outcome | None:
-        """Claim the row (writing the previous outcome with it) and hand it to the transport; its outcome."""
+        """Hand the message to the transport, claiming its row at the point of no return (together with the
+        previous outcome); returns the outcome still to be written, if any."""
+        claimed: list[str] = []
+
+        def at_point_of_no_return() -> bool:
+            claimed.append(self.claim(message, previous))
+            return claimed[0] == "claimed"
+
         try:
-            result = ledger.claim(
-                self.db,
-                message.row_id,
-                source=self.source,
-                dispatcher=self.run_.ident,
-                message_id=message.message_id,
-                blocking=self.blocking,
-                at=iso(self.run_.clock.now()),
-                previous=previous,
+            delivery = await self.transport.send(
+                self.envelope_from, message.recipient, message.data, on_wire=at_point_of_no_return
             )
-        except Exception as exc:
+        except Exception as exc:  # the claim failed: nothing was sent, the previous outcome was not written
             if previous is not None:
                 self.run_.pending.outcomes.append((previous, self.source))
             self.fail(exc)
             return None
-        if result == "paused":
+        clock, jitter = self.run_.clock, self.run_.jitter
+        if not claimed:  # refused or unreachable before the point of no return: the row was never claimed
+            if delivery.status == "unreachable":
+                self.note("waiting")
+                return previous  # nothing happened to this row; the previous outcome is still to be written
+            outcome = judge(message, delivery, transport=self.transport, now=clock.now(), jitter=jitter)
+            try:
+                if ledger.refused(self.db, outcome, source=self.source, previous=previous) == "paused":
+                    self.halt.set()
+                    return None
+            except Exception as exc:
+                if previous is not None:
+                    self.run_.pending.outcomes.append((previous, self.source))
+                self.fail(exc)
+                return None
+            self.note(outcome.state)
+            return None
+        if claimed[0] == "paused":
             self.halt.set()
             return None
-        if result != "claimed":
-            self.note(result)
+        if claimed[0] != "claimed":
+            self.note(claimed[0])
             return None
-
-        def on_wire() -> None:
-            ledger.mark_on_wire(self.db, message.row_id, at=iso(self.run_.clock.now()))
-
-        try:
-            delivery = await self.transport.send(self.envelope_from, message.recipient, message.data, on_wire=on_wire)
-        except Exception as exc:  # the point of no return could not be recorded: the message was not sent
-            self.fail(exc)
-            return None
-        outcome = judge(message, delivery, transport=self.transport, now=self.run_.clock.now(), jitter=self.run_.jitter)
+        outcome = judge(message, delivery, transport=self.transport, now=clock.now(), jitter=jitter)
         self.note(outcome.state)
         return outcome
+
+    def claim(self, message: Message, previous: Outcome | None) -> str:
+        return ledger.claim(
+            self.db,
+            message.row_id,
+            source=self.source,
+            dispatcher=self.run_.ident,
+            message_id=message.message_id,
+            blocking=self.blocking,
+            at=iso(self.run_.clock.now()),
+            previous=previous,
+        )
 
 
 def judge(
@@ -298,9 +320,6 @@ def judge(
     reply = delivery.reply
     if delivery.status == "sent":
         return Outcome(message.row_id, "sent", reply, at)
-    if delivery.status == "unreachable":  # the relay's outage, not the recipient's: no attempt is counted
-        why = f"the server could not be reached ({reply}); it goes when the server answers again"
-        return Outcome(message.row_id, "queued", why, at, uncount=True)
     if delivery.status == "deferred":
         first = datetime.fromisoformat(message.first_attempt_at) if message.first_attempt_at else now
         if now - first >= transport.retry_for:

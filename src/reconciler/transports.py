@@ -25,8 +25,9 @@ import aiosmtplib
 
 from reconciler.spec import documents as spec
 
-Status = Literal["sent", "deferred", "bounced", "policy", "failed", "uncertain", "unreachable"]
-"""unreachable: the server could not be reached at all; the message never left, and it is nobody's fault."""
+Status = Literal["sent", "deferred", "bounced", "policy", "failed", "uncertain", "unreachable", "abandoned"]
+"""unreachable: the server could not be reached at all; the message never left, and it is nobody's fault.
+abandoned: the caller said no at the point of no return (`OnWire`); nothing was delivered."""
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 MESSAGES_PER_CONNECTION = 100
 """Reconnect after this many messages: some servers cap a session, and a fresh one spreads load on a relay pool."""
@@ -71,9 +72,10 @@ def classify(code: int, message: str) -> Delivery:
 DEFAULT_RETRY = timedelta(days=3)
 
 
-OnWire = Callable[[], None]
-"""Called right before a message's body is written to the server (the point of no return); if it raises, the
-message is not sent and the connection is dropped, so the server discards the transaction."""
+OnWire = Callable[[], bool]
+"""Called at the point of no return: the server has accepted the envelope and said "go ahead" to DATA, and the body
+with its final dot is about to be written. True goes on; False (or an exception) abandons the message: the
+connection is dropped without the final dot, so the server discards the transaction."""
 
 
 class Transport(Protocol):
@@ -321,10 +323,13 @@ class SmtpTransport:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the message was sent")
         if on_wire is not None:
             try:
-                on_wire()
+                go_on = on_wire()
             except BaseException:
                 connection.smtp.close()  # without the final dot the server discards the transaction
                 raise
+            if not go_on:
+                connection.smtp.close()
+                return Delivery("abandoned", "not sent: abandoned before the message body")
         connection.body_written = True  # from here a broken connection leaves the outcome unknown
         protocol.write(dot_stuff(data))
         response = await protocol.read_response(timeout=self.timeout)
@@ -358,8 +363,8 @@ class OutboxTransport:
         return self.folder / (re.sub(r"[^A-Za-z0-9._-]", "_", message_id.strip("<>")) + ".eml")
 
     async def send(self, sender: str, recipient: str, data: bytes, *, on_wire: OnWire | None = None) -> Delivery:
-        if on_wire is not None:
-            on_wire()
+        if on_wire is not None and not on_wire():
+            return Delivery("abandoned", "not sent")
         message_id = re.search(rb"^Message-ID: (\S+)\r?$", data, re.M | re.I)
         name = message_id.group(1).decode() if message_id else f"{time.time_ns()}"
         target = self.path_for(name)
@@ -393,8 +398,8 @@ class MemoryTransport:
 
     async def send(self, sender: str, recipient: str, data: bytes, *, on_wire: OnWire | None = None) -> Delivery:
         await asyncio.sleep(0)
-        if on_wire is not None:
-            on_wire()
+        if on_wire is not None and not on_wire():
+            return Delivery("abandoned", "not sent")
         delivery = self.reply(recipient, data) if self.reply else Delivery("sent", "250 ok", 250)
         if delivery.status == "sent":
             self.messages.append((sender, recipient, data))

@@ -129,7 +129,7 @@ def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
         click.echo(line)
     if result.valid and not (result.plan and result.plan.actions) and not result.started and not report.sources:
         click.echo("Nothing to do.")
-    ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) else 1)
+    ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) and not report.relays_down else 1)
 
 
 async def _dispatch(root: Path, db: Database, moment: Clock) -> DispatchReport:
@@ -175,6 +175,10 @@ def _dispatch_lines(report: DispatchReport) -> list[str]:
         outcomes = ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items()))
         lines.append(f"Campaign {progress.source}: {outcomes or 'nothing sent'}")
     lines += [f"Campaign {name}: finished" for name in report.finished]
+    lines += [
+        f"Transport {name}: the server cannot be reached ({why}); its messages wait, unattempted"
+        for name, why in sorted(report.relays_down.items())
+    ]
     return lines
 
 

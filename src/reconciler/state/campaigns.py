@@ -51,6 +51,11 @@ class StoredAudience(BaseModel):
         return self.model_dump_json(by_alias=True)
 
 
+def load_audience(text: str) -> StoredAudience:
+    """The one reader of a stored audience."""
+    return StoredAudience.model_validate_json(text)
+
+
 @dataclass(frozen=True)
 class CampaignDefinition:
     """What apply writes for a campaign that has not started: its document, its content and its audience."""
@@ -118,7 +123,7 @@ def campaign_record(row: Mapping[str, Any], *, progress: Mapping[str, int] | Non
         recipients=row["recipients"],
         last_attempted_revision=row["last_attempted_revision"],
         last_applied_revision=row["last_applied_revision"],
-        audience=StoredAudience.model_validate_json(row["audience"]),
+        audience=load_audience(row["audience"]),
         held=bool(row["held"]),
         progress=progress or {},
     )
@@ -315,7 +320,7 @@ def sending_campaigns(db: Database) -> list[SendingCampaign]:
             name,
             load_content(content),
             content_hash,
-            StoredAudience.model_validate_json(audience).lists,
+            load_audience(audience).lists,
             started,
             revision or "",
         )

@@ -8,7 +8,7 @@ still cannot be imported again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,29 +19,30 @@ from reconciler.spec.contact import TEXT_FIELDS, Contact
 from reconciler.state.db import audit, write
 from reconciler.state.suppressions import email_hash, suppress
 
-CONTACT_COLUMNS = ", ".join(
-    f"c.{name}" for name in ("id", "email", *TEXT_FIELDS, "tags", "fields", "created_at", "frequency")
-)
-"""What `contact_from_row` reads, selected from `contacts c`."""
+CONTACT_NAMES = ("id", "email", *TEXT_FIELDS, "tags", "fields", "created_at", "frequency")
+CONTACT_COLUMNS = ", ".join(f"c.{name}" for name in CONTACT_NAMES)
+"""What `contact_from_row` reads, selected from `contacts c`, in this order."""
 
 
-def contact_from_row(row: Mapping[str, Any]) -> Contact:
-    """The one reader of a contact row (CONTACT_COLUMNS, by name)."""
+def contact_from_row(values: Sequence[Any]) -> Contact:
+    """The one reader of a contact row: the values of CONTACT_COLUMNS, in order."""
+    row = dict(zip(CONTACT_NAMES, values, strict=True))
+    tags, fields, created_at = row["tags"], row["fields"], row["created_at"]
     return Contact(
         id=int(row["id"]),
         email=str(row["email"]),
         **{name: row[name] for name in TEXT_FIELDS},
-        tags=tuple(json.loads(row["tags"] or "[]")),
-        created_at=datetime.fromisoformat(row["created_at"]) if row["created_at"] else None,
-        fields=json.loads(row["fields"] or "{}"),
+        tags=tuple(json.loads(tags)) if tags and tags != "[]" else (),
+        created_at=datetime.fromisoformat(created_at) if created_at else None,
+        fields=json.loads(fields) if fields and fields != "{}" else {},
         frequency=row["frequency"],
     )
 
 
 def find_contact(db: Database, email: str) -> Contact | None:
     """A contact by normalised address."""
-    rows = list(db.query(f"SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.email = ?", (email,)))
-    return contact_from_row(rows[0]) if rows else None
+    row = db.conn.execute(f"SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.email = ?", (email,)).fetchone()
+    return contact_from_row(row) if row else None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,10 @@
 """Who is sending: one registration per running dispatcher, and recovery of the rows a stopped one left behind.
 
-A dispatcher registers (host, pid) when a pass begins and beats every few seconds. A `sending` row whose
-dispatcher is gone (its process on this host is dead, or its heartbeat went stale), or that a live dispatcher left
-behind in an earlier pass that failed, was cut off on the wire. Whether it may have been delivered depends on the
-point of no return, the final dot of the SMTP transaction (`on_wire_at`): before it, the server discards the
-message, so the row is simply queued again; past it, the row becomes `uncertain`, or is queued again with the same
-Message-ID where its transport says `on_uncertain: resend`.
+A dispatcher registers (host, pid) when a pass begins and beats every few seconds. A row is claimed (`sending`)
+at the point of no return, right before the message's body and final dot go to the server, so a `sending` row
+whose dispatcher is gone (its process on this host is dead, or its heartbeat went stale), or that a live dispatcher
+left behind in an earlier pass that failed, may have been delivered: it becomes `uncertain`, or is queued again with
+the same Message-ID where its transport says `on_uncertain: resend`.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ class Interrupted:
     row_id: int
     transport: str | None
     """Its campaign's transport; None for messages sent with the default one (double opt-in confirmations)."""
-    on_wire: bool
-    """Its body was written to the server (the point of no return): it may have been delivered."""
 
 
 @dataclass(frozen=True)
@@ -69,31 +66,24 @@ def interrupted(db: Database, *, host: str, alive: Callable[[int], bool], stale_
     }
     live = {ident for ident, *_ in registered} - gone - {own}
     rows = db.conn.execute(
-        "SELECT l.id, l.claimed_by, l.on_wire_at, c.content FROM ledger l "
+        "SELECT l.id, l.claimed_by, c.content FROM ledger l "
         "LEFT JOIN campaigns c ON l.source_kind = 'campaign' AND c.name = l.source WHERE l.state = 'sending'"
     )
     found = [
-        Interrupted(row_id, load_content(content).transport if content else None, on_wire is not None)
-        for row_id, claimed_by, on_wire, content in rows
+        Interrupted(row_id, load_content(content).transport if content else None)
+        for row_id, claimed_by, content in rows
         if claimed_by not in live
     ]
     return Recovery(found, gone - {own})
 
 
 def settle_interrupted(
-    db: Database,
-    *,
-    requeue: Sequence[int],
-    uncertain: Sequence[int],
-    resend: Sequence[int],
-    forget: Iterable[str],
-    at: str,
+    db: Database, *, uncertain: Sequence[int], resend: Sequence[int], forget: Iterable[str], at: str
 ) -> None:
-    """Rows cut off before the point of no return go out again; rows past it are `uncertain`, or queued again with
-    the same Message-ID where the transport says `on_uncertain: resend`; the registrations of dispatchers that are
-    gone are forgotten (never one that is alive: its next claim would look abandoned)."""
+    """Rows cut off on the wire are `uncertain`, or queued again (same Message-ID) where the transport says
+    `on_uncertain: resend`; the registrations of dispatchers that are gone are forgotten (never one that is alive:
+    its rows would look abandoned)."""
     settle = [
-        (requeue, "queued", "interrupted before the message was handed over (the process stopped); it goes again"),
         (uncertain, "uncertain", "interrupted during the SMTP transaction (the process stopped); not sent again"),
         (
             resend,
@@ -104,7 +94,7 @@ def settle_interrupted(
     with write(db):
         for rows, state, reply in settle:
             db.conn.executemany(
-                "UPDATE ledger SET state = ?, claimed_by = NULL, on_wire_at = NULL, updated_at = ?, last_reply = ? "
+                "UPDATE ledger SET state = ?, claimed_by = NULL, updated_at = ?, last_reply = ? "
                 "WHERE id = ? AND state = 'sending'",
                 [(state, at, reply, row_id) for row_id in rows],
             )

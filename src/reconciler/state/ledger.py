@@ -1,25 +1,29 @@
 """The send ledger while it is being worked: what is due, claims and outcomes.
 
-A row is claimed (`queued`/`deferred` → `sending`) in its own short write transaction just before its SMTP
-transaction, together with the outcome of the message its connection sent before. So after a kill -9 at most one
-row per connection is `sending` without an outcome, and recovery (`dispatchers`) marks exactly those `uncertain`;
-a row that was never claimed is still `queued` and goes out after the restart. Nothing is claimed in batches ahead
-of time (the way listmonk skips up to a batch after a crash, its issue #3022).
+A row is claimed (`queued`/`deferred` → `sending`) at the point of no return: once the server has accepted the
+envelope and said "go ahead" to DATA, and right before the body and its final dot are written. The claim is one
+short write transaction, together with the outcome of the message its connection sent before. So after a kill -9 at
+most one row per connection is `sending` without an outcome, and each of them may have been delivered: recovery
+(`dispatchers`) marks exactly those `uncertain`. A row killed before that point is still `queued` and goes out
+after the restart. A server that refuses the envelope (4xx/5xx before DATA) gets its outcome written by `refused`,
+and nothing is claimed in batches ahead of time (the way listmonk skips up to a batch after a crash, its issue
+#3022).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any, Literal
 
 from sqlite_utils import Database
 
 from reconciler.spec.contact import Contact
 from reconciler.state import engagement
-from reconciler.state.campaigns import StoredAudience
+from reconciler.state.campaigns import load_audience
 from reconciler.state.conditions import Reason
 from reconciler.state.contacts import CONTACT_COLUMNS, contact_from_row
 from reconciler.state.content import MessageContent, load_content
@@ -63,7 +67,14 @@ class DueRow:
     attempts: int
     message_id: str | None
     first_attempt_at: str | None
-    contact: Contact
+    stored_contact: Contact | tuple[Any, ...]
+    """The contact, or its stored columns (CONTACT_COLUMNS): parsed when first asked for, which for a large send is
+    in the render process, not in the one that talks SMTP."""
+
+    @cached_property
+    def contact(self) -> Contact:
+        stored = self.stored_contact
+        return stored if isinstance(stored, Contact) else contact_from_row(stored)
 
 
 @dataclass(frozen=True)
@@ -82,8 +93,6 @@ class Outcome:
     """A policy or reputation refusal (5.7.x), counted against the campaign."""
     soft: bool = False
     """A soft bounce (mailbox full), recorded as engagement without suppressing."""
-    uncount: bool = False
-    """The attempt never reached the server (it could not be reached): it does not count as an attempt."""
 
 
 def backoff(attempts: int, *, jitter: float) -> timedelta:
@@ -105,7 +114,7 @@ def due_sources(db: Database, *, now: str) -> list[Source]:
         "AND coalesce(l.next_attempt_at, l.due_at) <= ? GROUP BY c.name, l.stage ORDER BY c.started_at, c.name",
         (now,),
     ):
-        lists = StoredAudience.model_validate_json(audience).lists
+        lists = load_audience(audience).lists
         sources.append(Source("campaign", name, stage, load_content(content), lists, due))
     return sources
 
@@ -124,18 +133,14 @@ def due_confirmations(db: Database, *, now: str) -> list[tuple[str, int]]:
 
 def due_rows(db: Database, source: Source, *, now: str, after_id: int, limit: int) -> list[DueRow]:
     """The next page of due rows of `source` (by id), with their contacts."""
-    rows = db.query(
-        "SELECT l.id AS row_id, l.attempts, l.message_id, l.first_attempt_at, "
-        f"{CONTACT_COLUMNS} FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+    rows = db.conn.execute(
+        f"SELECT l.id, l.attempts, l.message_id, l.first_attempt_at, {CONTACT_COLUMNS} "
+        "FROM ledger l JOIN contacts c ON c.id = l.contact_id "
         "WHERE l.source_kind = ? AND l.source = ? AND l.stage = ? AND l.state IN ('queued', 'deferred') "
         "AND coalesce(l.next_attempt_at, l.due_at) <= ? AND l.id > ? ORDER BY l.id LIMIT ?",
         (source.kind, source.name, source.stage, now, after_id, limit),
     )
-    return [_due_row(row) for row in rows]
-
-
-def _due_row(row: Mapping[str, Any]) -> DueRow:
-    return DueRow(row["row_id"], row["attempts"], row["message_id"], row["first_attempt_at"], contact_from_row(row))
+    return [DueRow(row[0], row[1], row[2], row[3], row[4:]) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -148,20 +153,17 @@ class SentMessage:
 
 def sent_message(db: Database, row_id: int) -> SentMessage | None:
     """A campaign's ledger row with its contact, and the campaign's stored content and lists."""
-    rows = list(
-        db.query(
-            "SELECT l.id AS row_id, l.attempts, l.message_id, l.first_attempt_at, l.source, l.stage, "
-            f"{CONTACT_COLUMNS}, m.content, m.audience FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-            "JOIN campaigns m ON l.source_kind = 'campaign' AND m.name = l.source WHERE l.id = ?",
-            (row_id,),
-        )
-    )
-    if not rows:
+    row = db.conn.execute(
+        "SELECT m.content, m.audience, l.source, l.stage, l.id, l.attempts, l.message_id, l.first_attempt_at, "
+        f"{CONTACT_COLUMNS} FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        "JOIN campaigns m ON l.source_kind = 'campaign' AND m.name = l.source WHERE l.id = ?",
+        (row_id,),
+    ).fetchone()
+    if row is None:
         return None
-    row = rows[0]
-    lists = StoredAudience.model_validate_json(row["audience"]).lists
-    source = Source("campaign", row["source"], row["stage"], load_content(row["content"]), lists, 1)
-    return SentMessage(_due_row(row), source)
+    content, audience, name, stage = row[:4]
+    source = Source("campaign", name, stage, load_content(content), load_audience(audience).lists, 1)
+    return SentMessage(DueRow(row[4], row[5], row[6], row[7], row[8:]), source)
 
 
 def recent_sends(db: Database, contact_id: int, *, since: str) -> list[str]:
@@ -205,10 +207,8 @@ def claim(
     with write(db):
         if previous is not None:
             _record(db, previous, source=source)
-        if source.kind == "campaign":
-            status = db.conn.execute("SELECT status FROM campaigns WHERE name = ?", (source.name,)).fetchone()
-            if status is None or status[0] != "sending":
-                return "paused"
+        if source.kind == "campaign" and not _sending(db, source.name):
+            return "paused"
         row = db.conn.execute(
             "SELECT l.state, l.contact_id, p.reason, EXISTS (SELECT 1 FROM subscriptions s WHERE "
             "s.contact_id = l.contact_id AND s.status = ? AND s.list IN (SELECT value FROM json_each(?))) "
@@ -235,17 +235,34 @@ def claim(
             return "skipped"
         db.conn.execute(
             "UPDATE ledger SET state = 'sending', claimed_by = ?, attempts = attempts + 1, message_id = ?, "
-            "first_attempt_at = coalesce(first_attempt_at, ?), on_wire_at = NULL, updated_at = ? WHERE id = ?",
+            "first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ? WHERE id = ?",
             (dispatcher, message_id, at, at, row_id),
         )
         return "claimed"
 
 
-def mark_on_wire(db: Database, row_id: int, *, at: str) -> None:
-    """The message's body is about to be written to the server: from here on it may be delivered whatever happens
-    to this process (the point of no return), so a crash leaves the row `uncertain` rather than queued."""
+def refused(db: Database, outcome: Outcome, *, source: Source, previous: Outcome | None = None) -> str:
+    """The server refused a message before DATA (or during it), so it was never claimed: write its outcome as an
+    attempt (unless another process took the row meanwhile), together with `previous`. Returns "recorded", or
+    "paused" when its campaign stopped sending meanwhile (the refusal is then not counted)."""
     with write(db):
-        db.conn.execute("UPDATE ledger SET on_wire_at = ? WHERE id = ? AND state = 'sending'", (at, row_id))
+        if previous is not None:
+            _record(db, previous, source=source)
+        if source.kind == "campaign" and not _sending(db, source.name):
+            return "paused"
+        attempted = db.conn.execute(
+            "UPDATE ledger SET attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, ?) "
+            "WHERE id = ? AND state IN ('queued', 'deferred')",
+            (outcome.at, outcome.row_id),
+        ).rowcount
+        if attempted:
+            _record(db, outcome, source=source)
+    return "recorded"
+
+
+def _sending(db: Database, campaign: str) -> bool:
+    row = db.conn.execute("SELECT status FROM campaigns WHERE name = ?", (campaign,)).fetchone()
+    return row is not None and row[0] == "sending"
 
 
 def record(db: Database, outcome: Outcome, *, source: Source) -> None:
@@ -257,8 +274,7 @@ def record(db: Database, outcome: Outcome, *, source: Source) -> None:
 def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
     db.conn.execute(
         "UPDATE ledger SET state = ?, last_reply = ?, updated_at = ?, next_attempt_at = ?, claimed_by = NULL, "
-        "on_wire_at = NULL, sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, attempts = attempts - ? "
-        "WHERE id = ?",
+        "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
         (
             outcome.state,
             outcome.reply[:500],
@@ -266,7 +282,6 @@ def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
             outcome.next_attempt_at,
             outcome.state,
             outcome.at,
-            int(outcome.uncount),
             outcome.row_id,
         ),
     )

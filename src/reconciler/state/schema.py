@@ -305,15 +305,13 @@ def _typed_records(db: Database) -> None:
     db.conn.execute("DELETE FROM meta WHERE key LIKE 'last_error%'")
 
 
-@migrations(name="0007_point_of_no_return")
-def _point_of_no_return(db: Database) -> None:
-    """When a message's body went on the wire (the final dot written): only a row past that point can have been
-    delivered when its process died; one cut off before it is simply sent again. Waiting messages of contacts
-    erased before this version are skipped, as erasure now does."""
+@migrations(name="0007_erased_waiting_rows")
+def _erased_waiting_rows(db: Database) -> None:
+    """Waiting messages of contacts erased before this version are skipped, as erasure now does (they could never
+    be sent, and a campaign waiting for them never finished)."""
     _run_script(
         db,
         """
-        ALTER TABLE ledger ADD COLUMN on_wire_at TEXT;
         UPDATE ledger SET state = 'skipped', last_reply = 'not sent: the contact was erased'
             WHERE contact_id IS NULL AND state IN ('queued', 'deferred');
         """,

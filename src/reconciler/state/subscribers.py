@@ -13,7 +13,7 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from reconciler.state import engagement
-from reconciler.state.campaigns import StoredAudience
+from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
 from reconciler.state.ledger import CONFIRMATION_SOURCE
@@ -47,7 +47,7 @@ def message_target(db: Database, row_id: int) -> MessageTarget | None:
         return None
     row_id, contact_id, email, kind, source, stage, audience = row
     if audience:
-        lists = StoredAudience.model_validate_json(audience).lists
+        lists = load_audience(audience).lists
     elif source == CONFIRMATION_SOURCE:
         lists = (stage.split(":", 1)[0],)
     else:
