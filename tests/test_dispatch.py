@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -171,13 +170,9 @@ def test_two_ticks_at_once_send_nothing_twice(tmp_path: Path) -> None:
         root = workspace(tmp_path, port)
         emails = import_contacts(root, 2000)
         reconciler("apply", "--now", NOW, cwd=root)
-        command = [sys.executable, "-m", "reconciler", "tick", "--now", NOW]
-        processes = [
-            subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)
-        ]
-        outputs = [p.communicate(timeout=120) for p in processes]
-        assert all(p.returncode == 0 for p in processes), outputs
+        with ThreadPoolExecutor(2) as pool:  # two processes started together
+            results = list(pool.map(lambda _: reconciler("tick", "--now", NOW, cwd=root), range(2)))
+        assert all(r.returncode == 0 for r in results), [r.stdout + r.stderr for r in results]
     received = sink.received()
     assert set(received) == set(emails) and set(received.values()) == {1}
     assert ledger(root) == Counter(sent=2000)
@@ -378,10 +373,15 @@ def test_rate_limit_holds_across_two_campaigns_on_one_transport(tmp_path: Path) 
         import_contacts(root, 40)
         tick(root)
     assert len(sink.messages) == 80
-    # a bucket of 20 starts full: the other 60 messages need at least three seconds at 20 a second
-    assert arrivals[-1] - arrivals[0] >= 2.9
-    for start in arrivals:  # and no second ever holds more than the bucket plus one second's tokens
-        assert sum(1 for t in arrivals if start <= t < start + 1.0) <= 40
+    # A token bucket of `cap` tokens refilled at `rate` a second (RateLimiter: cap = n, refill n per period) lets at
+    # most cap + rate × w messages start in any w seconds, and it starts full. The sink sees arrivals, not starts:
+    # each lags its start by the rendering and the SMTP exchange, more for some than for others on a busy machine,
+    # which can bring the starts of up to `slack` seconds more into one window of arrivals (and shorten the span).
+    cap, rate, slack = 20, 20.0, 0.5
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - cap) / rate - slack  # the 60 after the burst waited
+    window = 1.0
+    busiest = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
+    assert busiest <= cap + rate * (window + slack), busiest  # 50: without a shared bucket all 80 come within 1 s
 
 
 def _certificate(folder: Path) -> tuple[Path, Path]:
