@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conftest import reconciler
+from conftest import reconciler, wait_for
 from sending import LATER, NOW, import_contacts, ledger, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer, free_port
 from web_server import WebServer
@@ -255,7 +255,7 @@ def test_opens_and_clicks_are_recorded_with_machines_apart(site: tuple[Path, Sin
         client.head(clicks[0], headers={"user-agent": human})
         elsewhere = clicks[0].split("?u=")[0] + "?u=https%3A%2F%2Fevil.example.org%2F"
         assert client.get(elsewhere, follow_redirects=False).status_code == 404
-        time.sleep(1.0)  # writes are batched
+        wait_for(lambda: len(query(root, "SELECT id FROM engagement")) == 4, "the batched engagement writes")
     rows = query(root, "SELECT action, machine FROM engagement ORDER BY id")
     assert rows == [("opened", 0), ("opened", 1), ("clicked", 0), ("clicked", 1)]
 
