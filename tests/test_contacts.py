@@ -14,13 +14,14 @@ from conftest import reconciler
 from reconciler.contacts import ImportFileError, convert, import_file, normalise_email
 from reconciler.load import load_workspace
 from reconciler.plan import count_audience
+from reconciler.spec import DesiredState
 from reconciler.state import observe, open_db
 from reconciler.state.contacts import erase_contact, export_contact, set_subscription, suppress
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-def _desired(example: Path):  # type: ignore[no-untyped-def]
+def _desired(example: Path) -> DesiredState:
     desired, problems = load_workspace(example)
     assert not problems
     return desired

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import reconciler
-from sending import LATER, MUCH_LATER, NOW, bucket, import_contacts, ledger, parse, query, tick, workspace
+from sending import LATER, MUCH_LATER, NOW, body, bucket, import_contacts, ledger, pairs, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer
 
 
@@ -42,8 +42,7 @@ def test_every_recipient_of_2000_gets_exactly_one_message_that_parses_cleanly(tm
     assert message["List-Id"] == "News and offers <news.mail.example.com>"
     assert message["Precedence"] == "bulk" and message["Feedback-ID"] == "hello:main:campaign:mail.example.com"
     assert message["Message-ID"].endswith("@example.com>") and message["Date"]
-    html = message.get_body(("html",)).get_content()
-    text = message.get_body(("plain",)).get_content()
+    html, text = body(message), body(message, "plain")
     assert "Łódź" in html and "Łódź" in text
     assert html.count("https://mail.example.com/c/") == 4  # four http(s) links tracked, mailto and unsubscribe not
     assert "mailto:help@example.com" in html and https in html
@@ -105,7 +104,7 @@ def test_hard_bounces_suppress_policy_blocks_fail_and_nothing_is_retried(tmp_pat
         import_contacts(root, 20)
         tick(root)
         tick(root, MUCH_LATER)
-    states = dict(query(root, "SELECT c.email, l.state FROM ledger l JOIN contacts c ON c.id = l.contact_id"))
+    states = pairs(root, "SELECT c.email, l.state FROM ledger l JOIN contacts c ON c.id = l.contact_id")
     assert states["person1@example.net"] == states["person2@example.net"] == states["person3@example.net"] == "failed"
     assert sink.attempts["person1@example.net"] == sink.attempts["person2@example.net"] == 1
     suppressed = {row[0] for row in query(root, "SELECT reason FROM suppressions")}
@@ -420,15 +419,17 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
 def test_starttls_checks_the_certificate_and_logs_in_with_the_password_from_the_environment(tmp_path: Path) -> None:
     import ssl
 
-    from aiosmtpd.smtp import AuthResult
+    from aiosmtpd.smtp import AuthResult, LoginPassword
 
     cert, key = _certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     logins: list[tuple[str, str]] = []
 
-    def authenticator(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
-        login, password = data.login.decode(), data.password.decode()  # type: ignore[attr-defined]
+    def authenticator(
+        server: object, session: object, envelope: object, mechanism: str, data: LoginPassword
+    ) -> AuthResult:
+        login, password = data.login.decode(), data.password.decode()
         logins.append((login, password))
         return AuthResult(success=password == "s3cret")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,13 +35,13 @@ def _desired(root: Path) -> DesiredState:
     return desired
 
 
-def _plan(root: Path, db: Database, now: datetime = NOW, **kwargs: object) -> Plan:
+def _plan(root: Path, db: Database, now: datetime = NOW, *, confirm: Collection[str] = ()) -> Plan:
     desired = _desired(root)
-    return make_plan(desired, observe_for(db, desired, now=now), now=now, **kwargs)  # type: ignore[arg-type]
+    return make_plan(desired, observe_for(db, desired, now=now), now=now, confirm=confirm)
 
 
-def _apply(root: Path, db: Database, now: datetime = NOW, **kwargs: object) -> Plan:
-    plan = _plan(root, db, now, **kwargs)
+def _apply(root: Path, db: Database, now: datetime = NOW, *, confirm: Collection[str] = ()) -> Plan:
+    plan = _plan(root, db, now, confirm=confirm)
     apply_plan(db, plan, _desired(root), now=now)
     return plan
 

@@ -20,8 +20,12 @@ class WebServer:
 
     def __init__(self, root: Path, *, port: int | None = None, fetch: Callable[[str], bytes] | None = None) -> None:
         self.db = open_db(root / ".state/reconciler.db")
-        options = {"fetch": fetch} if fetch else {}
-        self.app = create_app(self.db, clock=SystemClock(), root=root, **options)  # type: ignore[arg-type]
+        clock = SystemClock()
+        self.app = (
+            create_app(self.db, clock=clock, root=root, fetch=fetch)
+            if fetch
+            else create_app(self.db, clock=clock, root=root)
+        )
         self.port = port or free_port()
         self.server = uvicorn.Server(
             uvicorn.Config(
