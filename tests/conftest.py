@@ -8,8 +8,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +65,12 @@ def write_files(tmp_path: Path) -> WriteFiles:
         return tmp_path
 
     return write
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Any]]:
+    """Daemons a test starts (`daemon_process.Daemon`); each is closed at the end, whatever happened."""
+    started: list[Any] = []
+    yield started
+    for daemon in started:
+        daemon.close()

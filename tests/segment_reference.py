@@ -40,7 +40,9 @@ class World:
     zone: str = "UTC"
 
     def duration(self, text: str) -> timedelta:
-        amount, unit = DURATION.match(text).groups()  # type: ignore[union-attr]
+        match = DURATION.match(text)
+        assert match, text
+        amount, unit = match.groups()
         return timedelta(seconds=int(amount) * UNITS[unit])
 
     def stored(self, moment: datetime, type_: str) -> str:
@@ -113,7 +115,7 @@ class World:
         operand = node[op]
         if op == "exists":
             present = value is not None and (type_ != "list" or len(value) > 0)
-            return present == operand
+            return bool(present == operand)
         if op == "ne":
             return not self.compare(value, type_, {"eq": operand})
         if op == "not_in":
@@ -142,7 +144,7 @@ class World:
             return bool(value <= operand)
         if op == "within":
             start = self.stored(self.now - self.duration(operand), type_)
-            return start <= value <= self.stored(self.now, type_)
+            return bool(start <= value <= self.stored(self.now, type_))
         if op == "contains":
             return str(operand) in value
         if op == "starts_with":

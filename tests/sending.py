@@ -127,12 +127,26 @@ def query(root: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
         return db.execute(sql, params).fetchall()
 
 
+def pairs(root: Path, sql: str, *params: object) -> dict[str, str]:
+    """A two-column query as {first column: second column}, both as text."""
+    return {str(key): str(value) for key, value in query(root, sql, *params)}
+
+
 def parse(data: bytes) -> email.message.EmailMessage:
     message = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(message, email.message.EmailMessage)
     defects = [d for part in message.walk() for d in part.defects]
     assert not defects, defects
     return message
+
+
+def body(message: email.message.EmailMessage, subtype: str = "html") -> str:
+    """The text of the message's html (or plain) part."""
+    part = message.get_body((subtype,))
+    assert part is not None, f"no text/{subtype} part"
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content
 
 
 def bucket(address: str, modulo: int) -> int:

@@ -96,7 +96,7 @@ class _CountingController(Controller):
         self.sink = sink
 
     def factory(self) -> SMTP:
-        server = super().factory()
+        server: SMTP = super().factory()  # type: ignore[no-untyped-call]
         made, lost = server.connection_made, server.connection_lost
         sink = self.sink
 

@@ -14,6 +14,7 @@ from conftest import reconciler
 from reconciler.imports import ImportFileError, convert, import_file, normalise_email
 from reconciler.load import load_workspace
 from reconciler.plan import count_audience
+from reconciler.spec import DesiredState
 from reconciler.state import observe, open_db
 from reconciler.state.contacts import erase_contact, export_contact
 from state_helpers import set_status, suppress_address
@@ -21,7 +22,7 @@ from state_helpers import set_status, suppress_address
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-def _desired(example: Path):  # type: ignore[no-untyped-def]
+def _desired(example: Path) -> DesiredState:
     desired, problems = load_workspace(example)
     assert not problems
     return desired

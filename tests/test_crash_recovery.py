@@ -5,36 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from conftest import reconciler, wait_for
+from daemon_process import Daemon, sending_daemon
 from sending import import_contacts, query, workspace
-from smtp_sink import Sink, SinkServer, free_port
+from smtp_sink import Sink, SinkServer
 
 
-def start_daemon(root: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "NO_COLOR": "1", "RECONCILER_SECRET": "test-secret", "RECONCILER_RENDER_PROCESSES": "0"}
-    env.pop("RECONCILER_STATE", None)
-    command = [sys.executable, "-m", "reconciler", "run", "--interval", "60", "--port", str(free_port())]
-    return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
+class SlowRcptSink(Sink):
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        await asyncio.sleep(0.3)  # connections spend most of their time before DATA: a kill finds them there
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 
 
 def campaign_status(root: Path) -> str:
@@ -44,26 +30,18 @@ def campaign_status(root: Path) -> str:
 
 
 def test_rows_killed_before_their_body_went_out_are_sent_after_the_restart(
-    tmp_path: Path, daemons: list[subprocess.Popen[str]]
+    tmp_path: Path, daemons: list[Daemon]
 ) -> None:
-    sink = Sink()
-    original = sink.handle_RCPT
-
-    async def slow_rcpt(*args: Any) -> str:
-        await asyncio.sleep(0.3)  # connections spend most of their time before DATA: a kill finds them there
-        return await original(*args)
-
-    sink.handle_RCPT = slow_rcpt  # type: ignore[method-assign]
+    sink = SlowRcptSink()
     connections = 4
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port, connections=connections)
         emails = import_contacts(root, 120)
-        for kill in range(3):
-            daemons.append(start_daemon(root))
-            wait_for(lambda n=kill: len(sink.messages) >= 15 * (n + 1), "messages to arrive", 60)
-            daemons[-1].send_signal(signal.SIGKILL)
-            daemons[-1].wait()
-        daemons.append(start_daemon(root))
+        for kill in range(1, 4):
+            daemons.append(sending_daemon(root))
+            wait_for(lambda: len(sink.messages) >= 15 * kill, "messages to arrive", 60)  # noqa: B023
+            daemons[-1].kill()
+        daemons.append(sending_daemon(root))
         wait_for(lambda: campaign_status(root) == "sent", "the campaign to finish after the restarts", 120)
     received = sink.received()
     assert max(received.values()) == 1

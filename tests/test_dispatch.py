@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from conftest import reconciler
-from sending import LATER, MUCH_LATER, NOW, bucket, import_contacts, ledger, parse, query, tick, workspace
+from sending import LATER, MUCH_LATER, NOW, body, bucket, import_contacts, ledger, pairs, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer
 
 
@@ -43,8 +42,7 @@ def test_every_recipient_of_2000_gets_exactly_one_message_that_parses_cleanly(tm
     assert message["List-Id"] == "News and offers <news.mail.example.com>"
     assert message["Precedence"] == "bulk" and message["Feedback-ID"] == "hello:main:campaign:mail.example.com"
     assert message["Message-ID"].endswith("@example.com>") and message["Date"]
-    html = message.get_body(("html",)).get_content()
-    text = message.get_body(("plain",)).get_content()
+    html, text = body(message), body(message, "plain")
     assert "Łódź" in html and "Łódź" in text
     assert html.count("https://mail.example.com/c/") == 4  # four http(s) links tracked, mailto and unsubscribe not
     assert "mailto:help@example.com" in html and https in html
@@ -106,7 +104,7 @@ def test_hard_bounces_suppress_policy_blocks_fail_and_nothing_is_retried(tmp_pat
         import_contacts(root, 20)
         tick(root)
         tick(root, MUCH_LATER)
-    states = dict(query(root, "SELECT c.email, l.state FROM ledger l JOIN contacts c ON c.id = l.contact_id"))
+    states = pairs(root, "SELECT c.email, l.state FROM ledger l JOIN contacts c ON c.id = l.contact_id")
     assert states["person1@example.net"] == states["person2@example.net"] == states["person3@example.net"] == "failed"
     assert sink.attempts["person1@example.net"] == sink.attempts["person2@example.net"] == 1
     suppressed = {row[0] for row in query(root, "SELECT reason FROM suppressions")}
@@ -171,13 +169,9 @@ def test_two_ticks_at_once_send_nothing_twice(tmp_path: Path) -> None:
         root = workspace(tmp_path, port)
         emails = import_contacts(root, 2000)
         reconciler("apply", "--now", NOW, cwd=root)
-        command = [sys.executable, "-m", "reconciler", "tick", "--now", NOW]
-        processes = [
-            subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)
-        ]
-        outputs = [p.communicate(timeout=120) for p in processes]
-        assert all(p.returncode == 0 for p in processes), outputs
+        with ThreadPoolExecutor(2) as pool:  # two processes started together
+            results = list(pool.map(lambda _: reconciler("tick", "--now", NOW, cwd=root), range(2)))
+        assert all(r.returncode == 0 for r in results), [r.stdout + r.stderr for r in results]
     received = sink.received()
     assert set(received) == set(emails) and set(received.values()) == {1}
     assert ledger(root) == Counter(sent=2000)
@@ -378,10 +372,15 @@ def test_rate_limit_holds_across_two_campaigns_on_one_transport(tmp_path: Path) 
         import_contacts(root, 40)
         tick(root)
     assert len(sink.messages) == 80
-    # a bucket of 20 starts full: the other 60 messages need at least three seconds at 20 a second
-    assert arrivals[-1] - arrivals[0] >= 2.9
-    for start in arrivals:  # and no second ever holds more than the bucket plus one second's tokens
-        assert sum(1 for t in arrivals if start <= t < start + 1.0) <= 40
+    # A token bucket of `cap` tokens refilled at `rate` a second (RateLimiter: cap = n, refill n per period) lets at
+    # most cap + rate × w messages start in any w seconds, and it starts full. The sink sees arrivals, not starts:
+    # each lags its start by the rendering and the SMTP exchange, more for some than for others on a busy machine,
+    # which can bring the starts of up to `slack` seconds more into one window of arrivals (and shorten the span).
+    cap, rate, slack = 20, 20.0, 0.5
+    assert arrivals[-1] - arrivals[0] >= (len(arrivals) - cap) / rate - slack  # the 60 after the burst waited
+    window = 1.0
+    busiest = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
+    assert busiest <= cap + rate * (window + slack), busiest  # 50: without a shared bucket all 80 come within 1 s
 
 
 def _certificate(folder: Path) -> tuple[Path, Path]:
@@ -420,15 +419,17 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
 def test_starttls_checks_the_certificate_and_logs_in_with_the_password_from_the_environment(tmp_path: Path) -> None:
     import ssl
 
-    from aiosmtpd.smtp import AuthResult
+    from aiosmtpd.smtp import AuthResult, LoginPassword
 
     cert, key = _certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     logins: list[tuple[str, str]] = []
 
-    def authenticator(server: object, session: object, envelope: object, mechanism: str, data: object) -> AuthResult:
-        login, password = data.login.decode(), data.password.decode()  # type: ignore[attr-defined]
+    def authenticator(
+        server: object, session: object, envelope: object, mechanism: str, data: LoginPassword
+    ) -> AuthResult:
+        login, password = data.login.decode(), data.password.decode()
         logins.append((login, password))
         return AuthResult(success=password == "s3cret")
 

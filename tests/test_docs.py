@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 import pytest
 
@@ -11,6 +13,11 @@ from reconciler.spec import KINDS
 
 README = (REPO / "README.md").read_text()
 SPEC_DOC = (REPO / "docs" / "spec-language.md").read_text()
+
+
+def mentions(text: str, option: str) -> bool:
+    """Whether `text` names `option` as a whole token: "-o" is not in "one-off", "--count" not in "--count-budget"."""
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
 
 
 def commands() -> list[tuple[str, click.Command]]:
@@ -29,13 +36,19 @@ def test_every_command_and_option_is_in_the_readme(name: str, command: click.Com
     assert f"  {name} " in README or f"reconciler {name}" in README
     for param in command.params:
         if isinstance(param, click.Option):
-            assert any(opt in README for opt in param.opts), f"{name} {param.opts} is not in README.md"
+            assert any(mentions(README, opt) for opt in param.opts), f"{name} {param.opts} is not in README.md"
 
 
 def test_global_options_are_in_the_readme() -> None:
     for param in main.params:
         if isinstance(param, click.Option) and "--help" not in param.opts:
-            assert any(opt in README for opt in param.opts), param.opts
+            assert any(mentions(README, opt) for opt in param.opts), param.opts
+
+
+def test_options_are_matched_as_whole_tokens() -> None:
+    assert mentions("render X [-o FILE]", "-o") and mentions("`--count-budget SECONDS`", "--count-budget")
+    assert not mentions("a one-off draft", "-o") and not mentions("--count-budget", "--count")
+    assert not mentions("--output-dir", "--output") and not mentions("x--o", "-o")
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

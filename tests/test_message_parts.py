@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from reconciler.mime import HeaderValueError, QpEncoder, Skeleton, mailbox, qp
 from reconciler.tokens import Signer
 from reconciler.transports import classify, dot_stuff
+from sending import body
 
 SKELETON = Skeleton(
     from_="Sklep Łąka <news@example.com>",
@@ -51,8 +52,7 @@ def test_any_subject_name_and_body_round_trip_without_defects(subject: str, name
     if name:
         assert message["To"].addresses[0].display_name == name
     normal = html.replace("\r\n", "\n").replace("\r", "\n")
-    body = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
-    assert body.replace("\r\n", "\n") == normal
+    assert body(message).replace("\r\n", "\n") == normal
 
 
 def test_static_headers_are_encoded_once_and_correctly() -> None:

@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from conftest import reconciler, wait_for
+from daemon_process import Daemon, sending_daemon
 from reconciler.clock import FixedClock, parse_instant
 from reconciler.daemon import reconcile_once
 from reconciler.dispatch import Dispatcher
 from reconciler.state import open_db
 from sending import NOW, import_contacts, ledger, query, workspace
 from smtp_sink import Sink, SinkServer, free_port
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
-def start_daemon(root: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "NO_COLOR": "1", "RECONCILER_SECRET": "test-secret", "RECONCILER_RENDER_PROCESSES": "0"}
-    env.pop("RECONCILER_STATE", None)
-    command = [sys.executable, "-m", "reconciler", "run", "--interval", "60", "--port", str(free_port())]
-    return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def second_campaign(root: Path, name: str = "second") -> None:
@@ -47,21 +24,18 @@ def campaign_statuses(root: Path) -> dict[str, str]:
     return {str(name): str(status) for name, status in query(root, "SELECT name, status FROM campaigns")}
 
 
-def test_a_running_daemon_sends_through_the_relay_the_settings_name_now(
-    tmp_path: Path, daemons: list[subprocess.Popen[str]]
-) -> None:
+def test_a_running_daemon_sends_through_the_relay_the_settings_name_now(tmp_path: Path, daemons: list[Daemon]) -> None:
     old, new = Sink(), Sink()
     with SinkServer(old) as old_port, SinkServer(new) as new_port:
         root = workspace(tmp_path, old_port)
         import_contacts(root, 20)
-        daemons.append(start_daemon(root))
+        daemons.append(sending_daemon(root))
         wait_for(lambda: campaign_statuses(root).get("hello") == "sent", "the first campaign to be sent", 60)
         settings = root / "spec/settings.yaml"
         settings.write_text(settings.read_text().replace(f"port: {old_port}", f"port: {new_port}"))
         second_campaign(root)
         wait_for(lambda: campaign_statuses(root).get("second") == "sent", "the second campaign to be sent", 60)
-        daemons[0].send_signal(signal.SIGTERM)
-        daemons[0].communicate(timeout=60)
+        daemons[0].stop()
     assert len(old.messages) == 20 and len(new.messages) == 20
 
 
@@ -93,7 +67,7 @@ def test_connections_the_relay_closed_while_idle_are_replaced_without_deferring_
 
 
 def test_a_relay_outage_stops_taking_rows_and_sending_resumes_when_it_answers(
-    tmp_path: Path, daemons: list[subprocess.Popen[str]]
+    tmp_path: Path, daemons: list[Daemon]
 ) -> None:
     sink = Sink()
     port = free_port()
@@ -101,15 +75,14 @@ def test_a_relay_outage_stops_taking_rows_and_sending_resumes_when_it_answers(
     root = workspace(tmp_path, port, connections=connections)
     emails = import_contacts(root, 3000)
     with SinkServer(sink, port=port):
-        daemons.append(start_daemon(root))
+        daemons.append(sending_daemon(root))
         wait_for(lambda: len(sink.messages) >= 500, "sending to be under way", 60)
     down_at = len(sink.messages)  # the relay is gone
     wait_for(lambda: "relay" in reconciler("status", cwd=root).stdout.lower(), "status to say the relay is down", 30)
     attempted_while_down = query(root, "SELECT count(*) FROM ledger WHERE attempts > 0 AND state != 'sent'")[0][0]
     with SinkServer(sink, port=port):
         wait_for(lambda: campaign_statuses(root).get("hello") == "sent", "sending to resume and finish", 120)
-        daemons[0].send_signal(signal.SIGTERM)
-        daemons[0].communicate(timeout=60)
+        daemons[0].stop()
     assert down_at < 3000
     # messages on the wire when the relay vanished may be uncertain; nothing else was attempted while it was down
     assert isinstance(attempted_while_down, int) and attempted_while_down <= 2 * connections

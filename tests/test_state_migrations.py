@@ -37,11 +37,11 @@ def _old_database(path: Path) -> Database:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(path)
     migrations.apply(db, stop_before="0006_typed_records")
-    db["meta"].insert_all([{"key": k, "value": v} for k, v in OLD_SETTINGS.items()])
-    db["lists"].insert({"name": "newsletter", "spec": json.dumps({"name": "newsletter", "title": "The Letter"})})
+    db.table("meta").insert_all([{"key": k, "value": v} for k, v in OLD_SETTINGS.items()])
+    db.table("lists").insert({"name": "newsletter", "spec": json.dumps({"name": "newsletter", "title": "The Letter"})})
     spec = {"name": "old-news", "audience": {"lists": ["newsletter"], "segments": ["espresso-people"]}}
     definitions = {"segments": {}, "fields": {}, "timezone": "Europe/Warsaw"}
-    db["campaigns"].insert(
+    db.table("campaigns").insert(
         {
             "name": "old-news",
             "status": "draft",

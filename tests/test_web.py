@@ -10,15 +10,19 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from conftest import reconciler
-from sending import LATER, NOW, import_contacts, ledger, parse, query, tick, workspace
+from conftest import reconciler, wait_for
+from sending import LATER, NOW, body, import_contacts, ledger, pairs, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer, free_port
 from web_server import WebServer
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 TOKEN = "test-api-token"
 
@@ -48,13 +52,11 @@ def unsubscribe_url(data: bytes) -> str:
 
 
 def subscriptions(root: Path, email: str) -> dict[str, str]:
-    return dict(
-        query(
-            root,
-            "SELECT s.list, s.status FROM subscriptions s JOIN contacts c ON c.id = s.contact_id WHERE c.email = ?",
-            email,
-        )
-    )  # type: ignore[arg-type]
+    return pairs(
+        root,
+        "SELECT s.list, s.status FROM subscriptions s JOIN contacts c ON c.id = s.contact_id WHERE c.email = ?",
+        email,
+    )
 
 
 def test_one_click_unsubscribe_from_a_received_message(site: tuple[Path, Sink, str, int]) -> None:
@@ -202,7 +204,7 @@ def test_double_opt_in_from_form_to_confirmed_subscription(tmp_path: Path) -> No
             (data,) = [d for r, d in sink.messages if r == "new.reader@example.net"]
             message = parse(data)
             assert "confirm" in str(message["Subject"]).lower()
-            html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+            html = body(message)
             assert "/c/" not in html and "/o/" not in html  # no tracking, no advertising
             confirm = re.findall(r'href="([^"]*/confirm/[^"]*)"', html)[0].replace("&amp;", "&")
             assert confirm.startswith(f"{base}/confirm/")
@@ -238,7 +240,7 @@ def test_subscribe_form_is_rate_limited_per_address(site: tuple[Path, Sink, str,
 def test_opens_and_clicks_are_recorded_with_machines_apart(site: tuple[Path, Sink, str, int]) -> None:
     root, sink, _base, port = site
     _, data = sink.messages[0]
-    html = parse(data).get_body(("html",)).get_content()  # type: ignore[union-attr]
+    html = body(parse(data))
     pixel = html.split('<img src="')[-1].split('"')[0]
     clicks = [part.split('"')[0].replace("&amp;", "&") for part in html.split('href="')[1:] if "/c/" in part[:60]]
     human = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120 Safari/537.36"
@@ -255,12 +257,12 @@ def test_opens_and_clicks_are_recorded_with_machines_apart(site: tuple[Path, Sin
         client.head(clicks[0], headers={"user-agent": human})
         elsewhere = clicks[0].split("?u=")[0] + "?u=https%3A%2F%2Fevil.example.org%2F"
         assert client.get(elsewhere, follow_redirects=False).status_code == 404
-        time.sleep(1.0)  # writes are batched
+        wait_for(lambda: len(query(root, "SELECT id FROM engagement")) == 4, "the batched engagement writes")
     rows = query(root, "SELECT action, machine FROM engagement ORDER BY id")
     assert rows == [("opened", 0), ("opened", 1), ("clicked", 0), ("clicked", 1)]
 
 
-def _sns_key_and_fetch() -> tuple[object, object, bytes]:
+def _sns_key_and_certificate() -> tuple[RSAPrivateKey, bytes]:
     import datetime as dt
 
     from cryptography import x509
@@ -281,16 +283,17 @@ def _sns_key_and_fetch() -> tuple[object, object, bytes]:
         .not_valid_after(now + dt.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
-    return key, hashes, cert.public_bytes(serialization.Encoding.PEM)
+    return key, cert.public_bytes(serialization.Encoding.PEM)
 
 
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
 
 
-def _sns(key: object, hashes: object, message: dict[str, object], version: str = "1") -> dict[str, object]:
+def _sns(key: RSAPrivateKey, message: dict[str, object], version: str = "1") -> dict[str, object]:
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    body: dict[str, object] = {
+    notification: dict[str, object] = {
         "Type": "Notification",
         "MessageId": f"m-{time.time_ns()}",
         "Timestamp": "2026-11-24T10:00:00.000Z",
@@ -300,15 +303,15 @@ def _sns(key: object, hashes: object, message: dict[str, object], version: str =
         "SigningCertURL": CERT_URL,
     }
     keys = ["Message", "MessageId", "Timestamp", "TopicArn", "Type"]
-    text = "".join(f"{k}\n{body[k]}\n" for k in keys).encode()
-    algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()  # type: ignore[attr-defined]
-    body["Signature"] = base64.b64encode(key.sign(text, padding.PKCS1v15(), algorithm)).decode()  # type: ignore[attr-defined]
-    return body
+    text = "".join(f"{k}\n{notification[k]}\n" for k in keys).encode()
+    algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()
+    notification["Signature"] = base64.b64encode(key.sign(text, padding.PKCS1v15(), algorithm)).decode()
+    return notification
 
 
 def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str, int]) -> None:
     root, _sink, base, port = site
-    key, hashes, pem = _sns_key_and_fetch()
+    key, pem = _sns_key_and_certificate()
     fetched: list[str] = []
 
     def fetch(url: str) -> bytes:
@@ -319,7 +322,6 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
     bounced = [{"emailAddress": "person1@example.net", "diagnosticCode": "smtp; 550 5.1.1"}]
     hard = _sns(
         key,
-        hashes,
         {
             "notificationType": "Bounce",
             "bounce": {"bounceType": "Permanent", "bounceSubType": "General", "bouncedRecipients": bounced},
@@ -328,13 +330,11 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
     transient = [{"emailAddress": "person2@example.net"}]
     soft = _sns(
         key,
-        hashes,
         {"notificationType": "Bounce", "bounce": {"bounceType": "Transient", "bouncedRecipients": transient}},
         version="2",
     )
     complaint = _sns(
         key,
-        hashes,
         {
             "notificationType": "Complaint",
             "complaint": {"complainedRecipients": [{"emailAddress": "person3@example.net"}]},
@@ -378,8 +378,8 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
         assert client.post(generic, json=event, headers=bearer).json()["recorded"] == 2
         assert client.post(generic, json=[{"id": "x"}], headers=bearer).status_code == 400
     assert fetched == [CERT_URL]  # the certificate is fetched once
-    suppressed = dict(
-        query(root, "SELECT c.email, p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash")
+    suppressed = pairs(
+        root, "SELECT c.email, p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash"
     )
     assert suppressed == {
         "person1@example.net": "bounced",

@@ -58,7 +58,7 @@ def test_every_key_and_item_has_its_position() -> None:
 def test_several_documents_per_file_with_their_own_lines() -> None:
     documents, errors = parse_documents("kind: List\nname: a\n---\nkind: List\nname: b\n---\n")
     assert errors == []
-    assert [(d.value["name"], d.line) for d in documents] == [("a", 1), ("b", 4)]  # type: ignore[index]
+    assert [(d.value["name"], d.line) for d in documents] == [("a", 1), ("b", 4)]
 
 
 def test_syntax_error_is_located_and_earlier_documents_survive() -> None:

@@ -21,8 +21,12 @@ class WebServer:
     def __init__(self, root: Path, *, port: int | None = None, fetch: Callable[[str], bytes] | None = None) -> None:
         state = root / ".state/reconciler.db"
         open_db(state).conn.close()  # created and migrated, as `reconciler run` does before serving
-        options = {"fetch": fetch} if fetch else {}
-        self.app = create_app(state, clock=SystemClock(), root=root, **options)  # type: ignore[arg-type]
+        clock = SystemClock()
+        self.app = (
+            create_app(state, clock=clock, root=root, fetch=fetch)
+            if fetch
+            else create_app(state, clock=clock, root=root)
+        )
         self.port = port or free_port()
         self.server = uvicorn.Server(
             uvicorn.Config(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Collection, Iterator
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
-from watchfiles import Change, awatch
+from watchfiles import Change
+from watchfiles._rust_notify import RustNotify  # watchfiles' documented Rust backend, which awatch wraps
 
 from reconciler.apply import Applied, plan_and_apply
 from reconciler.check import validate_workspace
@@ -129,7 +131,6 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     changed = asyncio.Event()
     wake = asyncio.Event()
-    watcher = asyncio.create_task(_watch(root, changed, stop))
     dispatcher = Dispatcher(dispatch_db, root=root, clock=clock, stop=stop) if dispatch_db is not None else None
     server, metrics = _web_server(web, clock=clock, root=root) if web is not None else (None, None)
     sender = asyncio.create_task(_send_loop(dispatcher, wake, stop, interval, metrics)) if dispatcher else None
@@ -138,7 +139,8 @@ async def run(
         log.info("reconciler: serving http://%s:%d", web.host, web.port)
     last_logged: str | None = None
     checked: dict[str, list[Problem]] = {}
-    log.info("reconciler: watching %s (a full pass at least every %ss)", root, f"{interval:g}")
+    watcher = _watch(root, changed, stop)
+    log.info("reconciler: watching %s for changes (a full pass at least every %ss)", root, f"{interval:g}")
     try:
         while not stop.is_set():
             changed.clear()
@@ -213,12 +215,27 @@ async def _wait_any(events: tuple[asyncio.Event, ...], *, timeout: float) -> Non
             task.cancel()
 
 
-async def _watch(root: Path, changed: asyncio.Event, stop: asyncio.Event) -> None:
-    folders = [root / name for name in WATCHED if (root / name).is_dir()]
-    if not folders:
-        return
-    async for _ in awatch(*folders, watch_filter=_relevant, stop_event=stop, debounce=300):
-        changed.set()
+def _watch(root: Path, changed: asyncio.Event, stop: asyncio.Event) -> asyncio.Future[None]:
+    """Watch the workspace's folders from now on and set `changed` after each burst of relevant changes (debounced
+    over 300 ms), until `stop`. The watcher is in place when this returns, so no edit after it is missed, even one
+    made during the first pass (watchfiles' `awatch` would only start watching when first iterated)."""
+    folders = [str(root / name) for name in WATCHED if (root / name).is_dir()]
+    polling = os.environ.get("WATCHFILES_FORCE_POLLING", "").lower() not in ("", "false", "disable", "disabled")
+    notify = RustNotify(folders, False, polling, 300, True, False)
+    loop = asyncio.get_running_loop()
+
+    def wait_for_changes() -> None:
+        with notify:  # closed in this thread, after its last watch() returned
+            while not stop.is_set():  # watch() sees `stop` within one 50 ms step and returns "stop"
+                try:
+                    batch = notify.watch(300, 50, 0, stop)
+                except Exception:
+                    log.exception("watching %s failed; changes are seen by the periodic pass only", root)
+                    return
+                if isinstance(batch, set) and any(_relevant(Change(kind), path) for kind, path in batch):
+                    loop.call_soon_threadsafe(changed.set)
+
+    return loop.run_in_executor(None, wait_for_changes)
 
 
 def _log_pass(result: PassResult, last_logged: str | None) -> str | None:
