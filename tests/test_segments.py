@@ -146,7 +146,7 @@ def test_values_from_the_spec_never_reach_the_sql_text() -> None:
         {"event": "x.y", "property": {"name": hostile, "eq": hostile}},
     ]
     document = {"kind": "Segment", "name": "s", "where": {"all": conditions}}
-    compiler = Compiler({"s": Segment.model_validate(document)}, TYPES, now=NOW)
+    compiler = Compiler({"s": Segment.model_validate(document)}, TYPES, now=NOW, timezone="UTC")
     query = compiler.members("s")
     assert "DROP" not in query.text and "x.y" not in query.text
     assert hostile in query.params

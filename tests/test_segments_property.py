@@ -275,7 +275,7 @@ def test_compiled_sql_selects_what_the_reference_evaluator_selects(
     models = {name: Segment.model_validate(doc) for name, doc in documents.items()}
     db = _db()
     _store(db, world)
-    compiler = Compiler(models, TYPES, now=NOW)
+    compiler = Compiler(models, TYPES, now=NOW, timezone="UTC")
     got = member_ids(db, compiler.members("target"))
     expected = world.members("target")
     if target.get("order_by"):

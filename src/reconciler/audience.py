@@ -95,11 +95,17 @@ TRANSACTIONAL_BLOCKING = ("bounced", "erased")
 """...and from transactional ones: receipts still go to someone who unsubscribed from marketing or complained."""
 
 
+def is_marketing(lists: Mapping[str, MailingList], names: Sequence[str]) -> bool:
+    """Mail for the lists `names` is marketing unless every one of them is `category: transactional` (receipts):
+    marketing mail honours unsubscribes from everything, quiet hours and caps, and must carry the compliance
+    footer."""
+    known = [lists[name] for name in names if name in lists]
+    return not known or len(known) < len(names) or any(found.category == "marketing" for found in known)
+
+
 def blocking_for(lists: Mapping[str, MailingList], names: Sequence[str]) -> tuple[str, ...]:
     """Suppressions that keep people off the lists `names` (`lists`: the List documents by name)."""
-    if names and all(name in lists and lists[name].category == "transactional" for name in names):
-        return TRANSACTIONAL_BLOCKING
-    return MARKETING_BLOCKING
+    return MARKETING_BLOCKING if is_marketing(lists, names) else TRANSACTIONAL_BLOCKING
 
 
 def audience_queries(

@@ -112,7 +112,7 @@ class Definition:
     """Precedence: bulk (campaigns and marketing workflows)."""
 
 
-def dkim_key(config: SmtpTransport | OutboxTransport) -> DkimKey | None:
+def dkim_key(config: SmtpTransport | OutboxTransport | None) -> DkimKey | None:
     """The transport's DKIM key from the environment, or None when it does not sign."""
     dkim = config.dkim if isinstance(config, SmtpTransport) else None
     if dkim is None:

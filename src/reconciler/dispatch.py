@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from reconciler.audience import MARKETING_BLOCKING, blocking_for
+from reconciler.audience import blocking_for, is_marketing
 from reconciler.clock import Clock, iso
 from reconciler.compose import CannotPrepare, RenderPool, confirmation_content, definition_for
 from reconciler.errors import ReconcilerError
@@ -101,6 +101,12 @@ class Dispatcher:
         if name in self.fixed_transports:
             return self.fixed_transports[name]
         config = runtime.transport(name)
+        if config is None:
+            known = ", ".join(sorted(runtime.settings.transports))
+            raise CannotPrepare(
+                f"transport {name!r} is not in the Settings any more (transports: {known}); its messages wait until "
+                "it is added back"
+            )
         built = self.built.get(name)
         if built is not None and built.config != config:
             self.retired.append(built.transport)
@@ -174,7 +180,7 @@ class Dispatcher:
 
     def _marketing(self, source: Source) -> bool:
         """Quiet hours and caps hold marketing campaigns, never transactional mail or opt-in confirmations."""
-        return source.kind == "campaign" and blocking_for(records.lists(self.db), source.lists) == MARKETING_BLOCKING
+        return source.kind == "campaign" and is_marketing(records.lists(self.db), source.lists)
 
     async def _reachable(self, transport: Transport, report: DispatchReport) -> bool:
         """False while the transport's relay is down; a probe (with backoff) brings it back."""
@@ -229,8 +235,12 @@ class Dispatcher:
         uncertain: list[int] = []
         resend: list[int] = []
         for row in found.rows:
-            transport = self.transport(row.transport or runtime.settings.defaults.transport, runtime)
-            (resend if transport.on_uncertain == "resend" else uncertain).append(row.row_id)
+            try:
+                transport = self.transport(row.transport or runtime.settings.defaults.transport, runtime)
+                again = transport.on_uncertain == "resend"
+            except CannotPrepare:  # its transport is gone: the careful answer
+                again = False
+            (resend if again else uncertain).append(row.row_id)
         if found.rows or found.gone:
             dispatchers.settle_interrupted(self.db, uncertain=uncertain, resend=resend, forget=found.gone, at=iso(now))
         if found.rows:

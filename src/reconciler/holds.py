@@ -13,12 +13,10 @@ from sqlite_utils import Database
 
 from reconciler.clock import iso
 from reconciler.plan.when import ago
+from reconciler.spec.contact import FREQUENCIES
 from reconciler.spec.documents import Settings
 from reconciler.state import ledger
 from reconciler.state.ledger import DueRow
-
-PERIODS = {"weekly": timedelta(days=7), "monthly": timedelta(days=30)}
-"""The frequency choices of the preference page: at most one marketing message per period."""
 
 
 class Holds:
@@ -53,7 +51,7 @@ class Holds:
             if len(recent) >= self.cap.max:
                 until = datetime.fromisoformat(recent[len(recent) - self.cap.max]) + self.cap.per
                 return until, f"frequency cap: at most {self.cap.max} marketing message(s) per {ago(self.cap.per)}"
-        chosen = PERIODS.get(row.contact.frequency or "")
+        chosen = FREQUENCIES.get(row.contact.frequency or "")
         if chosen is not None:
             recent = ledger.recent_sends(self.db, row.contact.id, since=iso(now - chosen))
             if recent:

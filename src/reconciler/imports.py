@@ -171,7 +171,7 @@ class RowParser:
     def for_workspace(cls, desired: DesiredState) -> RowParser:
         return cls(
             {name: f.type for name, f in desired.fields.items()},
-            timezone=desired.settings.timezone if desired.settings else "UTC",
+            timezone=desired.timezone,
         )
 
     def check_columns(self, columns: list[str], file: str) -> None:

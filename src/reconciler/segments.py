@@ -66,7 +66,7 @@ class Compiler:
         field_types: Mapping[str, str],
         *,
         now: datetime,
-        timezone: str = "UTC",
+        timezone: str,
     ) -> None:
         self.segments = segments
         self.types = {**BUILTIN_FIELDS, **field_types}
@@ -340,7 +340,7 @@ def _type_of(node: Operators) -> str:
 
 
 def workspace_compiler(desired: DesiredState, *, now: datetime) -> Compiler:
-    timezone = desired.settings.timezone if desired.settings else "UTC"
+    timezone = desired.timezone
     types = {name: field.type for name, field in desired.fields.items()}
     return Compiler(desired.segments, types, now=now, timezone=timezone)
 

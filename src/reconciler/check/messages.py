@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.audience import is_marketing
 from reconciler.check.checker import Checker
 from reconciler.check.references import message_templates
 from reconciler.errors import Loc, Problem
@@ -46,8 +47,7 @@ def uses(desired: DesiredState) -> list[Use]:
     uses: list[Use] = []
     lists = desired.lists
     for campaign in desired.campaigns.values():
-        audience_lists = [lists[n] for n in campaign.audience.lists if n in lists]
-        marketing = not audience_lists or any(lst.category == "marketing" for lst in audience_lists)
+        marketing = is_marketing(lists, campaign.audience.lists)
         first_list = campaign.audience.lists[0]
         uses.append(
             Use(

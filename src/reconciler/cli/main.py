@@ -78,7 +78,8 @@ class Group(click.Group):
 def main(ctx: click.Context, workspace: Path, state: Path | None, debug: bool) -> None:
     """Email marketing as code: validate, plan and apply a workspace of YAML and MJML.
 
-    Exit codes: 0 success, 1 the spec or the plan has errors, 2 usage errors.
+    Exit codes: 0 success, 1 the spec or the plan has errors (or an import had bad rows, or mail could not go out),
+    2 usage errors.
     """
     ctx.obj = {"workspace": workspace, "state": state, "debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

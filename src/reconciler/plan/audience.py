@@ -108,7 +108,7 @@ def stored_audience(desired: DesiredState, campaign: Campaign) -> StoredAudience
         definitions = SegmentDefinitions(
             segments=dict(sorted(closure.items())),
             fields={name: field.type for name, field in sorted(desired.fields.items())},
-            timezone=desired.settings.timezone if desired.settings else "UTC",  # plans need Settings; see check
+            timezone=desired.timezone,
         )
     return StoredAudience(
         lists=tuple(lists),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 BUILTIN_FIELDS: dict[str, str] = {
@@ -30,8 +30,8 @@ TEXT_FIELDS: tuple[str, ...] = tuple(
 )
 """The built-in text fields beside the address (first_name ... country): an import may set or keep each one."""
 
-FREQUENCIES = ("weekly", "monthly")
-"""What a subscriber may choose on the preference page: at most one marketing message a week or a month."""
+FREQUENCIES: dict[str, timedelta] = {"weekly": timedelta(days=7), "monthly": timedelta(days=30)}
+"""What a subscriber may choose on the preference page: at most one marketing message per period."""
 
 
 @dataclass(frozen=True)

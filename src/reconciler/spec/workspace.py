@@ -78,6 +78,13 @@ class DesiredState:
     invalid: frozenset[tuple[str, str]] = frozenset()
     """(kind, name) of documents that failed to parse: already reported, so references to them are not."""
 
+    @property
+    def timezone(self) -> str:
+        """The workspace's time zone: Settings `timezone`, or its default while Settings are missing or broken."""
+        if self.settings is not None:
+            return self.settings.timezone
+        return str(Settings.model_fields["timezone"].default)
+
     def source(self, kind: str, name: str) -> Source:
         """Where the document was written; a placeholder when it came from nowhere (defaults)."""
         return self.sources.get((kind, name)) or Source(path=self.root, line=1, column=1)

@@ -75,7 +75,7 @@ class CampaignRecord:
     name: str
     status: str
     ready: bool
-    reason: str
+    reason: Reason
     message: str
     path: str
     spec: Mapping[str, Any]
@@ -110,7 +110,7 @@ def campaign_record(row: Mapping[str, Any], *, progress: Mapping[str, int] | Non
         name=row["name"],
         status=row["status"],
         ready=bool(row["ready"]),
-        reason=row["reason"],
+        reason=Reason(row["reason"]),
         message=row["message"],
         path=row["path"],
         spec=json.loads(row["spec"]),

@@ -20,6 +20,8 @@ from reconciler.errors import ReconcilerError
 from reconciler.state.schema import migrations
 
 BUSY_TIMEOUT_MS = 30_000
+POOLED_CACHE_KB = 8_000
+"""The page cache of each connection of a pool (the web service's): requests touch a few rows each."""
 DEFAULT_PATH = ".state/reconciler.db"
 
 
@@ -72,6 +74,7 @@ class ConnectionPool:
             db = self.idle.get_nowait()
         except queue.Empty:
             db = open_db(self.path, create=False, migrate=False)
+            db.conn.execute(f"PRAGMA cache_size = -{POOLED_CACHE_KB}")  # many small requests, not big scans
             with self.lock:
                 self.opened.append(db)
         try:
@@ -83,6 +86,11 @@ class ConnectionPool:
 
     def close(self) -> None:
         with self.lock:
+            while True:
+                try:
+                    self.idle.get_nowait()
+                except queue.Empty:
+                    break
             for db in self.opened:
                 db.conn.close()
             self.opened.clear()

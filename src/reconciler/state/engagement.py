@@ -28,15 +28,13 @@ class Engagement:
 
 
 def record(db: Database, facts: Iterable[Engagement]) -> None:
-    """Inside the caller's write (or on its own): facts whose message and contact are gone are dropped."""
+    """Inside the caller's write (or on its own). Facts about a message whose contact was erased are dropped: after
+    an erasure nothing more is recorded about the person."""
     db.conn.executemany(
         "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail) "
         "SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, l.source, l.stage, x.action, x.machine, "
         "x.at, x.detail FROM (SELECT ? AS ledger_id, ? AS contact_id, ? AS action, ? AS machine, ? AS at, "
         "? AS detail) x LEFT JOIN ledger l ON l.id = x.ledger_id "
         "WHERE coalesce(l.contact_id, x.contact_id) IS NOT NULL",
-        [
-            (f.ledger_id, f.contact_id, f.action, int(f.machine), f.at, f.detail[:200] if f.detail else None)
-            for f in facts
-        ],
+        [(f.ledger_id, f.contact_id, f.action, int(f.machine), f.at, f.detail) for f in facts],
     )

@@ -293,7 +293,7 @@ def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
             ).fetchone()
             if hashed is not None:
                 suppress(db, hashed[0], "bounced", at=outcome.at, detail=outcome.reply)
-        detail = ("soft: " if outcome.soft else "hard: ") + outcome.reply
+        detail = ("soft: " if outcome.soft else "hard: ") + outcome.reply[:200]
         engagement.record(db, [engagement.Engagement(outcome.row_id, "bounced", outcome.at, detail=detail)])
     if outcome.policy and source.kind == "campaign":
         _count_policy_failure(db, source.name, reply=outcome.reply, at=outcome.at)

@@ -54,10 +54,10 @@ class RuntimeSettings:
     def default_sender(self) -> Sender:
         return self.settings.senders[self.settings.defaults.sender]
 
-    def transport(self, name: str) -> SmtpTransport | OutboxTransport:
-        """The transport `name`; one removed since a campaign was scheduled falls back to the default outbox."""
-        transports = self.settings.transports
-        return transports.get(name) or transports.get("outbox") or OutboxTransport(type="outbox")
+    def transport(self, name: str) -> SmtpTransport | OutboxTransport | None:
+        """The transport `name`, or None when the Settings no longer have it (removed after a campaign that uses it
+        was scheduled): its messages wait rather than go anywhere else."""
+        return self.settings.transports.get(name)
 
 
 def save(db: Database, settings: Settings) -> None:

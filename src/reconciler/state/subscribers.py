@@ -17,7 +17,7 @@ from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
 from reconciler.state.ledger import CONFIRMATION_SOURCE
-from reconciler.state.suppressions import email_hash, lift_unsubscribe, suppress
+from reconciler.state.suppressions import email_hash, lift_unsubscribe, reason_for, suppress
 
 MAX_CONFIRMATIONS = 3
 Status = Literal["subscribed", "pending", "unsubscribed"]
@@ -75,17 +75,23 @@ def change_subscriptions(
     ip: str | None = None,
     text: str | None = None,
     action: str | None = None,
+    repeat: bool = False,
 ) -> list[str]:
-    """Inside the caller's write: the one way a subscription changes, each change with its consent record (time,
-    source, wording, IP). Returns the lists that changed; unsubscribing from a list never joined changes nothing.
-    `action` names the consent action when it is not plain subscribe/resubscribe/unsubscribe (`confirm`)."""
+    """Inside the caller's write: how a person's own choices change their subscriptions (pages, forms, the
+    confirm button), each change with its consent record (time, source, wording, IP). Returns the lists that
+    changed; unsubscribing from a list never joined changes nothing. `action` names the consent action when it is
+    not plain subscribe/resubscribe/unsubscribe (`confirm`); `repeat` records a request for the status a list
+    already has (a second subscribe form while the first waits for confirmation).
+
+    Two writers stand apart on purpose: an import subscribes a batch of up to 10,000 rows in two statements
+    (`contacts.import_batch`), and "unsubscribe from everything" adds a consent record for no list in particular."""
     current = dict(
         db.conn.execute("SELECT list, status FROM subscriptions WHERE contact_id = ?", (contact_id,)).fetchall()
     )
     changed = []
     for name, status in wanted.items():
         before = current.get(name)
-        if before == status or (status == "unsubscribed" and before is None):
+        if (before == status and not repeat) or (status == "unsubscribed" and before is None):
             continue
         db.conn.execute(
             "INSERT INTO subscriptions(contact_id, list, status, updated_at) VALUES (?, ?, ?, ?) "
@@ -179,23 +185,16 @@ def request_subscription(
     Suppressed addresses (bounced, complained, unsubscribed from everything, erased) get nothing."""
     hashed = email_hash(email)
     with write(db):
-        if db.conn.execute("SELECT 1 FROM suppressions WHERE email_hash = ?", (hashed,)).fetchone():
+        if reason_for(db, hashed) is not None:
             return []
-        db.conn.execute(
-            "INSERT INTO contacts(email, email_hash, first_name, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(email) DO UPDATE SET first_name = coalesce(contacts.first_name, excluded.first_name)",
-            (email, hashed, first_name, at, at),
-        )
-        contact_id = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()[0]
+        contact_id = contact_for(db, email, at=at, first_name=first_name)
         queued = []
         for name, double in lists:
-            status = db.conn.execute(
-                "SELECT status FROM subscriptions WHERE contact_id = ? AND list = ?", (contact_id, name)
-            ).fetchone()
-            if status and status[0] == "subscribed":
+            if subscription_status(db, contact_id, name) == "subscribed":
                 continue
             wanted: Status = "pending" if double else "subscribed"
-            change_subscriptions(db, contact_id, {name: wanted}, at=at, source="form", ip=ip, text=text)
+            # every request is evidence of consent, a repeated one too (its wording and IP may differ)
+            change_subscriptions(db, contact_id, {name: wanted}, at=at, source="form", ip=ip, text=text, repeat=True)
             if not double:
                 continue
             sent = db.conn.execute(
@@ -242,15 +241,14 @@ def record_engagement(db: Database, facts: Sequence[Engagement]) -> int:
     return len(facts)
 
 
-def contact_id_for(db: Database, email: str, *, at: str, create: bool) -> int | None:
-    if create:
-        db.conn.execute(
-            "INSERT INTO contacts(email, email_hash, created_at, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(email) DO NOTHING",
-            (email, email_hash(email), at, at),
-        )
-    row = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
-    return None if row is None else int(row[0])
+def contact_for(db: Database, email: str, *, at: str, first_name: str | None = None) -> int:
+    """Inside the caller's write: the id of the contact with this address, created (with `first_name`) if new."""
+    db.conn.execute(
+        "INSERT INTO contacts(email, email_hash, first_name, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(email) DO UPDATE SET first_name = coalesce(contacts.first_name, excluded.first_name)",
+        (email, email_hash(email), first_name, at, at),
+    )
+    return int(db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()[0])
 
 
 def insert_events(
@@ -260,7 +258,7 @@ def insert_events(
     added = 0
     with write(db):
         for email, kind, occurred_at, properties, external_id in events:
-            contact_id = contact_id_for(db, email, at=at, create=True)
+            contact_id = contact_for(db, email, at=at)
             added += db.conn.execute(
                 "INSERT INTO events(contact_id, type, occurred_at, properties, external_id) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(external_id) DO NOTHING",
@@ -292,7 +290,7 @@ def provider_event(
                 (contact[0],),
             ).fetchone()
             action: engagement.Action = "complained" if kind == "complaint" else "bounced"
-            note = f"{'hard' if hard else 'soft'}: {provider}: {detail}" if kind == "bounce" else provider
+            note = f"{'hard' if hard else 'soft'}: {provider}: {detail}"[:200] if kind == "bounce" else provider
             engagement.record(
                 db, [Engagement(last[0] if last else None, action, at, detail=note, contact_id=contact[0])]
             )

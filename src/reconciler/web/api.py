@@ -43,7 +43,7 @@ async def contacts(request: Request) -> Response:
     body = await read_json(request)
     if body is None:
         return JSONResponse({"error": "the body must be JSON: a contact or a list of contacts"}, 400)
-    status, answer = await web.call(_import_contacts, body if isinstance(body, list) else [body], at=web.now())
+    status, answer = await web.write(_import_contacts, body if isinstance(body, list) else [body], at=web.now())
     return JSONResponse(answer, status)
 
 
@@ -114,13 +114,13 @@ async def events(request: Request) -> Response:
             errors.append({"index": index, "error": str(exc)})
     if errors:
         return JSONResponse({"error": "nothing was written", "problems": errors}, 422)
-    added, repeated = await web.call(subscribers.insert_events, found, at=web.now())
+    added, repeated = await web.write(subscribers.insert_events, found, at=web.now())
     return JSONResponse({"added": added, "repeated": repeated})
 
 
 async def healthz(request: Request) -> Response:
     """GET /healthz: the applied revision, and the refused one with its errors (then "degraded")."""
-    return JSONResponse(await context(request).call(_health))
+    return JSONResponse(await context(request).read(_health))
 
 
 def _health(db: Database) -> dict[str, Any]:

@@ -11,20 +11,26 @@ waiting for the write lock never stalls the event loop that the dispatcher and e
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from reconciler.clock import Clock
-from reconciler.state.db import ConnectionPool
+from reconciler.state.db import ConnectionPool, StateError
 from reconciler.web import api, pages, tracking, webhooks
 from reconciler.web.context import DB_THREADS, WebContext, fetch_url
 from reconciler.web.metrics import Metrics
 from reconciler.web.security import SecurityMiddleware
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -66,8 +72,16 @@ def create_app(
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
     middleware = [Middleware(SecurityMiddleware), Middleware(metrics.middleware)]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    handlers = {sqlite3.OperationalError: _busy, StateError: _busy}
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.context = web
     app.state.writer = writer
     app.state.metrics = metrics
     return app
+
+
+async def _busy(request: Request, exc: Exception) -> Response:
+    """The state database cannot take the request now (the write lock held too long, a full disk): nothing was
+    changed; the client may try again."""
+    log.warning("%s %s: the state database is unavailable: %s", request.method, request.url.path, exc)
+    return PlainTextResponse("the service is busy; try again in a minute\n", 503, headers={"Retry-After": "60"})

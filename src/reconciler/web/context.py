@@ -16,7 +16,8 @@ from sqlite_utils import Database
 from starlette.requests import Request
 
 from reconciler.clock import Clock, iso
-from reconciler.state import keys
+from reconciler.spec.documents import MailingList
+from reconciler.state import keys, records
 from reconciler.state import settings as runtime_settings
 from reconciler.state.db import ConnectionPool
 from reconciler.state.settings import RuntimeSettings
@@ -28,6 +29,7 @@ T = TypeVar("T")
 SETTINGS_TTL = 5.0
 """Seconds the web service keeps the Settings it read (a new revision shows within this time)."""
 DB_THREADS = 8
+"""Worker threads for database work of each kind: reads never wait behind writes that wait for the write lock."""
 
 
 def fetch_url(url: str) -> bytes:
@@ -45,6 +47,8 @@ class Site:
     runtime: RuntimeSettings
     signer: Signer
     api_token: str | None
+    lists: dict[str, MailingList]
+    """Every list as last applied (removed ones too: a message sent for one can still be unsubscribed from)."""
     read_at: float
 
 
@@ -56,17 +60,24 @@ class WebContext:
     clock: Clock
     root: Path
     fetch: Callable[[str], bytes]
-    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
+    readers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
+    writers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
     per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))
     per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
     certificates: dict[str, bytes] = field(default_factory=dict)
     site_cache: Site | None = None
 
-    async def call(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`fn(db, ...)` in a worker thread with a connection of its own."""
-        return await anyio.to_thread.run_sync(
-            functools.partial(self._with_db, fn, *args, **kwargs), limiter=self.limiter
-        )
+    async def read(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(db, ...)`, which only reads, in a worker thread with a connection of its own (reads never wait for
+        the write lock in WAL mode, and never queue behind writes here)."""
+        call = functools.partial(self._with_db, fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self.readers)
+
+    async def write(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(db, ...)`, which writes, in a worker thread with a connection of its own: waiting for the write lock
+        stalls neither the event loop nor the reads."""
+        call = functools.partial(self._with_db, fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self.writers)
 
     def _with_db(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         with self.pool.connection() as db:
@@ -75,7 +86,7 @@ class WebContext:
     async def site(self) -> Site:
         cached = self.site_cache
         if cached is None or time.monotonic() - cached.read_at > SETTINGS_TTL:
-            cached = self.site_cache = await self.call(_read_site)
+            cached = self.site_cache = await self.read(_read_site)
         return cached
 
     async def verified(self, purpose: Purpose, token: str, extra: str = "") -> int | None:
@@ -89,7 +100,8 @@ def _read_site(db: Database) -> Site:
     runtime = runtime_settings.load(db)
     settings = runtime.settings
     token = os.environ.get(settings.api.token_env)
-    return Site(runtime, keys.signer_for(db, settings.signing_key_env), token, time.monotonic())
+    signer = keys.signer_for(db, settings.signing_key_env)
+    return Site(runtime, signer, token, records.lists(db), time.monotonic())
 
 
 def context(request: Request) -> WebContext:

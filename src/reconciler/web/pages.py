@@ -8,6 +8,7 @@ body, or a form posted from our own pages (Origin checked, signed CSRF field).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from reconciler.compose import view_online
-from reconciler.holds import PERIODS
 from reconciler.imports import normalise_email
+from reconciler.spec.contact import FREQUENCIES
 from reconciler.spec.documents import MailingList
-from reconciler.state import records, subscribers
+from reconciler.state import subscribers
 from reconciler.state.ledger import CONFIRMATION_SOURCE
+from reconciler.state.subscribers import MessageTarget
 from reconciler.web.context import context, ip
 from reconciler.web.security import csrf_token, csrf_valid
 
@@ -50,42 +52,49 @@ async def invalid(request: Request) -> HTMLResponse:
     return await page(request, "invalid.html", status=404)
 
 
-def list_titles(lists: dict[str, MailingList], names: tuple[str, ...]) -> str:
+def list_titles(lists: Mapping[str, MailingList], names: tuple[str, ...]) -> str:
     titles = [lists[n].title if n in lists else n for n in names]
     return ", ".join(titles) or "these emails"
 
 
 async def unsubscribe(request: Request) -> Response:
     web = context(request)
-    row_id = await web.verified("unsubscribe", request.path_params["token"])
-    target = await web.call(subscribers.message_target, row_id) if row_id is not None else None
+    site = await web.site()
+    row_id = site.signer.verify("unsubscribe", request.path_params["token"])
+    if row_id is None:
+        return await invalid(request)
+    if request.method == "GET":  # link scanners fetch every URL: a GET never changes anything
+        target = await web.read(subscribers.message_target, row_id)
+    else:
+        form = await request.form()
+        if form.get("List-Unsubscribe") != "One-Click":  # RFC 8058's body, which the page's button sends too
+            return PlainTextResponse("expected List-Unsubscribe=One-Click\n", 400)
+        source = "unsubscribe page" if "text/html" in request.headers.get("accept", "") else "one-click"
+        target = await web.write(_unsubscribe, row_id, at=web.now(), source=source, ip=ip(request))
     if target is None:
         return await invalid(request)
-    site = await web.site()
     values: dict[str, Any] = {
         "email": target.email,
-        "titles": list_titles(await web.call(records.lists), target.lists),
+        "titles": list_titles(site.lists, target.lists),
         "preferences_url": f"{site.runtime.public_url}/p/{site.signer.sign('preferences', target.contact_id)}",
     }
-    if request.method == "GET":  # link scanners fetch every URL: a GET never changes anything
-        return await page(request, "unsubscribe.html", done=False, **values)
-    form = await request.form()
-    if form.get("List-Unsubscribe") != "One-Click":  # RFC 8058's body, which the page's button sends too
-        return PlainTextResponse("expected List-Unsubscribe=One-Click\n", 400)
-    source = "unsubscribe page" if "text/html" in request.headers.get("accept", "") else "one-click"
-    await web.call(subscribers.unsubscribe, target, at=web.now(), source=source, ip=ip(request))
-    return await page(request, "unsubscribe.html", done=True, **values)
+    return await page(request, "unsubscribe.html", done=request.method == "POST", **values)
+
+
+def _unsubscribe(db: Database, row_id: int, *, at: str, source: str, ip: str | None) -> MessageTarget | None:
+    target = subscribers.message_target(db, row_id)
+    if target is not None:
+        subscribers.unsubscribe(db, target, at=at, source=source, ip=ip)
+    return target
 
 
 async def preferences(request: Request) -> Response:
     web = context(request)
-    contact_id = await web.verified("preferences", request.path_params["token"])
-    prefs = await web.call(subscribers.preferences, contact_id) if contact_id is not None else None
-    if contact_id is None or prefs is None:
-        return await invalid(request)
     site = await web.site()
-    lists = await web.call(records.lists)
-    public = {n: spec for n, spec in lists.items() if spec.visibility == "public"}
+    contact_id = site.signer.verify("preferences", request.path_params["token"])
+    if contact_id is None:
+        return await invalid(request)
+    public = {n: spec for n, spec in site.lists.items() if spec.visibility == "public"}
     if request.method == "POST":
         if not same_origin(request, site.runtime.public_url):
             return PlainTextResponse("forms are accepted from this site only\n", 403)
@@ -93,27 +102,25 @@ async def preferences(request: Request) -> Response:
         if not csrf_valid(site.signer, str(form.get("csrf", "")), contact_id):
             return PlainTextResponse("this form has expired; open the link from your email again\n", 403)
         if form.get("action") == "unsubscribe_all":
-            marketing = [n for n, spec in lists.items() if spec.category == "marketing"]
-            await web.call(
-                subscribers.unsubscribe_all,
-                contact_id,
-                marketing_lists=marketing,
-                at=web.now(),
-                source="preferences",
-                ip=ip(request),
+            marketing = [n for n, spec in site.lists.items() if spec.category == "marketing"]
+            done = await web.write(
+                _unsubscribe_all, contact_id, marketing_lists=marketing, at=web.now(), ip=ip(request)
             )
-            return RedirectResponse(f"{request.url.path}?saved=all", 303)
+            return RedirectResponse(f"{request.url.path}?saved=all", 303) if done else await invalid(request)
         chosen = set(form.getlist("list"))
         frequency = str(form.get("frequency") or "") or None
-        await web.call(
-            subscribers.save_preferences,
+        done = await web.write(
+            _save,
             contact_id,
             lists={n: n in chosen for n in public},
-            frequency=frequency if frequency in PERIODS else None,
+            frequency=frequency if frequency in FREQUENCIES else None,
             at=web.now(),
             ip=ip(request),
         )
-        return RedirectResponse(f"{request.url.path}?saved=1", 303)
+        return RedirectResponse(f"{request.url.path}?saved=1", 303) if done else await invalid(request)
+    prefs = await web.read(subscribers.preferences, contact_id)
+    if prefs is None:
+        return await invalid(request)
     items = [
         {
             "name": name,
@@ -135,6 +142,22 @@ async def preferences(request: Request) -> Response:
     )
 
 
+def _unsubscribe_all(db: Database, contact_id: int, *, marketing_lists: list[str], at: str, ip: str | None) -> bool:
+    if subscribers.preferences(db, contact_id) is None:
+        return False
+    subscribers.unsubscribe_all(db, contact_id, marketing_lists=marketing_lists, at=at, source="preferences", ip=ip)
+    return True
+
+
+def _save(
+    db: Database, contact_id: int, *, lists: dict[str, bool], frequency: str | None, at: str, ip: str | None
+) -> bool:
+    if subscribers.preferences(db, contact_id) is None:
+        return False
+    subscribers.save_preferences(db, contact_id, lists=lists, frequency=frequency, at=at, ip=ip)
+    return True
+
+
 async def subscribe(request: Request) -> Response:
     web = context(request)
     wait = web.per_ip.retry_after(ip(request) or "unknown")
@@ -150,12 +173,12 @@ async def subscribe(request: Request) -> Response:
     wait = web.per_address.retry_after(email)
     if wait:
         return too_many(wait)
-    lists = await web.call(records.lists)
+    lists = (await web.site()).lists
     wanted = [str(n) for n in form.getlist("list")]
     unknown = [n for n in wanted if n not in lists or lists[n].visibility != "public"]
     if not wanted or unknown:
         return PlainTextResponse(f"list: choose one of the public lists (unknown: {', '.join(unknown)})\n", 422)
-    await web.call(
+    await web.write(
         subscribers.request_subscription,
         email,
         [(n, lists[n].opt_in == "double") for n in wanted],
@@ -169,22 +192,30 @@ async def subscribe(request: Request) -> Response:
 
 async def confirm(request: Request) -> Response:
     web = context(request)
-    row_id = await web.verified("confirm", request.path_params["token"])
-    target = await web.call(subscribers.message_target, row_id) if row_id is not None else None
-    if target is None or target.source != CONFIRMATION_SOURCE:
+    site = await web.site()
+    row_id = site.signer.verify("confirm", request.path_params["token"])
+    found = await web.read(_confirmation, row_id) if row_id is not None else None
+    if found is None:
         return await invalid(request)
-    title = list_titles(await web.call(records.lists), target.lists)
+    target, status = found
+    title = list_titles(site.lists, target.lists)
     if request.method == "GET":  # a scanner following the link must not confirm: the button POSTs
-        status = await web.call(subscribers.subscription_status, target.contact_id, target.lists[0])
         return await page(request, "confirm.html", email=target.email, title=title, done=status == "subscribed")
-    await web.call(subscribers.confirm, target, at=web.now(), ip=ip(request))
+    await web.write(subscribers.confirm, target, at=web.now(), ip=ip(request))
     return await page(request, "confirm.html", email=target.email, title=title, done=True)
+
+
+def _confirmation(db: Database, row_id: int) -> tuple[MessageTarget, str | None] | None:
+    target = subscribers.message_target(db, row_id)
+    if target is None or target.source != CONFIRMATION_SOURCE or not target.lists:
+        return None
+    return target, subscribers.subscription_status(db, target.contact_id, target.lists[0])
 
 
 async def view(request: Request) -> Response:
     web = context(request)
     row_id = await web.verified("view", request.path_params["token"])
-    html = await web.call(_view, row_id) if row_id is not None else None
+    html = await web.read(_view, row_id) if row_id is not None else None
     if html is None:
         return await invalid(request)
     return HTMLResponse(html, headers={"content-security-policy": VIEW_POLICY})

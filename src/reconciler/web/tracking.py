@@ -70,7 +70,7 @@ class EngagementWriter:
             return
         pending, self.pending = self.pending, []
         try:
-            await self.web.call(subscribers.record_engagement, pending)
+            await self.web.write(subscribers.record_engagement, pending)
         except Exception:  # the database is busy or gone: keep the events for the next flush
             log.exception("could not record %d opens/clicks; trying again", len(pending))
             self.pending = pending + self.pending

@@ -195,7 +195,7 @@ async def endpoint(request: Request) -> Response:
         return JSONResponse({"error": str(exc)}, exc.status)
     except WebhookPayloadError as exc:
         return JSONResponse({"error": str(exc)}, 400)
-    recorded = await web.call(_record, provider, events, at=web.now())
+    recorded = await web.write(_record, provider, events, at=web.now())
     return JSONResponse({"events": len(events), "recorded": recorded, "repeated": len(events) - recorded})
 
 
