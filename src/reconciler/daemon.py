@@ -4,8 +4,9 @@ A pass: load → check → plan → apply, then start what is due. A workspace w
 error is recorded (log and `status`) and the last good revision stays in force — its scheduled campaigns still
 start on time, because starting reads the state, not the files.
 
-The daemon sends in a task of its own beside the reconcile loop (each with its own database connection), so an
-edit that pauses a campaign is applied while it sends, and the dispatcher's next claim sees it.
+The daemon sends in a thread of its own beside the reconcile loop (each with its own database connection and event
+loop, `sendloop`), so an edit that pauses a campaign is applied while it sends, and the sender's next claim sees
+it; neither loop, nor the web service, ever waits for the other's database work.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import socket
+import threading
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
@@ -29,12 +33,13 @@ from watchfiles._rust_notify import RustNotify  # watchfiles' documented Rust ba
 from reconciler.apply import Applied, plan_and_apply
 from reconciler.check import validate_workspace
 from reconciler.clock import Clock, iso
-from reconciler.dispatch import Dispatcher, DispatchReport
 from reconciler.errors import Problem
+from reconciler.health import HEARTBEAT_SECONDS, Health
 from reconciler.load import YAML_FOLDERS, git_commit
 from reconciler.plan import Plan
+from reconciler.sendloop import SendLoop
 from reconciler.start import start_due
-from reconciler.state import campaigns, ledger, records
+from reconciler.state import campaigns, records
 
 if TYPE_CHECKING:
     from reconciler.web.metrics import Metrics
@@ -96,7 +101,7 @@ class WebOptions:
     port: int = 8025
 
 
-def _web_server(web: WebOptions, *, clock: Clock, root: Path) -> tuple[Any, Metrics]:
+def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) -> tuple[Any, Metrics]:
     """uvicorn inside the daemon's event loop: the daemon owns SIGTERM and SIGINT and stops the server itself.
     Imported here, not at the top: `validate` and `plan` start without the web stack."""
     import uvicorn
@@ -108,7 +113,7 @@ def _web_server(web: WebOptions, *, clock: Clock, root: Path) -> tuple[Any, Metr
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    app = create_app(web.state, clock=clock, root=root)
+    app = create_app(web.state, clock=clock, root=root, health=health)
     config = uvicorn.Config(app, host=web.host, port=web.port, log_level="warning", lifespan="on", access_log=False)
     return EmbeddedServer(config), app.state.metrics
 
@@ -121,88 +126,139 @@ async def run(
     interval: float = 30.0,
     dispatch_db: Database | None = None,
     web: WebOptions | None = None,
+    state: Path | None = None,
 ) -> None:
     """Watch the workspace and reconcile on every change, and at least every `interval` seconds; send what is due
-    (with `dispatch_db`, a second connection to the same file); serve the web service (with `web`); on SIGTERM let
-    messages on the wire finish, start no new ones, and stop."""
+    (with `dispatch_db`, a second connection to the same file, in a thread of its own); serve the web service (with
+    `web`); on SIGTERM let messages on the wire finish, start no new ones, and stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    changed = asyncio.Event()
-    wake = asyncio.Event()
-    dispatcher = Dispatcher(dispatch_db, root=root, clock=clock, stop=stop) if dispatch_db is not None else None
-    server, metrics = _web_server(web, clock=clock, root=root) if web is not None else (None, None)
-    sender = asyncio.create_task(_send_loop(dispatcher, wake, stop, interval, metrics)) if dispatcher else None
+    health = Health()
+    keeper = _Keeper(health, clock=clock, state=state)
+    server, metrics = _web_server(web, clock=clock, root=root, health=health) if web is not None else (None, None)
+    sender = None
+    if dispatch_db is not None:
+        on_pass = metrics.pass_seconds.observe if metrics is not None else None
+        sender = SendLoop(
+            dispatch_db,
+            root=root,
+            clock=clock,
+            interval=interval,
+            health=health,
+            on_pass=on_pass,
+            after_pass=keeper.after_pass,
+        )
+        sender.start()
     if server is not None and web is not None:
         serving = asyncio.create_task(server.serve())
         log.info("reconciler: serving http://%s:%d", web.host, web.port)
-    last_logged: str | None = None
-    checked: dict[str, list[Problem]] = {}
+    changed = asyncio.Event()
     watcher = _watch(root, changed, stop)
     log.info("reconciler: watching %s for changes (a full pass at least every %ss)", root, f"{interval:g}")
     try:
-        while not stop.is_set():
-            changed.clear()
-            try:
-                result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now(), checked=checked)
-                last_logged = _log_pass(result, last_logged)
-                wake.set()
-            except Exception:  # the daemon never dies of one bad pass; the next one tries again
-                log.exception("reconcile pass failed; trying again in %ss", f"{interval:g}")
-            await _sleep(db, clock, interval, changed, stop)
+        await _reconcile_loop(
+            root,
+            db,
+            clock=clock,
+            interval=interval,
+            health=health,
+            changed=changed,
+            stop=stop,
+            sender=sender,
+            keeper=keeper,
+        )
     finally:
         stop.set()
         watcher.cancel()
         if sender is not None:
-            await sender  # in-flight SMTP transactions finish; nothing new starts
+            sender.stop()
+            await asyncio.to_thread(sender.join)  # in-flight SMTP transactions finish; nothing new starts
         if server is not None:
             server.should_exit = True
             await serving
-        if dispatcher is not None:
-            await dispatcher.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("reconciler: stopped")
 
 
-async def _send_loop(
-    dispatcher: Dispatcher, wake: asyncio.Event, stop: asyncio.Event, interval: float, metrics: Metrics | None = None
+async def _reconcile_loop(
+    root: Path,
+    db: Database,
+    *,
+    clock: Clock,
+    interval: float,
+    health: Health,
+    changed: asyncio.Event,
+    stop: asyncio.Event,
+    sender: SendLoop | None,
+    keeper: _Keeper,
 ) -> None:
-    """Dispatch passes: after every reconcile pass, when a retry or a local send time comes due, and every interval."""
+    """Passes on every change and every `interval`; after a failure, the next pass waits longer (1, 2, 4 ... s up to
+    `interval`), whatever comes due meanwhile."""
+    last_logged: str | None = None
+    checked: dict[str, list[Problem]] = {}
     while not stop.is_set():
-        wake.clear()
+        changed.clear()
         try:
-            started = time.monotonic()
-            report = await dispatcher.run_pass()
-            if metrics is not None:
-                metrics.pass_seconds.observe(time.monotonic() - started)
-            _log_dispatch(report)
-        except Exception:  # a failing SMTP server or a bad row never ends the daemon
-            log.exception("dispatch pass failed; trying again in %ss", f"{interval:g}")
-        wait = interval
-        upcoming = ledger.next_due(dispatcher.db)
-        if upcoming is not None:
-            wait = max(0.05, min(wait, (datetime.fromisoformat(upcoming) - dispatcher.clock.now()).total_seconds()))
-        await _wait_any((wake, stop), timeout=wait)
+            result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now(), checked=checked)
+            health.pass_worked("reconcile")
+            last_logged = _log_pass(result, last_logged)
+            if sender is not None:
+                sender.wake()
+            wait = _until_next_start(db, clock, interval)
+        except Exception as exc:  # the daemon never dies of one bad pass; the next one tries again
+            health.pass_failed("reconcile", str(exc), at=iso(clock.now()))
+            wait = min(interval, 2.0 ** (health.failures("reconcile") - 1))
+            log.error("reconcile pass failed: %s; trying again in %ss", exc, f"{wait:g}", exc_info=_debug())
+        await asyncio.to_thread(keeper.after_pass, db)
+        await _wait_any((changed, stop), timeout=wait)
 
 
-def _log_dispatch(report: DispatchReport) -> None:
-    for progress in report.sources:
-        if progress.done:
-            log.info(
-                "Campaign %s: %s",
-                progress.source,
-                ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items())),
-            )
-
-
-async def _sleep(db: Database, clock: Clock, interval: float, changed: asyncio.Event, stop: asyncio.Event) -> None:
-    wait = interval
+def _until_next_start(db: Database, clock: Clock, interval: float) -> float:
     upcoming = campaigns.next_start(db)
-    if upcoming is not None:
-        wait = max(0.05, min(wait, (upcoming - clock.now()).total_seconds() + 0.01))
-    await _wait_any((changed, stop), timeout=wait)
+    if upcoming is None:
+        return interval
+    return max(0.05, min(interval, (upcoming - clock.now()).total_seconds() + 0.01))
+
+
+def _debug() -> bool:
+    return log.isEnabledFor(logging.DEBUG)
+
+
+class _Keeper:
+    """Keeps the daemon's record for `reconciler status` (when its health changes, else every HEARTBEAT_SECONDS)
+    and the free space beside the state database in view."""
+
+    def __init__(self, health: Health, *, clock: Clock, state: Path | None) -> None:
+        self.health, self.clock, self.state = health, clock, state
+        self.written: tuple[str, tuple[str, ...]] | None = None
+        self.written_at = 0.0
+        self.lock = threading.Lock()
+
+    def after_pass(self, db: Database) -> None:
+        """After a pass of either loop (each with its own connection `db`)."""
+        with self.lock:
+            self._keep(db)
+
+    def _keep(self, db: Database) -> None:
+        if self.state is not None:
+            with contextlib.suppress(OSError):
+                self.health.disk(shutil.disk_usage(self.state.parent).free)
+        report = self.health.report()
+        now = (report.status, report.problems)
+        if now == self.written and time.monotonic() - self.written_at < HEARTBEAT_SECONDS:
+            return
+        record = records.DaemonRecord(socket.gethostname(), os.getpid(), iso(self.clock.now()), *now)
+        try:
+            records.save_daemon(db, record)
+        except Exception as exc:  # /healthz still says it; the state database is what failed
+            log.warning("could not record the daemon's health in the state database: %s", exc)
+            return
+        if now != self.written and report.problems:
+            log.warning("reconciler is degraded: %s", "; ".join(report.problems))
+        self.written, self.written_at = now, time.monotonic()
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], *, timeout: float) -> None:

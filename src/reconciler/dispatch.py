@@ -61,6 +61,8 @@ class DispatchReport:
     uncertain: int = 0
     relays_down: dict[str, str] = field(default_factory=dict)
     """Transports that cannot be reached, with why: their messages wait."""
+    blocked: dict[str, str] = field(default_factory=dict)
+    """Message definitions that cannot be prepared ("Campaign x"), with why: their messages wait."""
 
     def count(self, state: str) -> int:
         return sum(p.outcomes.get(state, 0) for p in self.sources)
@@ -173,8 +175,13 @@ class Dispatcher:
             report.sources.append(await sender.run())
             if transport.breaker.down:
                 report.relays_down[transport.name] = transport.breaker.last_error
+            if source.kind == "campaign":
+                campaigns.unblock(self.db, source.name, at=iso(now))
         except CannotPrepare as exc:
             log.error("%s %s: %s", kind, source.name, exc)
+            report.blocked[f"{kind} {source.label}"] = str(exc)
+            if source.kind == "campaign":
+                campaigns.block(self.db, source.name, why=str(exc), at=iso(now))
         except Exception as exc:
             raise DispatchFailed(f"{kind} {source.label}: the state database failed: {exc}") from exc
 

@@ -8,7 +8,7 @@ from sqlite_utils import Database
 
 from reconciler.state import observe
 from reconciler.state.ledger import Failure
-from reconciler.state.records import refused_revision, revisions
+from reconciler.state.records import daemon_record, refused_revision, revisions
 
 PROGRESS_STATES = ("queued", "sending", "deferred", "sent", "uncertain", "failed", "skipped")
 
@@ -17,6 +17,7 @@ def status_report(db: Database) -> dict[str, Any]:
     observed = observe(db, audience=False)
     refused = refused_revision(db)
     last = revisions(db, limit=1)
+    daemon = daemon_record(db)
     return {
         "revision": {
             "applied": observed.last_applied_revision,
@@ -24,6 +25,7 @@ def status_report(db: Database) -> dict[str, Any]:
             "applied_at": last[0]["applied_at"] if last else None,
         },
         "last_error": refused.as_dict() if refused else None,
+        "daemon": {**daemon.__dict__, "problems": list(daemon.problems)} if daemon else None,
         "contacts": observed.contacts,
         "campaigns": [
             {
@@ -70,6 +72,10 @@ def format_status(report: dict[str, Any]) -> str:
         out.append(f"Applied revision: {revision['applied']}{commit} at {revision['applied_at']}")
     else:
         out.append("Applied revision: none yet (run `reconciler apply` or `reconciler run`)")
+    daemon = report["daemon"]
+    if daemon:
+        out.append(f"Daemon: {daemon['status']} at {daemon['seen_at']} on {daemon['host']} (pid {daemon['pid']})")
+        out += [f"  {problem}" for problem in daemon["problems"]]
     error = report["last_error"]
     if error:
         out.append(

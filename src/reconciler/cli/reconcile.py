@@ -129,7 +129,8 @@ def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
         click.echo(line)
     if result.valid and not (result.plan and result.plan.actions) and not result.started and not report.sources:
         click.echo("Nothing to do.")
-    ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) and not report.relays_down else 1)
+    went_out = not report.relays_down and not report.blocked
+    ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) and went_out else 1)
 
 
 async def _dispatch(root: Path, db: Database, moment: Clock) -> DispatchReport:
@@ -179,6 +180,7 @@ def _dispatch_lines(report: DispatchReport) -> list[str]:
         f"Transport {name}: the server cannot be reached ({why}); its messages wait, unattempted"
         for name, why in sorted(report.relays_down.items())
     ]
+    lines += [f"{source}: its messages wait: {why}" for source, why in sorted(report.blocked.items())]
     return lines
 
 
@@ -249,4 +251,8 @@ def run(ctx: click.Context, interval: float, host: str, port: int) -> None:
     db = database(ctx, root)
     sender = database(ctx, root)  # connections of their own: sending and the web service run beside the reconcile loop
     web = WebOptions(state_file(ctx, root), host=host, port=port)
-    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web))
+    asyncio.run(
+        run_daemon(
+            root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web, state=state_file(ctx, root)
+        )
+    )

@@ -377,6 +377,26 @@ def start_stage(
     return inserted
 
 
+def block(db: Database, name: str, *, why: str, at: str) -> None:
+    """A sending campaign whose messages cannot be prepared waits, and says why (not Ready)."""
+    with write(db):
+        db.conn.execute(
+            "UPDATE campaigns SET ready = 0, reason = ?, message = ?, updated_at = ? WHERE name = ? "
+            "AND status = 'sending' AND (reason, message) IS NOT (?, ?)",
+            (Reason.SENDING_BLOCKED, f"waits: {why}", at, name, Reason.SENDING_BLOCKED, f"waits: {why}"),
+        )
+
+
+def unblock(db: Database, name: str, *, at: str) -> None:
+    """Its messages can be prepared again: it is sending (and Ready) again."""
+    with write(db):
+        db.conn.execute(
+            "UPDATE campaigns SET ready = 1, reason = ?, message = 'sending again', updated_at = ? WHERE name = ? "
+            "AND status = 'sending' AND reason = ?",
+            (Reason.SENDING, at, name, Reason.SENDING_BLOCKED),
+        )
+
+
 FAILING_FROM = 20
 """Outcomes a sending campaign needs before "most failed" says anything about it."""
 
@@ -442,8 +462,11 @@ def _judge_progress(db: Database, name: str, counts: Mapping[str, int], *, at: s
 
 
 def next_start(db: Database) -> datetime | None:
-    """When the next scheduled campaign starts (the daemon wakes up then)."""
+    """When the next scheduled campaign starts (the daemon wakes up then); one that waits for `apply --confirm`
+    because it is late does not start by itself, so it wakes nobody."""
     row = db.conn.execute(
-        "SELECT min(start_at) FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL"
+        "SELECT min(start_at) FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL "
+        "AND NOT (reason = ? AND confirmed_late = 0)",
+        (Reason.LATE_SCHEDULE,),
     ).fetchone()
     return datetime.fromisoformat(row[0]) if row and row[0] else None

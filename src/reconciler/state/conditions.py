@@ -26,8 +26,9 @@ class Reason(StrEnum):
     """Still sending, but most messages so far failed: look at the failures before it finishes."""
     DELIVERY_FAILED = "DeliveryFailed"
     """Finished, but most messages failed."""
-    SECRET_MISSING = "SecretMissing"
-    """Its messages wait: a secret it needs (a DKIM key, an SMTP password) is not in the environment."""
+    SENDING_BLOCKED = "SendingBlocked"
+    """Its messages wait: something they need is missing (a DKIM key or password in the environment, a transport
+    in the Settings); the message says what. It sends again by itself once that is fixed."""
 
     @classmethod
     def for_status(cls, status: str) -> Reason:

@@ -344,10 +344,11 @@ def failures(db: Database, campaign: str, *, limit: int) -> list[Failure]:
 
 
 def next_due(db: Database) -> str | None:
-    """When the earliest waiting row of a sending campaign becomes due (retries, quiet hours, local times)."""
+    """When the earliest waiting row of a sending campaign or of a workflow (opt-in confirmations) becomes due
+    (retries, quiet hours, local times)."""
     row = db.conn.execute(
-        "SELECT min(coalesce(l.next_attempt_at, l.due_at)) FROM ledger l JOIN campaigns c ON l.source_kind = "
-        "'campaign' AND c.name = l.source WHERE c.status = 'sending' AND l.state IN ('queued', 'deferred') "
-        "AND l.contact_id IS NOT NULL"
+        "SELECT min(coalesce(l.next_attempt_at, l.due_at)) FROM ledger l LEFT JOIN campaigns c ON l.source_kind = "
+        "'campaign' AND c.name = l.source WHERE l.state IN ('queued', 'deferred') AND l.contact_id IS NOT NULL "
+        "AND (c.status = 'sending' OR l.source_kind = 'workflow')"
     ).fetchone()
     return row[0] if row else None

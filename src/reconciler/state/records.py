@@ -131,3 +131,27 @@ def refused_revision(db: Database) -> RefusedRevision | None:
         return None
     data = json.loads(text)
     return RefusedRevision(data["revision"], data["since"], data["count"], tuple(data["problems"]))
+
+
+@dataclass(frozen=True)
+class DaemonRecord:
+    """The daemon as it last said it was: where it runs, when, and whether it is well."""
+
+    host: str
+    pid: int
+    seen_at: str
+    status: str
+    problems: tuple[str, ...]
+
+
+def save_daemon(db: Database, record: DaemonRecord) -> None:
+    with write(db):
+        set_meta(db, "daemon", json.dumps({**record.__dict__, "problems": list(record.problems)}))
+
+
+def daemon_record(db: Database) -> DaemonRecord | None:
+    text = get_meta(db, "daemon")
+    if not text:
+        return None
+    data = json.loads(text)
+    return DaemonRecord(data["host"], data["pid"], data["seen_at"], data["status"], tuple(data["problems"]))

@@ -18,6 +18,7 @@ from reconciler.clock import iso, parse_instant
 from reconciler.imports import RowParser, normalise_email
 from reconciler.state import records, subscribers
 from reconciler.state import settings as runtime_settings
+from reconciler.state.campaigns import campaign_records
 from reconciler.state.contacts import ContactRow, finish_import, import_batch, start_import
 from reconciler.web.context import context
 from reconciler.web.webhooks import WebhookAuthError, check_bearer, read_json
@@ -119,20 +120,37 @@ async def events(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    """GET /healthz: the applied revision, and the refused one with its errors (then "degraded")."""
-    return JSONResponse(await context(request).read(_health))
+    """GET /healthz: "ok" (200), or "degraded" (503) with each problem an operator should act on: passes failing,
+    a relay that cannot be reached, messages that cannot be prepared, low disk space, a refused revision, campaigns
+    that are not Ready. Point alerting at it; a load balancer wants /livez."""
+    web = context(request)
+    body = await web.read(_health)
+    if web.health is not None:
+        body["problems"] = list(web.health.report().problems) + body["problems"]
+    body["status"] = "degraded" if body["problems"] or body["last_error"] else "ok"
+    return JSONResponse(body, 503 if body["status"] == "degraded" else 200)
+
+
+async def livez(request: Request) -> Response:
+    """GET /livez: 200 while the process serves requests, whatever else is wrong (for load balancers)."""
+    return JSONResponse({"status": "live"})
 
 
 def _health(db: Database) -> dict[str, Any]:
     last = records.revisions(db, limit=1)
     refused = records.refused_revision(db)
+    waiting = [
+        f"campaign {record.name} is not ready ({record.reason}): {record.message}"
+        for record in campaign_records(db)
+        if not record.ready and record.removed_at is None
+    ]
     return {
-        "status": "degraded" if refused else "ok",
         "revision": {
             "applied": last[0]["revision"] if last else None,
             "git_commit": last[0]["git_commit"] if last else None,
         },
         "last_error": refused.as_dict() if refused else None,
+        "problems": waiting,
     }
 
 

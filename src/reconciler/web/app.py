@@ -24,6 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from reconciler.clock import Clock
+from reconciler.health import Health
 from reconciler.state.db import ConnectionPool, StateError
 from reconciler.web import api, pages, tracking, webhooks
 from reconciler.web.context import DB_THREADS, WebContext, fetch_url
@@ -40,11 +41,12 @@ def create_app(
     root: Path | None = None,
     fetch: Callable[[str], bytes] = fetch_url,
     metrics: Metrics | None = None,
+    health: Health | None = None,
 ) -> Starlette:
     """The app over the state database at `state` (connections of its own). `fetch` gets SNS certificates and
     subscription confirmation URLs."""
     pool = ConnectionPool(state, size=DB_THREADS)
-    web = WebContext(pool, clock, root or Path("."), fetch)
+    web = WebContext(pool, clock, root or Path("."), fetch, health)
     metrics = metrics or Metrics(pool)
     writer = tracking.EngagementWriter(web)
 
@@ -69,6 +71,7 @@ def create_app(
         Route("/api/v1/events", api.events, methods=["POST"]),
         Route("/api/v1/webhooks/{provider}", webhooks.endpoint, methods=["POST"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/livez", api.livez, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
     middleware = [Middleware(SecurityMiddleware), Middleware(metrics.middleware)]

@@ -16,6 +16,7 @@ from sqlite_utils import Database
 from starlette.requests import Request
 
 from reconciler.clock import Clock, iso
+from reconciler.health import Health
 from reconciler.spec.documents import MailingList
 from reconciler.state import keys, records
 from reconciler.state import settings as runtime_settings
@@ -60,6 +61,8 @@ class WebContext:
     clock: Clock
     root: Path
     fetch: Callable[[str], bytes]
+    health: Health | None = None
+    """The daemon's view of itself (None when the app runs without a daemon, as in tests of the pages)."""
     readers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
     writers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
     per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))

@@ -1,0 +1,152 @@
+"""The daemon never reports "ok" while nothing works, never spins on a failure, and never stalls its web service
+behind a lock another process holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import reconciler, wait_for
+from daemon_process import Daemon, sending_daemon
+from reconciler.clock import SystemClock
+from reconciler.daemon import WebOptions, run
+from reconciler.state import open_db
+from sending import import_contacts, ledger, parse, workspace
+from smtp_sink import Sink, SinkServer, free_port
+
+
+def _deny_campaign_writes(action: int, table: str | None, *_: object) -> int:
+    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT) and table == "campaigns":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def test_failing_passes_make_healthz_degraded_and_back_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = workspace(tmp_path, 2525)
+    state = root / ".state/reconciler.db"
+    db = open_db(state)
+    db.conn.set_authorizer(_deny_campaign_writes)  # every pass fails when it applies the campaign
+    port = free_port()
+    caplog.set_level(logging.ERROR, logger="reconciler.daemon")
+
+    async def scenario() -> tuple[int, dict[str, object], int]:
+        daemon = asyncio.create_task(
+            run(root, db, clock=SystemClock(), interval=30, web=WebOptions(state, port=port), state=state)
+        )
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                answer = None
+                for _ in range(300):
+                    await asyncio.sleep(0.05)
+                    try:
+                        answer = await client.get("/healthz")
+                    except httpx.TransportError:
+                        continue
+                    if answer.status_code == 503:
+                        break
+                assert answer is not None
+                before = _failures(caplog)
+                await asyncio.sleep(3)
+                return answer.status_code, answer.json(), _failures(caplog) - before
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # the daemon's own handler: it stops as on a server
+            await daemon
+
+    status, body, failures_in_3s = asyncio.run(scenario())
+    assert status == 503 and body["status"] == "degraded", body
+    problems = " ".join(map(str, body["problems"]))  # type: ignore[call-overload]
+    assert "reconcile passes have failed" in problems and "not authorized" in problems
+    assert failures_in_3s <= 2  # backing off: 1, 2, 4 s ... (it once retried every 50 ms)
+
+
+def _failures(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("reconcile pass failed" in record.getMessage() for record in caplog.records)
+
+
+def test_a_write_lock_held_elsewhere_stalls_neither_the_web_service_nor_the_daemon(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as smtp_port:
+        root = workspace(tmp_path, smtp_port)
+        import_contacts(root, 50)
+        with sending_daemon(root) as daemon:
+            wait_for(lambda: len(sink.messages) == 50, "the campaign to go out", 60)
+            body = parse(sink.messages[0][1]).get_body(("html",))
+            assert body is not None
+            html = body.get_content()
+            pixel = re.search(r"https://mail\.example\.com(/o/[^\"]+\.gif)", html)
+            click = re.search(r"https://mail\.example\.com(/c/[^\"]+)\"", html)
+            assert pixel and click
+            paths = ["/healthz", pixel.group(1), click.group(1).replace("&amp;", "&")]
+            slowest = _slowest_answers_while_locked(root / ".state/reconciler.db", daemon.port, paths, hold=4.0)
+            (root / "more.csv").write_text("email\nlate@example.net\n")
+            assert reconciler("contacts", "import", "more.csv", "--list", "news", cwd=root).returncode == 0
+            second = (root / "campaigns/hello.yaml").read_text().replace("name: hello", "name: second")
+            (root / "campaigns/second.yaml").write_text(second)
+            wait_for(lambda: len(sink.messages) == 101, "the daemon to send again after the lock", 60)
+            daemon.stop()
+    assert max(slowest.values()) < 1.0, slowest  # a 4 s lock once froze every page for its whole length
+
+
+def _slowest_answers_while_locked(state: Path, port: int, paths: list[str], *, hold: float) -> dict[str, float]:
+    """Hold the write lock in another connection for `hold` seconds; meanwhile time each path, again and again."""
+    locked, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with sqlite3.connect(state, isolation_level=None) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(hold)
+            conn.execute("COMMIT")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    locked.wait(10)
+    slowest = dict.fromkeys(paths, 0.0)
+    deadline = time.monotonic() + hold - 0.5
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False) as client:
+        while time.monotonic() < deadline:
+            for path in paths:
+                started = time.monotonic()
+                client.get(path, headers={"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"})
+                slowest[path] = max(slowest[path], time.monotonic() - started)
+    release.set()
+    thread.join()
+    return slowest
+
+
+def test_a_missing_secret_holds_the_campaign_and_says_which(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        settings = root / "spec/settings.yaml"
+        settings.write_text(
+            settings.read_text().replace(
+                "timeout: 10", "timeout: 10\n    dkim: {domain: example.com, selector: s1, private_key_env: TEST_DKIM}"
+            )
+        )
+        import_contacts(root, 3)
+        result = reconciler("tick", "--now", "2026-11-24T10:00:00Z", cwd=root)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "TEST_DKIM is not set" in result.stdout
+        campaign = json.loads(reconciler("status", "--format", "json", cwd=root).stdout)["campaigns"][0]
+        assert campaign["ready"] is False and campaign["reason"] == "SendingBlocked"
+        assert "TEST_DKIM" in campaign["message"] and not sink.messages
+        with Daemon(root, "--interval", "60") as daemon:
+            daemon.wait_for_output("serving http://")
+            healthz = f"http://127.0.0.1:{daemon.port}/healthz"
+            wait_for(lambda: "TEST_DKIM" in httpx.get(healthz).text, "/healthz to name the missing variable")
+            answer = httpx.get(healthz)
+            daemon.stop()
+        assert answer.status_code == 503 and answer.json()["status"] == "degraded"
+    assert ledger(root) == {"queued": 3}
