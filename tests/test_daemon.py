@@ -45,23 +45,23 @@ def test_the_daemon_applies_changes_keeps_the_last_good_revision_and_stops_on_si
     wait_for(lambda: _applied(example) is not None, "the first revision")
     first = _applied(example)
 
-    guji = example / "campaigns" / "guji-harvest-2026.yaml"
+    guji = example / "campaigns" / "guji-harvest-2030.yaml"
     guji.write_text(guji.read_text().replace("status: draft", "status: paused"))
     wait_for(lambda: _applied(example) != first, "the edit to be applied")
-    assert _statuses(_status(example))["guji-harvest-2026"] == "paused"
+    assert _statuses(_status(example))["guji-harvest-2030"] == "paused"
     good = _applied(example)
 
     guji.write_text(guji.read_text().replace("status: paused", "status: gone"))
     wait_for(lambda: _status(example).get("last_error") is not None, "the error to be reported")
     report = _status(example)
     assert report["revision"]["applied"] == good
-    assert any("guji-harvest-2026.yaml" in line and "status" in line for line in report["last_error"]["problems"])
-    assert _statuses(report)["guji-harvest-2026"] == "paused"
+    assert any("guji-harvest-2030.yaml" in line and "status" in line for line in report["last_error"]["problems"])
+    assert _statuses(report)["guji-harvest-2030"] == "paused"
     assert daemon.process.poll() is None  # still running
 
     guji.write_text(guji.read_text().replace("status: gone", "status: cancelled"))
     wait_for(lambda: _status(example).get("last_error", "unknown") is None, "the error to clear")
-    assert _statuses(_status(example))["guji-harvest-2026"] == "cancelled"
+    assert _statuses(_status(example))["guji-harvest-2030"] == "cancelled"
 
     output = daemon.stop()
     assert "revision" in output and "has 1 error(s); the last good revision stays in force" in output

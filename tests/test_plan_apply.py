@@ -26,7 +26,7 @@ from reconciler.state import observe, open_db
 from reconciler.state.observe import _histogram_by_names, audience_histogram
 from state_helpers import set_status, suppress_address
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+NOW = datetime(2030, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def _desired(root: Path) -> DesiredState:
@@ -72,9 +72,9 @@ def db(example: Path) -> Database:
     )
     emails = [row[0] for row in database.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 8")]
     for email in emails[:3]:
-        set_status(database, email, "newsletter", "unsubscribed", at="2026-11-24T11:00:00Z")
+        set_status(database, email, "newsletter", "unsubscribed", at="2030-11-26T11:00:00Z")
     for email in emails[3:5]:
-        suppress_address(database, email, "bounced", at="2026-11-24T11:00:00Z")
+        suppress_address(database, email, "bounced", at="2030-11-26T11:00:00Z")
     return database
 
 
@@ -82,14 +82,14 @@ def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_coun
     db = open_db(example / "state.db")
     plan = _plan(example, db)
     assert _ops(plan) == {
-        "black-friday-2026": "schedule",
-        "guji-harvest-2026": "create",
-        "holiday-gift-guide-2026": "schedule",
+        "black-friday-2030": "schedule",
+        "guji-harvest-2030": "create",
+        "holiday-gift-guide-2030": "schedule",
     }
     assert {name: count.recipients for name, count in plan.audiences.items()} == {
-        "black-friday-2026": 0,
-        "guji-harvest-2026": 0,
-        "holiday-gift-guide-2026": 0,
+        "black-friday-2030": 0,
+        "guji-harvest-2030": 0,
+        "holiday-gift-guide-2030": 0,
     }
     text = as_text(plan)
     for name in plan.audiences:
@@ -101,9 +101,9 @@ def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_coun
 def test_counts_exclude_unsubscribed_and_bounced_contacts(example: Path, db: Database) -> None:
     plan = _plan(example, db)
     total = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
-    guji = plan.audiences["guji-harvest-2026"]  # newsletter only
+    guji = plan.audiences["guji-harvest-2030"]  # newsletter only
     assert (guji.recipients, dict(guji.excluded)) == (total - 5, {"unsubscribed": 3, "bounced": 2})
-    friday = plan.audiences["black-friday-2026"]  # offers or newsletter: the three are still on offers
+    friday = plan.audiences["black-friday-2030"]  # offers or newsletter: the three are still on offers
     assert (friday.recipients, dict(friday.excluded)) == (total - 2, {"bounced": 2})
     assert f"→ {total - 5:,} recipients; excluded: unsubscribed 3, bounced 2" in as_text(plan)
 
@@ -122,46 +122,46 @@ def test_the_plan_formats_carry_the_same_actions(example: Path, db: Database) ->
     plan = _plan(example, db)
     data = json.loads(as_json(plan))
     assert [(a["kind"], a["name"], a["op"]) for a in data["actions"]] == [(a.kind, a.name, a.op) for a in plan.actions]
-    assert data["audiences"]["guji-harvest-2026"]["excluded"] == {"unsubscribed": 3, "bounced": 2}
+    assert data["audiences"]["guji-harvest-2030"]["excluded"] == {"unsubscribed": 3, "bounced": 2}
     markdown = as_markdown(plan)
-    assert "| + | `Campaign black-friday-2026` | schedule for Fri 2026-11-27 08:00 +01:00 (07:00 UTC) |" in markdown
+    assert "| + | `Campaign black-friday-2030` | schedule for Fri 2030-11-29 08:00 +01:00 (07:00 UTC) |" in markdown
 
 
 def test_editing_pausing_cancelling_and_deleting_campaign_files(example: Path, db: Database) -> None:
     _apply(example, db)
-    friday = example / "campaigns" / "black-friday-2026.yaml"
+    friday = example / "campaigns" / "black-friday-2030.yaml"
     _edit(friday, "25% off everything until Sunday", "30% off everything until Sunday")
-    _edit(friday, "send_at: 2026-11-27T08:00:00+01:00", "send_at: 2026-11-27T09:00:00+01:00")
+    _edit(friday, "send_at: 2030-11-29T08:00:00+01:00", "send_at: 2030-11-29T09:00:00+01:00")
     plan = _apply(example, db)
-    [action] = [a for a in plan.actions if a.name == "black-friday-2026"]
+    [action] = [a for a in plan.actions if a.name == "black-friday-2030"]
     assert (action.op, action.changes) == ("update", ("send_at", "subject"))
-    assert observe(db).campaigns["black-friday-2026"].start_at == "2026-11-27T08:00:00Z"
+    assert observe(db).campaigns["black-friday-2030"].start_at == "2030-11-29T08:00:00Z"
 
     _edit(friday, "status: scheduled", "status: paused")
-    assert _ops(_apply(example, db)) == {"black-friday-2026": "pause"}
+    assert _ops(_apply(example, db)) == {"black-friday-2030": "pause"}
     _edit(friday, "status: paused", "status: cancelled")
-    assert _ops(_apply(example, db)) == {"black-friday-2026": "cancel"}
-    assert observe(db).campaigns["black-friday-2026"].status == "cancelled"
+    assert _ops(_apply(example, db)) == {"black-friday-2030": "cancel"}
+    assert observe(db).campaigns["black-friday-2030"].status == "cancelled"
 
-    (example / "campaigns" / "holiday-gift-guide-2026.yaml").unlink()
+    (example / "campaigns" / "holiday-gift-guide-2030.yaml").unlink()
     plan = _apply(example, db)
-    assert _ops(plan) == {"holiday-gift-guide-2026": "remove"}
-    record = observe(db).campaigns["holiday-gift-guide-2026"]
+    assert _ops(plan) == {"holiday-gift-guide-2030": "remove"}
+    record = observe(db).campaigns["holiday-gift-guide-2030"]
     assert (record.status, record.reason, record.removed_at is not None) == ("cancelled", "Removed", True)
     assert not _apply(example, db).has_changes  # removing is done once; the record stays
 
-    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: scheduled")
+    _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: scheduled")
     plan = _apply(example, db)
-    assert _ops(plan) == {"guji-harvest-2026": "schedule"}
+    assert _ops(plan) == {"guji-harvest-2030": "schedule"}
     assert "schedule for now" in as_text(plan)
 
 
 def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(example: Path, db: Database) -> None:
-    guji = example / "campaigns" / "guji-harvest-2026.yaml"
+    guji = example / "campaigns" / "guji-harvest-2030.yaml"
     _edit(guji, "status: draft", "status: scheduled")
     _apply(example, db)
-    assert start_due(db, now=NOW) == ["guji-harvest-2026"]
-    record = observe(db).campaigns["guji-harvest-2026"]
+    assert start_due(db, now=NOW) == ["guji-harvest-2030"]
+    record = observe(db).campaigns["guji-harvest-2030"]
     total = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
     assert record.status == "sending" and record.recipients == total - 5 == record.progress["queued"]
 
@@ -169,59 +169,59 @@ def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(ex
     _edit(guji, "status: scheduled", "status: paused")
     plan = _apply(example, db)
     [error] = plan.errors
-    assert (error.kind, error.name, error.field, error.line) == ("Campaign", "guji-harvest-2026", "subject", 5)
+    assert (error.kind, error.name, error.field, error.line) == ("Campaign", "guji-harvest-2030", "subject", 5)
     assert "its content is frozen, but subject changed" in error.message
-    assert _ops(plan) == {"guji-harvest-2026": "pause"}  # pause always applies
-    record = observe(db).campaigns["guji-harvest-2026"]
+    assert _ops(plan) == {"guji-harvest-2030": "pause"}  # pause always applies
+    record = observe(db).campaigns["guji-harvest-2030"]
     assert (record.status, record.ready, record.reason) == ("paused", False, "Stalled")
     assert json.loads(
-        db.conn.execute("SELECT content FROM campaigns WHERE name = ?", ("guji-harvest-2026",)).fetchone()[0]
+        db.conn.execute("SELECT content FROM campaigns WHERE name = ?", ("guji-harvest-2030",)).fetchone()[0]
     )["subject"].startswith("The Guji harvest has landed")  # the content that goes out is still the one that started
 
     _edit(guji, "The Guji harvest is here", "The Guji harvest has landed")
     assert not _apply(example, db).has_changes
-    record = observe(db).campaigns["guji-harvest-2026"]
+    record = observe(db).campaigns["guji-harvest-2030"]
     assert (record.status, record.ready, record.reason) == ("paused", True, "Paused")  # reverted: not stalled
     _edit(guji, "status: paused", "status: scheduled")
     plan = _apply(example, db)
-    assert _ops(plan) == {"guji-harvest-2026": "resume"} and not plan.errors
-    assert observe(db).campaigns["guji-harvest-2026"].status == "sending"
+    assert _ops(plan) == {"guji-harvest-2030": "resume"} and not plan.errors
+    assert observe(db).campaigns["guji-harvest-2030"].status == "sending"
     _edit(guji, "status: scheduled", "status: cancelled")
     _apply(example, db)
-    record = observe(db).campaigns["guji-harvest-2026"]
+    record = observe(db).campaigns["guji-harvest-2030"]
     assert record.status == "cancelled" and record.progress == {"skipped": total - 5}
 
 
 def test_a_schedule_past_the_grace_period_waits_for_confirmation(example: Path, db: Database) -> None:
-    friday = example / "campaigns" / "black-friday-2026.yaml"
+    friday = example / "campaigns" / "black-friday-2030.yaml"
     _edit(friday, "  exclude: {segments: [recent-buyers]}\n", "")
-    late = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # a day after send_at
+    late = datetime(2030, 11, 30, 12, 0, tzinfo=UTC)  # a day after send_at
     plan = _apply(example, db, late)
     assert any("send_at is 1 day in the past" in p.message and p.severity == "warning" for p in plan.problems)
     assert start_due(db, now=late) == []
-    record = observe(db).campaigns["black-friday-2026"]
+    record = observe(db).campaigns["black-friday-2030"]
     assert (record.ready, record.reason) == (False, "LateSchedule")
-    assert "reconciler apply --confirm black-friday-2026" in record.message
+    assert "reconciler apply --confirm black-friday-2030" in record.message
 
-    plan = _apply(example, db, late, confirm=["black-friday-2026"])
-    assert _ops(plan) == {"black-friday-2026": "confirm"}
-    assert start_due(db, now=late) == ["black-friday-2026"]
+    plan = _apply(example, db, late, confirm=["black-friday-2030"])
+    assert _ops(plan) == {"black-friday-2030": "confirm"}
+    assert start_due(db, now=late) == ["black-friday-2030"]
 
 
 def test_a_schedule_within_the_grace_period_starts_and_local_times_are_per_contact(example: Path, db: Database) -> None:
-    gift = example / "campaigns" / "holiday-gift-guide-2026.yaml"
+    gift = example / "campaigns" / "holiday-gift-guide-2030.yaml"
     _edit(gift, "  exclude: {segments: [recent-buyers]}\n", "")
     _apply(example, db)
-    assert start_due(db, now=datetime(2026, 12, 13, 18, 0, tzinfo=UTC)) == []  # 09:00 in Kiribati is 19:00 UTC
-    assert start_due(db, now=datetime(2026, 12, 13, 19, 0, tzinfo=UTC)) == ["holiday-gift-guide-2026"]
+    assert start_due(db, now=datetime(2030, 12, 15, 18, 0, tzinfo=UTC)) == []  # 09:00 in Kiribati is 19:00 UTC
+    assert start_due(db, now=datetime(2030, 12, 15, 19, 0, tzinfo=UTC)) == ["holiday-gift-guide-2030"]
     due = dict(
         db.conn.execute(
             "SELECT c.timezone, min(l.due_at) FROM ledger l JOIN contacts c ON c.id = l.contact_id GROUP BY 1"
         ).fetchall()
     )
-    assert due["Asia/Tokyo"] == "2026-12-14T00:00:00Z"
-    assert due["Europe/Warsaw"] == "2026-12-14T08:00:00Z"
-    assert due["America/Los_Angeles"] == "2026-12-14T17:00:00Z"
+    assert due["Asia/Tokyo"] == "2030-12-16T00:00:00Z"
+    assert due["Europe/Warsaw"] == "2030-12-16T08:00:00Z"
+    assert due["America/Los_Angeles"] == "2030-12-16T17:00:00Z"
 
 
 def test_segments_are_counted_in_the_plan_and_evaluated_when_the_campaign_starts(example: Path, db: Database) -> None:
@@ -229,18 +229,18 @@ def test_segments_are_counted_in_the_plan_and_evaluated_when_the_campaign_starts
     for days_ago, contact in zip((1, 5, 13, 20), buyers, strict=True):  # recent-buyers: a purchase within 14 days
         db.conn.execute(
             "INSERT INTO events (contact_id, type, occurred_at) VALUES (?, 'purchase', ?)",
-            (contact, f"2026-11-{27 - days_ago:02d}T06:00:00Z"),
+            (contact, f"2030-11-{29 - days_ago:02d}T06:00:00Z"),
         )
     total = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
-    start = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+    start = datetime(2030, 11, 29, 7, 0, tzinfo=UTC)
     plan = _apply(example, db, start - timedelta(hours=1))
-    friday = plan.audiences["black-friday-2026"]
+    friday = plan.audiences["black-friday-2030"]
     assert (friday.recipients, dict(friday.excluded)) == (total - 2 - 3, {"bounced": 2, "excluded segment": 3})
     assert f"→ {total - 5:,} recipients; excluded: excluded segment 3, bounced 2" in as_text(plan)
     assert "recent-buyers     3 members" in as_text(plan)
 
-    assert start_due(db, now=start) == ["black-friday-2026"]
-    queued = {row[0] for row in db.conn.execute("SELECT contact_id FROM ledger WHERE source = 'black-friday-2026'")}
+    assert start_due(db, now=start) == ["black-friday-2030"]
+    queued = {row[0] for row in db.conn.execute("SELECT contact_id FROM ledger WHERE source = 'black-friday-2030'")}
     assert len(queued) == friday.recipients
     assert set(buyers[:3]).isdisjoint(queued) and buyers[3] in queued  # 20 days ago is not recent
 
@@ -251,26 +251,26 @@ def test_a_changed_segment_updates_a_scheduled_campaign_but_not_a_started_one(ex
     _edit(segments, "within: 14d", "within: 10d")
     plan = _apply(example, db)
     assert {a.name: a.changes for a in plan.actions} == {
-        "black-friday-2026": ("segment definitions",),
-        "holiday-gift-guide-2026": ("segment definitions",),
+        "black-friday-2030": ("segment definitions",),
+        "holiday-gift-guide-2030": ("segment definitions",),
     }
-    assert start_due(db, now=datetime(2026, 11, 27, 7, 0, tzinfo=UTC)) == ["black-friday-2026"]
+    assert start_due(db, now=datetime(2030, 11, 29, 7, 0, tzinfo=UTC)) == ["black-friday-2030"]
     _edit(segments, "within: 10d", "within: 7d")
-    plan = _apply(example, db, datetime(2026, 11, 27, 8, 0, tzinfo=UTC))
-    assert [a.name for a in plan.actions] == ["holiday-gift-guide-2026"] and not plan.errors
+    plan = _apply(example, db, datetime(2030, 11, 29, 8, 0, tzinfo=UTC))
+    assert [a.name for a in plan.actions] == ["holiday-gift-guide-2030"] and not plan.errors
 
 
 def test_a_revision_with_errors_leaves_the_last_good_one_in_force(example: Path, db: Database) -> None:
-    guji = example / "campaigns" / "guji-harvest-2026.yaml"
+    guji = example / "campaigns" / "guji-harvest-2030.yaml"
     _edit(guji, "status: draft", "status: scheduled")
-    _edit(guji, "\nsend_at: now", "\nsend_at: 2026-11-25T10:00:00Z")
+    _edit(guji, "\nsend_at: now", "\nsend_at: 2030-11-27T10:00:00Z")
     good = reconcile_once(example, db, now=NOW)
     assert good.valid and good.applied and good.applied.actions
-    _edit(guji, "send_at: 2026-11-25T10:00:00Z", "send_at: 2026-11-25T10:00:00Z\nsubjcet: typo")
+    _edit(guji, "send_at: 2030-11-27T10:00:00Z", "send_at: 2030-11-27T10:00:00Z\nsubjcet: typo")
     bad = reconcile_once(example, db, now=NOW + timedelta(minutes=1))
     assert not bad.valid and bad.plan is None
-    started = reconcile_once(example, db, now=datetime(2026, 11, 25, 10, 0, 1, tzinfo=UTC))
-    assert started.started == ["guji-harvest-2026"]  # the good revision's schedule still holds
+    started = reconcile_once(example, db, now=datetime(2030, 11, 27, 10, 0, 1, tzinfo=UTC))
+    assert started.started == ["guji-harvest-2030"]  # the good revision's schedule still holds
     status = reconciler("status", "--format", "json", cwd=example)
     report = json.loads(status.stdout)
     assert report["revision"]["applied"] == good.revision
@@ -278,7 +278,7 @@ def test_a_revision_with_errors_leaves_the_last_good_one_in_force(example: Path,
     assert any("subjcet" in line for line in report["last_error"]["problems"])
     text = reconciler("status", cwd=example).stdout
     assert f"Last error: revision {bad.revision} has 1 error(s)" in text
-    assert "guji-harvest-2026        sending" in text
+    assert "guji-harvest-2030        sending" in text
 
 
 def test_plan_exit_codes_follow_terraform(example: Path) -> None:
@@ -286,44 +286,44 @@ def test_plan_exit_codes_follow_terraform(example: Path) -> None:
     assert changes.returncode == 2, changes.stderr
     assert not (example / ".state").exists()  # plan never creates the state
     assert reconciler("plan", cwd=example).returncode == 0
-    applied = reconciler("apply", "--now", "2026-11-24T12:00:00Z", cwd=example)
+    applied = reconciler("apply", "--now", "2030-11-26T12:00:00Z", cwd=example)
     assert applied.returncode == 0 and "Applied 16 changes" in applied.stdout
-    same = reconciler("plan", "--detailed-exitcode", "--now", "2026-11-24T12:00:00Z", cwd=example)
+    same = reconciler("plan", "--detailed-exitcode", "--now", "2030-11-26T12:00:00Z", cwd=example)
     assert same.returncode == 0, same.stdout
-    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: sideways")
+    _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: sideways")
     broken = reconciler("plan", "--detailed-exitcode", cwd=example)
-    assert broken.returncode == 1 and "guji-harvest-2026.yaml:" in broken.stdout
+    assert broken.returncode == 1 and "guji-harvest-2030.yaml:" in broken.stdout
 
 
 def test_tick_applies_and_starts_what_is_due(example: Path) -> None:
     (example / "c.csv").write_text("email\nann@example.com\nbob@example.com\n")
     assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
-    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: scheduled")
-    result = reconciler("tick", "--now", "2026-11-24T12:00:00Z", cwd=example)
+    _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: scheduled")
+    result = reconciler("tick", "--now", "2030-11-26T12:00:00Z", cwd=example)
     assert result.returncode == 0, result.stderr
-    assert "Campaign guji-harvest-2026: started" in result.stdout
-    again = reconciler("tick", "--now", "2026-11-24T12:01:00Z", cwd=example)
+    assert "Campaign guji-harvest-2030: started" in result.stdout
+    again = reconciler("tick", "--now", "2030-11-26T12:01:00Z", cwd=example)
     assert "Nothing to do." in again.stdout
     assert "2 recipients" in reconciler("status", cwd=example).stdout
 
 
 def test_the_fast_signature_count_agrees_with_the_plain_one(db: Database) -> None:
     suppress_address(
-        db, "nobody@example.com", "complained", at="2026-11-24T11:00:00Z"
+        db, "nobody@example.com", "complained", at="2030-11-26T11:00:00Z"
     )  # a suppression without a contact
     email = db.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 1 OFFSET 9").fetchone()[0]
-    set_status(db, email, "customers", "pending", at="2026-11-24T11:00:00Z")
+    set_status(db, email, "customers", "pending", at="2030-11-26T11:00:00Z")
     assert audience_histogram(db) == _histogram_by_names(db)
 
 
 def test_two_ticks_at_once_start_a_campaign_once(example: Path) -> None:
     (example / "c.csv").write_text("email\n" + "".join(f"p{i}@example.com\n" for i in range(200)))
     assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
-    _edit(example / "campaigns" / "guji-harvest-2026.yaml", "status: draft", "status: scheduled")
+    _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: scheduled")
     with ThreadPoolExecutor(3) as pool:  # three processes started together
-        ticks = list(pool.map(lambda _: reconciler("tick", "--now", "2026-11-24T12:00:00Z", cwd=example), range(3)))
+        ticks = list(pool.map(lambda _: reconciler("tick", "--now", "2030-11-26T12:00:00Z", cwd=example), range(3)))
     assert [tick.returncode for tick in ticks] == [0, 0, 0], [tick.stdout + tick.stderr for tick in ticks]
-    assert sum("guji-harvest-2026: started" in tick.stdout for tick in ticks) == 1
+    assert sum("guji-harvest-2030: started" in tick.stdout for tick in ticks) == 1
     db = open_db(example / ".state" / "reconciler.db")
     assert db.conn.execute("SELECT count(*), count(DISTINCT contact_id) FROM ledger").fetchone() == (200, 200)
     assert db.conn.execute("SELECT count(*) FROM revisions").fetchone()[0] == 1
@@ -338,8 +338,8 @@ def test_the_plan_shows_segment_sizes_and_the_change_since_the_last_apply(exampl
     assert plan.segment_counts["espresso-people"] == before + 2
     text = as_text(plan)
     assert f"espresso-people   {before + 2:,} members (+2 since the last apply)" in text
-    total = plan.audiences["guji-harvest-2026"].recipients
+    total = plan.audiences["guji-harvest-2030"].recipients
     assert (
-        f"  guji-harvest-2026        → {total:,} recipients; excluded: unsubscribed 3, bounced 2 (+2 since the "
+        f"  guji-harvest-2030        → {total:,} recipients; excluded: unsubscribed 3, bounced 2 (+2 since the "
         "last apply)" in text
     )

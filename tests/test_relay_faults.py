@@ -78,7 +78,9 @@ def test_a_relay_outage_stops_taking_rows_and_sending_resumes_when_it_answers(
         daemons.append(sending_daemon(root))
         wait_for(lambda: len(sink.messages) >= 500, "sending to be under way", 60)
     down_at = len(sink.messages)  # the relay is gone
-    wait_for(lambda: "cannot be reached" in reconciler("status", cwd=root).stdout, "status to say the relay is down", 30)
+    wait_for(
+        lambda: "cannot be reached" in reconciler("status", cwd=root).stdout, "status to say the relay is down", 30
+    )
     attempted_while_down = query(root, "SELECT count(*) FROM ledger WHERE attempts > 0 AND state != 'sent'")[0][0]
     with SinkServer(sink, port=port):
         wait_for(lambda: campaign_statuses(root).get("hello") == "sent", "sending to resume and finish", 120)

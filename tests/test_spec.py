@@ -18,7 +18,7 @@ from reconciler.spec.workflow import IfStep, SendStep, WaitUntilStep, walk_steps
 def campaign(**fields: Any) -> Campaign:
     base: dict[str, Any] = {
         "kind": "Campaign",
-        "name": "black-friday-2026",
+        "name": "black-friday-2030",
         "subject": "Hi",
         "template": "offers/black-friday",
         "audience": {"lists": ["offers"]},

@@ -126,36 +126,44 @@ class Dispatcher:
         self.run.pool.close()
 
     async def run_pass(self) -> DispatchReport:
-        """One dispatch pass over everything due now; raises DispatchFailed when the state database fails."""
+        """One dispatch pass over everything due now; raises DispatchFailed when the state database fails. A pass
+        with nothing to send writes nothing (an idle daemon does not write)."""
         report = DispatchReport()
         now = self.clock.now()
         try:
             self.run.pending.flush(self.db)
             runtime = settings.load(self.db)
-            dispatchers.register(self.db, self.ident, host=self.host, pid=self.pid, at=iso(now))
-        except Exception as exc:
-            raise DispatchFailed(f"the state database cannot be written: {exc}") from exc
-        beat = asyncio.create_task(self._heartbeat())
-        try:
             report.uncertain = self.recover(now, runtime)
             report.stages_started = start_stages(self.db, now=now)
-            for source in self.confirmations(now, runtime) + ledger.due_sources(self.db, now=iso(now)):
-                if self.stop.is_set():
-                    break
-                await self._send(source, runtime, now, report)
+            sources = self.confirmations(now, runtime) + ledger.due_sources(self.db, now=iso(now))
+            if sources:
+                await self._send_all(sources, runtime, now, report)
             report.finished = self.finish(now)
         except DispatchFailed:
             raise
         except Exception as exc:
             raise DispatchFailed(f"the pass failed: {exc}") from exc
         finally:
-            beat.cancel()
             await self._retire()
+        return report
+
+    async def _send_all(
+        self, sources: list[Source], runtime: RuntimeSettings, now: datetime, report: DispatchReport
+    ) -> None:
+        """Send each source, registered (with a heartbeat) while rows may be on the wire."""
+        dispatchers.register(self.db, self.ident, host=self.host, pid=self.pid, at=iso(now))
+        beat = asyncio.create_task(self._heartbeat())
+        try:
+            for source in sources:
+                if self.stop.is_set():
+                    break
+                await self._send(source, runtime, now, report)
+        finally:
+            beat.cancel()
             try:
                 dispatchers.unregister(self.db, self.ident)
             except Exception:
                 log.warning("could not remove this dispatcher's registration; the next pass renews it")
-        return report
 
     async def _send(self, source: Source, runtime: RuntimeSettings, now: datetime, report: DispatchReport) -> None:
         kind = "Campaign" if source.kind == "campaign" else "Confirmation"

@@ -67,7 +67,7 @@ Slug = Annotated[
     str,
     Matching(
         SLUG_PATTERN,
-        "a valid name (use lowercase letters, digits and single dashes, e.g. black-friday-2026; at most 64 characters)",
+        "a valid name (use lowercase letters, digits and single dashes, e.g. black-friday-2030; at most 64 characters)",
     ),
 ]
 """A name: lowercase letters, digits and dashes, unique per kind."""

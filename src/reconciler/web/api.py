@@ -127,8 +127,8 @@ async def healthz(request: Request) -> Response:
     body = await web.read(_health)
     if web.health is not None:
         body["problems"] = list(web.health.report().problems) + body["problems"]
-    body["status"] = "degraded" if body["problems"] or body["last_error"] else "ok"
-    return JSONResponse(body, 503 if body["status"] == "degraded" else 200)
+    status = "degraded" if body["problems"] or body["last_error"] else "ok"
+    return JSONResponse({"status": status, **body}, 503 if status == "degraded" else 200)
 
 
 async def livez(request: Request) -> Response:
