@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import reconciler
-from reconciler.imports import ImportFileError, convert, import_file, normalise_email
+from reconciler.imports import ImportFileError, import_file
 from reconciler.load import load_workspace
 from reconciler.plan import count_audience
+from reconciler.rows import convert, normalise_email
 from reconciler.state import observe, open_db
 from reconciler.state.contacts import erase_contact, export_contact
 from state_helpers import set_status, suppress_address

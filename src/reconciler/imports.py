@@ -9,35 +9,27 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from functools import lru_cache
+from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from email_validator import EmailNotValidError, validate_email
 from sqlite_utils import Database
 
 from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
+from reconciler.rows import RowParser
 from reconciler.segments import blocking_for
 from reconciler.spec import DesiredState
-from reconciler.spec.contact import BUILTIN_FIELDS
 from reconciler.state.contacts import BatchResult, ContactRow, finish_import, import_batch, start_import
 
 BATCH_ROWS = 10_000
 PARALLEL_FROM_BYTES = 2_000_000
 """Files larger than this are parsed and validated by worker processes while this one writes."""
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-_TRUE = {"true", "yes", "y", "1", "on"}
-_FALSE = {"false", "no", "n", "0", "off"}
 
 
 class ImportFileError(ReconcilerError):
@@ -73,146 +65,17 @@ class ImportReport(BatchResult):
         return f"{self.file}: " + ", ".join(parts)
 
 
-def normalise_email(raw: str) -> str:
-    """Trimmed, syntax-checked (no DNS) and lowercased: one address, one contact."""
-    text = raw.strip()
-    if not text:
-        raise ValueError("empty")
-    try:
-        checked = validate_email(text, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"{text!r} is not a valid email address: {exc}") from None
-    return checked.normalized.lower()
-
-
-def convert(value: Any, type_: str, *, timezone: str) -> Any:
-    """One cell as the Field type says; raises ValueError with a sentence a marketer understands."""
-    text = value.strip() if isinstance(value, str) else value
-    if type_ == "string":
-        return str(text)
-    if type_ in ("number", "integer"):
-        if isinstance(text, bool):
-            raise ValueError(f"{value!r} is not a {type_}")
-        try:
-            number = float(str(text).replace(",", "")) if type_ == "number" else _integer(text)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a{'n' if type_ == 'integer' else ''} {type_}") from None
-        if (type_ == "number" and number != number) or number in (float("inf"), float("-inf")):
-            raise ValueError(f"{value!r} is not a finite number")
-        return number
-    if type_ == "boolean":
-        if isinstance(text, bool):
-            return text
-        if str(text).lower() in _TRUE:
-            return True
-        if str(text).lower() in _FALSE:
-            return False
-        raise ValueError(f"{value!r} is not true or false")
-    if type_ == "date":
-        try:
-            return date.fromisoformat(str(text)).isoformat()
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date (write 2026-11-27)") from None
-    if type_ == "datetime":
-        try:
-            moment = datetime.fromisoformat(str(text).replace("z", "Z"))
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date-time (write 2026-11-27T09:00:00+01:00)") from None
-        if moment.tzinfo is None:  # a naive time means the workspace's time zone
-            moment = moment.replace(tzinfo=ZoneInfo(timezone))
-        return iso(moment.astimezone(UTC))
-    if type_ == "list":
-        items = text if isinstance(text, list) else str(text).split(";")
-        return [str(item).strip() for item in items if str(item).strip()]
-    raise ValueError(f"unknown field type {type_}")
-
-
-def _integer(text: Any) -> int:
-    if isinstance(text, int):
-        return text
-    if isinstance(text, float) and text.is_integer():
-        return int(text)
-    return int(str(text).replace(",", ""))
-
-
-@lru_cache(maxsize=1024)
-def _known_zone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ValueError, KeyError):
-        return False
-    return True
-
-
-def _builtin(name: str, value: Any) -> str:
-    text = str(value).strip()
-    if name == "timezone":
-        if not _known_zone(text):
-            raise ValueError(f"{text!r} is not a time zone (write e.g. Europe/Warsaw)")
-    elif name == "country":
-        text = text.upper()
-        if not _COUNTRY.match(text):
-            raise ValueError(f"{value!r} is not a two-letter country code (write e.g. PL)")
-    elif name == "locale" and not _LOCALE.match(text):
-        raise ValueError(f"{value!r} is not a locale (write e.g. en-GB)")
-    return text
-
-
-class RowParser:
-    """Turns one raw row (a mapping of column to value) into a ContactRow, per the workspace's fields."""
-
-    def __init__(self, fields: Mapping[str, str], *, timezone: str) -> None:
-        """`fields`: the custom fields and their types (the API passes what was last applied)."""
-        self.fields = {**BUILTIN_FIELDS, **fields}
-        self.custom = set(fields)
-        self.timezone = timezone
-
-    @classmethod
-    def for_workspace(cls, desired: DesiredState) -> RowParser:
-        return cls(
-            {name: f.type for name, f in desired.fields.items()},
-            timezone=desired.settings.timezone if desired.settings else "UTC",
+def check_columns(parser: RowParser, columns: list[str], file: str) -> None:
+    """A CSV header names known fields, one of them email."""
+    unknown = [c for c in columns if c not in parser.fields]
+    if unknown:
+        hints = [f"{c!r} ({did_you_mean(c, parser.fields, otherwise='not a field')})" for c in unknown]
+        raise ImportFileError(
+            f"{file}: unknown column{'s' * (len(unknown) > 1)} {', '.join(hints)}; columns are field names: "
+            f"{', '.join(sorted(parser.fields))} (declare a custom one as a Field in spec/)"
         )
-
-    def check_columns(self, columns: list[str], file: str) -> None:
-        unknown = [c for c in columns if c not in self.fields]
-        if unknown:
-            hints = [f"{c!r} ({did_you_mean(c, self.fields, otherwise='not a field')})" for c in unknown]
-            raise ImportFileError(
-                f"{file}: unknown column{'s' * (len(unknown) > 1)} {', '.join(hints)}; columns are field names: "
-                f"{', '.join(sorted(self.fields))} (declare a custom one as a Field in spec/)"
-            )
-        if "email" not in columns:
-            raise ImportFileError(f"{file}: no email column (the first row must name the columns, one of them email)")
-
-    def parse(self, raw: Mapping[str, Any]) -> ContactRow:
-        try:
-            email = normalise_email(str(raw.get("email") or ""))
-        except ValueError as exc:
-            raise ValueError(f"email: {exc}") from None
-        builtins: dict[str, str] = {}
-        fields: dict[str, Any] = {}
-        tags: list[str] = []
-        created_at = None
-        for column, value in raw.items():
-            if column not in self.fields:
-                raise ValueError(
-                    f"unknown field {column!r} ({did_you_mean(column, self.fields, otherwise='not a field')})"
-                )
-            if column == "email" or value is None or value == "" or value == []:
-                continue
-            try:
-                if column == "tags":
-                    tags = convert(value, "list", timezone=self.timezone)
-                elif column == "created_at":
-                    created_at = convert(value, "datetime", timezone=self.timezone)
-                elif column in self.custom:
-                    fields[column] = convert(value, self.fields[column], timezone=self.timezone)
-                else:
-                    builtins[column] = _builtin(column, value)
-            except ValueError as exc:
-                raise ValueError(f"{column}: {exc}") from None
-        return ContactRow.build(email, builtins, tags, fields, created_at)
+    if "email" not in columns:
+        raise ImportFileError(f"{file}: no email column (the first row must name the columns, one of them email)")
 
 
 @contextmanager
@@ -277,7 +140,7 @@ def import_file(
         raise ImportFileError(f"{path}: no such file")
     with open_rows(path) as (header, rows):
         if header is not None:
-            parser.check_columns(header, str(path))
+            check_columns(parser, header, str(path))
         report = ImportReport(file=path.name)
         at = iso(now)
         import_id = start_import(db, file=path.name, at=at)

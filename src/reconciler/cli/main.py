@@ -165,7 +165,7 @@ def print_problems(problems: list[Problem], fmt: str) -> None:
 
 def address(email: str) -> str:
     """A normalised address from the command line, or a usage error saying what is wrong with it."""
-    from reconciler.imports import normalise_email
+    from reconciler.rows import normalise_email
 
     try:
         return normalise_email(email)

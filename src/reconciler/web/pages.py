@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from reconciler.compose import view_online
 from reconciler.holds import PERIODS
-from reconciler.imports import normalise_email
+from reconciler.rows import normalise_email
 from reconciler.spec.documents import MailingList
 from reconciler.state import records, subscribers
 from reconciler.state.ledger import CONFIRMATION_SOURCE
@@ -177,6 +177,8 @@ async def confirm(request: Request) -> Response:
     if request.method == "GET":  # a scanner following the link must not confirm: the button POSTs
         status = await web.call(subscribers.subscription_status, target.contact_id, target.lists[0])
         return await page(request, "confirm.html", email=target.email, title=title, done=status == "subscribed")
+    if not same_origin(request, (await web.site()).runtime.public_url):  # as the preference form: our page only
+        return PlainTextResponse("forms are accepted from this site only\n", 403)
     await web.call(subscribers.confirm, target, at=web.now(), ip=ip(request))
     return await page(request, "confirm.html", email=target.email, title=title, done=True)
 
