@@ -131,15 +131,17 @@ class _Builder:
             except ValueError:
                 return text
         if tag == _TAG + "float":
-            lowered = text.lower().lstrip("+")
-            if lowered in (".inf", "-.inf"):
-                return -math.inf if lowered.startswith("-") else math.inf
-            if lowered == ".nan":
-                return math.nan
             try:
-                return float(text.replace("_", ""))
+                number = float(text.replace("_", "").lower().replace(".inf", "inf").replace(".nan", "nan"))
             except ValueError:
                 return text
+            if not math.isfinite(number):
+                hint = "write a finite number, or quote it to mean text"
+                self.errors.append(
+                    _at(node, f"{text} is not a finite number, which no comparison or store can use", hint)
+                )
+                return text
+            return number
         self.errors.append(_at(node, f"unknown tag {tag!r}", "remove the tag; write plain values"))
         return text
 
