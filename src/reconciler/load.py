@@ -42,7 +42,7 @@ SECRET_KEYS = frozenset(
         "key",
     }
 )
-_DECLARED_NAME = re.compile(r"^\s*-?\s*name:\s*['\"]?([a-z0-9_-]+)", re.M)
+_DECLARED_NAME = re.compile(r"^[ \t]*(?:-[ \t]*)?name:[ \t]*['\"]?([a-z0-9_-]+)", re.M)
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 
