@@ -60,3 +60,101 @@ def test_a_deep_but_reasonable_condition_still_validates(base: Path) -> None:
 def test_the_example_workspace_needs_no_more_than_the_limit() -> None:
     result = reconciler("validate", cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _launch_with(root: Path, expression: str) -> None:
+    template = root / "templates" / "news" / "launch.mjml"
+    text = template.read_text().replace("we are open.</mj-text>", "we are open.</mj-text>\n" + expression)
+    template.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ("<mj-text>{{ 'a' * 10**9 }}</mj-text>", "characters"),
+        ("<mj-text>{{ [1] * 10**9 }}</mj-text>", "characters"),
+        ("<mj-text>{{ 7 ** (10**9) }}</mj-text>", "too large"),
+        ("<mj-text>{{ 'a' | center(1000000000) }}</mj-text>", "characters"),
+        ("<mj-text>{{ 'a'.ljust(1000000000) }}</mj-text>", "characters"),
+        ("<mj-text>{{ '{:>1000000000}'.format(1) }}</mj-text>", "characters"),
+        ("<mj-text>{{ '%1000000000s' % 'x' }}</mj-text>", "characters"),
+        ("<mj-text>{{ range(100000) | join('x' * 100000) }}</mj-text>", "characters"),
+        ("<mj-text>{{ ('x' * 100000) | replace('x', 'y' * 100000) }}</mj-text>", "characters"),
+        (
+            "<mj-text>{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}</mj-text>",
+            "loop",
+        ),
+        ("<mj-text>{% for i in range(50000) %}{{ 'x' * 50000 }}{% endfor %}</mj-text>", "characters"),
+    ],
+    ids=[
+        "repeat-text",
+        "repeat-list",
+        "power",
+        "center",
+        "ljust",
+        "format",
+        "percent",
+        "join",
+        "replace",
+        "loops",
+        "output",
+    ],
+)
+def test_a_template_that_would_render_without_bound_is_a_located_problem(
+    base: Path, expression: str, words: str
+) -> None:
+    _launch_with(base, expression)
+    result = reconciler("validate", cwd=base)
+    _assert_refused(result, "templates/news/launch.mjml:6:", words)
+
+
+def test_links_out_of_the_workspace_are_refused(base: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "partials").mkdir(parents=True)
+    secret = outside / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (outside / "partials" / "footer.mjml").write_text((base / "templates/partials/footer.mjml").read_text())
+    (outside / "extra.yaml").write_text("kind: List\nname: extra\ntitle: Extra\n")
+    (base / "templates/partials/footer.mjml").unlink()
+    (base / "templates/partials/footer.mjml").symlink_to(secret)
+    (base / "templates/shared").symlink_to(outside / "partials", target_is_directory=True)
+    (base / "spec/extra.yaml").symlink_to(outside / "extra.yaml")
+    (base / "templates/welcome/hello.txt").symlink_to(secret)
+    inside = base / "templates/partials/also-footer.mjml"
+    inside.symlink_to(base / "templates/news/launch.mjml")  # a link that stays inside is fine
+    result = reconciler("validate", cwd=base)
+    _assert_refused(
+        result,
+        "templates/partials/footer.mjml:1:1: ",
+        "templates/shared:1:1: ",
+        "spec/extra.yaml:1:1: ",
+        "templates/welcome/hello.txt:1:1: ",
+        "outside the workspace",
+    )
+    assert "root:x:0" not in result.stdout + result.stderr
+    assert "also-footer" not in result.stdout
+
+
+def test_at_send_time_a_render_past_the_bounds_fails_that_contact_alone(tmp_path: Path) -> None:
+    from sending import TEMPLATE, import_contacts, query, tick, workspace
+    from smtp_sink import Sink, SinkServer
+
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        (root / "spec/fields.yaml").write_text(
+            "kind: Field\nname: city\ntype: string\n---\nkind: Field\nname: repeat\ntype: integer\n"
+        )
+        template = root / "templates/news/hello.mjml"
+        template.write_text(TEMPLATE.replace("Hello", "{{ 'ha' * contact.repeat | default(1) }} Hello"))
+        import_contacts(root, 3)
+        (root / "repeat.csv").write_text("email,repeat\nperson1@example.net,1000000000\n")
+        assert reconciler("contacts", "import", "repeat.csv", cwd=root).returncode == 0
+        tick(root)
+    assert sorted(rcpt for rcpt, _ in sink.messages) == ["person0@example.net", "person2@example.net"]
+    ((state, reply),) = query(
+        root,
+        "SELECT l.state, l.last_reply FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE c.email = ?",
+        "person1@example.net",
+    )
+    assert state == "failed" and "characters" in str(reply), reply
