@@ -33,10 +33,10 @@ INTEGER_RANGE = (-(2**63), 2**63 - 1)
 """What SQLite stores as an integer; a larger one would come back as an approximate real number."""
 
 
-def normalise_email(raw: str) -> str:
+def normalise_email(raw: str, *, sendable: bool = True) -> str:
     """Trimmed, syntax-checked (no DNS) and lowercased: one address, one contact. An internationalised domain is
-    kept in Unicode (`ascii_address` gives the form that is sent); a local part beyond ASCII is refused, since it
-    needs SMTPUTF8, which reconciler does not send."""
+    kept in Unicode (`mime.ascii_address` gives the form that is sent); a local part beyond ASCII is refused, since
+    it needs SMTPUTF8, which reconciler does not send (`sendable=False`: looking up what an older version stored)."""
     if not isinstance(raw, str):
         raise ValueError(f"expected an address as text, found {_kind_of(raw)}")
     text = raw.strip()
@@ -46,7 +46,7 @@ def normalise_email(raw: str) -> str:
         checked = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"{text!r} is not a valid email address: {exc}") from None
-    if not checked.local_part.isascii():
+    if sendable and not checked.local_part.isascii():
         raise ValueError(
             f"{text!r}: the part before @ is not ASCII, which needs SMTPUTF8, which reconciler does not send "
             "(the message could never be delivered)"

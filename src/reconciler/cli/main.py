@@ -168,6 +168,6 @@ def address(email: str) -> str:
     from reconciler.rows import normalise_email
 
     try:
-        return normalise_email(email)
+        return normalise_email(email, sendable=False)  # export and erase find what older versions stored
     except ValueError as exc:
         raise UsageError(str(exc)) from None
