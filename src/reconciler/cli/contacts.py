@@ -112,7 +112,7 @@ def contacts_export(ctx: click.Context, email: str) -> None:
     """Print, as JSON, everything held about one person (GDPR access request)."""
     from reconciler.state.contacts import export_contact
 
-    db = database(ctx, workspace_root(ctx), create=False)
+    db = database(ctx, workspace_root(ctx), create=False, read_only=True)
     found = export_contact(db, address(email))
     if found is None:
         raise ReconcilerError(f"no contact {email} in the state database")

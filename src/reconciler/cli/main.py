@@ -123,10 +123,11 @@ def state_file(ctx: click.Context, root: Path) -> Path:
     return state_path(root, ctx.obj["state"])
 
 
-def database(ctx: click.Context, root: Path, *, create: bool = True) -> Database:
+def database(ctx: click.Context, root: Path, *, create: bool = True, read_only: bool = False) -> Database:
+    """The state database; `read_only` for commands that only read (they work on a read-only mount too)."""
     from reconciler.state import open_db
 
-    return open_db(state_file(ctx, root), create=create)
+    return open_db(state_file(ctx, root), create=create, read_only=read_only)
 
 
 def checked(root: Path) -> DesiredState:

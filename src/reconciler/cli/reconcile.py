@@ -69,7 +69,7 @@ def plan(
 
     root = workspace_root(ctx)
     desired = checked(root)
-    db = database(ctx, root) if state_file(ctx, root).exists() else empty_db()
+    db = database(ctx, root, read_only=True) if state_file(ctx, root).exists() else empty_db()
     moment = clock(now).now()
     observed = observe_for(db, desired, now=moment, budget=count_budget)
     result = make_plan(desired, observed, now=moment, git_commit=git_commit(root), confirm=confirm)
@@ -184,7 +184,7 @@ def status(ctx: click.Context, fmt: str) -> None:
     """Campaigns with their condition and progress, the last applied revision, and the last error."""
     from reconciler.status import format_status, status_report
 
-    report = status_report(database(ctx, workspace_root(ctx), create=False))
+    report = status_report(database(ctx, workspace_root(ctx), create=False, read_only=True))
     click.echo(json.dumps(report, indent=2) if fmt == "json" else format_status(report))
 
 
