@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from reconciler.clock import Clock
 from reconciler.state.db import ConnectionPool
-from reconciler.web import api, pages, tracking, webhooks
+from reconciler.web import api, openapi, pages, tracking, webhooks
 from reconciler.web.context import DB_THREADS, WebContext, fetch_url
 from reconciler.web.metrics import Metrics
 from reconciler.web.security import SecurityMiddleware
@@ -64,6 +64,7 @@ def create_app(
         Route("/api/v1/webhooks/{provider}", webhooks.endpoint, methods=["POST"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/api/v1/openapi.json", openapi.openapi, methods=["GET"]),
     ]
     middleware = [Middleware(SecurityMiddleware), Middleware(metrics.middleware)]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
