@@ -78,7 +78,8 @@ EVENT = {
 }
 
 
-def _paths() -> dict[str, Any]:
+def _pages() -> dict[str, Any]:
+    """The routes links in emails and the subscribe form lead to."""
     form_lists = {"type": "array", "items": {"type": "string"}}
     return {
         "/u/{token}": {
@@ -138,6 +139,12 @@ def _paths() -> dict[str, Any]:
             "get": {"summary": "The click redirect", "responses": _answers(302, 404)},
             "head": {"summary": "The click redirect (a machine)", "responses": _answers(302, 404)},
         },
+    }
+
+
+def _api() -> dict[str, Any]:
+    """The API, the webhooks and what monitoring reads."""
+    return {
         "/api/v1/contacts": {
             "post": {
                 "summary": "Create or update contacts and subscribe them",
@@ -175,7 +182,7 @@ def description() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "reconciler web service", "version": "1", "description": "docs/web.md describes it in prose"},
-        "paths": _paths(),
+        "paths": {**_pages(), **_api()},
         "components": {
             "schemas": {"Contact": CONTACT, "Event": EVENT},
             "securitySchemes": {
