@@ -117,15 +117,16 @@ def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...], proble
         pending, seen = [root / folder], set()
         while pending:
             directory = pending.pop()
-            if not directory.is_dir() or directory.resolve() in seen:
+            real = directory.resolve()  # folders are few: each is checked, files only when they are links
+            if not directory.is_dir() or real in seen or not _within(directory, inside, problems):
                 continue
-            if not _within(directory, inside, problems):
-                continue
-            seen.add(directory.resolve())
+            seen.add(real)
             for entry in directory.iterdir():
                 if entry.is_dir():
                     pending.append(entry)
-                elif entry.suffix in suffixes and entry.is_file() and _within(entry, inside, problems):
+                elif entry.suffix not in suffixes or not entry.is_file():
+                    continue
+                elif not entry.is_symlink() or _within(entry, inside, problems):
                     found.append(entry)
     return sorted(found)
 
