@@ -158,3 +158,38 @@ def test_at_send_time_a_render_past_the_bounds_fails_that_contact_alone(tmp_path
         "person1@example.net",
     )
     assert state == "failed" and "characters" in str(reply), reply
+
+
+def test_segments_nested_through_in_segment_beyond_the_limit_are_a_problem(base: Path) -> None:
+    chain = "".join(f"---\nkind: Segment\nname: s{n}\nwhere: {{in_segment: s{n + 1}}}\n" for n in range(3000))
+    (base / "spec" / "chain.yaml").write_text(chain + "---\nkind: Segment\nname: s3000\nwhere: {field: spend, gt: 1}\n")
+    result = reconciler("validate", cwd=base)
+    _assert_refused(result, "spec/chain.yaml:4:", "Segment s0: where.in_segment: segments nest deeper than 64")
+    assert "unexpected" not in result.stderr
+
+
+def test_segments_that_would_expand_without_bound_are_a_problem(base: Path) -> None:
+    lattice = [
+        f"---\nkind: Segment\nname: l{n}{side}\nwhere: {{any: [{{in_segment: l{n + 1}a}}, {{in_segment: l{n + 1}b}}]}}\n"
+        for n in range(40)
+        for side in "ab"
+    ]
+    ends = "---\nkind: Segment\nname: l40a\nwhere: {tag: a}\n---\nkind: Segment\nname: l40b\nwhere: {tag: b}\n"
+    (base / "spec" / "lattice.yaml").write_text("".join(lattice) + ends)
+    campaign = base / "campaigns" / "launch.yaml"
+    campaign.write_text(campaign.read_text().replace("segments: [big-spenders]", "segments: [l0a]"))
+    for command in ("validate", "plan"):
+        result = reconciler(command, cwd=base)
+        _assert_refused(result, "spec/lattice.yaml:", "expands to more than 10,000 conditions")
+
+
+def test_a_segment_with_thousands_of_alternatives_still_plans(base: Path) -> None:
+    alternatives = "".join(f"    - {{tag: t{n}}}\n" for n in range(3000))
+    (base / "spec" / "wide.yaml").write_text("kind: Segment\nname: wide\nwhere:\n  any:\n" + alternatives)
+    campaign = base / "campaigns" / "launch.yaml"
+    campaign.write_text(campaign.read_text().replace("segments: [big-spenders]", "segments: [wide]"))
+    (base / "c.csv").write_text("email,tags\na@example.com,t2999\nb@example.com,x\n")
+    assert reconciler("contacts", "import", "c.csv", "--list", "news", cwd=base).returncode == 0
+    result = reconciler("plan", cwd=base)
+    assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-1000:]
+    assert "  wide          1 member\n" in result.stdout, result.stdout
