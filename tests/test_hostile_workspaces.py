@@ -169,11 +169,8 @@ def test_segments_nested_through_in_segment_beyond_the_limit_are_a_problem(base:
 
 
 def test_segments_that_would_expand_without_bound_are_a_problem(base: Path) -> None:
-    lattice = [
-        f"---\nkind: Segment\nname: l{n}{side}\nwhere: {{any: [{{in_segment: l{n + 1}a}}, {{in_segment: l{n + 1}b}}]}}\n"
-        for n in range(40)
-        for side in "ab"
-    ]
+    both = "where: {{any: [{{in_segment: l{0}a}}, {{in_segment: l{0}b}}]}}\n"
+    lattice = [f"---\nkind: Segment\nname: l{n}{side}\n" + both.format(n + 1) for n in range(40) for side in "ab"]
     ends = "---\nkind: Segment\nname: l40a\nwhere: {tag: a}\n---\nkind: Segment\nname: l40b\nwhere: {tag: b}\n"
     (base / "spec" / "lattice.yaml").write_text("".join(lattice) + ends)
     campaign = base / "campaigns" / "launch.yaml"
