@@ -25,7 +25,7 @@ run: $(STAMP) .state/.sample-imported
 .state/.sample-imported: $(STAMP)
 	mkdir -p .state
 	$(BIN)/reconciler contacts sample --count 500 > $(SAMPLE)
-	$(BIN)/reconciler contacts import $(SAMPLE) --list newsletter --list offers --consent "made-up sample data"
+	$(BIN)/reconciler contacts import $(SAMPLE) --list newsletter --list offers --preconfirmed --consent "made-up sample data"
 	touch $@
 
 ## test: the whole test suite

@@ -57,6 +57,7 @@ def main() -> None:
                 str(path),
                 "--list",
                 "newsletter",
+                "--preconfirmed",
                 "--consent",
                 "bench",
             ],

@@ -105,7 +105,7 @@ def import_contacts(root: Path, count: int, *, lists: tuple[str, ...] = ("news",
     emails = [f"person{i}@example.net" for i in range(count)]
     rows = ["email,first_name,city"] + [f"{e},Pat{i},Łódź" for i, e in enumerate(emails)]
     (root / "contacts.csv").write_text("\n".join(rows) + "\n")
-    args = [arg for name in lists for arg in ("--list", name)]
+    args = [arg for name in lists for arg in ("--list", name)] + ["--preconfirmed"]  # made up: offers is double opt-in
     result = reconciler("contacts", "import", "contacts.csv", *args, cwd=root)
     assert result.returncode == 0, result.stderr
     return emails

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import reconciler
-from reconciler.imports import ImportFileError, convert, import_file, normalise_email
+from reconciler.imports import ImportFileError, import_file
 from reconciler.load import load_workspace
 from reconciler.plan import count_audience
+from reconciler.rows import convert, normalise_email
 from reconciler.spec import DesiredState
 from reconciler.state import observe, open_db
 from reconciler.state.contacts import erase_contact, export_contact
@@ -66,7 +67,9 @@ def test_a_10000_row_file_reports_exactly_its_bad_rows_and_imports_the_rest_once
     _write_csv(path, ["email", "first_name", "total_spend", "country"], rows)
     db = open_db(example / "state.db")
 
-    report = import_file(db, _desired(example), path, lists=["newsletter"], consent_text="form v3", now=NOW)
+    report = import_file(
+        db, _desired(example), path, lists=["newsletter"], consent_text="form v3", now=NOW, preconfirmed=True
+    )
 
     assert {bad.line: bad.message.split(":")[0] for bad in report.bad} == {
         line: ("email" if field == "email" else field) for line, field in bad_lines.items()
@@ -190,7 +193,9 @@ def test_addresses_are_trimmed_lowercased_and_checked_without_dns() -> None:
 
 def test_export_and_erase_from_the_command_line(example: Path) -> None:
     (example / "c.csv").write_text("email,first_name\nann@example.com,Ann\nbob@example.com,Bob\n")
-    imported = reconciler("contacts", "import", "c.csv", "--list", "newsletter", "--consent", "v1", cwd=example)
+    imported = reconciler(
+        "contacts", "import", "c.csv", "--list", "newsletter", "--preconfirmed", "--consent", "v1", cwd=example
+    )
     assert imported.returncode == 0, imported.stderr
     assert "2 new" in imported.stdout
 
@@ -198,7 +203,7 @@ def test_export_and_erase_from_the_command_line(example: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     data = json.loads(exported.stdout)
     assert data["contact"]["first_name"] == "Ann"
-    assert [c["action"] for c in data["consent"]] == ["subscribe"]
+    assert [c["action"] for c in data["consent"]] == ["preconfirmed"]  # newsletter is double opt-in
     assert data["consent"][0]["text"] == "v1"
 
     refused = reconciler("contacts", "erase", "ann@example.com", cwd=example)
@@ -209,7 +214,7 @@ def test_export_and_erase_from_the_command_line(example: Path) -> None:
     assert json.loads(after.stdout)["suppression"]["reason"] == "erased"
     assert "Ann" not in after.stdout
 
-    again = reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example)
+    again = reconciler("contacts", "import", "c.csv", "--list", "newsletter", "--preconfirmed", cwd=example)
     assert "1 erased on request (not stored)" in again.stdout
     db = open_db(example / ".state" / "reconciler.db")
     assert [row[0] for row in db.conn.execute("SELECT email FROM contacts")] == ["bob@example.com"]

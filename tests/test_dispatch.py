@@ -253,7 +253,17 @@ def test_a_contact_whose_data_cannot_go_in_a_header_fails_alone(tmp_path: Path) 
             + json.dumps({"email": "bad@example.net", "first_name": "Evil\r\nBcc: victim@example.org"})
             + "\n"
         )
-        assert reconciler("contacts", "import", "c.jsonl", "--list", "news", cwd=root).returncode == 0
+        imported = reconciler("contacts", "import", "c.jsonl", "--list", "news", cwd=root)
+        assert imported.returncode == 1 and "c.jsonl:2: first_name" in imported.stderr  # refused at import now
+        with sqlite3.connect(root / ".state/reconciler.db") as db:  # as an older version stored it
+            db.execute(
+                "INSERT INTO contacts(email, email_hash, first_name, created_at, updated_at) VALUES "
+                "('bad@example.net', 'h-bad', 'Evil\r\nBcc: victim@example.org', '2026-11-01', '2026-11-01')"
+            )
+            db.execute(
+                "INSERT INTO subscriptions(contact_id, list, status, updated_at) "
+                "SELECT id, 'news', 'subscribed', '2026-11-01' FROM contacts WHERE email = 'bad@example.net'"
+            )
         tick(root)
     assert [r for r, _ in sink.messages] == ["ok@example.net"]
     for _, data in sink.messages:

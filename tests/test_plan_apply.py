@@ -69,6 +69,7 @@ def db(example: Path) -> Database:
         lists=["newsletter", "offers"],
         consent_text="test",
         now=NOW,
+        preconfirmed=True,
     )
     emails = [row[0] for row in database.conn.execute("SELECT email FROM contacts ORDER BY id LIMIT 8")]
     for email in emails[:3]:
@@ -297,7 +298,9 @@ def test_plan_exit_codes_follow_terraform(example: Path) -> None:
 
 def test_tick_applies_and_starts_what_is_due(example: Path) -> None:
     (example / "c.csv").write_text("email\nann@example.com\nbob@example.com\n")
-    assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
+    assert (
+        reconciler("contacts", "import", "c.csv", "--list", "newsletter", "--preconfirmed", cwd=example).returncode == 0
+    )
     _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: scheduled")
     result = reconciler("tick", "--now", "2030-11-26T12:00:00Z", cwd=example)
     assert result.returncode == 0, result.stderr
@@ -318,7 +321,9 @@ def test_the_fast_signature_count_agrees_with_the_plain_one(db: Database) -> Non
 
 def test_two_ticks_at_once_start_a_campaign_once(example: Path) -> None:
     (example / "c.csv").write_text("email\n" + "".join(f"p{i}@example.com\n" for i in range(200)))
-    assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
+    assert (
+        reconciler("contacts", "import", "c.csv", "--list", "newsletter", "--preconfirmed", cwd=example).returncode == 0
+    )
     _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: scheduled")
     with ThreadPoolExecutor(3) as pool:  # three processes started together
         ticks = list(pool.map(lambda _: reconciler("tick", "--now", "2030-11-26T12:00:00Z", cwd=example), range(3)))
@@ -333,7 +338,9 @@ def test_the_plan_shows_segment_sizes_and_the_change_since_the_last_apply(exampl
     _apply(example, db)
     before = _plan(example, db).segment_counts["espresso-people"]
     (example / "more.csv").write_text("email,brew_method\nnew1@example.com,espresso\nnew2@example.com,moka\n")
-    import_file(db, _desired(example), example / "more.csv", lists=["newsletter"], consent_text=None, now=NOW)
+    import_file(
+        db, _desired(example), example / "more.csv", lists=["newsletter"], consent_text=None, now=NOW, preconfirmed=True
+    )
     plan = _plan(example, db)
     assert plan.segment_counts["espresso-people"] == before + 2
     text = as_text(plan)

@@ -157,7 +157,9 @@ def test_segments_show_counts_samples_and_explains(example: Path) -> None:
         "email,brew_method,favourite_roast\nann@example.com,espresso,light\nbob@example.com,filter,dark\n"
         "cy@example.com,filter,light\n"
     )
-    assert reconciler("contacts", "import", "c.csv", "--list", "newsletter", cwd=example).returncode == 0
+    assert (
+        reconciler("contacts", "import", "c.csv", "--list", "newsletter", "--preconfirmed", cwd=example).returncode == 0
+    )
     shown = reconciler("segments", "show", "espresso-people", cwd=example)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("Segment espresso-people: 2 members")

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlite_utils import Database
 
 from conftest import REPO, reconciler
@@ -97,3 +98,57 @@ def test_status_reads_a_migrated_database_and_a_new_apply_replaces_the_old_setti
     )
     assert settings["organization"]["name"] == "Kettle & Crow Coffee Roasters"
     assert json.loads(reconciler("status", "--format", "json", cwd=tmp_path).stdout)["last_error"] is None
+
+
+BIG_SPENDERS = """
+---
+kind: Segment
+name: big-spenders
+where:
+  any:
+    - {field: total_spend, gt: 100}
+    - {event: purchase, sum: {property: amount, gte: 50}}
+"""
+
+
+def test_stored_json_that_is_not_valid_is_repaired_and_never_stops_planning_again(tmp_path: Path) -> None:
+    import sqlite3
+
+    for folder in ("spec", "campaigns", "templates"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    with (tmp_path / "spec/segments.yaml").open("a") as segments:
+        segments.write(BIG_SPENDERS)
+    path = tmp_path / ".state" / "reconciler.db"
+    path.parent.mkdir()
+    db = Database(path)
+    migrations.apply(db, stop_before="0008_stored_json")  # what 0.3 could store through the API and imports
+    contacts = [
+        ("ok@example.com", '{"total_spend": 150}'),
+        ("nan@example.com", '{"total_spend": NaN}'),
+        ("repr@example.com", "{'total_spend': 1}"),
+    ]
+    for number, (email, fields) in enumerate(contacts):
+        db.execute(
+            "INSERT INTO contacts(email, email_hash, fields, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            [email, f"hash{number}", fields, "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z"],
+        )
+    for contact_id, properties in [(1, '{"amount": 60}'), (2, '{"amount": Infinity}'), (3, "garbage")]:
+        db.execute(
+            "INSERT INTO events(contact_id, type, occurred_at, properties) VALUES (?, 'purchase', ?, ?)",
+            [contact_id, "2026-11-20T00:00:00Z", properties],
+        )
+    db.conn.commit()
+    db.close()
+
+    planned = reconciler("plan", "--now", "2026-11-24T12:00:00Z", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "big-spenders      1 member\n" in planned.stdout
+    with sqlite3.connect(path) as conn:
+        stored_fields = [json.loads(f) for (f,) in conn.execute("SELECT fields FROM contacts ORDER BY id")]
+        stored_properties = [json.loads(p) for (p,) in conn.execute("SELECT properties FROM events ORDER BY id")]
+        assert stored_fields == [{"total_spend": 150}, {"total_spend": None}, {}]
+        assert stored_properties == [{"amount": 60}, {"amount": None}, {}]
+        (detail,) = conn.execute("SELECT detail FROM audit WHERE action = 'repaired'").fetchone()
+        assert "contact 3" in detail and "event 3" in detail
+        with pytest.raises(sqlite3.IntegrityError, match="not valid JSON"):
+            conn.execute("UPDATE events SET properties = '{\"a\": NaN}' WHERE id = 1")

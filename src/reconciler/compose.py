@@ -23,7 +23,17 @@ from urllib.parse import quote, urlsplit
 from sqlite_utils import Database
 
 from reconciler.errors import ReconcilerError, UsageError, did_you_mean
-from reconciler.mime import DkimKey, HeaderValueError, QpEncoder, Skeleton, addr_spec, address_domain, mailbox, qp
+from reconciler.mime import (
+    DkimKey,
+    HeaderValueError,
+    QpEncoder,
+    Skeleton,
+    addr_spec,
+    address_domain,
+    ascii_address,
+    mailbox,
+    qp,
+)
 from reconciler.plan.content import campaign_content, step_content
 from reconciler.spec import DesiredState
 from reconciler.spec.contact import Contact
@@ -228,7 +238,7 @@ class Composer:
         )
         if self.definition.dkim is not None:
             data = self.definition.dkim.sign(data)
-        return Message(row.id, row.contact.email, data, message_id, row.attempts, row.first_attempt_at)
+        return Message(row.id, ascii_address(row.contact.email), data, message_id, row.attempts, row.first_attempt_at)
 
 
 def workspace_definition(desired: DesiredState, target: str, *, signer: Signer, instance: str) -> Definition:

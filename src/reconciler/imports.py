@@ -6,38 +6,31 @@ one enormous transaction. Good rows are imported even when others are bad; each 
 
 from __future__ import annotations
 
+import codecs
 import csv
-import json
 import os
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from functools import lru_cache
+from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from email_validator import EmailNotValidError, validate_email
 from sqlite_utils import Database
 
+from reconciler import strictjson
 from reconciler.audience import blocking_for
 from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
+from reconciler.rows import RowParser
 from reconciler.spec import DesiredState
-from reconciler.spec.contact import BUILTIN_FIELDS
 from reconciler.state.contacts import BatchResult, ContactRow, finish_import, import_batch, start_import
 
 BATCH_ROWS = 10_000
 PARALLEL_FROM_BYTES = 2_000_000
 """Files larger than this are parsed and validated by worker processes while this one writes."""
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-_TRUE = {"true", "yes", "y", "1", "on"}
-_FALSE = {"false", "no", "n", "0", "off"}
 
 
 class ImportFileError(ReconcilerError):
@@ -73,152 +66,74 @@ class ImportReport(BatchResult):
         return f"{self.file}: " + ", ".join(parts)
 
 
-def normalise_email(raw: str) -> str:
-    """Trimmed, syntax-checked (no DNS) and lowercased: one address, one contact."""
-    text = raw.strip()
-    if not text:
-        raise ValueError("empty")
-    try:
-        checked = validate_email(text, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"{text!r} is not a valid email address: {exc}") from None
-    return checked.normalized.lower()
-
-
-def convert(value: Any, type_: str, *, timezone: str) -> Any:
-    """One cell as the Field type says; raises ValueError with a sentence a marketer understands."""
-    text = value.strip() if isinstance(value, str) else value
-    if type_ == "string":
-        return str(text)
-    if type_ in ("number", "integer"):
-        if isinstance(text, bool):
-            raise ValueError(f"{value!r} is not a {type_}")
-        try:
-            number = float(str(text).replace(",", "")) if type_ == "number" else _integer(text)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a{'n' if type_ == 'integer' else ''} {type_}") from None
-        if (type_ == "number" and number != number) or number in (float("inf"), float("-inf")):
-            raise ValueError(f"{value!r} is not a finite number")
-        return number
-    if type_ == "boolean":
-        if isinstance(text, bool):
-            return text
-        if str(text).lower() in _TRUE:
-            return True
-        if str(text).lower() in _FALSE:
-            return False
-        raise ValueError(f"{value!r} is not true or false")
-    if type_ == "date":
-        try:
-            return date.fromisoformat(str(text)).isoformat()
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date (write 2026-11-27)") from None
-    if type_ == "datetime":
-        try:
-            moment = datetime.fromisoformat(str(text).replace("z", "Z"))
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date-time (write 2026-11-27T09:00:00+01:00)") from None
-        if moment.tzinfo is None:  # a naive time means the workspace's time zone
-            moment = moment.replace(tzinfo=ZoneInfo(timezone))
-        return iso(moment.astimezone(UTC))
-    if type_ == "list":
-        items = text if isinstance(text, list) else str(text).split(";")
-        return [str(item).strip() for item in items if str(item).strip()]
-    raise ValueError(f"unknown field type {type_}")
-
-
-def _integer(text: Any) -> int:
-    if isinstance(text, int):
-        return text
-    if isinstance(text, float) and text.is_integer():
-        return int(text)
-    return int(str(text).replace(",", ""))
-
-
-@lru_cache(maxsize=1024)
-def _known_zone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ValueError, KeyError):
-        return False
-    return True
-
-
-def _builtin(name: str, value: Any) -> str:
-    text = str(value).strip()
-    if name == "timezone":
-        if not _known_zone(text):
-            raise ValueError(f"{text!r} is not a time zone (write e.g. Europe/Warsaw)")
-    elif name == "country":
-        text = text.upper()
-        if not _COUNTRY.match(text):
-            raise ValueError(f"{value!r} is not a two-letter country code (write e.g. PL)")
-    elif name == "locale" and not _LOCALE.match(text):
-        raise ValueError(f"{value!r} is not a locale (write e.g. en-GB)")
-    return text
-
-
-class RowParser:
-    """Turns one raw row (a mapping of column to value) into a ContactRow, per the workspace's fields."""
-
-    def __init__(self, fields: Mapping[str, str], *, timezone: str) -> None:
-        """`fields`: the custom fields and their types (the API passes what was last applied)."""
-        self.fields = {**BUILTIN_FIELDS, **fields}
-        self.custom = set(fields)
-        self.timezone = timezone
-
-    @classmethod
-    def for_workspace(cls, desired: DesiredState) -> RowParser:
-        return cls(
-            {name: f.type for name, f in desired.fields.items()},
-            timezone=desired.timezone,
+def check_columns(parser: RowParser, columns: list[str], file: str) -> None:
+    """A CSV header names known fields, each once, one of them email."""
+    unknown = [c for c in columns if c not in parser.fields]
+    if unknown:
+        hints = [f"{c!r} ({did_you_mean(c, parser.fields, otherwise='not a field')})" for c in unknown]
+        raise ImportFileError(
+            f"{file}: unknown column{'s' * (len(unknown) > 1)} {', '.join(hints)}; columns are field names: "
+            f"{', '.join(sorted(parser.fields))} (declare a custom one as a Field in spec/)"
         )
+    repeated = next((c for c in columns if columns.count(c) > 1), None)
+    if repeated is not None:
+        where = ", ".join(str(n) for n, c in enumerate(columns, start=1) if c == repeated)
+        raise ImportFileError(
+            f"{file}: repeated column {repeated!r} (columns {where}); keep one: the import would silently use the last"
+        )
+    if "email" not in columns:
+        raise ImportFileError(f"{file}: no email column (the first row must name the columns, one of them email)")
 
-    def check_columns(self, columns: list[str], file: str) -> None:
-        unknown = [c for c in columns if c not in self.fields]
-        if unknown:
-            hints = [f"{c!r} ({did_you_mean(c, self.fields, otherwise='not a field')})" for c in unknown]
-            raise ImportFileError(
-                f"{file}: unknown column{'s' * (len(unknown) > 1)} {', '.join(hints)}; columns are field names: "
-                f"{', '.join(sorted(self.fields))} (declare a custom one as a Field in spec/)"
-            )
-        if "email" not in columns:
-            raise ImportFileError(f"{file}: no email column (the first row must name the columns, one of them email)")
 
-    def parse(self, raw: Mapping[str, Any]) -> ContactRow:
-        try:
-            email = normalise_email(str(raw.get("email") or ""))
-        except ValueError as exc:
-            raise ValueError(f"email: {exc}") from None
-        builtins: dict[str, str] = {}
-        fields: dict[str, Any] = {}
-        tags: list[str] = []
-        created_at = None
-        for column, value in raw.items():
-            if column not in self.fields:
-                raise ValueError(
-                    f"unknown field {column!r} ({did_you_mean(column, self.fields, otherwise='not a field')})"
-                )
-            if column == "email" or value is None or value == "" or value == []:
-                continue
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def file_encoding(path: Path) -> str:
+    """The encoding its byte order mark names (UTF-8, UTF-16 or UTF-32), else UTF-8 once every byte was checked:
+    a file that is not is refused, naming its first bad line, before anything is written."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+        encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+        if encoding == "utf-8" and b"\0" in head[:2]:
+            raise ImportFileError(f"{path}: looks like UTF-16 without a byte order mark: save the file as UTF-8")
+        handle.seek(0)
+        decoder, lines = codecs.getincrementaldecoder(encoding)(), 1
+        while True:
+            chunk = handle.read(1 << 20)
             try:
-                if column == "tags":
-                    tags = convert(value, "list", timezone=self.timezone)
-                elif column == "created_at":
-                    created_at = convert(value, "datetime", timezone=self.timezone)
-                elif column in self.custom:
-                    fields[column] = convert(value, self.fields[column], timezone=self.timezone)
-                else:
-                    builtins[column] = _builtin(column, value)
-            except ValueError as exc:
-                raise ValueError(f"{column}: {exc}") from None
-        return ContactRow.build(email, builtins, tags, fields, created_at)
+                lines += decoder.decode(chunk, final=not chunk).count("\n")
+            except UnicodeDecodeError:
+                if encoding == "utf-8":
+                    lines = _first_bad_line(path)
+                    raise ImportFileError(
+                        f"{path}: line {lines} is not UTF-8 (saved as Latin-1?): save the file as UTF-8"
+                    ) from None
+                raise ImportFileError(f"{path}: not valid {encoding.upper()} after line {lines}") from None
+            if not chunk:
+                return encoding
+
+
+def _first_bad_line(path: Path) -> int:
+    """No byte of a multi-byte UTF-8 character is a line feed, so each line can be checked on its own."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 @contextmanager
 def open_rows(path: Path) -> Iterator[tuple[list[str] | None, Iterator[tuple[int, dict[str, Any] | str]]]]:
     """(CSV header, rows as (line, mapping)) or for JSONL (None, rows); a row that cannot be read is a message."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with path.open(newline="", encoding=file_encoding(path)) as handle:
         if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             yield None, _jsonl(handle)
             return
@@ -227,12 +142,31 @@ def open_rows(path: Path) -> Iterator[tuple[list[str] | None, Iterator[tuple[int
             header = [column.strip().lower() for column in next(reader)]
         except StopIteration:
             raise ImportFileError(f"{path}: the file is empty") from None
+        except csv.Error as exc:
+            raise ImportFileError(f"{path}: the first row is not a CSV header: {_csv_problem(exc)}") from None
         yield header, _csv_rows(reader, header)
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    text = str(exc)
+    if "field limit" in text:
+        return f"a cell is longer than {csv.field_size_limit():,} characters"
+    if "NUL" in text:
+        return "contains a NUL byte (is the file UTF-16 without a byte order mark? save it as UTF-8)"
+    return f"not readable as CSV: {text}"
 
 
 def _csv_rows(reader: Any, header: list[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
     line = reader.line_num + 1
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield line, _csv_problem(exc)
+            line = reader.line_num + 1
+            continue
         if cells and any(cell.strip() for cell in cells):
             if len(cells) != len(header):
                 yield line, f"{len(cells)} cells where the header has {len(header)} columns"
@@ -246,14 +180,18 @@ def _jsonl(handle: Any) -> Iterator[tuple[int, dict[str, Any] | str]]:
         if not text.strip():
             continue
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield number, f"not JSON: {exc.msg} at column {exc.colno}"
+            value = strictjson.loads(text)
+        except strictjson.JsonInputError as exc:
+            yield number, str(exc)
             continue
         if not isinstance(value, dict):
             yield number, 'not a JSON object (each line holds one contact: {"email": ...})'
             continue
-        yield number, {str(key).strip().lower(): item for key, item in value.items()}
+        row = {str(key).strip().lower(): item for key, item in value.items()}
+        if len(row) < len(value):
+            yield number, "a key is repeated (keys are field names, whatever their case)"
+            continue
+        yield number, row
 
 
 def import_file(
@@ -264,20 +202,31 @@ def import_file(
     lists: list[str],
     consent_text: str | None,
     now: datetime,
+    preconfirmed: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import every good row of `path`; report each bad one with its line."""
+    """Import every good row of `path`; report each bad one with its line. Subscribing to a double opt-in list
+    needs `preconfirmed`: the people confirmed elsewhere (each consent record says so); an import never mails
+    confirmation requests."""
     unknown = [name for name in lists if name not in desired.lists]
     if unknown:
         raise ImportFileError(
             f"unknown list {unknown[0]!r} ({did_you_mean(unknown[0], desired.lists, otherwise='declare it in spec/')})"
+        )
+    double = [name for name in lists if desired.lists[name].opt_in == "double"]
+    if double and not preconfirmed:
+        raise ImportFileError(
+            f"{', '.join(double)} {'is a double opt-in list' if len(double) == 1 else 'are double opt-in lists'}: "
+            "an import does not send confirmation requests, so it subscribes only people who confirmed elsewhere; "
+            "if they did, add --preconfirmed (each consent record says so), otherwise let them subscribe through "
+            "the form or the API"
         )
     parser = RowParser.for_workspace(desired)
     if not path.is_file():
         raise ImportFileError(f"{path}: no such file")
     with open_rows(path) as (header, rows):
         if header is not None:
-            parser.check_columns(header, str(path))
+            check_columns(parser, header, str(path))
         report = ImportReport(file=path.name)
         at = iso(now)
         import_id = start_import(db, file=path.name, at=at)
@@ -294,6 +243,7 @@ def import_file(
                     lists=targets,
                     source=f"import:{path.name}",
                     consent_text=consent_text,
+                    preconfirmed=double,
                 )
             )
             batch.clear()

@@ -42,7 +42,7 @@ SECRET_KEYS = frozenset(
         "key",
     }
 )
-_DECLARED_NAME = re.compile(r"^\s*-?\s*name:\s*['\"]?([a-z0-9_-]+)", re.M)
+_DECLARED_NAME = re.compile(r"^[ \t]*(?:-[ \t]*)?name:[ \t]*['\"]?([a-z0-9_-]+)", re.M)
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 
@@ -77,7 +77,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
     invalid: set[tuple[str, str]] = set()
     digest = hashlib.sha256()
 
-    for file in _files(root, YAML_FOLDERS, (".yaml", ".yml")):
+    for file in _files(root, YAML_FOLDERS, (".yaml", ".yml"), problems):
         shown = display_path(file)
         text = _read(file, shown, problems)
         digest.update(file.relative_to(root).as_posix().encode() + b"\0" + text.encode())
@@ -108,13 +108,45 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
     )
 
 
-def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...]) -> list[Path]:
+def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...], problems: list[Problem]) -> list[Path]:
+    """The files with `suffixes` under `folders`. A symbolic link (file or folder) that resolves outside the
+    workspace is a problem and is not read: review sees the workspace, and /etc/passwd must not become a partial."""
     found: list[Path] = []
+    inside = root.resolve()
     for folder in folders:
-        base = root / folder
-        if base.is_dir():
-            found += [p for p in base.rglob("*") if p.suffix in suffixes and p.is_file()]
+        pending, seen = [root / folder], set()
+        while pending:
+            directory = pending.pop()
+            real = directory.resolve()  # folders are few: each is checked, files only when they are links
+            if not directory.is_dir() or real in seen or not _within(directory, inside, problems):
+                continue
+            seen.add(real)
+            for entry in directory.iterdir():
+                if entry.is_dir():
+                    pending.append(entry)
+                elif entry.suffix not in suffixes or not entry.is_file():
+                    continue
+                elif not entry.is_symlink() or _within(entry, inside, problems):
+                    found.append(entry)
     return sorted(found)
+
+
+def _within(path: Path, inside: Path, problems: list[Problem]) -> bool:
+    if path.resolve().is_relative_to(inside):
+        return True
+    problems.append(
+        Problem(
+            display_path(path),
+            1,
+            1,
+            "",
+            "",
+            "",
+            "a symbolic link that resolves outside the workspace: it is not read",
+            "copy what it points to into the workspace; links may only point inside it, where review sees them",
+        )
+    )
+    return False
 
 
 def _read(file: Path, shown: str, problems: list[Problem]) -> str:
@@ -130,12 +162,13 @@ def _read(file: Path, shown: str, problems: list[Problem]) -> str:
 def _load_templates(root: Path, problems: list[Problem], digest: Any) -> dict[str, TemplateFile]:
     base = root / "templates"
     templates: dict[str, TemplateFile] = {}
-    for file in _files(root, ("templates",), (".mjml",)):
+    for file in _files(root, ("templates",), (".mjml",), problems):
         shown = display_path(file)
         name = file.relative_to(base).with_suffix("").as_posix()
         text = _read(file, shown, problems)
         text_file = file.with_suffix(".txt")
-        text_part = _read(text_file, display_path(text_file), problems) if text_file.is_file() else None
+        readable = text_file.is_file() and _within(text_file, root.resolve(), problems)
+        text_part = _read(text_file, display_path(text_file), problems) if readable else None
         digest.update(name.encode() + b"\0" + text.encode() + b"\0" + (text_part or "").encode())
         templates[name] = TemplateFile(name=name, path=shown, text=text, text_part=text_part)
     return templates

@@ -23,6 +23,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
+from functools import lru_cache
 
 POLICY = SMTP.clone(max_line_length=998)
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -74,9 +75,28 @@ def phrase(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@lru_cache(maxsize=4096)
+def ascii_address(address: str) -> str:
+    """The address as it goes on the wire: an internationalised domain in its IDNA (punycode) form. A local part
+    beyond ASCII would need SMTPUTF8, which reconciler does not send (imports and the API refuse such addresses)."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise HeaderValueError(f"{address!r}: the part before @ needs SMTPUTF8, which reconciler does not send")
+    if domain.isascii():
+        return address
+    import idna
+
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError as exc:
+        raise HeaderValueError(f"{address!r}: the domain has no IDNA form ({exc})") from None
+
+
 def mailbox(name: str | None, address: str) -> str:
-    """`name <address>`, or the bare address without a name (runs of white space in the name become one space)."""
+    """`name <address>`, or the bare address without a name (runs of white space in the name become one space);
+    the address in its ASCII form (`ascii_address`)."""
     _check(address, "an address")
+    address = ascii_address(address)
     if name:
         name = " ".join(_check(name, "a display name").split())
     if not address.isascii() or not re.fullmatch(r"[^\s<>()\\,;:\"]+@[^\s<>()\\,;:\"@]+", address):

@@ -299,10 +299,19 @@ def join_sql(glue: str, parts: list[Sql]) -> Sql:
         return TRUE if glue == " AND " else FALSE
     parts = sorted(parts, key=lambda part: part.cost)
     return Sql(
-        "(" + glue.join(part.text for part in parts) + ")",
+        _balanced(glue, [part.text for part in parts]),
         tuple(p for part in parts for p in part.params),
         max(part.cost for part in parts),
     )
+
+
+def _balanced(glue: str, texts: list[str]) -> str:
+    """`(a OR b OR ...)`, nested in halves past 32 parts: SQLite parses a chain as deep as it is long and refuses
+    expressions deeper than 1,000, so thousands of alternatives would fail; halves keep it logarithmic."""
+    if len(texts) <= 32:
+        return "(" + glue.join(texts) + ")"
+    middle = len(texts) // 2
+    return "(" + _balanced(glue, texts[:middle]) + glue + _balanced(glue, texts[middle:]) + ")"
 
 
 def _bound(expression: str, params: tuple[Any, ...], op: str, limit: float) -> Sql:

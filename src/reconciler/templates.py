@@ -9,8 +9,8 @@ We split Jinja in two instead:
 2. *Compile*: mjml-python turns it into HTML (the Jinja passes through as text), cached by content hash.
 3. *Render*: the compiled HTML is one sandboxed Jinja template; each recipient costs one render.
 
-Everything runs in a `SandboxedEnvironment` with `StrictUndefined`: a misspelt variable is an error in
-`validate`, and a template can never reach Python internals.
+Everything runs in a sandbox with `StrictUndefined` (`sandbox.BoundedEnvironment`): a misspelt variable is an error
+in `validate`, a template can never reach Python internals, and no render takes more than bounded memory and time.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from jinja2 import (
 )
 from jinja2.environment import Environment
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
 from reconciler.errors import did_you_mean
+from reconciler.sandbox import BoundedEnvironment, RenderLimit, bounded
+from reconciler.sandbox import render as bounded_render
 from reconciler.spec import TemplateFile
 from reconciler.spec.contact import BUILTIN_FIELDS, Contact
 
@@ -93,8 +94,8 @@ def protect(source: str) -> str:
     return "".join(out)
 
 
-_TEXT_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, cache_size=-1)
-_HTML_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True, cache_size=-1)
+_TEXT_ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, cache_size=-1)
+_HTML_ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=True, cache_size=-1)
 
 
 @lru_cache(maxsize=4096)
@@ -104,7 +105,7 @@ def _text_template(source: str) -> Template:
 
 def render_text(source: str, context: Mapping[str, Any]) -> str:
     """Render a subject or preheader: no HTML escaping, and never a line break (header injection)."""
-    rendered = _text_template(source).render(context)
+    rendered = bounded_render(_text_template(source), context)
     return " ".join(rendered.split())
 
 
@@ -127,7 +128,7 @@ class CompiledTemplate:
     template: Template
 
     def render(self, context: Mapping[str, Any]) -> str:
-        return self.template.render(context)
+        return bounded_render(self.template, context)
 
 
 class TemplateSet:
@@ -137,14 +138,12 @@ class TemplateSet:
         self.templates = templates
         sources = {t.jinja_name: t.text for t in templates.values()}
         options: dict[str, Any] = {"undefined": StrictUndefined, "auto_reload": False, "cache_size": -1}
-        self._direct = SandboxedEnvironment(
+        self._direct = BoundedEnvironment(
             loader=_Loader(sources), autoescape=True, keep_trailing_newline=True, **options
         )
-        self._structure = SandboxedEnvironment(loader=_Loader(sources, protect), **options)
+        self._structure = BoundedEnvironment(loader=_Loader(sources, protect), **options)
         texts = {f"{t.name}.txt": t.text_part for t in templates.values() if t.text_part is not None}
-        self._text = SandboxedEnvironment(
-            loader=_Loader(texts), autoescape=False, keep_trailing_newline=True, **options
-        )
+        self._text = BoundedEnvironment(loader=_Loader(texts), autoescape=False, keep_trailing_newline=True, **options)
         self._flat: dict[str, str] = {}
 
     def flatten(self, name: str) -> str:
@@ -152,7 +151,7 @@ class TemplateSet:
         if name not in self._flat:
             jinja_name = self.templates[name].jinja_name
             try:
-                self._flat[name] = self._structure.get_template(jinja_name).render()
+                self._flat[name] = bounded_render(self._structure.get_template(jinja_name), {})
             except TemplateError as exc:
                 raise _failure(exc, jinja_name, structure=True) from None
         return self._flat[name]
@@ -175,7 +174,7 @@ class TemplateSet:
         if self.templates[name].text_part is None:
             return None
         try:
-            return self._text.get_template(f"{name}.txt").render(context)
+            return bounded_render(self._text.get_template(f"{name}.txt"), context)
         except (TemplateError, UnknownName) as exc:
             raise _failure(exc, f"{name}.txt") from None
 
@@ -183,7 +182,7 @@ class TemplateSet:
         """Render the template's MJML source directly, so a mistake is reported with its own file and line."""
         jinja_name = self.templates[name].jinja_name
         try:
-            return self._direct.get_template(jinja_name).render(context)
+            return bounded_render(self._direct.get_template(jinja_name), context)
         except (TemplateError, UnknownName) as exc:
             raise _failure(exc, jinja_name) from None
 
@@ -232,6 +231,8 @@ def describe_error(exc: Exception) -> tuple[str, str]:
             "check the spelling; contact fields are contact.<name> for built-in and declared Fields; "
             "use | default('...') for data a contact may lack"
         )
+    if isinstance(exc, RenderLimit):
+        return message, "templates render within bounds of size and time: docs/spec-language.md lists them"
     if isinstance(exc, SecurityError):
         return f"not allowed in a template: {message}", "templates run in a sandbox"
     return message, ""
@@ -420,13 +421,16 @@ class MessageTemplate:
             return escape(url)
 
         variables = dict(context)
-        subject = " ".join(self.subject.render(variables).split())  # never a line break in a header
-        variables["preheader"] = " ".join(self.preheader.render(variables).split())
+        subject = " ".join(bounded_render(self.subject, variables).split())  # never a line break in a header
+        variables["preheader"] = " ".join(bounded_render(self.preheader, variables).split())
         variables["campaign"] = StrictFields({**dict(context.get("campaign", {})), "subject": subject})
         variables["rc_link"] = link
         variables["rc_pixel"] = pixel_url
-        chunks = list(self.html.generate(variables))
-        text = tidy_text(self.text.render(variables)) if self.text is not None else text_from_html("".join(chunks))
+        chunks = list(bounded(self.html.generate(variables)))
+        if self.text is not None:
+            text = tidy_text(bounded_render(self.text, variables))
+        else:
+            text = text_from_html("".join(chunks))
         return RenderedMessage(subject, chunks, text)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,9 @@ _TAG = "tag:yaml.org,2002:"
 _LEADING_ZERO = re.compile(r"^[-+]?0[0-9_]+$")
 MAX_NODES = 200_000
 """More values than any real spec has; past it a document is refused (alias bombs)."""
+MAX_DEPTH = 64
+"""Lists and mappings nested deeper than this are refused before composing: the C composer recurses and would
+crash the process (a segfault, not an exception) on a document nested some 50,000 deep."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class _Builder:
         self.count += 1
         if self.count > MAX_NODES:
             raise _TooLarge
+        if len(loc) > MAX_DEPTH:  # only aliases get here: the text itself was measured before composing
+            raise _TooDeep(node)
         if id(node) in self.active:
             self.errors.append(_at(node, "an alias refers to itself", "remove the recursive alias"))
             return None
@@ -130,21 +136,58 @@ class _Builder:
             except ValueError:
                 return text
         if tag == _TAG + "float":
-            lowered = text.lower().lstrip("+")
-            if lowered in (".inf", "-.inf"):
-                return -math.inf if lowered.startswith("-") else math.inf
-            if lowered == ".nan":
-                return math.nan
             try:
-                return float(text.replace("_", ""))
+                number = float(text.replace("_", "").lower().replace(".inf", "inf").replace(".nan", "nan"))
             except ValueError:
                 return text
+            if not math.isfinite(number):
+                hint = "write a finite number, or quote it to mean text"
+                self.errors.append(
+                    _at(node, f"{text} is not a finite number, which no comparison or store can use", hint)
+                )
+                return text
+            return number
         self.errors.append(_at(node, f"unknown tag {tag!r}", "remove the tag; write plain values"))
         return text
 
 
 class _TooLarge(Exception):
     pass
+
+
+class _TooDeep(Exception):
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+
+
+def _too_deep(text: str) -> tuple[int, NodeError] | None:
+    """The first document nested deeper than MAX_DEPTH (its index) and where it got too deep, found from the parser's
+    events, which need no recursion. Text that cannot nest that deep is not parsed twice: every level starts with a
+    flow bracket, or a block collection, of which a line starts at most one plus one per `-` or `?` on it."""
+    starts = text.count("[") + text.count("{") + text.count("\n") + 1 + text.count("-") + text.count("?")
+    if starts <= MAX_DEPTH:
+        return None
+    depth, document = 0, -1
+    try:
+        for event in _yaml().parse(text):
+            name = type(event).__name__
+            if name == "DocumentStartEvent":
+                document += 1
+            elif name in ("SequenceStartEvent", "MappingStartEvent"):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    return max(document, 0), NodeError(mark.line + 1, mark.column + 1, _DEEP, _DEEP_HINT)
+            elif name in ("SequenceEndEvent", "MappingEndEvent"):
+                depth -= 1
+    except (YAMLError, ValueError):
+        return None  # a syntax error: composing reports it, at the same place
+    return None
+
+
+_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+_DEEP_HINT = "no spec needs that many; flatten the lists and mappings here"
 
 
 def _pos(node: Node) -> tuple[int, int]:
@@ -172,10 +215,13 @@ def parse_documents(text: str) -> tuple[list[Document], list[NodeError]]:
     yaml = _yaml()
     documents: list[Document] = []
     errors: list[NodeError] = []
+    deep = _too_deep(text)
+    if deep is not None:
+        errors.append(deep[1])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for node in yaml.compose_all(text):
+            for node in _compose_all(yaml, text, stop_before=deep[0] if deep else None):
                 if node is None or (isinstance(node, ScalarNode) and node.tag == _TAG + "null"):
                     continue  # an empty document, e.g. after a trailing ---
                 builder = _Builder()
@@ -183,6 +229,9 @@ def parse_documents(text: str) -> tuple[list[Document], list[NodeError]]:
                     value = builder.build(node, ())
                 except _TooLarge:
                     errors.append(_at(node, "the document expands to too many values (an alias bomb?)"))
+                    continue
+                except _TooDeep as exc:
+                    errors.append(_at(exc.node, f"{_DEEP} (through aliases)", _DEEP_HINT))
                     continue
                 line, column = _pos(node)
                 documents.append(Document(value, line, column, builder.positions, builder.errors))
@@ -196,6 +245,16 @@ def parse_documents(text: str) -> tuple[list[Document], list[NodeError]]:
     except (YAMLError, ValueError, RecursionError) as exc:
         errors.append(NodeError(1, 1, f"YAML syntax: {exc}", "check indentation and quoting"))
     return documents, errors
+
+
+def _compose_all(yaml: YAML, text: str, *, stop_before: int | None) -> Iterator[Node | None]:
+    """The stream's documents, composed one by one, up to (not including) document `stop_before`."""
+    if stop_before == 0:
+        return
+    for index, node in enumerate(yaml.compose_all(text)):
+        yield node
+        if stop_before is not None and index + 1 >= stop_before:
+            return  # asking for the next document would compose the one that is too deep
 
 
 def _syntax_hint(problem: str) -> str:

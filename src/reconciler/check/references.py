@@ -187,19 +187,31 @@ def _segment_edges(segment: Segment) -> list[tuple[Loc, str]]:
     ]
 
 
+MAX_SEGMENT_DEPTH = 64
+"""Segments containing segments (`in_segment`) deeper than this are refused, as YAML nested that deep is."""
+MAX_EXPANDED = 10_000
+"""Conditions a segment may hold once every `in_segment` is replaced by the segment it names (the SQL it compiles
+to): a lattice of references would otherwise double with each level."""
+
+
 def check_segment_cycles(c: Checker) -> None:
+    """Segments that contain themselves through `in_segment`, and chains deeper than MAX_SEGMENT_DEPTH. Each segment
+    is explored once (a chain of thousands, or a wide lattice of references, costs its size, not its paths)."""
     segments = c.desired.segments
     reported: set[frozenset[str]] = set()
+    finished: dict[str, int] = {}
+    """Each explored segment's size with every in_segment expanded."""
+    too_deep: list[str] = []
 
     def visit(name: str, path: list[str]) -> None:
-        for loc, target in _segment_edges(segments[name]):
-            if target not in segments:
+        edges = _segment_edges(segments[name])
+        for loc, target in edges:
+            if target not in segments or target in finished:
                 continue
             if target in path:
                 cycle = [*path[path.index(target) :], target]
-                key = frozenset(cycle)
-                if key not in reported:
-                    reported.add(key)
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
                     c.report(
                         "Segment",
                         name,
@@ -207,11 +219,36 @@ def check_segment_cycles(c: Checker) -> None:
                         "segments refer to each other in a cycle: " + " -> ".join(cycle),
                         "break the cycle: a segment cannot contain itself",
                     )
-                continue
-            visit(target, [*path, target])
+            elif len(path) >= MAX_SEGMENT_DEPTH:
+                if not too_deep:
+                    too_deep[:] = path
+                    c.report(
+                        "Segment",
+                        path[0],
+                        _segment_edges(segments[path[0]])[0][0],
+                        f"segments nest deeper than {MAX_SEGMENT_DEPTH} levels through in_segment: "
+                        + " -> ".join([*path[:3], "...", target]),
+                        "flatten the chain: give this segment the conditions it borrows",
+                    )
+            else:
+                visit(target, [*path, target])
+        where = segments[name].where
+        own = sum(1 for _ in walk(where, ("where",))) if where is not None else 0
+        size = own + sum(finished.get(target, 0) for _, target in edges)
+        finished[name] = min(size, MAX_EXPANDED + 1)
+        if size > MAX_EXPANDED and all(finished.get(target, 0) <= MAX_EXPANDED for _, target in edges):
+            c.report(  # where the growth passes the bound, not at every segment above it
+                "Segment",
+                name,
+                edges[0][0] if edges else ("where",),
+                f"expands to more than {MAX_EXPANDED:,} conditions through in_segment (each segment it names is "
+                "compiled into it)",
+                "name fewer segments that each name others; combine their conditions instead",
+            )
 
     for name in sorted(segments):
-        visit(name, [name])
+        if name not in finished:
+            visit(name, [name])
 
 
 def _check_audience_refs(c: Checker, campaign: Campaign) -> None:

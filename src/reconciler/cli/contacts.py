@@ -31,9 +31,18 @@ def contacts() -> None:
     default=None,
     help="How these people consented (the wording or its version), for the consent record.",
 )
+@click.option(
+    "--preconfirmed",
+    is_flag=True,
+    help="The people confirmed their subscription elsewhere: needed to import into a double opt-in list (recorded "
+    "in each consent record; no confirmation email is sent).",
+)
 @click.pass_context
-def contacts_import(ctx: click.Context, file: Path, lists: tuple[str, ...], consent: str | None) -> None:
-    """Import a CSV or JSONL file: columns are field names; bad rows are reported with their line."""
+def contacts_import(
+    ctx: click.Context, file: Path, lists: tuple[str, ...], consent: str | None, preconfirmed: bool
+) -> None:
+    """Import a CSV or JSONL file (UTF-8, or UTF-16/32 with a byte order mark): columns are field names; bad rows
+    are reported with their line."""
     from reconciler.clock import SystemClock
     from reconciler.imports import BATCH_ROWS, import_file
     from reconciler.load import load_workspace
@@ -57,7 +66,16 @@ def contacts_import(ctx: click.Context, file: Path, lists: tuple[str, ...], cons
                 bar.update(max(0, done - position["bytes"]))
                 position["bytes"] = done
 
-            report = import_file(db, desired, file, lists=list(lists), consent_text=consent, now=now, progress=show)
+            report = import_file(
+                db,
+                desired,
+                file,
+                lists=list(lists),
+                consent_text=consent,
+                now=now,
+                preconfirmed=preconfirmed,
+                progress=show,
+            )
     else:
 
         def note(rows: int) -> None:
@@ -65,7 +83,16 @@ def contacts_import(ctx: click.Context, file: Path, lists: tuple[str, ...], cons
                 log.info("%s: %d rows read", file.name, rows)
 
         progress = note if size > SHOW_PROGRESS_FROM else None
-        report = import_file(db, desired, file, lists=list(lists), consent_text=consent, now=now, progress=progress)
+        report = import_file(
+            db,
+            desired,
+            file,
+            lists=list(lists),
+            consent_text=consent,
+            now=now,
+            preconfirmed=preconfirmed,
+            progress=progress,
+        )
     for bad in report.bad:
         click.echo(f"{file}:{bad.line}: {bad.message}", err=True)
     click.echo(report.summary())
@@ -85,7 +112,7 @@ def contacts_export(ctx: click.Context, email: str) -> None:
     """Print, as JSON, everything held about one person (GDPR access request)."""
     from reconciler.state.contacts import export_contact
 
-    db = database(ctx, workspace_root(ctx), create=False)
+    db = database(ctx, workspace_root(ctx), create=False, read_only=True)
     found = export_contact(db, address(email))
     if found is None:
         raise ReconcilerError(f"no contact {email} in the state database")

@@ -124,10 +124,11 @@ def state_file(ctx: click.Context, root: Path) -> Path:
     return state_path(root, ctx.obj["state"])
 
 
-def database(ctx: click.Context, root: Path, *, create: bool = True) -> Database:
+def database(ctx: click.Context, root: Path, *, create: bool = True, read_only: bool = False) -> Database:
+    """The state database; `read_only` for commands that only read (they work on a read-only mount too)."""
     from reconciler.state import open_db
 
-    return open_db(state_file(ctx, root), create=create)
+    return open_db(state_file(ctx, root), create=create, read_only=read_only)
 
 
 def checked(root: Path) -> DesiredState:
@@ -166,9 +167,9 @@ def print_problems(problems: list[Problem], fmt: str) -> None:
 
 def address(email: str) -> str:
     """A normalised address from the command line, or a usage error saying what is wrong with it."""
-    from reconciler.imports import normalise_email
+    from reconciler.rows import normalise_email
 
     try:
-        return normalise_email(email)
+        return normalise_email(email, sendable=False)  # export and erase find what older versions stored
     except ValueError as exc:
         raise UsageError(str(exc)) from None

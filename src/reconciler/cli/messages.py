@@ -38,7 +38,7 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
     root = workspace_root(ctx)
     desired = checked(root)
     assert desired.settings is not None
-    db = database(ctx, root) if state_file(ctx, root).exists() else None
+    db = database(ctx, root, read_only=True) if state_file(ctx, root).exists() else None
     if db is not None:
         signer, instance = keys.signer_for(db, desired.settings.signing_key_env), keys.instance_id(db)
     else:

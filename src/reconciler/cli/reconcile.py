@@ -70,7 +70,7 @@ def plan(
 
     root = workspace_root(ctx)
     desired = checked(root)
-    db = database(ctx, root) if state_file(ctx, root).exists() else empty_db()
+    db = database(ctx, root, read_only=True) if state_file(ctx, root).exists() else empty_db()
     moment = clock(now).now()
     observed = observe_for(db, desired, now=moment, budget=count_budget)
     result = make_plan(desired, observed, now=moment, git_commit=git_commit(root), confirm=confirm)
@@ -197,7 +197,7 @@ def status(ctx: click.Context, campaign: str | None, fmt: str, failures: bool, l
     from reconciler.state.campaigns import campaign_records
     from reconciler.status import format_failures, format_status, status_report
 
-    db = database(ctx, workspace_root(ctx), create=False)
+    db = database(ctx, workspace_root(ctx), create=False, read_only=True)
     if failures or campaign:
         if not (failures and campaign):
             raise UsageError("--failures needs a campaign: reconciler status CAMPAIGN --failures")

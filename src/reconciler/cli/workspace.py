@@ -84,6 +84,6 @@ def segments_show(
 
     root = workspace_root(ctx)
     desired = checked(root)
-    db = database(ctx, root, create=False)
+    db = database(ctx, root, create=False, read_only=True)
     email = address(contact) if contact else None
     click.echo(show(db, desired, name, now=clock(now).now(), sample=sample, explain=explain, contact=email))

@@ -19,6 +19,7 @@ from reconciler.spec.types import (
     DURATION_PATTERN,
     Duration,
     Model,
+    PropertyName,
     Scalar,
     Slug,
     StepId,
@@ -185,7 +186,7 @@ class Comparison(Model):
 class SumCondition(Comparison):
     """The sum of a numeric event property: ``{property: revenue, gt: 100}``."""
 
-    property: str = Field(min_length=1)
+    property: PropertyName
     """The event property to add up, e.g. revenue."""
 
     def bounds(self) -> dict[str, float]:
@@ -195,8 +196,22 @@ class SumCondition(Comparison):
 class PropertyCondition(Operators):
     """Filter events by one of their properties: ``{name: sku, eq: ESP-250}``."""
 
-    name: str = Field(min_length=1)
+    name: PropertyName
     """The event property."""
+
+
+def _one_or_many(value: Any) -> str:
+    return "<many>" if isinstance(value, list | tuple) else "<one>"
+
+
+PropertyConditions = Annotated[
+    Union[  # noqa: UP007 - Tag annotations need the Union spelling
+        Annotated[PropertyCondition, Tag("<one>")],
+        Annotated[list[PropertyCondition], Tag("<many>")],
+    ],
+    Discriminator(_one_or_many),
+]
+"""One property condition, or a list of them: errors speak about the form written."""
 
 
 class EventCondition(Model):
@@ -213,7 +228,7 @@ class EventCondition(Model):
     """How many matching events."""
     sum: SumCondition | None = None
     """The total of a numeric property over the matching events."""
-    property: PropertyCondition | list[PropertyCondition] | None = None
+    property: PropertyConditions | None = None
     """Only events whose properties match (all of them, when a list)."""
 
     def properties(self) -> list[PropertyCondition]:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PlainSerializer,
@@ -38,6 +39,7 @@ class Model(BaseModel):
         populate_by_name=True,
         use_attribute_docstrings=True,
         str_strip_whitespace=False,
+        allow_inf_nan=False,  # YAML's .nan and .inf: no comparison means anything with them, and JSON cannot hold them
     )
 
 
@@ -216,6 +218,19 @@ def _address(value: str) -> str:
 
 MailAddress = Annotated[str, AfterValidator(_address), WithJsonSchema({"type": "string"})]
 """An email address, optionally with a display name: ``"Acme News <news@acme.example>"``."""
+
+
+def _property_name(value: str) -> str:
+    if '"' in value:
+        raise ValueError(
+            f"{value!r}: an event property name with a double quote can never match (SQLite's JSON paths cannot "
+            "name it)"
+        )
+    return value
+
+
+PropertyName = Annotated[str, Field(min_length=1), AfterValidator(_property_name)]
+"""The name of an event property, as the API and imports store it (any text without a double quote)."""
 
 Scalar = StrictBool | int | float | str
 """A literal value in a condition: text, a number, true/false, or an ISO date written as text."""

@@ -8,13 +8,14 @@ still cannot be imported again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlite_utils import Database
 
+from reconciler import strictjson
 from reconciler.spec.contact import TEXT_FIELDS, Contact
 from reconciler.state.db import audit, write
 from reconciler.state.suppressions import email_hash, suppress
@@ -74,8 +75,8 @@ class ContactRow:
             email,
             email_hash(email),
             builtins,
-            json.dumps(sorted(set(tags))),
-            json.dumps(fields, separators=(",", ":")),
+            strictjson.dumps(sorted(set(tags))),
+            strictjson.dumps(fields),
             created_at,
         )
 
@@ -134,9 +135,11 @@ def import_batch(
     lists: Iterable[tuple[str, Sequence[str]]] = (),
     source: str,
     consent_text: str | None,
+    preconfirmed: Collection[str] = (),
 ) -> BatchResult:
     """Upsert one batch of rows and subscribe them to `lists` ((name, blocking suppression reasons) pairs), in one
-    transaction.
+    transaction. The consent record of a list in `preconfirmed` (double opt-in, confirmed elsewhere as the caller
+    says) has the action `preconfirmed` instead of `subscribe`.
 
     Nobody who unsubscribed, bounced, complained or was erased is subscribed again; erased addresses are not even
     stored again.
@@ -174,7 +177,8 @@ def import_batch(
         db.conn.executemany(_UPSERT, values)
         emails = json.dumps(sorted(seen))
         for name, blocking in lists:
-            _subscribe_batch(db, result, emails, name, blocking, at=at, source=source, text=consent_text)
+            action = "preconfirmed" if name in preconfirmed else "subscribe"
+            _subscribe_batch(db, result, emails, name, blocking, at=at, source=source, text=consent_text, action=action)
     return result
 
 
@@ -204,8 +208,17 @@ def _subscribe_batch(
     at: str,
     source: str,
     text: str | None,
+    action: str,
 ) -> None:
-    params = {"emails": emails, "list": name, "at": at, "source": source, "text": text, "b": json.dumps(list(blocking))}
+    params = {
+        "emails": emails,
+        "list": name,
+        "at": at,
+        "source": source,
+        "text": text,
+        "action": action,
+        "b": json.dumps(list(blocking)),
+    }
     kept_out = db.conn.execute(
         """
         SELECT coalesce(p.reason, s.status), count(*) FROM contacts c
@@ -226,7 +239,7 @@ def _subscribe_batch(
     """
     db.conn.execute(
         "INSERT INTO consent(contact_id, list, action, at, source, text) "
-        f"SELECT c.id, :list, 'subscribe', :at, :source, :text {eligible}",
+        f"SELECT c.id, :list, :action, :at, :source, :text {eligible}",
         params,
     )
     cursor = db.conn.execute(

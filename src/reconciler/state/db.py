@@ -35,12 +35,27 @@ def state_path(workspace: Path, override: Path | str | None = None) -> Path:
     return Path(chosen) if chosen else workspace / DEFAULT_PATH
 
 
-def open_db(path: Path, *, create: bool = True, migrate: bool = True) -> Database:
+def open_db(path: Path, *, create: bool = True, migrate: bool = True, read_only: bool = False) -> Database:
     """Open (or create) the state database and apply pending migrations (`migrate=False`: a further connection
-    of a process that migrated already)."""
+    of a process that migrated already). `read_only`: the command only reads, so a database that cannot be written
+    here (a read-only mount, a folder without write permission) is opened read-only instead of refused."""
     if not path.exists() and not create:
         raise StateError(f"{path}: no state database here yet (run `reconciler apply` or import contacts first)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if read_only and path.exists() and not _writable(path):
+        return _open_read_only(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(
+            f"{path.parent}: cannot create the state folder ({exc.strerror}): create it where it can be written, "
+            "or choose another place with --state or RECONCILER_STATE"
+        ) from None
+    if not _writable(path):
+        raise StateError(
+            f"{path}: the state database cannot be written here (a read-only mount, or no write permission on the "
+            "file or its folder, where SQLite keeps its journal): run this command where it can be written; "
+            "status, plan, segments show and contacts export only read and work here"
+        )
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         db = Database(conn)
@@ -55,6 +70,40 @@ def open_db(path: Path, *, create: bool = True, migrate: bool = True) -> Databas
                 migrations.apply(db)
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: cannot open the state database: {exc}") from exc
+    return db
+
+
+def _writable(path: Path) -> bool:
+    """SQLite writes the file and, beside it, its WAL and shared-memory files: both must be writable."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _open_read_only(path: Path) -> Database:
+    """The database opened for reading only. A WAL database needs its shared-memory file, which a read-only folder
+    cannot hold; when no writes wait in the WAL (a clean shutdown, a backup) the file alone is the whole state and
+    is opened as immutable."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StateError(
+                f"{path}: read-only here, with writes not yet merged into it ({wal.name}): copy the folder somewhere "
+                "writable and read the copy, or let the process that writes it stop cleanly"
+            ) from None
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+    db = Database(conn)
+    try:
+        pending = migrations.pending(db)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: cannot read the state database: {exc}") from exc
+    if pending:
+        raise StateError(
+            f"{path}: written by an older version and read-only here; it needs migrating, which needs write "
+            "access: run `reconciler apply` once where it can be written"
+        )
     return db
 
 

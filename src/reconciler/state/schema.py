@@ -7,6 +7,7 @@ same schema by applying the ones it lacks. Each runs in a transaction together w
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 
 from sqlite_utils import Database
@@ -316,6 +317,69 @@ def _erased_waiting_rows(db: Database) -> None:
             WHERE contact_id IS NULL AND state IN ('queued', 'deferred');
         """,
     )
+
+
+_JSON_COLUMNS = (
+    ("contact", "fields", "{}", "SELECT id, fields FROM contacts WHERE json_valid(fields) = 0", "contacts SET fields"),
+    ("contact", "tags", "[]", "SELECT id, tags FROM contacts WHERE json_valid(tags) = 0", "contacts SET tags"),
+    (
+        "event",
+        "properties",
+        "{}",
+        "SELECT id, properties FROM events WHERE json_valid(properties) = 0",
+        "events SET properties",
+    ),
+)
+
+
+@migrations(name="0008_stored_json")
+def _stored_json(db: Database) -> None:
+    """Stored JSON that SQLite cannot read (NaN and Infinity, or Python's repr of a value, which 0.3 let in through
+    the API and imports) made every query reading the row fail, so planning and sending stopped. A non-finite number
+    becomes null, text that is not JSON at all an empty object (or list); each repaired row is named in the audit
+    log. Triggers keep invalid JSON out of these columns from now on, whoever writes it."""
+    repaired: list[str] = []
+    for label, column, empty, select, update in _JSON_COLUMNS:
+        for row_id, text in db.conn.execute(select).fetchall():
+            db.conn.execute("UPDATE " + update + " = ? WHERE id = ?", (_repaired(text, empty), row_id))
+            repaired.append(f"{label} {row_id} {column}")
+    if repaired:
+        db.conn.execute(
+            "INSERT INTO audit(at, actor, subject, action, detail) VALUES (strftime('%Y-%m-%dT%H:%M:%SZ'), "
+            "'migration', 'stored JSON', 'repaired', ?)",
+            (f"{len(repaired)} values SQLite could not read: {', '.join(repaired[:100])}",),
+        )
+    _run_script(
+        db,
+        """
+        CREATE TRIGGER contacts_json_insert BEFORE INSERT ON contacts
+            WHEN json_valid(NEW.fields) = 0 OR json_valid(NEW.tags) = 0
+            BEGIN SELECT RAISE(ABORT, 'contacts.fields or contacts.tags is not valid JSON'); END;
+        CREATE TRIGGER contacts_json_update BEFORE UPDATE OF fields, tags ON contacts
+            WHEN json_valid(NEW.fields) = 0 OR json_valid(NEW.tags) = 0
+            BEGIN SELECT RAISE(ABORT, 'contacts.fields or contacts.tags is not valid JSON'); END;
+        CREATE TRIGGER events_json_insert BEFORE INSERT ON events WHEN json_valid(NEW.properties) = 0
+            BEGIN SELECT RAISE(ABORT, 'events.properties is not valid JSON'); END;
+        CREATE TRIGGER events_json_update BEFORE UPDATE OF properties ON events WHEN json_valid(NEW.properties) = 0
+            BEGIN SELECT RAISE(ABORT, 'events.properties is not valid JSON'); END;
+        """,
+    )
+
+
+def _repaired(text: object, empty: str) -> str:
+    """Stored JSON made readable: non-finite numbers as null; anything unreadable, or of the wrong shape, `empty`."""
+
+    def finite(number: str) -> float | None:
+        value = float(number)
+        return value if math.isfinite(value) else None
+
+    try:
+        value = json.loads(str(text), parse_constant=lambda _: None, parse_float=finite)
+    except (ValueError, RecursionError):
+        return empty
+    if not isinstance(value, dict if empty == "{}" else list):
+        return empty
+    return json.dumps(value, allow_nan=False)
 
 
 def _settings(legacy: dict[str, str]) -> str:

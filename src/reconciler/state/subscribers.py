@@ -5,13 +5,13 @@ Every change of a subscription writes a consent record (time, source, IP) in the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlite_utils import Database
 
+from reconciler import strictjson
 from reconciler.state import engagement
 from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
@@ -175,14 +175,15 @@ def request_subscription(
     email: str,
     lists: Sequence[tuple[str, bool]],
     *,
-    first_name: str | None,
+    first_name: str | None = None,
     at: str,
     ip: str | None,
-    text: str,
+    text: str | None,
+    source: str = "form",
 ) -> list[str]:
-    """A subscribe form: single opt-in lists subscribe at once, double opt-in ones go `pending` and queue one
-    confirmation email each (at most MAX_CONFIRMATIONS per list). Returns the double opt-in lists that got one.
-    Suppressed addresses (bounced, complained, unsubscribed from everything, erased) get nothing."""
+    """A subscribe form (or the API): single opt-in lists subscribe at once, double opt-in ones go `pending` and
+    queue one confirmation email each (at most MAX_CONFIRMATIONS per list). Returns the double opt-in lists that got
+    one. Suppressed addresses (bounced, complained, unsubscribed from everything, erased) get nothing."""
     hashed = email_hash(email)
     with write(db):
         if reason_for(db, hashed) is not None:
@@ -194,7 +195,7 @@ def request_subscription(
                 continue
             wanted: Status = "pending" if double else "subscribed"
             # every request is evidence of consent, a repeated one too (its wording and IP may differ)
-            change_subscriptions(db, contact_id, {name: wanted}, at=at, source="form", ip=ip, text=text, repeat=True)
+            change_subscriptions(db, contact_id, {name: wanted}, at=at, source=source, ip=ip, text=text, repeat=True)
             if not double:
                 continue
             sent = db.conn.execute(
@@ -262,7 +263,7 @@ def insert_events(
             added += db.conn.execute(
                 "INSERT INTO events(contact_id, type, occurred_at, properties, external_id) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(external_id) DO NOTHING",
-                (contact_id, kind, occurred_at, json.dumps(properties), external_id),
+                (contact_id, kind, occurred_at, strictjson.dumps(properties), external_id),
             ).rowcount
     return added, len(events) - added
 

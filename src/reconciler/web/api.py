@@ -6,6 +6,8 @@ with its index.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -15,13 +17,15 @@ from starlette.responses import JSONResponse, Response
 
 from reconciler.audience import blocking_for
 from reconciler.clock import iso, parse_instant
-from reconciler.imports import RowParser, normalise_email
+from reconciler.rows import RowParser, normalise_email
+from reconciler.spec.documents import MailingList
 from reconciler.state import records, subscribers
 from reconciler.state import settings as runtime_settings
 from reconciler.state.campaigns import campaign_records
 from reconciler.state.contacts import ContactRow, finish_import, import_batch, start_import
+from reconciler.strictjson import JsonInputError
 from reconciler.web.context import context
-from reconciler.web.webhooks import WebhookAuthError, check_bearer, read_json
+from reconciler.web.webhooks import WebhookAuthError, check_bearer, json_refused, read_json
 
 
 async def authorized(request: Request) -> bool:
@@ -37,56 +41,87 @@ def unauthorized() -> Response:
 
 
 async def contacts(request: Request) -> Response:
-    """POST /api/v1/contacts: upsert one contact or a list of them (fields, `lists` to subscribe to, `consent`)."""
+    """POST /api/v1/contacts: upsert one contact or a list of them (fields, `lists` to subscribe to, `consent`,
+    `preconfirmed` for double opt-in lists)."""
     if not await authorized(request):
         return unauthorized()
     web = context(request)
-    body = await read_json(request)
-    if body is None:
-        return JSONResponse({"error": "the body must be JSON: a contact or a list of contacts"}, 400)
+    try:
+        body = await read_json(request)
+    except JsonInputError as exc:
+        return json_refused(exc)
     status, answer = await web.write(_import_contacts, body if isinstance(body, list) else [body], at=web.now())
     return JSONResponse(answer, status)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """One contact of a request, checked: its row, the lists it asks for, and how it consented."""
+
+    row: ContactRow
+    lists: tuple[str, ...]
+    consent: str | None
+    preconfirmed: bool
+
+
+def _wanted(item: Any, parser: RowParser, lists: Mapping[str, MailingList]) -> _Wanted:
+    if not isinstance(item, dict):
+        raise ValueError("a contact is a JSON object")
+    wanted = item.get("lists") or []
+    if not isinstance(wanted, list) or not all(isinstance(name, str) for name in wanted):
+        raise ValueError('lists: expected a list of list names, e.g. ["newsletter"]')
+    unknown = [name for name in wanted if name not in lists]
+    if unknown:
+        raise ValueError(f"lists: unknown lists: {', '.join(unknown)}")
+    consent = item.get("consent")
+    if consent is not None and not isinstance(consent, str):
+        raise ValueError("consent: expected text (the wording the person agreed to, or its version)")
+    preconfirmed = item.get("preconfirmed", False)
+    if not isinstance(preconfirmed, bool):
+        raise ValueError("preconfirmed: expected true or false")
+    fields = {k: v for k, v in item.items() if k not in ("lists", "consent", "preconfirmed")}
+    return _Wanted(parser.parse(fields), tuple(wanted), consent or None, preconfirmed)
 
 
 def _import_contacts(db: Database, items: list[Any], *, at: str) -> tuple[int, dict[str, Any]]:
     lists = records.lists(db)
     parser = RowParser(records.field_types(db), timezone=runtime_settings.load(db).settings.timezone)
-    rows: list[tuple[ContactRow, tuple[str, ...], Any]] = []
+    wanted: list[_Wanted] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            errors.append({"index": index, "error": "a contact is a JSON object"})
-            continue
-        wanted = item.get("lists") or []
-        unknown = [n for n in wanted if n not in lists]
-        if unknown:
-            errors.append({"index": index, "error": f"unknown lists: {', '.join(map(str, unknown))}"})
-            continue
         try:
-            fields = {k: v for k, v in item.items() if k not in ("lists", "consent")}
-            rows.append((parser.parse(fields), tuple(wanted), item.get("consent")))
+            wanted.append(_wanted(item, parser, lists))
         except ValueError as exc:
             errors.append({"index": index, "error": str(exc)})
     if errors:
         return 422, {"error": "nothing was written", "problems": errors}
     import_id = start_import(db, file="api:contacts", at=at)
-    totals = {"created": 0, "updated": 0, "subscribed": 0}
-    for row, names, consent in rows:
+    totals = {"created": 0, "updated": 0, "subscribed": 0, "pending": 0}
+    for one in wanted:
+        double = [n for n in one.lists if lists[n].opt_in == "double" and not one.preconfirmed]
+        at_once = [n for n in one.lists if n not in double]
+        confirmed = [n for n in at_once if lists[n].opt_in == "double"]
         result = import_batch(
             db,
-            [row],
+            [one.row],
             import_id=import_id,
             at=at,
             source="api",
-            lists=[(n, blocking_for(lists, [n])) for n in names],
-            consent_text=str(consent) if consent else None,
+            lists=[(n, blocking_for(lists, [n])) for n in at_once],
+            consent_text=one.consent,
+            preconfirmed=confirmed,
         )
         totals["created"] += result.created
         totals["updated"] += result.updated
         totals["subscribed"] += result.subscribed
+        if double:
+            pending = subscribers.request_subscription(
+                db, one.row.email, [(n, True) for n in double], at=at, ip=None, text=one.consent, source="api"
+            )
+            totals["pending"] += len(pending)
     created, updated = totals["created"], totals["updated"]
     finish_import(
-        db, import_id, at=at, rows=len(rows), created=created, updated=updated, rejected=0, file="api:contacts"
+        db, import_id, at=at, rows=len(wanted), created=created, updated=updated, rejected=0, file="api:contacts"
     )
     return 200, totals
 
@@ -96,27 +131,59 @@ async def events(request: Request) -> Response:
     if not await authorized(request):
         return unauthorized()
     web = context(request)
-    body = await read_json(request)
+    try:
+        body = await read_json(request)
+    except JsonInputError as exc:
+        return json_refused(exc)
     items = body if isinstance(body, list) else [body]
     found, errors = [], []
     for index, item in enumerate(items):
         try:
-            if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not item["type"]:
-                raise ValueError("an event is an object with email and type")
-            occurred = item.get("occurred_at")
-            when = iso(parse_instant(occurred)) if occurred else web.now()
-            properties = item.get("properties") or {}
-            if not isinstance(properties, dict):
-                raise ValueError("properties must be an object")
-            external = item.get("id")
-            email = normalise_email(str(item.get("email", "")))
-            found.append((email, item["type"], when, properties, str(external) if external is not None else None))
+            found.append(_event(item, now=web.now()))
         except ValueError as exc:
             errors.append({"index": index, "error": str(exc)})
     if errors:
         return JSONResponse({"error": "nothing was written", "problems": errors}, 422)
     added, repeated = await web.write(subscribers.insert_events, found, at=web.now())
     return JSONResponse({"added": added, "repeated": repeated})
+
+
+MAX_TEXT = 200
+"""Characters of an event's type and id."""
+
+
+def _event(item: Any, *, now: str) -> tuple[str, str, str, dict[str, Any], str | None]:
+    """One event of a request as (email, type, occurred_at, properties, id), or a ValueError naming the key."""
+    if not isinstance(item, dict):
+        raise ValueError("an event is an object with email and type")
+    kind = item.get("type")
+    if not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_TEXT or "\x00" in kind:
+        raise ValueError(f"type: expected the event's type as text (at most {MAX_TEXT} characters)")
+    occurred = item.get("occurred_at")
+    if occurred is None:
+        when = now
+    elif not isinstance(occurred, str):
+        raise ValueError("occurred_at: expected a date-time as text, e.g. 2026-11-24T09:00:00Z")
+    else:
+        try:
+            when = iso(parse_instant(occurred))
+        except ValueError as exc:
+            raise ValueError(f"occurred_at: {exc}") from None
+    properties = item.get("properties")
+    if properties is None:
+        properties = {}
+    if not isinstance(properties, dict):
+        raise ValueError("properties: expected an object")
+    external = item.get("id")
+    if isinstance(external, bool) or not isinstance(external, str | int | None):
+        raise ValueError("id: expected text or a whole number")
+    if external is not None and (len(str(external)) > MAX_TEXT or "\x00" in str(external)):
+        raise ValueError(f"id: at most {MAX_TEXT} characters, no NUL")
+    try:
+        email = normalise_email(item.get("email", ""))
+    except ValueError as exc:
+        raise ValueError(f"email: {exc}") from None
+    return email, kind, when, properties, None if external is None else str(external)
 
 
 async def healthz(request: Request) -> Response:

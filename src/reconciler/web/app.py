@@ -26,7 +26,7 @@ from starlette.routing import Route
 from reconciler.clock import Clock
 from reconciler.health import Health
 from reconciler.state.db import ConnectionPool, StateError
-from reconciler.web import api, pages, tracking, webhooks
+from reconciler.web import api, openapi, pages, tracking, webhooks
 from reconciler.web.context import DB_THREADS, WebContext, fetch_url
 from reconciler.web.metrics import Metrics
 from reconciler.web.security import SecurityMiddleware
@@ -73,6 +73,7 @@ def create_app(
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/livez", api.livez, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/api/v1/openapi.json", openapi.openapi, methods=["GET"]),
     ]
     middleware = [Middleware(SecurityMiddleware), Middleware(metrics.middleware)]
     handlers = {sqlite3.OperationalError: _busy, StateError: _busy}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,52 @@ def fetch_url(url: str) -> bytes:
     return response.content
 
 
+CERTIFICATE_FAILURE_TTL = 60.0
+"""Seconds a certificate URL that could not be fetched is not tried again."""
+MAX_CERTIFICATES = 100
+
+
+class Certificates:
+    """SNS signing certificates by URL: each fetched once and kept; a failure is remembered for
+    CERTIFICATE_FAILURE_TTL seconds, and at most 10 new URLs a minute are fetched, so forged messages naming ever new
+    AWS-looking URLs cannot make the service fetch without end. Called from worker threads."""
+
+    def __init__(self, fetch: Callable[[str], bytes]) -> None:
+        self.fetch = fetch
+        self.found: dict[str, bytes] = {}
+        self.failed: dict[str, tuple[float, str]] = {}
+        self.new_urls = RateLimit(10, 60.0)
+        self.lock = threading.Lock()
+
+    def get(self, url: str) -> bytes:
+        """The certificate's bytes; raises CertificateUnavailable saying why not."""
+        with self.lock:
+            if url in self.found:
+                return self.found[url]
+            failed_at, why = self.failed.get(url, (0.0, ""))
+            if time.monotonic() - failed_at < CERTIFICATE_FAILURE_TTL:
+                raise CertificateUnavailable(f"{why} (not tried again for {CERTIFICATE_FAILURE_TTL:.0f} s)")
+            if self.new_urls.retry_after("new"):
+                raise CertificateUnavailable("too many new certificate URLs in a minute; SNS will deliver again")
+        try:
+            pem = self.fetch(url)
+        except Exception as exc:  # any failure to fetch is the same to the caller: nothing verifies
+            with self.lock:
+                if len(self.failed) >= MAX_CERTIFICATES:
+                    self.failed.pop(next(iter(self.failed)))
+                self.failed[url] = (time.monotonic(), f"{type(exc).__name__}: {exc}")
+            raise CertificateUnavailable(f"{type(exc).__name__}: {exc}") from None
+        with self.lock:
+            if len(self.found) >= MAX_CERTIFICATES:
+                self.found.pop(next(iter(self.found)))
+            self.found[url] = pem
+        return pem
+
+
+class CertificateUnavailable(Exception):
+    """A signing certificate that could not be had (fetch failed, or too many new URLs)."""
+
+
 @dataclass
 class Site:
     """What the pages need from the last good revision, re-read every SETTINGS_TTL seconds."""
@@ -67,8 +114,10 @@ class WebContext:
     writers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
     per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))
     per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
-    certificates: dict[str, bytes] = field(default_factory=dict)
     site_cache: Site | None = None
+
+    def __post_init__(self) -> None:
+        self.certificates = Certificates(self.fetch)
 
     async def read(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(db, ...)`, which only reads, in a worker thread with a connection of its own (reads never wait for

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from reconciler.compose import view_online
-from reconciler.imports import normalise_email
+from reconciler.rows import normalise_email
 from reconciler.spec.contact import FREQUENCIES
 from reconciler.spec.documents import MailingList
 from reconciler.state import subscribers
@@ -201,6 +201,8 @@ async def confirm(request: Request) -> Response:
     title = list_titles(site.lists, target.lists)
     if request.method == "GET":  # a scanner following the link must not confirm: the button POSTs
         return await page(request, "confirm.html", email=target.email, title=title, done=status == "subscribed")
+    if not same_origin(request, site.runtime.public_url):  # as the preference form: our page only
+        return PlainTextResponse("forms are accepted from this site only\n", 403)
     await web.write(subscribers.confirm, target, at=web.now(), ip=ip(request))
     return await page(request, "confirm.html", email=target.email, title=title, done=True)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ from sqlite_utils import Database
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from reconciler.imports import normalise_email
+from reconciler import strictjson
+from reconciler.rows import normalise_email
 from reconciler.state import subscribers
+from reconciler.strictjson import JsonInputError, NonFiniteNumber
 from reconciler.web.context import WebContext, context
 
 SNS_CERT_URL = re.compile(
@@ -61,7 +62,7 @@ def check_bearer(headers: Mapping[str, str], token: str | None) -> None:
         raise WebhookAuthError("a bearer token is required", 401)
 
 
-def postmark(body: Any, headers: Mapping[str, str], token: str | None) -> list[ProviderEvent]:
+def check_postmark(headers: Mapping[str, str], token: str | None) -> None:
     given = headers.get("authorization", "")
     try:
         _, _, password = base64.b64decode(given.removeprefix("Basic ")).decode().partition(":")
@@ -69,6 +70,10 @@ def postmark(body: Any, headers: Mapping[str, str], token: str | None) -> list[P
         password = ""
     if not token or not given.startswith("Basic ") or not hmac.compare_digest(password.encode(), token.encode()):
         raise WebhookAuthError("Postmark webhooks authenticate with basic auth; the password is the API token", 401)
+
+
+def postmark(body: Any) -> list[ProviderEvent]:
+    """Postmark's bounce and spam complaint records (one or a list), once `check_postmark` passed."""
     records = body if isinstance(body, list) else [body]
     events = []
     for record in records:
@@ -83,10 +88,9 @@ def postmark(body: Any, headers: Mapping[str, str], token: str | None) -> list[P
     return events
 
 
-def generic(body: Any, headers: Mapping[str, str], token: str | None) -> list[ProviderEvent]:
+def generic(body: Any) -> list[ProviderEvent]:
     """`{"id": "...", "type": "bounce" | "complaint", "email": "...", "bounce_type": "hard" | "soft",
-    "detail": "..."}`, or a list of them; authenticated with the API bearer token."""
-    check_bearer(headers, token)
+    "detail": "..."}`, or a list of them; authenticated with the API bearer token (`check_bearer`)."""
     records = body if isinstance(body, list) else [body]
     events = []
     for record in records:
@@ -121,9 +125,16 @@ def verify_sns(message: Mapping[str, Any], fetch: Callable[[str], bytes]) -> Non
         raise WebhookAuthError("SigningCertURL is not an Amazon SNS certificate URL", 403)
     try:
         signature = base64.b64decode(str(message.get("Signature", "")), validate=True)
-        certificate = x509.load_pem_x509_certificate(fetch(url))
     except (binascii.Error, ValueError) as exc:
-        raise WebhookAuthError(f"unreadable signature or certificate: {exc}", 403) from None
+        raise WebhookAuthError(f"unreadable signature: {exc}", 403) from None
+    try:
+        pem = fetch(url)
+    except Exception as exc:  # unreachable, refused, not found, too many new URLs: nothing verifies
+        raise WebhookAuthError(f"the SNS certificate could not be fetched: {exc}", 403) from None
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise WebhookAuthError(f"unreadable certificate: {exc}", 403) from None
     algorithm = hashes.SHA256() if str(message.get("SignatureVersion")) == "2" else hashes.SHA1()
     key = certificate.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
@@ -148,22 +159,24 @@ def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], 
     if body["Type"] != "Notification":
         return [], None
     try:
-        notification = json.loads(body["Message"])
-    except (TypeError, ValueError):
+        notification = strictjson.loads(str(body.get("Message")))
+    except ValueError:
         raise WebhookPayloadError("the SNS Message is not SES's JSON") from None
+    if not isinstance(notification, dict):
+        raise WebhookPayloadError("the SNS Message is not an SES notification")
     kind = str(notification.get("notificationType") or notification.get("eventType") or "")
     message_id = str(body.get("MessageId", ""))
     events = []
     if kind == "Bounce":
-        bounce = notification.get("bounce") or {}
+        bounce = _mapping(notification.get("bounce"))
         hard = bounce.get("bounceType") == "Permanent"
-        for recipient in bounce.get("bouncedRecipients") or []:
+        for recipient in map(_mapping, _items(bounce.get("bouncedRecipients"))):
             address = str(recipient.get("emailAddress", ""))
             detail = f"{bounce.get('bounceType')}/{bounce.get('bounceSubType')} {recipient.get('diagnosticCode', '')}"
             events.append(ProviderEvent(f"{message_id}:{address}", address, "bounce", hard, detail.strip()))
     elif kind == "Complaint":
-        complaint = notification.get("complaint") or {}
-        for recipient in complaint.get("complainedRecipients") or []:
+        complaint = _mapping(notification.get("complaint"))
+        for recipient in map(_mapping, _items(complaint.get("complainedRecipients"))):
             events.append(
                 ProviderEvent(
                     f"{message_id}:{recipient.get('emailAddress')}",
@@ -176,57 +189,74 @@ def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], 
     return events, None
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 async def endpoint(request: Request) -> Response:
-    """POST /api/v1/webhooks/{provider}: bounces and complaints, recorded once per provider event id."""
+    """POST /api/v1/webhooks/{provider}: bounces and complaints, recorded once per provider event id. Credentials
+    in headers are checked before the body is read; SNS messages carry theirs inside (the signature)."""
     web = context(request)
     provider = request.path_params["provider"]
-    body = await read_json(request)
+    if provider not in ("ses", "postmark", "generic"):
+        return JSONResponse({"error": "providers: ses, postmark, generic"}, 404)
     token = (await web.site()).api_token
     try:
+        if provider == "postmark":
+            check_postmark(request.headers, token)
+        elif provider == "generic":
+            check_bearer(request.headers, token)
+        body = await read_json(request)
         if provider == "ses":
             events = await anyio.to_thread.run_sync(_ses, web, body)  # fetches the certificate: not on the loop
-        elif provider == "postmark":
-            events = postmark(body, request.headers, token)
-        elif provider == "generic":
-            events = generic(body, request.headers, token)
         else:
-            return JSONResponse({"error": "providers: ses, postmark, generic"}, 404)
+            events = postmark(body) if provider == "postmark" else generic(body)
     except WebhookAuthError as exc:
         return JSONResponse({"error": str(exc)}, exc.status)
+    except JsonInputError as exc:
+        return json_refused(exc)
     except WebhookPayloadError as exc:
         return JSONResponse({"error": str(exc)}, 400)
-    recorded = await web.write(_record, provider, events, at=web.now())
-    return JSONResponse({"events": len(events), "recorded": recorded, "repeated": len(events) - recorded})
+    recorded, invalid = await web.write(_record, provider, events, at=web.now())
+    repeated = len(events) - recorded - invalid
+    return JSONResponse({"events": len(events), "recorded": recorded, "repeated": repeated, "invalid": invalid})
 
 
 def _ses(web: WebContext, body: Any) -> list[ProviderEvent]:
-    def fetch(url: str) -> bytes:
-        if url not in web.certificates:
-            web.certificates[url] = web.fetch(url)
-        return web.certificates[url]
-
-    events, subscribe_url = ses(body, fetch)
+    events, subscribe_url = ses(body, web.certificates.get)
     if subscribe_url:
-        web.fetch(subscribe_url)  # confirms the SNS subscription
+        try:
+            web.fetch(subscribe_url)  # confirms the SNS subscription
+        except Exception as exc:  # any failure to reach AWS: SNS sends the confirmation again
+            raise WebhookPayloadError(f"could not confirm the subscription at SubscribeURL: {exc}") from None
     return events
 
 
-def _record(db: Database, provider: str, events: list[ProviderEvent], *, at: str) -> int:
-    recorded = 0
+def _record(db: Database, provider: str, events: list[ProviderEvent], *, at: str) -> tuple[int, int]:
+    """(recorded, invalid): events for an address that is not one are counted apart, never as repeated."""
+    recorded = invalid = 0
     for event in events:
         try:
             email = normalise_email(event.email)
         except ValueError:
+            invalid += 1
             continue
         recorded += subscribers.provider_event(
             db, provider, event.event_id, email=email, kind=event.kind, hard=event.hard, at=at, detail=event.detail
         )
-    return recorded
+    return recorded, invalid
 
 
 async def read_json(request: Request) -> Any:
-    """The body as JSON, or None when it is not JSON."""
-    try:
-        return json.loads(await request.body())
-    except ValueError:
-        return None
+    """The body as strict JSON (no NaN or Infinity, at most MAX_DEPTH levels); raises JsonInputError."""
+    return strictjson.loads(await request.body())
+
+
+def json_refused(exc: JsonInputError) -> Response:
+    """Non-finite numbers are values we refuse (422); a body that is not JSON, or nested too deep, is a 400."""
+    status = 422 if isinstance(exc, NonFiniteNumber) else 400
+    return JSONResponse({"error": f"the body is not accepted: {exc}"}, status)

@@ -1,0 +1,198 @@
+"""The OpenAPI 3 description of every route of the web service, served at `/api/v1/openapi.json`.
+
+Written by hand, beside the route table it describes (tests/test_api_fuzz.py checks that both name the same paths
+and methods, and fuzzes every operation from it). docs/web.md says in prose what each route does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a link token"}
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _answers(*codes: int) -> dict[str, Any]:
+    words = {
+        200: "done",
+        302: "redirect to the signed destination",
+        303: "saved; back to the page",
+        400: "a body that is not what this route reads",
+        401: "no or wrong credentials",
+        403: "refused: another site's form, an expired form, a signature that does not verify",
+        404: "an invalid link token, or no such provider",
+        413: "a body over 1 MB",
+        422: "values that are refused; nothing was written",
+        429: "too many requests; Retry-After says when to try again",
+    }
+    return {str(code): {"description": words[code]} for code in codes}
+
+
+def _form(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return {"content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _one_or_many(name: str) -> dict[str, Any]:
+    item = {"$ref": f"#/components/schemas/{name}"}
+    return {"oneOf": [item, {"type": "array", "items": item}]}
+
+
+CONTACT = {
+    "type": "object",
+    "required": ["email"],
+    "properties": {
+        "email": {"type": "string", "format": "email"},
+        "first_name": {"type": "string"},
+        "last_name": {"type": "string"},
+        "timezone": {"type": "string", "example": "Europe/Warsaw"},
+        "locale": {"type": "string", "example": "en-GB"},
+        "country": {"type": "string", "example": "PL"},
+        "tags": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "lists": {"type": "array", "items": {"type": "string"}, "description": "lists to subscribe to"},
+        "consent": {"type": "string", "description": "the wording the person agreed to, or its version"},
+        "preconfirmed": {"type": "boolean", "description": "confirmed elsewhere: no confirmation for double opt-in"},
+    },
+    "additionalProperties": {"description": "custom fields declared as Field documents, by name"},
+}
+EVENT = {
+    "type": "object",
+    "required": ["email", "type"],
+    "properties": {
+        "email": {"type": "string", "format": "email"},
+        "type": {"type": "string", "maxLength": 200},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "properties": {"type": "object"},
+        "id": {"oneOf": [{"type": "string", "maxLength": 200}, {"type": "integer"}]},
+    },
+}
+
+
+def _pages() -> dict[str, Any]:
+    """The routes links in emails and the subscribe form lead to."""
+    form_lists = {"type": "array", "items": {"type": "string"}}
+    return {
+        "/u/{token}": {
+            "parameters": [TOKEN],
+            "get": {"summary": "The unsubscribe page", "responses": _answers(200, 404)},
+            "post": {
+                "summary": "RFC 8058 one-click unsubscribe",
+                "requestBody": _form({"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}),
+                "responses": _answers(200, 400, 404, 413),
+            },
+        },
+        "/p/{token}": {
+            "parameters": [TOKEN],
+            "get": {"summary": "The preference page", "responses": _answers(200, 404)},
+            "post": {
+                "summary": "Save preferences (needs the page's CSRF field)",
+                "requestBody": _form(
+                    {
+                        "csrf": {"type": "string"},
+                        "list": form_lists,
+                        "frequency": {"type": "string", "enum": ["", "weekly", "monthly"]},
+                        "action": {"type": "string", "enum": ["save", "unsubscribe_all"]},
+                    }
+                ),
+                "responses": _answers(303, 403, 404, 413),
+            },
+        },
+        "/subscribe": {
+            "post": {
+                "summary": "The subscribe form (double opt-in lists get a confirmation email)",
+                "requestBody": _form(
+                    {
+                        "email": {"type": "string"},
+                        "first_name": {"type": "string"},
+                        "list": form_lists,
+                        "consent": {"type": "string"},
+                        "website": {"type": "string", "description": "a honeypot people never fill in"},
+                    },
+                    ["email"],
+                ),
+                "responses": _answers(200, 413, 422, 429),
+            }
+        },
+        "/confirm/{token}": {
+            "parameters": [TOKEN],
+            "get": {"summary": "The confirmation page", "responses": _answers(200, 404)},
+            "post": {"summary": "Confirm a double opt-in subscription", "responses": _answers(200, 403, 404)},
+        },
+        "/v/{token}": {"parameters": [TOKEN], "get": {"summary": "View online", "responses": _answers(200, 404)}},
+        "/o/{token}.gif": {
+            "parameters": [TOKEN],
+            "get": {"summary": "The open pixel", "responses": _answers(200)},
+            "head": {"summary": "The open pixel (a machine)", "responses": _answers(200)},
+        },
+        "/c/{token}": {
+            "parameters": [TOKEN, {"name": "u", "in": "query", "required": True, "schema": {"type": "string"}}],
+            "get": {"summary": "The click redirect", "responses": _answers(302, 404)},
+            "head": {"summary": "The click redirect (a machine)", "responses": _answers(302, 404)},
+        },
+    }
+
+
+def _api() -> dict[str, Any]:
+    """The API, the webhooks and what monitoring reads."""
+    return {
+        "/api/v1/contacts": {
+            "post": {
+                "summary": "Create or update contacts and subscribe them",
+                "security": BEARER,
+                "requestBody": _json(_one_or_many("Contact")),
+                "responses": _answers(200, 400, 401, 413, 422),
+            }
+        },
+        "/api/v1/events": {
+            "post": {
+                "summary": "Record custom events",
+                "security": BEARER,
+                "requestBody": _json(_one_or_many("Event")),
+                "responses": _answers(200, 400, 401, 413, 422),
+            }
+        },
+        "/api/v1/webhooks/{provider}": {
+            "post": {
+                "summary": "Bounces and complaints from Amazon SES (SNS), Postmark, or the generic format",
+                "parameters": [
+                    {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "security": [*BEARER, {"basic": []}, {}],
+                "requestBody": _json({"oneOf": [{"type": "object"}, {"type": "array"}]}),
+                "responses": _answers(200, 400, 401, 403, 404, 413, 422),
+            }
+        },
+        "/healthz": {"get": {"summary": "Health and the applied revision", "responses": _answers(200)}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": BEARER, "responses": _answers(200, 401)}},
+        "/api/v1/openapi.json": {"get": {"summary": "This description", "responses": _answers(200)}},
+    }
+
+
+def description() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "reconciler web service", "version": "1", "description": "docs/web.md describes it in prose"},
+        "paths": {**_pages(), **_api()},
+        "components": {
+            "schemas": {"Contact": CONTACT, "Event": EVENT},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "RECONCILER_API_TOKEN"},
+                "basic": {"type": "http", "scheme": "basic", "description": "Postmark: the password is the token"},
+            },
+        },
+    }
+
+
+async def openapi(request: Request) -> Response:
+    """GET /api/v1/openapi.json: this description (open, like /healthz: it holds no data)."""
+    return JSONResponse(description())
