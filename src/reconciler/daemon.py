@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 WATCHED = (*YAML_FOLDERS, "templates")
+PRUNE_SECONDS = 24 * 3600.0
+"""How often the daemon forgets old provider event ids and dead dispatcher registrations (and once at start)."""
 
 
 @dataclass
@@ -235,6 +237,7 @@ class _Keeper:
         self.health, self.clock, self.state = health, clock, state
         self.written: tuple[str, tuple[str, ...]] | None = None
         self.written_at = 0.0
+        self.pruned_at = 0.0
         self.lock = threading.Lock()
 
     def after_pass(self, db: Database) -> None:
@@ -242,7 +245,20 @@ class _Keeper:
         with self.lock:
             self._keep(db)
 
+    def _prune(self, db: Database) -> None:
+        if time.monotonic() - self.pruned_at < PRUNE_SECONDS and self.pruned_at:
+            return
+        self.pruned_at = time.monotonic()
+        try:
+            forgotten = records.prune(db, now=self.clock.now())
+        except Exception as exc:
+            log.warning("could not prune old facts from the state database: %s", exc)
+            return
+        if any(forgotten.values()):
+            log.info("pruned %s", ", ".join(f"{n} {what}" for what, n in forgotten.items() if n))
+
     def _keep(self, db: Database) -> None:
+        self._prune(db)
         if self.state is not None:
             with contextlib.suppress(OSError):
                 self.health.disk(shutil.disk_usage(self.state.parent).free)

@@ -53,7 +53,7 @@ def contacts_import(
     if errors:
         print_problems(errors, "text")
         raise SpecErrors(errors)
-    db = database(ctx, root)
+    db = database(ctx, root, bulk=True)
     size = file.stat().st_size if file.is_file() else 0
     now = SystemClock().now()
     if sys.stderr.isatty() and size > SHOW_PROGRESS_FROM:

@@ -124,11 +124,14 @@ def state_file(ctx: click.Context, root: Path) -> Path:
     return state_path(root, ctx.obj["state"])
 
 
-def database(ctx: click.Context, root: Path, *, create: bool = True, read_only: bool = False) -> Database:
-    """The state database; `read_only` for commands that only read (they work on a read-only mount too)."""
+def database(
+    ctx: click.Context, root: Path, *, create: bool = True, read_only: bool = False, bulk: bool = False
+) -> Database:
+    """The state database; `read_only` for commands that only read (they work on a read-only mount too), `bulk`
+    for one that writes a lot at once (an import)."""
     from reconciler.state import open_db
 
-    return open_db(state_file(ctx, root), create=create, read_only=read_only)
+    return open_db(state_file(ctx, root), create=create, read_only=read_only, bulk=bulk)
 
 
 def checked(root: Path) -> DesiredState:

@@ -20,6 +20,11 @@ from reconciler.errors import ReconcilerError
 from reconciler.state.schema import migrations
 
 BUSY_TIMEOUT_MS = 30_000
+WAL_PAGES = 1_000
+"""Pages (4 KB) the write-ahead log may hold before it is checkpointed: about 4 MB."""
+BULK_WAL_PAGES = 10_000
+WAL_LIMIT = 8 * 1024 * 1024
+"""Bytes the write-ahead log file is cut back to after a checkpoint (it would otherwise keep its largest size)."""
 POOLED_CACHE_KB = 8_000
 """The page cache of each connection of a pool (the web service's): requests touch a few rows each."""
 DEFAULT_PATH = ".state/reconciler.db"
@@ -35,9 +40,12 @@ def state_path(workspace: Path, override: Path | str | None = None) -> Path:
     return Path(chosen) if chosen else workspace / DEFAULT_PATH
 
 
-def open_db(path: Path, *, create: bool = True, migrate: bool = True, read_only: bool = False) -> Database:
+def open_db(
+    path: Path, *, create: bool = True, migrate: bool = True, read_only: bool = False, bulk: bool = False
+) -> Database:
     """Open (or create) the state database and apply pending migrations (`migrate=False`: a further connection
-    of a process that migrated already). `read_only`: the command only reads, so a database that cannot be written
+    of a process that migrated already). `bulk`: a process that writes a lot at once (an import) checkpoints less
+    often, so hot pages are written once. `read_only`: the command only reads, so a database that cannot be written
     here (a read-only mount, a folder without write permission) is opened read-only instead of refused."""
     if not path.exists() and not create:
         raise StateError(f"{path}: no state database here yet (run `reconciler apply` or import contacts first)")
@@ -64,7 +72,10 @@ def open_db(path: Path, *, create: bool = True, migrate: bool = True, read_only:
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: commits survive kill -9
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA cache_size = -65536")  # up to 64 MB of pages: indexes over a million contacts stay hot
-        conn.execute("PRAGMA wal_autocheckpoint = 10000")  # fewer, larger checkpoints: hot pages written once
+        # the write-ahead log is folded back into the database every WAL_PAGES pages and cut back to WAL_LIMIT bytes:
+        # it stays a few MB beside any database, and a nearly full disk is not refilled by one large checkpoint
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_WAL_PAGES if bulk else WAL_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         if migrate:
             with write(db):  # under the write lock, so two processes starting at once migrate once
                 migrations.apply(db)

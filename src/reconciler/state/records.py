@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlite_utils import Database
@@ -155,3 +156,24 @@ def daemon_record(db: Database) -> DaemonRecord | None:
         return None
     data = json.loads(text)
     return DaemonRecord(data["host"], data["pid"], data["seen_at"], data["status"], tuple(data["problems"]))
+
+
+WEBHOOK_MEMORY = timedelta(days=30)
+"""How long a provider's event id is remembered: providers redeliver for hours or days, never for a month."""
+DISPATCHER_MEMORY = timedelta(days=1)
+
+
+def prune(db: Database, *, now: datetime) -> dict[str, int]:
+    """Forget facts kept only to catch repeats or for debugging: provider event ids older than WEBHOOK_MEMORY, and
+    registrations of dispatchers silent for DISPATCHER_MEMORY that hold no message. Consent records, the ledger,
+    engagement and the audit log are never pruned."""
+    with write(db):
+        webhooks = db.conn.execute(
+            "DELETE FROM webhook_events WHERE at < ?", ((now - WEBHOOK_MEMORY).strftime("%Y-%m-%dT%H:%M:%SZ"),)
+        ).rowcount
+        dispatchers = db.conn.execute(
+            "DELETE FROM dispatchers WHERE heartbeat_at < ? AND id NOT IN "
+            "(SELECT claimed_by FROM ledger WHERE state = 'sending' AND claimed_by IS NOT NULL)",
+            ((now - DISPATCHER_MEMORY).strftime("%Y-%m-%dT%H:%M:%SZ"),),
+        ).rowcount
+    return {"webhook ids": webhooks, "dispatcher registrations": dispatchers}

@@ -6,6 +6,7 @@ with its index.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -225,5 +226,7 @@ async def metrics(request: Request) -> Response:
     """GET /metrics: Prometheus' text format (read from the ledger at scrape time)."""
     if not await authorized(request):
         return unauthorized()
-    body, content_type = await anyio.to_thread.run_sync(request.app.state.metrics.render)
+    metrics = request.app.state.metrics
+    metrics.tasks.set(len(asyncio.all_tasks()))
+    body, content_type = await anyio.to_thread.run_sync(metrics.render)
     return Response(body, media_type=content_type)

@@ -1,12 +1,17 @@
-"""`GET /metrics` in Prometheus' format: messages by outcome, the queue, dispatch passes, HTTP requests."""
+"""`GET /metrics` in Prometheus' format: messages by outcome, the queue, dispatch passes, HTTP requests, and what
+a leak would show first: the process's resident memory, open descriptors and threads (prometheus_client's process
+collector), the event loop's tasks, and the sizes of the state database and its write-ahead log."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -38,12 +43,32 @@ class _LedgerCollector:
         )
 
 
+class _StateFilesCollector:
+    """The state database and its write-ahead log, in bytes, as the disk has them now."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sizes = GaugeMetricFamily("reconciler_state_file_bytes", "Size of the state files", labels=["file"])
+        for label, path in (("database", self.path), ("wal", self.path.with_name(self.path.name + "-wal"))):
+            with contextlib.suppress(OSError):
+                sizes.add_metric([label], path.stat().st_size)
+        yield sizes
+        yield GaugeMetricFamily("reconciler_threads", "Threads of the process", value=threading.active_count())
+
+
 class Metrics:
     """The daemon's metrics; `render` reads the ledger, so it runs in a worker thread."""
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_LedgerCollector(pool))
+        self.registry.register(_StateFilesCollector(pool.path))
+        ProcessCollector(registry=self.registry)
+        self.tasks = Gauge(
+            "reconciler_event_loop_tasks", "Tasks on the web service's event loop", registry=self.registry
+        )
         self.requests = Counter(
             "reconciler_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
         )

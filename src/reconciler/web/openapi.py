@@ -27,6 +27,7 @@ def _answers(*codes: int) -> dict[str, Any]:
         413: "a body over 1 MB",
         422: "values that are refused; nothing was written",
         429: "too many requests; Retry-After says when to try again",
+        503: "degraded: the body lists what an operator should act on",
     }
     return {str(code): {"description": words[code]} for code in codes}
 
@@ -172,7 +173,13 @@ def _api() -> dict[str, Any]:
                 "responses": _answers(200, 400, 401, 403, 404, 413, 422),
             }
         },
-        "/healthz": {"get": {"summary": "Health and the applied revision", "responses": _answers(200)}},
+        "/healthz": {
+            "get": {
+                "summary": "Health, the applied revision and what needs an operator (503 when something does)",
+                "responses": _answers(200, 503),
+            }
+        },
+        "/livez": {"get": {"summary": "Liveness: the process answers", "responses": _answers(200)}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "security": BEARER, "responses": _answers(200, 401)}},
         "/api/v1/openapi.json": {"get": {"summary": "This description", "responses": _answers(200)}},
     }
