@@ -34,6 +34,10 @@ class Sink:
     """Connections the server accepted."""
     closed: int = 0
     """Connections that ended (either side closed them)."""
+    greetings: list[str] = field(default_factory=list)
+    """The name each client gave in EHLO."""
+    data_started: Counter[str] = field(default_factory=Counter)
+    """Recipients whose DATA command was answered 354 (the client then sends the body)."""
 
     def received(self) -> Counter[str]:
         with self.lock:
@@ -53,6 +57,14 @@ class Sink:
             with self.lock:
                 self.refused.append((rcpt, action))
         return action
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        with self.lock:
+            self.greetings.append(hostname)
+        return responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -110,8 +122,18 @@ class _CountingController(Controller):
                 sink.closed += 1
             lost(error)
 
+        data = server._smtp_methods["DATA"]
+
+        async def smtp_DATA(arg: str) -> None:
+            envelope = server.envelope
+            if envelope is not None and envelope.rcpt_tos:  # the 354 goes out next, as the command is accepted
+                with sink.lock:
+                    sink.data_started.update(envelope.rcpt_tos)
+            await data(arg)
+
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
+        server._smtp_methods["DATA"] = smtp_DATA  # aiosmtpd looks commands up in this table
         return server
 
 

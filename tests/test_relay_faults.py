@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from pathlib import Path
 
 from conftest import reconciler, wait_for
@@ -97,3 +99,26 @@ def test_a_relay_outage_stops_taking_rows_and_sending_resumes_when_it_answers(
     )
     uncertain = {str(row[0]) for row in rows}
     assert set(emails) - set(received) <= uncertain
+
+
+def test_connections_greet_with_the_machines_name_looked_up_once(tmp_path: Path) -> None:
+    sink = Sink()
+    clock = FixedClock(parse_instant(NOW))
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, connections=8)
+        import_contacts(root, 80)
+        db = open_db(root / ".state/reconciler.db")
+
+        async def scenario() -> set[str]:
+            dispatcher = Dispatcher(db, root=root, clock=clock)
+            try:
+                reconcile_once(root, db, now=clock.now())
+                await dispatcher.run_pass()
+            finally:
+                await dispatcher.close()
+            return {thread.name for thread in threading.enumerate() if thread.name.startswith("asyncio_")}
+
+        lookups = asyncio.run(scenario())
+    assert ledger(root) == {"sent": 80} and sink.sessions >= 8
+    assert set(sink.greetings) == {socket.getfqdn()}
+    assert len(lookups) <= 1  # each connection once asked the resolver in a worker thread of its own

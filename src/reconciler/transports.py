@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -166,6 +167,19 @@ class RateLimiter:
                 await asyncio.sleep(wait)
 
 
+_EHLO_NAME: list[str] = []
+
+
+async def ehlo_name(lock: asyncio.Lock) -> str:
+    """This machine's name for EHLO, looked up once per process: aiosmtplib otherwise asks the resolver again, in a
+    new worker thread, for every connection it opens (a slow resolver then delays every connection, and the send
+    loop's thread pool grows to its limit). `lock` keeps connections opening together to one lookup."""
+    async with lock:
+        if not _EHLO_NAME:
+            _EHLO_NAME.append(await asyncio.to_thread(socket.getfqdn))
+    return _EHLO_NAME[0]
+
+
 @dataclass
 class _Connection:
     smtp: aiosmtplib.SMTP
@@ -199,6 +213,7 @@ class SmtpTransport:
         self._idle: list[_Connection] = []
         self._tls: ssl.SSLContext | None = None
         self._slots = asyncio.Semaphore(self.max_connections)
+        self._naming = asyncio.Lock()
         self.breaker = Breaker()
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -217,6 +232,7 @@ class SmtpTransport:
             use_tls=self.security == "tls",
             start_tls=self.security == "starttls",
             tls_context=self._tls_context(),
+            local_hostname=await ehlo_name(self._naming),
         )
         await smtp.connect()
         if self.username:
