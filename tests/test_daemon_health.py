@@ -4,6 +4,7 @@ behind a lock another process holds."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -20,7 +21,9 @@ import pytest
 from conftest import reconciler, wait_for
 from daemon_process import Daemon, sending_daemon
 from reconciler.clock import SystemClock
-from reconciler.daemon import WebOptions, run
+from reconciler.daemon import WebOptions, reconcile_once, run
+from reconciler.health import Health
+from reconciler.sendloop import SendLoop
 from reconciler.state import open_db
 from sending import import_contacts, ledger, parse, workspace
 from smtp_sink import Sink, SinkServer, free_port
@@ -150,3 +153,36 @@ def test_a_missing_secret_holds_the_campaign_and_says_which(tmp_path: Path) -> N
             daemon.stop()
         assert answer.status_code == 503 and answer.json()["status"] == "degraded"
     assert ledger(root) == {"queued": 3}
+
+
+def _deny_registration(action: int, table: str | None, *_: object) -> int:
+    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT) and table == "dispatchers":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def test_failed_send_passes_wait_as_long_as_the_log_says(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = workspace(tmp_path, free_port())
+    import_contacts(root, 3)
+    state = root / ".state/reconciler.db"
+    reconcile_once(root, open_db(state), now=SystemClock().now())  # the campaign starts: 3 rows due
+    sending = open_db(state)
+    sending.conn.set_authorizer(_deny_registration)  # every send pass fails as it registers
+    caplog.set_level(logging.ERROR, logger="reconciler.sendloop")
+    loop = SendLoop(sending, root=root, clock=SystemClock(), interval=30, health=Health())
+    loop.start()
+    try:
+        wait_for(lambda: len(_send_failures(caplog)) >= 4, "four failed send passes", 60)
+    finally:
+        loop.stop()
+        loop.join(60)
+    failures = _send_failures(caplog)[:4]
+    said = [float(re.findall(r"trying again in ([\d.]+)s", record.getMessage())[0]) for record in failures]
+    waited = [later.created - earlier.created for earlier, later in itertools.pairwise(failures)]
+    assert said[:3] == [1, 2, 4]
+    for promised, took in zip(said, waited, strict=False):
+        assert promised <= took < promised + 3, (said, waited)  # it once said 1, 2, 4 s and waited 2, 8, 32
+
+
+def _send_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if "dispatch pass failed" in record.getMessage()]

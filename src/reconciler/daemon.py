@@ -37,7 +37,7 @@ from reconciler.errors import Problem
 from reconciler.health import HEARTBEAT_SECONDS, Health
 from reconciler.load import YAML_FOLDERS, git_commit
 from reconciler.plan import Plan
-from reconciler.sendloop import SendLoop
+from reconciler.sendloop import SendLoop, wait_any
 from reconciler.start import start_due
 from reconciler.state import campaigns, records
 
@@ -153,6 +153,8 @@ async def run(
             after_pass=keeper.after_pass,
         )
         sender.start()
+        if metrics is not None:
+            metrics.watch_loop("send", lambda: sender.loop if sender is not None else None)
     if server is not None and web is not None:
         serving = asyncio.create_task(server.serve())
         log.info("reconciler: serving http://%s:%d", web.host, web.port)
@@ -215,7 +217,7 @@ async def _reconcile_loop(
             wait = min(interval, 2.0 ** (health.failures("reconcile") - 1))
             log.error("reconcile pass failed: %s; trying again in %ss", exc, f"{wait:g}", exc_info=_debug())
         await asyncio.to_thread(keeper.after_pass, db)
-        await _wait_any((changed, stop), timeout=wait)
+        await wait_any((changed, stop), timeout=wait)
 
 
 def _until_next_start(db: Database, clock: Clock, interval: float) -> float:
@@ -275,16 +277,6 @@ class _Keeper:
         if now != self.written and report.problems:
             log.warning("reconciler is degraded: %s", "; ".join(report.problems))
         self.written, self.written_at = now, time.monotonic()
-
-
-async def _wait_any(events: tuple[asyncio.Event, ...], *, timeout: float) -> None:
-    """Until one of `events` is set or `timeout` seconds pass."""
-    waiters = [asyncio.create_task(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in waiters:
-            task.cancel()
 
 
 def _watch(root: Path, changed: asyncio.Event, stop: asyncio.Event) -> asyncio.Future[None]:

@@ -53,6 +53,8 @@ class SendLoop:
         self.thread = threading.Thread(target=self._main, name="reconciler-send", daemon=True)
         self.stopping = threading.Event()
         self.stuck = 0
+        self.failure = ""
+        """Why the last pass failed, for the log line that says when the next one runs."""
 
     def start(self) -> None:
         self.thread.start()
@@ -87,7 +89,7 @@ class SendLoop:
                 report = await self._one_pass(dispatcher)
                 if self.after_pass is not None:
                     self.after_pass(self.db)
-                await _wait_any((self._wake, self._stop), timeout=self._next_wait(dispatcher, report))
+                await wait_any((self._wake, self._stop), timeout=self._next_wait(dispatcher, report))
         finally:
             await dispatcher.close()
 
@@ -97,7 +99,7 @@ class SendLoop:
             report = await dispatcher.run_pass()
         except Exception as exc:  # a failing database or relay never ends the daemon; the next pass carries on
             self.health.pass_failed("dispatch", str(exc), at=iso(self.clock.now()))
-            log.error("dispatch pass failed: %s; trying again in %ss", exc, f"{self._backoff():g}")
+            self.failure = str(exc)
             return None
         self.health.pass_worked("dispatch")
         self.health.sending(relays_down=report.relays_down, blocked=report.blocked)
@@ -113,7 +115,9 @@ class SendLoop:
         """Until the next retry, local send time or relay probe; at once when the pass sent and more is due; backing
         off when the pass failed or left due messages it could not send (a relay down, a secret missing)."""
         if report is None:
-            return self._backoff()
+            wait = self._backoff()
+            log.error("dispatch pass failed: %s; trying again in %ss", self.failure, f"{wait:g}")
+            return wait
         try:
             upcoming = ledger.next_due(self.db)
         except Exception:
@@ -139,8 +143,8 @@ class SendLoop:
         return min(self.interval, MAX_BACKOFF, 2.0 ** min(self.stuck - 1, 10))
 
 
-async def _wait_any(events: tuple[asyncio.Event, ...], *, timeout: float) -> None:
-    """Until one of `events` is set or `timeout` seconds pass."""
+async def wait_any(events: tuple[asyncio.Event, ...], *, timeout: float) -> None:
+    """Until one of `events` is set or `timeout` seconds pass (the daemon's reconcile loop waits the same way)."""
     waiters = [asyncio.create_task(event.wait()) for event in events]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

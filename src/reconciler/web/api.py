@@ -41,16 +41,24 @@ def unauthorized() -> Response:
     return JSONResponse({"error": "a valid bearer token is required"}, 401, headers={"WWW-Authenticate": "Bearer"})
 
 
+async def authorized_json(request: Request) -> object:
+    """The request's JSON body, or the answer to send instead: 401 without a valid token, 400 for a body that is
+    not strict JSON (the check of the token comes first, so a stranger learns nothing about what the API reads)."""
+    if not await authorized(request):
+        return unauthorized()
+    try:
+        return await read_json(request)
+    except JsonInputError as exc:
+        return json_refused(exc)
+
+
 async def contacts(request: Request) -> Response:
     """POST /api/v1/contacts: upsert one contact or a list of them (fields, `lists` to subscribe to, `consent`,
     `preconfirmed` for double opt-in lists)."""
-    if not await authorized(request):
-        return unauthorized()
+    body = await authorized_json(request)
+    if isinstance(body, Response):
+        return body
     web = context(request)
-    try:
-        body = await read_json(request)
-    except JsonInputError as exc:
-        return json_refused(exc)
     status, answer = await web.write(_import_contacts, body if isinstance(body, list) else [body], at=web.now())
     return JSONResponse(answer, status)
 
@@ -129,13 +137,10 @@ def _import_contacts(db: Database, items: list[Any], *, at: str) -> tuple[int, d
 
 async def events(request: Request) -> Response:
     """POST /api/v1/events: custom events (`email`, `type`, `occurred_at`, `properties`, `id`) that feed segments."""
-    if not await authorized(request):
-        return unauthorized()
+    body = await authorized_json(request)
+    if isinstance(body, Response):
+        return body
     web = context(request)
-    try:
-        body = await read_json(request)
-    except JsonInputError as exc:
-        return json_refused(exc)
     items = body if isinstance(body, list) else [body]
     found, errors = [], []
     for index, item in enumerate(items):
@@ -227,6 +232,7 @@ async def metrics(request: Request) -> Response:
     if not await authorized(request):
         return unauthorized()
     metrics = request.app.state.metrics
-    metrics.tasks.set(len(asyncio.all_tasks()))
+    loop = asyncio.get_running_loop()
+    metrics.watch_loop("web", lambda: loop)
     body, content_type = await anyio.to_thread.run_sync(metrics.render)
     return Response(body, media_type=content_type)

@@ -4,6 +4,7 @@ collector), the event loop's tasks, and the sizes of the state database and its 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -58,6 +59,22 @@ class _StateFilesCollector:
         yield GaugeMetricFamily("reconciler_threads", "Threads of the process", value=threading.active_count())
 
 
+class _TasksCollector:
+    """Tasks alive on each of the daemon's event loops: the web service's and the send loop's. A count that only
+    grows is a leak of tasks, and of whatever they hold."""
+
+    def __init__(self) -> None:
+        self.loops: dict[str, Callable[[], asyncio.AbstractEventLoop | None]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        tasks = GaugeMetricFamily("reconciler_event_loop_tasks", "Tasks on each event loop", labels=["loop"])
+        for name, find in sorted(self.loops.items()):
+            loop = find()
+            if loop is not None and not loop.is_closed():
+                tasks.add_metric([name], len(asyncio.all_tasks(loop)))
+        yield tasks
+
+
 class Metrics:
     """The daemon's metrics; `render` reads the ledger, so it runs in a worker thread."""
 
@@ -66,9 +83,8 @@ class Metrics:
         self.registry.register(_LedgerCollector(pool))
         self.registry.register(_StateFilesCollector(pool.path))
         ProcessCollector(registry=self.registry)
-        self.tasks = Gauge(
-            "reconciler_event_loop_tasks", "Tasks on the web service's event loop", registry=self.registry
-        )
+        self.tasks = _TasksCollector()
+        self.registry.register(self.tasks)
         self.requests = Counter(
             "reconciler_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry
         )
@@ -81,6 +97,10 @@ class Metrics:
         self.request_seconds = Histogram(
             "reconciler_http_request_seconds", "HTTP request duration", ["route"], registry=self.registry
         )
+
+    def watch_loop(self, name: str, find: Callable[[], asyncio.AbstractEventLoop | None]) -> None:
+        """Count the tasks of the loop `find` returns (None while that loop is not running) at every scrape."""
+        self.tasks.loops[name] = find
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
