@@ -9,12 +9,17 @@ import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conftest import REPO, reconciler
+import httpx
+import pytest
+
+from conftest import REPO, reconciler, wait_for
+from daemon_process import WATCHING, Daemon
 from reconciler.clock import FixedClock
 from reconciler.daemon import reconcile_once
 from reconciler.dispatch import Dispatcher
 from reconciler.load import load_workspace
 from reconciler.state import open_db
+from reconciler.state.db import ConnectionPool
 from reconciler.state.records import prune
 from state_helpers import set_status
 
@@ -78,3 +83,52 @@ def test_old_provider_ids_and_dead_dispatchers_are_forgotten_and_history_is_kept
     assert [r[0] for r in db.conn.execute("SELECT event_id FROM webhook_events")] == ["recent"]
     assert [r[0] for r in db.conn.execute("SELECT id FROM dispatchers")] == ["busy"]
     assert db.conn.execute("SELECT count(*) FROM consent").fetchone()[0] == consent == 2
+
+
+def test_metrics_show_what_a_leak_would_grow(example: Path) -> None:
+    token = {"Authorization": "Bearer soak-token"}
+    with Daemon(example, "--interval", "60", env={"RECONCILER_API_TOKEN": "soak-token"}) as daemon:
+        daemon.wait_for_output(WATCHING)
+        base = f"http://127.0.0.1:{daemon.port}"
+
+        def scraped() -> dict[str, float]:
+            text = httpx.get(f"{base}/metrics", headers=token, timeout=30).text
+            return {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+
+        wait_for(lambda: 'reconciler_event_loop_tasks{loop="send"}' in scraped(), "the send loop's tasks", 60)
+        state = example / ".state/reconciler.db"
+        before = state.stat().st_size, state.with_name("reconciler.db-wal").stat().st_size
+        figures = scraped()
+        after = state.stat().st_size, state.with_name("reconciler.db-wal").stat().st_size
+        daemon.stop()
+    sizes = figures['reconciler_state_file_bytes{file="database"}'], figures['reconciler_state_file_bytes{file="wal"}']
+    assert sizes in (before, after) and sizes[0] > 0
+    assert 20e6 < figures["process_resident_memory_bytes"] < 1e9
+    assert figures["process_open_fds"] >= 3 and figures["reconciler_threads"] >= 2  # the send loop has its own
+    assert figures['reconciler_event_loop_tasks{loop="web"}'] >= 1  # this request's own task at least
+    assert figures['reconciler_event_loop_tasks{loop="send"}'] >= 1
+
+
+def test_the_page_cache_is_the_operators_to_size(example: Path) -> None:
+    assert reconciler("apply", cwd=example).returncode == 0
+    default = open_db(example / ".state/reconciler.db")
+    assert default.conn.execute("PRAGMA cache_size").fetchone()[0] == -65536  # the default: 64 MB
+    refused = reconciler("status", cwd=example, env={"RECONCILER_CACHE_MB": "lots"})
+    assert refused.returncode != 0
+    assert "RECONCILER_CACHE_MB='lots': set it to a whole number of megabytes" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_small_page_cache_is_kept_by_every_connection(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert reconciler("apply", cwd=example).returncode == 0
+    monkeypatch.setenv("RECONCILER_CACHE_MB", "8")
+    db = open_db(example / ".state/reconciler.db")
+    pool = ConnectionPool(example / ".state/reconciler.db")
+    dispatcher = Dispatcher(open_db(example / ".state/reconciler.db"), root=example, clock=FixedClock(NOW))
+    with pool.connection() as pooled:
+        sizes = [c.execute("PRAGMA cache_size").fetchone()[0] for c in (db.conn, pooled.conn, dispatcher.db.conn)]
+    assert sizes == [-8192, -1024, -2048]

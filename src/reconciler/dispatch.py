@@ -34,12 +34,13 @@ from reconciler.send import Pending, Progress, SendRun, SourceSender
 from reconciler.spec.documents import OutboxTransport, SmtpTransport
 from reconciler.start import start_stages
 from reconciler.state import campaigns, dispatchers, ledger, records, settings
+from reconciler.state.db import cache_kb
 from reconciler.state.ledger import CONFIRMATION_SOURCE, Source
 from reconciler.state.settings import RuntimeSettings
 from reconciler.transports import Transport, make_transport
 
 log = logging.getLogger(__name__)
-DISPATCH_CACHE_KB = 16_000
+DISPATCH_CACHE_SHARE = 1 / 4
 """The sending connection's page cache: sending reads and updates rows by index, so a small cache keeps memory
 flat however large the audience."""
 HEARTBEAT = 10.0
@@ -88,7 +89,7 @@ class Dispatcher:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.db, self.root, self.clock = db, root, clock
-        db.conn.execute(f"PRAGMA cache_size = -{DISPATCH_CACHE_KB}")
+        db.conn.execute(f"PRAGMA cache_size = -{cache_kb(DISPATCH_CACHE_SHARE)}")
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.ident = f"{self.host}:{self.pid}:{secrets.token_hex(3)}"
         self.fixed_transports = dict(transports or {})

@@ -25,13 +25,30 @@ WAL_PAGES = 1_000
 BULK_WAL_PAGES = 10_000
 WAL_LIMIT = 8 * 1024 * 1024
 """Bytes the write-ahead log file is cut back to after a checkpoint (it would otherwise keep its largest size)."""
-POOLED_CACHE_KB = 8_000
-"""The page cache of each connection of a pool (the web service's): requests touch a few rows each."""
+CACHE_ENV = "RECONCILER_CACHE_MB"
+DEFAULT_CACHE_MB = 64
+POOLED_CACHE_SHARE = 1 / 8
+"""Each connection of a pool (the web service's, up to 8) keeps this share: requests touch a few rows each."""
 DEFAULT_PATH = ".state/reconciler.db"
 
 
 class StateError(ReconcilerError):
     """The state database cannot be used (unreadable, locked for too long, newer than this program)."""
+
+
+def cache_kb(share: float = 1.0) -> int:
+    """The page cache one connection may keep, in KB: RECONCILER_CACHE_MB (default 64) for a process's main
+    connection, `share` of it for others. Each connection fills its own cache as it reads and never goes beyond it,
+    so a daemon's memory grows with its database until the caches are full (about 2.25 times this, for the
+    daemon's own connection, the send loop's quarter and eight web connections' eighths), then stays."""
+    text = os.environ.get(CACHE_ENV, "")
+    try:
+        megabytes = int(text) if text else DEFAULT_CACHE_MB
+    except ValueError:
+        megabytes = -1
+    if megabytes < 1:
+        raise StateError(f"{CACHE_ENV}={text!r}: set it to a whole number of megabytes, 1 or more (default 64)")
+    return max(256, int(megabytes * 1024 * share))
 
 
 def state_path(workspace: Path, override: Path | str | None = None) -> Path:
@@ -71,7 +88,7 @@ def open_db(
         db.enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: commits survive kill -9
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA cache_size = -65536")  # up to 64 MB of pages: indexes over a million contacts stay hot
+        conn.execute(f"PRAGMA cache_size = -{cache_kb()}")  # 64 MB by default: a million contacts' indexes stay hot
         # the write-ahead log is folded back into the database every WAL_PAGES pages and cut back to WAL_LIMIT bytes:
         # it stays a few MB beside any database, and a nearly full disk is not refilled by one large checkpoint
         conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_WAL_PAGES if bulk else WAL_PAGES}")
@@ -134,7 +151,7 @@ class ConnectionPool:
             db = self.idle.get_nowait()
         except queue.Empty:
             db = open_db(self.path, create=False, migrate=False)
-            db.conn.execute(f"PRAGMA cache_size = -{POOLED_CACHE_KB}")  # many small requests, not big scans
+            db.conn.execute(f"PRAGMA cache_size = -{cache_kb(POOLED_CACHE_SHARE)}")  # small requests, not scans
             with self.lock:
                 self.opened.append(db)
         try:
