@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from reconciler.cli.main import address, database, main, print_problems, workspace_root
 from reconciler.errors import ReconcilerError, SpecErrors, UsageError
+
+if TYPE_CHECKING:
+    from reconciler.imports import ImportReport
 
 log = logging.getLogger(__name__)
 SHOW_PROGRESS_FROM = 1_000_000
@@ -56,6 +61,19 @@ def contacts_import(
     db = database(ctx, root, bulk=True)
     size = file.stat().st_size if file.is_file() else 0
     now = SystemClock().now()
+
+    def run(progress: Callable[[int], None] | None) -> ImportReport:
+        return import_file(
+            db,
+            desired,
+            file,
+            lists=list(lists),
+            consent_text=consent,
+            now=now,
+            preconfirmed=preconfirmed,
+            progress=progress,
+        )
+
     if sys.stderr.isatty() and size > SHOW_PROGRESS_FROM:
         with click.progressbar(length=size, label=f"Importing {file.name}", file=sys.stderr) as bar:
             position = {"bytes": 0}
@@ -66,33 +84,14 @@ def contacts_import(
                 bar.update(max(0, done - position["bytes"]))
                 position["bytes"] = done
 
-            report = import_file(
-                db,
-                desired,
-                file,
-                lists=list(lists),
-                consent_text=consent,
-                now=now,
-                preconfirmed=preconfirmed,
-                progress=show,
-            )
+            report = run(show)
     else:
 
         def note(rows: int) -> None:
             if rows % 100_000 < BATCH_ROWS:
                 log.info("%s: %d rows read", file.name, rows)
 
-        progress = note if size > SHOW_PROGRESS_FROM else None
-        report = import_file(
-            db,
-            desired,
-            file,
-            lists=list(lists),
-            consent_text=consent,
-            now=now,
-            preconfirmed=preconfirmed,
-            progress=progress,
-        )
+        report = run(note if size > SHOW_PROGRESS_FROM else None)
     for bad in report.bad:
         click.echo(f"{file}:{bad.line}: {bad.message}", err=True)
     click.echo(report.summary())
