@@ -139,10 +139,12 @@ def wrk(url: str, *, script: str | None = None, duration: float = 5.0) -> tuple[
     return rate, value
 
 
-def wait_port(port: int) -> None:
-    for _ in range(200):
+def wait_port(port: int, *, path: str = "/healthz", seconds: float = 10.0) -> None:
+    """Until the server on `port` answers `path` (any status), or exit after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1)
             return
         except httpx.HTTPError:
             time.sleep(0.05)
