@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import reconciler, wait_for
@@ -58,6 +60,13 @@ def test_the_daemon_applies_changes_keeps_the_last_good_revision_and_stops_on_si
     assert any("guji-harvest-2030.yaml" in line and "status" in line for line in report["last_error"]["problems"])
     assert _statuses(report)["guji-harvest-2030"] == "paused"
     assert daemon.process.poll() is None  # still running
+    health = httpx.get(f"http://127.0.0.1:{daemon.port}/healthz", timeout=10)
+    assert health.status_code == 503 and health.json()["status"] == "degraded"
+    assert any(
+        "was refused" in problem and "guji-harvest-2030.yaml" in problem for problem in health.json()["problems"]
+    )
+    shown = reconciler("status", cwd=example).stdout
+    assert "Daemon: degraded" in shown and "Last error:" in shown  # not "ok" while a revision is refused
 
     guji.write_text(guji.read_text().replace("status: gone", "status: cancelled"))
     wait_for(lambda: _status(example).get("last_error", "unknown") is None, "the error to clear")
@@ -66,3 +75,18 @@ def test_the_daemon_applies_changes_keeps_the_last_good_revision_and_stops_on_si
     output = daemon.stop()
     assert "revision" in output and "has 1 error(s); the last good revision stays in force" in output
     assert "reconciler: stopped" in output
+
+
+def test_a_busy_port_is_one_clear_line_and_nothing_starts(example: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = reconciler("run", "--port", str(port), cwd=example)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot listen on http://127.0.0.1:{port}: Address already in use; another process may be using it "
+        "(choose another port with --port or RECONCILER_PORT)"
+    ]
+    assert "serving" not in result.stdout + result.stderr
+    assert not (example / ".state").exists() or _applied(example) is None  # nothing was applied

@@ -131,4 +131,4 @@ def test_a_small_page_cache_is_kept_by_every_connection(example: Path, monkeypat
     dispatcher = Dispatcher(open_db(example / ".state/reconciler.db"), root=example, clock=FixedClock(NOW))
     with pool.connection() as pooled:
         sizes = [c.execute("PRAGMA cache_size").fetchone()[0] for c in (db.conn, pooled.conn, dispatcher.db.conn)]
-    assert sizes == [-8192, -1024, -2048]
+    assert sizes == [-8192, -512, -2048]

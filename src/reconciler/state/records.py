@@ -11,7 +11,6 @@ from typing import Any
 from sqlite_utils import Database
 
 from reconciler.spec.documents import CustomField, MailingList
-from reconciler.spec.workflow import Workflow
 from reconciler.state.db import get_meta, set_meta, write
 
 
@@ -45,18 +44,6 @@ def upsert_field(db: Database, document: CustomField) -> None:
 
 def remove_field(db: Database, name: str, *, at: str) -> None:
     db.conn.execute("UPDATE fields SET removed_at = ? WHERE name = ?", (at, name))
-
-
-def upsert_workflow(db: Database, workflow: Workflow, content_hash: str) -> None:
-    db.conn.execute(
-        "INSERT INTO workflows(name, spec, content_hash) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-        "spec = excluded.spec, content_hash = excluded.content_hash, removed_at = NULL",
-        (workflow.name, workflow.model_dump_json(by_alias=True), content_hash),
-    )
-
-
-def remove_workflow(db: Database, name: str, *, at: str) -> None:
-    db.conn.execute("UPDATE workflows SET removed_at = ? WHERE name = ?", (at, name))
 
 
 def record_revision(db: Database, revision: str, *, git_commit: str | None, at: str, actions: int) -> None:
@@ -110,6 +97,14 @@ class RefusedRevision:
 
     def as_dict(self) -> dict[str, Any]:
         return {"revision": self.revision, "since": self.since, "count": self.count, "problems": list(self.problems)}
+
+    def problem(self) -> str:
+        """The refusal as one of the daemon's problems."""
+        first = f": {self.problems[0]}" if self.problems else ""
+        return (
+            f"revision {self.revision} was refused with {self.count} error(s) since {self.since}; the last good "
+            f"revision stays in force (run `reconciler validate`){first}"
+        )
 
 
 def refuse_revision(db: Database, revision: str, problems: list[str], *, at: str) -> None:

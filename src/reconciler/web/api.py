@@ -200,7 +200,7 @@ async def healthz(request: Request) -> Response:
     body = await web.read(_health)
     if web.health is not None:
         body["problems"] = list(web.health.report().problems) + body["problems"]
-    status = "degraded" if body["problems"] or body["last_error"] else "ok"
+    status = "degraded" if body["problems"] else "ok"
     return JSONResponse({"status": status, **body}, 503 if status == "degraded" else 200)
 
 
@@ -217,6 +217,8 @@ def _health(db: Database) -> dict[str, Any]:
         for record in campaign_records(db)
         if not record.ready and record.removed_at is None
     ]
+    if refused is not None:
+        waiting.insert(0, refused.problem())
     return {
         "revision": {
             "applied": last[0]["revision"] if last else None,

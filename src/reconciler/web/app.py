@@ -27,7 +27,7 @@ from reconciler.clock import Clock
 from reconciler.health import Health
 from reconciler.state.db import ConnectionPool, StateError
 from reconciler.web import api, openapi, pages, tracking, webhooks
-from reconciler.web.context import DB_THREADS, WebContext, fetch_url
+from reconciler.web.context import WebContext, fetch_url
 from reconciler.web.metrics import Metrics
 from reconciler.web.security import SecurityMiddleware
 
@@ -45,7 +45,7 @@ def create_app(
 ) -> Starlette:
     """The app over the state database at `state` (connections of its own). `fetch` gets SNS certificates and
     subscription confirmation URLs."""
-    pool = ConnectionPool(state, size=DB_THREADS)
+    pool = ConnectionPool(state)
     web = WebContext(pool, clock, root or Path("."), fetch, health)
     metrics = metrics or Metrics(pool)
     writer = tracking.EngagementWriter(web)
