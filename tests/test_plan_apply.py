@@ -95,7 +95,7 @@ def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_coun
     text = as_text(plan)
     for name in plan.audiences:
         assert re.search(rf"\+ Campaign {name} .*\n.*→ 0 recipients", text), text
-    assert "Plan: 14 to create, 2 to schedule." in text
+    assert "Plan: 17 to create, 2 to schedule." in text
     assert "Segments:\n  espresso-people   0 members\n" in text
 
 
@@ -288,7 +288,7 @@ def test_plan_exit_codes_follow_terraform(example: Path) -> None:
     assert not (example / ".state").exists()  # plan never creates the state
     assert reconciler("plan", cwd=example).returncode == 0
     applied = reconciler("apply", "--now", "2030-11-26T12:00:00Z", cwd=example)
-    assert applied.returncode == 0 and "Applied 16 changes" in applied.stdout
+    assert applied.returncode == 0 and "Applied 19 changes" in applied.stdout
     same = reconciler("plan", "--detailed-exitcode", "--now", "2030-11-26T12:00:00Z", cwd=example)
     assert same.returncode == 0, same.stdout
     _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: sideways")

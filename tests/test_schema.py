@@ -45,8 +45,9 @@ def test_the_schema_rejects_an_unknown_kind() -> None:
 def _properties(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
     found: list[tuple[str, dict[str, Any]]] = []
     if isinstance(node, dict):
-        for key, value in node.get("properties", {}).items():
-            found.append((f"{path}.{key}", value))
+        properties = node.get("properties", {})
+        if all(isinstance(value, dict) for value in properties.values()):  # a model's keys, not a key named so
+            found += [(f"{path}.{key}", value) for key, value in properties.items()]
         for key, value in node.items():
             found += _properties(value, f"{path}/{key}")
     elif isinstance(node, list):

@@ -1,3 +1,3 @@
 """reconciler: email marketing as code."""
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"

@@ -18,8 +18,7 @@ from reconciler.plan import Action, Plan, make_plan
 from reconciler.segments import segment_queries
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import CustomField, MailingList
-from reconciler.spec.workflow import Workflow
-from reconciler.state import ObservedState, campaigns, observe, records, settings
+from reconciler.state import ObservedState, campaigns, observe, records, settings, workflows
 from reconciler.state.conditions import Reason
 from reconciler.state.db import StaleState, audit, claim_serial, write
 from reconciler.state.observe import with_counts
@@ -128,14 +127,14 @@ def _apply_action(db: Database, action: Action, *, plan: Plan, at: str) -> None:
     if action.kind == "Campaign":
         _apply_campaign(db, action, plan=plan, at=at)
     elif action.op == "remove":
-        remove = {"List": records.remove_list, "Field": records.remove_field, "Workflow": records.remove_workflow}
+        remove = {"List": records.remove_list, "Field": records.remove_field, "Workflow": workflows.remove_workflow}
         remove[action.kind](db, action.name, at=at)
     elif isinstance(document, MailingList):
         records.upsert_list(db, document)
     elif isinstance(document, CustomField):
         records.upsert_field(db, document)
-    elif isinstance(document, Workflow):
-        records.upsert_workflow(db, document, action.content_hash)
+    elif action.workflow is not None:
+        workflows.save_workflow(db, action.workflow, action.content_hash, at=at)
 
 
 def _apply_campaign(db: Database, action: Action, *, plan: Plan, at: str) -> None:

@@ -42,7 +42,7 @@ from reconciler.spec.workflow import SendStep, walk_steps
 from reconciler.state import keys, ledger, records
 from reconciler.state import settings as runtime_settings
 from reconciler.state.content import MessageContent
-from reconciler.state.ledger import DueRow, Source
+from reconciler.state.ledger import CONFIRMATION_SOURCE, DueRow, Source
 from reconciler.state.settings import RuntimeSettings
 from reconciler.templates import (
     MessageTemplate,
@@ -152,7 +152,7 @@ def definition_for(db: Database, source: Source, *, runtime: RuntimeSettings, dk
         field_types=records.field_types(db),
         dkim=dkim_key(runtime.transport(source.content.transport)) if dkim else None,
         kind=source.kind,
-        bulk=source.kind == "campaign",
+        bulk=source.kind == "campaign" or not (source.transactional or source.name == CONFIRMATION_SOURCE),
     )
 
 

@@ -33,13 +33,14 @@ from watchfiles._rust_notify import RustNotify  # watchfiles' documented Rust ba
 from reconciler.apply import Applied, plan_and_apply
 from reconciler.check import validate_workspace
 from reconciler.clock import Clock, iso
-from reconciler.errors import Problem
+from reconciler.errors import PermanentError, Problem
 from reconciler.health import HEARTBEAT_SECONDS, Health
 from reconciler.load import YAML_FOLDERS, git_commit
 from reconciler.plan import Plan
 from reconciler.sendloop import SendLoop, wait_any
 from reconciler.start import start_due
-from reconciler.state import campaigns, records
+from reconciler.state import campaigns, records, workflows
+from reconciler.workflow_runs import RunReport, run_workflows
 
 if TYPE_CHECKING:
     from reconciler.web.metrics import Metrics
@@ -59,6 +60,7 @@ class PassResult:
     plan: Plan | None = None
     applied: Applied | None = None
     started: list[str] = field(default_factory=list)
+    workflows: RunReport = field(default_factory=RunReport)
 
     @property
     def valid(self) -> bool:
@@ -82,6 +84,7 @@ def reconcile_once(
     else:
         result.plan, result.applied = plan_and_apply(db, desired, now=now, git_commit=git_commit(root), confirm=confirm)
     result.started = start_due(db, now=now)
+    result.workflows = run_workflows(db, now=now)
     return result
 
 
@@ -101,6 +104,24 @@ class WebOptions:
     state: Path
     host: str = "127.0.0.1"
     port: int = 8025
+
+
+def _listen(web: WebOptions) -> socket.socket:
+    """The web service's listening socket, bound before the daemon starts anything else."""
+    try:
+        infos = socket.getaddrinfo(web.host, web.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        listening = socket.socket(family, kind, proto)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+        listening.listen(2048)
+    except OSError as exc:
+        raise PermanentError(
+            f"cannot listen on http://{web.host}:{web.port}: {exc.strerror or exc}; another process may be using "
+            "it (choose another port with --port or RECONCILER_PORT)"
+        ) from None
+    listening.setblocking(False)
+    return listening
 
 
 def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) -> tuple[Any, Metrics]:
@@ -137,6 +158,7 @@ async def run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    listening = _listen(web) if web is not None else None  # before anything starts: a busy port stops nothing
     health = Health()
     keeper = _Keeper(health, clock=clock, state=state)
     server, metrics = _web_server(web, clock=clock, root=root, health=health) if web is not None else (None, None)
@@ -156,7 +178,7 @@ async def run(
         if metrics is not None:
             metrics.watch_loop("send", lambda: sender.loop if sender is not None else None)
     if server is not None and web is not None:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[listening] if listening else None))
         log.info("reconciler: serving http://%s:%d", web.host, web.port)
     changed = asyncio.Event()
     watcher = _watch(root, changed, stop)
@@ -221,9 +243,11 @@ async def _reconcile_loop(
 
 
 def _until_next_start(db: Database, clock: Clock, interval: float) -> float:
-    upcoming = campaigns.next_start(db)
-    if upcoming is None:
+    """Until the next campaign starts or a workflow run is due, at most `interval`."""
+    moments = [m for m in (campaigns.next_start(db), workflows.next_due(db)) if m is not None]
+    if not moments:
         return interval
+    upcoming = min(moments)
     return max(0.05, min(interval, (upcoming - clock.now()).total_seconds() + 0.01))
 
 

@@ -22,10 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlite_utils import Database
 
-from reconciler.audience import blocking_for, is_marketing
+from reconciler.audience import TRANSACTIONAL_BLOCKING, blocking_for, is_marketing
 from reconciler.clock import Clock, iso
 from reconciler.compose import CannotPrepare, RenderPool, confirmation_content, definition_for
 from reconciler.errors import ReconcilerError
@@ -33,8 +34,8 @@ from reconciler.holds import Holds
 from reconciler.send import Pending, Progress, SendRun, SourceSender
 from reconciler.spec.documents import OutboxTransport, SmtpTransport
 from reconciler.start import start_stages
-from reconciler.state import campaigns, dispatchers, ledger, records, settings
-from reconciler.state.db import cache_kb
+from reconciler.state import campaigns, dispatchers, ledger, records, settings, workflows
+from reconciler.state.db import keep_cache
 from reconciler.state.ledger import CONFIRMATION_SOURCE, Source
 from reconciler.state.settings import RuntimeSettings
 from reconciler.transports import Transport, make_transport
@@ -89,7 +90,7 @@ class Dispatcher:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.db, self.root, self.clock = db, root, clock
-        db.conn.execute(f"PRAGMA cache_size = -{cache_kb(DISPATCH_CACHE_SHARE)}")
+        keep_cache(db, DISPATCH_CACHE_SHARE)
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.ident = f"{self.host}:{self.pid}:{secrets.token_hex(3)}"
         self.fixed_transports = dict(transports or {})
@@ -136,7 +137,9 @@ class Dispatcher:
             runtime = settings.load(self.db)
             report.uncertain = self.recover(now, runtime)
             report.stages_started = start_stages(self.db, now=now)
-            sources = self.confirmations(now, runtime) + ledger.due_sources(self.db, now=iso(now))
+            sources = (
+                self.confirmations(now, runtime) + ledger.due_sources(self.db, now=iso(now)) + self.workflow_steps(now)
+            )
             if sources:
                 await self._send_all(sources, runtime, now, report)
             report.finished = self.finish(now)
@@ -167,7 +170,6 @@ class Dispatcher:
                 log.warning("could not remove this dispatcher's registration; the next pass renews it")
 
     async def _send(self, source: Source, runtime: RuntimeSettings, now: datetime, report: DispatchReport) -> None:
-        kind = "Campaign" if source.kind == "campaign" else "Confirmation"
         try:
             transport = self.transport(source.content.transport, runtime)
             if not await self._reachable(transport, report):
@@ -178,7 +180,9 @@ class Dispatcher:
                 definition_for(self.db, source, runtime=runtime),
                 transport,
                 Holds(self.db, runtime.settings, marketing=self._marketing(source)),
-                blocking=blocking_for(records.lists(self.db), source.lists),
+                blocking=TRANSACTIONAL_BLOCKING
+                if source.transactional
+                else blocking_for(records.lists(self.db), source.lists),
                 now=now,
             )
             report.sources.append(await sender.run())
@@ -187,16 +191,19 @@ class Dispatcher:
             if source.kind == "campaign":
                 campaigns.unblock(self.db, source.name, at=iso(now))
         except CannotPrepare as exc:
-            log.error("%s %s: %s", kind, source.name, exc)
-            report.blocked[f"{kind} {source.label}"] = str(exc)
+            log.error("%s: %s", source.label, exc)
+            report.blocked[source.label] = str(exc)
             if source.kind == "campaign":
                 campaigns.block(self.db, source.name, why=str(exc), at=iso(now))
         except Exception as exc:
-            raise DispatchFailed(f"{kind} {source.label}: the state database failed: {exc}") from exc
+            raise DispatchFailed(f"{source.label}: the state database failed: {exc}") from exc
 
     def _marketing(self, source: Source) -> bool:
-        """Quiet hours and caps hold marketing campaigns, never transactional mail or opt-in confirmations."""
-        return source.kind == "campaign" and is_marketing(records.lists(self.db), source.lists)
+        """Quiet hours and caps hold marketing campaigns and workflows, never transactional mail or opt-in
+        confirmations."""
+        if source.transactional or (source.name == CONFIRMATION_SOURCE and source.kind == "workflow"):
+            return False
+        return is_marketing(records.lists(self.db), source.lists)
 
     async def _reachable(self, transport: Transport, report: DispatchReport) -> bool:
         """False while the transport's relay is down; a probe (with backoff) brings it back."""
@@ -240,6 +247,25 @@ class Dispatcher:
             for stage, due in ledger.due_confirmations(self.db, now=iso(now))
             if stage.split(":", 1)[0] in lists
         ]
+
+    def workflow_steps(self, now: datetime) -> list[Source]:
+        """Messages of workflow runs, one source per send step. A paused workflow's messages wait with its runs;
+        those of a step that no longer exists are skipped."""
+        stored = workflows.load_workflows(self.db)
+        sources = []
+        for name, step, due in ledger.due_steps(self.db, now=iso(now)):
+            record = stored.get(name)
+            if record is None or record.workflow.status == "paused":
+                continue
+            content = record.contents.get(step)
+            if content is None:
+                why = f"not sent: step {step} was removed from workflow {name}"
+                ledger.skip_waiting(self.db, name, step, why=why, at=iso(now))
+                continue
+            lists = (record.list_name,) if record.list_name else ()
+            requires: Literal["subscribed", "none"] = "none" if record.transactional or not lists else "subscribed"
+            sources.append(Source("workflow", name, step, content, lists, due, requires, record.transactional))
+        return sources
 
     def recover(self, now: datetime, runtime: RuntimeSettings) -> int:
         """Settle rows left `sending` (past the point of no return) by a process that stopped, or by this one's

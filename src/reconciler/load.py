@@ -103,6 +103,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
             sources=sources,
             revision=digest.hexdigest()[:12],
             invalid=frozenset(invalid),
+            workflow_tests=documents["WorkflowTest"],
         ),
         problems,
     )
@@ -244,13 +245,17 @@ def _load_document(
     sources[(kind, key)] = where
 
 
+NOT_SECRETS = {("trigger", "key")}
+"""Keys named like secrets that are not: a workflow's event trigger names the property that keys its runs."""
+
+
 def _scan_secrets(value: Any, loc: tuple[str | int, ...], report: Any) -> set[tuple[str | int, ...]]:
     """Secrets belong in environment variables; a literal one in git is reported without echoing it."""
     found: set[tuple[str | int, ...]] = set()
     if isinstance(value, dict):
         for key, item in value.items():
             here = (*loc, key)
-            if key.lower() in SECRET_KEYS and item not in (None, ""):
+            if key.lower() in SECRET_KEYS and item not in (None, "") and here not in NOT_SECRETS:
                 report(
                     here,
                     f"a secret written into the spec ({key})",

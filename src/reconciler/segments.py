@@ -28,6 +28,7 @@ from reconciler.spec.conditions import (
     ListCondition,
     NotCondition,
     Operators,
+    PropertyCondition,
     TagCondition,
     walk,
 )
@@ -227,8 +228,7 @@ class Compiler:
             where += " AND e.occurred_at >= ?"
             params += (self.instant(self.now - node.within, "datetime"),)
         for prop in node.properties():
-            value = Sql("json_extract(e.properties, ?)", (json_path(prop.name),))
-            test = self.compare(value, _type_of(prop), prop)
+            test = self.property(prop)
             where += f" AND {test.text}"
             params += test.params
         if node.count is None and node.sum is None:
@@ -253,6 +253,11 @@ class Compiler:
             return Sql(f"c.id NOT IN ({grouped} NOT {having.text})", params + having.params)
         return Sql(f"c.id IN ({grouped} {having.text})", params + having.params)
 
+    def property(self, prop: PropertyCondition) -> Sql:
+        """A test of one property of the event `e` (segments' event conditions, workflows' event triggers)."""
+        value = Sql("json_extract(e.properties, ?)", (json_path(prop.name),))
+        return self.compare(value, _type_of(prop), prop)
+
     def engaged(self, node: EngagedCondition) -> Sql:
         engaged = node.engaged
         if engaged.action == "sent":
@@ -267,8 +272,9 @@ class Compiler:
         if engaged.campaign:
             where += f" AND {alias}.source_kind = 'campaign' AND {alias}.source = ?"
             params += (engaged.campaign,)
-        if engaged.workflow:
-            where += f" AND {alias}.source_kind = 'workflow' AND {alias}.source = ?"
+        if engaged.workflow:  # a ledger row's source is the run; engagement names the workflow
+            column = "workflow" if table == "ledger" else "source"
+            where += f" AND {alias}.source_kind = 'workflow' AND {alias}.{column} = ?"
             params += (engaged.workflow,)
         if engaged.step:
             where += f" AND {alias}.stage = ?"

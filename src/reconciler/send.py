@@ -135,7 +135,7 @@ class SourceSender:
             raise self.failure
         if self.halt.is_set():
             waiting = self.progress.total - self.progress.done
-            log.info("Campaign %s: paused; %d message(s) wait", self.source.name, waiting)
+            log.info("%s: paused; %d message(s) wait", self.source.label, waiting)
         return self.progress
 
     def note(self, state: str) -> None:
@@ -146,7 +146,7 @@ class SourceSender:
             self.last_log = time.monotonic()
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(self.progress.outcomes.items()))
             progress = self.progress
-            log.info("Campaign %s: %d/%d handled (%s)", progress.source, progress.done, progress.total, outcomes)
+            log.info("%s: %d/%d handled (%s)", progress.source, progress.done, progress.total, outcomes)
 
     # --- the producer -----------------------------------------------------------------------------------------
 

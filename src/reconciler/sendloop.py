@@ -108,7 +108,7 @@ class SendLoop:
         for progress in report.sources:
             if progress.done:
                 outcomes = ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items()))
-                log.info("Campaign %s: %s", progress.source, outcomes)
+                log.info("%s: %s", progress.source, outcomes)
         return report
 
     def _next_wait(self, dispatcher: Dispatcher, report: DispatchReport | None) -> float:

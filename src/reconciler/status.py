@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from reconciler.state import observe
+from reconciler.state import observe, workflows
 from reconciler.state.ledger import Failure
 from reconciler.state.records import daemon_record, refused_revision, revisions
 
@@ -45,6 +45,7 @@ def status_report(db: Database) -> dict[str, Any]:
             for record in sorted(observed.campaigns.values(), key=lambda r: (r.removed_at is not None, r.name))
         ],
         "workflows": sorted(observed.workflows),
+        "runs": workflows.active_by_step(db),
         "lists": sorted(name for name, record in observed.lists.items() if not record.removed_at),
     }
 
@@ -72,11 +73,11 @@ def format_status(report: dict[str, Any]) -> str:
         out.append(f"Applied revision: {revision['applied']}{commit} at {revision['applied_at']}")
     else:
         out.append("Applied revision: none yet (run `reconciler apply` or `reconciler run`)")
-    daemon = report["daemon"]
+    daemon, error = report["daemon"], report["last_error"]
     if daemon:
-        out.append(f"Daemon: {daemon['status']} at {daemon['seen_at']} on {daemon['host']} (pid {daemon['pid']})")
+        state = "degraded" if error else daemon["status"]  # a refused revision needs someone, whatever the loops say
+        out.append(f"Daemon: {state} at {daemon['seen_at']} on {daemon['host']} (pid {daemon['pid']})")
         out += [f"  {problem}" for problem in daemon["problems"]]
-    error = report["last_error"]
     if error:
         out.append(
             f"Last error: revision {error['revision']} has {error['count']} error(s) since {error['since']}; "
@@ -87,6 +88,9 @@ def format_status(report: dict[str, Any]) -> str:
         f"Contacts: {report['contacts']:,}   Lists: {', '.join(report['lists']) or '-'}   "
         f"Workflows: {', '.join(report['workflows']) or '-'}"
     )
+    for name, steps in sorted(report["runs"].items()):
+        on = ", ".join(f"{step or 'the end'} {count:,}" for step, count in sorted(steps.items()))
+        out.append(f"Workflow {name}: {sum(steps.values()):,} active runs ({on})")
     out.append("")
     if not report["campaigns"]:
         out.append("No campaigns applied yet.")

@@ -18,8 +18,8 @@ from reconciler.check.references import (
     check_segment,
     check_segment_cycles,
     check_settings,
-    check_workflow,
 )
+from reconciler.check.workflows import check_workflow, check_workflow_loops, check_workflow_test
 from reconciler.errors import Problem
 from reconciler.load import load_workspace
 from reconciler.spec import DesiredState
@@ -64,6 +64,9 @@ def check(desired: DesiredState) -> list[Problem]:
         check_campaign(checker, campaign)
     for workflow in desired.workflows.values():
         check_workflow(checker, workflow)
+    check_workflow_loops(checker)
+    for test in desired.workflow_tests.values():
+        check_workflow_test(checker, test)
     check_templates(checker)
     check_field_reads(checker)
     return checker.problems

@@ -20,16 +20,6 @@ from reconciler.spec.conditions import (
     walk,
 )
 from reconciler.spec.workflow import (
-    AddToListStep,
-    DateFieldTrigger,
-    IfStep,
-    MoveToListStep,
-    RemoveFromListStep,
-    SegmentEnteredTrigger,
-    SendStep,
-    SetFieldStep,
-    SubscribedTrigger,
-    WaitUntilStep,
     walk_steps,
 )
 
@@ -90,7 +80,7 @@ def field_types(desired: DesiredState) -> dict[str, str]:
     return {**BUILTIN_FIELDS, **{name: f.type for name, f in desired.fields.items()}}
 
 
-def _check_condition(
+def check_condition(
     c: Checker, kind: str, name: str, root: Loc, condition: Any, step_ids: Mapping[str, int] | None = None
 ) -> None:
     desired = c.desired
@@ -135,14 +125,14 @@ def _check_operator(c: Checker, kind: str, name: str, loc: Loc, node: FieldCondi
         wrong = f"contains works on text and lists, but {node.field} is a {field_type} field"
     elif op in ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in"):
         values = operand if isinstance(operand, list) else [operand]
-        bad = next((v for v in values if not _fits(v, field_type)), None)
+        bad = next((v for v in values if not fits_type(v, field_type)), None)
         if bad is not None:
             wrong = f"{bad!r} is not a {field_type} value, and {node.field} is a {field_type} field"
     if wrong:
         c.report(kind, name, (*loc, op), wrong, "compare like with like; see the Field's type")
 
 
-def _fits(value: Any, field_type: str) -> bool:
+def fits_type(value: Any, field_type: str) -> bool:
     if field_type in ("number", "integer"):
         return (
             isinstance(value, int | float)
@@ -160,7 +150,7 @@ def check_segment(c: Checker, segment: Segment) -> None:
     for index, list_name in enumerate(segment.lists):
         c.reference("Segment", segment.name, ("lists", index), "list", list_name, c.desired.lists)
     if segment.where is not None:
-        _check_condition(c, "Segment", segment.name, ("where",), segment.where)
+        check_condition(c, "Segment", segment.name, ("where",), segment.where)
     if segment.order_by is not None:
         types = field_types(c.desired)
         order = segment.order_by.field
@@ -294,66 +284,6 @@ def check_campaign(c: Checker, campaign: Campaign) -> None:
 
 def _step_ids(workflow: Workflow) -> dict[str, int]:
     return {step.id: i for i, (_, step) in enumerate(walk_steps(workflow.steps)) if step.id}
-
-
-def check_workflow(c: Checker, workflow: Workflow) -> None:
-    desired, name, kind = c.desired, workflow.name, "Workflow"
-    settings = desired.settings
-    assert settings is not None
-    trigger = workflow.trigger
-    if isinstance(trigger, SubscribedTrigger):
-        c.reference(kind, name, ("trigger", "subscribed"), "list", trigger.subscribed, desired.lists)
-    elif isinstance(trigger, SegmentEnteredTrigger):
-        c.reference(kind, name, ("trigger", "segment_entered"), "segment", trigger.segment_entered, desired.segments)
-    elif isinstance(trigger, DateFieldTrigger):
-        types = field_types(desired)
-        if (
-            c.reference(kind, name, ("trigger", "date_field"), "field", trigger.date_field, types)
-            and types[trigger.date_field] not in DATE_TYPES
-        ):
-            c.report(
-                kind,
-                name,
-                ("trigger", "date_field"),
-                f"{trigger.date_field} is not a date field",
-                "a date_field trigger needs a Field of type date or datetime",
-            )
-    if workflow.sender:
-        c.reference(kind, name, ("sender",), "sender", workflow.sender, settings.senders)
-    if workflow.transport:
-        c.reference(kind, name, ("transport",), "transport", workflow.transport, settings.transports)
-
-    earlier_sends: dict[str, int] = {}
-    seen_ids: set[str] = set()
-    for loc, step in walk_steps(workflow.steps):
-        if step.id is not None:
-            if step.id in seen_ids:
-                c.report(kind, name, (*loc, "id"), f"duplicate step id {step.id!r}", "give each step its own id")
-            seen_ids.add(step.id)
-        if isinstance(step, SendStep):
-            c.reference(kind, name, (*loc, "send"), "template", step.send, message_templates(desired))
-            if step.sender:
-                c.reference(kind, name, (*loc, "sender"), "sender", step.sender, settings.senders)
-        elif isinstance(step, WaitUntilStep):
-            _check_condition(c, kind, name, (*loc, "wait_until"), step.wait_until, earlier_sends)
-        elif isinstance(step, IfStep):
-            _check_condition(c, kind, name, (*loc, "if"), step.if_, earlier_sends)
-        elif isinstance(step, AddToListStep | RemoveFromListStep):
-            key = "add_to_list" if isinstance(step, AddToListStep) else "remove_from_list"
-            c.reference(kind, name, (*loc, key), "list", getattr(step, key), desired.lists)
-        elif isinstance(step, MoveToListStep):
-            c.reference(kind, name, (*loc, "move_to_list", "from"), "list", step.move_to_list.from_, desired.lists)
-            c.reference(kind, name, (*loc, "move_to_list", "to"), "list", step.move_to_list.to, desired.lists)
-        elif isinstance(step, SetFieldStep):
-            assignment = step.set_field
-            if c.reference(kind, name, (*loc, "set_field", "field"), "field", assignment.field, desired.fields):
-                field_type = desired.fields[assignment.field].type
-                if assignment.value is not None and not _fits(assignment.value, field_type):
-                    message = f"{assignment.value!r} is not a {field_type} value"
-                    hint = f"{assignment.field} is a {field_type} field"
-                    c.report(kind, name, (*loc, "set_field", "value"), message, hint)
-        if isinstance(step, SendStep) and step.id:
-            earlier_sends[step.id] = len(earlier_sends)
 
 
 def message_templates(desired: DesiredState) -> list[str]:

@@ -174,7 +174,7 @@ def _dispatch_lines(report: DispatchReport) -> list[str]:
         lines.append(f"{report.uncertain} message(s) interrupted by a stopped process: marked uncertain")
     for progress in report.sources:
         outcomes = ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items()))
-        lines.append(f"Campaign {progress.source}: {outcomes or 'nothing sent'}")
+        lines.append(f"{progress.source}: {outcomes or 'nothing sent'}")
     lines += [f"Campaign {name}: finished" for name in report.finished]
     lines += [
         f"Transport {name}: the server cannot be reached ({why}); its messages wait, unattempted"

@@ -57,7 +57,7 @@ def count_audience(
     blocking: Sequence[str] = MARKETING_BLOCKING,
 ) -> AudienceCount:
     """Subscribed members of any of `lists`, minus people suppressed for a `blocking` reason and members of
-    `exclude_lists` (the rules of `segments.audience_sql`, which the snapshot runs)."""
+    `exclude_lists` (the rules of `audience.audience_sql`, which the snapshot runs)."""
     wanted, unwanted = frozenset(lists), frozenset(exclude_lists)
     recipients = 0
     excluded: dict[str, int] = {}

@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.segments import segment_closure
 from reconciler.spec import DesiredState
+from reconciler.spec.conditions import InSegmentCondition, walk
 from reconciler.spec.documents import Campaign, CampaignTracking, Tracking
-from reconciler.spec.workflow import SendStep, Workflow, walk_steps
+from reconciler.spec.workflow import (
+    SegmentEnteredTrigger,
+    SendStep,
+    SubscribedTrigger,
+    Workflow,
+    step_key,
+    walk_steps,
+)
 from reconciler.state.content import MessageContent, StageContent
+from reconciler.state.workflows import StoredWorkflow
 from reconciler.templates import TemplateSet
 
 
@@ -74,6 +84,23 @@ def step_content(desired: DesiredState, workflow: Workflow, step: SendStep, temp
     )
 
 
-def workflow_content(desired: DesiredState, workflow: Workflow, templates: TemplateSet) -> dict[str, Any]:
-    sends = sorted({step.send for _, step in walk_steps(workflow.steps) if getattr(step, "send", None)})
-    return {"spec": spec_json(workflow), "templates": {name: _message(templates, desired, name) for name in sends}}
+def workflow_content(desired: DesiredState, workflow: Workflow, templates: TemplateSet) -> StoredWorkflow:
+    """What a workflow's runs work from, as apply stores it: each send step's message, the segments its trigger
+    and conditions name, the list its messages are for."""
+    contents = {
+        step_key(step, loc): step_content(desired, workflow, step, templates)
+        for loc, step in walk_steps(workflow.steps)
+        if isinstance(step, SendStep)
+    }
+    named = [workflow.trigger.segment_entered] if isinstance(workflow.trigger, SegmentEnteredTrigger) else []
+    for _, step in walk_steps(workflow.steps):
+        condition = getattr(step, "if_", None) or getattr(step, "wait_until", None)
+        if condition is not None:
+            named += [node.in_segment for _, node in walk(condition) if isinstance(node, InSegmentCondition)]
+    trigger_list = workflow.trigger.subscribed if isinstance(workflow.trigger, SubscribedTrigger) else None
+    return StoredWorkflow(
+        workflow=workflow,
+        contents=contents,
+        segments=segment_closure(desired.segments, named),
+        list_name=trigger_list or workflow.list_,
+    )

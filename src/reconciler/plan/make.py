@@ -333,13 +333,13 @@ def _fields(desired: DesiredState, observed: ObservedState) -> list[Action]:
 def _workflows(desired: DesiredState, observed: ObservedState, templates: TemplateSet) -> list[Action]:
     actions = []
     for name, workflow in sorted(desired.workflows.items()):
-        content = workflow_content(desired, workflow, templates)
-        content_hash = digest(content)
+        stored = workflow_content(desired, workflow, templates)
+        content_hash = digest(stored.model_dump(mode="json", by_alias=True))
         old = observed.workflows.get(name)
         if old is None:
             trigger = next(iter(workflow.trigger.model_dump(mode="json", exclude_none=True).items()))
             summary = f"{workflow.status}, triggered by {trigger[0]}: {trigger[1]}"
-            actions.append(Action("Workflow", name, "create", summary, document=workflow, content_hash=content_hash))
+            actions.append(Action("Workflow", name, "create", summary, workflow=stored, content_hash=content_hash))
         elif old != content_hash:
             actions.append(
                 Action(
@@ -347,7 +347,7 @@ def _workflows(desired: DesiredState, observed: ObservedState, templates: Templa
                     name,
                     "update",
                     "steps or templates changed",
-                    document=workflow,
+                    workflow=stored,
                     content_hash=content_hash,
                 )
             )

@@ -10,8 +10,8 @@ from typing import Any, Literal
 from reconciler.errors import Problem
 from reconciler.plan.audience import AudienceCount
 from reconciler.spec.documents import CustomField, MailingList
-from reconciler.spec.workflow import Workflow
 from reconciler.state.campaigns import CampaignDefinition
+from reconciler.state.workflows import StoredWorkflow
 
 Op = Literal["create", "update", "schedule", "unschedule", "pause", "resume", "cancel", "remove", "confirm"]
 
@@ -45,8 +45,10 @@ class Action:
     start_at: datetime | None = None
     when: str = ""
     """When it sends, as a reader says it ("Fri 2026-11-27 08:00 +01:00")."""
-    document: MailingList | CustomField | Workflow | None = field(default=None, compare=False, repr=False)
-    """For lists, fields and workflows: the document apply records."""
+    document: MailingList | CustomField | None = field(default=None, compare=False, repr=False)
+    """For lists and fields: the document apply records."""
+    workflow: StoredWorkflow | None = field(default=None, compare=False, repr=False)
+    """For workflows: what apply stores for their runs."""
     definition: CampaignDefinition | None = field(default=None, compare=False, repr=False)
     """For campaigns that have not started: what apply writes (document, content, audience)."""
     content_hash: str = field(default="", compare=False, repr=False)

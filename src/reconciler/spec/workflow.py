@@ -7,12 +7,13 @@ edited, and what ``{opened: <id>}`` conditions refer to.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import time
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, StrictBool, StrictFloat, StrictInt, StrictStr, Tag
 
-from reconciler.spec.conditions import StepCondition, key_discriminator
+from reconciler.spec.conditions import PropertyCondition, PropertyConditions, StepCondition, key_discriminator
 from reconciler.spec.documents import CampaignTracking, Document
 from reconciler.spec.types import ClockTime, Duration, Identifier, Model, Slug, StepId, TemplateRef
 
@@ -29,6 +30,15 @@ class EventTrigger(Model):
 
     event: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     """The event type, e.g. cart_abandoned."""
+    key: Identifier | None = None
+    """A property of the event that keys the run (e.g. cart_id: one run per cart; re_entry counts per key)."""
+    property: PropertyConditions | None = None
+    """Only events whose properties match (all of them, when a list), as in a segment's event condition."""
+
+    def properties(self) -> list[PropertyCondition]:
+        if self.property is None:
+            return []
+        return self.property if isinstance(self.property, list) else [self.property]
 
 
 class DateFieldTrigger(Model):
@@ -37,7 +47,11 @@ class DateFieldTrigger(Model):
     date_field: Identifier
     """A Field of type date."""
     at: ClockTime = time(9, 0)
-    """The time of day, in the contact's time zone."""
+    """The time of day, in the contact's time zone (the workspace's when the contact has none)."""
+    before: Duration | None = None
+    """Start this long before the date (1w: a week before a birthday); whole days."""
+    after: Duration | None = None
+    """Start this long after the date (1d: the day after an anniversary); whole days."""
 
 
 class SegmentEnteredTrigger(Model):
@@ -45,6 +59,9 @@ class SegmentEnteredTrigger(Model):
 
     segment_entered: Slug
     """The segment."""
+    backfill: StrictBool = False
+    """Start runs for everyone already in the segment when the workflow is first applied (normally only those who
+    enter it later)."""
 
 
 TRIGGER_KEYS = ("subscribed", "event", "date_field", "segment_entered")
@@ -237,6 +254,9 @@ class Workflow(Document):
     """Whether a contact can run the workflow again: never, always, or {after: 30d}."""
     exit_when: ExitWhen | None = None
     """End runs early when this event arrives."""
+    list_: Slug | None = Field(default=None, alias="list")
+    """The list a run's messages are sent for (its unsubscribe link, List-Id, and the subscription a marketing
+    message needs): the trigger's list for `subscribed`, required here for other triggers of marketing workflows."""
     sender: Slug | None = None
     """A key of Settings `senders` (default: Settings defaults)."""
     transport: Slug | None = None
@@ -246,6 +266,51 @@ class Workflow(Document):
 
 
 StepLoc = tuple[str | int, ...]
+
+
+def step_key(step: Any, loc: StepLoc) -> str:
+    """How a run remembers where it is: the step's id, or its position (`#3`, `#4.then.0`) for a step without one
+    (such a run loses its place when steps before it are added or removed)."""
+    return step.id if step.id else "#" + ".".join(str(part) for part in loc[1:])
+
+
+@dataclass(frozen=True)
+class StepNode:
+    """A step with the keys of the steps that follow it ('' after the last one: the run is complete)."""
+
+    step: Any
+    next: str
+    then: str = ""
+    """For an `if`: the first step of `then` (or `next` when the branch is empty)."""
+    else_: str = ""
+
+
+def step_graph(steps: list[Any], loc: StepLoc = ("steps",), after: str = "") -> dict[str, StepNode]:
+    """Every step by its key, with where a run goes from it: the map a run walks."""
+    keys = [step_key(step, (*loc, index)) for index, step in enumerate(steps)]
+    graph: dict[str, StepNode] = {}
+    for index, step in enumerate(steps):
+        follow = keys[index + 1] if index + 1 < len(keys) else after
+        if isinstance(step, IfStep):
+            here = (*loc, index)
+            then = step_graph(step.then, (*here, "then"), follow)
+            other = step_graph(step.else_, (*here, "else"), follow)
+            graph[keys[index]] = StepNode(
+                step, follow, _first(step.then, (*here, "then"), follow), _first(step.else_, (*here, "else"), follow)
+            )
+            graph.update(then)
+            graph.update(other)
+        else:
+            graph[keys[index]] = StepNode(step, follow)
+    return graph
+
+
+def _first(steps: list[Any], loc: StepLoc, otherwise: str) -> str:
+    return step_key(steps[0], (*loc, 0)) if steps else otherwise
+
+
+def first_step(workflow: Workflow) -> str:
+    return step_key(workflow.steps[0], ("steps", 0))
 
 
 def walk_steps(steps: list[Any], loc: StepLoc = ("steps",)) -> list[tuple[StepLoc, Any]]:

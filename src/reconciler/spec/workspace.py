@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.spec.documents import Campaign, CustomField, MailingList, Segment, Settings
+from reconciler.spec.journey import WorkflowTest
 from reconciler.spec.types import Model
 from reconciler.spec.workflow import Workflow
 
@@ -19,6 +20,7 @@ KINDS: dict[str, type[Model]] = {
     "Segment": Segment,
     "Campaign": Campaign,
     "Workflow": Workflow,
+    "WorkflowTest": WorkflowTest,
 }
 """Every document kind, by the spelling of its `kind` key."""
 
@@ -76,6 +78,8 @@ class DesiredState:
     sources: Mapping[tuple[str, str], Source]
     revision: str
     invalid: frozenset[tuple[str, str]] = frozenset()
+    workflow_tests: Mapping[str, WorkflowTest] = field(default_factory=dict)
+    """Tests of workflows' logic on simulated time (`reconciler test`); they change nothing in the state."""
     """(kind, name) of documents that failed to parse: already reported, so references to them are not."""
 
     @property

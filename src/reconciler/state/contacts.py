@@ -16,6 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from reconciler import strictjson
+from reconciler.segments import json_path
 from reconciler.spec.contact import TEXT_FIELDS, Contact
 from reconciler.state.db import audit, write
 from reconciler.state.suppressions import email_hash, suppress
@@ -331,3 +332,34 @@ def erase_contact(db: Database, email: str, *, at: str) -> bool:
             detail="record deleted" if deleted else "no record; address hash suppressed",
         )
     return bool(deleted)
+
+
+def change_tag(db: Database, contact_id: int, tag: str, *, present: bool, at: str) -> None:
+    """Inside the caller's write: add or remove one tag (a workflow's `tag` and `untag` steps)."""
+    if present:
+        db.conn.execute(
+            "UPDATE contacts SET tags = (SELECT json_group_array(value) FROM (SELECT value FROM json_each(tags) "
+            "UNION SELECT ? ORDER BY 1)), updated_at = ? WHERE id = ?",
+            (tag, at, contact_id),
+        )
+    else:
+        db.conn.execute(
+            "UPDATE contacts SET tags = (SELECT json_group_array(value) FROM (SELECT value FROM json_each(tags) "
+            "WHERE value != ? ORDER BY 1)), updated_at = ? WHERE id = ?",
+            (tag, at, contact_id),
+        )
+
+
+def set_custom_field(db: Database, contact_id: int, name: str, value: object, *, at: str) -> None:
+    """Inside the caller's write: one custom field's value (None removes it), as a workflow's `set_field` step
+    says; the value was checked against the Field's type by `validate`."""
+    if value is None:
+        db.conn.execute(
+            "UPDATE contacts SET fields = json_remove(fields, ?), updated_at = ? WHERE id = ?",
+            (json_path(name), at, contact_id),
+        )
+    else:
+        db.conn.execute(
+            "UPDATE contacts SET fields = json_set(fields, ?, json(?)), updated_at = ? WHERE id = ?",
+            (json_path(name), strictjson.dumps(value), at, contact_id),
+        )

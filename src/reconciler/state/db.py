@@ -27,8 +27,9 @@ WAL_LIMIT = 8 * 1024 * 1024
 """Bytes the write-ahead log file is cut back to after a checkpoint (it would otherwise keep its largest size)."""
 CACHE_ENV = "RECONCILER_CACHE_MB"
 DEFAULT_CACHE_MB = 64
-POOLED_CACHE_SHARE = 1 / 8
-"""Each connection of a pool (the web service's, up to 8) keeps this share: requests touch a few rows each."""
+POOLED_CACHE_SHARE = 1 / 16
+"""Each connection of a pool (the web service's, up to 16: 8 readers and 8 writers) keeps this share: requests
+touch a few rows each."""
 DEFAULT_PATH = ".state/reconciler.db"
 
 
@@ -40,7 +41,7 @@ def cache_kb(share: float = 1.0) -> int:
     """The page cache one connection may keep, in KB: RECONCILER_CACHE_MB (default 64) for a process's main
     connection, `share` of it for others. Each connection fills its own cache as it reads and never goes beyond it,
     so a daemon's memory grows with its database until the caches are full (about 2.25 times this, for the
-    daemon's own connection, the send loop's quarter and eight web connections' eighths), then stays."""
+    daemon's own connection, the send loop's quarter and sixteen web connections' sixteenths), then stays."""
     text = os.environ.get(CACHE_ENV, "")
     try:
         megabytes = int(text) if text else DEFAULT_CACHE_MB
@@ -49,6 +50,11 @@ def cache_kb(share: float = 1.0) -> int:
     if megabytes < 1:
         raise StateError(f"{CACHE_ENV}={text!r}: set it to a whole number of megabytes, 1 or more (default 64)")
     return max(256, int(megabytes * 1024 * share))
+
+
+def keep_cache(db: Database, share: float) -> None:
+    """Let this connection keep `share` of RECONCILER_CACHE_MB as its page cache (the send loop's: a quarter)."""
+    db.conn.execute(f"PRAGMA cache_size = -{cache_kb(share)}")
 
 
 def state_path(workspace: Path, override: Path | str | None = None) -> Path:
@@ -137,10 +143,11 @@ def _open_read_only(path: Path) -> Database:
 
 class ConnectionPool:
     """Connections to one state database for worker threads: each call takes a connection of its own, so a thread
-    waiting for the write lock never holds up the others (reads never wait in WAL mode); at most `size` are open."""
+    waiting for the write lock never holds up the others (reads never wait in WAL mode). As many are open as threads
+    used it at once: the web service allows 8 readers and 8 writers."""
 
-    def __init__(self, path: Path, *, size: int = 8) -> None:
-        self.path, self.size = path, size
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.idle: queue.SimpleQueue[Database] = queue.SimpleQueue()
         self.opened: list[Database] = []
         self.lock = threading.Lock()

@@ -1,7 +1,8 @@
 """Opens, clicks, bounces, complaints and unsubscribes, per message: the one place that writes engagement.
 
 A fact names the ledger row of the message it belongs to when it has one (its campaign or workflow and stage are
-copied from that row), or only the contact (a provider's bounce for a message we cannot find).
+copied from that row: for a workflow's message the workflow's name, not the run), or only the contact (a
+provider's bounce for a message we cannot find).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def record(db: Database, facts: Iterable[Engagement]) -> None:
     an erasure nothing more is recorded about the person."""
     db.conn.executemany(
         "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail) "
-        "SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, l.source, l.stage, x.action, x.machine, "
+        "SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, coalesce(l.workflow, l.source), l.stage, "
+        "x.action, x.machine, "
         "x.at, x.detail FROM (SELECT ? AS ledger_id, ? AS contact_id, ? AS action, ? AS machine, ? AS at, "
         "? AS detail) x LEFT JOIN ledger l ON l.id = x.ledger_id "
         "WHERE coalesce(l.contact_id, x.contact_id) IS NOT NULL",

@@ -50,13 +50,21 @@ class Source:
     content: MessageContent
     lists: tuple[str, ...]
     due: int
-    requires: Literal["subscribed", "pending"] = "subscribed"
-    """The subscription a recipient must still have at claim time (`pending` for a double opt-in confirmation)."""
+    requires: Literal["subscribed", "pending", "none"] = "subscribed"
+    """The subscription a recipient must still have at claim time (`pending` for a double opt-in confirmation,
+    `none` for a transactional workflow)."""
+    transactional: bool = False
+    """A transactional workflow's message: it reaches people who left marketing; only a bounce, a complaint or an
+    erasure stops it."""
 
     @property
     def label(self) -> str:
-        """campaign or campaign/stage, as progress lines show it."""
-        return f"{self.name}/{self.stage}" if self.stage else self.name
+        """What progress lines call it: "Campaign c", "Campaign c/stage", "Workflow w/step", "Confirmation l:1"."""
+        if self.kind == "campaign":
+            return f"Campaign {self.name}/{self.stage}" if self.stage else f"Campaign {self.name}"
+        if self.name == CONFIRMATION_SOURCE:
+            return f"Confirmation {self.stage}"
+        return f"Workflow {self.name}/{self.stage}"
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,29 @@ def due_sources(db: Database, *, now: str) -> list[Source]:
     return sources
 
 
+def due_steps(db: Database, *, now: str) -> list[tuple[str, str, int]]:
+    """Workflow send steps with rows due at `now`: (workflow, step, rows)."""
+    return [
+        (str(workflow), str(step), int(count))
+        for workflow, step, count in db.conn.execute(
+            "SELECT workflow, stage, count(*) FROM ledger WHERE state IN ('queued', 'deferred') "
+            "AND coalesce(next_attempt_at, due_at) <= ? AND workflow IS NOT NULL GROUP BY workflow, stage "
+            "ORDER BY workflow, stage",
+            (now,),
+        )
+    ]
+
+
+def skip_waiting(db: Database, workflow: str, step: str, *, why: str, at: str) -> None:
+    """Waiting messages of a workflow step that can no longer be sent (its step or workflow was removed)."""
+    with write(db):
+        db.conn.execute(
+            "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ? WHERE workflow = ? AND stage = ? "
+            "AND state IN ('queued', 'deferred')",
+            (why, at, workflow, step),
+        )
+
+
 def due_confirmations(db: Database, *, now: str) -> list[tuple[str, int]]:
     """Double opt-in confirmation emails waiting, by stage ('<list>:<n>')."""
     return [
@@ -133,10 +164,12 @@ def due_confirmations(db: Database, *, now: str) -> list[tuple[str, int]]:
 
 def due_rows(db: Database, source: Source, *, now: str, after_id: int, limit: int) -> list[DueRow]:
     """The next page of due rows of `source` (by id), with their contacts."""
+    # a workflow's rows are one per run (the row's source), found by their workflow
+    which = "l.workflow = ?" if source.kind == "workflow" and source.name != CONFIRMATION_SOURCE else "l.source = ?"
     rows = db.conn.execute(
         f"SELECT l.id, l.attempts, l.message_id, l.first_attempt_at, {CONTACT_COLUMNS} "
-        "FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-        "WHERE l.source_kind = ? AND l.source = ? AND l.stage = ? AND l.state IN ('queued', 'deferred') "
+        f"FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE l.source_kind = ? AND {which} "
+        "AND l.stage = ? AND l.state IN ('queued', 'deferred') "
         "AND coalesce(l.next_attempt_at, l.due_at) <= ? AND l.id > ? ORDER BY l.id LIMIT ?",
         (source.kind, source.name, source.stage, now, after_id, limit),
     )
@@ -167,11 +200,12 @@ def sent_message(db: Database, row_id: int) -> SentMessage | None:
 
 
 def recent_sends(db: Database, contact_id: int, *, since: str) -> list[str]:
-    """When marketing messages went to a contact since `since` (for the frequency cap), oldest first."""
+    """When messages went to a contact after `since` (for the frequency cap), oldest first: one sent exactly a
+    window ago is out of it, so a message held until then goes out then."""
     return [
         row[0]
         for row in db.conn.execute(
-            "SELECT sent_at FROM ledger WHERE contact_id = ? AND state = 'sent' AND sent_at >= ? ORDER BY sent_at",
+            "SELECT sent_at FROM ledger WHERE contact_id = ? AND state = 'sent' AND sent_at > ? ORDER BY sent_at",
             (contact_id, since),
         )
     ]
@@ -224,10 +258,13 @@ def claim(
             why = "the contact was erased before sending"
         elif suppressed in blocking:
             why = f"not sent: the address is suppressed ({suppressed}) since the campaign started"
+        elif source.requires == "none":
+            pass
         elif not subscribed and source.requires == "pending":
             why = "not sent: the subscription is no longer waiting for confirmation"
         elif not subscribed:
-            why = "not sent: the contact unsubscribed from the campaign's lists before their message went out"
+            what = "campaign's lists" if source.kind == "campaign" else "workflow's list"
+            why = f"not sent: the contact unsubscribed from the {what} before their message went out"
         if why:
             db.conn.execute(
                 "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ? WHERE id = ?", (why, at, row_id)
@@ -344,11 +381,13 @@ def failures(db: Database, campaign: str, *, limit: int) -> list[Failure]:
 
 
 def next_due(db: Database) -> str | None:
-    """When the earliest waiting row of a sending campaign or of a workflow (opt-in confirmations) becomes due
-    (retries, quiet hours, local times)."""
+    """When the earliest waiting row of a sending campaign, an opt-in confirmation or an active workflow becomes
+    due (retries, quiet hours, local times); a paused workflow's messages wake nobody."""
     row = db.conn.execute(
         "SELECT min(coalesce(l.next_attempt_at, l.due_at)) FROM ledger l LEFT JOIN campaigns c ON l.source_kind = "
         "'campaign' AND c.name = l.source WHERE l.state IN ('queued', 'deferred') AND l.contact_id IS NOT NULL "
-        "AND (c.status = 'sending' OR l.source_kind = 'workflow')"
+        "AND (c.status = 'sending' OR l.source_kind = 'workflow' AND (l.workflow IS NULL OR EXISTS (SELECT 1 FROM "
+        "workflows w WHERE w.name = l.workflow AND w.removed_at IS NULL AND json_extract(w.spec, '$.status') = "
+        "'active')))"
     ).fetchone()
     return row[0] if row else None

@@ -366,6 +366,55 @@ def _stored_json(db: Database) -> None:
     )
 
 
+@migrations(name="0009_workflow_runs")
+def _workflow_runs(db: Database) -> None:
+    """Workflows that run: one row per run (a contact on a workflow, with an optional key such as an order id), its
+    history step by step, the workflow's stored content (so runs work from the last good revision, not the files),
+    and the workflow a send belongs to on its ledger row (the row's source is the run id, its stage the step)."""
+    _run_script(
+        db,
+        """
+        CREATE TABLE workflow_runs (
+            id INTEGER PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            contact_id INTEGER REFERENCES contacts(id) ON DELETE CASCADE,
+            key TEXT NOT NULL DEFAULT '',             -- the trigger's key property (one run per order id), or ''
+            list TEXT,                                -- the list its messages are sent for
+            state TEXT NOT NULL CHECK (state IN ('active', 'completed', 'exited', 'ended')),
+            step TEXT NOT NULL DEFAULT '',            -- the step it is on (its id, or #position)
+            entered_at TEXT NOT NULL,                 -- when it entered that step: waits count from here
+            due_at TEXT,                              -- when it is looked at next (NULL once it is over)
+            started_at TEXT NOT NULL,
+            revision TEXT NOT NULL,                   -- the revision it started on
+            trigger TEXT NOT NULL,                    -- what started it: "consent 17", "event 42", ...
+            ended_at TEXT,
+            outcome TEXT                              -- why it is over, in words
+        );
+        CREATE INDEX workflow_runs_due ON workflow_runs(state, due_at);
+        CREATE INDEX workflow_runs_by_contact ON workflow_runs(contact_id, workflow, key, started_at);
+        CREATE UNIQUE INDEX workflow_runs_one_active ON workflow_runs(workflow, contact_id, key)
+            WHERE state = 'active';
+        CREATE TABLE workflow_steps (
+            run_id INTEGER NOT NULL REFERENCES workflow_runs(id) ON DELETE CASCADE,
+            step TEXT NOT NULL,
+            at TEXT NOT NULL,
+            result TEXT NOT NULL                      -- sent, waited, then, else, timed out, tagged ...
+        );
+        CREATE INDEX workflow_steps_by_run ON workflow_steps(run_id, at);
+        -- Who was in a segment_entered workflow's segment at its last evaluation: the next one starts runs for
+        -- those who are new.
+        CREATE TABLE workflow_segment_members (
+            workflow TEXT NOT NULL,
+            contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+            PRIMARY KEY (workflow, contact_id)
+        ) WITHOUT ROWID;
+        ALTER TABLE workflows ADD COLUMN runtime TEXT;   -- JSON: StoredWorkflow
+        ALTER TABLE ledger ADD COLUMN workflow TEXT;     -- the workflow of a run's send (source is the run id)
+        CREATE INDEX ledger_by_workflow ON ledger(workflow, stage, id) WHERE workflow IS NOT NULL;
+        """,
+    )
+
+
 def _repaired(text: object, empty: str) -> str:
     """Stored JSON made readable: non-finite numbers as null; anything unreadable, or of the wrong shape, `empty`."""
 

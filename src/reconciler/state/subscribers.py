@@ -38,16 +38,19 @@ class MessageTarget:
 
 def message_target(db: Database, row_id: int) -> MessageTarget | None:
     row = db.conn.execute(
-        "SELECT l.id, l.contact_id, c.email, l.source_kind, l.source, l.stage, m.audience FROM ledger l "
-        "JOIN contacts c ON c.id = l.contact_id LEFT JOIN campaigns m ON l.source_kind = 'campaign' "
-        "AND m.name = l.source WHERE l.id = ?",
+        "SELECT l.id, l.contact_id, c.email, l.source_kind, coalesce(l.workflow, l.source), l.stage, m.audience, "
+        "r.list FROM ledger l JOIN contacts c ON c.id = l.contact_id LEFT JOIN campaigns m ON "
+        "l.source_kind = 'campaign' AND m.name = l.source LEFT JOIN workflow_runs r ON l.workflow IS NOT NULL "
+        "AND r.id = CAST(l.source AS INTEGER) WHERE l.id = ?",
         (row_id,),
     ).fetchone()
     if row is None:
         return None
-    row_id, contact_id, email, kind, source, stage, audience = row
+    row_id, contact_id, email, kind, source, stage, audience, run_list = row
     if audience:
         lists = load_audience(audience).lists
+    elif run_list:
+        lists = (run_list,)
     elif source == CONFIRMATION_SOURCE:
         lists = (stage.split(":", 1)[0],)
     else:

@@ -1,0 +1,68 @@
+"""What one pass of the runner works with: the workflows as applied, the clock, and what it has done so far."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlite_utils import Database
+
+from reconciler.segments import Compiler
+from reconciler.spec.workflow import StepNode, step_graph
+from reconciler.state import records, settings
+from reconciler.state import workflows as runs
+from reconciler.state.db import get_meta
+from reconciler.state.workflows import StoredWorkflow
+
+
+@dataclass
+class RunReport:
+    """What one pass of the runner did."""
+
+    started: int = 0
+    advanced: int = 0
+    queued: int = 0
+    finished: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.started or self.advanced or self.finished)
+
+    def describe(self) -> str:
+        ended = ", ".join(f"{n} {state}" for state, n in sorted(self.finished.items()) if n) or "none finished"
+        return f"{self.started} runs started, {self.advanced} advanced, {self.queued} messages queued, {ended}"
+
+
+class Pass:
+    """The workflows as the last good revision stored them, at one moment."""
+
+    def __init__(self, db: Database, *, now: datetime) -> None:
+        self.db, self.now = db, now
+        self.stored = runs.load_workflows(db)
+        self.active = {name: s for name, s in self.stored.items() if s.workflow.status == "active"}
+        self.graphs: dict[str, dict[str, StepNode]] = {
+            name: step_graph(s.workflow.steps) for name, s in self.active.items()
+        }
+        self.revision = get_meta(db, "last_applied_revision") or ""
+        self.report = RunReport()
+        self._compilers: dict[str, Compiler] = {}
+        self._zone: str | None = None
+
+    @property
+    def timezone(self) -> str:
+        """The workspace's time zone, as applied."""
+        if self._zone is None:
+            self._zone = settings.load(self.db).settings.timezone
+        return self._zone
+
+    def compiler(self, name: str) -> Compiler:
+        """The condition compiler of one workflow (its stored segments), at this pass's moment."""
+        if name not in self._compilers:
+            stored = self.stored[name]
+            types = records.field_types(self.db)
+            self._compilers[name] = Compiler(stored.segments, types, now=self.now, timezone=self.timezone)
+        return self._compilers[name]
+
+    def workflow(self, name: str) -> StoredWorkflow:
+        return self.active[name]

@@ -1,0 +1,157 @@
+"""A run's walk through its steps: execute each step that is due, until the run must wait or is over.
+
+A step and the run's move past it are written in the same transaction (with a batch of other runs), so after a
+crash every step has been done exactly once or not at all. A send step only creates the message's ledger row, keyed
+by run and step; the dispatcher sends it like any other message, with the same guarantees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from reconciler.clock import iso
+from reconciler.spec.conditions import StepClicked, StepOpened
+from reconciler.spec.workflow import (
+    AddToListStep,
+    IfStep,
+    MoveToListStep,
+    RemoveFromListStep,
+    SendStep,
+    SetFieldStep,
+    StepNode,
+    TagStep,
+    UntagStep,
+    WaitStep,
+    WaitUntilStep,
+)
+from reconciler.state import audiences, contacts, subscribers
+from reconciler.state import workflows as runs
+from reconciler.state.db import write
+from reconciler.state.subscribers import Status
+from reconciler.state.workflows import Run
+from reconciler.workflow_runs.context import Pass
+
+POLL = timedelta(minutes=10)
+"""How often a run waiting for a condition (`wait_until`) looks again; its timeout is kept to the second."""
+BATCH = 1_000
+"""Runs advanced per transaction."""
+
+
+@dataclass(frozen=True)
+class _Move:
+    """Where a step sends the run: on to `next` at `at`, or (when `until` is set) nowhere before `until`."""
+
+    next: str = ""
+    at: datetime | None = None
+    result: str = ""
+    until: datetime | None = None
+
+
+def advance_due(run_pass: Pass) -> None:
+    """Walk every due run of an active workflow, a batch per transaction."""
+    names, db, after = sorted(run_pass.active), run_pass.db, 0
+    while names:
+        with write(db):
+            due = runs.due_runs(db, names, now=iso(run_pass.now), after_id=after, limit=BATCH)
+            for run in due:
+                walk(run_pass, run)
+        run_pass.report.advanced += len(due)
+        if len(due) < BATCH:
+            return
+        after = due[-1].id
+
+
+def walk(run_pass: Pass, run: Run) -> None:
+    """Execute the run's steps from where it is until it must wait, or is over (inside the caller's write)."""
+    db, stored, graph = run_pass.db, run_pass.workflow(run.workflow), run_pass.graphs[run.workflow]
+    key, at = run.step, datetime.fromisoformat(run.entered_at)
+    exit_when = stored.workflow.exit_when
+    for _ in range(len(graph) + 1):
+        if exit_when is not None and runs.had_event(db, run.contact_id, exit_when.event, since=run.started_at):
+            _finish(run_pass, run, key, "exited", f"exited: {exit_when.event}")
+            return
+        if not key:
+            _finish(run_pass, run, key, "completed", "completed")
+            return
+        node = graph.get(key)
+        if node is None:
+            _finish(run_pass, run, key, "ended", f"ended: step {key} was removed from the workflow")
+            return
+        move = _step(run_pass, run, key, node, at)
+        if move.until is not None:
+            runs.move(db, run.id, step=key, entered_at=iso(at), due_at=iso(move.until))
+            return
+        runs.log_step(db, run.id, key, at=iso(move.at or at), result=move.result)
+        key, at = move.next, move.at or at
+    raise AssertionError(f"run {run.id} of {run.workflow} walked more steps than the workflow has")
+
+
+def _finish(run_pass: Pass, run: Run, key: str, state: str, outcome: str) -> None:
+    runs.finish(run_pass.db, run.id, step=key, state=state, outcome=outcome, at=iso(run_pass.now))
+    run_pass.report.finished[state] += 1
+
+
+def _step(run_pass: Pass, run: Run, key: str, node: StepNode, at: datetime) -> _Move:
+    step, now = node.step, run_pass.now
+    if isinstance(step, SendStep):
+        content = run_pass.workflow(run.workflow).contents[key]
+        revision = run_pass.revision
+        runs.queue_send(run_pass.db, run, key, content_hash=content.digest, revision=revision, at=iso(at))
+        run_pass.report.queued += 1
+        return _Move(node.next, at, "queued")
+    # a run goes on from a wait at the moment it is seen to be over, not at the moment it ended: after a pause or a
+    # stopped daemon, the next wait counts from now, so overdue messages never go out in a burst
+    if isinstance(step, WaitStep):
+        until = at + step.wait
+        return _Move(node.next, now, "waited") if until <= now else _Move(until=until)
+    if isinstance(step, WaitUntilStep):
+        if holds(run_pass, run, step.wait_until):
+            return _Move(node.next, now, "condition met")
+        timeout = at + step.timeout
+        if timeout <= now:
+            return _Move(node.next, now, "timed out")
+        return _Move(until=min(timeout, now + POLL))
+    if isinstance(step, IfStep):
+        chosen = holds(run_pass, run, step.if_)
+        return _Move(node.then, at, "then") if chosen else _Move(node.else_, at, "else")
+    return _Move(node.next, at, _act(run_pass, run, step, at))
+
+
+def _act(run_pass: Pass, run: Run, step: object, at: datetime) -> str:
+    """The contact actions: lists (each change with its consent record), tags and fields."""
+    db, contact, when, source = run_pass.db, run.contact_id, iso(at), f"workflow {run.workflow}"
+
+    def subscriptions(wanted: dict[str, Status]) -> None:
+        subscribers.change_subscriptions(db, contact, wanted, at=when, source=source)
+
+    if isinstance(step, AddToListStep):
+        subscriptions({step.add_to_list: "subscribed"})
+        return f"added to {step.add_to_list}"
+    if isinstance(step, RemoveFromListStep):
+        subscriptions({step.remove_from_list: "unsubscribed"})
+        return f"removed from {step.remove_from_list}"
+    if isinstance(step, MoveToListStep):
+        lists = step.move_to_list
+        subscriptions({lists.from_: "unsubscribed", lists.to: "subscribed"})
+        return f"moved from {lists.from_} to {lists.to}"
+    if isinstance(step, TagStep):
+        contacts.change_tag(db, contact, step.tag, present=True, at=when)
+        return f"tagged {step.tag}"
+    if isinstance(step, UntagStep):
+        contacts.change_tag(db, contact, step.untag, present=False, at=when)
+        return f"untagged {step.untag}"
+    assert isinstance(step, SetFieldStep), f"a step the runner does not know: {type(step).__name__}"
+    contacts.set_custom_field(db, contact, step.set_field.field, step.set_field.value, at=when)
+    return f"set {step.set_field.field}"
+
+
+def holds(run_pass: Pass, run: Run, condition: object) -> bool:
+    """A workflow condition for the run's contact: engagement by a person (not a proxy or scanner) with an earlier
+    send of this run, or any segment condition."""
+    if isinstance(condition, StepOpened):
+        return runs.engaged(run_pass.db, run.id, condition.opened, "opened")
+    if isinstance(condition, StepClicked):
+        return runs.engaged(run_pass.db, run.id, condition.clicked, "clicked")
+    compiled = run_pass.compiler(run.workflow).condition(condition)
+    return audiences.holds(run_pass.db, compiled, run.contact_id)

@@ -1,0 +1,123 @@
+"""Workflows exactly once through crashes: 5,000 runs advanced by a daemon that is SIGKILLed three times on the way,
+sending to a real SMTP server. No step is done twice or skipped (each run's history has each step once, the
+contact's tags and fields say every action happened), and nobody gets a message twice; a message that did not
+arrive is one the ledger reports uncertain."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from conftest import reconciler, wait_for
+from daemon_process import Daemon, sending_daemon
+from sending import import_contacts, ledger, parse, query, workspace
+from smtp_sink import Sink, SinkServer, free_port
+
+RUNS = 5_000
+CONNECTIONS = 2
+WORKFLOW = """
+kind: Workflow
+name: onboarding
+trigger: {event: joined}
+list: news
+steps:
+  - {id: first, send: news/hello, subject: First}
+  - {id: tag-one, tag: step-one}
+  - {id: city, set_field: {field: city, value: Kraków}}
+  - {id: second, send: news/hello, subject: Second}
+  - {id: tag-two, tag: step-two}
+"""
+STEPS = 5
+DRAFT = """
+kind: Campaign
+name: hello
+subject: Hello
+template: news/hello
+audience: {lists: [news]}
+status: draft
+"""
+
+
+def test_five_thousand_runs_through_three_kills_do_each_step_once(tmp_path: Path, daemons: list[Daemon]) -> None:
+    sink = Sink()
+    port = free_port()
+    root = workspace(tmp_path, port, connections=CONNECTIONS, campaign=DRAFT)
+    (root / "spec/workflows.yaml").write_text(textwrap.dedent(WORKFLOW).lstrip())
+    emails = import_contacts(root, RUNS)
+    assert reconciler("apply", cwd=root).returncode == 0  # the workflow exists before anyone joins
+    _post_events(root, emails)
+    state = root / ".state/reconciler.db"
+
+    def steps_done() -> int:
+        with sqlite3.connect(state, timeout=30) as db:
+            return int(db.execute("SELECT count(*) FROM workflow_steps").fetchone()[0])
+
+    kills = []
+    with SinkServer(sink, port=port):
+        daemons.append(sending_daemon(root))
+        for threshold in (1, RUNS * STEPS // 3, RUNS * STEPS * 2 // 3):
+            wait_for(partial(_at_least, steps_done, threshold), f"{threshold} steps done", 300, every=0.01)
+            daemons[-1].kill()
+            kills.append(f"at {steps_done():,} steps and {len(sink.messages):,} messages")
+            daemons.append(sending_daemon(root))
+        wait_for(lambda: _finished(root), "every run completed and every message handled", 300)
+        daemons[-1].stop()
+
+    history = query(root, "SELECT run_id, step, count(*) FROM workflow_steps GROUP BY run_id, step")
+    received = Counter((rcpt, str(parse(data)["Subject"])) for rcpt, data in sink.messages)
+    sent = _emails(root, "sent")
+    uncertain = _emails(root, "uncertain")
+    print(f"workflow crash: kills {'; '.join(kills)}; ledger {dict(ledger(root))}; {len(uncertain)} uncertain")
+    assert len(history) == RUNS * STEPS and {count for _, _, count in history} == {1}  # each step once, none skipped
+    contacts = query(root, "SELECT tags, json_extract(fields, '$.city') FROM contacts")
+    assert Counter(contacts) == Counter({('["step-one","step-two"]', "Kraków"): RUNS})
+    assert max(received.values()) == 1  # nobody got a message twice
+    expected = {(email, subject) for email in emails for subject in ("First", "Second")}
+    assert sent <= set(received) and set(received) <= expected
+    assert expected - set(received) <= uncertain  # whatever did not arrive is reported
+    assert len(uncertain) <= CONNECTIONS * len(kills)
+
+
+def _at_least(count: Callable[[], int], threshold: int) -> bool:
+    return count() >= threshold
+
+
+def _post_events(root: Path, emails: list[str]) -> None:
+    """One `joined` event per contact, recorded as the events API records them."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from reconciler.state.db import open_db
+        from reconciler.state.subscribers import insert_events
+        db = open_db(Path(".state/reconciler.db"))
+        emails = sys.stdin.read().split()
+        for start in range(0, len(emails), 1000):
+            batch = [(e, "joined", "2026-11-24T10:00:00Z", {}, f"joined-{e}") for e in emails[start : start + 1000]]
+            insert_events(db, batch, at="2026-11-24T10:00:00Z")
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", script], cwd=root, input="\n".join(emails), text=True, check=True, timeout=120
+    )
+
+
+def _finished(root: Path) -> bool:
+    active = query(root, "SELECT count(*) FROM workflow_runs WHERE state != 'completed'")[0][0]
+    runs = query(root, "SELECT count(*) FROM workflow_runs")[0][0]
+    waiting = ledger(root)
+    return runs == RUNS and active == 0 and waiting.get("queued", 0) + waiting.get("deferred", 0) == 0
+
+
+def _emails(root: Path, state: str) -> set[tuple[str, str]]:
+    sql = (
+        "SELECT c.email, CASE l.stage WHEN 'first' THEN 'First' ELSE 'Second' END FROM ledger l "
+        "JOIN contacts c ON c.id = l.contact_id WHERE l.workflow = 'onboarding' AND l.state = ?"
+    )
+    return {(str(a), str(b)) for a, b in query(root, sql, state)}
