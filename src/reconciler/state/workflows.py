@@ -101,12 +101,23 @@ class Run:
 _RUN_COLUMNS = "id, workflow, contact_id, key, list, step, entered_at, started_at"
 
 
-def due_runs(db: Database, workflows: list[str], *, now: str, after_id: int, limit: int) -> list[Run]:
-    """Active runs of `workflows` due at `now`, by id from `after_id`."""
+def due_run_ids(db: Database, workflows: list[str], *, now: str) -> list[int]:
+    """The ids of the active runs of `workflows` due at `now`, in order (read once per pass: paging through the
+    due-time index by id would read it again for every page)."""
     rows = db.conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE state = 'active' AND due_at <= ? AND id > ? "
-        "AND workflow IN (SELECT value FROM json_each(?)) AND contact_id IS NOT NULL ORDER BY id LIMIT ?",
-        (now, after_id, json.dumps(workflows), limit),
+        "SELECT id FROM workflow_runs WHERE state = 'active' AND due_at <= ? "
+        "AND workflow IN (SELECT value FROM json_each(?)) AND contact_id IS NOT NULL ORDER BY id",
+        (now, json.dumps(workflows)),
+    )
+    return [int(row[0]) for row in rows]
+
+
+def runs_by_id(db: Database, ids: list[int], *, now: str) -> list[Run]:
+    """Those of the runs `ids` that are still active and due (another process may have moved them meanwhile)."""
+    rows = db.conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE id IN (SELECT value FROM json_each(?)) "
+        "AND state = 'active' AND due_at <= ? ORDER BY id",
+        (json.dumps(ids), now),
     )
     return [Run(*row) for row in rows]
 
@@ -166,11 +177,13 @@ def log_step(db: Database, run_id: int, step: str, *, at: str, result: str) -> N
 
 def has_removed_runs(db: Database) -> bool:
     """Whether a removed workflow still has active runs."""
+    removed = [r[0] for r in db.conn.execute("SELECT name FROM workflows WHERE removed_at IS NOT NULL")]
     row = db.conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM workflow_runs r JOIN workflows w ON w.name = r.workflow "
-        "WHERE r.state = 'active' AND w.removed_at IS NOT NULL)"
+        "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE state = 'active' AND workflow IN "
+        "(SELECT value FROM json_each(?)))",
+        (json.dumps(removed),),
     ).fetchone()
-    return bool(row[0])
+    return bool(removed) and bool(row[0])
 
 
 def end_removed(db: Database, *, at: str) -> int:

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlite_utils import Database
 
+from reconciler.clock import iso
 from reconciler.segments import Compiler
 from reconciler.spec.workflow import StepNode, step_graph
 from reconciler.state import records, settings
@@ -45,9 +46,28 @@ class Pass:
             name: step_graph(s.workflow.steps) for name, s in self.active.items()
         }
         self.revision = get_meta(db, "last_applied_revision") or ""
+        self.at = iso(now)
+        self._texts: dict[datetime, str] = {}
+        self._digests: dict[str, str] = {}
         self.report = RunReport()
         self._compilers: dict[str, Compiler] = {}
         self._zone: str | None = None
+
+    def digest(self, name: str, step: str) -> str:
+        """The content hash of a send step's message, computed once per pass."""
+        key = f"{name}\0{step}"
+        if key not in self._digests:
+            self._digests[key] = self.workflow(name).contents[step].digest
+        return self._digests[key]
+
+    def iso(self, moment: datetime) -> str:
+        """`clock.iso`, remembered: a pass writes the same few moments for many runs."""
+        text = self._texts.get(moment)
+        if text is None:
+            if len(self._texts) > 10_000:
+                self._texts.clear()
+            text = self._texts[moment] = iso(moment)
+        return text
 
     @property
     def timezone(self) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from reconciler.clock import iso
 from reconciler.spec.conditions import StepClicked, StepOpened
 from reconciler.spec.workflow import (
     AddToListStep,
@@ -50,16 +49,16 @@ class _Move:
 
 def advance_due(run_pass: Pass) -> None:
     """Walk every due run of an active workflow, a batch per transaction."""
-    names, db, after = sorted(run_pass.active), run_pass.db, 0
-    while names:
+    names, db = sorted(run_pass.active), run_pass.db
+    if not names:
+        return
+    ids = runs.due_run_ids(db, names, now=run_pass.at)
+    for first in range(0, len(ids), BATCH):
         with write(db):
-            due = runs.due_runs(db, names, now=iso(run_pass.now), after_id=after, limit=BATCH)
+            due = runs.runs_by_id(db, ids[first : first + BATCH], now=run_pass.at)
             for run in due:
                 walk(run_pass, run)
         run_pass.report.advanced += len(due)
-        if len(due) < BATCH:
-            return
-        after = due[-1].id
 
 
 def walk(run_pass: Pass, run: Run) -> None:
@@ -80,24 +79,23 @@ def walk(run_pass: Pass, run: Run) -> None:
             return
         move = _step(run_pass, run, key, node, at)
         if move.until is not None:
-            runs.move(db, run.id, step=key, entered_at=iso(at), due_at=iso(move.until))
+            runs.move(db, run.id, step=key, entered_at=run_pass.iso(at), due_at=run_pass.iso(move.until))
             return
-        runs.log_step(db, run.id, key, at=iso(move.at or at), result=move.result)
+        runs.log_step(db, run.id, key, at=run_pass.iso(move.at or at), result=move.result)
         key, at = move.next, move.at or at
     raise AssertionError(f"run {run.id} of {run.workflow} walked more steps than the workflow has")
 
 
 def _finish(run_pass: Pass, run: Run, key: str, state: str, outcome: str) -> None:
-    runs.finish(run_pass.db, run.id, step=key, state=state, outcome=outcome, at=iso(run_pass.now))
+    runs.finish(run_pass.db, run.id, step=key, state=state, outcome=outcome, at=run_pass.iso(run_pass.now))
     run_pass.report.finished[state] += 1
 
 
 def _step(run_pass: Pass, run: Run, key: str, node: StepNode, at: datetime) -> _Move:
     step, now = node.step, run_pass.now
     if isinstance(step, SendStep):
-        content = run_pass.workflow(run.workflow).contents[key]
-        revision = run_pass.revision
-        runs.queue_send(run_pass.db, run, key, content_hash=content.digest, revision=revision, at=iso(at))
+        digest, revision = run_pass.digest(run.workflow, key), run_pass.revision
+        runs.queue_send(run_pass.db, run, key, content_hash=digest, revision=revision, at=run_pass.iso(at))
         run_pass.report.queued += 1
         return _Move(node.next, at, "queued")
     # a run goes on from a wait at the moment it is seen to be over, not at the moment it ended: after a pause or a
@@ -120,7 +118,7 @@ def _step(run_pass: Pass, run: Run, key: str, node: StepNode, at: datetime) -> _
 
 def _act(run_pass: Pass, run: Run, step: object, at: datetime) -> str:
     """The contact actions: lists (each change with its consent record), tags and fields."""
-    db, contact, when, source = run_pass.db, run.contact_id, iso(at), f"workflow {run.workflow}"
+    db, contact, when, source = run_pass.db, run.contact_id, run_pass.iso(at), f"workflow {run.workflow}"
 
     def subscriptions(wanted: dict[str, Status]) -> None:
         subscribers.change_subscriptions(db, contact, wanted, at=when, source=source)
