@@ -22,7 +22,7 @@ from reconciler.daemon import PassResult, reconcile_once
 from reconciler.dispatch import Dispatcher
 from reconciler.state import engagement
 from reconciler.state.db import open_db, write
-from reconciler.state.subscribers import change_subscriptions, contact_for, insert_events
+from reconciler.state.subscribers import change_subscriptions, contact_for, insert_events, unsubscribe_all
 from smtp_sink import Sink
 
 SETTINGS = """
@@ -137,6 +137,14 @@ class Journey:
         with write(self.db):
             contact_id = contact_for(self.db, email, at=at)
             change_subscriptions(self.db, contact_id, {list_name: "unsubscribed"}, at=at, source="preferences")
+
+    def leave_all(self, email: str, *, at: str) -> None:
+        """ "Unsubscribe from everything" on the preference page."""
+        with write(self.db):
+            contact_id = contact_for(self.db, email, at=at)
+        unsubscribe_all(
+            self.db, contact_id, marketing_lists=["news", "customers", "vip"], at=at, source="page", ip=None
+        )
 
     def event(self, email: str, kind: str, *, at: str, **properties: Any) -> None:
         insert_events(self.db, [(email, kind, at, properties, None)], at=at)

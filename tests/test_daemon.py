@@ -90,3 +90,17 @@ def test_a_busy_port_is_one_clear_line_and_nothing_starts(example: Path) -> None
     ]
     assert "serving" not in result.stdout + result.stderr
     assert not (example / ".state").exists() or _applied(example) is None  # nothing was applied
+
+
+def test_status_says_when_the_daemon_stopped_or_died_instead_of_its_last_ok(example: Path) -> None:
+    with Daemon(example, "--interval", "3600") as first:
+        first.wait_for_output(WATCHING)
+        wait_for(lambda: "Daemon: ok" in reconciler("status", cwd=example).stdout, "the daemon's first record")
+        first.stop()
+    assert "Daemon: stopped at" in reconciler("status", cwd=example).stdout
+    with Daemon(example, "--interval", "3600") as second:
+        second.wait_for_output(WATCHING)
+        wait_for(lambda: "Daemon: ok" in reconciler("status", cwd=example).stdout, "the daemon's record")
+        second.kill()
+    shown = reconciler("status", cwd=example).stdout
+    assert f"Daemon: not running (pid {second.process.pid} on this host has exited" in shown, shown

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -186,3 +187,72 @@ def test_failed_send_passes_wait_as_long_as_the_log_says(tmp_path: Path, caplog:
 
 def _send_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if "dispatch pass failed" in record.getMessage()]
+
+
+def test_a_lock_held_elsewhere_is_reported_within_a_minute_and_sigterm_still_stops_the_daemon(
+    example: Path, daemons: list[Daemon]
+) -> None:
+    daemons.append(Daemon(example, "--interval", "3600"))
+    daemon = daemons[-1]
+    state = example / ".state/reconciler.db"
+    wait_for(lambda: state.exists() and _healthz(daemon.port)[0] == 200, "the first pass", 120)
+    holder = sqlite3.connect(state, timeout=60, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock for minutes
+    try:
+        guji = example / "campaigns/guji-harvest-2030.yaml"
+        guji.write_text(guji.read_text().replace("status: draft", "status: paused"))  # a pass that must write
+        started = time.monotonic()
+        wait_for(lambda: _healthz(daemon.port)[0] == 503, "/healthz to say degraded", 90, every=0.5)
+        reported = time.monotonic() - started
+        problems = " ".join(_healthz(daemon.port)[1]["problems"])
+        assert "database is locked" in problems, problems
+        daemon.process.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        daemon.process.wait(60)  # the lock is still held: only the watchdog's interrupts let it stop
+        stopped = time.monotonic() - stopping
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    print(f"lock reported after {reported:.0f} s; SIGTERM to exit {stopped:.0f} s")
+    assert reported < 75  # one pass waits out the 30 s busy timeout; three of them took about 95 s
+    assert daemon.process.returncode == 0
+
+
+def _healthz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    except httpx.HTTPError:
+        return 0, {}
+    return answer.status_code, dict(answer.json())
+
+
+def test_settings_changed_while_the_daemon_was_stopped_are_applied_before_anything_is_sent(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    old_sink, new_sink = Sink(), Sink()
+    old_port = free_port()
+    root = workspace(tmp_path, old_port)
+    import_contacts(root, 50)
+    tick = reconciler("tick", cwd=root)  # the old relay is down: the campaign starts, every message waits
+    assert "cannot be reached" in tick.stdout and ledger(root) == {"queued": 50}, tick.stdout + tick.stderr
+    with SinkServer(old_sink, port=old_port), SinkServer(new_sink) as new_port:
+        settings = root / "spec/settings.yaml"
+        settings.write_text(settings.read_text().replace(f"port: {old_port}", f"port: {new_port}"))
+        daemons.append(sending_daemon(root))
+        wait_for(lambda: ledger(root).get("sent", 0) == 50, "the 50 messages", 120)
+        daemons[-1].stop()
+    assert len(old_sink.messages) == 0 and len(new_sink.messages) == 50
+
+
+def test_a_relay_that_defers_every_message_makes_the_daemon_degraded(tmp_path: Path, daemons: list[Daemon]) -> None:
+    sink = Sink(script=lambda rcpt, attempt, phase: "451 4.3.0 try again later" if phase == "rcpt" else None)
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        import_contacts(root, 20)
+        daemons.append(sending_daemon(root))
+        daemon = daemons[-1]
+        wait_for(lambda: ledger(root).get("deferred", 0) == 20, "every message deferred", 120)
+        wait_for(lambda: _healthz(daemon.port)[0] == 503, "/healthz to say degraded", 60, every=0.2)
+        problems = " ".join(_healthz(daemon.port)[1]["problems"])
+        assert "Campaign hello: all 20 messages tried in the last pass were deferred" in problems, problems
+        daemon.stop()

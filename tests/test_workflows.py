@@ -317,11 +317,36 @@ def test_a_marketing_workflow_stops_mailing_someone_who_left_its_list_but_a_tran
     j.person("eve@example.com", lists=("news",), at="2026-03-02T08:00:00Z")
     j.event("eve@example.com", "signup", at="2026-03-02T09:00:00Z")
     j.at("2026-03-02T09:01:00Z")
+    j.person("max@example.com", lists=("news",), at="2026-03-02T08:00:00Z")
+    j.event("max@example.com", "signup", at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:01:00Z")
     j.leave("eve@example.com", "news", at="2026-03-02T12:00:00Z")
+    j.leave_all("max@example.com", at="2026-03-02T12:00:00Z")
     j.at("2026-03-03T09:02:00Z")
     assert j.sent("eve@example.com") == ["receipt/receipt"]
-    skipped = j.db.conn.execute("SELECT last_reply FROM ledger WHERE workflow = 'tips'").fetchone()[0]
-    assert "unsubscribed" in skipped
+    assert j.sent("max@example.com") == ["receipt/receipt"]  # left all marketing: receipts still come
+    skipped = j.db.conn.execute("SELECT last_reply FROM ledger WHERE workflow = 'tips' ORDER BY id").fetchall()
+    assert "unsubscribed from the workflow's list" in skipped[0][0] and "suppressed (unsubscribed)" in skipped[1][0]
+
+
+def test_a_transactional_workflow_never_mails_an_address_that_bounced(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    from state_helpers import suppress_address
+
+    workflow = """
+        kind: Workflow
+        name: receipt
+        trigger: {event: order}
+        category: transactional
+        steps:
+          - {id: receipt, send: mail/b, subject: Your receipt}
+        """
+    j = journey(tmp_path, server, workflow)
+    j.at("2026-03-02T08:00:00Z")
+    j.person("bad@example.com", at="2026-03-02T08:00:00Z")
+    suppress_address(j.db, "bad@example.com", "bounced")
+    j.event("bad@example.com", "order", at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:01:00Z")
+    assert j.sent("bad@example.com") == [] and j.received() == []
 
 
 def test_quiet_hours_hold_workflow_messages_until_morning_in_each_contacts_time_zone(
@@ -470,6 +495,8 @@ def test_removing_the_step_a_run_waits_on_ends_the_run_and_other_runs_go_on(
     shown = reconciler("status", cwd=tmp_path).stdout
     assert "Workflow drip: 2 active runs (pause 1, rest 1)" in shown
     j.write_workflows(DRIP.replace("  - {id: rest, wait: 2d}\n", ""))
+    plan = reconciler("plan", "--now", "2026-03-08T09:00:00Z", cwd=tmp_path).stdout
+    assert "1 active run on removed step rest will end; 1 active run stays on its step" in plan, plan
     j.at("2026-03-08T09:00:00Z")
     assert j.runs("gus@example.com") == [("drip", "", "ended", "rest")]
     outcome = j.db.conn.execute("SELECT outcome FROM workflow_runs WHERE step = 'rest'").fetchone()[0]

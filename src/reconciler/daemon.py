@@ -34,18 +34,22 @@ from reconciler.apply import Applied, plan_and_apply
 from reconciler.check import validate_workspace
 from reconciler.clock import Clock, iso
 from reconciler.errors import PermanentError, Problem
-from reconciler.health import HEARTBEAT_SECONDS, Health
+from reconciler.health import Health
 from reconciler.load import YAML_FOLDERS, git_commit
 from reconciler.plan import Plan
 from reconciler.sendloop import SendLoop, wait_any
 from reconciler.start import start_due
 from reconciler.state import campaigns, records, workflows
+from reconciler.state.db import GIVING_UP, ConnectionPool
+from reconciler.state.records import HEARTBEAT_SECONDS
 from reconciler.workflow_runs import RunReport, run_workflows
 
 if TYPE_CHECKING:
     from reconciler.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
+STOP_GRACE = 10
+"""Seconds after SIGTERM that messages on the wire and requests being answered have to finish."""
 WATCHED = (*YAML_FOLDERS, "templates")
 PRUNE_SECONDS = 24 * 3600.0
 """How often the daemon forgets old provider event ids and dead dispatcher registrations (and once at start)."""
@@ -124,7 +128,7 @@ def _listen(web: WebOptions) -> socket.socket:
     return listening
 
 
-def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) -> tuple[Any, Metrics]:
+def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) -> tuple[Any, Metrics, ConnectionPool]:
     """uvicorn inside the daemon's event loop: the daemon owns SIGTERM and SIGINT and stops the server itself.
     Imported here, not at the top: `validate` and `plan` start without the web stack."""
     import uvicorn
@@ -137,8 +141,16 @@ def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) ->
             yield
 
     app = create_app(web.state, clock=clock, root=root, health=health)
-    config = uvicorn.Config(app, host=web.host, port=web.port, log_level="warning", lifespan="on", access_log=False)
-    return EmbeddedServer(config), app.state.metrics
+    config = uvicorn.Config(
+        app,
+        host=web.host,
+        port=web.port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=STOP_GRACE,
+    )
+    return EmbeddedServer(config), app.state.metrics, app.state.context.pool
 
 
 async def run(
@@ -159,9 +171,13 @@ async def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     listening = _listen(web) if web is not None else None  # before anything starts: a busy port stops nothing
+    GIVING_UP.clear()
     health = Health()
     keeper = _Keeper(health, clock=clock, state=state)
-    server, metrics = _web_server(web, clock=clock, root=root, health=health) if web is not None else (None, None)
+    server, metrics, pool = (None, None, None)
+    if web is not None:
+        server, metrics, pool = _web_server(web, clock=clock, root=root, health=health)
+    watchdog = asyncio.create_task(_interrupt_when_stopping(stop, [db, dispatch_db], pool))
     sender = None
     if dispatch_db is not None:
         on_pass = metrics.pass_seconds.observe if metrics is not None else None
@@ -204,9 +220,31 @@ async def run(
         if server is not None:
             server.should_exit = True
             await serving
+        if not GIVING_UP.is_set():
+            await asyncio.to_thread(keeper.stopped, db)
+        watchdog.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("reconciler: stopped")
+
+
+async def _interrupt_when_stopping(
+    stop: asyncio.Event, connections: list[Database | None], pool: ConnectionPool | None
+) -> None:
+    """SIGTERM always stops the daemon: STOP_GRACE seconds after it, whatever still waits for the database (a lock
+    held by another process, a disk that cannot take the log) is interrupted, so the loops see the stop. A message
+    whose outcome could not be written is found `sending` by the next start and reported uncertain."""
+    await stop.wait()
+    await asyncio.sleep(STOP_GRACE)
+    log.warning("reconciler: still stopping after %ss; interrupting what waits for the state database", STOP_GRACE)
+    GIVING_UP.set()
+    while True:
+        for db in connections:
+            if db is not None:
+                db.conn.interrupt()
+        if pool is not None:
+            pool.interrupt()
+        await asyncio.sleep(0.5)
 
 
 async def _reconcile_loop(
@@ -227,17 +265,20 @@ async def _reconcile_loop(
     checked: dict[str, list[Problem]] = {}
     while not stop.is_set():
         changed.clear()
+        started = time.monotonic()
         try:
             result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now(), checked=checked)
             health.pass_worked("reconcile")
             last_logged = _log_pass(result, last_logged)
-            if sender is not None:
-                sender.wake()
             wait = _until_next_start(db, clock, interval)
         except Exception as exc:  # the daemon never dies of one bad pass; the next one tries again
-            health.pass_failed("reconcile", str(exc), at=iso(clock.now()))
+            health.pass_failed("reconcile", str(exc), at=iso(clock.now()), started=started)
             wait = min(interval, 2.0 ** (health.failures("reconcile") - 1))
             log.error("reconcile pass failed: %s; trying again in %ss", exc, f"{wait:g}", exc_info=_debug())
+        if sender is not None:  # after a failed pass too: sending works from the state, whatever the files say
+            sender.wake()
+        if stop.is_set():
+            return
         await asyncio.to_thread(keeper.after_pass, db)
         await wait_any((changed, stop), timeout=wait)
 
@@ -265,6 +306,14 @@ class _Keeper:
         self.written_at = 0.0
         self.pruned_at = 0.0
         self.lock = threading.Lock()
+
+    def stopped(self, db: Database) -> None:
+        """The daemon's last record, on a clean stop: `status` then says it stopped, not that it is well."""
+        record = records.DaemonRecord(socket.gethostname(), os.getpid(), iso(self.clock.now()), "stopped", ())
+        try:
+            records.save_daemon(db, record)
+        except Exception as exc:
+            log.warning("could not record that the daemon stopped: %s", exc)
 
     def after_pass(self, db: Database) -> None:
         """After a pass of either loop (each with its own connection `db`)."""

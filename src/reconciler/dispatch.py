@@ -88,8 +88,12 @@ class Dispatcher:
         transports: Mapping[str, Transport] | None = None,
         stop: asyncio.Event | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        on_beat: Callable[[DispatchReport], None] | None = None,
     ) -> None:
         self.db, self.root, self.clock = db, root, clock
+        self.on_beat = on_beat
+        """Called every HEARTBEAT seconds of a pass that sends, with the pass so far (`live`)."""
+        self.current: Progress | None = None
         keep_cache(db, DISPATCH_CACHE_SHARE)
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.ident = f"{self.host}:{self.pid}:{secrets.token_hex(3)}"
@@ -156,7 +160,7 @@ class Dispatcher:
     ) -> None:
         """Send each source, registered (with a heartbeat) while rows may be on the wire."""
         dispatchers.register(self.db, self.ident, host=self.host, pid=self.pid, at=iso(now))
-        beat = asyncio.create_task(self._heartbeat())
+        beat = asyncio.create_task(self._heartbeat(report))
         try:
             for source in sources:
                 if self.stop.is_set():
@@ -185,7 +189,11 @@ class Dispatcher:
                 else blocking_for(records.lists(self.db), source.lists),
                 now=now,
             )
-            report.sources.append(await sender.run())
+            self.current = sender.progress
+            try:
+                report.sources.append(await sender.run())
+            finally:
+                self.current = None
             if transport.breaker.down:
                 report.relays_down[transport.name] = transport.breaker.last_error
             if source.kind == "campaign":
@@ -224,14 +232,23 @@ class Dispatcher:
         while self.retired:
             await self.retired.pop().close()
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self, report: DispatchReport) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT)
+            if self.on_beat is not None:  # a long pass says how it goes while it goes, not only at its end
+                self.on_beat(self.live(report))
             at = iso(datetime.now(UTC))
             try:
                 dispatchers.heartbeat(self.db, self.ident, host=self.host, pid=self.pid, at=at)
             except Exception as exc:  # the pass will find out; a missed beat only ages the registration
                 log.warning("dispatcher heartbeat not written: %s", exc)
+
+    def live(self, report: DispatchReport) -> DispatchReport:
+        """The pass so far: relays as their breakers say now, and the source being sent with its progress."""
+        built = [b.transport for b in self.built.values()]
+        relays = {t.name: t.breaker.last_error for t in built if t.breaker.down}
+        sources = [*report.sources, *([self.current] if self.current is not None else [])]
+        return DispatchReport(sources=sources, relays_down=relays, blocked=dict(report.blocked))
 
     def next_probe(self) -> float | None:
         """Seconds until the earliest probe of a relay that is down, if any."""

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 FAILURES_BEFORE_DEGRADED = 3
 """Passes in a row that may fail before the daemon says it is degraded (one failure is often a passing lock)."""
+FAILING_FOR = 30.0
+"""Seconds of failing passes after which the daemon says it is degraded however few they were: a pass that waited
+out the whole busy timeout for a lock held elsewhere is one failure, and already half a minute of nothing done."""
 LOW_DISK_BYTES = 100 * 1024 * 1024
 """Free space beside the state database below which the daemon says it is degraded: SQLite needs room to write its
 log before anything can be recorded."""
-HEARTBEAT_SECONDS = 300.0
-"""How often an idle daemon writes that it is alive (for `reconciler status`), when nothing else changed."""
 
 
 @dataclass
@@ -29,14 +30,23 @@ class LoopHealth:
     failures: int = 0
     error: str = ""
     since: str | None = None
+    started: float | None = None
+    """When the first of the failing passes began (monotonic seconds)."""
 
     def worked(self) -> None:
-        self.failures, self.error, self.since = 0, "", None
+        self.failures, self.error, self.since, self.started = 0, "", None, None
 
-    def failed(self, error: str, *, at: str) -> None:
+    def failed(self, error: str, *, at: str, started: float) -> None:
         self.failures += 1
         self.error = error
         self.since = self.since or at
+        self.started = self.started if self.started is not None else started
+
+    def failing(self) -> bool:
+        if not self.failures:
+            return False
+        long = self.started is not None and time.monotonic() - self.started >= FAILING_FOR
+        return self.failures >= FAILURES_BEFORE_DEGRADED or long
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,9 @@ class Health:
     """Transport name -> why it cannot be reached."""
     blocked: dict[str, str] = field(default_factory=dict)
     """Message definition -> why its messages wait (a secret missing, a template that no longer compiles)."""
+    deferring: dict[str, int] = field(default_factory=dict)
+    """Message definition -> messages deferred in its last pass without any delivered (a relay that answers 4xx
+    to everything)."""
     disk_free: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -71,17 +84,30 @@ class Health:
         with self.lock:
             getattr(self, loop).worked()
 
-    def pass_failed(self, loop: str, error: str, *, at: str) -> None:
+    def pass_failed(self, loop: str, error: str, *, at: str, started: float | None = None) -> None:
+        """A pass of `loop` failed; `started`: when it began (monotonic), so a long wait for a lock counts."""
         with self.lock:
-            getattr(self, loop).failed(error, at=at)
+            getattr(self, loop).failed(error, at=at, started=time.monotonic() if started is None else started)
 
     def failures(self, loop: str) -> int:
         with self.lock:
             return int(getattr(self, loop).failures)
 
-    def sending(self, *, relays_down: dict[str, str], blocked: dict[str, str]) -> None:
+    def sending(
+        self,
+        *,
+        relays_down: dict[str, str],
+        blocked: dict[str, str],
+        deferred: dict[str, int] | None = None,
+        delivered: set[str] | None = None,
+    ) -> None:
+        """What a send pass found (or, during a long one, has found so far). `deferred`: message definitions all of
+        whose messages tried were deferred; they stay a problem until one of theirs is `delivered` again."""
         with self.lock:
             self.relays_down, self.blocked = dict(relays_down), dict(blocked)
+            for source in delivered or set():
+                self.deferring.pop(source, None)
+            self.deferring.update(deferred or {})
 
     def disk(self, free: int) -> None:
         with self.lock:
@@ -92,12 +118,17 @@ class Health:
             problems = [
                 f"{name} passes have failed {loop.failures} times in a row since {loop.since}: {loop.error}"
                 for name, loop in (("reconcile", self.reconcile), ("dispatch", self.dispatch))
-                if loop.failures >= FAILURES_BEFORE_DEGRADED
+                if loop.failing()
             ]
             problems += [
                 f"transport {name}: the server cannot be reached ({why})" for name, why in self.relays_down.items()
             ]
             problems += [f"{source}: messages wait: {why}" for source, why in self.blocked.items()]
+            problems += [
+                f"{source}: all {count:,} messages tried in the last pass were deferred (the relay answers with a "
+                "temporary failure; `reconciler status NAME --failures` shows its replies)"
+                for source, count in self.deferring.items()
+            ]
             if self.disk_free is not None and self.disk_free < LOW_DISK_BYTES:
                 problems.append(f"low disk space beside the state database: {self.disk_free // (1024 * 1024)} MB free")
         return HealthReport(tuple(problems), time.time())

@@ -417,7 +417,7 @@ def git_commit(root: Path) -> str | None:
         if head.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", *YAML_FOLDERS, "templates"],
+            ["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain", "--", *YAML_FOLDERS, "templates"],
             capture_output=True,
             text=True,
             timeout=10,

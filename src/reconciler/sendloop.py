@@ -27,6 +27,8 @@ from reconciler.state import ledger
 log = logging.getLogger(__name__)
 MIN_WAIT = 0.05
 MAX_BACKOFF = 60.0
+DEFERRED_TO_SAY = 10
+"""Deferred messages, none delivered, after which a pass still going says its relay defers everything."""
 
 
 class SendLoop:
@@ -81,13 +83,16 @@ class SendLoop:
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         if self.stopping.is_set():
             self._stop.set()
-        dispatcher = Dispatcher(self.db, root=self.root, clock=self.clock, stop=self._stop)
+        dispatcher = Dispatcher(self.db, root=self.root, clock=self.clock, stop=self._stop, on_beat=self._judge)
         self.ready.set()
+        # the first pass waits for the daemon's first reconcile pass: Settings changed while it was stopped (a new
+        # relay) are applied before anything is sent
+        await wait_any((self._wake, self._stop), timeout=self.interval)
         try:
             while not self._stop.is_set():
                 self._wake.clear()
                 report = await self._one_pass(dispatcher)
-                if self.after_pass is not None:
+                if self.after_pass is not None and not self._stop.is_set():
                     self.after_pass(self.db)
                 await wait_any((self._wake, self._stop), timeout=self._next_wait(dispatcher, report))
         finally:
@@ -98,11 +103,11 @@ class SendLoop:
         try:
             report = await dispatcher.run_pass()
         except Exception as exc:  # a failing database or relay never ends the daemon; the next pass carries on
-            self.health.pass_failed("dispatch", str(exc), at=iso(self.clock.now()))
+            self.health.pass_failed("dispatch", str(exc), at=iso(self.clock.now()), started=started)
             self.failure = str(exc)
             return None
         self.health.pass_worked("dispatch")
-        self.health.sending(relays_down=report.relays_down, blocked=report.blocked)
+        self._judge(report, finished=True)
         if self.on_pass is not None:
             self.on_pass(time.monotonic() - started)
         for progress in report.sources:
@@ -110,6 +115,21 @@ class SendLoop:
                 outcomes = ", ".join(f"{state} {count:,}" for state, count in sorted(progress.outcomes.items()))
                 log.info("%s: %s", progress.source, outcomes)
         return report
+
+    def _judge(self, report: DispatchReport, *, finished: bool = False) -> None:
+        """Tell the daemon's health what a pass found, or (every heartbeat of a long pass) has found so far: relays
+        down, messages that cannot be prepared, and definitions whose every message tried was deferred (at least
+        DEFERRED_TO_SAY of them while the pass is still going)."""
+        least = 1 if finished else DEFERRED_TO_SAY
+        deferred = {
+            p.source: p.outcomes["deferred"]
+            for p in report.sources
+            if p.outcomes.get("deferred", 0) >= least and not p.outcomes.get("sent")
+        }
+        delivered = {p.source for p in report.sources if p.outcomes.get("sent")}
+        self.health.sending(
+            relays_down=report.relays_down, blocked=report.blocked, deferred=deferred, delivered=delivered
+        )
 
     def _next_wait(self, dispatcher: Dispatcher, report: DispatchReport | None) -> float:
         """Until the next retry, local send time or relay probe; at once when the pass sent and more is due; backing

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlite_utils import Database
 
 from reconciler.state import observe, workflows
+from reconciler.state.campaigns import campaign_records
 from reconciler.state.ledger import Failure
-from reconciler.state.records import daemon_record, refused_revision, revisions
+from reconciler.state.records import HEARTBEAT_SECONDS, daemon_record, refused_revision, revisions
 
 PROGRESS_STATES = ("queued", "sending", "deferred", "sent", "uncertain", "failed", "skipped")
+
+
+STALE_SECONDS = 2 * HEARTBEAT_SECONDS + 60
+"""A daemon record older than this is from a daemon that is not running (a running one writes every 5 minutes)."""
+
+
+def state_problems(db: Database) -> list[str]:
+    """What in the state needs an operator, whatever the daemon's loops say: a refused revision in force, campaigns
+    that are not Ready. `/healthz` and `status` both show these."""
+    refused = refused_revision(db)
+    problems = [refused.problem()] if refused is not None else []
+    problems += [
+        f"campaign {record.name} is not ready ({record.reason}): {record.message}"
+        for record in campaign_records(db)
+        if not record.ready and record.removed_at is None
+    ]
+    return problems
 
 
 def status_report(db: Database) -> dict[str, Any]:
@@ -26,6 +47,7 @@ def status_report(db: Database) -> dict[str, Any]:
         },
         "last_error": refused.as_dict() if refused else None,
         "daemon": {**daemon.__dict__, "problems": list(daemon.problems)} if daemon else None,
+        "problems": state_problems(db),
         "contacts": observed.contacts,
         "campaigns": [
             {
@@ -65,6 +87,32 @@ def _breakdown(progress: dict[str, int]) -> str:
     return "".join(f" · {name} {count:,}" for name, count in parts if count)
 
 
+def _daemon_line(daemon: dict[str, Any], *, degraded: bool) -> str:
+    """How the daemon is, from its last record: stopped, silent for too long (not running), its process gone, or
+    its health (degraded too when the state needs someone: a refused revision, a campaign not Ready)."""
+    where = f"on {daemon['host']} (pid {daemon['pid']})"
+    seen = daemon["seen_at"]
+    if daemon["status"] == "stopped":
+        return f"Daemon: stopped at {seen} {where}"
+    silent = (datetime.now(UTC) - datetime.fromisoformat(seen)).total_seconds()
+    if daemon["host"] == socket.gethostname() and not _alive(int(daemon["pid"])):
+        return f"Daemon: not running (pid {daemon['pid']} on this host has exited; last heard from at {seen})"
+    if silent > STALE_SECONDS:
+        return f"Daemon: not heard from since {seen} ({int(silent // 60)} min ago) {where}: is it running?"
+    state = "degraded" if degraded else daemon["status"]
+    return f"Daemon: {state} at {seen} {where}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
 def format_status(report: dict[str, Any]) -> str:
     revision = report["revision"]
     out = []
@@ -75,8 +123,7 @@ def format_status(report: dict[str, Any]) -> str:
         out.append("Applied revision: none yet (run `reconciler apply` or `reconciler run`)")
     daemon, error = report["daemon"], report["last_error"]
     if daemon:
-        state = "degraded" if error else daemon["status"]  # a refused revision needs someone, whatever the loops say
-        out.append(f"Daemon: {state} at {daemon['seen_at']} on {daemon['host']} (pid {daemon['pid']})")
+        out.append(_daemon_line(daemon, degraded=bool(report["problems"])))
         out += [f"  {problem}" for problem in daemon["problems"]]
     if error:
         out.append(

@@ -7,7 +7,7 @@ a schedule further in the past than the grace period waits for confirmation.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from reconciler.plan.model import Action, Op, Plan
 from reconciler.plan.when import ago, describe_when, start_at
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import Campaign
+from reconciler.spec.workflow import Workflow, step_graph
 from reconciler.state.campaigns import CampaignDefinition, CampaignRecord
 from reconciler.state.content import digest
 from reconciler.state.observe import ObservedState
@@ -336,21 +337,36 @@ def _workflows(desired: DesiredState, observed: ObservedState, templates: Templa
         stored = workflow_content(desired, workflow, templates)
         content_hash = digest(stored.model_dump(mode="json", by_alias=True))
         old = observed.workflows.get(name)
+        runs = observed.runs.get(name, {})
         if old is None:
             trigger = next(iter(workflow.trigger.model_dump(mode="json", exclude_none=True).items()))
             summary = f"{workflow.status}, triggered by {trigger[0]}: {trigger[1]}"
             actions.append(Action("Workflow", name, "create", summary, workflow=stored, content_hash=content_hash))
         elif old != content_hash:
-            actions.append(
-                Action(
-                    "Workflow",
-                    name,
-                    "update",
-                    "steps or templates changed",
-                    workflow=stored,
-                    content_hash=content_hash,
-                )
-            )
+            summary = "steps or templates changed" + _runs_after_edit(workflow, runs)
+            actions.append(Action("Workflow", name, "update", summary, workflow=stored, content_hash=content_hash))
     for name in sorted(set(observed.workflows) - set(desired.workflows)):
-        actions.append(Action("Workflow", name, "remove", "removed from the spec"))
+        active = sum(observed.runs.get(name, {}).values())
+        ending = f"; its {_runs(active)} will end (their history is kept)" if active else ""
+        actions.append(Action("Workflow", name, "remove", "removed from the spec" + ending))
     return actions
+
+
+def _runs_after_edit(workflow: Workflow, runs: Mapping[str, int]) -> str:
+    """What an edit does to the runs on their way: those on a step that is gone end, the others stay where they
+    are (a paused workflow holds them)."""
+    if not runs:
+        return ""
+    keys = set(step_graph(workflow.steps))
+    gone = {step: count for step, count in runs.items() if step not in keys}
+    staying = sum(runs.values()) - sum(gone.values())
+    parts = [f"{_runs(count)} on removed step {step} will end" for step, count in sorted(gone.items())]
+    if staying:
+        held = " (held: the workflow is paused)" if workflow.status == "paused" else ""
+        where = "stays on its step" if staying == 1 else "stay on their steps"
+        parts.append(f"{_runs(staying)} {where}{held}")
+    return "; " + "; ".join(parts)
+
+
+def _runs(count: int) -> str:
+    return f"{count:,} active run{'' if count == 1 else 's'}"

@@ -10,6 +10,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,12 @@ from reconciler.errors import ReconcilerError
 from reconciler.state.schema import migrations
 
 BUSY_TIMEOUT_MS = 30_000
+"""How long a write waits for the write lock another process holds before it fails."""
+BUSY_STEP_MS = 2_000
+"""SQLite's own wait per attempt: `write` tries again until BUSY_TIMEOUT_MS, so a stopping daemon can give up."""
+GIVING_UP = threading.Event()
+"""Set by a daemon whose SIGTERM grace period is over: writes waiting for the lock fail at their next attempt (an
+interrupt does not end SQLite's wait for a lock), so the daemon stops within BUSY_STEP_MS."""
 WAL_PAGES = 1_000
 """Pages (4 KB) the write-ahead log may hold before it is checkpointed: about 4 MB."""
 BULK_WAL_PAGES = 10_000
@@ -88,9 +95,9 @@ def open_db(
             "status, plan, segments show and contacts export only read and work here"
         )
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=BUSY_STEP_MS / 1000, isolation_level=None, check_same_thread=False)
         db = Database(conn)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_STEP_MS}")
         db.enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: commits survive kill -9
         conn.execute("PRAGMA foreign_keys = ON")
@@ -168,6 +175,12 @@ class ConnectionPool:
                 db.conn.execute("ROLLBACK")
             self.idle.put(db)
 
+    def interrupt(self) -> None:
+        """Abort whatever each connection is doing (waiting for a lock): the daemon is stopping."""
+        with self.lock:
+            for db in self.opened:
+                db.conn.interrupt()
+
     def close(self) -> None:
         with self.lock:
             while True:
@@ -193,7 +206,7 @@ def write(db: Database) -> Iterator[Database]:
     if db.conn.in_transaction:  # nested: part of the caller's transaction
         yield db
         return
-    db.conn.execute("BEGIN IMMEDIATE")
+    _begin(db)
     try:
         yield db
     except BaseException:
@@ -201,6 +214,20 @@ def write(db: Database) -> Iterator[Database]:
         raise
     else:
         db.conn.execute("COMMIT")
+
+
+def _begin(db: Database) -> None:
+    """Take the write lock, waiting up to BUSY_TIMEOUT_MS for another process to let it go (in steps, so that a
+    stopping daemon gives up at once)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or GIVING_UP.is_set() or time.monotonic() >= deadline:
+                raise
 
 
 def get_meta(db: Database, key: str) -> str | None:

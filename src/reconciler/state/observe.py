@@ -22,6 +22,7 @@ from reconciler.state import audiences as run
 from reconciler.state.campaigns import CampaignRecord, campaign_records
 from reconciler.state.db import get_meta
 from reconciler.state.records import ListRecord, field_types, list_records
+from reconciler.state.workflows import active_by_step
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class ObservedState:
     """Counts recorded at the last apply ("Segment x", "Campaign y"), for the change since then."""
     missing_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """(campaign, field) -> recipients who lack a field its messages read without a default."""
+    runs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Workflow -> step -> active runs on it (what an edit of the workflow does to them)."""
 
 
 def observe(db: Database, *, audience: bool = True) -> ObservedState:
@@ -74,6 +77,7 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
         last_applied_revision=get_meta(db, "last_applied_revision"),
         serial=int(get_meta(db, "serial") or 0),
         last_counts=dict(db.conn.execute("SELECT subject, count FROM plan_counts").fetchall()),
+        runs=active_by_step(db),
     )
 
 

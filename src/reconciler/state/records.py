@@ -129,6 +129,10 @@ def refused_revision(db: Database) -> RefusedRevision | None:
     return RefusedRevision(data["revision"], data["since"], data["count"], tuple(data["problems"]))
 
 
+HEARTBEAT_SECONDS = 300.0
+"""How often an idle daemon writes its record (for `reconciler status`), when nothing else changed."""
+
+
 @dataclass(frozen=True)
 class DaemonRecord:
     """The daemon as it last said it was: where it runs, when, and whether it is well."""

@@ -22,8 +22,8 @@ from reconciler.rows import RowParser, normalise_email
 from reconciler.spec.documents import MailingList
 from reconciler.state import records, subscribers
 from reconciler.state import settings as runtime_settings
-from reconciler.state.campaigns import campaign_records
 from reconciler.state.contacts import ContactRow, finish_import, import_batch, start_import
+from reconciler.status import state_problems
 from reconciler.strictjson import JsonInputError
 from reconciler.web.context import context
 from reconciler.web.webhooks import WebhookAuthError, check_bearer, json_refused, read_json
@@ -212,20 +212,13 @@ async def livez(request: Request) -> Response:
 def _health(db: Database) -> dict[str, Any]:
     last = records.revisions(db, limit=1)
     refused = records.refused_revision(db)
-    waiting = [
-        f"campaign {record.name} is not ready ({record.reason}): {record.message}"
-        for record in campaign_records(db)
-        if not record.ready and record.removed_at is None
-    ]
-    if refused is not None:
-        waiting.insert(0, refused.problem())
     return {
         "revision": {
             "applied": last[0]["revision"] if last else None,
             "git_commit": last[0]["git_commit"] if last else None,
         },
         "last_error": refused.as_dict() if refused else None,
-        "problems": waiting,
+        "problems": state_problems(db),
     }
 
 
