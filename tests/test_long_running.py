@@ -8,8 +8,10 @@ import shutil
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jinja2
 import pytest
 
 from conftest import REPO, reconciler, wait_for
@@ -40,6 +42,30 @@ def test_loading_the_workspace_again_and_again_keeps_nothing(example: Path) -> N
     finally:
         tracemalloc.stop()
     assert grown < 100_000, f"{grown:,} bytes kept by 300 loads"  # a parser kept 1.9 KB per load forever
+
+
+def test_passes_over_an_unchanged_workspace_compile_no_template(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass used to build the templates' Jinja environments again and compile every template: twice the CPU
+    of a pass, and allocations that a months-long daemon's memory kept creeping with."""
+    db = open_db(example / ".state/reconciler.db")
+    checked: dict[str, list[object]] = {}
+    reconcile_once(example, db, now=NOW, checked=checked)  # type: ignore[arg-type]
+    compiled: list[str] = []
+    original = jinja2.Environment.compile
+
+    def counting(self: jinja2.Environment, source: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(str(args[0] if args else kwargs.get("name")))
+        return original(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    for _ in range(3):
+        reconcile_once(example, db, now=NOW, checked=checked)  # type: ignore[arg-type]
+    assert compiled == []
+    (example / "templates/offers/gift-guide.mjml").write_text(
+        (example / "templates/offers/gift-guide.mjml").read_text() + "{# edited #}\n"
+    )
+    reconcile_once(example, db, now=NOW, checked=checked)  # type: ignore[arg-type]
+    assert compiled  # a changed template is compiled again
 
 
 def test_an_idle_daemon_pass_writes_nothing(example: Path) -> None:

@@ -39,10 +39,19 @@ def test_durations_read_and_write_in_spec_units(text: str, expected: timedelta) 
     assert format_duration(expected) == text
 
 
-@pytest.mark.parametrize("text", ["2", "3days", "0d", "-1d", "1.5h", ""])
+@pytest.mark.parametrize("text", ["2", "3days", "-1d", "1.5h", "", "d", "1h1d"])
 def test_malformed_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+def test_durations_may_combine_units_and_are_more_than_zero_and_at_most_ten_years() -> None:
+    assert parse_duration("1d12h") == timedelta(hours=36)
+    assert parse_duration("1w2d3h4m") == timedelta(days=9, hours=3, minutes=4)
+    with pytest.raises(ValueError, match="0d is zero"):
+        parse_duration("0d")
+    with pytest.raises(ValueError, match="longer than 10 years"):
+        parse_duration("99999999999999999999999w")
 
 
 def test_send_at_accepts_now_an_offset_datetime_or_a_local_time() -> None:

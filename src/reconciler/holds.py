@@ -18,9 +18,15 @@ from reconciler.spec.documents import Settings
 from reconciler.state import ledger
 from reconciler.state.ledger import DueRow
 
+REMEMBERED = 20_000
+"""Contacts whose let-through rows a Holds keeps in mind: a few pages of 1,000, bounded for a campaign of millions."""
+
 
 class Holds:
-    """Decides, for a page of due rows of one message definition, which must wait and until when."""
+    """Decides, for the pages of due rows of one message definition, which must wait and until when.
+
+    Rows it lets through count as sent now for the rows after them: one contact can have several rows due at once
+    (a run per cart, a message held over a night), and the cap must not see them only once they went out."""
 
     def __init__(self, db: Database, settings: Settings, *, marketing: bool) -> None:
         self.db = db
@@ -28,6 +34,8 @@ class Holds:
         self.cap = settings.frequency_cap if marketing else None
         self.marketing = marketing
         self.default_zone = settings.timezone
+        self.granted: dict[int, dict[int, str]] = {}
+        """Per contact, the rows let through by this object (row id -> when), until the ledger says they went."""
 
     def check(self, rows: Sequence[DueRow], *, now: datetime) -> set[int]:
         """Postpone the rows that must wait (in the state); returns their ids."""
@@ -39,6 +47,10 @@ class Holds:
             if held is not None:
                 until, why = held
                 postponed.append((row.id, iso(until), f"postponed: {why}"))
+            elif self.cap is not None or row.contact.frequency:
+                if len(self.granted) >= REMEMBERED:
+                    self.granted.clear()  # rows that many pages back are in the ledger as sent by now
+                self.granted.setdefault(row.contact.id, {})[row.id] = iso(now)
         if postponed:
             ledger.postpone(self.db, postponed, at=iso(now))
         return {row_id for row_id, _, _ in postponed}
@@ -47,17 +59,22 @@ class Holds:
         if self.quiet is not None and (until := self._quiet_until(row, now)) is not None:
             return until, "quiet hours in the contact's time zone"
         if self.cap is not None:
-            recent = ledger.recent_sends(self.db, row.contact.id, since=iso(now - self.cap.per))
+            recent = self._recent(row.contact.id, since=now - self.cap.per)
             if len(recent) >= self.cap.max:
                 until = datetime.fromisoformat(recent[len(recent) - self.cap.max]) + self.cap.per
                 return until, f"frequency cap: at most {self.cap.max} marketing message(s) per {ago(self.cap.per)}"
         chosen = FREQUENCIES.get(row.contact.frequency or "")
         if chosen is not None:
-            recent = ledger.recent_sends(self.db, row.contact.id, since=iso(now - chosen))
+            recent = self._recent(row.contact.id, since=now - chosen)
             if recent:
                 frequency = (row.contact.frequency or "").removesuffix("ly")
                 return datetime.fromisoformat(recent[-1]) + chosen, f"the contact chose at most one email a {frequency}"
         return None
+
+    def _recent(self, contact_id: int, *, since: datetime) -> list[str]:
+        """When the contact's messages went (or were let through to go) after `since`, oldest first."""
+        sent = ledger.recent_sends(self.db, contact_id, since=iso(since))
+        return sorted({**self.granted.get(contact_id, {}), **sent}.values())
 
     def _quiet_until(self, row: DueRow, now: datetime) -> datetime | None:
         assert self.quiet is not None

@@ -254,9 +254,14 @@ class Compiler:
         return Sql(f"c.id IN ({grouped} {having.text})", params + having.params)
 
     def property(self, prop: PropertyCondition) -> Sql:
-        """A test of one property of the event `e` (segments' event conditions, workflows' event triggers)."""
-        value = Sql("json_extract(e.properties, ?)", (json_path(prop.name),))
-        return self.compare(value, _type_of(prop), prop)
+        """A test of one property of the event `e` (segments' event conditions, workflows' event triggers).
+
+        A value of another JSON type than the condition compares counts as missing: SQLite orders any text above
+        any number, so `gte: 100` would otherwise match "abc", "5" or [500]."""
+        path = json_path(prop.name)
+        if prop.operator == "exists":
+            return self.compare(Sql("json_extract(e.properties, ?)", (path,)), _type_of(prop), prop)
+        return self.compare(_typed_property(path, _json_types(prop)), _type_of(prop), prop)
 
     def engaged(self, node: EngagedCondition) -> Sql:
         engaged = node.engaged
@@ -347,11 +352,42 @@ def _type_of(node: Operators) -> str:
     sample = operand[0] if isinstance(operand, list) and operand else operand
     if node.operator in ("before", "after", "within"):
         return "datetime"
-    if isinstance(sample, bool):
+    return _scalar_type(sample)
+
+
+def _scalar_type(value: Any) -> str:
+    if isinstance(value, bool):
         return "boolean"
-    if isinstance(sample, int | float):
+    if isinstance(value, int | float):
         return "number"
     return "string"
+
+
+JSON_TYPES = {
+    "number": ("integer", "real"),
+    "string": ("text",),
+    "datetime": ("text",),
+    "boolean": ("true", "false"),
+}
+"""The JSON types (as SQLite's json_type names them) of event properties that a comparison of each type can match."""
+
+
+def _json_types(node: Operators) -> tuple[str, ...]:
+    """The JSON types a property may have to meet `node`: those of its operand (of each item, for `in`)."""
+    if node.operator in ("before", "after", "within"):
+        return JSON_TYPES["datetime"]
+    operand = node.operand
+    samples = operand if isinstance(operand, list) else [operand]
+    return tuple(dict.fromkeys(kind for sample in samples for kind in JSON_TYPES[_scalar_type(sample)]))
+
+
+def _typed_property(path: str, kinds: tuple[str, ...]) -> Sql:
+    """The property of the event `e` at `path` when its JSON type is one of `kinds`, else NULL."""
+    marks = ", ".join("?" * len(kinds))
+    return Sql(
+        f"(CASE WHEN json_type(e.properties, ?) IN ({marks}) THEN json_extract(e.properties, ?) END)",
+        (path, *kinds, path),
+    )
 
 
 def workspace_compiler(desired: DesiredState, *, now: datetime) -> Compiler:

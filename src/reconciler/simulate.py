@@ -101,8 +101,8 @@ def _start(
     stored = runs.load_workflows(db)[name]
     workflow = stored.workflow
     at = iso(start)
-    lists = list(contact.lists)
-    if stored.list_name and stored.list_name not in lists:  # the trigger's list, or the workflow's `list:`
+    lists = list(contact.lists) if contact.lists is not None else []
+    if contact.lists is None and stored.list_name:  # the trigger's list, or the workflow's `list:`
         lists.append(stored.list_name)
     with write(db):
         contact_id = contact_for(db, contact.email, at=at, first_name=contact.first_name)
@@ -216,7 +216,8 @@ def _timeline(db: Database, run_id: int, start: datetime) -> list[str]:
             if state == "sent":
                 entries.append((datetime.fromisoformat(sent_at), order, f"sent {step}"))
             else:
-                entries.append((when, order, f"not sent {step} ({state}: {reply or 'waiting'})"))
+                why = (reply or "waiting").removeprefix("not sent: ")
+                entries.append((when, order, f"not sent {step} ({state}: {why})"))
         elif result in ("then", "else"):
             entries.append((when, order, f"{result} {step}"))
         else:

@@ -1,4 +1,5 @@
-"""`reconciler status`: the state as an operator reads it (campaign conditions, progress, revisions, errors)."""
+"""`reconciler status`: the state as an operator reads it (campaign conditions, progress, revisions, errors;
+workflows' runs and what became of their messages)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from reconciler.state import observe, workflows
+from reconciler.state import observe, workflow_reads, workflows
 from reconciler.state.campaigns import campaign_records
 from reconciler.state.ledger import Failure
 from reconciler.state.records import HEARTBEAT_SECONDS, daemon_record, refused_revision, revisions
@@ -68,6 +69,7 @@ def status_report(db: Database) -> dict[str, Any]:
         ],
         "workflows": sorted(observed.workflows),
         "runs": workflows.active_by_step(db),
+        "workflow_messages": workflow_reads.messages_by_workflow(db),
         "lists": sorted(name for name, record in observed.lists.items() if not record.removed_at),
     }
 
@@ -85,6 +87,70 @@ def _breakdown(progress: dict[str, int]) -> str:
     if not sum(progress.values()) or progress["sent"] == sum(progress.values()):
         return ""
     return "".join(f" · {name} {count:,}" for name, count in parts if count)
+
+
+def outcomes(counts: dict[str, int]) -> str:
+    """ "sent 120 · waiting 4 · postponed 3": a workflow's messages by outcome, those with none left out."""
+    return " · ".join(f"{name} {counts[name]:,}" for name in workflow_reads.OUTCOMES if counts.get(name)) or "-"
+
+
+def _workflow_lines(runs: dict[str, dict[str, int]], messages: dict[str, dict[str, int]]) -> list[str]:
+    """Per workflow with runs or messages: its active runs by step, then its messages by outcome (with where to read
+    why those not sent were not)."""
+    lines = []
+    for name in sorted(runs.keys() | messages.keys()):
+        steps = runs.get(name, {})
+        on = ", ".join(f"{step or 'the end'} {count:,}" for step, count in sorted(steps.items()))
+        lines.append(
+            f"Workflow {name}: {sum(steps.values()):,} active runs ({on})"
+            if steps
+            else f"Workflow {name}: no active runs"
+        )
+        if name in messages:
+            counts = messages[name]
+            unsent = any(counts[outcome] for outcome in ("postponed", "failed", "uncertain", "skipped"))
+            why = f"; see `reconciler status {name} --failures`" if unsent else ""
+            lines.append(f"    messages: {outcomes(counts)}{why}")
+    return lines
+
+
+def workflow_report(db: Database, name: str) -> dict[str, Any]:
+    """`status WORKFLOW`: its status, and step by step (in the order runs meet them, then steps no longer in it)
+    its active runs and its messages by outcome."""
+    info = workflow_reads.workflow_info(db, name)
+    runs = workflows.active_by_step(db).get(name, {})
+    messages = workflow_reads.messages_by_step(db, name)
+    known = info.steps if info else ()
+    others = sorted((runs.keys() | messages.keys()) - set(known))
+    return {
+        "workflow": name,
+        "status": info.status if info else None,
+        "removed": info.removed if info else True,
+        "active_runs": sum(runs.values()),
+        "steps": [
+            {
+                "step": step,
+                "in_workflow": step in known,
+                "runs": runs.get(step, 0),
+                "messages": messages.get(step, dict.fromkeys(workflow_reads.OUTCOMES, 0)),
+            }
+            for step in (*known, *others)
+        ],
+    }
+
+
+def format_workflow(report: dict[str, Any]) -> str:
+    removed = ", file removed" if report["removed"] else ""
+    out = [f"Workflow {report['workflow']}: {report['status']}{removed}, {report['active_runs']:,} active runs"]
+    rows = [("STEP", "RUNS", "MESSAGES")]
+    for step in report["steps"]:
+        name = (step["step"] or "the end") + ("" if step["in_workflow"] else " (removed)")
+        rows.append((name, f"{step['runs']:,}" if step["runs"] else "-", outcomes(step["messages"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    out += ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]) for row in rows]
+    if any(step["messages"][o] for step in report["steps"] for o in ("postponed", "failed", "uncertain", "skipped")):
+        out.append(f"(why messages were not sent: `reconciler status {report['workflow']} --failures`)")
+    return "\n".join(out)
 
 
 def _daemon_line(daemon: dict[str, Any], *, degraded: bool) -> str:
@@ -135,9 +201,7 @@ def format_status(report: dict[str, Any]) -> str:
         f"Contacts: {report['contacts']:,}   Lists: {', '.join(report['lists']) or '-'}   "
         f"Workflows: {', '.join(report['workflows']) or '-'}"
     )
-    for name, steps in sorted(report["runs"].items()):
-        on = ", ".join(f"{step or 'the end'} {count:,}" for step, count in sorted(steps.items()))
-        out.append(f"Workflow {name}: {sum(steps.values()):,} active runs ({on})")
+    out += _workflow_lines(report["runs"], report["workflow_messages"])
     out.append("")
     if not report["campaigns"]:
         out.append("No campaigns applied yet.")
@@ -159,11 +223,19 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def format_failures(campaign: str, found: list[Failure], *, limit: int) -> str:
-    """`status CAMPAIGN --failures`: each message that did not arrive, with the server's last reply."""
+def format_failures(
+    subject: str,
+    found: list[Failure],
+    *,
+    limit: int,
+    kinds: str = "failed, uncertain or waiting-to-retry",
+    headings: tuple[str, str] = ("STAGE", "LAST REPLY"),
+) -> str:
+    """`status NAME --failures`: each message that did not arrive (for a campaign "Campaign x", with its stage and
+    the server's last reply; for a workflow "Workflow x", with its step and why)."""
     if not found:
-        return f"Campaign {campaign}: no failed, uncertain or waiting-to-retry messages."
-    rows = [("ADDRESS", "STAGE", "STATE", "ATTEMPTS", "WHEN", "LAST REPLY")]
+        return f"{subject}: no {kinds} messages."
+    rows = [("ADDRESS", headings[0], "STATE", "ATTEMPTS", "WHEN", headings[1])]
     rows += [(f.email, f.stage or "-", f.state, str(f.attempts), f.at, f.reply) for f in found]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)), row[5]]) for row in rows]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import html as html_module
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -129,6 +130,23 @@ class CompiledTemplate:
 
     def render(self, context: Mapping[str, Any]) -> str:
         return bounded_render(self.template, context)
+
+
+_LAST_SET: list[tuple[tuple[tuple[str, str, str | None], ...], TemplateSet]] = []
+_SET_LOCK = threading.Lock()
+
+
+def template_set(templates: Mapping[str, TemplateFile]) -> TemplateSet:
+    """The TemplateSet of these templates, the same object while their text is the same: the daemon plans on every
+    pass, and building the environments and flattening every template again each time (30 s apart, for months)
+    is work and allocator churn for nothing. One set is kept, the last one asked for."""
+    key = tuple((name, t.text, t.text_part) for name, t in sorted(templates.items()))
+    with _SET_LOCK:
+        if _LAST_SET and _LAST_SET[0][0] == key:
+            return _LAST_SET[0][1]
+        made = TemplateSet(templates)
+        _LAST_SET[:] = [(key, made)]
+        return made
 
 
 class TemplateSet:

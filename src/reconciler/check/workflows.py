@@ -30,7 +30,8 @@ def check_workflow(c: Checker, workflow: Workflow) -> None:
     assert settings is not None
     trigger = workflow.trigger
     if isinstance(trigger, SubscribedTrigger):
-        c.reference(kind, name, ("trigger", "subscribed"), "list", trigger.subscribed, desired.lists)
+        if c.reference(kind, name, ("trigger", "subscribed"), "list", trigger.subscribed, desired.lists):
+            _check_transactional_list(c, workflow, ("trigger", "subscribed"), trigger.subscribed)
     elif isinstance(trigger, SegmentEnteredTrigger):
         c.reference(kind, name, ("trigger", "segment_entered"), "segment", trigger.segment_entered, desired.segments)
     elif isinstance(trigger, DateFieldTrigger):
@@ -48,7 +49,8 @@ def check_workflow(c: Checker, workflow: Workflow) -> None:
             )
         _check_date_shift(c, name, trigger)
     if workflow.list_:
-        c.reference(kind, name, ("list",), "list", workflow.list_, desired.lists)
+        if c.reference(kind, name, ("list",), "list", workflow.list_, desired.lists):
+            _check_transactional_list(c, workflow, ("list",), workflow.list_)
     elif workflow.category == "marketing" and not isinstance(trigger, SubscribedTrigger):
         key = next(iter(trigger.model_dump(exclude_none=True)))
         c.report(
@@ -63,10 +65,27 @@ def check_workflow(c: Checker, workflow: Workflow) -> None:
         c.reference(kind, name, ("sender",), "sender", workflow.sender, settings.senders)
     if workflow.transport:
         c.reference(kind, name, ("transport",), "transport", workflow.transport, settings.transports)
+    _check_steps(c, workflow)
 
+
+def _check_steps(c: Checker, workflow: Workflow) -> None:
+    """Each step's references and values, in the order runs meet them (a condition may name earlier sends)."""
+    desired, name, kind = c.desired, workflow.name, "Workflow"
+    settings = desired.settings
+    assert settings is not None
     earlier_sends: dict[str, int] = {}
     seen_ids: set[str] = set()
     for loc, step in walk_steps(workflow.steps):
+        if step.id is None and len(workflow.steps) > 1:
+            c.report(
+                kind,
+                name,
+                loc,
+                "a step without an id",
+                "give every step an `id:`: runs remember their step by it, and a step known only by its place "
+                "is another step once one is inserted before it (its mail would go again)",
+                severity="warning",
+            )
         if step.id is not None:
             if step.id in seen_ids:
                 c.report(kind, name, (*loc, "id"), f"duplicate step id {step.id!r}", "give each step its own id")
@@ -81,10 +100,12 @@ def check_workflow(c: Checker, workflow: Workflow) -> None:
             check_condition(c, kind, name, (*loc, "if"), step.if_, earlier_sends)
         elif isinstance(step, AddToListStep | RemoveFromListStep):
             key = "add_to_list" if isinstance(step, AddToListStep) else "remove_from_list"
-            c.reference(kind, name, (*loc, key), "list", getattr(step, key), desired.lists)
+            if c.reference(kind, name, (*loc, key), "list", getattr(step, key), desired.lists) and key == "add_to_list":
+                _check_joinable(c, name, (*loc, key), getattr(step, key))
         elif isinstance(step, MoveToListStep):
             c.reference(kind, name, (*loc, "move_to_list", "from"), "list", step.move_to_list.from_, desired.lists)
-            c.reference(kind, name, (*loc, "move_to_list", "to"), "list", step.move_to_list.to, desired.lists)
+            if c.reference(kind, name, (*loc, "move_to_list", "to"), "list", step.move_to_list.to, desired.lists):
+                _check_joinable(c, name, (*loc, "move_to_list", "to"), step.move_to_list.to)
         elif isinstance(step, SetFieldStep):
             assignment = step.set_field
             if c.reference(kind, name, (*loc, "set_field", "field"), "field", assignment.field, desired.fields):
@@ -95,6 +116,33 @@ def check_workflow(c: Checker, workflow: Workflow) -> None:
                     c.report(kind, name, (*loc, "set_field", "value"), message, hint)
         if isinstance(step, SendStep) and step.id:
             earlier_sends[step.id] = len(earlier_sends)
+
+
+def _check_joinable(c: Checker, name: str, loc: tuple[str | int, ...], list_name: str) -> None:
+    """An automation may not put anyone on a double opt-in list: only the person's own confirmation does."""
+    if c.desired.lists[list_name].opt_in == "double":
+        c.report(
+            "Workflow",
+            name,
+            loc,
+            f"{list_name} is a double opt-in list: a workflow cannot subscribe anyone to it",
+            "people join it by confirming (a form or the API sends the confirmation); add them to a single opt-in "
+            "list, or send a message that invites them to subscribe",
+        )
+
+
+def _check_transactional_list(c: Checker, workflow: Workflow, loc: tuple[str, ...], list_name: str) -> None:
+    """A transactional workflow sends whatever a person chose: its trigger must not be a marketing list, whose
+    messages carry an unsubscribe link that such a workflow would not honour."""
+    if workflow.category == "transactional" and c.desired.lists[list_name].category == "marketing":
+        c.report(
+            "Workflow",
+            workflow.name,
+            loc,
+            f"{list_name} is a marketing list, and this workflow is transactional",
+            "remove `category: transactional` (its mail then stops when they unsubscribe), or trigger it from a "
+            "transactional list",
+        )
 
 
 def _check_date_shift(c: Checker, name: str, trigger: DateFieldTrigger) -> None:
@@ -195,7 +243,7 @@ def check_workflow_test(c: Checker, test: WorkflowTest) -> None:
                 f"a happening needs exactly one of opened, clicked, event, unsubscribed (found {len(given)})",
                 "write one thing per line, e.g. {at: 1d, opened: tips}",
             )
-    for index, list_name in enumerate(test.contact.lists):
+    for index, list_name in enumerate(test.contact.lists or []):
         c.reference(kind, name, ("contact", "lists", index), "list", list_name, desired.lists)
     for field in test.contact.fields:
         c.reference(kind, name, ("contact", "fields", field), "field", field, desired.fields)

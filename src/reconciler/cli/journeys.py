@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from reconciler.cli.main import address, checked, database, main, state_file, workspace_root
 from reconciler.errors import UsageError
@@ -73,7 +74,7 @@ def simulate(
     how it ends. Nothing is sent or written."""
     from reconciler.clock import parse_instant
     from reconciler.simulate import simulate as timeline
-    from reconciler.spec.journey import Happening
+    from reconciler.spec.journey import Happening, in_calendar
     from reconciler.yamlnodes import parse_documents
 
     root = workspace_root(ctx)
@@ -91,7 +92,12 @@ def simulate(
             happens = [Happening.model_validate(item) for item in documents[0].value]
         except ValueError as exc:
             raise UsageError(f"--events {events}: {exc}") from None
-    moment = parse_instant(start) if start else datetime.now(UTC).replace(second=0, microsecond=0)
+    try:
+        moment = in_calendar(parse_instant(start)) if start else datetime.now(UTC).replace(second=0, microsecond=0)
+    except ValueError as exc:
+        raise UsageError(
+            f"--start {start}: {exc}; write an ISO 8601 time with an offset, e.g. 2030-01-07T10:00:00Z"
+        ) from None
     lines = timeline(desired, workflow, contact, happens, start=moment, days=days)
     click.echo(f"Workflow {workflow} for {contact.email}, from {moment.isoformat()}:")
     click.echo("\n".join(f"  {line}" for line in lines) or "  (nothing happens)")
@@ -100,13 +106,19 @@ def simulate(
 def _contact(ctx: click.Context, root: Path, email: str | None, fields: str | None) -> Any:
     from reconciler.spec.journey import TestContact
     from reconciler.state.contacts import find_contact
+    from reconciler.state.subscribers import preferences
 
     if email and fields:
         raise UsageError("--contact and --fields: give one of them")
     if email:
-        found = None
+        found, lists = None, []
         if state_file(ctx, root).exists():
-            found = find_contact(database(ctx, root, read_only=True), address(email))
+            db = database(ctx, root, read_only=True)
+            found = find_contact(db, address(email))
+            choices = preferences(db, found.id) if found is not None else None
+            lists = [
+                name for name, status in (choices.subscriptions if choices else {}).items() if status == "subscribed"
+            ]
         if found is None:
             raise UsageError(f"--contact: {email} is not a contact in the state database (or use --fields)")
         return TestContact(
@@ -118,7 +130,7 @@ def _contact(ctx: click.Context, root: Path, email: str | None, fields: str | No
             country=found.country,
             fields=dict(found.fields),
             tags=list(found.tags),
-            lists=[],
+            lists=lists,  # as they are: a marketing workflow sends them nothing unless they are on its list
         )
     try:
         given = json.loads(fields) if fields else {}
@@ -127,9 +139,12 @@ def _contact(ctx: click.Context, root: Path, email: str | None, fields: str | No
     if not isinstance(given, dict):
         raise UsageError("--fields: write a JSON object of fields")
     builtin = {
-        k: given.pop(k) for k in ("email", "first_name", "last_name", "timezone", "locale", "country") if k in given
+        k: given.pop(k)
+        for k in ("email", "first_name", "last_name", "timezone", "locale", "country", "tags", "lists")
+        if k in given
     }
     try:
         return TestContact(**builtin, fields=given)
-    except ValueError as exc:
-        raise UsageError(f"--fields: {exc}") from None
+    except ValidationError as exc:
+        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise UsageError(f"--fields: {wrong}") from None

@@ -185,35 +185,75 @@ def _dispatch_lines(report: DispatchReport) -> list[str]:
 
 
 @main.command()
-@click.argument("campaign", required=False)
+@click.argument("name", required=False)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--failures", is_flag=True, help="With CAMPAIGN: each message that did not arrive, with its reply.")
+@click.option(
+    "--failures", is_flag=True, help="With NAME: each message of that campaign or workflow that was not sent, and why."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Failures to show.")
 @click.pass_context
-def status(ctx: click.Context, campaign: str | None, fmt: str, failures: bool, limit: int) -> None:
-    """Campaigns with their condition and progress, the last applied revision, and the last error; with CAMPAIGN
-    --failures, the messages of one campaign that failed, are uncertain or wait to be retried."""
-    from reconciler.state import ledger
+def status(ctx: click.Context, name: str | None, fmt: str, failures: bool, limit: int) -> None:
+    """Campaigns with their condition and progress, workflows with their runs and messages by outcome, the last
+    applied revision, and the last error. With WORKFLOW, its runs and messages step by step; with CAMPAIGN or
+    WORKFLOW --failures, its messages that failed, are uncertain, wait to be retried (or for a workflow were
+    skipped or postponed), with why."""
     from reconciler.state.campaigns import campaign_records
-    from reconciler.status import format_failures, format_status, status_report
+    from reconciler.state.workflow_reads import workflow_names
+    from reconciler.status import format_status, format_workflow, status_report, workflow_report
 
     db = database(ctx, workspace_root(ctx), create=False, read_only=True)
-    if failures or campaign:
-        if not (failures and campaign):
-            raise UsageError("--failures needs a campaign: reconciler status CAMPAIGN --failures")
-        known = [record.name for record in campaign_records(db)]
-        if campaign not in known:
-            raise UsageError(
-                f"no campaign {campaign!r} in the state database; {did_you_mean(campaign, known)}".rstrip("; ")
-            )
-        found = ledger.failures(db, campaign, limit=limit)
-        if fmt == "json":
-            click.echo(json.dumps([f.__dict__ for f in found], indent=2))
-        else:
-            click.echo(format_failures(campaign, found, limit=limit))
+    if name is None:
+        if failures:
+            raise UsageError("--failures needs a campaign or workflow: reconciler status NAME --failures")
+        report = status_report(db)
+        click.echo(json.dumps(report, indent=2) if fmt == "json" else format_status(report))
         return
-    report = status_report(db)
-    click.echo(json.dumps(report, indent=2) if fmt == "json" else format_status(report))
+    campaigns = [record.name for record in campaign_records(db)]
+    workflows = workflow_names(db)
+    if name in campaigns and (failures or name not in workflows):
+        if not failures:
+            raise UsageError(
+                f"status CAMPAIGN needs --failures (its progress is in `reconciler status`): "
+                f"reconciler status {name} --failures"
+            )
+        _failures(db, name, fmt=fmt, limit=limit, workflow=False)
+    elif name in workflows:
+        if failures:
+            _failures(db, name, fmt=fmt, limit=limit, workflow=True)
+            return
+        detail = workflow_report(db, name)
+        click.echo(json.dumps(detail, indent=2) if fmt == "json" else format_workflow(detail))
+    else:
+        known = sorted({*campaigns, *workflows})
+        raise UsageError(
+            f"no campaign or workflow {name!r} in the state database; {did_you_mean(name, known)}".rstrip("; ")
+        )
+
+
+def _failures(db: Database, name: str, *, fmt: str, limit: int, workflow: bool) -> None:
+    """`status NAME --failures`, for a campaign or a workflow, in one shape."""
+    from reconciler.state import ledger
+    from reconciler.state.workflow_reads import workflow_failures
+    from reconciler.status import format_failures
+
+    if not workflow:
+        found = ledger.failures(db, name, limit=limit)
+        shown = [f.__dict__ for f in found]
+        text = format_failures(f"Campaign {name}", found, limit=limit)
+    else:
+        found = workflow_failures(db, name, limit=limit)
+        shown = [
+            {"email": f.email, "step": f.stage, "state": f.state, "attempts": f.attempts, "reply": f.reply, "at": f.at}
+            for f in found
+        ]
+        text = format_failures(
+            f"Workflow {name}",
+            found,
+            limit=limit,
+            kinds="failed, uncertain, skipped, postponed or waiting-to-retry",
+            headings=("STEP", "REASON"),
+        )
+    click.echo(json.dumps(shown, indent=2) if fmt == "json" else text)
 
 
 @main.command()

@@ -22,7 +22,8 @@ from reconciler.spec.workflow import Workflow, step_graph
 from reconciler.state.campaigns import CampaignDefinition, CampaignRecord
 from reconciler.state.content import digest
 from reconciler.state.observe import ObservedState
-from reconciler.templates import TemplateSet
+from reconciler.state.workflows import StoredWorkflow
+from reconciler.templates import TemplateSet, template_set
 
 ENDED = ("sent", "cancelled")
 
@@ -36,7 +37,7 @@ def make_plan(
     confirm: Collection[str] = (),
 ) -> Plan:
     """What apply would do to bring the state in line with `desired` at `now`."""
-    templates = TemplateSet(desired.templates)
+    templates = template_set(desired.templates)
     actions: list[Action] = []
     problems: list[Problem] = []
     audiences: dict[str, AudienceCount] = {}
@@ -343,13 +344,24 @@ def _workflows(desired: DesiredState, observed: ObservedState, templates: Templa
             summary = f"{workflow.status}, triggered by {trigger[0]}: {trigger[1]}"
             actions.append(Action("Workflow", name, "create", summary, workflow=stored, content_hash=content_hash))
         elif old != content_hash:
-            summary = "steps or templates changed" + _runs_after_edit(workflow, runs)
+            summary = _edit_summary(stored, old) + _runs_after_edit(workflow, runs)
             actions.append(Action("Workflow", name, "update", summary, workflow=stored, content_hash=content_hash))
     for name in sorted(set(observed.workflows) - set(desired.workflows)):
         active = sum(observed.runs.get(name, {}).values())
         ending = f"; its {_runs(active)} will end (their history is kept)" if active else ""
         actions.append(Action("Workflow", name, "remove", "removed from the spec" + ending))
     return actions
+
+
+def _edit_summary(stored: StoredWorkflow, old_hash: str) -> str:
+    """Says "paused" or "active again" when that is the whole edit (the record's hash with the status flipped back is
+    the stored one), else that the steps or templates changed."""
+    workflow = stored.workflow
+    flipped = "active" if workflow.status == "paused" else "paused"
+    before = stored.model_copy(update={"workflow": workflow.model_copy(update={"status": flipped})})
+    if digest(before.model_dump(mode="json", by_alias=True)) != old_hash:
+        return "steps or templates changed"
+    return "paused: starts no runs until it is active again" if workflow.status == "paused" else "active again"
 
 
 def _runs_after_edit(workflow: Workflow, runs: Mapping[str, int]) -> str:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     PlainSerializer,
@@ -83,8 +84,9 @@ class TestContact(Model):
     """Custom fields, by Field name."""
     tags: list[str] = []
     """Tags."""
-    lists: list[Slug] = []
-    """The lists they are subscribed to when the run starts (the list the workflow sends for is added for you)."""
+    lists: list[Slug] | None = None
+    """The lists they are subscribed to when the run starts. Left out, the list the workflow sends for is theirs;
+    given (even `[]`), exactly these: a contact outside a marketing workflow's list gets none of its mail."""
 
 
 class Happening(Model):
@@ -105,6 +107,15 @@ class Happening(Model):
     """Leaves this list."""
 
 
+def in_calendar(moment: datetime) -> datetime:
+    """A simulated start the simulation's years fit after: ten years of waits from 9000 still have a date."""
+    if moment.tzinfo is None:
+        raise ValueError(f"{moment.isoformat()} has no UTC offset (write e.g. 2030-01-07T10:00:00Z)")
+    if not 2000 <= moment.year <= 9000:
+        raise ValueError(f"{moment.isoformat()} is not between the years 2000 and 9000")
+    return moment
+
+
 class WorkflowTest(Document):
     """A workflow's expected timeline for one contact, checked by `reconciler test` on simulated time."""
 
@@ -112,8 +123,8 @@ class WorkflowTest(Document):
     """WorkflowTest."""
     workflow: Slug
     """The workflow under test."""
-    start: datetime = datetime.fromisoformat("2030-01-07T10:00:00+00:00")
-    """When the run starts (a Monday 10:00 UTC unless given; with an offset)."""
+    start: Annotated[datetime, AfterValidator(in_calendar)] = datetime.fromisoformat("2030-01-07T10:00:00+00:00")
+    """When the run starts (a Monday 10:00 UTC unless given; with an offset), between the years 2000 and 9000."""
     contact: TestContact = TestContact()
     """Who it is for."""
     happens: list[Happening] = []

@@ -109,19 +109,30 @@ TemplateRef = Annotated[
 ]
 """A template under templates/, without the .mjml extension."""
 
-DURATION_PATTERN = r"^[1-9][0-9]*[mhdw]$"
-_DURATION = re.compile(r"^([1-9][0-9]*)([mhdw])$")
+DURATION_PATTERN = r"^(?=[0-9])(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?$"
+_DURATION = re.compile(DURATION_PATTERN)
+_PART = re.compile(r"([0-9]+)([mhdw])")
 _UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+LONGEST = timedelta(days=3660)
+"""No wait, window or offset is longer than ten years: a longer one is a typo, and would not fit a calendar."""
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Turn ``30m``/``12h``/``2d``/``1w`` into a timedelta; anything else is a mistake worth explaining."""
+    """Turn ``30m``/``12h``/``2d``/``1w`` (or ``1d12h``) into a timedelta; anything else is a mistake worth
+    explaining."""
     if isinstance(value, timedelta):
         return value
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration (write a number and a unit: 30m, 12h, 2d or 1w)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    if not isinstance(value, str) or not _DURATION.match(value):
+        raise ValueError(f"{value!r} is not a duration (write a number and a unit: 30m, 12h, 2d or 1w, or 1d12h)")
+    parts = _PART.findall(value)
+    if sum(int(number) for number, _ in parts) > LONGEST.days * 24 * 60:
+        raise ValueError(f"{value} is longer than 10 years (write at most 3660d)")
+    total = sum((int(number) * _UNITS[unit] for number, unit in parts), timedelta())
+    if total > LONGEST:
+        raise ValueError(f"{value} is longer than 10 years (write at most 3660d)")
+    if not total:
+        raise ValueError(f"{value} is zero (a duration is at least 1m)")
+    return total
 
 
 def format_duration(value: timedelta) -> str:

@@ -301,15 +301,31 @@ def export_contact(db: Database, email: str) -> dict[str, Any] | None:
         "subscriptions": rows("SELECT list, status, updated_at FROM subscriptions WHERE contact_id = ? ORDER BY list"),
         "consent": rows("SELECT list, action, at, source, text, ip FROM consent WHERE contact_id = ? ORDER BY id"),
         "suppression": dict(zip(("reason", "at", "detail"), suppression, strict=True)) if suppression else None,
-        "messages": rows(
-            "SELECT source_kind, source, stage, state, message_id, updated_at FROM ledger WHERE contact_id = ? "
-            "ORDER BY id"
+        "messages": _by_step(
+            rows(
+                "SELECT source_kind, coalesce(workflow, source) AS source, stage, workflow IS NOT NULL AS by_step, "
+                "state, message_id, updated_at FROM ledger WHERE contact_id = ? ORDER BY id"
+            )
         ),
-        "engagement": rows(
-            "SELECT source, stage, action, machine, at FROM engagement WHERE contact_id = ? ORDER BY id"
+        "engagement": _by_step(
+            rows(
+                "SELECT coalesce(l.workflow, e.source) AS source, e.stage, l.workflow IS NOT NULL AS by_step, "
+                "e.action, e.machine, e.at FROM engagement e LEFT JOIN ledger l ON l.id = e.ledger_id "
+                "WHERE e.contact_id = ? ORDER BY e.id"
+            )
         ),
         "events": events,
     }
+
+
+def _by_step(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A workflow's message is named by its workflow and step (its ledger row's source is the run, a number that
+    means nothing to the person); a campaign's by its name and stage."""
+    named = []
+    for row in found:
+        by_step = row.pop("by_step")
+        named.append({("step" if by_step and key == "stage" else key): value for key, value in row.items()})
+    return named
 
 
 def erase_contact(db: Database, email: str, *, at: str) -> bool:

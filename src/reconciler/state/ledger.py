@@ -199,16 +199,15 @@ def sent_message(db: Database, row_id: int) -> SentMessage | None:
     return SentMessage(DueRow(row[4], row[5], row[6], row[7], row[8:]), source)
 
 
-def recent_sends(db: Database, contact_id: int, *, since: str) -> list[str]:
-    """When messages went to a contact after `since` (for the frequency cap), oldest first: one sent exactly a
-    window ago is out of it, so a message held until then goes out then."""
-    return [
-        row[0]
-        for row in db.conn.execute(
-            "SELECT sent_at FROM ledger WHERE contact_id = ? AND state = 'sent' AND sent_at > ? ORDER BY sent_at",
+def recent_sends(db: Database, contact_id: int, *, since: str) -> dict[int, str]:
+    """When messages went to a contact after `since` (for the frequency cap), by row id, oldest first: one sent
+    exactly a window ago is out of it, so a message held until then goes out then."""
+    return dict(
+        db.conn.execute(
+            "SELECT id, sent_at FROM ledger WHERE contact_id = ? AND state = 'sent' AND sent_at > ? ORDER BY sent_at",
             (contact_id, since),
-        )
-    ]
+        ).fetchall()
+    )
 
 
 def postpone(db: Database, rows: Iterable[tuple[int, str, str]], *, at: str) -> None:
@@ -262,9 +261,10 @@ def claim(
             pass
         elif not subscribed and source.requires == "pending":
             why = "not sent: the subscription is no longer waiting for confirmation"
-        elif not subscribed:
-            what = "campaign's lists" if source.kind == "campaign" else "workflow's list"
-            why = f"not sent: the contact unsubscribed from the {what} before their message went out"
+        elif not subscribed and source.kind == "campaign":
+            why = "not sent: the contact unsubscribed from the campaign's lists before their message went out"
+        elif not subscribed:  # a run starts for anyone its trigger names; a marketing step needs the list
+            why = _not_on_list(db, contact_id, source.lists)
         if why:
             db.conn.execute(
                 "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ? WHERE id = ?", (why, at, row_id)
@@ -276,6 +276,19 @@ def claim(
             (dispatcher, message_id, at, at, row_id),
         )
         return "claimed"
+
+
+def _not_on_list(db: Database, contact_id: int, lists: Sequence[str]) -> str:
+    """Why a workflow's marketing message is skipped: the person left its list, or was never on it."""
+    names = ", ".join(lists)
+    left = db.conn.execute(
+        "SELECT 1 FROM subscriptions WHERE contact_id = ? AND status = 'unsubscribed' "
+        "AND list IN (SELECT value FROM json_each(?))",
+        (contact_id, json.dumps(list(lists))),
+    ).fetchone()
+    if left:
+        return f"not sent: the contact unsubscribed from the workflow's list ({names}) before their message went out"
+    return f"not sent: the contact is not subscribed to {names} (the workflow's list)"
 
 
 def refused(db: Database, outcome: Outcome, *, source: Source, previous: Outcome | None = None) -> str:

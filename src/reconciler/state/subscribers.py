@@ -235,6 +235,17 @@ def subscription_status(db: Database, contact_id: int, name: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def left_by_choice(db: Database, contact_id: int, name: str) -> bool:
+    """Did the person unsubscribe from this list, or from everything? Only they may undo that (a form, the
+    preference page): an automation that adds people to lists never does."""
+    row = db.conn.execute(
+        "SELECT s.status, p.reason FROM contacts c LEFT JOIN subscriptions s ON s.contact_id = c.id AND s.list = ? "
+        "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE c.id = ?",
+        (name, contact_id),
+    ).fetchone()
+    return row is not None and (row[0] == "unsubscribed" or row[1] == "unsubscribed")
+
+
 # --- engagement, events, bounces ------------------------------------------------------------------------------
 
 

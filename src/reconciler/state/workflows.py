@@ -201,13 +201,25 @@ def end_removed(db: Database, *, at: str) -> int:
     ).rowcount
 
 
-def exit_runs(db: Database, workflow: str, contact_id: int, *, outcome: str, at: str) -> int:
-    """End a contact's active runs of `workflow` early (their exit event arrived)."""
+def exit_runs(db: Database, workflow: str, contact_id: int, *, event: str, at: str) -> int:
+    """End a contact's active runs of `workflow` early (their exit event arrived), and skip the workflow's
+    messages to them that still wait (held for the morning or by the cap, or retrying): a purchase stops the
+    cart reminder that was due at 08:00 too. Returns the runs ended."""
+    skip_waiting(db, workflow, contact_id, event=event, at=at)
     return db.conn.execute(
         "UPDATE workflow_runs SET state = 'exited', outcome = ?, ended_at = ?, due_at = NULL "
         "WHERE workflow = ? AND contact_id = ? AND state = 'active'",
-        (outcome, at, workflow, contact_id),
+        (f"exited: {event}", at, workflow, contact_id),
     ).rowcount
+
+
+def skip_waiting(db: Database, workflow: str, contact_id: int, *, event: str, at: str) -> None:
+    """The workflow's messages to the contact that have not gone yet are skipped: their exit event came."""
+    db.conn.execute(
+        "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ? "
+        "WHERE workflow = ? AND contact_id = ? AND state IN ('queued', 'deferred')",
+        (f"not sent: the run exited ({event}) before the message went out", at, workflow, contact_id),
+    )
 
 
 def queue_send(db: Database, run: Run, step: str, *, content_hash: str, revision: str, at: str) -> bool:
@@ -362,14 +374,17 @@ def date_candidates(db: Database, field: str, month_days: list[str]) -> list[tup
     return [(int(r[0]), str(r[1]), r[2]) for r in rows]
 
 
-def segment_members(db: Database, workflow: str) -> tuple[set[int], bool]:
-    """Who was in a segment_entered workflow's segment at its last evaluation, and whether there was one."""
-    seen = get_meta(db, f"workflows.segment.{workflow}") is not None
+def segment_members(db: Database, workflow: str, definition: str) -> tuple[set[int], bool]:
+    """Who was in a segment_entered workflow's segment at its last evaluation, and whether there was one of this
+    `definition` (a digest of the segment as the trigger reads it): a trigger pointed at another segment, or a
+    segment whose conditions changed, starts over like a new workflow, so it does not flood everyone it now
+    takes in."""
+    seen = get_meta(db, f"workflows.segment.{workflow}") == definition
     rows = db.conn.execute("SELECT contact_id FROM workflow_segment_members WHERE workflow = ?", (workflow,))
     return {int(r[0]) for r in rows}, seen
 
 
-def note_segment_members(db: Database, workflow: str, *, entered: set[int], left: set[int]) -> None:
+def note_segment_members(db: Database, workflow: str, definition: str, *, entered: set[int], left: set[int]) -> None:
     """Inside the caller's write: the members after an evaluation."""
     db.conn.executemany(
         "DELETE FROM workflow_segment_members WHERE workflow = ? AND contact_id = ?", [(workflow, c) for c in left]
@@ -378,4 +393,4 @@ def note_segment_members(db: Database, workflow: str, *, entered: set[int], left
         "INSERT OR IGNORE INTO workflow_segment_members(workflow, contact_id) VALUES (?, ?)",
         [(workflow, c) for c in entered],
     )
-    set_meta(db, f"workflows.segment.{workflow}", "evaluated")
+    set_meta(db, f"workflows.segment.{workflow}", definition)

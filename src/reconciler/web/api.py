@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -157,6 +158,9 @@ async def events(request: Request) -> Response:
 MAX_TEXT = 200
 """Characters of an event's type and id."""
 
+FUTURE_SLACK = timedelta(hours=24)
+"""How far ahead of the server's clock an event's occurred_at may be (clocks that are off, time zones got wrong)."""
+
 
 def _event(item: Any, *, now: str) -> tuple[str, str, str, dict[str, Any], str | None]:
     """One event of a request as (email, type, occurred_at, properties, id), or a ValueError naming the key."""
@@ -165,16 +169,7 @@ def _event(item: Any, *, now: str) -> tuple[str, str, str, dict[str, Any], str |
     kind = item.get("type")
     if not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_TEXT or "\x00" in kind:
         raise ValueError(f"type: expected the event's type as text (at most {MAX_TEXT} characters)")
-    occurred = item.get("occurred_at")
-    if occurred is None:
-        when = now
-    elif not isinstance(occurred, str):
-        raise ValueError("occurred_at: expected a date-time as text, e.g. 2026-11-24T09:00:00Z")
-    else:
-        try:
-            when = iso(parse_instant(occurred))
-        except ValueError as exc:
-            raise ValueError(f"occurred_at: {exc}") from None
+    when = _occurred_at(item.get("occurred_at"), now=now)
     properties = item.get("properties")
     if properties is None:
         properties = {}
@@ -190,6 +185,25 @@ def _event(item: Any, *, now: str) -> tuple[str, str, str, dict[str, Any], str |
     except ValueError as exc:
         raise ValueError(f"email: {exc}") from None
     return email, kind, when, properties, None if external is None else str(external)
+
+
+def _occurred_at(value: Any, *, now: str) -> str:
+    """When an event happened, as stored: `now` when not given; refused beyond `FUTURE_SLACK` after `now` (one such
+    event would count as recent in every "within" condition, and end every later run its `exit_when` names)."""
+    if value is None:
+        return now
+    if not isinstance(value, str):
+        raise ValueError("occurred_at: expected a date-time as text, e.g. 2026-11-24T09:00:00Z")
+    try:
+        when = parse_instant(value)
+    except ValueError as exc:
+        raise ValueError(f"occurred_at: {exc}") from None
+    if when > parse_instant(now) + FUTURE_SLACK:
+        raise ValueError(
+            f"occurred_at is more than 24 hours in the future ({value}; the server's clock says {now}); "
+            "send the time the event happened, with its offset"
+        )
+    return iso(when)
 
 
 async def healthz(request: Request) -> Response:

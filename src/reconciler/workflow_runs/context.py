@@ -25,14 +25,17 @@ class RunReport:
     advanced: int = 0
     queued: int = 0
     finished: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    ignored: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Triggers that started nothing, and why ("cart: events without cart_id", "welcome: events while paused")."""
 
     @property
     def busy(self) -> bool:
-        return bool(self.started or self.advanced or self.finished)
+        return bool(self.started or self.advanced or self.finished or self.ignored)
 
     def describe(self) -> str:
         ended = ", ".join(f"{n} {state}" for state, n in sorted(self.finished.items()) if n) or "none finished"
-        return f"{self.started} runs started, {self.advanced} advanced, {self.queued} messages queued, {ended}"
+        ignored = "".join(f"; not started: {n} {why}" for why, n in sorted(self.ignored.items()))
+        return f"{self.started} runs started, {self.advanced} advanced, {self.queued} messages queued, {ended}{ignored}"
 
 
 class Pass:

@@ -8,6 +8,8 @@ Dates and segments are looked at on every pass.
 from __future__ import annotations
 
 import calendar
+import hashlib
+import json
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,16 +27,21 @@ from reconciler.spec.workflow import (
 from reconciler.state import audiences
 from reconciler.state import workflows as runs
 from reconciler.state.db import get_meta, write
-from reconciler.state.workflows import NewEvent
+from reconciler.state.workflows import NewEvent, StoredWorkflow
 from reconciler.workflow_runs.context import Pass
 
 BATCH = 1_000
 """Facts read per transaction."""
+KEY_LIMIT = 200
+"""Characters of a run's key kept as they are; a longer one is kept by its digest."""
 
 
-def start(run_pass: Pass, name: str, contact_id: int, *, key: str, trigger: str) -> None:
-    """A run for the contact, unless the workflow's re-entry rule keeps them out (inside the caller's write)."""
+def start(run_pass: Pass, name: str, contact_id: int, *, key: str, trigger: str, once: bool = False) -> None:
+    """A run for the contact, unless the workflow's re-entry rule keeps them out (inside the caller's write).
+    `once`: one run per key whatever the rule (a date's occasion is seen on every pass of its day)."""
     stored = run_pass.workflow(name)
+    if once and runs.last_run(run_pass.db, name, contact_id, key) is not None:
+        return
     if not _may_enter(run_pass, name, contact_id, key):
         return
     started = runs.start_run(
@@ -116,14 +123,36 @@ def _event(run_pass: Pass, event: NewEvent) -> None:
     for name, stored in run_pass.active.items():
         workflow = stored.workflow
         if workflow.exit_when is not None and workflow.exit_when.event == event.type:
-            outcome = f"exited: {event.type}"
             run_pass.report.finished["exited"] += runs.exit_runs(
-                run_pass.db, name, event.contact_id, outcome=outcome, at=at
+                run_pass.db, name, event.contact_id, event=event.type, at=at
             )
         trigger = workflow.trigger
         if isinstance(trigger, EventTrigger) and trigger.event == event.type and _matches(run_pass, name, event):
-            key = str(event.properties.get(trigger.key, "")) if trigger.key else ""
-            start(run_pass, name, event.contact_id, key=key[:200], trigger=f"event {event.id}")
+            key = _key(event, trigger.key)
+            if key is None:
+                run_pass.report.ignored[f"{name}: events without {trigger.key}"] += 1
+            else:
+                start(run_pass, name, event.contact_id, key=key, trigger=f"event {event.id}")
+    for name, stored in run_pass.stored.items():
+        trigger = stored.workflow.trigger
+        if name not in run_pass.active and isinstance(trigger, EventTrigger) and trigger.event == event.type:
+            run_pass.report.ignored[f"{name}: events while paused"] += 1
+
+
+def _key(event: NewEvent, name: str | None) -> str | None:
+    """The run's key from the event's `name` property: text as it is, a number or a boolean as JSON writes it,
+    and a long value by its digest (two carts whose ids share 200 characters are two runs). None when the event
+    does not carry it (missing, null, a list or an object): such an event starts no run, and the pass says so."""
+    if name is None:
+        return ""
+    value = event.properties.get(name)
+    if isinstance(value, str) and value:
+        text = value
+    elif isinstance(value, bool | int | float):
+        text = json.dumps(value)
+    else:
+        return None
+    return text if len(text) <= KEY_LIMIT else text[:100] + "…" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _matches(run_pass: Pass, name: str, event: NewEvent) -> bool:
@@ -159,7 +188,7 @@ def from_dates(run_pass: Pass) -> None:
                 occasion = local.date() - shift
                 if _celebrates(value, occasion) and local.time() >= trigger.at:
                     trigger_text = f"date {trigger.date_field} {occasion.isoformat()}"
-                    start(run_pass, name, contact_id, key=str(occasion.year), trigger=trigger_text)
+                    start(run_pass, name, contact_id, key=str(occasion.year), trigger=trigger_text, once=True)
 
 
 def _zone(name: str | None, fallback: str) -> ZoneInfo:
@@ -186,7 +215,8 @@ def from_segments(run_pass: Pass) -> None:
         if not isinstance(trigger, SegmentEnteredTrigger):
             continue
         members = set(audiences.member_ids(db, run_pass.compiler(name).members(trigger.segment_entered)))
-        known, seen = runs.segment_members(db, name)
+        definition = _definition(stored, trigger.segment_entered)
+        known, seen = runs.segment_members(db, name, definition)
         entered, left = members - known, known - members
         if seen and not entered and not left:
             continue
@@ -194,4 +224,10 @@ def from_segments(run_pass: Pass) -> None:
             if seen or trigger.backfill:
                 for contact_id in sorted(entered):
                     start(run_pass, name, contact_id, key="", trigger=f"segment {trigger.segment_entered}")
-            runs.note_segment_members(db, name, entered=entered, left=left)
+            runs.note_segment_members(db, name, definition, entered=entered, left=left)
+
+
+def _definition(stored: StoredWorkflow, segment: str) -> str:
+    """A digest of the segment the trigger watches and every segment the workflow stored with it."""
+    described = {"trigger": segment, "segments": {n: s.model_dump(mode="json") for n, s in stored.segments.items()}}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]

@@ -68,6 +68,7 @@ def walk(run_pass: Pass, run: Run) -> None:
     exit_when = stored.workflow.exit_when
     for _ in range(len(graph) + 1):
         if exit_when is not None and runs.had_event(db, run.contact_id, exit_when.event, since=run.started_at):
+            runs.skip_waiting(db, run.workflow, run.contact_id, event=exit_when.event, at=run_pass.at)
             _finish(run_pass, run, key, "exited", f"exited: {exit_when.event}")
             return
         if not key:
@@ -124,6 +125,8 @@ def _act(run_pass: Pass, run: Run, step: object, at: datetime) -> str:
         subscribers.change_subscriptions(db, contact, wanted, at=when, source=source)
 
     if isinstance(step, AddToListStep):
+        if subscribers.left_by_choice(db, contact, step.add_to_list):
+            return f"not added to {step.add_to_list}: they unsubscribed"
         subscriptions({step.add_to_list: "subscribed"})
         return f"added to {step.add_to_list}"
     if isinstance(step, RemoveFromListStep):
@@ -131,6 +134,9 @@ def _act(run_pass: Pass, run: Run, step: object, at: datetime) -> str:
         return f"removed from {step.remove_from_list}"
     if isinstance(step, MoveToListStep):
         lists = step.move_to_list
+        if subscribers.left_by_choice(db, contact, lists.to):
+            subscriptions({lists.from_: "unsubscribed"})
+            return f"removed from {lists.from_}, not added to {lists.to}: they unsubscribed"
         subscriptions({lists.from_: "unsubscribed", lists.to: "subscribed"})
         return f"moved from {lists.from_} to {lists.to}"
     if isinstance(step, TagStep):
