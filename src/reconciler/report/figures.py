@@ -1,0 +1,397 @@
+"""The figures of a report, computed from what the state database recorded: typed, so the text, JSON and CSV
+formats (and later pages) show the same numbers.
+
+Rates count people, never machines: an open or a click by a privacy proxy or a link scanner is counted apart and
+never makes a rate. Every rate is of the messages delivered (sent, less those that bounced afterwards), except the
+click-to-open rate (people who clicked, of people who opened). A rate whose base is zero is None, shown as "-".
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict
+from sqlite_utils import Database
+
+from reconciler.errors import UsageError, did_you_mean
+from reconciler.spec.documents import Goal
+from reconciler.state import reports, settings
+from reconciler.state.reports import Engaged, Window
+from reconciler.state.workflow_reads import workflow_info, workflow_names
+
+PREVIOUS = 5
+"""Campaigns before this one whose average rates a report shows beside its own."""
+HOURLY_FOR = timedelta(hours=72)
+"""The timeline is hourly for this long after the start, then daily."""
+PENDING = ("queued", "deferred", "sending")
+ALL_TIME = Window()
+
+
+class Figures(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Delivery(Figures):
+    """What happened to the messages."""
+
+    recipients: int
+    sent: int
+    pending: int
+    delivered: int
+    bounced_hard: int
+    bounced_soft: int
+    failed: int
+    uncertain: int
+    skipped: int
+
+
+class Engagement(Figures):
+    """What people (and, apart, machines) did with them; unique counts are people."""
+
+    unique_opens: int
+    total_opens: int
+    unique_clicks: int
+    total_clicks: int
+    machine_opens: int
+    machine_clicks: int
+    unsubscribes: int
+    complaints: int
+
+
+class Rates(Figures):
+    open_rate: float | None
+    click_rate: float | None
+    click_to_open: float | None
+    unsubscribe_rate: float | None
+    bounce_rate: float | None
+
+
+class StageReport(Figures):
+    stage: str
+    delivery: Delivery
+    engagement: Engagement
+    rates: Rates
+
+
+class Link(Figures):
+    url: str
+    unique_clicks: int
+    total_clicks: int
+
+
+class Moment(Figures):
+    """Opens and clicks by people in one hour (the first 72 hours) or one day (after)."""
+
+    start: str
+    opens: int
+    clicks: int
+
+
+class Country(Figures):
+    country: str
+    recipients: int
+    unique_opens: int
+
+
+class GoalFigures(Figures):
+    event: str
+    within: str
+    converted: int
+    conversions: int
+    conversion_rate: float | None
+    revenue: float
+    cost: float | None
+    roi: float | None
+
+
+class CampaignReport(Figures):
+    kind: str = "campaign"
+    name: str
+    subject: str
+    started_at: str | None
+    finished_at: str | None
+    delivery: Delivery
+    engagement: Engagement
+    rates: Rates
+    previous: Rates | None
+    """The average rates of up to PREVIOUS campaigns that started before this one."""
+    stages: list[StageReport]
+    links: list[Link]
+    timeline: list[Moment]
+    weekday_hours: list[list[int]]
+    """Opens by people, [weekday Monday=0][hour], in the workspace's time zone."""
+    timezone: str
+    countries: list[Country]
+    goal: GoalFigures | None
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _delivery(states: dict[str, int], engaged: Engaged) -> Delivery:
+    sent = states.get("sent", 0)
+    return Delivery(
+        recipients=sum(states.values()),
+        sent=sent,
+        pending=sum(states.get(state, 0) for state in PENDING),
+        delivered=max(0, sent - engaged.bounced_hard - engaged.bounced_soft),
+        bounced_hard=engaged.bounced_hard,
+        bounced_soft=engaged.bounced_soft,
+        failed=states.get("failed", 0),
+        uncertain=states.get("uncertain", 0),
+        skipped=states.get("skipped", 0),
+    )
+
+
+def _engagement(engaged: Engaged) -> Engagement:
+    return Engagement(
+        unique_opens=engaged.openers,
+        total_opens=engaged.opens,
+        unique_clicks=engaged.clickers,
+        total_clicks=engaged.clicks,
+        machine_opens=engaged.machine_opens,
+        machine_clicks=engaged.machine_clicks,
+        unsubscribes=engaged.unsubscribed,
+        complaints=engaged.complained,
+    )
+
+
+def _rates(delivery: Delivery, engaged: Engaged) -> Rates:
+    return Rates(
+        open_rate=_ratio(engaged.openers, delivery.delivered),
+        click_rate=_ratio(engaged.clickers, delivery.delivered),
+        click_to_open=_ratio(engaged.clickers, engaged.openers),
+        unsubscribe_rate=_ratio(engaged.unsubscribed, delivery.delivered),
+        bounce_rate=_ratio(delivery.bounced_hard + delivery.bounced_soft + delivery.failed, delivery.recipients),
+    )
+
+
+def _merged(states: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Every stage's messages by state, added up."""
+    merged: dict[str, int] = {}
+    for by_state in states.values():
+        for state, count in by_state.items():
+            merged[state] = merged.get(state, 0) + count
+    return merged
+
+
+def _stage_engaged(stages: dict[str, Engaged], stage: str) -> Engaged:
+    return stages.get(stage, Engaged())
+
+
+def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> CampaignReport:
+    """Every figure of one campaign."""
+    found = reports.campaign(db, name)
+    if found is None:
+        known = [c.name for c in reports.started_campaigns(db)] + workflow_names(db)
+        raise UsageError(f"no campaign or workflow named {name!r}; {did_you_mean(name, known, otherwise='')}".rstrip())
+    states = reports.states_by_stage(db, name)
+    total, stages = reports.campaign_engagement(db, name, window)
+    delivery = _delivery(_merged(states), total)
+    zone = settings.load(db).settings.timezone
+    spec = found.spec
+    return CampaignReport(
+        name=name,
+        subject=str(spec.get("subject", "")),
+        started_at=found.started_at or None,
+        finished_at=found.finished_at,
+        delivery=delivery,
+        engagement=_engagement(total),
+        rates=_rates(delivery, total),
+        previous=_previous(db, name, found.started_at, window),
+        stages=[_stage(stage, by_state, _stage_engaged(stages, stage)) for stage, by_state in sorted(states.items())],
+        links=[Link(url=u, unique_clicks=p, total_clicks=c) for u, p, c in reports.links(db, name, window)],
+        timeline=_timeline(reports.hourly(db, name, window), found.started_at),
+        weekday_hours=_grid(reports.hourly(db, name, window), zone),
+        timezone=zone,
+        countries=[Country(country=c, recipients=r, unique_opens=o) for c, r, o in reports.countries(db, name, window)],
+        goal=_goal(db, name, spec, _delivery(states.get("", {}), stages.get("", Engaged())).delivered, window),
+    )
+
+
+def _stage(stage: str, states: dict[str, int], engaged: Engaged) -> StageReport:
+    delivery = _delivery(states, engaged)
+    return StageReport(
+        stage=stage or "(first)", delivery=delivery, engagement=_engagement(engaged), rates=_rates(delivery, engaged)
+    )
+
+
+def _previous(db: Database, name: str, started_at: str, window: Window) -> Rates | None:
+    """The average of each rate over the campaigns that started before this one (those that have the rate)."""
+    earlier = [c for c in reports.started_campaigns(db) if c.started_at < started_at and c.name != name][:PREVIOUS]
+    if not earlier or not started_at:
+        return None
+    rates = []
+    for other in earlier:
+        states = reports.states_by_stage(db, other.name)
+        total, _ = reports.campaign_engagement(db, other.name, window)
+        merged = _merged(states)
+        rates.append(_rates(_delivery(merged, total), total))
+
+    def mean(key: str) -> float | None:
+        values = [getattr(r, key) for r in rates if getattr(r, key) is not None]
+        return round(sum(values) / len(values), 4) if values else None
+
+    return Rates(**{key: mean(key) for key in Rates.model_fields})
+
+
+def _timeline(hours: list[tuple[str, int, int]], started_at: str | None) -> list[Moment]:
+    """Hourly buckets for the first 72 hours after the start, then one per day (UTC)."""
+    if not started_at:
+        return []
+    start = datetime.fromisoformat(started_at)
+    buckets: dict[str, list[int]] = {}
+    for hour, opens, clicks in hours:
+        moment = datetime.fromisoformat(hour + ":00:00+00:00")
+        key = f"{hour}:00Z" if moment - start < HOURLY_FOR else f"{hour[:10]}"
+        bucket = buckets.setdefault(key, [0, 0])
+        bucket[0] += opens
+        bucket[1] += clicks
+    return [Moment(start=key, opens=o, clicks=c) for key, (o, c) in buckets.items()]
+
+
+def _grid(hours: list[tuple[str, int, int]], zone: str) -> list[list[int]]:
+    """Opens by weekday and hour on the workspace's clock (by the UTC hour they fell in)."""
+    grid = [[0] * 24 for _ in range(7)]
+    local = ZoneInfo(zone)
+    for hour, opens, _ in hours:
+        moment = datetime.fromisoformat(hour + ":00:00").replace(tzinfo=UTC).astimezone(local)
+        grid[moment.weekday()][moment.hour] += opens
+    return grid
+
+
+def _goal(db: Database, name: str, spec: dict[str, object], delivered: int, window: Window) -> GoalFigures | None:
+    """Conversions of the first message's recipients (a stage is a reminder of the same offer); the rate is of
+    the first message's deliveries."""
+    raw = spec.get("goal")
+    cost = spec.get("cost")
+    if not isinstance(raw, dict):
+        return None
+    goal = Goal.model_validate(raw)
+    people, conversions, revenue = reports.conversions(
+        db, name, event=goal.event, within_seconds=int(goal.within.total_seconds()), value=goal.value, window=window
+    )
+    spent = float(cost) if isinstance(cost, int | float) else None
+    return GoalFigures(
+        event=goal.event,
+        within=str(raw.get("within", "7d")),
+        converted=people,
+        conversions=conversions,
+        conversion_rate=_ratio(people, delivered),
+        revenue=round(revenue, 2),
+        cost=spent,
+        roi=round((revenue - spent) / spent, 4) if spent else None,
+    )
+
+
+class StepReport(Figures):
+    step: str
+    entered: int
+    sent: int
+    delivered: int
+    pending: int
+    failed: int
+    skipped: int
+    engagement: Engagement
+    open_rate: float | None
+    click_rate: float | None
+
+
+class WorkflowReport(Figures):
+    kind: str = "workflow"
+    name: str
+    status: str
+    runs: dict[str, int]
+    first_run: str | None
+    last_run: str | None
+    steps: list[StepReport]
+
+
+def workflow_report(db: Database, name: str, window: Window = ALL_TIME) -> WorkflowReport:
+    """Runs and each step: how many reached it, its messages, and what people did with them."""
+    info = workflow_info(db, name)
+    if info is None:
+        raise UsageError(f"no campaign or workflow named {name!r}")
+    runs, first, last = reports.workflow_runs(db, name)
+    counted = reports.workflow_steps(db, name, window)
+    order = list(info.steps) + sorted(set(counted) - set(info.steps))
+    steps = []
+    for step in order:
+        found = counted.get(step)
+        if found is None:
+            found = reports.StepCounts(0, {}, Engaged())
+        delivery = _delivery(found.states, found.engaged)
+        steps.append(
+            StepReport(
+                step=step,
+                entered=found.entered,
+                sent=delivery.sent,
+                delivered=delivery.delivered,
+                pending=delivery.pending,
+                failed=delivery.failed,
+                skipped=delivery.skipped,
+                engagement=_engagement(found.engaged),
+                open_rate=_ratio(found.engaged.openers, delivery.delivered),
+                click_rate=_ratio(found.engaged.clickers, delivery.delivered),
+            )
+        )
+    return WorkflowReport(name=name, status=info.status, runs=runs, first_run=first, last_run=last, steps=steps)
+
+
+class OverviewRow(Figures):
+    kind: str
+    name: str
+    started: str | None
+    recipients: int
+    delivered: int
+    open_rate: float | None
+    click_rate: float | None
+    unsubscribes: int
+    revenue: float | None
+
+
+def overview(db: Database, window: Window = ALL_TIME) -> list[OverviewRow]:
+    """Every campaign that started and every workflow, newest first (a workflow by its last run)."""
+    rows = []
+    for found in reports.started_campaigns(db):
+        states = reports.states_by_stage(db, found.name)
+        total, stages = reports.campaign_engagement(db, found.name, window)
+        delivery = _delivery(_merged(states), total)
+        rates = _rates(delivery, total)
+        first = _delivery(states.get("", {}), stages.get("", Engaged())).delivered
+        goal = _goal(db, found.name, found.spec, first, window)
+        rows.append(
+            OverviewRow(
+                kind="campaign",
+                name=found.name,
+                started=found.started_at,
+                recipients=delivery.recipients,
+                delivered=delivery.delivered,
+                open_rate=rates.open_rate,
+                click_rate=rates.click_rate,
+                unsubscribes=total.unsubscribed,
+                revenue=goal.revenue if goal else None,
+            )
+        )
+    for name in workflow_names(db):
+        report = workflow_report(db, name, window)
+        sent = sum(s.sent for s in report.steps)
+        delivered = sum(s.delivered for s in report.steps)
+        openers = sum(s.engagement.unique_opens for s in report.steps)
+        clickers = sum(s.engagement.unique_clicks for s in report.steps)
+        rows.append(
+            OverviewRow(
+                kind="workflow",
+                name=name,
+                started=report.last_run,
+                recipients=sent,
+                delivered=delivered,
+                open_rate=_ratio(openers, delivered),
+                click_rate=_ratio(clickers, delivered),
+                unsubscribes=sum(s.engagement.unsubscribes for s in report.steps),
+                revenue=None,
+            )
+        )
+    return sorted(rows, key=lambda row: row.started or "", reverse=True)

@@ -1,0 +1,208 @@
+"""What reports read: a campaign's or a workflow's messages and what people did with them, counted in SQL.
+
+Every count here is of facts as they were recorded (the ledger, engagement, events); the rates and the layout are
+the report package's. A message's engagement carries its source and stage (copied from its ledger row when it is
+recorded), so a campaign's figures read the engagement_by_source index and never the whole table; a workflow's
+messages are found through the ledger's `workflow` column.
+
+`Window` bounds when engagement and conversions happened (`--since`, `--until`); messages are counted whenever
+they were sent, so rates in a window are "of everyone mailed, how many acted in it".
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+from reconciler.segments import json_path
+
+HUMAN_OPEN = "action IN ('opened', 'clicked') AND machine = 0"
+"""A person opened the message: a click counts (it is an open with images off); proxies and scanners never do."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Engagement and conversions between `since` and `until` (ISO UTC, either open)."""
+
+    since: str = ""
+    until: str = "9999"
+
+
+@dataclass(frozen=True)
+class StartedCampaign:
+    name: str
+    started_at: str
+    finished_at: str | None
+    spec: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Engaged:
+    """One stage's (or the whole campaign's) engagement: unique people and totals, people and machines apart."""
+
+    openers: int = 0
+    opens: int = 0
+    clickers: int = 0
+    clicks: int = 0
+    machine_opens: int = 0
+    machine_clicks: int = 0
+    unsubscribed: int = 0
+    complained: int = 0
+    bounced_hard: int = 0
+    bounced_soft: int = 0
+
+
+def started_campaigns(db: Database) -> list[StartedCampaign]:
+    """Every campaign that started sending, newest first."""
+    rows = db.conn.execute(
+        "SELECT name, started_at, finished_at, spec FROM campaigns WHERE started_at IS NOT NULL "
+        "ORDER BY started_at DESC, name"
+    )
+    return [StartedCampaign(n, s, f, json.loads(spec)) for n, s, f, spec in rows]
+
+
+def campaign(db: Database, name: str) -> StartedCampaign | None:
+    row = db.conn.execute(
+        "SELECT name, started_at, finished_at, spec FROM campaigns WHERE name = ?", (name,)
+    ).fetchone()
+    return None if row is None else StartedCampaign(row[0], row[1] or "", row[2], json.loads(row[3]))
+
+
+def states_by_stage(db: Database, name: str) -> dict[str, dict[str, int]]:
+    """The campaign's ledger rows by stage ('' is the first message) and state."""
+    found: dict[str, dict[str, int]] = defaultdict(dict)
+    rows = db.conn.execute(
+        "SELECT stage, state, count(*) FROM ledger WHERE source_kind = 'campaign' AND source = ? GROUP BY 1, 2",
+        (name,),
+    )
+    for stage, state, count in rows:
+        found[str(stage)][str(state)] = int(count)
+    return dict(found)
+
+
+_ENGAGED = (
+    f"count(DISTINCT CASE WHEN {HUMAN_OPEN} THEN contact_id END), sum(action = 'opened' AND machine = 0), "
+    "count(DISTINCT CASE WHEN action = 'clicked' AND machine = 0 THEN contact_id END), "
+    "sum(action = 'clicked' AND machine = 0), sum(action = 'opened' AND machine = 1), "
+    "sum(action = 'clicked' AND machine = 1), count(DISTINCT CASE WHEN action = 'unsubscribed' THEN contact_id END), "
+    "count(DISTINCT CASE WHEN action = 'complained' THEN contact_id END), "
+    "count(DISTINCT CASE WHEN action = 'bounced' AND detail LIKE 'hard:%' THEN ledger_id END), "
+    "count(DISTINCT CASE WHEN action = 'bounced' AND detail LIKE 'soft:%' THEN ledger_id END)"
+)
+
+
+def _engaged(row: tuple[object, ...]) -> Engaged:
+    return Engaged(*(int(value or 0) for value in row))  # type: ignore[call-overload]
+
+
+def campaign_engagement(db: Database, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
+    """The whole campaign's engagement (each person once across stages) and each stage's."""
+    where = "source_kind = 'campaign' AND source = ? AND at >= ? AND at < ?"
+    params = (name, window.since, window.until)
+    total = db.conn.execute(f"SELECT {_ENGAGED} FROM engagement WHERE {where}", params).fetchone()
+    stages = db.conn.execute(f"SELECT stage, {_ENGAGED} FROM engagement WHERE {where} GROUP BY stage", params)
+    return _engaged(total), {str(row[0] or ""): _engaged(row[1:]) for row in stages}
+
+
+def links(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+    """(URL, people who clicked it, clicks) of the campaign's links, most people first; people only."""
+    rows = db.conn.execute(
+        "SELECT detail, count(DISTINCT contact_id), count(*) FROM engagement WHERE source_kind = 'campaign' "
+        "AND source = ? AND action = 'clicked' AND machine = 0 AND at >= ? AND at < ? "
+        "GROUP BY detail ORDER BY 2 DESC, 3 DESC, 1",
+        (name, window.since, window.until),
+    )
+    return [(str(url or ""), int(people), int(clicks)) for url, people, clicks in rows]
+
+
+def hourly(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+    """(hour as YYYY-MM-DDTHH in UTC, opens, clicks) by people, in time order."""
+    rows = db.conn.execute(
+        "SELECT substr(at, 1, 13), sum(action = 'opened'), sum(action = 'clicked') FROM engagement "
+        "WHERE source_kind = 'campaign' AND source = ? AND machine = 0 AND action IN ('opened', 'clicked') "
+        "AND at >= ? AND at < ? GROUP BY 1 ORDER BY 1",
+        (name, window.since, window.until),
+    )
+    return [(str(hour), int(opens), int(clicks)) for hour, opens, clicks in rows]
+
+
+def countries(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+    """(the contact's country, recipients, people who opened) for the campaign's first message, most first."""
+    rows = db.conn.execute(
+        "SELECT coalesce(nullif(c.country, ''), '?'), count(*), sum(EXISTS (SELECT 1 FROM engagement g "
+        "WHERE g.ledger_id = l.id AND g.action IN ('opened', 'clicked') AND g.machine = 0 "
+        "AND g.at >= ? AND g.at < ?)) FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' AND l.state = 'sent' "
+        "GROUP BY 1 ORDER BY 2 DESC, 1",
+        (window.since, window.until, name),
+    )
+    return [(str(country), int(recipients), int(openers or 0)) for country, recipients, openers in rows]
+
+
+def conversions(
+    db: Database, name: str, *, event: str, within_seconds: int, value: str | None, window: Window
+) -> tuple[int, int, float]:
+    """(people who converted, conversions, revenue): events of type `event` from recipients of the campaign's
+    first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property."""
+    path = json_path(value) if value else "$.__no_value__"
+    row = db.conn.execute(
+        "SELECT count(DISTINCT e.contact_id), count(*), total(CASE WHEN json_type(e.properties, ?) IN "
+        "('integer', 'real') THEN json_extract(e.properties, ?) END) FROM ledger l JOIN events e "
+        "ON e.contact_id = l.contact_id AND e.type = ? AND e.occurred_at >= l.sent_at "
+        "AND e.occurred_at < strftime('%Y-%m-%dT%H:%M:%SZ', l.sent_at, ?) "
+        "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' AND l.state = 'sent' "
+        "AND e.occurred_at >= ? AND e.occurred_at < ?",
+        (path, path, event, f"+{within_seconds} seconds", name, window.since, window.until),
+    ).fetchone()
+    return int(row[0]), int(row[1]), float(row[2] or 0.0)
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """One workflow step: runs that reached it, its messages by state, and what people did with them."""
+
+    entered: int
+    states: dict[str, int]
+    engaged: Engaged
+
+
+def workflow_runs(db: Database, name: str) -> tuple[dict[str, int], str | None, str | None]:
+    """The workflow's runs by state, and when the first and the last one started."""
+    states = dict(db.conn.execute("SELECT state, count(*) FROM workflow_runs WHERE workflow = ? GROUP BY 1", (name,)))
+    first, last = db.conn.execute(
+        "SELECT min(started_at), max(started_at) FROM workflow_runs WHERE workflow = ?", (name,)
+    ).fetchone()
+    return {str(k): int(v) for k, v in states.items()}, first, last
+
+
+def workflow_steps(db: Database, name: str, window: Window) -> dict[str, StepCounts]:
+    """Each step that runs reached (by step key), with its messages and their engagement."""
+    entered = dict(
+        db.conn.execute(
+            "SELECT s.step, count(DISTINCT s.run_id) FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id "
+            "WHERE r.workflow = ? GROUP BY 1",
+            (name,),
+        )
+    )
+    states: dict[str, dict[str, int]] = defaultdict(dict)
+    for step, state, count in db.conn.execute(
+        "SELECT stage, state, count(*) FROM ledger WHERE workflow = ? GROUP BY 1, 2", (name,)
+    ):
+        states[str(step)][str(state)] = int(count)
+    engaged = {
+        str(row[0]): _engaged(row[1:])
+        for row in db.conn.execute(
+            f"SELECT l.stage, {_ENGAGED.replace('contact_id', 'g.contact_id').replace('ledger_id', 'g.ledger_id')} "
+            "FROM ledger l JOIN engagement g ON g.ledger_id = l.id WHERE l.workflow = ? AND g.at >= ? AND g.at < ? "
+            "GROUP BY 1",
+            (name, window.since, window.until),
+        )
+    }
+    steps = set(entered) | set(states) | set(engaged)
+    return {
+        str(step): StepCounts(int(entered.get(step, 0)), states.get(str(step), {}), engaged.get(str(step), Engaged()))
+        for step in steps
+    }
