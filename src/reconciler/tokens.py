@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
-Purpose = Literal["unsubscribe", "preferences", "open", "click", "view", "confirm", "csrf"]
+Purpose = Literal["unsubscribe", "preferences", "open", "click", "view", "confirm", "csrf", "session"]
 _SIGNATURE_BYTES = 12
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 

@@ -12,7 +12,7 @@ from reconciler.errors import UsageError
 
 @main.command()
 @click.argument("name", required=False)
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default="text", show_default=True)
 @click.option("--since", metavar="WHEN", help="Count engagement and conversions from this time (ISO 8601, offset).")
 @click.option("--until", metavar="WHEN", help="... and before this time.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
@@ -46,7 +46,16 @@ def report(
         found = figures.campaign_report(db, name, window)
     else:
         found = figures.workflow_report(db, name, window)
-    if fmt == "json":
+    if fmt == "html":
+        from reconciler.report import html
+
+        if isinstance(found, list):
+            text = html.overview_html(found)
+        elif isinstance(found, figures.WorkflowReport):
+            text = html.workflow_html(found)
+        else:
+            text = html.campaign_html(found)
+    elif fmt == "json":
         text = render.as_json(found)
     elif fmt == "csv":
         text = render.as_csv(found)

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from reconciler.clock import Clock
 from reconciler.health import Health
 from reconciler.state.db import ConnectionPool, StateError
-from reconciler.web import api, openapi, pages, tracking, webhooks
+from reconciler.web import api, dashboard, openapi, pages, reads, tracking, webhooks
 from reconciler.web.context import WebContext, fetch_url
 from reconciler.web.metrics import Metrics
 from reconciler.web.security import SecurityMiddleware
@@ -68,6 +68,13 @@ def create_app(
         Route("/o/{token}.gif", tracking.pixel, methods=["GET", "HEAD"]),
         Route("/c/{token}", tracking.click, methods=["GET", "HEAD"]),
         Route("/api/v1/contacts", api.contacts, methods=["POST"]),
+        Route("/api/v1/contacts/{email}", reads.contact, methods=["GET"]),
+        Route("/api/v1/campaigns", reads.campaigns, methods=["GET"]),
+        Route("/api/v1/campaigns/{name}/report", reads.campaign_report, methods=["GET"]),
+        Route("/dashboard", dashboard.overview, methods=["GET"]),
+        Route("/dashboard/sign-in", dashboard.sign_in, methods=["GET", "POST"]),
+        Route("/dashboard/sign-out", dashboard.sign_out, methods=["POST"]),
+        Route("/dashboard/{kind}/{name}", dashboard.report, methods=["GET"]),
         Route("/api/v1/events", api.events, methods=["POST"]),
         Route("/api/v1/webhooks/{provider}", webhooks.endpoint, methods=["POST"]),
         Route("/healthz", api.healthz, methods=["GET"]),

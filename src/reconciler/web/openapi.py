@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a link token"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _answers(*codes: int) -> dict[str, Any]:
@@ -173,6 +174,29 @@ def _api() -> dict[str, Any]:
                 "responses": _answers(200, 400, 401, 403, 404, 413, 422),
             }
         },
+        "/api/v1/campaigns": {
+            "get": {
+                "summary": "Every campaign that started and every workflow, newest first, with their main figures",
+                "security": BEARER,
+                "responses": _answers(200, 401),
+            }
+        },
+        "/api/v1/campaigns/{name}/report": {
+            "get": {
+                "summary": "Every figure of one campaign (as `reconciler report NAME --format json`)",
+                "parameters": [NAME],
+                "security": BEARER,
+                "responses": _answers(200, 401, 404),
+            }
+        },
+        "/api/v1/contacts/{email}": {
+            "get": {
+                "summary": "Everything held about one person (as `reconciler contacts export`)",
+                "parameters": [{"name": "email", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "security": BEARER,
+                "responses": _answers(200, 401, 404),
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Health, the applied revision and what needs an operator (503 when something does)",
@@ -185,11 +209,39 @@ def _api() -> dict[str, Any]:
     }
 
 
+def _dashboard() -> dict[str, Any]:
+    """The read-only dashboard: HTML pages behind a session cookie that the sign-in form sets."""
+    return {
+        "/dashboard": {
+            "get": {"summary": "Campaigns and workflows (or a redirect to sign in)", "responses": _answers(200, 303)}
+        },
+        "/dashboard/sign-in": {
+            "get": {"summary": "The sign-in form", "responses": _answers(200)},
+            "post": {
+                "summary": "Sign in with the API token; sets the session cookie",
+                "requestBody": _form({"token": {"type": "string"}}, ["token"]),
+                "responses": _answers(303, 401, 403, 413, 429),
+            },
+        },
+        "/dashboard/sign-out": {"post": {"summary": "End the session", "responses": _answers(303)}},
+        "/dashboard/{kind}/{name}": {
+            "get": {
+                "summary": "A campaign's or a workflow's report (kind: campaigns or workflows)",
+                "parameters": [
+                    {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}},
+                    NAME,
+                ],
+                "responses": _answers(200, 303, 404),
+            }
+        },
+    }
+
+
 def description() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "reconciler web service", "version": "1", "description": "docs/web.md describes it in prose"},
-        "paths": {**_pages(), **_api()},
+        "paths": {**_pages(), **_api(), **_dashboard()},
         "components": {
             "schemas": {"Contact": CONTACT, "Event": EVENT},
             "securitySchemes": {

@@ -1,0 +1,111 @@
+"""The read-only dashboard: every campaign and workflow, and each one's report, behind a sign-in with the API token.
+
+Signing in posts the token in a form (never in a URL, where logs and browser history would keep it) and sets a
+session cookie: signed with the workspace key, bound to the token (a new token ends every session), valid for
+SESSION_HOURS, HttpOnly (no script can read it), SameSite=Strict (no other site's page can send it) and Secure
+when the public address is https. The pages hold no script; their charts are inline SVG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from html import escape
+from urllib.parse import quote, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from reconciler.errors import UsageError
+from reconciler.report import figures
+from reconciler.report.html import campaign_html, overview_html, workflow_html
+from reconciler.web.context import Site, context, ip
+from reconciler.web.pages import same_origin
+from reconciler.web.security import RateLimit
+
+COOKIE = "reconciler_session"
+SESSION_HOURS = 12
+SIGN_INS = RateLimit(10, 600.0)
+"""Sign-in attempts per address in ten minutes: a token cannot be guessed at speed."""
+
+SIGN_IN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Sign in · reconciler</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:420px;margin:3rem auto;padding:0 1rem;color:#212529}}
+input{{width:100%;padding:.5rem;margin:.4rem 0 1rem;box-sizing:border-box}}button{{padding:.5rem 1rem}}
+.error{{color:#c92a2a}}</style></head><body><h1>Reports</h1>{message}
+<form method="post" action="/dashboard/sign-in"><label for="token">API token (RECONCILER_API_TOKEN)</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button></form></body></html>"""
+
+
+def _bound(site: Site) -> str:
+    """What a session is bound to: the token's digest (a new token ends every session)."""
+    return hashlib.sha256((site.api_token or "").encode()).hexdigest()[:16]
+
+
+def _signed_in(request: Request, site: Site) -> bool:
+    session = request.cookies.get(COOKIE, "")
+    if not site.api_token or not session:
+        return False
+    issued = site.signer.verify("session", session, _bound(site))
+    return issued is not None and 0 <= time.time() / 60 - issued <= SESSION_HOURS * 60
+
+
+async def sign_in(request: Request) -> Response:
+    """GET: the form. POST: check the token (constant time, rate limited) and set the session cookie."""
+    web = context(request)
+    site = await web.site()
+    if request.method == "GET":
+        return _form("")
+    if not same_origin(request, site.runtime.public_url):
+        return _form("This form must be sent from this site's own page.", 403)
+    wait = SIGN_INS.retry_after(ip(request) or "?")
+    if wait:
+        return _form(f"Too many attempts; try again in {wait} s.", 429)
+    token = str((await request.form()).get("token", ""))
+    if not site.api_token or not hmac.compare_digest(token.encode(), site.api_token.encode()):
+        return _form("That is not the API token.", 401)
+    response = RedirectResponse("/dashboard", 303)
+    secure = urlsplit(site.runtime.settings.public_url).scheme == "https"
+    session = site.signer.sign("session", int(time.time() // 60), _bound(site))
+    response.set_cookie(
+        COOKIE, session, max_age=SESSION_HOURS * 3600, path="/", httponly=True, samesite="strict", secure=secure
+    )
+    return response
+
+
+def _form(message: str, status: int = 200) -> HTMLResponse:
+    shown = f'<p class="error">{escape(message)}</p>' if message else ""
+    return HTMLResponse(SIGN_IN_PAGE.format(message=shown), status)
+
+
+async def sign_out(request: Request) -> Response:
+    response = RedirectResponse("/dashboard/sign-in", 303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+async def overview(request: Request) -> Response:
+    """GET /dashboard: every campaign and workflow."""
+    web = context(request)
+    if not _signed_in(request, await web.site()):
+        return RedirectResponse("/dashboard/sign-in", 303)
+    rows = await web.read(figures.overview)
+    return HTMLResponse(overview_html(rows, link=lambda row: f"/dashboard/{row.kind}s/{quote(row.name, safe='')}"))
+
+
+async def report(request: Request) -> Response:
+    """GET /dashboard/campaigns/{name} and /dashboard/workflows/{name}: one report."""
+    web = context(request)
+    if not _signed_in(request, await web.site()):
+        return RedirectResponse("/dashboard/sign-in", 303)
+    name, kind = request.path_params["name"], request.path_params["kind"]
+    try:
+        if kind == "campaigns":
+            return HTMLResponse(campaign_html(await web.read(figures.campaign_report, name), back="/dashboard"))
+        if kind == "workflows":
+            return HTMLResponse(workflow_html(await web.read(figures.workflow_report, name), back="/dashboard"))
+    except UsageError:
+        pass
+    return HTMLResponse("<!doctype html><title>Not found</title><p>No such campaign or workflow.</p>", 404)

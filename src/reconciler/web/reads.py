@@ -1,0 +1,50 @@
+"""The read API (bearer token): the overview of campaigns and workflows, one campaign's report, and everything held
+about one contact. Each answer is what `reconciler report --format json` and `contacts export` print."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from reconciler.errors import UsageError
+from reconciler.report import figures
+from reconciler.rows import normalise_email
+from reconciler.state.contacts import export_contact
+from reconciler.web.api import authorized, unauthorized
+from reconciler.web.context import context
+
+
+def _not_found(what: str) -> Response:
+    return JSONResponse({"error": f"no {what}"}, 404)
+
+
+async def campaigns(request: Request) -> Response:
+    """GET /api/v1/campaigns: every campaign that started and every workflow, newest first."""
+    if not await authorized(request):
+        return unauthorized()
+    rows = await context(request).read(figures.overview)
+    return JSONResponse([row.model_dump(mode="json") for row in rows])
+
+
+async def campaign_report(request: Request) -> Response:
+    """GET /api/v1/campaigns/{name}/report: every figure of one campaign."""
+    if not await authorized(request):
+        return unauthorized()
+    name = request.path_params["name"]
+    try:
+        found = await context(request).read(figures.campaign_report, name)
+    except UsageError:
+        return _not_found("such campaign")
+    return JSONResponse(found.model_dump(mode="json"))
+
+
+async def contact(request: Request) -> Response:
+    """GET /api/v1/contacts/{email}: everything held about one person, their messages and what they did."""
+    if not await authorized(request):
+        return unauthorized()
+    try:
+        email = normalise_email(request.path_params["email"], sendable=False)
+    except ValueError:
+        return _not_found("such contact")
+    found = await context(request).read(export_contact, email)
+    return _not_found("such contact") if found is None else JSONResponse(found)

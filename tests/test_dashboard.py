@@ -1,0 +1,104 @@
+"""The dashboard and the read API, served by the real app under uvicorn over a state whose facts were counted by
+hand (tests/report_state.py): sign-in with the token through a form, a session cookie no script can read, report
+pages whose charts hold the figures (checked in Chromium), and the read API behind the bearer token."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from journeys import Journey
+from report_state import seed
+from smtp_sink import Sink, SinkServer, free_port
+from web_server import WebServer
+
+TOKEN = "dashboard-test-token-0123456789"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Journey, str]]:
+    monkeypatch.setenv("RECONCILER_API_TOKEN", TOKEN)
+    port = free_port()
+    sink = Sink()
+    with SinkServer(sink) as smtp:
+        j = seed(tmp_path, sink, smtp, public_url=f"http://127.0.0.1:{port}")
+        with WebServer(tmp_path, port=port) as base:
+            yield j, base
+
+
+def test_the_dashboard_needs_a_sign_in_and_its_cookie_is_out_of_reach(served: tuple[Journey, str]) -> None:
+    _, base = served
+    with httpx.Client(base_url=base) as client:
+        for path in ("/dashboard", "/dashboard/campaigns/launch", "/dashboard/workflows/hello"):
+            answer = client.get(path)
+            assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/sign-in"
+        wrong = client.post("/dashboard/sign-in", data={"token": "guess"})
+        assert wrong.status_code == 401 and "That is not the API token" in wrong.text
+        assert "set-cookie" not in wrong.headers
+        other_site = client.post("/dashboard/sign-in", data={"token": TOKEN}, headers={"origin": "https://evil.test"})
+        assert other_site.status_code == 403 and "set-cookie" not in other_site.headers
+        signed = client.post("/dashboard/sign-in", data={"token": TOKEN})
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+        page = client.get("/dashboard")
+        assert page.status_code == 200 and '<a href="/dashboard/campaigns/launch">launch</a>' in page.text
+        assert client.get("/dashboard/campaigns/nope").status_code == 404
+        client.cookies.set("reconciler_session", client.cookies["reconciler_session"][:-2] + "xx")
+        assert client.get("/dashboard").status_code == 303  # a tampered cookie is no session
+
+
+def test_the_read_api_answers_with_the_token_only(served: tuple[Journey, str]) -> None:
+    _, base = served
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=base) as client:
+        for path in ("/api/v1/campaigns", "/api/v1/campaigns/launch/report", "/api/v1/contacts/a@example.com"):
+            assert client.get(path).status_code == 401
+        rows = client.get("/api/v1/campaigns", headers=auth).json()
+        names = [(r["kind"], r["name"]) for r in rows]
+        assert names == [("campaign", "later"), ("campaign", "launch"), ("workflow", "hello")]
+        launch = client.get("/api/v1/campaigns/launch/report", headers=auth).json()
+        assert launch["engagement"]["unique_opens"] == 3 and launch["goal"]["revenue"] == 40.0
+        assert client.get("/api/v1/campaigns/nope/report", headers=auth).status_code == 404
+        person = client.get("/api/v1/contacts/A@Example.com", headers=auth).json()
+        assert person["contact"]["email"] == "a@example.com" and len(person["events"]) == 1
+        assert client.get("/api/v1/contacts/nobody@example.com", headers=auth).status_code == 404
+
+
+def test_a_marketer_signs_in_and_reads_a_report_in_chromium(served: tuple[Journey, str], tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    j, base = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    html_file = tmp_path / "launch.html"
+    from conftest import reconciler
+
+    assert reconciler("report", "launch", "--format", "html", "-o", str(html_file), cwd=j.root).returncode == 0
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+        page.goto(f"{base}/dashboard")
+        page.get_by_label("API token").fill(TOKEN)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("link", name="launch").click()
+        page.wait_for_selector("#funnel svg")
+        assert page.locator("#heat-map rect.hour").count() == 7 * 24
+        counts = page.locator("#heat-map rect.hour").evaluate_all("els => els.map(e => +e.dataset.count)")
+        assert sum(counts) == 4 and max(counts) == 2
+        assert page.locator("#over-time svg rect.rect").count() == 6  # opens and clicks in three periods
+        assert page.locator("#links svg rect.rect").count() == 4  # people and clicks of two links
+        funnel = page.locator("#funnel svg").text_content() or ""
+        assert all(label in funnel for label in ("Recipients", "Delivered", "Opened", "Clicked"))
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads the session
+        page.screenshot(path=str(ARTIFACTS / "dashboard-campaign.png"), full_page=True)
+        page.goto(f"file://{html_file}")
+        assert page.locator("svg").count() == 5 and re.search(r"37\.5%", page.content())
+        page.screenshot(path=str(ARTIFACTS / "report-file.png"), full_page=True)
+        browser.close()
