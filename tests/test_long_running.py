@@ -6,6 +6,7 @@ import asyncio
 import gc
 import shutil
 import tracemalloc
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,23 @@ def test_passes_over_an_unchanged_workspace_compile_no_template(example: Path, m
     )
     reconcile_once(example, db, now=NOW, checked=checked)  # type: ignore[arg-type]
     assert compiled  # a changed template is compiled again
+
+
+def test_light_traffic_after_a_burst_keeps_to_one_warm_connection(example: Path) -> None:
+    """A pool that handed out its connections in turn made every connection of a burst fill its page cache while
+    the daemon was at rest (RSS crept up in steps for many minutes after the load)."""
+    open_db(example / ".state/reconciler.db").conn.close()
+    pool = ConnectionPool(example / ".state/reconciler.db")
+    with ExitStack() as burst:
+        for _ in range(8):
+            burst.enter_context(pool.connection())
+    used = set()
+    for _ in range(50):
+        with pool.connection() as db:
+            used.add(id(db))
+            db.conn.execute("SELECT count(*) FROM contacts").fetchone()
+    pool.close()
+    assert len(pool.opened) == 0 and len(used) == 1
 
 
 def test_an_idle_daemon_pass_writes_nothing(example: Path) -> None:

@@ -7,7 +7,6 @@ write lock up front, so two processes (a daemon and a `tick`) queue on the lock 
 from __future__ import annotations
 
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -155,15 +154,18 @@ class ConnectionPool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.idle: queue.SimpleQueue[Database] = queue.SimpleQueue()
+        self.idle: list[Database] = []
+        """Connections not in use, the most recently used last: it is taken first (LIFO), so light traffic keeps
+        reusing one warm connection, and the others opened for a burst stay as they are instead of each filling
+        its page cache in turn (a daemon at rest would otherwise creep up to the pool's whole cache)."""
         self.opened: list[Database] = []
         self.lock = threading.Lock()
 
     @contextmanager
     def connection(self) -> Iterator[Database]:
-        try:
-            db = self.idle.get_nowait()
-        except queue.Empty:
+        with self.lock:
+            db = self.idle.pop() if self.idle else None
+        if db is None:
             db = open_db(self.path, create=False, migrate=False)
             db.conn.execute(f"PRAGMA cache_size = -{cache_kb(POOLED_CACHE_SHARE)}")  # small requests, not scans
             with self.lock:
@@ -173,7 +175,8 @@ class ConnectionPool:
         finally:
             if db.conn.in_transaction:  # a failed write never leaks its transaction into the next user
                 db.conn.execute("ROLLBACK")
-            self.idle.put(db)
+            with self.lock:
+                self.idle.append(db)
 
     def interrupt(self) -> None:
         """Abort whatever each connection is doing (waiting for a lock): the daemon is stopping."""
@@ -183,11 +186,7 @@ class ConnectionPool:
 
     def close(self) -> None:
         with self.lock:
-            while True:
-                try:
-                    self.idle.get_nowait()
-                except queue.Empty:
-                    break
+            self.idle.clear()
             for db in self.opened:
                 db.conn.close()
             self.opened.clear()
