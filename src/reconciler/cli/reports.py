@@ -16,9 +16,16 @@ from reconciler.errors import UsageError
 @click.option("--since", metavar="WHEN", help="Count engagement and conversions from this time (ISO 8601, offset).")
 @click.option("--until", metavar="WHEN", help="... and before this time.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
+@click.option("--rebuild", is_flag=True, help="Count the report counters again from the recorded facts first.")
 @click.pass_context
 def report(
-    ctx: click.Context, name: str | None, fmt: str, since: str | None, until: str | None, output: Path | None
+    ctx: click.Context,
+    name: str | None,
+    fmt: str,
+    since: str | None,
+    until: str | None,
+    output: Path | None,
+    rebuild: bool,
 ) -> None:
     """How it did: without NAME, every campaign that started and every workflow, newest first (recipients,
     delivered, open and click rates, unsubscribes, revenue); with a campaign's NAME, its delivery, engagement
@@ -38,6 +45,11 @@ def report(
         )
     except ValueError as exc:
         raise UsageError(f"--since/--until: {exc} (write e.g. 2030-11-29T00:00:00Z)") from None
+    if rebuild:
+        from reconciler.state.rollups import rebuild as count_again
+
+        counted = count_again(database(ctx, root))
+        click.echo(f"Counted {counted:,} engagement facts again.", err=True)
     db = database(ctx, root, read_only=True)
     found: figures.CampaignReport | figures.WorkflowReport | list[figures.OverviewRow]
     if name is None:

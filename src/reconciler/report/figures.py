@@ -126,6 +126,20 @@ class CampaignReport(Figures):
     goal: GoalFigures | None
 
 
+def _engaged(db: Database, kind: str, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
+    """Over all time from the counters; within a window from the facts."""
+    if window == ALL_TIME:
+        return reports.counted_engagement(db, kind, name)
+    if kind == "campaign":
+        return reports.campaign_engagement(db, name, window)
+    steps = reports.workflow_steps(db, name, window)
+    return Engaged(), {step: counted.engaged for step, counted in steps.items()}
+
+
+def _hours(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+    return reports.counted_hours(db, "campaign", name) if window == ALL_TIME else reports.hourly(db, name, window)
+
+
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
@@ -188,10 +202,14 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
         known = [c.name for c in reports.started_campaigns(db)] + workflow_names(db)
         raise UsageError(f"no campaign or workflow named {name!r}; {did_you_mean(name, known, otherwise='')}".rstrip())
     states = reports.states_by_stage(db, name)
-    total, stages = reports.campaign_engagement(db, name, window)
+    total, stages = _engaged(db, "campaign", name, window)
     delivery = _delivery(_merged(states), total)
     zone = settings.load(db).settings.timezone
     spec = found.spec
+    hours = _hours(db, name, window)
+    counted = window == ALL_TIME
+    links = reports.counted_links(db, "campaign", name) if counted else reports.links(db, name, window)
+    places = reports.counted_countries(db, name) if counted else reports.countries(db, name, window)
     return CampaignReport(
         name=name,
         subject=str(spec.get("subject", "")),
@@ -202,11 +220,11 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
         rates=_rates(delivery, total),
         previous=_previous(db, name, found.started_at, window),
         stages=[_stage(stage, by_state, _stage_engaged(stages, stage)) for stage, by_state in sorted(states.items())],
-        links=[Link(url=u, unique_clicks=p, total_clicks=c) for u, p, c in reports.links(db, name, window)],
-        timeline=_timeline(reports.hourly(db, name, window), found.started_at),
-        weekday_hours=_grid(reports.hourly(db, name, window), zone),
+        links=[Link(url=u, unique_clicks=p, total_clicks=c) for u, p, c in links],
+        timeline=_timeline(hours, found.started_at),
+        weekday_hours=_grid(hours, zone),
         timezone=zone,
-        countries=[Country(country=c, recipients=r, unique_opens=o) for c, r, o in reports.countries(db, name, window)],
+        countries=[Country(country=c, recipients=r, unique_opens=o) for c, r, o in places],
         goal=_goal(db, name, spec, _delivery(states.get("", {}), stages.get("", Engaged())).delivered, window),
     )
 
@@ -226,7 +244,7 @@ def _previous(db: Database, name: str, started_at: str, window: Window) -> Rates
     rates = []
     for other in earlier:
         states = reports.states_by_stage(db, other.name)
-        total, _ = reports.campaign_engagement(db, other.name, window)
+        total, _ = _engaged(db, "campaign", other.name, window)
         merged = _merged(states)
         rates.append(_rates(_delivery(merged, total), total))
 
@@ -315,7 +333,12 @@ def workflow_report(db: Database, name: str, window: Window = ALL_TIME) -> Workf
     if info is None:
         raise UsageError(f"no campaign or workflow named {name!r}")
     runs, first, last = reports.workflow_runs(db, name)
-    counted = reports.workflow_steps(db, name, window)
+    counted = reports.workflow_steps(db, name, window, engagement=window != ALL_TIME)
+    if window == ALL_TIME:
+        _, by_step = reports.counted_engagement(db, "workflow", name)
+        for step, engaged in by_step.items():
+            before = counted.get(step, reports.StepCounts(0, {}, Engaged()))
+            counted[step] = reports.StepCounts(before.entered, before.states, engaged)
     order = list(info.steps) + sorted(set(counted) - set(info.steps))
     steps = []
     for step in order:
@@ -357,7 +380,7 @@ def overview(db: Database, window: Window = ALL_TIME) -> list[OverviewRow]:
     rows = []
     for found in reports.started_campaigns(db):
         states = reports.states_by_stage(db, found.name)
-        total, stages = reports.campaign_engagement(db, found.name, window)
+        total, stages = _engaged(db, "campaign", found.name, window)
         delivery = _delivery(_merged(states), total)
         rates = _rates(delivery, total)
         first = _delivery(states.get("", {}), stages.get("", Engaged())).delivered

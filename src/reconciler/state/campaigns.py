@@ -17,6 +17,7 @@ from sqlite_utils import Database
 
 from reconciler.segments import Sql
 from reconciler.spec.documents import Segment, SendAt
+from reconciler.state import rollups
 from reconciler.state.conditions import Reason
 from reconciler.state.content import MessageContent, load_content
 from reconciler.state.db import audit, write
@@ -287,6 +288,7 @@ def snapshot_audience(
         "message = ?, updated_at = ? WHERE name = ?",
         (at, inserted, Reason.SENDING, f"sending to {inserted:,} recipients", at, name),
     )
+    rollups.count_recipients(db, name)
     return inserted
 
 

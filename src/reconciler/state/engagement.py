@@ -13,6 +13,8 @@ from typing import Literal
 
 from sqlite_utils import Database
 
+from reconciler.state import rollups
+
 Action = Literal["opened", "clicked", "bounced", "complained", "unsubscribed"]
 
 
@@ -30,7 +32,9 @@ class Engagement:
 
 def record(db: Database, facts: Iterable[Engagement]) -> None:
     """Inside the caller's write (or on its own). Facts about a message whose contact was erased are dropped: after
-    an erasure nothing more is recorded about the person."""
+    an erasure nothing more is recorded about the person. The report counters (state/rollups.py) take the new
+    rows in the same transaction."""
+    before = int(db.conn.execute("SELECT coalesce(max(id), 0) FROM engagement").fetchone()[0])
     db.conn.executemany(
         "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail) "
         "SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, coalesce(l.workflow, l.source), l.stage, "
@@ -40,3 +44,4 @@ def record(db: Database, facts: Iterable[Engagement]) -> None:
         "WHERE coalesce(l.contact_id, x.contact_id) IS NOT NULL",
         [(f.ledger_id, f.contact_id, f.action, int(f.machine), f.at, f.detail) for f in facts],
     )
+    rollups.count_new(db, before)

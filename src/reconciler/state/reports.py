@@ -5,6 +5,9 @@ the report package's. A message's engagement carries its source and stage (copie
 recorded), so a campaign's figures read the engagement_by_source index and never the whole table; a workflow's
 messages are found through the ledger's `workflow` column.
 
+Times are compared as `+at`: the unary plus keeps SQLite from choosing an index on the time (engagement_by_action),
+which would read every campaign's engagement to find one campaign's.
+
 `Window` bounds when engagement and conversions happened (`--since`, `--until`); messages are counted whenever
 they were sent, so rates in a window are "of everyone mailed, how many acted in it".
 """
@@ -100,18 +103,23 @@ def _engaged(row: tuple[object, ...]) -> Engaged:
 
 def campaign_engagement(db: Database, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
     """The whole campaign's engagement (each person once across stages) and each stage's."""
-    where = "source_kind = 'campaign' AND source = ? AND at >= ? AND at < ?"
+    where = "source_kind = 'campaign' AND source = ? AND +at >= ? AND +at < ?"
     params = (name, window.since, window.until)
-    total = db.conn.execute(f"SELECT {_ENGAGED} FROM engagement WHERE {where}", params).fetchone()
-    stages = db.conn.execute(f"SELECT stage, {_ENGAGED} FROM engagement WHERE {where} GROUP BY stage", params)
+    total = db.conn.execute(
+        f"SELECT {_ENGAGED} FROM engagement INDEXED BY engagement_by_source WHERE {where}", params
+    ).fetchone()
+    stages = db.conn.execute(
+        f"SELECT stage, {_ENGAGED} FROM engagement INDEXED BY engagement_by_source WHERE {where} GROUP BY stage", params
+    )
     return _engaged(total), {str(row[0] or ""): _engaged(row[1:]) for row in stages}
 
 
 def links(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(URL, people who clicked it, clicks) of the campaign's links, most people first; people only."""
     rows = db.conn.execute(
-        "SELECT detail, count(DISTINCT contact_id), count(*) FROM engagement WHERE source_kind = 'campaign' "
-        "AND source = ? AND action = 'clicked' AND machine = 0 AND at >= ? AND at < ? "
+        "SELECT detail, count(DISTINCT contact_id), count(*) FROM engagement INDEXED BY engagement_by_source "
+        "WHERE source_kind = 'campaign' "
+        "AND source = ? AND action = 'clicked' AND machine = 0 AND +at >= ? AND +at < ? "
         "GROUP BY detail ORDER BY 2 DESC, 3 DESC, 1",
         (name, window.since, window.until),
     )
@@ -121,9 +129,10 @@ def links(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]
 def hourly(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(hour as YYYY-MM-DDTHH in UTC, opens, clicks) by people, in time order."""
     rows = db.conn.execute(
-        "SELECT substr(at, 1, 13), sum(action = 'opened'), sum(action = 'clicked') FROM engagement "
+        "SELECT substr(at, 1, 13), sum(action = 'opened'), sum(action = 'clicked') "
+        "FROM engagement INDEXED BY engagement_by_source "
         "WHERE source_kind = 'campaign' AND source = ? AND machine = 0 AND action IN ('opened', 'clicked') "
-        "AND at >= ? AND at < ? GROUP BY 1 ORDER BY 1",
+        "AND +at >= ? AND +at < ? GROUP BY 1 ORDER BY 1",
         (name, window.since, window.until),
     )
     return [(str(hour), int(opens), int(clicks)) for hour, opens, clicks in rows]
@@ -134,8 +143,8 @@ def countries(db: Database, name: str, window: Window) -> list[tuple[str, int, i
     rows = db.conn.execute(
         "SELECT coalesce(nullif(c.country, ''), '?'), count(*), sum(EXISTS (SELECT 1 FROM engagement g "
         "WHERE g.ledger_id = l.id AND g.action IN ('opened', 'clicked') AND g.machine = 0 "
-        "AND g.at >= ? AND g.at < ?)) FROM ledger l JOIN contacts c ON c.id = l.contact_id "
-        "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' AND l.state = 'sent' "
+        "AND +g.at >= ? AND +g.at < ?)) FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' "
         "GROUP BY 1 ORDER BY 2 DESC, 1",
         (window.since, window.until, name),
     )
@@ -146,16 +155,30 @@ def conversions(
     db: Database, name: str, *, event: str, within_seconds: int, value: str | None, window: Window
 ) -> tuple[int, int, float]:
     """(people who converted, conversions, revenue): events of type `event` from recipients of the campaign's
-    first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property."""
+    first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property.
+
+    Read from the events' side: only events of the goal's type since the campaign started (events_by_type_time),
+    each looked up in the campaign's ledger by its contact (the ledger's unique key) — not every recipient."""
     path = json_path(value) if value else "$.__no_value__"
+    started = db.conn.execute("SELECT coalesce(started_at, '') FROM campaigns WHERE name = ?", (name,)).fetchone()
     row = db.conn.execute(
         "SELECT count(DISTINCT e.contact_id), count(*), total(CASE WHEN json_type(e.properties, ?) IN "
-        "('integer', 'real') THEN json_extract(e.properties, ?) END) FROM ledger l JOIN events e "
-        "ON e.contact_id = l.contact_id AND e.type = ? AND e.occurred_at >= l.sent_at "
+        "('integer', 'real') THEN json_extract(e.properties, ?) END) "
+        "FROM events e INDEXED BY events_by_type_time CROSS "
+        "JOIN ledger l ON l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' AND l.contact_id = e.contact_id "
+        "WHERE e.type = ? AND e.occurred_at >= ? AND l.state = 'sent' AND e.occurred_at >= l.sent_at "
         "AND e.occurred_at < strftime('%Y-%m-%dT%H:%M:%SZ', l.sent_at, ?) "
-        "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' AND l.state = 'sent' "
-        "AND e.occurred_at >= ? AND e.occurred_at < ?",
-        (path, path, event, f"+{within_seconds} seconds", name, window.since, window.until),
+        "AND +e.occurred_at >= ? AND +e.occurred_at < ?",
+        (
+            path,
+            path,
+            name,
+            event,
+            started[0] if started else "",
+            f"+{within_seconds} seconds",
+            window.since,
+            window.until,
+        ),
     ).fetchone()
     return int(row[0]), int(row[1]), float(row[2] or 0.0)
 
@@ -178,8 +201,9 @@ def workflow_runs(db: Database, name: str) -> tuple[dict[str, int], str | None, 
     return {str(k): int(v) for k, v in states.items()}, first, last
 
 
-def workflow_steps(db: Database, name: str, window: Window) -> dict[str, StepCounts]:
-    """Each step that runs reached (by step key), with its messages and their engagement."""
+def workflow_steps(db: Database, name: str, window: Window, *, engagement: bool = True) -> dict[str, StepCounts]:
+    """Each step that runs reached (by step key), with its messages and their engagement (`engagement=False`:
+    without, for a caller that reads it from the counters)."""
     entered = dict(
         db.conn.execute(
             "SELECT s.step, count(DISTINCT s.run_id) FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id "
@@ -192,17 +216,86 @@ def workflow_steps(db: Database, name: str, window: Window) -> dict[str, StepCou
         "SELECT stage, state, count(*) FROM ledger WHERE workflow = ? GROUP BY 1, 2", (name,)
     ):
         states[str(step)][str(state)] = int(count)
-    engaged = {
-        str(row[0]): _engaged(row[1:])
-        for row in db.conn.execute(
-            f"SELECT l.stage, {_ENGAGED.replace('contact_id', 'g.contact_id').replace('ledger_id', 'g.ledger_id')} "
-            "FROM ledger l JOIN engagement g ON g.ledger_id = l.id WHERE l.workflow = ? AND g.at >= ? AND g.at < ? "
-            "GROUP BY 1",
-            (name, window.since, window.until),
-        )
-    }
+    engaged = (
+        {}
+        if not engagement
+        else {
+            str(row[0]): _engaged(row[1:])
+            for row in db.conn.execute(
+                f"SELECT l.stage, {_ENGAGED.replace('contact_id', 'g.contact_id').replace('ledger_id', 'g.ledger_id')} "
+                "FROM ledger l JOIN engagement g ON g.ledger_id = l.id WHERE l.workflow = ? "
+                "AND +g.at >= ? AND +g.at < ? GROUP BY 1",
+                (name, window.since, window.until),
+            )
+        }
+    )
     steps = set(entered) | set(states) | set(engaged)
     return {
         str(step): StepCounts(int(entered.get(step, 0)), states.get(str(step), {}), engaged.get(str(step), Engaged()))
         for step in steps
     }
+
+
+# --- the same figures from the counters (state/rollups.py), for reports over all time -----------------------------
+
+_PEOPLE = {"openers", "clickers", "unsubscribed", "complained", "bounced_hard", "bounced_soft"}
+
+
+def _from_metrics(values: dict[str, float]) -> Engaged:
+    return Engaged(
+        openers=int(values.get("openers", 0)),
+        opens=int(values.get("opens", 0)),
+        clickers=int(values.get("clickers", 0)),
+        clicks=int(values.get("clicks", 0)),
+        machine_opens=int(values.get("machine_opens", 0)),
+        machine_clicks=int(values.get("machine_clicks", 0)),
+        unsubscribed=int(values.get("unsubscribed", 0)),
+        complained=int(values.get("complained", 0)),
+        bounced_hard=int(values.get("bounced_hard", 0)),
+        bounced_soft=int(values.get("bounced_soft", 0)),
+    )
+
+
+def counted_engagement(db: Database, kind: str, name: str) -> tuple[Engaged, dict[str, Engaged]]:
+    """As `campaign_engagement` over all time, from the counters: stage '*' holds the people across stages, the
+    totals add up the stages."""
+    by_stage: dict[str, dict[str, float]] = defaultdict(dict)
+    for stage, metric, value in db.conn.execute(
+        "SELECT stage, metric, value FROM report_counts WHERE kind = ? AND name = ? AND metric NOT LIKE '%:%'",
+        (kind, name),
+    ):
+        by_stage[str(stage)][str(metric)] = float(value)
+    across = by_stage.pop("*", {})
+    totals: dict[str, float] = defaultdict(float)
+    for values in by_stage.values():
+        for metric, value in values.items():
+            if metric not in _PEOPLE:
+                totals[metric] += value
+    return _from_metrics({**totals, **across}), {stage: _from_metrics(v) for stage, v in by_stage.items()}
+
+
+def counted_links(db: Database, kind: str, name: str) -> list[tuple[str, int, int]]:
+    rows = db.conn.execute(
+        "SELECT url, people, clicks FROM report_links WHERE kind = ? AND name = ? ORDER BY 2 DESC, 3 DESC, 1",
+        (kind, name),
+    )
+    return [(str(url), int(people), int(clicks)) for url, people, clicks in rows]
+
+
+def counted_hours(db: Database, kind: str, name: str) -> list[tuple[str, int, int]]:
+    rows = db.conn.execute(
+        "SELECT hour, opens, clicks FROM report_hours WHERE kind = ? AND name = ? ORDER BY hour", (kind, name)
+    )
+    return [(str(hour), int(opens), int(clicks)) for hour, opens, clicks in rows]
+
+
+def counted_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
+    found: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for metric, value in db.conn.execute(
+        "SELECT metric, value FROM report_counts WHERE kind = 'campaign' AND name = ? AND stage = '' "
+        "AND (metric LIKE 'recipients:%' OR metric LIKE 'openers:%')",
+        (name,),
+    ):
+        what, _, country = str(metric).partition(":")
+        found[country][0 if what == "recipients" else 1] += int(value)
+    return sorted(((c, r, o) for c, (r, o) in found.items()), key=lambda row: (-row[1], row[0]))

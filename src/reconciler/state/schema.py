@@ -13,6 +13,8 @@ import sqlite3
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from reconciler.state import rollups
+
 migrations = Migrations("reconciler")
 
 
@@ -413,6 +415,39 @@ def _workflow_runs(db: Database) -> None:
         CREATE INDEX ledger_by_workflow ON ledger(workflow, stage, id) WHERE workflow IS NOT NULL;
         """,
     )
+
+
+@migrations(name="0010_report_counts")
+def _report_counts(db: Database) -> None:
+    """Counters for reports, kept as facts are recorded (state/rollups.py), counted once from the facts here."""
+    _run_script(
+        db,
+        """
+        CREATE TABLE report_counts (
+            kind TEXT NOT NULL, name TEXT NOT NULL, stage TEXT NOT NULL, metric TEXT NOT NULL,
+            value REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (kind, name, stage, metric)
+        ) WITHOUT ROWID;
+        CREATE TABLE report_people (
+            kind TEXT NOT NULL, name TEXT NOT NULL, stage TEXT NOT NULL, metric TEXT NOT NULL,
+            contact_id INTEGER NOT NULL,
+            PRIMARY KEY (kind, name, stage, metric, contact_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE report_hours (
+            kind TEXT NOT NULL, name TEXT NOT NULL, hour TEXT NOT NULL, opens INTEGER NOT NULL DEFAULT 0,
+            clicks INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (kind, name, hour)
+        ) WITHOUT ROWID;
+        CREATE TABLE report_links (
+            kind TEXT NOT NULL, name TEXT NOT NULL, url TEXT NOT NULL, clicks INTEGER NOT NULL DEFAULT 0,
+            people INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (kind, name, url)
+        ) WITHOUT ROWID;
+        """,
+    )
+    for (name,) in db.conn.execute("SELECT name FROM campaigns WHERE started_at IS NOT NULL").fetchall():
+        rollups.count_recipients(db, name)
+    rollups.count_new(db, 0)
 
 
 def _repaired(text: object, empty: str) -> str:

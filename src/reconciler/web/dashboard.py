@@ -3,14 +3,17 @@
 Signing in posts the token in a form (never in a URL, where logs and browser history would keep it) and sets a
 session cookie: signed with the workspace key, bound to the token (a new token ends every session), valid for
 SESSION_HOURS, HttpOnly (no script can read it), SameSite=Strict (no other site's page can send it) and Secure
-when the public address is https. The pages hold no script; their charts are inline SVG.
+when the public address is https. The pages hold no script; their charts are inline SVG. A page is rendered at
+most once every FRESH_FOR seconds, however many people look at it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from html import escape
 from urllib.parse import quote, urlsplit
 
@@ -25,6 +28,10 @@ from reconciler.web.pages import same_origin
 from reconciler.web.security import RateLimit
 
 COOKIE = "reconciler_session"
+FRESH_FOR = 10.0
+"""Seconds a rendered page is served again: twenty people watching a launch cost one count, not twenty."""
+KEPT = 64
+"""Rendered pages kept at most (the least recently made go first)."""
 SESSION_HOURS = 12
 SIGN_INS = RateLimit(10, 600.0)
 """Sign-in attempts per address in ten minutes: a token cannot be guessed at speed."""
@@ -86,13 +93,44 @@ async def sign_out(request: Request) -> Response:
     return response
 
 
+class _Pages:
+    """Rendered dashboard pages for FRESH_FOR seconds; one request renders a page while the others wait for it."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, tuple[float, str]] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, key: str, render: Callable[[], Awaitable[str]]) -> str:
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            made = self.pages.get(key)
+            if made is None or time.monotonic() - made[0] > FRESH_FOR:
+                made = self.pages[key] = (time.monotonic(), await render())
+                while len(self.pages) > KEPT:
+                    oldest = min(self.pages, key=lambda k: self.pages[k][0])
+                    del self.pages[oldest], self.locks[oldest]
+            return made[1]
+
+
+def _pages(request: Request) -> _Pages:
+    state = request.app.state
+    if not hasattr(state, "dashboard_pages"):
+        state.dashboard_pages = _Pages()
+    found: _Pages = state.dashboard_pages
+    return found
+
+
 async def overview(request: Request) -> Response:
     """GET /dashboard: every campaign and workflow."""
     web = context(request)
     if not _signed_in(request, await web.site()):
         return RedirectResponse("/dashboard/sign-in", 303)
-    rows = await web.read(figures.overview)
-    return HTMLResponse(overview_html(rows, link=lambda row: f"/dashboard/{row.kind}s/{quote(row.name, safe='')}"))
+
+    async def render() -> str:
+        rows = await web.read(figures.overview)
+        return overview_html(rows, link=lambda row: f"/dashboard/{row.kind}s/{quote(row.name, safe='')}")
+
+    return HTMLResponse(await _pages(request).get("", render))
 
 
 async def report(request: Request) -> Response:
@@ -101,11 +139,15 @@ async def report(request: Request) -> Response:
     if not _signed_in(request, await web.site()):
         return RedirectResponse("/dashboard/sign-in", 303)
     name, kind = request.path_params["name"], request.path_params["kind"]
-    try:
+
+    async def render() -> str:
         if kind == "campaigns":
-            return HTMLResponse(campaign_html(await web.read(figures.campaign_report, name), back="/dashboard"))
-        if kind == "workflows":
-            return HTMLResponse(workflow_html(await web.read(figures.workflow_report, name), back="/dashboard"))
+            return campaign_html(await web.read(figures.campaign_report, name), back="/dashboard")
+        return workflow_html(await web.read(figures.workflow_report, name), back="/dashboard")
+
+    try:
+        if kind in ("campaigns", "workflows"):
+            return HTMLResponse(await _pages(request).get(f"{kind}/{name}", render))
     except UsageError:
         pass
     return HTMLResponse("<!doctype html><title>Not found</title><p>No such campaign or workflow.</p>", 404)

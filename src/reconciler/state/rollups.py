@@ -1,0 +1,152 @@
+"""Counters that reports read instead of the facts: kept up to date as engagement is recorded, rebuilt from the
+facts when asked (`reconciler report --rebuild`, and by the migration that added them).
+
+A campaign of a million recipients has millions of opens and clicks; counting them again for every report would
+take seconds. So the one writer of engagement (`engagement.record`) also adds each new fact here, in the same
+transaction:
+
+- report_counts: per campaign or workflow (kind, name), per stage or step, a value per metric: totals (opens,
+  clicks, machine_opens, machine_clicks), people (openers, clickers, unsubscribed, complained, bounced_hard,
+  bounced_soft; stage '*' counts a person once across every stage), and per country of the first message
+  (recipients:CC, openers:CC);
+- report_people: who has been counted for which unique metric (so each person counts once);
+- report_hours: opens and clicks by people per UTC hour;
+- report_links: clicks by people per URL, and how many people clicked it.
+
+Every figure here can also be counted from the facts (state/reports.py does, for a window of time): the tests
+check that both agree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from sqlite_utils import Database
+
+BATCH = 20_000
+"""Engagement rows read per step of a rebuild."""
+
+
+Key = tuple[str, str, str, str]
+
+
+class _Fact(NamedTuple):
+    id: int
+    kind: str
+    name: str
+    stage: str
+    contact_id: int
+    action: str
+    machine: int
+    at: str
+    detail: str | None
+
+
+_READ = (
+    "SELECT id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail FROM engagement "
+    "WHERE id > ? AND source IS NOT NULL AND contact_id IS NOT NULL ORDER BY id LIMIT ?"
+)
+
+
+def count_new(db: Database, after: int) -> None:
+    """Add the engagement rows with an id above `after` (inside the writer's transaction)."""
+    while True:
+        facts = [_Fact(*row) for row in db.conn.execute(_READ, (after, BATCH))]
+        if not facts:
+            return
+        _count(db, facts)
+        after = facts[-1].id
+
+
+def _people_metrics(fact: _Fact) -> list[str]:
+    if fact.action in ("opened", "clicked") and not fact.machine:
+        return ["openers", "clickers"] if fact.action == "clicked" else ["openers"]
+    if fact.action == "bounced":
+        return ["bounced_soft" if (fact.detail or "").startswith("soft") else "bounced_hard"]
+    if fact.action in ("unsubscribed", "complained"):
+        return [fact.action]
+    return []
+
+
+def _count(db: Database, facts: Iterable[_Fact]) -> None:
+    counts: Counter[Key] = Counter()
+    hours: Counter[Key] = Counter()
+    links: Counter[Key] = Counter()
+    for fact in facts:
+        where = (fact.kind, fact.name)
+        if fact.action in ("opened", "clicked"):
+            total = ("machine_" if fact.machine else "") + ("opens" if fact.action == "opened" else "clicks")
+            counts[(*where, fact.stage, total)] += 1
+            if not fact.machine:
+                hours[(*where, fact.at[:13], fact.action)] += 1
+                if fact.action == "clicked":
+                    links[(*where, fact.detail or "", "clicks")] += 1
+                    if _first(db, fact, "", "link " + (fact.detail or "")):
+                        links[(*where, fact.detail or "", "people")] += 1
+        for metric in _people_metrics(fact):
+            for stage in (fact.stage, "*"):
+                if _first(db, fact, stage, metric):
+                    counts[(*where, stage, metric)] += 1
+                    if metric == "openers" and stage == "" and fact.kind == "campaign":
+                        counts[(*where, "", "openers:" + _country(db, fact.contact_id))] += 1
+    _add(db, counts, hours, links)
+
+
+def _first(db: Database, fact: _Fact, stage: str, metric: str) -> bool:
+    """Whether this is the first time the person counts for `metric` (then they are remembered)."""
+    return bool(
+        db.conn.execute(
+            "INSERT OR IGNORE INTO report_people(kind, name, stage, metric, contact_id) VALUES (?, ?, ?, ?, ?)",
+            (fact.kind, fact.name, stage, metric, fact.contact_id),
+        ).rowcount
+    )
+
+
+def _country(db: Database, contact_id: int) -> str:
+    row = db.conn.execute("SELECT coalesce(nullif(country, ''), '?') FROM contacts WHERE id = ?", (contact_id,))
+    found = row.fetchone()
+    return str(found[0]) if found else "?"
+
+
+def _add(db: Database, counts: Counter[Key], hours: Counter[Key], links: Counter[Key]) -> None:
+    db.conn.executemany(
+        "INSERT INTO report_counts(kind, name, stage, metric, value) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO UPDATE SET value = value + excluded.value",
+        [(*key, value) for key, value in counts.items()],
+    )
+    db.conn.executemany(
+        "INSERT INTO report_hours(kind, name, hour, opens, clicks) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO UPDATE SET opens = opens + excluded.opens, clicks = clicks + excluded.clicks",
+        [(k, n, h, v if a == "opened" else 0, v if a == "clicked" else 0) for (k, n, h, a), v in hours.items()],
+    )
+    db.conn.executemany(
+        "INSERT INTO report_links(kind, name, url, clicks, people) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO UPDATE SET clicks = clicks + excluded.clicks, people = people + excluded.people",
+        [(k, n, u, v if m == "clicks" else 0, v if m == "people" else 0) for (k, n, u, m), v in links.items()],
+    )
+
+
+def count_recipients(db: Database, campaign: str) -> None:
+    """The campaign's first message's recipients by the contact's country (when it starts, inside its write)."""
+    db.conn.execute(
+        "INSERT INTO report_counts(kind, name, stage, metric, value) SELECT 'campaign', ?, '', "
+        "'recipients:' || coalesce(nullif(c.country, ''), '?'), count(*) FROM ledger l JOIN contacts c "
+        "ON c.id = l.contact_id WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' GROUP BY 4 "
+        "ON CONFLICT DO UPDATE SET value = excluded.value",
+        (campaign, campaign),
+    )
+
+
+def rebuild(db: Database) -> int:
+    """Count everything again from the facts; returns the engagement rows counted."""
+    from reconciler.state.db import write  # the database module runs the migrations, which use this one
+
+    with write(db):
+        for table in ("report_counts", "report_people", "report_hours", "report_links"):
+            db.conn.execute(f"DELETE FROM {table}")  # noqa: S608 (our own table names)
+        for (name,) in db.conn.execute("SELECT name FROM campaigns WHERE started_at IS NOT NULL").fetchall():
+            count_recipients(db, name)
+        count_new(db, 0)
+    return int(db.conn.execute("SELECT count(*) FROM engagement").fetchone()[0])
