@@ -177,3 +177,11 @@ def test_the_counters_agree_with_the_facts_and_a_rebuild_gives_the_same(seeded: 
     rebuilt = reconciler("report", "launch", "--rebuild", "--format", "json", cwd=seeded.root)
     assert rebuilt.returncode == 0 and "Counted 11 engagement facts again" in rebuilt.stderr
     assert json.loads(rebuilt.stdout) == counted
+
+
+def test_goal_figures_are_the_same_whichever_side_is_read_first(seeded: Journey) -> None:
+    before = report(seeded, "launch")["goal"]  # fewer purchases than recipients: read from the purchases
+    seeded.person("stranger@example.com", at="2030-03-02T09:00:00Z")
+    for n in range(12):  # now more purchases than recipients: read from the recipients
+        seeded.event("stranger@example.com", "purchase", at=f"2030-03-02T12:{n:02d}:00Z", total=1000)
+    assert report(seeded, "launch")["goal"] == before

@@ -157,28 +157,32 @@ def conversions(
     """(people who converted, conversions, revenue): events of type `event` from recipients of the campaign's
     first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property.
 
-    Read from the events' side: only events of the goal's type since the campaign started (events_by_type_time),
-    each looked up in the campaign's ledger by its contact (the ledger's unique key) — not every recipient."""
+    Read from the smaller side: the recipients, each looked up among their events (a campaign of a few thousand),
+    or the goal's events since the campaign started, each looked up in the campaign's ledger (a campaign of a
+    million, whose recipients outnumber the purchases)."""
     path = json_path(value) if value else "$.__no_value__"
-    started = db.conn.execute("SELECT coalesce(started_at, '') FROM campaigns WHERE name = ?", (name,)).fetchone()
+    started, recipients = db.conn.execute(
+        "SELECT coalesce(started_at, ''), coalesce(recipients, 0) FROM campaigns WHERE name = ?", (name,)
+    ).fetchone() or ("", 0)
+    events = db.conn.execute(
+        "SELECT count(*) FROM events INDEXED BY events_by_type_time WHERE type = ? AND occurred_at >= ?",
+        (event, started),
+    ).fetchone()[0]
+    join = (
+        "FROM events e INDEXED BY events_by_type_time CROSS JOIN ledger l ON l.source_kind = 'campaign' "
+        "AND l.source = ? AND l.stage = '' AND l.contact_id = e.contact_id WHERE e.type = ? AND e.occurred_at >= ? "
+        if events < recipients
+        else "FROM ledger l CROSS JOIN events e ON e.contact_id = l.contact_id AND e.type = ? AND e.occurred_at >= ? "
+        "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' "
+    )
+    first = (name, event, started) if events < recipients else (event, started, name)
     row = db.conn.execute(
         "SELECT count(DISTINCT e.contact_id), count(*), total(CASE WHEN json_type(e.properties, ?) IN "
-        "('integer', 'real') THEN json_extract(e.properties, ?) END) "
-        "FROM events e INDEXED BY events_by_type_time CROSS "
-        "JOIN ledger l ON l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' AND l.contact_id = e.contact_id "
-        "WHERE e.type = ? AND e.occurred_at >= ? AND l.state = 'sent' AND e.occurred_at >= l.sent_at "
-        "AND e.occurred_at < strftime('%Y-%m-%dT%H:%M:%SZ', l.sent_at, ?) "
-        "AND +e.occurred_at >= ? AND +e.occurred_at < ?",
-        (
-            path,
-            path,
-            name,
-            event,
-            started[0] if started else "",
-            f"+{within_seconds} seconds",
-            window.since,
-            window.until,
-        ),
+        f"('integer', 'real') THEN json_extract(e.properties, ?) END) {join}"
+        "AND l.state = 'sent' AND e.occurred_at >= l.sent_at "
+        "AND e.occurred_at < strftime('%Y-%m-%dT%H:%M:%SZ', l.sent_at, ?) AND +e.occurred_at >= ? "
+        "AND +e.occurred_at < ?",
+        (path, path, *first, f"+{within_seconds} seconds", window.since, window.until),
     ).fetchone()
     return int(row[0]), int(row[1]), float(row[2] or 0.0)
 
