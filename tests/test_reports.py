@@ -110,7 +110,7 @@ def test_a_workflows_report_counts_each_step(seeded: Journey) -> None:
     steps = {s["step"]: s for s in hello["steps"]}
     assert list(steps) == ["hi", "rest", "tag-it"]
     assert steps["hi"]["entered"] == 5 and steps["hi"]["sent"] == 5 and steps["tag-it"]["entered"] == 5
-    assert steps["rest"]["sent"] == 0
+    assert steps["rest"]["sent"] == 0 and steps["rest"]["completed"] == 5 and steps["rest"]["waiting"] == 0
 
 
 def test_the_overview_text_and_csv(seeded: Journey) -> None:
@@ -185,3 +185,33 @@ def test_goal_figures_are_the_same_whichever_side_is_read_first(seeded: Journey)
     for n in range(12):  # now more purchases than recipients: read from the recipients
         seeded.event("stranger@example.com", "purchase", at=f"2030-03-02T12:{n:02d}:00Z", total=1000)
     assert report(seeded, "launch")["goal"] == before
+
+
+def test_a_workflows_steps_show_who_waits_and_who_exited(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    sink, port = server
+    cart = """
+        kind: Workflow
+        name: cart
+        trigger: {event: cart_abandoned, key: cart_id}
+        list: news
+        exit_when: {event: purchase}
+        steps:
+          - {id: wait, wait: 1h}
+          - {id: remind, send: mail/a, subject: Your cart}
+          - {id: later, wait: 1d}
+          - {id: last, send: mail/b, subject: Last call}
+        """
+    j = Journey(tmp_path, sink, port, cart)
+    j.at("2030-03-02T08:00:00Z")
+    for person in ("p", "q", "r"):
+        j.person(f"{person}@example.com", lists=("news",), at="2030-03-02T08:00:00Z")
+        j.event(f"{person}@example.com", "cart_abandoned", at="2030-03-02T08:00:00Z", cart_id=person)
+    j.at("2030-03-02T08:01:00Z")
+    j.at("2030-03-02T09:02:00Z")  # all three reminded, now waiting a day
+    j.event("p@example.com", "purchase", at="2030-03-02T10:00:00Z")
+    j.at("2030-03-02T10:01:00Z")
+    steps = {s["step"]: s for s in report(j, "cart")["steps"]}
+    assert (steps["wait"]["entered"], steps["wait"]["completed"]) == (3, 3)
+    assert steps["remind"]["sent"] == 3
+    assert (steps["later"]["entered"], steps["later"]["waiting"], steps["later"]["exited"]) == (3, 2, 1)
+    assert steps["last"]["entered"] == 0

@@ -307,6 +307,12 @@ def _goal(db: Database, name: str, spec: dict[str, object], delivered: int, wind
 class StepReport(Figures):
     step: str
     entered: int
+    """Runs that reached the step: those that did it, and those on it now or stopped on it."""
+    completed: int
+    """Runs that did it and went on."""
+    waiting: int
+    exited: int
+    """Runs whose exit event came while they were on it (or whose step was removed: ended)."""
     sent: int
     delivered: int
     pending: int
@@ -338,7 +344,7 @@ def workflow_report(db: Database, name: str, window: Window = ALL_TIME) -> Workf
         _, by_step = reports.counted_engagement(db, "workflow", name)
         for step, engaged in by_step.items():
             before = counted.get(step, reports.StepCounts(0, {}, Engaged()))
-            counted[step] = reports.StepCounts(before.entered, before.states, engaged)
+            counted[step] = reports.StepCounts(before.entered, before.states, engaged, before.on_step)
     order = list(info.steps) + sorted(set(counted) - set(info.steps))
     steps = []
     for step in order:
@@ -349,7 +355,10 @@ def workflow_report(db: Database, name: str, window: Window = ALL_TIME) -> Workf
         steps.append(
             StepReport(
                 step=step,
-                entered=found.entered,
+                entered=found.entered + sum(found.on_step.values()),
+                completed=found.entered,
+                waiting=found.on_step.get("active", 0),
+                exited=found.on_step.get("exited", 0) + found.on_step.get("ended", 0),
                 sent=delivery.sent,
                 delivered=delivery.delivered,
                 pending=delivery.pending,

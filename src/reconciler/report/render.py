@@ -143,11 +143,27 @@ def workflow_text(report: WorkflowReport) -> str:
         f"first run {report.first_run or '-'}, last run {report.last_run or '-'}",
         "",
         *_table(
-            ("STEP", "ENTERED", "SENT", "PENDING", "OPENED", "CLICKED", "OPEN RATE", "CLICK RATE", "UNSUBSCRIBES"),
+            (
+                "STEP",
+                "ENTERED",
+                "COMPLETED",
+                "WAITING",
+                "EXITED",
+                "SENT",
+                "PENDING",
+                "OPENED",
+                "CLICKED",
+                "OPEN RATE",
+                "CLICK RATE",
+                "UNSUBSCRIBES",
+            ),
             (
                 (
                     s.step,
                     s.entered,
+                    s.completed,
+                    s.waiting,
+                    s.exited,
                     s.sent,
                     s.pending,
                     s.engagement.unique_opens,

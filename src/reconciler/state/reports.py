@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
@@ -189,11 +189,13 @@ def conversions(
 
 @dataclass(frozen=True)
 class StepCounts:
-    """One workflow step: runs that reached it, its messages by state, and what people did with them."""
+    """One workflow step: runs that did it, its messages by state, what people did with them, and the runs that
+    are on it now (active: waiting there) or stopped there (exited, ended)."""
 
     entered: int
     states: dict[str, int]
     engaged: Engaged
+    on_step: dict[str, int] = field(default_factory=dict)
 
 
 def workflow_runs(db: Database, name: str) -> tuple[dict[str, int], str | None, str | None]:
@@ -233,9 +235,18 @@ def workflow_steps(db: Database, name: str, window: Window, *, engagement: bool 
             )
         }
     )
-    steps = set(entered) | set(states) | set(engaged)
+    on_step: dict[str, dict[str, int]] = defaultdict(dict)
+    for step, state, count in db.conn.execute(
+        "SELECT step, state, count(*) FROM workflow_runs WHERE workflow = ? AND state IN ('active', 'exited', "
+        "'ended') AND step != '' GROUP BY 1, 2",
+        (name,),
+    ):
+        on_step[str(step)][str(state)] = int(count)
+    steps = set(entered) | set(states) | set(engaged) | set(on_step)
     return {
-        str(step): StepCounts(int(entered.get(step, 0)), states.get(str(step), {}), engaged.get(str(step), Engaged()))
+        str(step): StepCounts(
+            int(entered.get(step, 0)), states.get(str(step), {}), engaged.get(str(step), Engaged()), on_step[str(step)]
+        )
         for step in steps
     }
 
