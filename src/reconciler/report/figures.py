@@ -288,9 +288,13 @@ def _goal(db: Database, name: str, spec: dict[str, object], delivered: int, wind
     if not isinstance(raw, dict):
         return None
     goal = Goal.model_validate(raw)
-    people, conversions, revenue = reports.conversions(
-        db, name, event=goal.event, within_seconds=int(goal.within.total_seconds()), value=goal.value, window=window
-    )
+    if window == ALL_TIME:
+        people, conversions, revenue = reports.counted_goal(db, name)
+    else:
+        within = int(goal.within.total_seconds())
+        people, conversions, revenue = reports.conversions(
+            db, name, event=goal.event, within_seconds=within, value=goal.value, window=window
+        )
     spent = float(cost) if isinstance(cost, int | float) else None
     return GoalFigures(
         event=goal.event,

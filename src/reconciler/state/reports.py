@@ -164,9 +164,10 @@ def conversions(
     started, recipients = db.conn.execute(
         "SELECT coalesce(started_at, ''), coalesce(recipients, 0) FROM campaigns WHERE name = ?", (name,)
     ).fetchone() or ("", 0)
-    events = db.conn.execute(
-        "SELECT count(*) FROM events INDEXED BY events_by_type_time WHERE type = ? AND occurred_at >= ?",
-        (event, started),
+    events = db.conn.execute(  # counted up to the number that decides, not every purchase ever
+        "SELECT count(*) FROM (SELECT 1 FROM events INDEXED BY events_by_type_time WHERE type = ? "
+        "AND occurred_at >= ? LIMIT ?)",
+        (event, started, recipients),
     ).fetchone()[0]
     join = (
         "FROM events e INDEXED BY events_by_type_time CROSS JOIN ledger l ON l.source_kind = 'campaign' "
@@ -314,3 +315,15 @@ def counted_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
         what, _, country = str(metric).partition(":")
         found[country][0 if what == "recipients" else 1] += int(value)
     return sorted(((c, r, o) for c, (r, o) in found.items()), key=lambda row: (-row[1], row[0]))
+
+
+def counted_goal(db: Database, name: str) -> tuple[int, int, float]:
+    """As `conversions` over all time, from the counters: (people who converted, conversions, revenue)."""
+    values = dict(
+        db.conn.execute(
+            "SELECT metric, value FROM report_counts WHERE kind = 'campaign' AND name = ? AND stage = '' "
+            "AND metric IN ('converted', 'conversions', 'revenue')",
+            (name,),
+        ).fetchall()
+    )
+    return int(values.get("converted", 0)), int(values.get("conversions", 0)), float(values.get("revenue", 0.0))

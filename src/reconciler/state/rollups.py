@@ -19,11 +19,15 @@ check that both agree.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from sqlite_utils import Database
+
+from reconciler.spec.types import parse_duration
 
 BATCH = 20_000
 """Engagement rows read per step of a rebuild."""
@@ -110,7 +114,7 @@ def _country(db: Database, contact_id: int) -> str:
     return str(found[0]) if found else "?"
 
 
-def _add(db: Database, counts: Counter[Key], hours: Counter[Key], links: Counter[Key]) -> None:
+def _add(db: Database, counts: Mapping[Key, float], hours: Mapping[Key, int], links: Mapping[Key, int]) -> None:
     db.conn.executemany(
         "INSERT INTO report_counts(kind, name, stage, metric, value) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT DO UPDATE SET value = value + excluded.value",
@@ -139,6 +143,61 @@ def count_recipients(db: Database, campaign: str) -> None:
     )
 
 
+class _Goal(NamedTuple):
+    event: str
+    within_seconds: float
+    value: str | None
+
+
+def _goals(db: Database) -> dict[str, _Goal]:
+    """The goal of every campaign that started, as applied."""
+    found = {}
+    for name, spec in db.conn.execute("SELECT name, spec FROM campaigns WHERE started_at IS NOT NULL"):
+        goal = json.loads(spec).get("goal")
+        if isinstance(goal, dict) and goal.get("event"):
+            within = parse_duration(goal.get("within", "7d")).total_seconds()
+            found[str(name)] = _Goal(str(goal["event"]), within, goal.get("value"))
+    return found
+
+
+def count_conversions(db: Database, after: int) -> None:
+    """Add the events with an id above `after` to the goals of the campaigns whose first message reached the
+    person before the event and within the goal's window (inside the events writer's transaction). A message
+    still on the wire when its recipient's event is recorded is not counted; `report --rebuild` counts it."""
+    goals = _goals(db)
+    wanted = {goal.event for goal in goals.values()}
+    if not wanted:
+        return
+    counts: dict[Key, float] = defaultdict(float)
+    rows = db.conn.execute(
+        "SELECT contact_id, type, occurred_at, properties FROM events WHERE id > ? ORDER BY id", (after,)
+    ).fetchall()
+    for contact_id, kind, occurred_at, properties in rows:
+        if kind not in wanted:
+            continue
+        for name, sent_at in db.conn.execute(
+            "SELECT source, sent_at FROM ledger WHERE contact_id = ? AND state = 'sent' AND source_kind = 'campaign' "
+            "AND stage = ''",
+            (contact_id,),
+        ):
+            goal = goals.get(str(name))
+            if goal is None or goal.event != kind or not _within(str(sent_at), str(occurred_at), goal.within_seconds):
+                continue
+            counts[("campaign", str(name), "", "conversions")] += 1
+            amount = json.loads(properties).get(goal.value) if goal.value else None
+            if isinstance(amount, int | float) and not isinstance(amount, bool):
+                counts[("campaign", str(name), "", "revenue")] += amount
+            person = _Fact(0, "campaign", str(name), "", int(contact_id), "converted", 0, str(occurred_at), None)
+            if _first(db, person, "", "converted"):
+                counts[("campaign", str(name), "", "converted")] += 1
+    _add(db, counts, Counter(), Counter())
+
+
+def _within(sent_at: str, occurred_at: str, seconds: float) -> bool:
+    sent = datetime.fromisoformat(sent_at)
+    return sent <= datetime.fromisoformat(occurred_at) < sent + timedelta(seconds=seconds)
+
+
 def rebuild(db: Database) -> int:
     """Count everything again from the facts; returns the engagement rows counted."""
     from reconciler.state.db import write  # the database module runs the migrations, which use this one
@@ -149,4 +208,5 @@ def rebuild(db: Database) -> int:
         for (name,) in db.conn.execute("SELECT name FROM campaigns WHERE started_at IS NOT NULL").fetchall():
             count_recipients(db, name)
         count_new(db, 0)
+        count_conversions(db, 0)
     return int(db.conn.execute("SELECT count(*) FROM engagement").fetchone()[0])

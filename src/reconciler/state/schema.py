@@ -448,6 +448,7 @@ def _report_counts(db: Database) -> None:
     for (name,) in db.conn.execute("SELECT name FROM campaigns WHERE started_at IS NOT NULL").fetchall():
         rollups.count_recipients(db, name)
     rollups.count_new(db, 0)
+    rollups.count_conversions(db, 0)
 
 
 def _repaired(text: object, empty: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from reconciler import strictjson
-from reconciler.state import engagement
+from reconciler.state import engagement, rollups
 from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
@@ -272,6 +272,7 @@ def insert_events(
     """(email, type, occurred_at, properties, id) each; an id seen before is skipped. Returns (added, repeated)."""
     added = 0
     with write(db):
+        before = int(db.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
         for email, kind, occurred_at, properties, external_id in events:
             contact_id = contact_for(db, email, at=at)
             added += db.conn.execute(
@@ -279,6 +280,7 @@ def insert_events(
                 "ON CONFLICT(external_id) DO NOTHING",
                 (contact_id, kind, occurred_at, strictjson.dumps(properties), external_id),
             ).rowcount
+        rollups.count_conversions(db, before)
     return added, len(events) - added
 
 
