@@ -33,7 +33,7 @@ FRESH_FOR = 10.0
 KEPT = 64
 """Rendered pages kept at most (the least recently made go first)."""
 SESSION_HOURS = 12
-SIGN_INS = RateLimit(10, 600.0)
+SIGN_INS = (10, 600.0)
 """Sign-in attempts per address in ten minutes: a token cannot be guessed at speed."""
 
 SIGN_IN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -67,7 +67,7 @@ async def sign_in(request: Request) -> Response:
         return _form("")
     if not same_origin(request, site.runtime.public_url):
         return _form("This form must be sent from this site's own page.", 403)
-    wait = SIGN_INS.retry_after(ip(request) or "?")
+    wait = _state(request).sign_ins.retry_after(ip(request) or "?")
     if wait:
         return _form(f"Too many attempts; try again in {wait} s.", 429)
     token = str((await request.form()).get("token", ""))
@@ -112,12 +112,24 @@ class _Pages:
             return made[1]
 
 
-def _pages(request: Request) -> _Pages:
+class _Dashboard:
+    """What the dashboard keeps in memory, per app: rendered pages and the sign-in attempts."""
+
+    def __init__(self) -> None:
+        self.pages = _Pages()
+        self.sign_ins = RateLimit(*SIGN_INS)
+
+
+def _state(request: Request) -> _Dashboard:
     state = request.app.state
-    if not hasattr(state, "dashboard_pages"):
-        state.dashboard_pages = _Pages()
-    found: _Pages = state.dashboard_pages
+    if not hasattr(state, "dashboard"):
+        state.dashboard = _Dashboard()
+    found: _Dashboard = state.dashboard
     return found
+
+
+def _pages(request: Request) -> _Pages:
+    return _state(request).pages
 
 
 async def overview(request: Request) -> Response:
