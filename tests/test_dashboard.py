@@ -102,3 +102,23 @@ def test_a_marketer_signs_in_and_reads_a_report_in_chromium(served: tuple[Journe
         assert page.locator("svg").count() == 5 and re.search(r"37\.5%", page.content())
         page.screenshot(path=str(ARTIFACTS / "report-file.png"), full_page=True)
         browser.close()
+
+
+def test_signing_out_ends_the_session_and_only_wrong_tokens_count_toward_the_limit(
+    served: tuple[Journey, str],
+) -> None:
+    _, base = served
+    with httpx.Client(base_url=base) as client:
+        for _ in range(12):  # a marketer who signs in often is never locked out
+            assert client.post("/dashboard/sign-in", data={"token": TOKEN}).status_code == 303
+        session = client.cookies["reconciler_session"]
+        other_site = client.post("/dashboard/sign-out", headers={"origin": "https://evil.test"})
+        assert other_site.status_code == 403 and client.get("/dashboard").status_code == 200
+        assert client.post("/dashboard/sign-out").status_code == 303
+    with httpx.Client(base_url=base, cookies={"reconciler_session": session}) as replay:
+        assert replay.get("/dashboard").status_code == 303  # the old cookie is no session any more
+        for _ in range(10):
+            assert replay.post("/dashboard/sign-in", data={"token": "wrong"}).status_code == 401
+        assert replay.post("/dashboard/sign-in", data={"token": TOKEN}).status_code == 429
+    lower = httpx.get(f"{base}/api/v1/campaigns", headers={"authorization": f"bearer {TOKEN}"})
+    assert lower.status_code == 200  # the scheme is case-insensitive (RFC 7235)

@@ -18,6 +18,8 @@ import pytest
 
 from conftest import reconciler
 from journeys import Journey
+from reconciler.state import engagement
+from reconciler.state.db import write
 from report_state import seed
 from smtp_sink import Sink, SinkServer
 
@@ -215,3 +217,40 @@ def test_a_workflows_steps_show_who_waits_and_who_exited(tmp_path: Path, server:
     assert steps["remind"]["sent"] == 3
     assert (steps["later"]["entered"], steps["later"]["waiting"], steps["later"]["exited"]) == (3, 2, 1)
     assert steps["last"]["entered"] == 0
+
+
+def test_an_erased_person_leaves_the_counters_as_the_facts_do(seeded: Journey) -> None:
+    erased = reconciler("contacts", "erase", "a@example.com", "--yes", cwd=seeded.root)
+    assert erased.returncode == 0, erased.stderr
+    counted = report(seeded, "launch")
+    assert counted == report(seeded, "launch", "--since", "2000-01-01T00:00:00Z")
+    assert counted["engagement"]["unique_opens"] == 2 and counted["goal"]["revenue"] == 10.0
+    rebuilt = reconciler("report", "launch", "--rebuild", "--format", "json", cwd=seeded.root)
+    assert json.loads(rebuilt.stdout) == counted
+
+
+def test_csv_numbers_stay_numbers_and_impossible_windows_are_usage_errors(seeded: Journey) -> None:
+    seeded.event("b@example.com", "purchase", at="2030-03-03T11:00:00Z", total=-100)  # a refund
+    rows = list(csv.DictReader(io.StringIO(reconciler("report", "--format", "csv", cwd=seeded.root).stdout)))
+    launch = next(row for row in rows if row["name"] == "launch")
+    assert launch["revenue"] == "-60.0"
+    for args in (("--until", "0001-01-01T00:00:00+14:00"), ("--since", "2030-03-05T00:00:00Z", "--until", "2030")):
+        bad = reconciler("report", "launch", *args, cwd=seeded.root)
+        assert bad.returncode == 2 and "unexpected" not in bad.stderr, bad.stderr
+
+
+def test_a_report_lists_the_hundred_most_clicked_links_of_many(seeded: Journey) -> None:
+    row = seeded.db.conn.execute(
+        "SELECT l.id FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE c.email = 'b@example.com' "
+        "AND l.source = 'launch' AND l.stage = ''"
+    ).fetchone()[0]
+    facts = [
+        engagement.Engagement(row, "clicked", "2030-03-02T12:00:00Z", detail=f"https://shop.example.com/o/{n}")
+        for n in range(300)
+    ]
+    with write(seeded.db):
+        engagement.record(seeded.db, facts)
+    launch = report(seeded, "launch")
+    assert len(launch["links"]) == 100 and launch["links_total"] == 302
+    page = reconciler("report", "launch", "--format", "html", cwd=seeded.root).stdout
+    assert "The 100 most clicked of 302 links." in page and len(page.encode()) < 500_000

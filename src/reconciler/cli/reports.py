@@ -43,8 +43,10 @@ def report(
         window = Window(
             since=iso(parse_instant(since)) if since else "", until=iso(parse_instant(until)) if until else "9999"
         )
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise UsageError(f"--since/--until: {exc} (write e.g. 2030-11-29T00:00:00Z)") from None
+    if window.since >= window.until:
+        raise UsageError(f"--since {since} is not before --until {until}")
     if rebuild:
         from reconciler.state.rollups import rebuild as count_again
 

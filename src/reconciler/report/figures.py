@@ -20,6 +20,9 @@ from reconciler.state import reports, settings
 from reconciler.state.reports import Engaged, Window
 from reconciler.state.workflow_reads import workflow_info, workflow_names
 
+LINKS_SHOWN = 100
+"""Links a report lists (the most clicked); a campaign with a link per recipient would otherwise make a page of
+megabytes. `links_total` says how many there were."""
 PREVIOUS = 5
 """Campaigns before this one whose average rates a report shows beside its own."""
 HOURLY_FOR = timedelta(hours=72)
@@ -118,6 +121,7 @@ class CampaignReport(Figures):
     """The average rates of up to PREVIOUS campaigns that started before this one."""
     stages: list[StageReport]
     links: list[Link]
+    links_total: int
     timeline: list[Moment]
     weekday_hours: list[list[int]]
     """Opens by people, [weekday Monday=0][hour], in the workspace's time zone."""
@@ -220,7 +224,8 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
         rates=_rates(delivery, total),
         previous=_previous(db, name, found.started_at, window),
         stages=[_stage(stage, by_state, _stage_engaged(stages, stage)) for stage, by_state in sorted(states.items())],
-        links=[Link(url=u, unique_clicks=p, total_clicks=c) for u, p, c in links],
+        links=[Link(url=u, unique_clicks=p, total_clicks=c) for u, p, c in links[:LINKS_SHOWN]],
+        links_total=len(links),
         timeline=_timeline(hours, found.started_at),
         weekday_hours=_grid(hours, zone),
         timezone=zone,

@@ -185,9 +185,12 @@ def as_json(report: CampaignReport | WorkflowReport | list[OverviewRow]) -> str:
     return report.model_dump_json(indent=2) + "\n"
 
 
-def safe_cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+def safe_cell(value: object) -> object:
+    """Text a spreadsheet would run as a formula gets a leading apostrophe; numbers stay numbers (a refund's
+    negative revenue is a number, not a formula)."""
+    if not isinstance(value, str):
+        return "" if value is None else value
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def as_csv(report: CampaignReport | WorkflowReport | list[OverviewRow]) -> str:

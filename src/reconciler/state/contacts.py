@@ -18,6 +18,7 @@ from sqlite_utils import Database
 from reconciler import strictjson
 from reconciler.segments import json_path
 from reconciler.spec.contact import TEXT_FIELDS, Contact
+from reconciler.state import rollups
 from reconciler.state.db import audit, write
 from reconciler.state.suppressions import email_hash, suppress
 
@@ -337,7 +338,10 @@ def erase_contact(db: Database, email: str, *, at: str) -> bool:
             "WHERE state IN ('queued', 'deferred') AND contact_id = (SELECT id FROM contacts WHERE email = ?)",
             (at, email),
         )
+        counted = rollups.counted_for(db, email)
         deleted = db.conn.execute("DELETE FROM contacts WHERE email = ?", (email,)).rowcount
+        for kind, name in counted:  # the report counters forget the person as the facts do
+            rollups.recount(db, kind, name)
         suppress(db, hashed, "erased", at=at)
         audit(
             db,

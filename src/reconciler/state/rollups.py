@@ -160,11 +160,11 @@ def _goals(db: Database) -> dict[str, _Goal]:
     return found
 
 
-def count_conversions(db: Database, after: int) -> None:
+def count_conversions(db: Database, after: int, *, only: str | None = None) -> None:
     """Add the events with an id above `after` to the goals of the campaigns whose first message reached the
     person before the event and within the goal's window (inside the events writer's transaction). A message
     still on the wire when its recipient's event is recorded is not counted; `report --rebuild` counts it."""
-    goals = _goals(db)
+    goals = {name: goal for name, goal in _goals(db).items() if only is None or name == only}
     wanted = {goal.event for goal in goals.values()}
     if not wanted:
         return
@@ -196,6 +196,43 @@ def count_conversions(db: Database, after: int) -> None:
 def _within(sent_at: str, occurred_at: str, seconds: float) -> bool:
     sent = datetime.fromisoformat(sent_at)
     return sent <= datetime.fromisoformat(occurred_at) < sent + timedelta(seconds=seconds)
+
+
+def counted_for(db: Database, email: str) -> list[tuple[str, str]]:
+    """The campaigns and workflows whose counters hold something of this person (before they are erased)."""
+    rows = db.conn.execute(
+        "SELECT DISTINCT p.kind, p.name FROM report_people p JOIN contacts c ON c.id = p.contact_id WHERE c.email = ? "
+        "UNION SELECT DISTINCT 'campaign', l.source FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        "WHERE c.email = ? AND l.source_kind = 'campaign' AND l.stage = ''",
+        (email, email),
+    )
+    return [(str(kind), str(name)) for kind, name in rows]
+
+
+def recount(db: Database, kind: str, name: str) -> None:
+    """Count one campaign's (or workflow's) counters again from its facts (inside the caller's write): after an
+    erasure deleted a person's facts, the figures are what the facts say."""
+    for table in ("report_counts", "report_people", "report_hours", "report_links"):
+        db.conn.execute(f"DELETE FROM {table} WHERE kind = ? AND name = ?", (kind, name))  # noqa: S608
+    if kind == "campaign":
+        count_recipients(db, name)
+    after = 0
+    while True:
+        facts = [
+            _Fact(*row)
+            for row in db.conn.execute(
+                "SELECT id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail "
+                "FROM engagement WHERE source_kind = ? AND source = ? AND id > ? AND contact_id IS NOT NULL "
+                "ORDER BY id LIMIT ?",
+                (kind, name, after, BATCH),
+            )
+        ]
+        if not facts:
+            break
+        _count(db, facts)
+        after = facts[-1].id
+    if kind == "campaign":
+        count_conversions(db, 0, only=name)
 
 
 def rebuild(db: Database) -> int:

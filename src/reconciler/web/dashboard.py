@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from html import escape
 from urllib.parse import quote, urlsplit
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -53,7 +54,7 @@ def _bound(site: Site) -> str:
 
 def _signed_in(request: Request, site: Site) -> bool:
     session = request.cookies.get(COOKIE, "")
-    if not site.api_token or not session:
+    if not site.api_token or not session or session in _state(request).signed_out:
         return False
     issued = site.signer.verify("session", session, _bound(site))
     return issued is not None and 0 <= time.time() / 60 - issued <= SESSION_HOURS * 60
@@ -67,11 +68,13 @@ async def sign_in(request: Request) -> Response:
         return _form("")
     if not same_origin(request, site.runtime.public_url):
         return _form("This form must be sent from this site's own page.", 403)
-    wait = _state(request).sign_ins.retry_after(ip(request) or "?")
+    attempts, who = _state(request).sign_ins, ip(request) or "?"
+    wait = attempts.retry_after(who, count=False)
     if wait:
-        return _form(f"Too many attempts; try again in {wait} s.", 429)
+        return _form(f"Too many wrong tokens; try again in {wait} s.", 429)
     token = str((await request.form()).get("token", ""))
     if not site.api_token or not hmac.compare_digest(token.encode(), site.api_token.encode()):
+        attempts.retry_after(who)  # only wrong tokens count
         return _form("That is not the API token.", 401)
     response = RedirectResponse("/dashboard", 303)
     secure = urlsplit(site.runtime.settings.public_url).scheme == "https"
@@ -88,6 +91,13 @@ def _form(message: str, status: int = 200) -> HTMLResponse:
 
 
 async def sign_out(request: Request) -> Response:
+    """End the session: its cookie is cleared, and refused from now on should it be sent again (until the daemon
+    restarts; a new API token ends every session for good)."""
+    if not same_origin(request, (await context(request).site()).runtime.public_url):
+        return _form("This form must be sent from this site's own page.", 403)
+    session = request.cookies.get(COOKIE, "")
+    if session:
+        _state(request).sign_out(session)
     response = RedirectResponse("/dashboard/sign-in", 303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -105,7 +115,12 @@ class _Pages:
         async with lock:
             made = self.pages.get(key)
             if made is None or time.monotonic() - made[0] > FRESH_FOR:
-                made = self.pages[key] = (time.monotonic(), await render())
+                try:
+                    made = self.pages[key] = (time.monotonic(), await render())
+                except Exception:
+                    if key not in self.pages:  # no such page: keep nothing for it
+                        self.locks.pop(key, None)
+                    raise
                 while len(self.pages) > KEPT:
                     oldest = min(self.pages, key=lambda k: self.pages[k][0])
                     del self.pages[oldest], self.locks[oldest]
@@ -118,6 +133,14 @@ class _Dashboard:
     def __init__(self) -> None:
         self.pages = _Pages()
         self.sign_ins = RateLimit(*SIGN_INS)
+        self.signed_out: dict[str, float] = {}
+        """Sessions ended by signing out, until they would have expired anyway."""
+
+    def sign_out(self, session: str) -> None:
+        now = time.monotonic()
+        self.signed_out = {s: t for s, t in self.signed_out.items() if t > now}
+        if len(self.signed_out) < 100_000:
+            self.signed_out[session] = now + SESSION_HOURS * 3600
 
 
 def _state(request: Request) -> _Dashboard:
@@ -154,8 +177,10 @@ async def report(request: Request) -> Response:
 
     async def render() -> str:
         if kind == "campaigns":
-            return campaign_html(await web.read(figures.campaign_report, name), back="/dashboard")
-        return workflow_html(await web.read(figures.workflow_report, name), back="/dashboard")
+            found = await web.read(figures.campaign_report, name)
+            return await anyio.to_thread.run_sync(lambda: campaign_html(found, back="/dashboard"))
+        flow = await web.read(figures.workflow_report, name)
+        return await anyio.to_thread.run_sync(lambda: workflow_html(flow, back="/dashboard"))
 
     try:
         if kind in ("campaigns", "workflows"):

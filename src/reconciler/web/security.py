@@ -94,14 +94,16 @@ class RateLimit:
         self.limit, self.window = limit, window
         self.events: dict[str, deque[float]] = {}
 
-    def retry_after(self, key: str, *, now: float | None = None) -> int:
-        """0 and count the event when allowed; else the seconds until it would be."""
+    def retry_after(self, key: str, *, now: float | None = None, count: bool = True) -> int:
+        """0 and count the event when allowed (`count=False`: only look); else the seconds until it would be."""
         now = time.monotonic() if now is None else now
         events = self.events.setdefault(key, deque())
         while events and events[0] <= now - self.window:
             events.popleft()
         if len(events) >= self.limit:
             return max(1, math.ceil(events[0] + self.window - now))
+        if not count:
+            return 0
         events.append(now)
         if len(self.events) > 100_000:  # forget idle keys so a flood of addresses cannot grow memory forever
             for stale in [k for k, v in self.events.items() if not v or v[-1] <= now - self.window][:50_000]:

@@ -58,7 +58,8 @@ class ProviderEvent:
 
 def check_bearer(headers: Mapping[str, str], token: str | None) -> None:
     given = headers.get("authorization", "")
-    if not token or not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
+    scheme, _, credentials = given.partition(" ")
+    if not token or scheme.lower() != "bearer" or not hmac.compare_digest(credentials.encode(), token.encode()):
         raise WebhookAuthError("a bearer token is required", 401)
 
 
