@@ -254,3 +254,19 @@ def test_a_report_lists_the_hundred_most_clicked_links_of_many(seeded: Journey) 
     assert len(launch["links"]) == 100 and launch["links_total"] == 302
     page = reconciler("report", "launch", "--format", "html", cwd=seeded.root).stdout
     assert "The 100 most clicked of 302 links." in page and len(page.encode()) < 500_000
+
+
+def test_contacts_show_tells_one_persons_story_in_time_order(seeded: Journey) -> None:
+    shown = reconciler("contacts", "show", "C@example.com", cwd=seeded.root)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "c@example.com (-): news unsubscribed"
+    body = [line.split("  ", 2)[2] for line in lines[1:]]
+    assert body[0] == "subscribe news (api)"
+    assert "message workflow hello/hi: sent" in body and "message campaign launch: sent" in body
+    assert "clicked launch (a machine)" in body and 'event purchase {"total": 50}' in body
+    assert set(body[-2:]) == {"unsubscribe news (one-click)", "unsubscribed launch"}  # the consent and the fact
+    times = [line.split("  ", 2)[1] for line in lines[1:]]
+    assert times == sorted(times)
+    missing = reconciler("contacts", "show", "nobody@example.com", cwd=seeded.root)
+    assert missing.returncode != 0 and "no contact nobody@example.com" in missing.stderr

@@ -1,4 +1,4 @@
-"""`reconciler contacts`: import, export, erase and made-up samples (runtime data, never in git)."""
+"""`reconciler contacts`: import, export, show, erase and made-up samples (runtime data, never in git)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -116,6 +116,46 @@ def contacts_export(ctx: click.Context, email: str) -> None:
     if found is None:
         raise ReconcilerError(f"no contact {email} in the state database")
     click.echo(json.dumps(found, indent=2, ensure_ascii=False))
+
+
+@contacts.command("show")
+@click.argument("email")
+@click.pass_context
+def contacts_show(ctx: click.Context, email: str) -> None:
+    """One person's timeline: subscriptions and consent, every message with its outcome, opens, clicks and
+    events, oldest first (`contacts export` gives the same as JSON)."""
+    from reconciler.state.contacts import export_contact
+
+    db = database(ctx, workspace_root(ctx), create=False, read_only=True)
+    found = export_contact(db, address(email))
+    if found is None:
+        raise ReconcilerError(f"no contact {email} in the state database")
+    click.echo("\n".join(timeline(found)))
+
+
+def timeline(found: dict[str, Any]) -> list[str]:
+    """The export as lines `WHEN  WHAT`, in time order, under a header of who it is and where they stand."""
+    if "contact" not in found:
+        return [f"{found['email']}: {found['held']} ({found['suppression']['reason']} {found['suppression']['at']})"]
+    person = found["contact"]
+    lists = ", ".join(f"{s['list']} {s['status']}" for s in found["subscriptions"]) or "no lists"
+    header = [f"{person['email']} ({person.get('first_name') or '-'}): {lists}"]
+    if found["suppression"]:
+        header.append(f"suppressed: {found['suppression']['reason']} since {found['suppression']['at']}")
+    lines: list[tuple[str, str]] = []
+    for c in found["consent"]:
+        lines.append((c["at"], f"{c['action']} {c['list'] or 'every list'} ({c['source']})"))
+    for m in found["messages"]:
+        where = f"{m['source_kind']} {m['source']}" + (
+            f"/{m.get('step') or m.get('stage')}" if m.get("step") or m.get("stage") else ""
+        )
+        lines.append((m["updated_at"], f"message {where}: {m['state']}"))
+    for e in found["engagement"]:
+        where = e["source"] + (f"/{e.get('step') or e.get('stage')}" if e.get("step") or e.get("stage") else "")
+        lines.append((e["at"], f"{e['action']} {where}" + (" (a machine)" if e["machine"] else "")))
+    for e in found["events"]:
+        lines.append((e["occurred_at"], f"event {e['type']} {json.dumps(e['properties'], ensure_ascii=False)}"))
+    return header + [f"  {at}  {what}" for at, what in sorted(lines)]
 
 
 @contacts.command("erase")
