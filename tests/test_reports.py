@@ -270,3 +270,22 @@ def test_contacts_show_tells_one_persons_story_in_time_order(seeded: Journey) ->
     assert times == sorted(times)
     missing = reconciler("contacts", "show", "nobody@example.com", cwd=seeded.root)
     assert missing.returncode != 0 and "no contact nobody@example.com" in missing.stderr
+
+
+def test_each_recipient_with_what_happened_and_what_they_did(seeded: Journey) -> None:
+    rows = json.loads(reconciler("report", "launch", "--recipients", "--format", "json", cwd=seeded.root).stdout)
+    assert len(rows) == 9
+    first = {r["email"]: r for r in rows if r["stage"] == ""}
+    assert (first["a@example.com"]["opens"], first["a@example.com"]["clicks"]) == (3, 2)
+    assert first["b@example.com"]["opens"] == 1  # the proxy's open is not theirs
+    assert first["c@example.com"]["unsubscribed"] and first["c@example.com"]["clicks"] == 0
+    text = reconciler("report", "launch", "--recipients", cwd=seeded.root).stdout.splitlines()
+    assert text[0].split()[:3] == ["ADDRESS", "STAGE", "STATE"] and len(text) == 10
+    table = list(
+        csv.DictReader(
+            io.StringIO(reconciler("report", "hello", "--recipients", "--format", "csv", cwd=seeded.root).stdout)
+        )
+    )
+    assert [r["stage"] for r in table] == ["hi"] * 5
+    bare = reconciler("report", "--recipients", cwd=seeded.root)
+    assert bare.returncode == 2 and "needs the NAME" in bare.stderr

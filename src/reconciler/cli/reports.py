@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,6 +18,13 @@ from reconciler.errors import UsageError
 @click.option("--until", metavar="WHEN", help="... and before this time.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE, not stdout.")
 @click.option("--rebuild", is_flag=True, help="Count the report counters again from the recorded facts first.")
+@click.option(
+    "--recipients",
+    "per_recipient",
+    is_flag=True,
+    help="With NAME: each message, its state and reply, opens, clicks and unsubscribe (text: a page at a time).",
+)
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True, help="With --recipients as text.")
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -26,6 +34,8 @@ def report(
     until: str | None,
     output: Path | None,
     rebuild: bool,
+    per_recipient: bool,
+    page: int,
 ) -> None:
     """How it did: without NAME, every campaign that started and every workflow, newest first (recipients,
     delivered, open and click rates, unsubscribes, revenue); with a campaign's NAME, its delivery, engagement
@@ -53,6 +63,11 @@ def report(
         counted = count_again(database(ctx, root))
         click.echo(f"Counted {counted:,} engagement facts again.", err=True)
     db = database(ctx, root, read_only=True)
+    if per_recipient:
+        if name is None:
+            raise UsageError("--recipients needs the NAME of a campaign or workflow")
+        _write(_recipients(db, name, fmt, page), output)
+        return
     found: figures.CampaignReport | figures.WorkflowReport | list[figures.OverviewRow]
     if name is None:
         found = figures.overview(db, window)
@@ -79,6 +94,44 @@ def report(
         text = render.workflow_text(found)
     else:
         text = render.campaign_text(found)
+    _write(text, output)
+
+
+PAGE = 50
+"""Recipients per page of text."""
+
+
+def _recipients(db: Any, name: str, fmt: str, page: int) -> str:
+    """Every message of the campaign or workflow as JSON or CSV; a page of PAGE as text."""
+    import dataclasses
+    import json
+
+    from reconciler.report.render import as_rows_csv
+    from reconciler.state.reports import recipients, started_campaigns
+    from reconciler.state.workflow_reads import workflow_names
+
+    kind = (
+        "workflow" if name in workflow_names(db) and name not in {c.name for c in started_campaigns(db)} else "campaign"
+    )
+    if fmt in ("json", "csv"):
+        found = recipients(db, kind, name, limit=-1)
+        rows = [dataclasses.asdict(r) for r in found]
+        return json.dumps(rows, indent=2, ensure_ascii=False) + "\n" if fmt == "json" else as_rows_csv(rows)
+    if fmt == "html":
+        raise UsageError("--recipients is text, JSON or CSV")
+    shown = recipients(db, kind, name, limit=PAGE + 1, offset=(page - 1) * PAGE)
+    lines = [f"{'ADDRESS':<36} {'STAGE':<12} {'STATE':<10} OPENS CLICKS UNSUB  REPLY"]
+    for r in shown[:PAGE]:
+        unsub = "yes" if r.unsubscribed else "-"
+        lines.append(
+            f"{r.email:<36} {r.stage or '-':<12} {r.state:<10} {r.opens:>5} {r.clicks:>6} {unsub:<5}  {r.reply[:60]}"
+        )
+    if len(shown) > PAGE:
+        lines.append(f"... more: --page {page + 1} (or --format csv for everyone)")
+    return "\n".join(lines) + "\n"
+
+
+def _write(text: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:

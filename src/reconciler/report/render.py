@@ -202,6 +202,11 @@ def as_csv(report: CampaignReport | WorkflowReport | list[OverviewRow]) -> str:
         rows = [_flat(step.model_dump(mode="json")) for step in report.steps]
     else:
         rows = [_flat({"campaign": report.name, **stage.model_dump(mode="json")}) for stage in report.stages]
+    return as_rows_csv(rows)
+
+
+def as_rows_csv(rows: list[dict[str, object]]) -> str:
+    """Rows of plain values as CSV, formula-safe."""
     out = io.StringIO()
     if rows:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")

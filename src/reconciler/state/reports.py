@@ -327,3 +327,30 @@ def counted_goal(db: Database, name: str) -> tuple[int, int, float]:
         ).fetchall()
     )
     return int(values.get("converted", 0)), int(values.get("conversions", 0)), float(values.get("revenue", 0.0))
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One message of a campaign or workflow: who, which stage or step, what happened, and what they did."""
+
+    email: str
+    stage: str
+    state: str
+    reply: str
+    opens: int
+    clicks: int
+    unsubscribed: bool
+
+
+def recipients(db: Database, kind: str, name: str, *, limit: int, offset: int = 0) -> list[Recipient]:
+    """The messages of a campaign (or a workflow) in the order they were queued, `limit` from `offset`."""
+    which = "l.source_kind = 'campaign' AND l.source = ?" if kind == "campaign" else "l.workflow = ?"
+    rows = db.conn.execute(
+        "SELECT coalesce(c.email, '(erased)'), l.stage, l.state, coalesce(l.last_reply, ''), "
+        "(SELECT count(*) FROM engagement g WHERE g.ledger_id = l.id AND g.action = 'opened' AND g.machine = 0), "
+        "(SELECT count(*) FROM engagement g WHERE g.ledger_id = l.id AND g.action = 'clicked' AND g.machine = 0), "
+        "EXISTS (SELECT 1 FROM engagement g WHERE g.ledger_id = l.id AND g.action = 'unsubscribed') "
+        f"FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id WHERE {which} ORDER BY l.id LIMIT ? OFFSET ?",
+        (name, limit, offset),
+    )
+    return [Recipient(str(e), str(s), str(st), str(r), int(o), int(c), bool(u)) for e, s, st, r, o, c, u in rows]
