@@ -9,6 +9,7 @@ click-to-open rate (people who clicked, of people who opened). A rate whose base
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
@@ -199,15 +200,36 @@ def _stage_engaged(stages: dict[str, Engaged], stage: str) -> Engaged:
     return stages.get(stage, Engaged())
 
 
+class _Summary(NamedTuple):
+    """What every view of a campaign starts from: its messages by stage and state, and what people did."""
+
+    states: dict[str, dict[str, int]]
+    total: Engaged
+    stages: dict[str, Engaged]
+    delivery: Delivery
+    rates: Rates
+
+    @property
+    def first_delivered(self) -> int:
+        """The first message's deliveries (the base of the goal's conversion rate)."""
+        return _delivery(self.states.get("", {}), self.stages.get("", Engaged())).delivered
+
+
+def _summary(db: Database, name: str, window: Window) -> _Summary:
+    states = reports.states_by_stage(db, name)
+    total, stages = _engaged(db, "campaign", name, window)
+    delivery = _delivery(_merged(states), total)
+    return _Summary(states, total, stages, delivery, _rates(delivery, total))
+
+
 def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> CampaignReport:
     """Every figure of one campaign."""
     found = reports.campaign(db, name)
     if found is None:
         known = [c.name for c in reports.started_campaigns(db)] + workflow_names(db)
         raise UsageError(f"no campaign or workflow named {name!r}; {did_you_mean(name, known, otherwise='')}".rstrip())
-    states = reports.states_by_stage(db, name)
-    total, stages = _engaged(db, "campaign", name, window)
-    delivery = _delivery(_merged(states), total)
+    summary = _summary(db, name, window)
+    states, total, stages, delivery = summary.states, summary.total, summary.stages, summary.delivery
     zone = settings.load(db).settings.timezone
     spec = found.spec
     hours = _hours(db, name, window)
@@ -221,7 +243,7 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
         finished_at=found.finished_at,
         delivery=delivery,
         engagement=_engagement(total),
-        rates=_rates(delivery, total),
+        rates=summary.rates,
         previous=_previous(db, name, found.started_at, window),
         stages=[_stage(stage, by_state, _stage_engaged(stages, stage)) for stage, by_state in sorted(states.items())],
         links=[Link(url=u, unique_clicks=p, total_clicks=c) for u, p, c in links[:LINKS_SHOWN]],
@@ -230,7 +252,7 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
         weekday_hours=_grid(hours, zone),
         timezone=zone,
         countries=[Country(country=c, recipients=r, unique_opens=o) for c, r, o in places],
-        goal=_goal(db, name, spec, _delivery(states.get("", {}), stages.get("", Engaged())).delivered, window),
+        goal=_goal(db, name, spec, summary.first_delivered, window),
     )
 
 
@@ -246,12 +268,7 @@ def _previous(db: Database, name: str, started_at: str, window: Window) -> Rates
     earlier = [c for c in reports.started_campaigns(db) if c.started_at < started_at and c.name != name][:PREVIOUS]
     if not earlier or not started_at:
         return None
-    rates = []
-    for other in earlier:
-        states = reports.states_by_stage(db, other.name)
-        total, _ = _engaged(db, "campaign", other.name, window)
-        merged = _merged(states)
-        rates.append(_rates(_delivery(merged, total), total))
+    rates = [_summary(db, other.name, window).rates for other in earlier]
 
     def mean(key: str) -> float | None:
         values = [getattr(r, key) for r in rates if getattr(r, key) is not None]
@@ -397,22 +414,18 @@ def overview(db: Database, window: Window = ALL_TIME) -> list[OverviewRow]:
     """Every campaign that started and every workflow, newest first (a workflow by its last run)."""
     rows = []
     for found in reports.started_campaigns(db):
-        states = reports.states_by_stage(db, found.name)
-        total, stages = _engaged(db, "campaign", found.name, window)
-        delivery = _delivery(_merged(states), total)
-        rates = _rates(delivery, total)
-        first = _delivery(states.get("", {}), stages.get("", Engaged())).delivered
-        goal = _goal(db, found.name, found.spec, first, window)
+        summary = _summary(db, found.name, window)
+        goal = _goal(db, found.name, found.spec, summary.first_delivered, window)
         rows.append(
             OverviewRow(
                 kind="campaign",
                 name=found.name,
                 started=found.started_at,
-                recipients=delivery.recipients,
-                delivered=delivery.delivered,
-                open_rate=rates.open_rate,
-                click_rate=rates.click_rate,
-                unsubscribes=total.unsubscribed,
+                recipients=summary.delivery.recipients,
+                delivered=summary.delivery.delivered,
+                open_rate=summary.rates.open_rate,
+                click_rate=summary.rates.click_rate,
+                unsubscribes=summary.total.unsubscribed,
                 revenue=goal.revenue if goal else None,
             )
         )

@@ -50,14 +50,16 @@ class _Fact(NamedTuple):
 
 _READ = (
     "SELECT id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail FROM engagement "
-    "WHERE id > ? AND source IS NOT NULL AND contact_id IS NOT NULL ORDER BY id LIMIT ?"
+    "WHERE id > ? AND source IS NOT NULL AND contact_id IS NOT NULL{only} ORDER BY id LIMIT ?"
 )
 
 
-def count_new(db: Database, after: int) -> None:
-    """Add the engagement rows with an id above `after` (inside the writer's transaction)."""
+def count_new(db: Database, after: int, *, only: tuple[str, str] | None = None) -> None:
+    """Add the engagement rows with an id above `after` (inside the writer's transaction); `only`: of one
+    campaign or workflow (kind, name)."""
+    sql = _READ.format(only=" AND source_kind = ? AND source = ?" if only else "")
     while True:
-        facts = [_Fact(*row) for row in db.conn.execute(_READ, (after, BATCH))]
+        facts = [_Fact(*row) for row in db.conn.execute(sql, (after, *(only or ()), BATCH))]
         if not facts:
             return
         _count(db, facts)
@@ -149,14 +151,17 @@ class _Goal(NamedTuple):
     value: str | None
 
 
-def _goals(db: Database) -> dict[str, _Goal]:
-    """The goal of every campaign that started, as applied."""
+def _goals(db: Database, after: int) -> dict[str, _Goal]:
+    """The goals of the campaigns that started and whose goal event is among the events with an id above `after`
+    (most batches of events concern no goal, and cost one indexed lookup)."""
     found = {}
-    for name, spec in db.conn.execute("SELECT name, spec FROM campaigns WHERE started_at IS NOT NULL"):
-        goal = json.loads(spec).get("goal")
-        if isinstance(goal, dict) and goal.get("event"):
-            within = parse_duration(goal.get("within", "7d")).total_seconds()
-            found[str(name)] = _Goal(str(goal["event"]), within, goal.get("value"))
+    for name, event, within, value in db.conn.execute(
+        "SELECT name, json_extract(spec, '$.goal.event'), json_extract(spec, '$.goal.within'), "
+        "json_extract(spec, '$.goal.value') FROM campaigns WHERE started_at IS NOT NULL "
+        "AND json_extract(spec, '$.goal.event') IN (SELECT DISTINCT type FROM events WHERE id > ?)",
+        (after,),
+    ):
+        found[str(name)] = _Goal(str(event), parse_duration(within or "7d").total_seconds(), value)
     return found
 
 
@@ -164,7 +169,7 @@ def count_conversions(db: Database, after: int, *, only: str | None = None) -> N
     """Add the events with an id above `after` to the goals of the campaigns whose first message reached the
     person before the event and within the goal's window (inside the events writer's transaction). A message
     still on the wire when its recipient's event is recorded is not counted; `report --rebuild` counts it."""
-    goals = {name: goal for name, goal in _goals(db).items() if only is None or name == only}
+    goals = {name: goal for name, goal in _goals(db, after).items() if only is None or name == only}
     wanted = {goal.event for goal in goals.values()}
     if not wanted:
         return
@@ -216,21 +221,7 @@ def recount(db: Database, kind: str, name: str) -> None:
         db.conn.execute(f"DELETE FROM {table} WHERE kind = ? AND name = ?", (kind, name))  # noqa: S608
     if kind == "campaign":
         count_recipients(db, name)
-    after = 0
-    while True:
-        facts = [
-            _Fact(*row)
-            for row in db.conn.execute(
-                "SELECT id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail "
-                "FROM engagement WHERE source_kind = ? AND source = ? AND id > ? AND contact_id IS NOT NULL "
-                "ORDER BY id LIMIT ?",
-                (kind, name, after, BATCH),
-            )
-        ]
-        if not facts:
-            break
-        _count(db, facts)
-        after = facts[-1].id
+    count_new(db, 0, only=(kind, name))
     if kind == "campaign":
         count_conversions(db, 0, only=name)
 
