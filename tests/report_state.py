@@ -64,12 +64,13 @@ def _did(j: Journey, person: str, action: str, at: str, *, machine: bool = False
         engagement.record(j.db, [fact])
 
 
-def seed(tmp_path: Path, sink: Sink, port: int, *, public_url: str | None = None) -> Journey:
-    """The workspace at `tmp_path`, its state seeded; `public_url` for a web server that serves it."""
-    j = Journey(tmp_path, sink, port, WELCOME)
+def seed(tmp_path: Path, sink: Sink, port: int, *, public_url: str | None = None, settings: str = "") -> Journey:
+    """The workspace at `tmp_path`, its state seeded; `public_url` for a web server that serves it; `settings`:
+    more top-level Settings."""
+    j = Journey(tmp_path, sink, port, WELCOME, settings=settings)
     if public_url:
-        settings = tmp_path / "spec/settings.yaml"
-        settings.write_text(settings.read_text().replace("https://mail.example.com", public_url))
+        written = tmp_path / "spec/settings.yaml"
+        written.write_text(written.read_text().replace("https://mail.example.com", public_url))
     (tmp_path / "campaigns").mkdir()
     (tmp_path / "campaigns/launch.yaml").write_text(LAUNCH.lstrip())
     j.at("2030-03-01T09:00:00Z")  # the workflow is applied before anyone subscribes

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from reconciler import geoip
 from reconciler.check.checker import DATE_TYPES, ORDERED_TYPES, Checker
 from reconciler.errors import Loc
 from reconciler.spec import BUILTIN_FIELDS, Campaign, DesiredState, Segment, Workflow
@@ -61,6 +64,29 @@ def check_settings(c: Checker) -> None:
             "public_url must not have a query or fragment",
             "give the base URL only, e.g. https://mail.acme.example",
         )
+    if settings.tracking.geoip_database:
+        _check_geoip(c, settings.tracking.geoip_database)
+
+
+def _check_geoip(c: Checker, configured: str) -> None:
+    root = Path(c.desired.root).resolve()
+    path = (root / configured).resolve()
+    if not path.is_relative_to(root):
+        why = "it leads outside the workspace (through a symbolic link)"
+    else:
+        try:
+            geoip.check(path)
+            return
+        except geoip.GeoIpError as exc:
+            why = str(exc).replace(str(root) + os.sep, "")
+    c.report(
+        "Settings",
+        c.desired.settings.name if c.desired.settings else "",
+        ("tracking", "geoip_database"),
+        f"cannot use {configured!r} as the GeoIP database: {why}",
+        "download a country database (MaxMind GeoLite2-Country or DB-IP's IP-to-Country Lite, .mmdb) into the "
+        f"workspace, or set {geoip.ENV} on the server instead",
+    )
 
 
 def check_fields(c: Checker) -> None:

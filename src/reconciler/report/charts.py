@@ -92,6 +92,15 @@ def countries(report: CampaignReport, *, top: int = 10) -> str:
     return svg(chart)
 
 
+def ip_countries(report: CampaignReport, *, top: int = 10) -> str:
+    shown = report.ip_countries[:top]
+    chart = pygal.HorizontalBar(**config("Where opens and clicks came from (GeoIP)", height=170 + 44 * len(shown)))
+    chart.x_labels = [c.country for c in reversed(shown)]
+    chart.add("People", [c.people for c in reversed(shown)])
+    chart.add("Opens and clicks", [c.opens_and_clicks for c in reversed(shown)])
+    return svg(chart)
+
+
 def heat_map(grid: Sequence[Sequence[int]], zone: str) -> str:
     """Opens by weekday and hour: one square each, darker for more; its count in its <title>."""
     cell, left, top = 22, 40, 34

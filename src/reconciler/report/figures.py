@@ -98,6 +98,14 @@ class Country(Figures):
     unique_opens: int
 
 
+class IpCountry(Figures):
+    """Where opens and clicks came from, by the GeoIP database (only with one configured)."""
+
+    country: str
+    people: int
+    opens_and_clicks: int
+
+
 class GoalFigures(Figures):
     event: str
     within: str
@@ -128,6 +136,8 @@ class CampaignReport(Figures):
     """Opens by people, [weekday Monday=0][hour], in the workspace's time zone."""
     timezone: str
     countries: list[Country]
+    ip_countries: list[IpCountry]
+    """Empty unless Settings name a GeoIP database (tracking.geoip_database)."""
     goal: GoalFigures | None
 
 
@@ -236,6 +246,7 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
     counted = window == ALL_TIME
     links = reports.counted_links(db, "campaign", name) if counted else reports.links(db, name, window)
     places = reports.counted_countries(db, name) if counted else reports.countries(db, name, window)
+    located = reports.counted_ip_countries(db, name) if counted else reports.ip_countries(db, name, window)
     return CampaignReport(
         name=name,
         subject=str(spec.get("subject", "")),
@@ -252,6 +263,7 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
         weekday_hours=_grid(hours, zone),
         timezone=zone,
         countries=[Country(country=c, recipients=r, unique_opens=o) for c, r, o in places],
+        ip_countries=[IpCountry(country=c, people=p, opens_and_clicks=e) for c, p, e in located],
         goal=_goal(db, name, spec, summary.first_delivered, window),
     )
 

@@ -44,6 +44,7 @@ def campaign_html(report: CampaignReport, *, back: str | None = None) -> str:
         "heat_map": charts.heat_map(report.weekday_hours, report.timezone),
         "links": charts.links(report) if report.links else "",
         "countries": charts.countries(report) if report.countries else "",
+        "ip_countries": charts.ip_countries(report) if report.ip_countries else "",
     }
     return _page("campaign.html", title=f"Campaign {report.name}", r=report, charts=figures, back=back)
 

@@ -104,6 +104,12 @@ def campaign_text(report: CampaignReport) -> str:
         lines += _table(
             ("COUNTRY", "RECIPIENTS", "OPENED"), ((c.country, c.recipients, c.unique_opens) for c in report.countries)
         )
+    if report.ip_countries:
+        lines += ["", "Where opens and clicks came from (GeoIP; people only)"]
+        lines += _table(
+            ("COUNTRY", "PEOPLE", "OPENS+CLICKS"),
+            ((c.country, c.people, c.opens_and_clicks) for c in report.ip_countries),
+        )
     if report.goal is not None:
         g = report.goal
         roi = "-" if g.roi is None else f"{g.roi * 100:.1f}%"

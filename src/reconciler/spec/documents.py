@@ -33,6 +33,7 @@ from reconciler.spec.types import (
     TemplateRef,
     TimeZone,
     Url,
+    WorkspaceFile,
 )
 
 
@@ -171,6 +172,10 @@ class Tracking(Model):
     """Add a tracking pixel."""
     clicks: StrictBool = True
     """Rewrite links through the click redirect."""
+    geoip_database: WorkspaceFile | None = None
+    """A MaxMind GeoIP2/GeoLite2 or DB-IP country (or city) database (.mmdb) in the workspace: reports then show
+    the country each open and click came from (only the country is kept, never the address). The daemon's
+    environment variable RECONCILER_GEOIP_DATABASE overrides it with a path anywhere on the server."""
 
 
 class QuietHours(Model):

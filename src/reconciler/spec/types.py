@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import time, timedelta
 from email.utils import parseaddr
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -108,6 +109,20 @@ TemplateRef = Annotated[
     str, AfterValidator(_template_ref), WithJsonSchema({"type": "string", "pattern": TEMPLATE_PATTERN})
 ]
 """A template under templates/, without the .mjml extension."""
+
+
+def _workspace_file(value: str) -> str:
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts or "\\" in value:
+        raise ValueError(
+            f"{value!r} is not a path inside the workspace (write it relative to the workspace, "
+            "e.g. geo/country.mmdb, without .. or a leading /)"
+        )
+    return value
+
+
+WorkspaceFile = Annotated[str, AfterValidator(_workspace_file), WithJsonSchema({"type": "string"})]
+"""A file inside the workspace, relative to its root: nothing named in the YAML is read from elsewhere."""
 
 DURATION_PATTERN = r"^(?=[0-9])(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m)?$"
 _DURATION = re.compile(DURATION_PATTERN)

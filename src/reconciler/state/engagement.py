@@ -28,6 +28,8 @@ class Engagement:
     detail: str | None = None
     contact_id: int | None = None
     """Only for facts without a ledger row."""
+    country: str | None = None
+    """Where an open or click came from (ISO 3166 code from the GeoIP database); the address is never kept."""
 
 
 def record(db: Database, facts: Iterable[Engagement]) -> None:
@@ -36,12 +38,11 @@ def record(db: Database, facts: Iterable[Engagement]) -> None:
     rows in the same transaction."""
     before = int(db.conn.execute("SELECT coalesce(max(id), 0) FROM engagement").fetchone()[0])
     db.conn.executemany(
-        "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail) "
-        "SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, coalesce(l.workflow, l.source), l.stage, "
-        "x.action, x.machine, "
-        "x.at, x.detail FROM (SELECT ? AS ledger_id, ? AS contact_id, ? AS action, ? AS machine, ? AS at, "
-        "? AS detail) x LEFT JOIN ledger l ON l.id = x.ledger_id "
+        "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail, "
+        "country) SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, coalesce(l.workflow, l.source), "
+        "l.stage, x.action, x.machine, x.at, x.detail, x.country FROM (SELECT ? AS ledger_id, ? AS contact_id, "
+        "? AS action, ? AS machine, ? AS at, ? AS detail, ? AS country) x LEFT JOIN ledger l ON l.id = x.ledger_id "
         "WHERE coalesce(l.contact_id, x.contact_id) IS NOT NULL",
-        [(f.ledger_id, f.contact_id, f.action, int(f.machine), f.at, f.detail) for f in facts],
+        [(f.ledger_id, f.contact_id, f.action, int(f.machine), f.at, f.detail, f.country) for f in facts],
     )
     rollups.count_new(db, before)

@@ -126,6 +126,17 @@ def links(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]
     return [(str(url or ""), int(people), int(clicks)) for url, people, clicks in rows]
 
 
+def ip_countries(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+    """(country of the IP, people who opened or clicked from it, opens and clicks) by people, most people first."""
+    rows = db.conn.execute(
+        "SELECT country, count(DISTINCT contact_id), count(*) FROM engagement INDEXED BY engagement_by_source "
+        "WHERE source_kind = 'campaign' AND source = ? AND action IN ('opened', 'clicked') AND machine = 0 "
+        "AND country IS NOT NULL AND +at >= ? AND +at < ? GROUP BY country ORDER BY 2 DESC, 3 DESC, 1",
+        (name, window.since, window.until),
+    )
+    return [(str(country), int(people), int(events)) for country, people, events in rows]
+
+
 def hourly(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(hour as YYYY-MM-DDTHH in UTC, opens, clicks) by people, in time order."""
     rows = db.conn.execute(
@@ -315,6 +326,18 @@ def counted_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
         what, _, country = str(metric).partition(":")
         found[country][0 if what == "recipients" else 1] += int(value)
     return sorted(((c, r, o) for c, (r, o) in found.items()), key=lambda row: (-row[1], row[0]))
+
+
+def counted_ip_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
+    found: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for metric, value in db.conn.execute(
+        "SELECT metric, value FROM report_counts WHERE kind = 'campaign' AND name = ? AND stage = '' "
+        "AND (metric LIKE 'ip_people:%' OR metric LIKE 'ip_events:%')",
+        (name,),
+    ):
+        what, _, country = str(metric).partition(":")
+        found[country][0 if what == "ip_people" else 1] += int(value)
+    return sorted(((c, p, e) for c, (p, e) in found.items()), key=lambda row: (-row[1], -row[2], row[0]))
 
 
 def counted_goal(db: Database, name: str) -> tuple[int, int, float]:

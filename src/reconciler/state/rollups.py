@@ -8,7 +8,8 @@ transaction:
 - report_counts: per campaign or workflow (kind, name), per stage or step, a value per metric: totals (opens,
   clicks, machine_opens, machine_clicks), people (openers, clickers, unsubscribed, complained, bounced_hard,
   bounced_soft; stage '*' counts a person once across every stage), and per country of the first message
-  (recipients:CC, openers:CC);
+  (recipients:CC, openers:CC) and per country the opens and clicks came from, when a GeoIP database is
+  configured (ip_people:CC once per person, ip_events:CC);
 - report_people: who has been counted for which unique metric (so each person counts once);
 - report_hours: opens and clicks by people per UTC hour;
 - report_links: clicks by people per URL, and how many people clicked it.
@@ -46,10 +47,12 @@ class _Fact(NamedTuple):
     machine: int
     at: str
     detail: str | None
+    country: str | None = None
 
 
 _READ = (
-    "SELECT id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail FROM engagement "
+    "SELECT id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail, country "
+    "FROM engagement "
     "WHERE id > ? AND source IS NOT NULL AND contact_id IS NOT NULL{only} ORDER BY id LIMIT ?"
 )
 
@@ -87,6 +90,10 @@ def _count(db: Database, facts: Iterable[_Fact]) -> None:
             counts[(*where, fact.stage, total)] += 1
             if not fact.machine:
                 hours[(*where, fact.at[:13], fact.action)] += 1
+                if fact.country:
+                    counts[(*where, "", "ip_events:" + fact.country)] += 1
+                    if _first(db, fact, "", "ip:" + fact.country):
+                        counts[(*where, "", "ip_people:" + fact.country)] += 1
                 if fact.action == "clicked":
                     links[(*where, fact.detail or "", "clicks")] += 1
                     if _first(db, fact, "", "link " + (fact.detail or "")):
@@ -226,15 +233,20 @@ def recount(db: Database, kind: str, name: str) -> None:
         count_conversions(db, 0, only=name)
 
 
+def count_all(db: Database) -> None:
+    """Inside the caller's write: forget every counter and count the facts again."""
+    for table in ("report_counts", "report_people", "report_hours", "report_links"):
+        db.conn.execute(f"DELETE FROM {table}")  # noqa: S608 (our own table names)
+    for (name,) in db.conn.execute("SELECT name FROM campaigns WHERE started_at IS NOT NULL").fetchall():
+        count_recipients(db, name)
+    count_new(db, 0)
+    count_conversions(db, 0)
+
+
 def rebuild(db: Database) -> int:
     """Count everything again from the facts; returns the engagement rows counted."""
     from reconciler.state.db import write  # the database module runs the migrations, which use this one
 
     with write(db):
-        for table in ("report_counts", "report_people", "report_hours", "report_links"):
-            db.conn.execute(f"DELETE FROM {table}")  # noqa: S608 (our own table names)
-        for (name,) in db.conn.execute("SELECT name FROM campaigns WHERE started_at IS NOT NULL").fetchall():
-            count_recipients(db, name)
-        count_new(db, 0)
-        count_conversions(db, 0)
+        count_all(db)
     return int(db.conn.execute("SELECT count(*) FROM engagement").fetchone()[0])

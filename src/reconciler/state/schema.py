@@ -7,13 +7,12 @@ same schema by applying the ones it lacks. Each runs in a transaction together w
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from reconciler.state import rollups
+from reconciler.state import rollups, upgrades
 
 migrations = Migrations("reconciler")
 
@@ -291,7 +290,9 @@ def _typed_records(db: Database) -> None:
         db.conn.execute("UPDATE campaigns SET audience = ? WHERE name = ?", (json.dumps(stored), name))
     legacy = dict(db.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'settings.%'").fetchall())
     if "settings.public_url" in legacy:
-        db.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('settings', ?)", (_settings(legacy),))
+        db.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('settings', ?)", (upgrades.settings_from_keys(legacy),)
+        )
     db.conn.execute("DELETE FROM meta WHERE key LIKE 'settings.%'")
     error = dict(db.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'last_error%'").fetchall())
     if error.get("last_error"):
@@ -343,7 +344,7 @@ def _stored_json(db: Database) -> None:
     repaired: list[str] = []
     for label, column, empty, select, update in _JSON_COLUMNS:
         for row_id, text in db.conn.execute(select).fetchall():
-            db.conn.execute("UPDATE " + update + " = ? WHERE id = ?", (_repaired(text, empty), row_id))
+            db.conn.execute("UPDATE " + update + " = ? WHERE id = ?", (upgrades.repaired_json(text, empty), row_id))
             repaired.append(f"{label} {row_id} {column}")
     if repaired:
         db.conn.execute(
@@ -444,48 +445,15 @@ def _report_counts(db: Database) -> None:
             PRIMARY KEY (kind, name, url)
         ) WITHOUT ROWID;
         """,
-    )
-    for (name,) in db.conn.execute("SELECT name FROM campaigns WHERE started_at IS NOT NULL").fetchall():
-        rollups.count_recipients(db, name)
-    rollups.count_new(db, 0)
-    rollups.count_conversions(db, 0)
+    )  # counted from the facts by the next migration, which adds the column the counting reads
 
 
-def _repaired(text: object, empty: str) -> str:
-    """Stored JSON made readable: non-finite numbers as null; anything unreadable, or of the wrong shape, `empty`."""
-
-    def finite(number: str) -> float | None:
-        value = float(number)
-        return value if math.isfinite(value) else None
-
-    try:
-        value = json.loads(str(text), parse_constant=lambda _: None, parse_float=finite)
-    except (ValueError, RecursionError):
-        return empty
-    if not isinstance(value, dict if empty == "{}" else list):
-        return empty
-    return json.dumps(value, allow_nan=False)
-
-
-def _settings(legacy: dict[str, str]) -> str:
-    """A Settings document from the keys 0.3 kept (the next apply replaces it with the workspace's own)."""
-    grace = int(legacy.get("settings.schedule_grace") or 21600)
-    document = {
-        "kind": "Settings",
-        "name": "default",
-        "organization": json.loads(legacy.get("settings.organization") or "{}"),
-        "public_url": legacy["settings.public_url"],
-        "timezone": legacy.get("settings.timezone") or "UTC",
-        "signing_key_env": legacy.get("settings.signing_key_env") or "RECONCILER_SECRET",
-        "senders": {"default": json.loads(legacy.get("settings.default_sender") or "{}")},
-        "transports": json.loads(legacy.get("settings.transports") or "{}"),
-        "defaults": {"sender": "default", "transport": legacy.get("settings.default_transport") or "outbox"},
-        "schedule_grace": f"{max(1, grace // 60)}m",
-        "quiet_hours": json.loads(legacy.get("settings.quiet_hours") or "null"),
-        "frequency_cap": json.loads(legacy.get("settings.frequency_cap") or "null"),
-        "api": {"token_env": legacy.get("settings.api_token_env") or "RECONCILER_API_TOKEN"},
-    }
-    return json.dumps(document)
+@migrations(name="0011_engagement_country")
+def _engagement_country(db: Database) -> None:
+    """The country an open or click came from, when a GeoIP database is configured (never the address); the report
+    counters are counted again from the facts (once, on the first start after an upgrade)."""
+    _run_script(db, "ALTER TABLE engagement ADD COLUMN country TEXT;")
+    rollups.count_all(db)
 
 
 def _run_script(db: Database, script: str) -> None:

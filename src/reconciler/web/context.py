@@ -16,6 +16,7 @@ import anyio
 from sqlite_utils import Database
 from starlette.requests import Request
 
+from reconciler import geoip
 from reconciler.clock import Clock, iso
 from reconciler.health import Health
 from reconciler.spec.documents import MailingList
@@ -115,6 +116,7 @@ class WebContext:
     per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))
     per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
     site_cache: Site | None = None
+    locator: geoip.Locator | None = None
 
     def __post_init__(self) -> None:
         self.certificates = Certificates(self.fetch)
@@ -146,6 +148,18 @@ class WebContext:
 
     def now(self) -> str:
         return iso(self.clock.now())
+
+    async def country(self, request: Request) -> str | None:
+        """The country the request came from, when a GeoIP database is configured (Settings or environment)."""
+        configured = (await self.site()).runtime.settings.tracking.geoip_database
+        path = geoip.database_path(self.root, configured)
+        if path is None:
+            return None
+        if self.locator is None or self.locator.path != path:
+            if self.locator is not None:
+                self.locator.close()
+            self.locator = geoip.Locator(path)
+        return self.locator.country(ip(request))
 
 
 def _read_site(db: Database) -> Site:

@@ -50,6 +50,15 @@ def is_machine(user_agent: str, method: str) -> bool:
     return bool(_MACHINE.search(user_agent) or _APPLE_PROXY.match(user_agent.strip()))
 
 
+async def _country(request: Request, machine: bool) -> str | None:
+    """Where a person's open or click came from; none for machines, nor for an image proxy fetching for a person
+    (the address is the proxy's, not theirs)."""
+    agent = request.headers.get("user-agent", "").lower()
+    if machine or any(proxy in agent for proxy in _HUMAN_PROXIES):
+        return None
+    return await context(request).country(request)
+
+
 class EngagementWriter:
     """Collects opens and clicks and writes them together, every `interval` seconds or `batch` events, so a burst
     of opens costs a few transactions instead of one each, and no request ever waits for the write lock."""
@@ -103,7 +112,8 @@ async def pixel(request: Request) -> Response:
     row_id = await web.verified("open", request.path_params["token"])
     if row_id is not None:
         machine = is_machine(request.headers.get("user-agent", ""), request.method)
-        writer(request).add(Engagement(row_id, "opened", web.now(), machine=machine))
+        country = await _country(request, machine)
+        writer(request).add(Engagement(row_id, "opened", web.now(), machine=machine, country=country))
     return Response(PIXEL_GIF, media_type="image/gif")
 
 
@@ -114,5 +124,6 @@ async def click(request: Request) -> Response:
     if row_id is None or urlsplit(url).scheme not in ("http", "https"):
         return await invalid(request)
     machine = is_machine(request.headers.get("user-agent", ""), request.method)
-    writer(request).add(Engagement(row_id, "clicked", web.now(), machine=machine, detail=url))
+    country = await _country(request, machine)
+    writer(request).add(Engagement(row_id, "clicked", web.now(), machine=machine, detail=url, country=country))
     return RedirectResponse(url, 302)

@@ -1,0 +1,162 @@
+"""Where opens and clicks came from: a GeoIP country database named in Settings (built here with mmdb-writer, as
+MaxMind's and DB-IP's files are laid out), real opens and clicks through the app under uvicorn, and the report's
+countries counted by hand. Only the country is kept, never the address."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
+from conftest import reconciler, wait_for
+from journeys import Journey
+from reconciler import geoip
+from report_state import seed
+from smtp_sink import Sink, SinkServer, free_port
+from web_server import WebServer
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+GMAIL_PROXY = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+SCANNER = "Mozilla/5.0 (compatible; Barracuda Sentinel)"
+
+
+def country_database(path: Path, networks: Mapping[str, dict[str, Any]]) -> Path:
+    """A country database as GeoLite2-Country lays it out: an IPv6 tree holding the IPv4 space too."""
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-Country")
+    for network, record in networks.items():
+        writer.insert_network(IPSet([network]), record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer.to_db_file(str(path))
+    return path
+
+
+PLACES: dict[str, dict[str, Any]] = {
+    "81.2.69.0/24": {"country": {"iso_code": "GB", "names": {"en": "United Kingdom"}}},
+    "89.160.20.0/24": {"country": {"iso_code": "SE"}},
+    "2a02:ec0::/29": {"registered_country": {"iso_code": "PL"}},  # an anycast range: only where it is registered
+    "74.125.0.0/16": {"country": {"iso_code": "US"}},  # Google's image proxy
+}
+
+
+@pytest.fixture
+def located(tmp_path: Path) -> Iterator[tuple[Journey, str, Sink]]:
+    country_database(tmp_path / "geo/country.mmdb", PLACES)
+    port = free_port()
+    sink = Sink()
+    with SinkServer(sink) as smtp:
+        j = seed(
+            tmp_path, sink, smtp, public_url=f"http://127.0.0.1:{port}",
+            settings="tracking: {geoip_database: geo/country.mmdb}",
+        )  # fmt: skip
+        with WebServer(tmp_path, port=port) as base:
+            yield j, base, sink
+
+
+def _links(sink: Sink, person: str, subject: str) -> tuple[str, str]:
+    """The tracking pixel and the first tracked link of `person`'s message with `subject`."""
+    for rcpt, data in sink.messages:
+        text = data.decode("utf-8", "replace").replace("=\r\n", "").replace("=3D", "=")
+        if rcpt == f"{person}@example.com" and f"Subject: {subject}" in text:
+            pixel = re.search(r"(/o/[^\"'\s]+\.gif)", text)
+            click = re.search(r"(/c/[^\"'\s]+)", text)
+            assert pixel and click, text[:2000]
+            return pixel.group(1), click.group(1).replace("&amp;", "&")
+    raise AssertionError(f"no message {subject!r} to {person}")
+
+
+def _report(root: Path, *args: str) -> dict[str, Any]:
+    done = reconciler("report", "launch", "--format", "json", *args, cwd=root)
+    assert done.returncode == 0, done.stderr
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def test_the_report_says_where_people_opened_and_clicked_from(located: tuple[Journey, str, Sink]) -> None:
+    j, base, sink = located
+    with httpx.Client(base_url=base) as client:
+
+        def fetch(person: str, what: str, ip: str, agent: str = BROWSER) -> None:
+            pixel, click = _links(sink, person, "Reminder")
+            answer = client.get(
+                pixel if what == "open" else click, headers={"x-forwarded-for": ip, "user-agent": agent}
+            )
+            assert answer.status_code in (200, 302), (person, what, answer.status_code)
+
+        fetch("a", "open", "81.2.69.142")  # a: two opens and a click from the UK: one person, three
+        fetch("a", "open", "81.2.69.160")
+        fetch("a", "click", "81.2.69.142")
+        fetch("b", "open", "89.160.20.112")  # b: Sweden
+        fetch("b", "open", "89.160.20.112", SCANNER)  # a scanner at the same address: a machine, no place
+        fetch("c", "open", "10.1.2.3")  # c: a private address: no country
+        fetch("c", "open", "74.125.1.1", GMAIL_PROXY)  # c through Gmail's proxy: counted, but the place is Google's
+        fetch("d", "click", "2a02:ec0::1")  # d: only a registered country
+    wait_for(lambda: sum(c["opens_and_clicks"] for c in _report(j.root)["ip_countries"]) == 5, "the opens written")
+    counted = _report(j.root)
+    assert counted["ip_countries"] == [
+        {"country": "GB", "people": 1, "opens_and_clicks": 3},
+        {"country": "PL", "people": 1, "opens_and_clicks": 1},
+        {"country": "SE", "people": 1, "opens_and_clicks": 1},
+    ]
+    assert _report(j.root, "--since", "2000-01-01T00:00:00Z")["ip_countries"] == counted["ip_countries"]
+    assert reconciler("report", "--rebuild", cwd=j.root).returncode == 0
+    assert _report(j.root)["ip_countries"] == counted["ip_countries"]
+    text = reconciler("report", "launch", cwd=j.root).stdout
+    assert "Where opens and clicks came from (GeoIP; people only)" in text and re.search(r"GB\s+1\s+3", text)
+    html = reconciler("report", "launch", "--format", "html", cwd=j.root).stdout
+    assert 'id="ip-countries"' in html and "<svg" in html
+    stored = j.db.conn.execute("SELECT * FROM engagement").fetchall()
+    assert not any("81.2.69" in str(value) or "89.160" in str(value) for row in stored for value in row)
+
+
+def test_validate_names_a_geoip_database_it_cannot_use(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as smtp:
+        seed(tmp_path, sink, smtp)
+    settings = tmp_path / "spec/settings.yaml"
+    original = settings.read_text()
+    (tmp_path / "geo").mkdir()
+    (tmp_path / "geo/notes.txt").write_text("not a database\n")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.mmdb"
+    country_database(outside, PLACES)
+    (tmp_path / "geo/linked.mmdb").symlink_to(outside)
+    cases = {
+        "geo/missing.mmdb": "cannot use 'geo/missing.mmdb' as the GeoIP database: geo/missing.mmdb does not exist",
+        "geo/notes.txt": "cannot use 'geo/notes.txt' as the GeoIP database: geo/notes.txt is not a MaxMind/DB-IP",
+        "geo/linked.mmdb": "it leads outside the workspace",
+        "../country.mmdb": "is not a path inside the workspace",
+    }
+    for configured, expected in cases.items():
+        settings.write_text(original + f"tracking: {{geoip_database: {configured!r}}}\n")
+        done = reconciler("validate", cwd=tmp_path)
+        assert done.returncode == 1 and expected in done.stdout + done.stderr, (configured, done.stdout)
+        assert "settings.yaml:" in done.stdout + done.stderr
+    country_database(tmp_path / "geo/country.mmdb", PLACES)
+    settings.write_text(original + "tracking: {geoip_database: geo/country.mmdb}\n")
+    assert reconciler("validate", cwd=tmp_path).returncode == 0
+
+
+def test_a_database_replaced_on_disk_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = country_database(tmp_path / "country.mmdb", {"81.2.69.0/24": {"country": {"iso_code": "GB"}}})
+    locator = geoip.Locator(path)
+    assert locator.country("81.2.69.142") == "GB"
+    assert locator.country("192.168.1.1") is None and locator.country("not an address") is None
+    assert locator.country("8.8.8.8") is None  # not in this database
+    newer = country_database(tmp_path / "new.mmdb", {"81.2.69.0/24": {"country": {"iso_code": "IE"}},
+                                                     "8.8.8.0/24": {"country": {"iso_code": "US"}}})  # fmt: skip
+    os.replace(newer, path)  # as geoipupdate does
+    assert locator.country("81.2.69.142") == "IE" and locator.country("8.8.8.8") == "US"
+    path.write_bytes(b"truncated")  # a broken download: no country, no exception
+    assert locator.country("81.2.69.142") is None
+    monkeypatch.setenv(geoip.ENV, str(tmp_path / "elsewhere.mmdb"))
+    assert geoip.database_path(tmp_path, "geo/country.mmdb") == tmp_path / "elsewhere.mmdb"
+    monkeypatch.delenv(geoip.ENV)
+    assert geoip.database_path(tmp_path, "geo/country.mmdb") == tmp_path / "geo/country.mmdb"
+    assert geoip.database_path(tmp_path, None) is None
