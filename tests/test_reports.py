@@ -289,3 +289,50 @@ def test_each_recipient_with_what_happened_and_what_they_did(seeded: Journey) ->
     assert [r["stage"] for r in table] == ["hi"] * 5
     bare = reconciler("report", "--recipients", cwd=seeded.root)
     assert bare.returncode == 2 and "needs the NAME" in bare.stderr
+
+
+def test_a_bounce_after_a_deferral_is_one_bounce_and_a_deferral_that_went_through_is_delivered(
+    tmp_path: Path, server: tuple[Sink, int]
+) -> None:
+    sink, port = server
+
+    def relay(rcpt: str, attempt: int, phase: str) -> str | None:
+        if phase != "rcpt":
+            return None
+        if rcpt == "x@example.com":  # greylisted, then the mailbox turns out not to exist
+            return "451 4.7.1 greylisted, try again later" if attempt == 1 else "550 5.1.1 no such user"
+        if rcpt == "y@example.com" and attempt == 1:  # greylisted once, then accepted
+            return "451 4.7.1 greylisted, try again later"
+        if rcpt == "w@example.com":  # the mailbox is full every time: deferred until retry_for runs out
+            return "452 4.2.2 mailbox full"
+        return None
+
+    sink.script = relay
+    j = Journey(tmp_path, sink, port, "")
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns/drop.yaml").write_text(
+        "kind: Campaign\nname: drop\nsubject: Drop\ntemplate: mail/a\naudience: {lists: [news]}\n"
+        "send_at: 2030-03-02T10:00:00Z\nstatus: scheduled\n"
+    )
+    for person in ("w", "x", "y", "z"):
+        j.person(f"{person}@example.com", lists=("news",), at="2030-03-01T09:00:00Z")
+    j.at("2030-03-02T10:00:00Z")  # z delivered; w, x, y deferred
+    during = report(j, "drop")["delivery"]
+    assert (during["sent"], during["pending"], during["delivered"], during["bounced_hard"]) == (1, 3, 1, 0)
+    j.at("2030-03-02T11:00:00Z")  # the retry: x refused for good, y accepted, w deferred again
+    j.at("2030-03-06T11:00:00Z")  # w's retries ran out (retry_for: 3 days by default)
+    delivery = report(j, "drop")["delivery"]
+    assert sink.received() == {"z@example.com": 1, "y@example.com": 1}
+    assert delivery == {
+        "recipients": 4,
+        "sent": 2,  # z, y: the relay took them
+        "pending": 0,
+        "delivered": 2,
+        "bounced_hard": 1,  # x: refused after its deferral, counted once
+        "bounced_soft": 1,  # w: still deferred when its retries ran out
+        "failed": 0,
+        "uncertain": 0,
+        "skipped": 0,
+    }
+    overview = {row["name"]: row for row in report(j)}
+    assert overview["drop"]["delivered"] == 2

@@ -160,15 +160,18 @@ def _ratio(part: int, whole: int) -> float | None:
 
 
 def _delivery(states: dict[str, int], engaged: Engaged) -> Delivery:
+    """A message the relay refused as a bounce is a bounce, not also a failure; one that bounced after the relay
+    took it was sent but not delivered."""
     sent = states.get("sent", 0)
+    at_the_relay = max(0, engaged.bounced_hard + engaged.bounced_soft - engaged.bounced_after_sent)
     return Delivery(
         recipients=sum(states.values()),
         sent=sent,
         pending=sum(states.get(state, 0) for state in PENDING),
-        delivered=max(0, sent - engaged.bounced_hard - engaged.bounced_soft),
+        delivered=max(0, sent - engaged.bounced_after_sent),
         bounced_hard=engaged.bounced_hard,
         bounced_soft=engaged.bounced_soft,
-        failed=states.get("failed", 0),
+        failed=max(0, states.get("failed", 0) - at_the_relay),
         uncertain=states.get("uncertain", 0),
         skipped=states.get("skipped", 0),
     )

@@ -22,9 +22,6 @@ from sqlite_utils import Database
 
 from reconciler.segments import json_path
 
-HUMAN_OPEN = "action IN ('opened', 'clicked') AND machine = 0"
-"""A person opened the message: a click counts (it is an open with images off); proxies and scanners never do."""
-
 
 @dataclass(frozen=True)
 class Window:
@@ -55,7 +52,11 @@ class Engaged:
     unsubscribed: int = 0
     complained: int = 0
     bounced_hard: int = 0
+    """Messages (not people) that bounced for good, at the relay or reported later."""
     bounced_soft: int = 0
+    """Messages still deferred when their retries ran out, or reported as a soft bounce."""
+    bounced_after_sent: int = 0
+    """Of those, messages the relay had accepted (a bounce reported later): no longer delivered."""
 
 
 def started_campaigns(db: Database) -> list[StartedCampaign]:
@@ -86,15 +87,22 @@ def states_by_stage(db: Database, name: str) -> dict[str, dict[str, int]]:
     return dict(found)
 
 
-_ENGAGED = (
-    f"count(DISTINCT CASE WHEN {HUMAN_OPEN} THEN contact_id END), sum(action = 'opened' AND machine = 0), "
-    "count(DISTINCT CASE WHEN action = 'clicked' AND machine = 0 THEN contact_id END), "
-    "sum(action = 'clicked' AND machine = 0), sum(action = 'opened' AND machine = 1), "
-    "sum(action = 'clicked' AND machine = 1), count(DISTINCT CASE WHEN action = 'unsubscribed' THEN contact_id END), "
-    "count(DISTINCT CASE WHEN action = 'complained' THEN contact_id END), "
-    "count(DISTINCT CASE WHEN action = 'bounced' AND detail LIKE 'hard:%' THEN ledger_id END), "
-    "count(DISTINCT CASE WHEN action = 'bounced' AND detail LIKE 'soft:%' THEN ledger_id END)"
-)
+def _engaged_columns(g: str) -> str:
+    """The columns `_engaged` reads, of the engagement table under the alias `g`. A person opened a message when
+    they opened or clicked it (a click is an open with images off); proxies and scanners never do."""
+    return (
+        f"count(DISTINCT CASE WHEN {g}.action IN ('opened', 'clicked') AND {g}.machine = 0 THEN {g}.contact_id END), "
+        f"sum({g}.action = 'opened' AND {g}.machine = 0), "
+        f"count(DISTINCT CASE WHEN {g}.action = 'clicked' AND {g}.machine = 0 THEN {g}.contact_id END), "
+        f"sum({g}.action = 'clicked' AND {g}.machine = 0), sum({g}.action = 'opened' AND {g}.machine = 1), "
+        f"sum({g}.action = 'clicked' AND {g}.machine = 1), "
+        f"count(DISTINCT CASE WHEN {g}.action = 'unsubscribed' THEN {g}.contact_id END), "
+        f"count(DISTINCT CASE WHEN {g}.action = 'complained' THEN {g}.contact_id END), "
+        f"count(DISTINCT CASE WHEN {g}.action = 'bounced' AND {g}.detail LIKE 'hard:%' THEN {g}.ledger_id END), "
+        f"count(DISTINCT CASE WHEN {g}.action = 'bounced' AND {g}.detail LIKE 'soft:%' THEN {g}.ledger_id END), "
+        f"count(DISTINCT CASE WHEN {g}.action = 'bounced' AND EXISTS (SELECT 1 FROM ledger sent "
+        f"WHERE sent.id = {g}.ledger_id AND sent.state = 'sent') THEN {g}.ledger_id END)"
+    )
 
 
 def _engaged(row: tuple[object, ...]) -> Engaged:
@@ -106,10 +114,12 @@ def campaign_engagement(db: Database, name: str, window: Window) -> tuple[Engage
     where = "source_kind = 'campaign' AND source = ? AND +at >= ? AND +at < ?"
     params = (name, window.since, window.until)
     total = db.conn.execute(
-        f"SELECT {_ENGAGED} FROM engagement INDEXED BY engagement_by_source WHERE {where}", params
+        f"SELECT {_engaged_columns('engagement')} FROM engagement INDEXED BY engagement_by_source WHERE {where}", params
     ).fetchone()
     stages = db.conn.execute(
-        f"SELECT stage, {_ENGAGED} FROM engagement INDEXED BY engagement_by_source WHERE {where} GROUP BY stage", params
+        f"SELECT stage, {_engaged_columns('engagement')} FROM engagement INDEXED BY engagement_by_source "
+        f"WHERE {where} GROUP BY stage",
+        params,
     )
     return _engaged(total), {str(row[0] or ""): _engaged(row[1:]) for row in stages}
 
@@ -240,7 +250,7 @@ def workflow_steps(db: Database, name: str, window: Window, *, engagement: bool 
         else {
             str(row[0]): _engaged(row[1:])
             for row in db.conn.execute(
-                f"SELECT l.stage, {_ENGAGED.replace('contact_id', 'g.contact_id').replace('ledger_id', 'g.ledger_id')} "
+                f"SELECT l.stage, {_engaged_columns('g')} "
                 "FROM ledger l JOIN engagement g ON g.ledger_id = l.id WHERE l.workflow = ? "
                 "AND +g.at >= ? AND +g.at < ? GROUP BY 1",
                 (name, window.since, window.until),
@@ -265,7 +275,7 @@ def workflow_steps(db: Database, name: str, window: Window, *, engagement: bool 
 
 # --- the same figures from the counters (state/rollups.py), for reports over all time -----------------------------
 
-_PEOPLE = {"openers", "clickers", "unsubscribed", "complained", "bounced_hard", "bounced_soft"}
+_PEOPLE = {"openers", "clickers", "unsubscribed", "complained"}
 
 
 def _from_metrics(values: dict[str, float]) -> Engaged:
@@ -280,6 +290,7 @@ def _from_metrics(values: dict[str, float]) -> Engaged:
         complained=int(values.get("complained", 0)),
         bounced_hard=int(values.get("bounced_hard", 0)),
         bounced_soft=int(values.get("bounced_soft", 0)),
+        bounced_after_sent=int(values.get("bounced_after_sent", 0)),
     )
 
 

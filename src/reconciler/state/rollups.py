@@ -6,11 +6,13 @@ take seconds. So the one writer of engagement (`engagement.record`) also adds ea
 transaction:
 
 - report_counts: per campaign or workflow (kind, name), per stage or step, a value per metric: totals (opens,
-  clicks, machine_opens, machine_clicks), people (openers, clickers, unsubscribed, complained, bounced_hard,
-  bounced_soft; stage '*' counts a person once across every stage), and per country of the first message
+  clicks, machine_opens, machine_clicks), people (openers, clickers, unsubscribed, complained; stage '*' counts a
+  person once across every stage), messages that bounced (bounced_hard, bounced_soft, and bounced_after_sent for
+  those the relay had accepted: a bounce reported later), and per country of the first message
   (recipients:CC, openers:CC) and per country the opens and clicks came from, when a GeoIP database is
   configured (ip_people:CC once per person, ip_events:CC);
-- report_people: who has been counted for which unique metric (so each person counts once);
+- report_people: who has been counted for which unique metric (so each person counts once; for a bounce, the
+  message's ledger id, so each message counts once);
 - report_hours: opens and clicks by people per UTC hour;
 - report_links: clicks by people per URL, and how many people clicked it.
 
@@ -39,6 +41,7 @@ Key = tuple[str, str, str, str]
 
 class _Fact(NamedTuple):
     id: int
+    ledger_id: int | None
     kind: str
     name: str
     stage: str
@@ -51,7 +54,7 @@ class _Fact(NamedTuple):
 
 
 _READ = (
-    "SELECT id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail, country "
+    "SELECT id, ledger_id, source_kind, source, coalesce(stage, ''), contact_id, action, machine, at, detail, country "
     "FROM engagement "
     "WHERE id > ? AND source IS NOT NULL AND contact_id IS NOT NULL{only} ORDER BY id LIMIT ?"
 )
@@ -72,8 +75,6 @@ def count_new(db: Database, after: int, *, only: tuple[str, str] | None = None) 
 def _people_metrics(fact: _Fact) -> list[str]:
     if fact.action in ("opened", "clicked") and not fact.machine:
         return ["openers", "clickers"] if fact.action == "clicked" else ["openers"]
-    if fact.action == "bounced":
-        return ["bounced_soft" if (fact.detail or "").startswith("soft") else "bounced_hard"]
     if fact.action in ("unsubscribed", "complained"):
         return [fact.action]
     return []
@@ -98,6 +99,8 @@ def _count(db: Database, facts: Iterable[_Fact]) -> None:
                     links[(*where, fact.detail or "", "clicks")] += 1
                     if _first(db, fact, "", "link " + (fact.detail or "")):
                         links[(*where, fact.detail or "", "people")] += 1
+        if fact.action == "bounced":
+            _count_bounce(db, fact, counts)
         for metric in _people_metrics(fact):
             for stage in (fact.stage, "*"):
                 if _first(db, fact, stage, metric):
@@ -105,6 +108,20 @@ def _count(db: Database, facts: Iterable[_Fact]) -> None:
                     if metric == "openers" and stage == "" and fact.kind == "campaign":
                         counts[(*where, "", "openers:" + _country(db, fact.contact_id))] += 1
     _add(db, counts, hours, links)
+
+
+def _count_bounce(db: Database, fact: _Fact, counts: Counter[Key]) -> None:
+    """A bounce counts its message once (a person may bounce in several stages); one reported after the relay had
+    accepted the message (its row is still `sent`) also counts as bounced_after_sent, which `delivered` leaves out."""
+    metric = "bounced_soft" if (fact.detail or "").startswith("soft") else "bounced_hard"
+    if fact.ledger_id is None or not _first(
+        db, fact._replace(contact_id=fact.ledger_id), fact.stage, "message bounced"
+    ):
+        return
+    counts[(fact.kind, fact.name, fact.stage, metric)] += 1
+    state = db.conn.execute("SELECT state FROM ledger WHERE id = ?", (fact.ledger_id,)).fetchone()
+    if state is not None and state[0] == "sent":
+        counts[(fact.kind, fact.name, fact.stage, "bounced_after_sent")] += 1
 
 
 def _first(db: Database, fact: _Fact, stage: str, metric: str) -> bool:
@@ -199,7 +216,7 @@ def count_conversions(db: Database, after: int, *, only: str | None = None) -> N
             amount = json.loads(properties).get(goal.value) if goal.value else None
             if isinstance(amount, int | float) and not isinstance(amount, bool):
                 counts[("campaign", str(name), "", "revenue")] += amount
-            person = _Fact(0, "campaign", str(name), "", int(contact_id), "converted", 0, str(occurred_at), None)
+            person = _Fact(0, None, "campaign", str(name), "", int(contact_id), "converted", 0, str(occurred_at), None)
             if _first(db, person, "", "converted"):
                 counts[("campaign", str(name), "", "converted")] += 1
     _add(db, counts, Counter(), Counter())
