@@ -77,6 +77,8 @@ class Sample:
     tasks_send: int
     db_mb: float
     wal_mb: float
+    sqlite_mb: float
+    """Of rss, what SQLite holds: page caches fill up to their bound as the database grows."""
 
 
 @dataclass
@@ -119,6 +121,13 @@ def _loop_tasks(metrics: str) -> dict[str, int]:
     return tasks
 
 
+def _gauge(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
 async def sample(client: httpx.AsyncClient, pid: int, state: Path, started: float, phase: str) -> Sample:
     metrics = (await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})).text
     tasks = _loop_tasks(metrics)
@@ -135,6 +144,7 @@ async def sample(client: httpx.AsyncClient, pid: int, state: Path, started: floa
         tasks_send=tasks.get("send", 0),
         db_mb=state.stat().st_size / 1e6,
         wal_mb=(wal.stat().st_size if wal.exists() else 0) / 1e6,
+        sqlite_mb=_gauge(metrics, "reconciler_sqlite_memory_bytes") / 2**20,
     )
 
 
@@ -297,7 +307,8 @@ async def scenario(root: Path, pid: int, port: int, seconds: float, every: float
 def _row(s: Sample) -> str:
     return (
         f"{s.at:7.0f} s  {s.phase:<10} rss {s.rss_mb:6.1f} MB  render {s.render_mb:5.1f} MB  fds {s.fds:3}  "
-        f"threads {s.threads:2}  tasks {s.tasks_web}/{s.tasks_send}  db {s.db_mb:6.2f} MB  wal {s.wal_mb:5.2f} MB"
+        f"threads {s.threads:2}  tasks {s.tasks_web}/{s.tasks_send}  db {s.db_mb:6.2f} MB  wal {s.wal_mb:5.2f} MB  "
+        f"sqlite {s.sqlite_mb:5.1f} MB"
     )
 
 
@@ -329,6 +340,12 @@ def judge(samples: list[Sample]) -> list[str]:
     for name, rest in rests.items():
         rss = slope_per_hour([(s.at, s.rss_mb) for s in rest])
         render = slope_per_hour([(s.at, s.render_mb) for s in rest])
+        cache = slope_per_hour([(s.at, s.sqlite_mb) for s in rest])
+        outside = slope_per_hour([(s.at, s.rss_mb - s.sqlite_mb) for s in rest])
+        print(
+            f"{name}: sqlite {rest[0].sqlite_mb:.1f} -> {rest[-1].sqlite_mb:.1f} MB, slope {cache:+.2f} MB/h; "
+            f"rss outside sqlite slope {outside:+.2f} MB/h"
+        )
         print(
             f"{name}: rss {rest[0].rss_mb:.1f} -> {rest[-1].rss_mb:.1f} MB over {rest[-1].at - rest[0].at:.0f} s, "
             f"slope {rss:+.2f} MB/h; render process {rest[-1].render_mb:.1f} MB, slope {render:+.2f} MB/h; "

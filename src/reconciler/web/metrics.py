@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from reconciler.state.db import ConnectionPool
+from reconciler.state.db import ConnectionPool, sqlite_memory
 from reconciler.state.subscribers import sending_counts
 
 App = Callable[
@@ -57,6 +57,13 @@ class _StateFilesCollector:
                 sizes.add_metric([label], path.stat().st_size)
         yield sizes
         yield GaugeMetricFamily("reconciler_threads", "Threads of the process", value=threading.active_count())
+        used = sqlite_memory()
+        if used is not None:
+            yield GaugeMetricFamily(
+                "reconciler_sqlite_memory_bytes",
+                "Memory SQLite holds (page caches up to their bound, statements): part of the resident memory",
+                value=used,
+            )
 
 
 class _TasksCollector:
