@@ -122,3 +122,21 @@ def test_signing_out_ends_the_session_and_only_wrong_tokens_count_toward_the_lim
         assert replay.post("/dashboard/sign-in", data={"token": TOKEN}).status_code == 429
     lower = httpx.get(f"{base}/api/v1/campaigns", headers={"authorization": f"bearer {TOKEN}"})
     assert lower.status_code == 200  # the scheme is case-insensitive (RFC 7235)
+
+
+def test_guessing_the_api_token_stops_after_twenty_wrong_ones(served: tuple[Journey, str]) -> None:
+    _, base = served
+    with httpx.Client(base_url=base) as client:
+        guesses = [
+            client.get("/api/v1/campaigns", headers={"authorization": f"Bearer guess-{n}"}).status_code
+            for n in range(20)
+        ]
+        assert guesses == [401] * 20
+        refused = client.get("/api/v1/campaigns", headers={"authorization": f"Bearer {TOKEN}"})
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+        assert "try again in" in refused.json()["error"]
+        assert client.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 429
+        other = client.get(  # another address (through the proxy on loopback) is not held back
+            "/api/v1/campaigns", headers={"authorization": f"Bearer {TOKEN}", "x-forwarded-for": "198.51.100.7"}
+        )
+        assert other.status_code == 200

@@ -26,7 +26,7 @@ from reconciler.state import settings as runtime_settings
 from reconciler.state.contacts import ContactRow, finish_import, import_batch, start_import
 from reconciler.status import state_problems
 from reconciler.strictjson import JsonInputError
-from reconciler.web.context import context
+from reconciler.web.context import context, ip
 from reconciler.web.webhooks import WebhookAuthError, check_bearer, json_refused, read_json
 
 
@@ -42,11 +42,28 @@ def unauthorized() -> Response:
     return JSONResponse({"error": "a valid bearer token is required"}, 401, headers={"WWW-Authenticate": "Bearer"})
 
 
+async def refused(request: Request) -> Response | None:
+    """None when the request carries the API token; else 401, or 429 once its address sent too many wrong ones
+    (then even the right token waits: a guesser must not learn when it found it)."""
+    web, who = context(request), ip(request) or "?"
+    wait = web.wrong_tokens.retry_after(who, count=False)
+    if wait:
+        return JSONResponse(
+            {"error": f"too many requests without the right token; try again in {wait} s"},
+            429,
+            headers={"Retry-After": str(wait)},
+        )
+    if await authorized(request):
+        return None
+    web.wrong_tokens.retry_after(who)
+    return unauthorized()
+
+
 async def authorized_json(request: Request) -> object:
     """The request's JSON body, or the answer to send instead: 401 without a valid token, 400 for a body that is
     not strict JSON (the check of the token comes first, so a stranger learns nothing about what the API reads)."""
-    if not await authorized(request):
-        return unauthorized()
+    if (answer := await refused(request)) is not None:
+        return answer
     try:
         return await read_json(request)
     except JsonInputError as exc:
@@ -238,8 +255,8 @@ def _health(db: Database) -> dict[str, Any]:
 
 async def metrics(request: Request) -> Response:
     """GET /metrics: Prometheus' text format (read from the ledger at scrape time)."""
-    if not await authorized(request):
-        return unauthorized()
+    if (answer := await refused(request)) is not None:
+        return answer
     metrics = request.app.state.metrics
     loop = asyncio.get_running_loop()
     metrics.watch_loop("web", lambda: loop)

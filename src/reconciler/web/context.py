@@ -115,6 +115,8 @@ class WebContext:
     writers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
     per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))
     per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
+    wrong_tokens: RateLimit = field(default_factory=lambda: RateLimit(20, 600.0))
+    """Requests with a missing or wrong bearer token, per address: more in 10 minutes get 429 (guessing stops)."""
     site_cache: Site | None = None
     locator: geoip.Locator | None = None
 

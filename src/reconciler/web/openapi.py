@@ -237,11 +237,20 @@ def _dashboard() -> dict[str, Any]:
     }
 
 
+def _limited(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every route behind the API token answers 429 to an address that sent too many wrong tokens."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and operation.get("security") == BEARER and "429" not in operation["responses"]:
+                operation["responses"].update(_answers(429))
+    return paths
+
+
 def description() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "reconciler web service", "version": "1", "description": "docs/web.md describes it in prose"},
-        "paths": {**_pages(), **_api(), **_dashboard()},
+        "paths": _limited({**_pages(), **_api(), **_dashboard()}),
         "components": {
             "schemas": {"Contact": CONTACT, "Event": EVENT},
             "securitySchemes": {

@@ -10,7 +10,7 @@ from reconciler.errors import UsageError
 from reconciler.report import figures
 from reconciler.rows import normalise_email
 from reconciler.state.contacts import export_contact
-from reconciler.web.api import authorized, unauthorized
+from reconciler.web.api import refused
 from reconciler.web.context import context
 
 
@@ -20,16 +20,16 @@ def _not_found(what: str) -> Response:
 
 async def campaigns(request: Request) -> Response:
     """GET /api/v1/campaigns: every campaign that started and every workflow, newest first."""
-    if not await authorized(request):
-        return unauthorized()
+    if (answer := await refused(request)) is not None:
+        return answer
     rows = await context(request).read(figures.overview)
     return JSONResponse([row.model_dump(mode="json") for row in rows])
 
 
 async def campaign_report(request: Request) -> Response:
     """GET /api/v1/campaigns/{name}/report: every figure of one campaign."""
-    if not await authorized(request):
-        return unauthorized()
+    if (answer := await refused(request)) is not None:
+        return answer
     name = request.path_params["name"]
     try:
         found = await context(request).read(figures.campaign_report, name)
@@ -40,8 +40,8 @@ async def campaign_report(request: Request) -> Response:
 
 async def contact(request: Request) -> Response:
     """GET /api/v1/contacts/{email}: everything held about one person, their messages and what they did."""
-    if not await authorized(request):
-        return unauthorized()
+    if (answer := await refused(request)) is not None:
+        return answer
     try:
         email = normalise_email(request.path_params["email"], sendable=False)
     except ValueError:
