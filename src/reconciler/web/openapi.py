@@ -241,8 +241,8 @@ def _limited(paths: dict[str, Any]) -> dict[str, Any]:
     """Every route behind the API token answers 429 to an address that sent too many wrong tokens."""
     for operations in paths.values():
         for operation in operations.values():
-            if isinstance(operation, dict) and operation.get("security") == BEARER and "429" not in operation["responses"]:
-                operation["responses"].update(_answers(429))
+            if isinstance(operation, dict) and operation.get("security") == BEARER:
+                operation["responses"].setdefault("429", _answers(429)["429"])
     return paths
 
 
