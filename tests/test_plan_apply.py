@@ -350,3 +350,18 @@ def test_the_plan_shows_segment_sizes_and_the_change_since_the_last_apply(exampl
         f"  guji-harvest-2030        → {total:,} recipients; excluded: unsubscribed 3, bounced 2 (+2 since the "
         "last apply)" in text
     )
+
+
+def test_a_second_apply_shows_counts_it_did_not_make_as_not_counted(example: Path) -> None:
+    (example / "c.csv").write_text("email,brew_method\nann@example.com,espresso\nbob@example.com,\n")
+    imported = reconciler("contacts", "import", "c.csv", "--list", "newsletter", "--preconfirmed", cwd=example)
+    assert imported.returncode == 0, imported.stderr
+    assert reconciler("apply", "--now", "2030-11-26T12:00:00Z", cwd=example).returncode == 0
+    again = reconciler("apply", "--now", "2030-11-26T12:00:00Z", cwd=example)
+    assert again.returncode == 0, again.stderr
+    friday = next(line for line in again.stdout.splitlines() if "black-friday-2030" in line)
+    assert "not counted" in friday and "exclude segment recent-buyers" in friday, again.stdout
+    assert "→ 0 recipients" not in again.stdout and "since the last apply" not in again.stdout, again.stdout
+    planned = reconciler("plan", "--now", "2030-11-26T12:00:00Z", "--format", "json", cwd=example)
+    audience = json.loads(planned.stdout)["audiences"]["black-friday-2030"]
+    assert (audience["recipients"], audience["not_counted"]) == (2, []), planned.stdout

@@ -87,10 +87,10 @@ class Plan:
     uncounted_segments: tuple[str, ...] = ()
     """Segments whose size was not counted (time budget)."""
 
-    def change(self, subject: str, now: int) -> str:
-        """ " (+12 since the last apply)", or nothing when unknown or unchanged."""
+    def change(self, subject: str, now: int | None) -> str:
+        """ " (+12 since the last apply)", or nothing when unknown (`now` None: not counted) or unchanged."""
         before = self.last_counts.get(subject)
-        if before is None or before == now:
+        if before is None or now is None or before == now:
             return ""
         return f" ({now - before:+,} since the last apply)"
 
