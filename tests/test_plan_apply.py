@@ -192,6 +192,13 @@ def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(ex
     record = observe(db).campaigns["guji-harvest-2030"]
     assert record.status == "cancelled" and record.progress == {"skipped": total - 5}
 
+    _edit(guji, "status: cancelled", "status: scheduled")  # cancelled while sending is history: not resumed
+    plan = _apply(example, db)
+    [warning] = plan.problems
+    assert (warning.severity, warning.field) == ("warning", "status") and not plan.actions
+    assert warning.message.startswith("not applied: cancelled while sending (started on 2030-11-26T12:00:00Z)")
+    assert observe(db).campaigns["guji-harvest-2030"].status == "cancelled"
+
 
 def test_a_schedule_past_the_grace_period_waits_for_confirmation(example: Path, db: Database) -> None:
     friday = example / "campaigns" / "black-friday-2030.yaml"

@@ -67,6 +67,7 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
                 )
         campaigns.mark_attempted(db, sorted(failed), revision=plan.revision)
         campaigns.clear_stalled(db, keep=failed, at=at)
+        campaigns.set_not_applied(db, plan.not_applied)
         if result.actions:
             records.record_revision(db, plan.revision, git_commit=plan.git_commit, at=at, actions=result.actions)
         counts = {f"Segment {name}": n for name, n in plan.segment_counts.items()}

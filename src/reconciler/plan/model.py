@@ -86,6 +86,9 @@ class Plan:
     """Counts at the last apply, by "Segment name" / "Campaign name"."""
     uncounted_segments: tuple[str, ...] = ()
     """Segments whose size was not counted (time budget)."""
+    not_applied: Mapping[str, str] = field(default_factory=dict)
+    """Campaigns that are history (sent, or cancelled while sending) whose files were edited: what was not applied
+    and where, as `status` shows it."""
 
     def change(self, subject: str, now: int | None) -> str:
         """ " (+12 since the last apply)", or nothing when unknown (`now` None: not counted) or unchanged."""

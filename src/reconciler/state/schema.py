@@ -451,6 +451,12 @@ def _report_counts(db: Database) -> None:
     rollups.count_conversions(db, 0)
 
 
+@migrations(name="0011_campaign_not_applied")
+def _campaign_not_applied(db: Database) -> None:
+    """What the files say about a campaign that is history (sent, or cancelled while sending) and was not applied."""
+    db.conn.execute("ALTER TABLE campaigns ADD COLUMN not_applied TEXT")
+
+
 def _repaired(text: object, empty: str) -> str:
     """Stored JSON made readable: non-finite numbers as null; anything unreadable, or of the wrong shape, `empty`."""
 
