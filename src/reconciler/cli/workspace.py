@@ -40,15 +40,18 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
     """Check the spec: schema, references, templates (compile and render with sample data), compliance.
 
     PATHS are workspaces, or files in one (then only their problems are shown). Needs no secret and no state; with
-    a state database at hand it also warns about edits to campaigns that were sent.
+    a state database at hand it also warns about edits to campaigns that were sent, and in a git repository when
+    git tracks the state.
     """
     from reconciler.check import validate_workspace
+    from reconciler.load import tracked_state
 
     problems: list[Problem] = []
     for root, only in _workspaces(paths or (ctx.obj["workspace"],)):
         desired, found = validate_workspace(root)
         if not any(p.severity == "error" for p in found):
             found += _history_edits(ctx, root, desired)
+        found += tracked_state(root, state_file(ctx, root))
         problems += [p for p in found if only is None or Path(p.path).resolve() in only]
     problems = sorted(set(problems))
     print_problems(problems, fmt)
