@@ -192,6 +192,13 @@ def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(ex
     record = observe(db).campaigns["guji-harvest-2030"]
     assert record.status == "cancelled" and record.progress == {"skipped": total - 5}
 
+    _edit(guji, "status: cancelled", "status: scheduled")  # cancelled while sending is history: not resumed
+    plan = _apply(example, db)
+    [warning] = plan.problems
+    assert (warning.severity, warning.field) == ("warning", "status") and not plan.actions
+    assert warning.message.startswith("not applied: cancelled while sending (started on 2030-11-26T12:00:00Z)")
+    assert observe(db).campaigns["guji-harvest-2030"].status == "cancelled"
+
 
 def test_a_schedule_past_the_grace_period_waits_for_confirmation(example: Path, db: Database) -> None:
     friday = example / "campaigns" / "black-friday-2030.yaml"
@@ -350,3 +357,18 @@ def test_the_plan_shows_segment_sizes_and_the_change_since_the_last_apply(exampl
         f"  guji-harvest-2030        → {total:,} recipients; excluded: unsubscribed 3, bounced 2 (+2 since the "
         "last apply)" in text
     )
+
+
+def test_a_second_apply_shows_counts_it_did_not_make_as_not_counted(example: Path) -> None:
+    (example / "c.csv").write_text("email,brew_method\nann@example.com,espresso\nbob@example.com,\n")
+    imported = reconciler("contacts", "import", "c.csv", "--list", "newsletter", "--preconfirmed", cwd=example)
+    assert imported.returncode == 0, imported.stderr
+    assert reconciler("apply", "--now", "2030-11-26T12:00:00Z", cwd=example).returncode == 0
+    again = reconciler("apply", "--now", "2030-11-26T12:00:00Z", cwd=example)
+    assert again.returncode == 0, again.stderr
+    friday = next(line for line in again.stdout.splitlines() if "black-friday-2030" in line)
+    assert "not counted" in friday and "exclude segment recent-buyers" in friday, again.stdout
+    assert "→ 0 recipients" not in again.stdout and "since the last apply" not in again.stdout, again.stdout
+    planned = reconciler("plan", "--now", "2030-11-26T12:00:00Z", "--format", "json", cwd=example)
+    audience = json.loads(planned.stdout)["audiences"]["black-friday-2030"]
+    assert (audience["recipients"], audience["not_counted"]) == (2, []), planned.stdout

@@ -67,10 +67,11 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
                 )
         campaigns.mark_attempted(db, sorted(failed), revision=plan.revision)
         campaigns.clear_stalled(db, keep=failed, at=at)
+        campaigns.set_not_applied(db, plan.not_applied)
         if result.actions:
             records.record_revision(db, plan.revision, git_commit=plan.git_commit, at=at, actions=result.actions)
         counts = {f"Segment {name}": n for name, n in plan.segment_counts.items()}
-        counts |= {f"Campaign {name}": a.recipients for name, a in plan.audiences.items() if not a.unevaluated}
+        counts |= {f"Campaign {name}": a.counted for name, a in plan.audiences.items() if a.counted is not None}
         records.record_counts(db, counts, at=at)
         records.clear_refused(db)
     return result

@@ -39,7 +39,7 @@ from reconciler.load import YAML_FOLDERS, git_commit
 from reconciler.plan import Plan
 from reconciler.sendloop import SendLoop, wait_any
 from reconciler.start import start_due
-from reconciler.state import campaigns, records, workflows
+from reconciler.state import campaigns, keys, records, workflows
 from reconciler.state.db import GIVING_UP, ConnectionPool
 from reconciler.state.records import HEARTBEAT_SECONDS
 from reconciler.workflow_runs import RunReport, run_workflows
@@ -90,6 +90,20 @@ def reconcile_once(
     result.started = start_due(db, now=now)
     result.workflows = run_workflows(db, now=now)
     return result
+
+
+def log_key_changes(db: Database) -> None:
+    """At start: say when links in mail already sent no longer verify because the signing key changed (and when a
+    new key signs while the previous ones still verify)."""
+    try:
+        warnings, notes = keys.key_changes(db)
+    except Exception as exc:  # a start is never stopped by this look back
+        log.warning("could not compare the signing key with the keys that signed mail already sent: %s", exc)
+        return
+    for line in warnings:
+        log.warning("%s", line)
+    for line in notes:
+        log.info("%s", line)
 
 
 def record_invalid(db: Database, revision: str, problems: list[Problem], *, now: datetime) -> None:
@@ -172,6 +186,7 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     listening = _listen(web) if web is not None else None  # before anything starts: a busy port stops nothing
     GIVING_UP.clear()
+    log_key_changes(db)
     health = Health()
     keeper = _Keeper(health, clock=clock, state=state)
     server, metrics, pool = (None, None, None)

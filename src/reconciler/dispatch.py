@@ -34,7 +34,7 @@ from reconciler.holds import Holds
 from reconciler.send import Pending, Progress, SendRun, SourceSender
 from reconciler.spec.documents import OutboxTransport, SmtpTransport
 from reconciler.start import start_stages
-from reconciler.state import campaigns, dispatchers, ledger, records, settings, workflows
+from reconciler.state import campaigns, dispatchers, keys, ledger, records, settings, workflows
 from reconciler.state.db import keep_cache
 from reconciler.state.ledger import CONFIRMATION_SOURCE, Source
 from reconciler.state.settings import RuntimeSettings
@@ -178,10 +178,12 @@ class Dispatcher:
             transport = self.transport(source.content.transport, runtime)
             if not await self._reachable(transport, report):
                 return
+            definition = definition_for(self.db, source, runtime=runtime)
+            keys.note_signing(self.db, definition.signer)  # a later start with another key can say what breaks
             sender = SourceSender(
                 self.run,
                 source,
-                definition_for(self.db, source, runtime=runtime),
+                definition,
                 transport,
                 Holds(self.db, runtime.settings, marketing=self._marketing(source)),
                 blocking=TRANSACTIONAL_BLOCKING

@@ -62,6 +62,7 @@ def status_report(db: Database) -> dict[str, Any]:
                 "recipients": record.recipients,
                 "progress": {state: record.progress.get(state, 0) for state in PROGRESS_STATES},
                 "removed": record.removed_at is not None,
+                "not_applied": record.not_applied,
                 "last_attempted_revision": record.last_attempted_revision,
                 "last_applied_revision": record.last_applied_revision,
             }
@@ -220,6 +221,8 @@ def format_status(report: dict[str, Any]) -> str:
         if index:
             campaign = report["campaigns"][index - 1]
             out.append(f"    {campaign['message']}{_breakdown(campaign['progress'])}")
+            if campaign["not_applied"]:
+                out.append(f"    warning: {campaign['not_applied']}")
     return "\n".join(out)
 
 

@@ -7,6 +7,10 @@ they grant. They stay short so `List-Unsubscribe` fits on one header line (a fol
 ignored by receivers).
 
 A token made for one purpose never verifies for another, and a token from another workspace's key never verifies.
+
+Keys can be rotated: a new key signs every new link, and the previous keys (`<variable>_PREVIOUS`, comma-separated)
+still verify the links of mail already sent (MAIL_PURPOSES), so nobody's unsubscribe link stops working. Forms and
+dashboard sessions are not in sent mail and verify with the current key only.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Purpose = Literal["unsubscribe", "preferences", "open", "click", "view", "confirm", "csrf", "session"]
+MAIL_PURPOSES: frozenset[Purpose] = frozenset({"unsubscribe", "preferences", "open", "click", "view", "confirm"})
+"""What links in sent mail are for: a previous key still verifies these (they live in inboxes for years)."""
+PREVIOUS_SUFFIX = "_PREVIOUS"
 _SIGNATURE_BYTES = 12
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -45,25 +52,51 @@ def base36(number: int) -> str:
             return out
 
 
+def fingerprint(key: bytes) -> str:
+    """A short name for a key that reveals nothing of it, for logs and the state database (which keys signed mail)."""
+    return hashlib.sha256(b"reconciler signing key\x00" + key).hexdigest()[:12]
+
+
+def previous_keys(variable: str) -> tuple[bytes, ...]:
+    """The keys listed in `<variable>_PREVIOUS`, comma-separated (spaces around them ignored)."""
+    listed = os.environ.get(variable + PREVIOUS_SUFFIX, "")
+    return tuple(dict.fromkeys(part.strip().encode() for part in listed.split(",") if part.strip()))
+
+
 @dataclass(frozen=True)
 class Signer:
-    """Signs and verifies tokens with one workspace key."""
+    """Signs with one workspace key; verifies with it and, for links in sent mail, with the previous ones."""
 
     key: bytes
+    previous: tuple[bytes, ...] = ()
+    """Keys that signed mail already sent: they verify MAIL_PURPOSES, never sign."""
 
     @classmethod
-    def from_env(cls, variable: str, *, fallback: str | None = None) -> Signer:
-        """The key from `variable`, else `fallback` (the daemon keeps a generated one in its state database)."""
+    def from_env(cls, variable: str, *, fallback: str | None = None, retired: tuple[str, ...] = ()) -> Signer:
+        """The key from `variable`, else `fallback` (the daemon keeps a generated one in its state database); the
+        previous keys from `<variable>_PREVIOUS` and `retired` (a generated key the variable replaced)."""
         value = os.environ.get(variable) or fallback
         if not value:
             raise MissingSigningKey(
                 f"set the environment variable {variable} to a long random string: it signs "
                 "every unsubscribe, preference and tracking link"
             )
-        return cls(value.encode())
+        key = value.encode()
+        previous = (*previous_keys(variable), *(old.encode() for old in retired))
+        return cls(key, tuple(k for k in dict.fromkeys(previous) if k != key))
 
-    def _signature(self, purpose: Purpose, ident: str, extra: str) -> str:
-        mac = hmac.new(self.key, f"{purpose}\x00{ident}\x00{extra}".encode(), hashlib.sha256).digest()
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.key)
+
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        """The fingerprints of every key a link in sent mail verifies with."""
+        return frozenset(fingerprint(key) for key in (self.key, *self.previous))
+
+    def _signature(self, purpose: Purpose, ident: str, extra: str, key: bytes | None = None) -> str:
+        message = f"{purpose}\x00{ident}\x00{extra}".encode()
+        mac = hmac.new(self.key if key is None else key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac[:_SIGNATURE_BYTES]).decode()
 
     def sign(self, purpose: Purpose, ident: int, extra: str = "") -> str:
@@ -75,6 +108,8 @@ class Signer:
         text, dot, signature = token.partition(".")
         if not dot or not text or len(text) > 13 or any(ch not in _DIGITS for ch in text):
             return None
-        if not hmac.compare_digest(signature.encode(), self._signature(purpose, text, extra).encode()):
+        keys = (self.key, *self.previous) if purpose in MAIL_PURPOSES else (self.key,)
+        given = signature.encode()
+        if not any(hmac.compare_digest(given, self._signature(purpose, text, extra, key).encode()) for key in keys):
             return None
         return int(text, 36)

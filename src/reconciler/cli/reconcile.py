@@ -108,11 +108,12 @@ def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
     --now (retries wait for their time; SIGTERM lets messages on the wire finish and sends no more)."""
     import asyncio
 
-    from reconciler.daemon import reconcile_once
+    from reconciler.daemon import log_key_changes, reconcile_once
 
     root = workspace_root(ctx)
     db = database(ctx, root)
     moment = clock(now)
+    log_key_changes(db)
     result = reconcile_once(root, db, now=moment.now(), confirm=confirm)
     if not result.valid:
         print_problems(result.problems, "text")

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from reconciler.cli.main import NOW_OPTION, address, checked, clock, database, main, print_problems, workspace_root
+from reconciler.cli.main import (
+    NOW_OPTION,
+    address,
+    checked,
+    clock,
+    database,
+    main,
+    print_problems,
+    state_file,
+    workspace_root,
+)
 from reconciler.errors import Problem, UsageError
+
+if TYPE_CHECKING:
+    from reconciler.spec import DesiredState
 
 
 @main.command()
@@ -25,17 +39,39 @@ from reconciler.errors import Problem, UsageError
 def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
     """Check the spec: schema, references, templates (compile and render with sample data), compliance.
 
-    PATHS are workspaces, or files in one (then only their problems are shown). Needs no secret and no state.
+    PATHS are workspaces, or files in one (then only their problems are shown). Needs no secret and no state; with
+    a state database at hand it also warns about edits to campaigns that were sent, and in a git repository when
+    git tracks the state.
     """
     from reconciler.check import validate_workspace
+    from reconciler.load import tracked_state
 
     problems: list[Problem] = []
     for root, only in _workspaces(paths or (ctx.obj["workspace"],)):
-        _, found = validate_workspace(root)
+        desired, found = validate_workspace(root)
+        if not any(p.severity == "error" for p in found):
+            found += _history_edits(ctx, root, desired)
+        found += tracked_state(root, state_file(ctx, root))
         problems += [p for p in found if only is None or Path(p.path).resolve() in only]
     problems = sorted(set(problems))
     print_problems(problems, fmt)
     ctx.exit(1 if any(p.severity == "error" for p in problems) else 0)
+
+
+def _history_edits(ctx: click.Context, root: Path, desired: DesiredState) -> list[Problem]:
+    """Edits to campaigns the state database says were sent (nothing without a readable state database)."""
+    from reconciler.clock import SystemClock
+    from reconciler.plan import history_edits
+    from reconciler.state import StateError, observe
+
+    path = state_file(ctx, root)
+    if not path.exists():
+        return []
+    try:
+        observed = observe(database(ctx, root, create=False, read_only=True), audience=False)
+    except StateError:
+        return []  # validate needs no state: one it cannot read only means these warnings are left out
+    return history_edits(desired, observed, now=SystemClock().now())
 
 
 def _workspaces(targets: tuple[Path, ...]) -> list[tuple[Path, set[Path] | None]]:

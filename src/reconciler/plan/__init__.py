@@ -2,7 +2,17 @@
 
 from reconciler.plan.audience import AudienceCount, count_audience
 from reconciler.plan.describe import as_json, as_markdown, as_text
-from reconciler.plan.make import make_plan
+from reconciler.plan.make import history_edits, make_plan
 from reconciler.plan.model import Action, Plan
 
-__all__ = ["Action", "AudienceCount", "Plan", "as_json", "as_markdown", "as_text", "count_audience", "make_plan"]
+__all__ = [
+    "Action",
+    "AudienceCount",
+    "Plan",
+    "as_json",
+    "as_markdown",
+    "as_text",
+    "count_audience",
+    "history_edits",
+    "make_plan",
+]

@@ -28,13 +28,19 @@ class AudienceCount:
     missing: Mapping[str, int] = field(default_factory=dict)
     """Recipients who lack a field the message reads without a default (their message would fail), by field."""
 
+    @property
+    def counted(self) -> int | None:
+        """The number of recipients, or None when it was not counted: a count not made is never shown as 0, and no
+        change since the last apply is derived from it."""
+        return None if self.unevaluated else self.recipients
+
     def describe(self) -> str:
+        if self.unevaluated:
+            return f"→ recipients not counted: {', '.join(self.unevaluated)}"
         text = f"→ {self.recipients:,} recipient{'s' * (self.recipients != 1)}"
         excluded = [(why, n) for why, n in sorted(self.excluded.items(), key=lambda item: -item[1]) if n]
         if excluded:
             text += "; excluded: " + ", ".join(f"{why} {n:,}" for why, n in excluded)
-        if self.unevaluated:
-            text += f" (not counted: {', '.join(self.unevaluated)})"
         for name, n in sorted(self.missing.items()):
             if n:
                 text += f"; {n:,} {'has' if n == 1 else 'have'} no {name}: their message would fail"
@@ -42,7 +48,7 @@ class AudienceCount:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "recipients": self.recipients,
+            "recipients": self.counted,
             "excluded": dict(self.excluded),
             "not_counted": list(self.unevaluated),
             "missing_fields": dict(self.missing),
@@ -89,7 +95,7 @@ def _audience(desired: DesiredState, campaign: Campaign, observed: ObservedState
     lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
     if segments or exclude_segments:
         counts = observed.audience_counts.get(audience_key(lists, exclude_lists, segments, exclude_segments))
-        if counts is None:  # not counted (no state to count against)
+        if counts is None:  # not counted (a pass without changes, or out of time)
             names = [f"segment {n}" for n in segments] + [f"exclude segment {n}" for n in exclude_segments]
             return AudienceCount(0, {}, tuple(names))
         excluded = {why: n for why, n in counts.items() if why not in ("", "not in segments")}

@@ -43,7 +43,7 @@ def totals(plan: Plan) -> str:
 def _lines(plan: Plan, action: Action) -> list[str]:
     lines = [f"{action.summary}"]
     if action.audience is not None and action.op not in ("remove", "confirm"):
-        lines.append(action.audience.describe() + plan.change(action.subject, action.audience.recipients))
+        lines.append(action.audience.describe() + plan.change(action.subject, action.audience.counted))
     return lines
 
 
@@ -73,7 +73,7 @@ def as_text(plan: Plan) -> str:
         width = max(len(name) for name in unchanged)
         out += ["", "Audiences of unchanged campaigns:"]
         out += [
-            f"  {name.ljust(width)}  {count.describe()}{plan.change(f'Campaign {name}', count.recipients)}"
+            f"  {name.ljust(width)}  {count.describe()}{plan.change(f'Campaign {name}', count.counted)}"
             for name, count in sorted(unchanged.items())
         ]
     if plan.segment_counts:
@@ -111,7 +111,7 @@ def as_markdown(plan: Plan) -> str:
     if plan.audiences or plan.segment_counts:
         out += ["", "<details><summary>Audiences of every campaign, and segment sizes</summary>", ""]
         out += [
-            f"- `{name}` {_cell(count.describe() + plan.change(f'Campaign {name}', count.recipients))}"
+            f"- `{name}` {_cell(count.describe() + plan.change(f'Campaign {name}', count.counted))}"
             for name, count in sorted(plan.audiences.items())
         ]
         out += [

@@ -1,6 +1,7 @@
 """make_plan(desired, observed, *, now): the diff between the files and the state, as actions. Pure.
 
-Rules: a campaign's content is frozen once it has started sending (a change is an error);
+Rules: a campaign's content is frozen once it has started sending (a change is an error; once it was sent, or
+cancelled while sending, it is history and a change is a warning that it is not applied);
 `paused` and `cancelled` always apply; a removed file cancels a campaign that has not started and keeps history;
 a schedule further in the past than the grace period waits for confirmation.
 """
@@ -41,6 +42,7 @@ def make_plan(
     actions: list[Action] = []
     problems: list[Problem] = []
     audiences: dict[str, AudienceCount] = {}
+    not_applied: dict[str, str] = {}
     actions += _lists(desired, observed)
     actions += _fields(desired, observed)
     actions += _workflows(desired, observed, templates)
@@ -51,6 +53,8 @@ def make_plan(
         )
         actions += planner.actions()
         problems += planner.problems
+        if planner.not_applied:
+            not_applied[name] = planner.not_applied
     for name, record in sorted(observed.campaigns.items()):
         if name not in desired.campaigns and record.removed_at is None:
             actions += _removed_campaign(record, problems)
@@ -66,7 +70,15 @@ def make_plan(
         dict(observed.segment_counts),
         dict(observed.last_counts),
         tuple(sorted(set(desired.segments) - set(observed.segment_counts))),
+        not_applied,
     )
+
+
+def history_edits(desired: DesiredState, observed: ObservedState, *, now: datetime) -> list[Problem]:
+    """The warnings about edits to campaigns that are history (sent, or cancelled while sending): what `validate`
+    adds when a state database is at hand, worded as `plan` words them."""
+    plan = make_plan(desired, observed, now=now)
+    return [p for p in plan.problems if p.severity == "warning" and p.kind == "Campaign" and p.name in plan.not_applied]
 
 
 class _CampaignPlan:
@@ -91,6 +103,8 @@ class _CampaignPlan:
         self.content_hash = self.content.digest
         self.stored_audience = stored_audience(desired, campaign)
         self.problems: list[Problem] = []
+        self.not_applied: str | None = None
+        """What the file says that is not applied to a campaign that is history (sent, or cancelled while sending)."""
 
     def problem(self, loc: tuple[str | int, ...], message: str, hint: str = "", *, error: bool = True) -> None:
         line, column = self.source.at(loc)
@@ -181,6 +195,9 @@ class _CampaignPlan:
 
     def _started(self, record: CampaignRecord, changes: tuple[str, ...]) -> list[Action]:
         status = self.campaign.status
+        if record.status in ENDED:
+            self._ended(record, changes)
+            return []
         if changes:
             self.problem(
                 (changes[0],) if changes[0] != "template files" else ("template",),
@@ -188,7 +205,7 @@ class _CampaignPlan:
                 "revert the change, or copy the campaign to a new file with a new name; status: paused or "
                 "cancelled are always allowed",
             )
-        if record.status == "sent" or status == record.status or (status, record.status) == ("scheduled", "sending"):
+        if status == record.status or (status, record.status) == ("scheduled", "sending"):
             return []
         if record.held and status == "scheduled" and not self.confirmed:
             self.problem(
@@ -206,13 +223,6 @@ class _CampaignPlan:
                 "use status: paused to stop it for now, or cancelled to stop it for good",
             )
             return []
-        if record.status == "cancelled":
-            self.problem(
-                ("status",),
-                "this campaign was cancelled while sending; cancelling is final",
-                "copy it to a new campaign to send the rest",
-            )
-            return []
         op: Op = {"paused": "pause", "scheduled": "resume", "cancelled": "cancel"}[status]  # type: ignore[assignment]
         left = record.progress.get("queued", 0) + record.progress.get("deferred", 0)
         summary = {
@@ -221,6 +231,25 @@ class _CampaignPlan:
             "cancel": f"cancel: {left:,} unsent messages are skipped",
         }[op]
         return [Action("Campaign", self.campaign.name, op, summary, (), None, "sending" if op == "resume" else status)]
+
+    def _ended(self, record: CampaignRecord, changes: tuple[str, ...]) -> None:
+        """A campaign that finished sending, or was cancelled while sending, is history: what the files say now is
+        not applied and blocks nothing, and the warning says so (validate, plan, apply and status all show it)."""
+        if self.campaign.status != ("scheduled" if record.status == "sent" else "cancelled"):
+            changes = ("status", *changes)
+        if not changes:
+            return
+        if record.status == "sent":
+            when = f"sent on {record.finished_at or record.started_at}"
+            hint = "what was sent stays as it was: revert the file, or copy it to a new name to send it again"
+        else:
+            when = f"cancelled while sending (started on {record.started_at})"
+            hint = "cancelling is final: revert the file, or copy it to a new name to send the rest"
+        loc = (changes[0],) if changes[0] != "template files" else ("template",)
+        message = f"not applied: {when}; {', '.join(changes)} changed"
+        self.problem(loc, message, hint, error=False)
+        where = self.problems[-1]
+        self.not_applied = f"{where.field}: {message} ({where.path}:{where.line})"
 
     def _late(self, record: CampaignRecord) -> None:
         if record.status == "scheduled" and not record.confirmed_late and record.start_at:

@@ -86,11 +86,14 @@ class Plan:
     """Counts at the last apply, by "Segment name" / "Campaign name"."""
     uncounted_segments: tuple[str, ...] = ()
     """Segments whose size was not counted (time budget)."""
+    not_applied: Mapping[str, str] = field(default_factory=dict)
+    """Campaigns that are history (sent, or cancelled while sending) whose files were edited: what was not applied
+    and where, as `status` shows it."""
 
-    def change(self, subject: str, now: int) -> str:
-        """ " (+12 since the last apply)", or nothing when unknown or unchanged."""
+    def change(self, subject: str, now: int | None) -> str:
+        """ " (+12 since the last apply)", or nothing when unknown (`now` None: not counted) or unchanged."""
         before = self.last_counts.get(subject)
-        if before is None or before == now:
+        if before is None or now is None or before == now:
             return ""
         return f" ({now - before:+,} since the last apply)"
 

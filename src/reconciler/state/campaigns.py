@@ -94,6 +94,8 @@ class CampaignRecord:
     """Paused by dispatch (too many policy rejections): it resumes only with `apply --confirm`."""
     progress: Mapping[str, int] = field(default_factory=dict)
     """Ledger rows by state (queued, sent, ...)."""
+    not_applied: str | None = None
+    """For a campaign that is history: what its file says that was not applied, and where (None: they agree)."""
 
     @property
     def started(self) -> bool:
@@ -127,6 +129,7 @@ def campaign_record(row: Mapping[str, Any], *, progress: Mapping[str, int] | Non
         audience=load_audience(row["audience"]),
         held=bool(row["held"]),
         progress=progress or {},
+        not_applied=row["not_applied"],
     )
 
 
@@ -221,6 +224,20 @@ def clear_stalled(db: Database, *, keep: Iterable[str], at: str) -> None:
         "UPDATE campaigns SET ready = 1, reason = ?, message = 'the files agree with what was applied again', "
         "updated_at = ? WHERE name = ?",
         [(Reason.for_status(status), at, name) for name, status in stalled if name not in kept],
+    )
+
+
+def set_not_applied(db: Database, notes: Mapping[str, str]) -> None:
+    """Remember, for the campaigns that are history, what their files say that was not applied (`notes`, by name);
+    every other campaign's note is cleared. Rows whose note is unchanged are not written."""
+    db.conn.execute(
+        "UPDATE campaigns SET not_applied = NULL WHERE not_applied IS NOT NULL AND name NOT IN "
+        "(SELECT value FROM json_each(?))",
+        (json.dumps(sorted(notes)),),
+    )
+    db.conn.executemany(
+        "UPDATE campaigns SET not_applied = ? WHERE name = ? AND not_applied IS NOT ?",
+        [(note, name, note) for name, note in sorted(notes.items())],
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _sqlite3
 import ctypes
+import logging
 import os
 import sqlite3
 import threading
@@ -20,6 +21,8 @@ from sqlite_utils import Database
 
 from reconciler.errors import ReconcilerError
 from reconciler.state.schema import migrations
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 """How long a write waits for the write lock another process holds before it fails."""
@@ -38,7 +41,8 @@ DEFAULT_CACHE_MB = 64
 POOLED_CACHE_SHARE = 1 / 16
 """Each connection of a pool (the web service's, up to 16: 8 readers and 8 writers) keeps this share: requests
 touch a few rows each."""
-DEFAULT_PATH = ".state/reconciler.db"
+STATE_FOLDER = ".state"
+DEFAULT_PATH = f"{STATE_FOLDER}/reconciler.db"
 
 
 class StateError(ReconcilerError):
@@ -100,6 +104,7 @@ def open_db(
         raise StateError(f"{path}: no state database here yet (run `reconciler apply` or import contacts first)")
     if read_only and path.exists() and not _writable(path):
         return _open_read_only(path)
+    new_folder, new_database = not path.parent.exists(), not path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -113,6 +118,8 @@ def open_db(
             "file or its folder, where SQLite keeps its journal): run this command where it can be written; "
             "status, plan, segments show and contacts export only read and work here"
         )
+    if new_database and (new_folder or path.parent.name == STATE_FOLDER):
+        _keep_out_of_git(path.parent)
     try:
         conn = sqlite3.connect(path, timeout=BUSY_STEP_MS / 1000, isolation_level=None, check_same_thread=False)
         db = Database(conn)
@@ -131,6 +138,18 @@ def open_db(
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: cannot open the state database: {exc}") from exc
     return db
+
+
+def _keep_out_of_git(folder: Path) -> None:
+    """A `.gitignore` of `*` in the state's own folder: the database, its WAL and shared-memory files hold personal
+    data, and a plain `git add -A` in the workspace must not commit them. Only a folder that is the state's own gets
+    one (`.state`, or one made for the database just now), never a folder it shares with other files."""
+    ignore = folder / ".gitignore"
+    try:
+        if not ignore.exists():
+            ignore.write_text("*\n", encoding="utf-8")
+    except OSError as exc:  # the database may still be written (a folder that refuses new files fails just below)
+        log.warning("%s: could not write it (%s); keep %s out of git yourself", ignore, exc.strerror, folder)
 
 
 def _writable(path: Path) -> bool:

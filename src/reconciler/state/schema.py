@@ -456,6 +456,12 @@ def _engagement_country(db: Database) -> None:
     rollups.count_all(db)
 
 
+@migrations(name="0012_campaign_not_applied")
+def _campaign_not_applied(db: Database) -> None:
+    """What the files say about a campaign that is history (sent, or cancelled while sending) and was not applied."""
+    db.conn.execute("ALTER TABLE campaigns ADD COLUMN not_applied TEXT")
+
+
 def _run_script(db: Database, script: str) -> None:
     """Statement by statement: `executescript` would commit the migration's transaction half-way."""
     statement = ""
