@@ -30,11 +30,18 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
     from reconciler.check import validate_workspace
 
     problems: list[Problem] = []
-    for root, only in _workspaces(paths or (ctx.obj["workspace"],)):
+    elsewhere: list[Problem] = []
+    groups = _workspaces(paths or (ctx.obj["workspace"],))
+    for root, only in groups:
         _, found = validate_workspace(root)
-        problems += [p for p in found if only is None or Path(p.path).resolve() in only]
+        for problem in found:
+            (problems if only is None or Path(problem.path).resolve() in only else elsewhere).append(problem)
     problems = sorted(set(problems))
-    print_problems(problems, fmt)
+    partial = any(only is not None for _, only in groups)
+    checked = (
+        (", ".join(str(p) for p in paths) if len(paths) <= 3 else f"the {len(paths)} paths given") if partial else None
+    )
+    print_problems(problems, fmt, checked=checked, elsewhere=sorted(set(elsewhere)))
     ctx.exit(1 if any(p.severity == "error" for p in problems) else 0)
 
 
