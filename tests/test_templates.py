@@ -232,3 +232,11 @@ def test_a_message_loads_a_web_font_only_when_its_layout_asks_for_one() -> None:
     )
     html = TemplateSet(templates(**{"layouts/base": with_font})).compile("news/hello").html
     assert '<link href="https://fonts.googleapis.com/css?family=Lato"' in html
+
+
+def test_lines_stay_true_after_jinja_comments() -> None:
+    layout = "{#- What this layout is for. -#}\n" + LAYOUT.replace(
+        "{% include", "{# a comment\nover two lines #}\n<mj-sectoin></mj-sectoin>\n{% include"
+    )
+    [found] = TemplateSet(templates(**{"layouts/base": layout})).markup_problems("news/hello")
+    assert (found.template, found.line, found.column) == ("layouts/base.mjml", 6, 1)

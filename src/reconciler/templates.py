@@ -48,6 +48,7 @@ from reconciler.template_errors import describe_error as describe_error
 STRUCTURAL_TAGS = frozenset({"extends", "include", "block", "endblock"})
 _JINJA_SYNTAX = re.compile(r"\{%-?\s*(\w+).*?-?%\}|\{\{.*?\}\}", re.S)
 _ENDRAW = re.compile(r"\{%-?\s*endraw\s*-?%\}")
+_COMMENT = re.compile(r"\{#.*?#\}", re.S)
 
 
 class _Loader(BaseLoader):
@@ -68,12 +69,13 @@ class _Loader(BaseLoader):
 def protect(source: str, *, mark: str | None = None) -> str:
     """Wrap every non-structural piece of Jinja in ``{% raw %}`` so phase 1 leaves it for phase 2.
 
-    With `mark` (the file's name), a marker after every structural tag says where the text that follows comes from,
-    so the flattened document can be read against the files the author wrote (`mjml_rules.scan`)."""
+    With `mark` (the file's name), a marker after every structural tag and comment (phase 1 removes a comment, and
+    with it its lines) says where the text that follows comes from, so the flattened document can be read against
+    the files the author wrote (`mjml_rules.scan`)."""
     out: list[str] = [] if mark is None else [marker(mark, source, 0)]
     position = 0
     while (match := _JINJA_SYNTAX.search(source, position)) is not None:
-        out.append(source[position : match.start()])
+        out.append(_text(source, position, match.start(), mark))
         tag = match.group(1)
         end = match.end()
         if tag == "raw":  # a raw block of the author's own stays a raw block after phase 1
@@ -84,8 +86,20 @@ def protect(source: str, *, mark: str | None = None) -> str:
         if mark is not None and tag in STRUCTURAL_TAGS:
             out.append(marker(mark, source, end))
         position = end
-    out.append(source[position:])
+    out.append(_text(source, position, len(source), mark))
     return "".join(out)
+
+
+def _text(source: str, start: int, stop: int, mark: str | None) -> str:
+    """Text between pieces of Jinja, with a marker after each comment when marking."""
+    if mark is None:
+        return source[start:stop]
+    pieces, at = [], start
+    for comment in _COMMENT.finditer(source, start, stop):
+        pieces += [source[at : comment.end()], marker(mark, source, comment.end())]
+        at = comment.end()
+    pieces.append(source[at:stop])
+    return "".join(pieces)
 
 
 _TEXT_ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, cache_size=-1)
