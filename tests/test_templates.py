@@ -240,3 +240,11 @@ def test_lines_stay_true_after_jinja_comments() -> None:
     )
     [found] = TemplateSet(templates(**{"layouts/base": layout})).markup_problems("news/hello")
     assert (found.template, found.line, found.column) == ("layouts/base.mjml", 6, 1)
+
+
+def test_an_unclosed_expression_before_another_is_reported_at_its_own_line() -> None:
+    body = MESSAGE.replace("{% if contact.vip %}", "{{ contact.first_name }\n{% if contact.vip %}")
+    with pytest.raises(TemplateFailure) as failure:
+        TemplateSet(templates(**{"news/hello": body})).compile("news/hello")
+    assert (failure.value.template, failure.value.line) == ("news/hello.mjml", 3)
+    assert failure.value.message.startswith("Jinja syntax: ")
