@@ -248,3 +248,13 @@ def test_an_unclosed_expression_before_another_is_reported_at_its_own_line() -> 
         TemplateSet(templates(**{"news/hello": body})).compile("news/hello")
     assert (failure.value.template, failure.value.line) == ("news/hello.mjml", 3)
     assert failure.value.message.startswith("Jinja syntax: ")
+
+
+def test_an_element_left_open_in_a_block_is_reported_where_it_opens() -> None:
+    body = MESSAGE.replace("</mj-column></mj-section>\n{% endblock %}", "</mj-column>\n{% endblock %}")
+    with pytest.raises(TemplateFailure) as failure:
+        TemplateSet(templates(**{"news/hello": body})).compile("news/hello")
+    assert (failure.value.template, failure.value.line, failure.value.column) == ("news/hello.mjml", 4, 1)
+    assert failure.value.message == (
+        "MJML does not compile: <mj-section> is not closed before </mj-body> (layouts/base.mjml:4)"
+    )

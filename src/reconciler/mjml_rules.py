@@ -157,11 +157,6 @@ def marker(template: str, source: str, position: int) -> str:
     return f"{_MARK_OPEN}{template}{_MARK_SEP}{line}{_MARK_SEP}{column}{_MARK_CLOSE}"
 
 
-def unmark(marked: str) -> str:
-    """The document without its markers: what mjml-python compiles."""
-    return _MARKER.sub("", marked)
-
-
 @dataclass(frozen=True)
 class Finding:
     """One mistake in the MJML of a template, located in the file the author wrote."""
@@ -260,7 +255,7 @@ class _Scan:
             if end is None or end.group(1):
                 self.report(start, f"</{name} is not closed with >", f"write </{name}>", breaks=True)
                 return name_match.end()
-            self.close(name, start, end.end())
+            self.close(name, start)
             return end.end()
         position, attributes = name_match.end(), []
         while (end := _TAG_END.match(self.text, position)) is None:
@@ -300,6 +295,7 @@ class _Scan:
             self.stack.append(_Open(name, start, content))
 
     def check_element(self, name: str, start: int, attributes: list[tuple[str, int]]) -> None:
+        """An MJML element (outside the HTML content of an ending tag): known, and with attributes it takes."""
         if name == "mj-include":
             hint = 'write {% include "partials/NAME.mjml" %}: a partial is a template file'
             self.report(start, "<mj-include> cannot reach files", hint, breaks=True)
@@ -324,17 +320,18 @@ class _Scan:
                 hint = did_you_mean(attribute, known, otherwise=otherwise)
                 self.report(position, f"<{name}> has no attribute {attribute!r}", hint, breaks=False)
 
-    def close(self, name: str, start: int, end: int) -> None:
+    def close(self, name: str, start: int) -> None:
         names = [opened.name.lower() for opened in self.stack]
         if name.lower() not in names:
             hint = f"remove it, or add the <{name}> it closes"
             self.report(start, f"</{name}> closes no open element", hint, breaks=True)
             return
+        template, line, _ = self.doc.locate(start)
         while self.stack and self.stack[-1].name.lower() != name.lower():
             left = self.stack.pop()
-            line = self.doc.locate(start)[1]
+            where = f"line {line}" if self.doc.locate(left.position)[0] == template else f"{template}:{line}"
             hint = f"add </{left.name}> where the element ends"
-            self.report(left.position, f"<{left.name}> is not closed before </{name}> (line {line})", hint, breaks=True)
+            self.report(left.position, f"<{left.name}> is not closed before </{name}> ({where})", hint, breaks=True)
         self.stack.pop()
 
 
