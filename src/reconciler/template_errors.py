@@ -14,9 +14,13 @@ from types import TracebackType
 
 from jinja2 import TemplateNotFound, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
+from jinja2.filters import FILTERS
+from jinja2.tests import TESTS
 
 from reconciler.errors import did_you_mean
 from reconciler.sandbox import RenderLimit
+
+_UNKNOWN_NAME = re.compile(r"No (filter|test) named '([^']+)'")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,12 @@ def describe_error(exc: Exception) -> tuple[str, str]:
         hint = did_you_mean(exc.name, exc.known, otherwise="known: " + ", ".join(exc.known))
         return f"unknown variable or field {exc.name!r}", hint
     if isinstance(exc, TemplateSyntaxError):
+        unknown = _UNKNOWN_NAME.match(exc.message or "")
+        if unknown:  # "No filter named 'defaultt'.": the filter or test meant
+            kind, name = unknown.groups()
+            known = FILTERS if kind == "filter" else TESTS
+            hint = did_you_mean(name, known, otherwise=f"Jinja's {kind}s: {', '.join(sorted(known))}")
+            return f"Jinja syntax: {exc.message}", hint
         return f"Jinja syntax: {exc.message}", "check that every {{ }} and {% %} is closed"
     if isinstance(exc, TemplateNotFound):
         return f"template {exc.name!r} not found", "the path is relative to templates/, with .mjml"
