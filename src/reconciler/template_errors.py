@@ -53,9 +53,9 @@ def describe_error(exc: Exception) -> tuple[str, str]:
         hint = did_you_mean(exc.name, exc.known, otherwise="known: " + ", ".join(exc.known))
         return f"unknown variable or field {exc.name!r}", hint
     if isinstance(exc, TemplateSyntaxError):
-        unknown = _UNKNOWN_NAME.match(exc.message or "")
-        if unknown:  # "No filter named 'defaultt'.": the filter or test meant
-            kind, name = unknown.groups()
+        named = _UNKNOWN_NAME.match(exc.message or "")
+        if named:  # "No filter named 'defaultt'.": the filter or test meant
+            kind, name = named.groups()
             known = FILTERS if kind == "filter" else TESTS
             hint = did_you_mean(name, known, otherwise=f"Jinja's {kind}s: {', '.join(sorted(known))}")
             return f"Jinja syntax: {exc.message}", hint
