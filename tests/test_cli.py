@@ -47,6 +47,30 @@ def test_validating_one_file_shows_only_its_problems(example: Path) -> None:
     assert "campaigns/b.yaml" not in result.stdout
 
 
+def test_a_clean_file_is_not_called_a_valid_workspace_when_other_files_have_errors(example: Path) -> None:
+    (example / "campaigns" / "b.yaml").write_text("kind: Campaign\nname: b\n")
+    result = reconciler("validate", "spec/lists.yaml", cwd=example)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert "The workspace is valid" not in result.stderr
+    assert result.stderr == (
+        "No problems in spec/lists.yaml; the workspace's other files have 3 errors, 0 warnings "
+        "(reconciler validate lists them).\n"
+    )
+    (example / "campaigns" / "b.yaml").unlink()
+    result = reconciler("validate", "spec/lists.yaml", cwd=example)
+    assert result.stderr == "No problems in spec/lists.yaml; the rest of the workspace is valid too.\n"
+
+
+def test_debug_is_accepted_after_the_command_too(write_files: WriteFiles) -> None:
+    root = write_files({"spec/settings.yaml": "kind: Settings\nname: default\n"})
+    before = reconciler("--debug", "validate", cwd=root)
+    after = reconciler("validate", "--debug", cwd=root)
+    assert after.returncode == before.returncode == 1
+    assert "No such option" not in after.stderr
+    assert after.stdout == before.stdout
+
+
 def test_workspace_option_validates_another_folder(example: Path, tmp_path: Path) -> None:
     result = reconciler("-C", str(example), "validate", cwd=REPO / "src")
     assert result.returncode == 0, result.stdout

@@ -120,9 +120,16 @@ def test_a_condition_without_a_known_subject_lists_the_subjects() -> None:
     assert "needs one of: all, any, not, field" in errors(exc)[0][1]
 
 
-def test_limit_needs_an_order() -> None:
-    with pytest.raises(ValidationError, match="limit needs order_by"):
+def test_limit_needs_an_order_and_says_so_at_limit() -> None:
+    with pytest.raises(ValidationError) as exc:
         Segment.model_validate({"kind": "Segment", "name": "s", "limit": 10})
+    assert errors(exc) == [(("limit",), "Value error, needs order_by, or the top N would be arbitrary")]
+
+
+def test_a_broken_order_by_is_not_also_reported_as_missing() -> None:
+    with pytest.raises(ValidationError) as exc:
+        Segment.model_validate({"kind": "Segment", "name": "s", "order_by": {"field": 3}, "limit": 10})
+    assert [loc for loc, _ in errors(exc)] == [("order_by", "field")]
 
 
 def test_workflow_step_tree_of_product_section_2_6() -> None:

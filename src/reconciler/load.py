@@ -369,14 +369,8 @@ def describe_validation_error(error: ErrorDetails, model: type[BaseModel], sibli
                 "write true or false; yes, no, on and off are text",
             )
         return "expected true or false", "write true or false"
-    if kind == "timezone_aware":
-        return (
-            "the date-time has no UTC offset",
-            'add one, e.g. 2026-11-27T09:00:00+01:00, or use {local_time: "09:00", date: 2026-11-27} '
-            "for each contact's own time zone",
-        )
-    if kind.startswith(("datetime_", "date_")):
-        return f"{message} (found {value!r})", "use ISO 8601, e.g. 2026-11-27T09:00:00+01:00 or 2026-11-27"
+    if kind == "timezone_aware" or kind.startswith(("datetime_", "date_")):
+        return _describe_moment(kind, field, value, message)
     if kind == "literal_error" and isinstance(value, str):
         expected = re.findall(r"'([^']*)'", message)
         return f"{value!r} is not one of {', '.join(expected)}", did_you_mean(value, expected)
@@ -392,6 +386,37 @@ def describe_validation_error(error: ErrorDetails, model: type[BaseModel], sibli
         minimum = (error.get("ctx") or {}).get("min_length", 1)
         return f"needs at least {minimum} {'entry' if minimum == 1 else 'entries'}", ""
     return message, ""
+
+
+_SEND_AT_FORMS = (
+    "write now, an ISO 8601 date-time with a UTC offset (2026-11-27T09:00:00+01:00), "
+    'or {local_time: "09:00", date: 2026-11-27} for each contact\'s own time zone'
+)
+
+
+def _describe_moment(kind: str, field: str, value: object, message: str) -> tuple[str, str]:
+    """A date or date-time that is not one, or lacks its UTC offset; send_at's hint names all three forms it takes,
+    and a day alone gets a time added to that very day."""
+    text = str(value)
+    if kind == "timezone_aware":
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return (
+                f"a date alone is no moment to send (found {text})",
+                f'add a time and a UTC offset: {text}T09:00:00+01:00, or write {{local_time: "09:00", date: {text}}} '
+                "for 09:00 in each contact's own time zone",
+            )
+        return (
+            "the date-time has no UTC offset",
+            'add one, e.g. 2026-11-27T09:00:00+01:00, or use {local_time: "09:00", date: 2026-11-27} '
+            "for each contact's own time zone",
+        )
+    detail = message.partition(", ")[2]
+    why = f": {detail}" if "range" in detail else ""  # "day value is outside expected range": a 30 February
+    if field == "send_at":
+        return f"{value!r} is not a moment to send{why}", _SEND_AT_FORMS
+    if kind.startswith("date_"):
+        return f"{value!r} is not a date{why}", "use ISO 8601, e.g. 2026-11-27"
+    return f"{value!r} is not a date-time{why}", "use ISO 8601 with a UTC offset, e.g. 2026-11-27T09:00:00+01:00"
 
 
 def _source_text(value: object) -> str:

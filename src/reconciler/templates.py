@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import cached_property, lru_cache
-from types import TracebackType
 from typing import Any
 
 from jinja2 import (
@@ -33,40 +32,30 @@ from jinja2 import (
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
-    UndefinedError,
+    meta,
 )
 from jinja2.environment import Environment
-from jinja2.exceptions import SecurityError
 
-from reconciler.errors import did_you_mean
-from reconciler.sandbox import BoundedEnvironment, RenderLimit, bounded
+from reconciler.mjml_rules import locate_error, marker, scan
+from reconciler.sandbox import BoundedEnvironment, bounded
 from reconciler.sandbox import render as bounded_render
 from reconciler.spec import TemplateFile
 from reconciler.spec.contact import BUILTIN_FIELDS, Contact
+from reconciler.template_errors import TemplateFailure as TemplateFailure  # re-exported: callers know it from here
+from reconciler.template_errors import UnknownName, failure_of
+from reconciler.template_errors import describe_error as describe_error
 
 STRUCTURAL_TAGS = frozenset({"extends", "include", "block", "endblock"})
 _JINJA_SYNTAX = re.compile(r"\{%-?\s*(\w+).*?-?%\}|\{\{.*?\}\}", re.S)
 _ENDRAW = re.compile(r"\{%-?\s*endraw\s*-?%\}")
-
-
-@dataclass(frozen=True)
-class TemplateFailure(Exception):
-    """A template that does not compile or render, located in the file where the mistake is."""
-
-    template: str
-    """The jinja name (path under templates/) of the file at fault."""
-    line: int
-    message: str
-    hint: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.template}:{self.line}: {self.message}"
+_COMMENT = re.compile(r"\{#.*?#\}", re.S)
 
 
 class _Loader(BaseLoader):
-    """Serves workspace templates by their path under templates/, optionally transformed (phase 1)."""
+    """Serves workspace templates by their path under templates/, optionally transformed (phase 1): the transform
+    gets each file's text and name."""
 
-    def __init__(self, sources: Mapping[str, str], transform: Callable[[str], str] | None = None) -> None:
+    def __init__(self, sources: Mapping[str, str], transform: Callable[[str, str], str] | None = None) -> None:
         self.sources = sources
         self.transform = transform
 
@@ -74,15 +63,19 @@ class _Loader(BaseLoader):
         if template not in self.sources:
             raise TemplateNotFound(template)
         text = self.sources[template]
-        return (self.transform(text) if self.transform else text), template, lambda: True
+        return (self.transform(text, template) if self.transform else text), template, lambda: True
 
 
-def protect(source: str) -> str:
-    """Wrap every non-structural piece of Jinja in ``{% raw %}`` so phase 1 leaves it for phase 2."""
-    out: list[str] = []
+def protect(source: str, *, mark: str | None = None) -> str:
+    """Wrap every non-structural piece of Jinja in ``{% raw %}`` so phase 1 leaves it for phase 2.
+
+    With `mark` (the file's name), a marker after every structural tag and comment (phase 1 removes a comment, and
+    with it its lines) says where the text that follows comes from, so the flattened document can be read against
+    the files the author wrote (`mjml_rules.scan`)."""
+    out: list[str] = [] if mark is None else [marker(mark, source, 0)]
     position = 0
     while (match := _JINJA_SYNTAX.search(source, position)) is not None:
-        out.append(source[position : match.start()])
+        out.append(_text(source, position, match.start(), mark))
         tag = match.group(1)
         end = match.end()
         if tag == "raw":  # a raw block of the author's own stays a raw block after phase 1
@@ -90,9 +83,23 @@ def protect(source: str) -> str:
             end = closing.end() if closing else len(source)
         piece = source[match.start() : end]
         out.append(piece if tag in STRUCTURAL_TAGS else "{% raw %}" + piece + "{% endraw %}")
+        if mark is not None and tag in STRUCTURAL_TAGS:
+            out.append(marker(mark, source, end))
         position = end
-    out.append(source[position:])
+    out.append(_text(source, position, len(source), mark))
     return "".join(out)
+
+
+def _text(source: str, start: int, stop: int, mark: str | None) -> str:
+    """Text between pieces of Jinja, with a marker after each comment when marking."""
+    if mark is None:
+        return source[start:stop]
+    pieces, at = [], start
+    for comment in _COMMENT.finditer(source, start, stop):
+        pieces += [source[at : comment.end()], marker(mark, source, comment.end())]
+        at = comment.end()
+    pieces.append(source[at:stop])
+    return "".join(pieces)
 
 
 _TEXT_ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=False, cache_size=-1)
@@ -115,7 +122,7 @@ def _compile_mjml(flat: str) -> tuple[str, Template]:
     """Phase 2, cached by content: MJML -> HTML, and that HTML as the per-recipient Jinja template."""
     from mjml import mjml2html  # the compiler is loaded by the commands that compile, not by every command
 
-    html = str(mjml2html(flat, disable_comments=True))
+    html = str(mjml2html(flat, disable_comments=True, fonts={}))  # a web font only where a layout has mj-font
     return html, _HTML_ENV.from_string(html)
 
 
@@ -154,12 +161,15 @@ class TemplateSet:
 
     def __init__(self, templates: Mapping[str, TemplateFile]) -> None:
         self.templates = templates
-        sources = {t.jinja_name: t.text for t in templates.values()}
+        sources = self._sources = {t.jinja_name: t.text for t in templates.values()}
         options: dict[str, Any] = {"undefined": StrictUndefined, "auto_reload": False, "cache_size": -1}
         self._direct = BoundedEnvironment(
             loader=_Loader(sources), autoescape=True, keep_trailing_newline=True, **options
         )
-        self._structure = BoundedEnvironment(loader=_Loader(sources, protect), **options)
+        self._structure = BoundedEnvironment(loader=_Loader(sources, lambda text, _: protect(text)), **options)
+        self._located = BoundedEnvironment(
+            loader=_Loader(sources, lambda text, name: protect(text, mark=name)), **options
+        )
         texts = {f"{t.name}.txt": t.text_part for t in templates.values() if t.text_part is not None}
         self._text = BoundedEnvironment(loader=_Loader(texts), autoescape=False, keep_trailing_newline=True, **options)
         self._flat: dict[str, str] = {}
@@ -171,7 +181,7 @@ class TemplateSet:
             try:
                 self._flat[name] = bounded_render(self._structure.get_template(jinja_name), {})
             except TemplateError as exc:
-                raise _failure(exc, jinja_name, structure=True) from None
+                raise failure_of(exc, jinja_name, structure=True) from None
         return self._flat[name]
 
     def compile(self, name: str) -> CompiledTemplate:
@@ -180,12 +190,56 @@ class TemplateSet:
         jinja_name = self.templates[name].jinja_name
         try:
             html, template = _compile_mjml(flat)
-        except TemplateSyntaxError as exc:
-            raise TemplateFailure(jinja_name, exc.lineno or 1, f"Jinja syntax: {exc.message}") from None
+        except TemplateSyntaxError as exc:  # its line is one of the compiled HTML: find the file the author wrote
+            raise self._jinja_failure(jinja_name, exc) from None
         except (ValueError, RuntimeError) as exc:
-            hint = "check that every mj- tag is closed and nested as MJML allows"
-            raise TemplateFailure(jinja_name, 1, f"MJML does not compile: {exc}", hint) from None
+            raise self._mjml_failure(jinja_name, flat, exc) from None
         return CompiledTemplate(name, html, hashlib.sha256(flat.encode()).hexdigest(), template)
+
+    def markup_problems(self, name: str) -> list[TemplateFailure]:
+        """Elements and attributes MJML does not know, each in the file and at the line that has it (mjml-python
+        compiles them into something other than meant, without a word)."""
+        marked = self._marked(self.templates[name].jinja_name)
+        found = scan(marked, template=self.templates[name].jinja_name) if marked is not None else []
+        return [TemplateFailure(f.template, f.line, f.message, f.hint, f.column) for f in found if not f.breaks_compile]
+
+    def _mjml_failure(self, jinja_name: str, flat: str, exc: Exception) -> TemplateFailure:
+        """mjml-python names no line: the first element at fault, else the position it names, in its own file."""
+        hint = "check that every mj- tag is closed and nested as MJML allows"
+        marked = self._marked(jinja_name)
+        if marked is not None:
+            found = [f for f in scan(marked, template=jinja_name, blank_jinja=False) if f.breaks_compile]
+            if found:
+                f = found[0]
+                return TemplateFailure(f.template, f.line, f"MJML does not compile: {f.message}", f.hint, f.column)
+            if at := locate_error(marked, flat, str(exc), template=jinja_name):
+                return TemplateFailure(at[0], at[1], f"MJML does not compile: {at[3]}", hint, at[2])
+        return TemplateFailure(jinja_name, 1, f"MJML does not compile: {exc}", hint)
+
+    def _marked(self, jinja_name: str) -> str | None:
+        """The flattened document with markers of where each piece comes from (`mjml_rules.marker`)."""
+        try:
+            return bounded_render(self._located.get_template(jinja_name), {})
+        except Exception:  # the structure itself is broken: flatten() reports that, with its own line
+            return None
+
+    def _jinja_failure(self, jinja_name: str, compiled: TemplateSyntaxError) -> TemplateFailure:
+        """The Jinja mistake the compiled HTML showed, in the template, layout or partial that holds it: each file
+        the template reaches through extends and include is compiled on its own, so its error has its own line."""
+        seen: set[str] = set()
+        queue = [jinja_name]
+        while queue:
+            name = queue.pop(0)
+            if name in seen or name not in self._sources:
+                continue
+            seen.add(name)
+            try:
+                self._direct.get_template(name)
+            except TemplateSyntaxError as exc:
+                return failure_of(exc, name)
+            queue += [n for n in meta.find_referenced_templates(self._direct.parse(self._sources[name])) if n]
+        message, hint = describe_error(compiled)
+        return TemplateFailure(jinja_name, 1, f"{message} (in the HTML MJML made of it)", hint)
 
     def render_text_part(self, name: str, context: Mapping[str, Any]) -> str | None:
         """The hand-written text/plain part (templates/<name>.txt), if the template has one."""
@@ -194,7 +248,7 @@ class TemplateSet:
         try:
             return bounded_render(self._text.get_template(f"{name}.txt"), context)
         except (TemplateError, UnknownName) as exc:
-            raise _failure(exc, f"{name}.txt") from None
+            raise failure_of(exc, f"{name}.txt") from None
 
     def render_source(self, name: str, context: Mapping[str, Any]) -> str:
         """Render the template's MJML source directly, so a mistake is reported with its own file and line."""
@@ -202,16 +256,7 @@ class TemplateSet:
         try:
             return bounded_render(self._direct.get_template(jinja_name), context)
         except (TemplateError, UnknownName) as exc:
-            raise _failure(exc, jinja_name) from None
-
-
-class UnknownName(Exception):  # not a LookupError: Jinja would turn that into a silent "undefined"
-    """A template asked a mapping such as `contact` for a name it can never have."""
-
-    def __init__(self, name: str, known: Iterable[str]) -> None:
-        super().__init__(name)
-        self.name = name
-        self.known = sorted(known)
+            raise failure_of(exc, jinja_name) from None
 
 
 class StrictFields(dict[str, Any]):
@@ -230,58 +275,6 @@ class StrictFields(dict[str, Any]):
         if key not in self.allowed:
             raise UnknownName(key, self.allowed)
         return super().__getitem__(key)
-
-
-def describe_error(exc: Exception) -> tuple[str, str]:
-    """A Jinja error as a sentence a template author can act on, and a hint."""
-    if isinstance(exc, UnknownName):
-        hint = did_you_mean(exc.name, exc.known, otherwise="known: " + ", ".join(exc.known))
-        return f"unknown variable or field {exc.name!r}", hint
-    if isinstance(exc, TemplateSyntaxError):
-        return f"Jinja syntax: {exc.message}", "check that every {{ }} and {% %} is closed"
-    if isinstance(exc, TemplateNotFound):
-        return f"template {exc.name!r} not found", "the path is relative to templates/, with .mjml"
-    message = str(getattr(exc, "message", None) or exc)
-    if isinstance(exc, UndefinedError):
-        names = re.findall(r"'([^']+)'", message)
-        unknown = names[-1] if names else message
-        return f"unknown variable or field {unknown!r}", (
-            "check the spelling; contact fields are contact.<name> for built-in and declared Fields; "
-            "use | default('...') for data a contact may lack"
-        )
-    if isinstance(exc, RenderLimit):
-        return message, "templates render within bounds of size and time: docs/spec-language.md lists them"
-    if isinstance(exc, SecurityError):
-        return f"not allowed in a template: {message}", "templates run in a sandbox"
-    return message, ""
-
-
-def _failure(exc: Exception, jinja_name: str, *, structure: bool = False) -> TemplateFailure:
-    if isinstance(exc, TemplateSyntaxError):
-        template, line = exc.name or jinja_name, exc.lineno or 1
-    else:
-        template, line = _innermost_template_frame(exc.__traceback__, jinja_name)
-    if structure and isinstance(exc, UndefinedError):
-        # In the structure pass only extends/include/block run: a variable there is a computed template name.
-        return TemplateFailure(
-            template,
-            line,
-            "extends and include need a literal template name",
-            'write {% include "partials/footer.mjml" %}',
-        )
-    message, hint = describe_error(exc)
-    return TemplateFailure(template, line, message, hint)
-
-
-def _innermost_template_frame(tb: TracebackType | None, fallback: str) -> tuple[str, int]:
-    """Jinja rewrites tracebacks so template frames carry the template's name and line: take the last one."""
-    found = (fallback, 1)
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if filename.endswith((".mjml", ".txt")):
-            found = (filename, tb.tb_lineno)
-        tb = tb.tb_next
-    return found
 
 
 SAMPLE_VALUES: dict[str, Any] = {

@@ -125,7 +125,8 @@ def links_and_text(page: str) -> tuple[list[str], str]:
 
 
 def check_templates(c: Checker) -> None:
-    """Render every used template with sample data once, and every subject per use; then check compliance."""
+    """Render every used template with sample data once, check its MJML elements and attributes, and render every
+    subject per use; then check compliance."""
     desired = c.desired
     templates = TemplateSet(desired.templates)
     reported: set[tuple[str, int, str]] = set()
@@ -143,7 +144,7 @@ def check_templates(c: Checker) -> None:
         if failure.template.endswith(".txt"):
             path = os.path.splitext(path)[0] + ".txt"
         hint = failure.hint or f"used by {use.kind} {use.name}"
-        c.problems.append(Problem(path, failure.line, 1, "Template", name, "", failure.message, hint))
+        c.problems.append(Problem(path, failure.line, failure.column, "Template", name, "", failure.message, hint))
 
     for use in uses(desired):
         if use.template not in messages:
@@ -157,6 +158,8 @@ def check_templates(c: Checker) -> None:
                 c.report(use.kind, use.name, (*use.loc[:-1], key), f"the {key} does not render: {message}", hint)
         if use.template not in rendered:
             rendered[use.template] = _render_sample(templates, use, context, template_problem)
+            for failure in templates.markup_problems(use.template):  # what MJML would compile into something else
+                template_problem(use, failure)
         parts = rendered[use.template]
         if parts is not None and use.marketing and use.template not in compliant:
             compliant.add(use.template)

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler import geoip
-from reconciler.check.checker import DATE_TYPES, ORDERED_TYPES, Checker
+from reconciler.check.checker import DATE_TYPES, ORDERED_TYPES, Checker, a
 from reconciler.errors import Loc
 from reconciler.spec import BUILTIN_FIELDS, Campaign, DesiredState, Segment, Workflow
 from reconciler.spec.conditions import (
@@ -142,18 +142,18 @@ def _check_operator(c: Checker, kind: str, name: str, loc: Loc, node: FieldCondi
     op, operand = node.operator, node.operand
     wrong = None
     if op in ("gt", "gte", "lt", "lte") and field_type not in ORDERED_TYPES:
-        wrong = f"{op} compares numbers and dates, but {node.field} is a {field_type} field"
+        wrong = f"{op} compares numbers and dates, but {node.field} is {a(field_type)} field"
     elif op in ("before", "after", "within") and field_type not in DATE_TYPES:
-        wrong = f"{op} works on date fields, but {node.field} is a {field_type} field"
+        wrong = f"{op} works on date fields, but {node.field} is {a(field_type)} field"
     elif op == "starts_with" and field_type != "string":
-        wrong = f"starts_with works on text, but {node.field} is a {field_type} field"
+        wrong = f"starts_with works on text, but {node.field} is {a(field_type)} field"
     elif op == "contains" and field_type not in ("string", "list"):
-        wrong = f"contains works on text and lists, but {node.field} is a {field_type} field"
+        wrong = f"contains works on text and lists, but {node.field} is {a(field_type)} field"
     elif op in ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in"):
         values = operand if isinstance(operand, list) else [operand]
         bad = next((v for v in values if not fits_type(v, field_type)), None)
         if bad is not None:
-            wrong = f"{bad!r} is not a {field_type} value, and {node.field} is a {field_type} field"
+            wrong = f"{bad!r} is not {a(field_type)} value, and {node.field} is {a(field_type)} field"
     if wrong:
         c.report(kind, name, (*loc, op), wrong, "compare like with like; see the Field's type")
 

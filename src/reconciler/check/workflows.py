@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from reconciler.check.checker import DATE_TYPES, Checker
+from reconciler.check.checker import DATE_TYPES, Checker, a
 from reconciler.check.references import check_condition, field_types, fits_type, message_templates
 from reconciler.spec import DesiredState, Workflow
 from reconciler.spec.journey import WorkflowTest
@@ -111,8 +111,8 @@ def _check_steps(c: Checker, workflow: Workflow) -> None:
             if c.reference(kind, name, (*loc, "set_field", "field"), "field", assignment.field, desired.fields):
                 field_type = desired.fields[assignment.field].type
                 if assignment.value is not None and not fits_type(assignment.value, field_type):
-                    message = f"{assignment.value!r} is not a {field_type} value"
-                    hint = f"{assignment.field} is a {field_type} field"
+                    message = f"{assignment.value!r} is not {a(field_type)} value"
+                    hint = f"{assignment.field} is {a(field_type)} field"
                     c.report(kind, name, (*loc, "set_field", "value"), message, hint)
         if isinstance(step, SendStep) and step.id:
             earlier_sends[step.id] = len(earlier_sends)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
 
 class Group(click.Group):
     """Turns our errors into messages and exit codes, and anything unexpected into a short bug report."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """`--debug` is a global option, but is written after the command as often as before it (`reconciler
+        validate --debug`): it is moved to the front, wherever it stands before a `--`."""
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -72,7 +81,7 @@ class Group(click.Group):
     default=None,
     help="The state database (default: $RECONCILER_STATE, else .state/reconciler.db in the workspace).",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs (also accepted after the command).")
 @click.version_option(__version__, prog_name="reconciler")
 @click.pass_context
 def main(ctx: click.Context, workspace: Path, state: Path | None, debug: bool) -> None:
@@ -145,7 +154,19 @@ def checked(root: Path) -> DesiredState:
     return desired
 
 
-def print_problems(problems: list[Problem], fmt: str) -> None:
+def count_problems(problems: Sequence[Problem]) -> str:
+    """ "2 errors, 1 warning"."""
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+
+
+def print_problems(
+    problems: list[Problem], fmt: str, *, checked: str | None = None, elsewhere: Sequence[Problem] = ()
+) -> None:
+    """Problems as `validate` prints them, with a summary on stderr. `checked` names the files asked about when
+    not the whole workspace; `elsewhere` are the problems of its other files, counted so that a clean file is
+    never mistaken for a clean workspace."""
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
     if fmt == "json":
@@ -159,11 +180,19 @@ def print_problems(problems: list[Problem], fmt: str) -> None:
         return
     for problem in problems:
         click.echo(problem.github() if fmt == "github" else problem.format())
-    summary = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    summary = count_problems(problems)
+    if checked is not None:
+        summary = f"{summary} in {checked}" if problems else f"No problems in {checked}"
+        others = count_problems(elsewhere)
+        summary += (
+            f"; the workspace's other files have {others} (reconciler validate lists them)"
+            if elsewhere
+            else "; the rest of the workspace is valid too"
+        )
     if fmt == "github":
         click.echo(f"reconciler validate: {summary}", err=True)
-    elif problems:
-        click.echo(summary, err=True)
+    elif problems or checked is not None:
+        click.echo(summary + ("." if checked is not None and not problems else ""), err=True)
     else:
         click.echo("The workspace is valid.", err=True)
 

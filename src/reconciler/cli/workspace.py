@@ -47,14 +47,21 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
     from reconciler.load import tracked_state
 
     problems: list[Problem] = []
-    for root, only in _workspaces(paths or (ctx.obj["workspace"],)):
+    elsewhere: list[Problem] = []
+    groups = _workspaces(paths or (ctx.obj["workspace"],))
+    for root, only in groups:
         desired, found = validate_workspace(root)
         if not any(p.severity == "error" for p in found):
             found += _history_edits(ctx, root, desired)
         found += tracked_state(root, state_file(ctx, root))
-        problems += [p for p in found if only is None or Path(p.path).resolve() in only]
+        for problem in found:
+            (problems if only is None or Path(problem.path).resolve() in only else elsewhere).append(problem)
     problems = sorted(set(problems))
-    print_problems(problems, fmt)
+    partial = any(only is not None for _, only in groups)
+    checked = (
+        (", ".join(str(p) for p in paths) if len(paths) <= 3 else f"the {len(paths)} paths given") if partial else None
+    )
+    print_problems(problems, fmt, checked=checked, elsewhere=sorted(set(elsewhere)))
     ctx.exit(1 if any(p.severity == "error" for p in problems) else 0)
 
 

@@ -17,7 +17,9 @@ from pydantic import (
     PositiveInt,
     StrictBool,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -299,11 +301,14 @@ class Segment(Document):
     limit: PositiveInt | None = None
     """Keep only the first N members by `order_by` ("top 100 customers")."""
 
-    @model_validator(mode="after")
-    def _limit_needs_order(self) -> Segment:
-        if self.limit is not None and self.order_by is None:
-            raise ValueError("limit needs order_by, or the top N would be arbitrary")
-        return self
+    @field_validator("limit")
+    @classmethod
+    def _limit_needs_order(cls, limit: int | None, info: ValidationInfo) -> int | None:
+        """Reported at `limit` itself; an order_by with errors of its own is missing from `info.data` and says
+        nothing more here."""
+        if limit is not None and "order_by" in info.data and info.data["order_by"] is None:
+            raise ValueError("needs order_by, or the top N would be arbitrary")
+        return limit
 
 
 # --- Campaigns --------------------------------------------------------------------------------------

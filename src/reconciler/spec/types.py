@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 from datetime import time, timedelta
 from email.utils import parseaddr
+from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +30,8 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import core_schema
+
+from reconciler.errors import did_you_mean
 
 
 class Model(BaseModel):
@@ -190,13 +193,17 @@ ClockTime = Annotated[
 """A time of day, 24-hour ``HH:MM``."""
 
 
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def _timezone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"{value!r} is not a known time zone (use an IANA name such as Europe/Warsaw or UTC)"
-        ) from None
+        hint = did_you_mean(value, _zone_names(), otherwise="use an IANA name such as Europe/Warsaw or UTC")
+        raise ValueError(f"{value!r} is not a known time zone ({hint})") from None
     return value
 
 
