@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench catalogs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("reconciler needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -43,6 +43,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	bench/install-tools.sh
 	$(BIN)/python bench/run.py
+
+## catalogs: extract the subscriber pages' text, merge it into each language's catalog and compile them (.po -> .mo)
+I18N := src/reconciler/i18n
+catalogs: $(STAMP)
+	cd src/reconciler && ../../$(BIN)/pybabel -q extract -F i18n/babel.cfg --no-location --omit-header --sort-output -o ../../.state/reconciler.pot .
+	$(BIN)/pybabel -q update -i .state/reconciler.pot -d $(I18N)/locales -D reconciler -w 120 --ignore-obsolete --ignore-pot-creation-date
+	$(BIN)/pybabel -q compile -d $(I18N)/locales -D reconciler --statistics
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .pytest_cache .ruff_cache .hypothesis

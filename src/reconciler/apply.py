@@ -14,11 +14,12 @@ from sqlite_utils import Database
 from reconciler.audience import audience_queries, missing_queries
 from reconciler.clock import iso
 from reconciler.field_reads import campaign_reads
+from reconciler.pages import stored_pages
 from reconciler.plan import Action, Plan, make_plan
 from reconciler.segments import segment_queries
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import CustomField, MailingList
-from reconciler.state import ObservedState, campaigns, observe, records, settings, workflows
+from reconciler.state import ObservedState, campaigns, observe, pages, records, settings, workflows
 from reconciler.state.conditions import Reason
 from reconciler.state.db import StaleState, audit, claim_serial, write
 from reconciler.state.observe import with_counts
@@ -42,6 +43,7 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
             claim_serial(db, plan.serial)
         assert desired.settings is not None, "only checked workspaces are applied"
         settings.save(db, desired.settings)
+        pages.save(db, stored_pages(desired))
         for action in plan.actions:
             _apply_action(db, action, plan=plan, at=at)
             audit(

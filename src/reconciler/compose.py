@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 from sqlite_utils import Database
 
 from reconciler.errors import ReconcilerError, UsageError, did_you_mean
+from reconciler.i18n import choose_language
 from reconciler.mime import (
     DkimKey,
     HeaderValueError,
@@ -34,6 +35,7 @@ from reconciler.mime import (
     mailbox,
     qp,
 )
+from reconciler.pages import confirmation_part
 from reconciler.plan.content import campaign_content, step_content
 from reconciler.spec import DesiredState
 from reconciler.spec.contact import Contact
@@ -43,6 +45,7 @@ from reconciler.state import keys, ledger, records
 from reconciler.state import settings as runtime_settings
 from reconciler.state.content import MessageContent
 from reconciler.state.ledger import CONFIRMATION_SOURCE, DueRow, Source
+from reconciler.state.pages import StoredPages
 from reconciler.state.settings import RuntimeSettings
 from reconciler.templates import (
     MessageTemplate,
@@ -59,30 +62,23 @@ RENDER_BATCH = 50
 RENDER_POOL_MIN = 1000
 """Due messages from which a render process pays for its start (~0.5 s)."""
 
-CONFIRMATION_SUBJECT = "Please confirm your subscription to {{ list.title }}"
-CONFIRMATION_MJML = """<mjml><mj-head><mj-attributes><mj-all font-family="Helvetica, Arial, sans-serif" />
-</mj-attributes></mj-head><mj-body><mj-section><mj-column>
-<mj-text font-size="20px">Please confirm your subscription</mj-text>
-<mj-text>You, or someone using your address, asked to receive {{ list.title }} from {{ organization.name }}.
-To confirm, open the link below and press the button. If it was not you, ignore this email: nothing happens.</mj-text>
-<mj-button href="{{ confirm_url }}">Confirm my subscription</mj-button>
-<mj-text font-size="12px">{{ organization.name }} · {{ organization.postal_address }}</mj-text>
-</mj-column></mj-section></mj-body></mjml>"""
-"""The confirmation email of double opt-in lists: no advertising (mailbox providers and the law both ask that a
-confirmation request sells nothing), one button."""
-
 
 class CannotPrepare(ReconcilerError):
     """A message definition cannot be prepared (a DKIM key missing from the environment, a template that no longer
     compiles): its messages wait, untouched, and the reason is logged."""
 
 
-def confirmation_content(runtime: RuntimeSettings) -> MessageContent:
-    """The double opt-in confirmation as a message definition, sent through the ledger like everything else."""
+def confirmation_content(runtime: RuntimeSettings, stored: StoredPages) -> MessageContent:
+    """The double opt-in confirmation as a message definition, sent through the ledger like everything else: the
+    workspace's own (templates/pages/confirmation.mjml, as last applied) or the built-in one, which speaks each
+    recipient's language."""
     settings = runtime.settings
+    part = confirmation_part(stored)
     return MessageContent(
-        subject=CONFIRMATION_SUBJECT,
-        mjml=CONFIRMATION_MJML,
+        subject=part.subject,
+        mjml=part.mjml,
+        text_part=part.text_part,
+        template=part.template,
         sender=runtime.default_sender,
         transport=settings.defaults.transport,
         tracking=Tracking(opens=False, clicks=False),
@@ -120,6 +116,8 @@ class Definition:
     kind: Literal["campaign", "workflow"] = "campaign"
     bulk: bool = True
     """Precedence: bulk (campaigns and marketing workflows)."""
+    list_language: str | None = None
+    """The first list's language: a confirmation speaks it to a contact without a locale we have a catalog for."""
 
 
 def dkim_key(config: SmtpTransport | OutboxTransport | None) -> DkimKey | None:
@@ -153,6 +151,7 @@ def definition_for(db: Database, source: Source, *, runtime: RuntimeSettings, dk
         dkim=dkim_key(runtime.transport(source.content.transport)) if dkim else None,
         kind=source.kind,
         bulk=source.kind == "campaign" or not (source.transactional or source.name == CONFIRMATION_SOURCE),
+        list_language=lists[first].language if first in lists else None,
     )
 
 
@@ -210,6 +209,7 @@ class Composer:
         }
         if self.confirms:
             context["confirm_url"] = f"{base}/confirm/{sign('confirm', row_id)}"
+            context |= choose_language([contact.locale, self.definition.list_language]).functions()
         click = None
         if self.template.tracks_clicks:
 

@@ -112,7 +112,7 @@ def record_invalid(db: Database, revision: str, problems: list[Problem], *, now:
 
 
 def _relevant(change: Change, path: str) -> bool:
-    return path.endswith((".yaml", ".yml", ".mjml", ".txt"))
+    return path.endswith((".yaml", ".yml", ".mjml", ".txt", ".html"))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from reconciler.holds import Holds
 from reconciler.send import Pending, Progress, SendRun, SourceSender
 from reconciler.spec.documents import OutboxTransport, SmtpTransport
 from reconciler.start import start_stages
-from reconciler.state import campaigns, dispatchers, keys, ledger, records, settings, workflows
+from reconciler.state import campaigns, dispatchers, keys, ledger, pages, records, settings, workflows
 from reconciler.state.db import keep_cache
 from reconciler.state.ledger import CONFIRMATION_SOURCE, Source
 from reconciler.state.settings import RuntimeSettings
@@ -260,7 +260,7 @@ class Dispatcher:
     def confirmations(self, now: datetime, runtime: RuntimeSettings) -> list[Source]:
         """Double opt-in confirmation emails (no advertising), sent through the ledger like everything else."""
         lists = records.lists(self.db)
-        content = confirmation_content(runtime)
+        content = confirmation_content(runtime, pages.load(self.db))
         return [
             Source("workflow", CONFIRMATION_SOURCE, stage, content, (stage.split(":", 1)[0],), due, requires="pending")
             for stage, due in ledger.due_confirmations(self.db, now=iso(now))

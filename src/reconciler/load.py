@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from reconciler.errors import Problem, UsageError, closest, did_you_mean, field_path
-from reconciler.spec import KINDS, DesiredState, Source, TemplateFile
+from reconciler.spec import KINDS, DesiredState, PageFile, Source, TemplateFile
 from reconciler.spec.types import Model
 from reconciler.yamlnodes import Document, parse_documents
 
@@ -89,6 +89,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
             _load_document(document, shown, documents, sources, problems, invalid)
 
     templates = _load_templates(root, problems, digest)
+    pages = _load_pages(root, problems, digest)
     settings_found = list(documents["Settings"].values())
     return (
         DesiredState(
@@ -104,6 +105,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
             revision=digest.hexdigest()[:12],
             invalid=frozenset(invalid),
             workflow_tests=documents["WorkflowTest"],
+            pages=pages,
         ),
         problems,
     )
@@ -173,6 +175,18 @@ def _load_templates(root: Path, problems: list[Problem], digest: Any) -> dict[st
         digest.update(name.encode() + b"\0" + text.encode() + b"\0" + (text_part or "").encode())
         templates[name] = TemplateFile(name=name, path=shown, text=text, text_part=text_part)
     return templates
+
+
+def _load_pages(root: Path, problems: list[Problem], digest: Any) -> dict[str, PageFile]:
+    """The workspace's own subscriber pages: templates/pages/*.html (a change to one is a new revision)."""
+    pages: dict[str, PageFile] = {}
+    for file in _files(root, ("templates/pages",), (".html",), problems):
+        shown = display_path(file)
+        text = _read(file, shown, problems)
+        name = file.relative_to(root / "templates" / "pages").as_posix()
+        digest.update(b"pages/" + name.encode() + b"\0" + text.encode())
+        pages[name] = PageFile(name=name, path=shown, text=text)
+    return pages
 
 
 def _load_document(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from reconciler.check.checker import Checker
 from reconciler.check.messages import check_field_reads, check_templates, sample_context, uses
+from reconciler.check.pages import check_confirmation, check_languages, check_pages
 from reconciler.check.references import (
     check_campaign,
     check_fields,
@@ -69,4 +70,7 @@ def check(desired: DesiredState) -> list[Problem]:
         check_workflow_test(checker, test)
     check_templates(checker)
     check_field_reads(checker)
+    check_pages(checker)
+    check_confirmation(checker)
+    check_languages(checker)
     return checker.problems

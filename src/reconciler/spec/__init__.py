@@ -9,7 +9,7 @@ from reconciler.spec.documents import (
     Settings,
 )
 from reconciler.spec.workflow import Workflow
-from reconciler.spec.workspace import KINDS, DesiredState, Source, TemplateFile
+from reconciler.spec.workspace import KINDS, DesiredState, PageFile, Source, TemplateFile
 
 __all__ = [
     "BUILTIN_FIELDS",
@@ -19,6 +19,7 @@ __all__ = [
     "CustomField",
     "DesiredState",
     "MailingList",
+    "PageFile",
     "Segment",
     "Settings",
     "Source",

@@ -29,6 +29,7 @@ from reconciler.spec.types import (
     Duration,
     EnvName,
     Identifier,
+    Language,
     MailAddress,
     Model,
     Slug,
@@ -257,6 +258,9 @@ class MailingList(Document):
     """double sends a confirmation email before the first send."""
     category: Literal["marketing", "transactional"] = "marketing"
     """transactional mail (receipts) is not stopped by a marketing unsubscribe."""
+    language: Language | None = None
+    """The language its subscribers read (de, pl, pt-BR): the unsubscribe and preference pages and the double opt-in
+    email speak it to contacts without a locale of their own. Unset: English."""
 
 
 FieldType = Literal["string", "number", "integer", "boolean", "date", "datetime", "list"]

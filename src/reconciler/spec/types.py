@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from reconciler.errors import did_you_mean
+from reconciler.i18n import locale_suggestions, parse_locale
 
 
 class Model(BaseModel):
@@ -268,3 +269,20 @@ PropertyName = Annotated[str, Field(min_length=1), AfterValidator(_property_name
 
 Scalar = StrictBool | int | float | str
 """A literal value in a condition: text, a number, true/false, or an ISO date written as text."""
+
+
+def _language(value: str) -> str:
+    if parse_locale(value) is None:
+        known = locale_suggestions(value)
+        guess = f"did you mean {known[value]!r}?" if value in known else did_you_mean(value, known)
+        raise ValueError(
+            f"{value!r} is not a language babel knows ({guess + ' ' if guess else ''}write a code such as en, de, "
+            "pl or pt-BR)"
+        )
+    return value
+
+
+Language = Annotated[
+    str, AfterValidator(_language), WithJsonSchema({"type": "string", "examples": ["en", "de", "pl", "pt-BR"]})
+]
+"""A language, as a BCP 47 code babel knows: de, pl, pt-BR."""

@@ -64,6 +64,17 @@ class TemplateFile:
 
 
 @dataclass(frozen=True)
+class PageFile:
+    """A workspace's own subscriber page: templates/pages/<name>, Jinja HTML replacing the built-in page."""
+
+    name: str
+    """The page's file name under templates/pages/ (preferences.html)."""
+    path: str
+    """The file's path as shown in errors."""
+    text: str
+
+
+@dataclass(frozen=True)
 class DesiredState:
     """The workspace's documents by kind and name, its templates, and the revision they came from."""
 
@@ -81,6 +92,8 @@ class DesiredState:
     workflow_tests: Mapping[str, WorkflowTest] = field(default_factory=dict)
     """Tests of workflows' logic on simulated time (`reconciler test`); they change nothing in the state."""
     """(kind, name) of documents that failed to parse: already reported, so references to them are not."""
+    pages: Mapping[str, PageFile] = field(default_factory=dict)
+    """The workspace's own subscriber pages (templates/pages/*.html) by file name."""
 
     @property
     def timezone(self) -> str:

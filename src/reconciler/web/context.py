@@ -19,8 +19,9 @@ from starlette.requests import Request
 from reconciler import geoip
 from reconciler.clock import Clock, iso
 from reconciler.health import Health
+from reconciler.pages import PageSet, page_set
 from reconciler.spec.documents import MailingList
-from reconciler.state import keys, records
+from reconciler.state import keys, pages, records
 from reconciler.state import settings as runtime_settings
 from reconciler.state.db import ConnectionPool
 from reconciler.state.settings import RuntimeSettings
@@ -99,6 +100,8 @@ class Site:
     lists: dict[str, MailingList]
     """Every list as last applied (removed ones too: a message sent for one can still be unsubscribed from)."""
     read_at: float
+    pages: PageSet
+    """The page templates: the workspace's own (as last applied) over the built-in ones."""
 
 
 @dataclass
@@ -169,7 +172,8 @@ def _read_site(db: Database) -> Site:
     settings = runtime.settings
     token = os.environ.get(settings.api.token_env)
     signer = keys.signer_for(db, settings.signing_key_env)
-    return Site(runtime, signer, token, records.lists(db), time.monotonic())
+    overrides = page_set(tuple(sorted(pages.load(db).pages.items())))
+    return Site(runtime, signer, token, records.lists(db), time.monotonic(), overrides)
 
 
 def context(request: Request) -> WebContext:

@@ -12,28 +12,24 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlite_utils import Database
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from reconciler.compose import view_online
+from reconciler.i18n import N_, Language, accept_language, choose_language
 from reconciler.rows import normalise_email
 from reconciler.spec.contact import FREQUENCIES
 from reconciler.spec.documents import MailingList
+from reconciler.state import pages as page_facts
 from reconciler.state import subscribers
 from reconciler.state.ledger import CONFIRMATION_SOURCE
 from reconciler.state.subscribers import MessageTarget
-from reconciler.web.context import context, ip
+from reconciler.web.context import Site, context, ip
 from reconciler.web.security import csrf_token, csrf_valid
 
 log = logging.getLogger(__name__)
-PAGES = Environment(loader=PackageLoader("reconciler.web", "templates"), autoescape=select_autoescape(["html"]))
-FREQUENCY_LABELS = [
-    ("", "Every email on the topics I chose"),
-    ("weekly", "At most one email a week"),
-    ("monthly", "At most one email a month"),
-]
+FOREIGN_FORM = N_("Forms are accepted from this site only.")
 VIEW_POLICY = (
     "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline' https:; font-src https:; "
     "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -41,20 +37,35 @@ VIEW_POLICY = (
 """View online: the newsletter's own images and fonts load from the web; nothing may run or frame it."""
 
 
-async def page(request: Request, name: str, *, status: int = 200, **values: Any) -> HTMLResponse:
-    organization = (await context(request).site()).runtime.settings.organization
-    html = PAGES.get_template(name).render(organization=organization.model_dump(), **values)
-    return HTMLResponse(html, status_code=status)
+def speaks(request: Request, site: Site, *, locale: str | None = None, lists: tuple[str, ...] = ()) -> Language:
+    """The language of a page: the contact's locale, else the language of the lists it is about, else what the
+    browser asks for, else English (each only where we have a catalog for it)."""
+    languages = [site.lists[n].language for n in lists if n in site.lists]
+    return choose_language([locale, *languages, *accept_language(request.headers.get("accept-language"))])
+
+
+async def page(request: Request, name: str, language: Language, *, status: int = 200, **values: Any) -> HTMLResponse:
+    site = await context(request).site()
+    organization = site.runtime.settings.organization.model_dump()
+    html = site.pages.render_or_builtin(name, language, organization=organization, **values)
+    return HTMLResponse(html, status_code=status, headers={"content-language": language.tag})
+
+
+def refuse(request: Request, site: Site, message: str, status: int, **headers: str) -> Response:
+    """A short plain answer to a form, in the browser's language."""
+    text = speaks(request, site).gettext(message)
+    return PlainTextResponse(text + "\n", status, headers=headers)
 
 
 async def invalid(request: Request) -> HTMLResponse:
-    """The one answer to every token that does not verify, whatever was wrong with it."""
-    return await page(request, "invalid.html", status=404)
+    """The one answer to every token that does not verify, whatever was wrong with it (in the browser's language:
+    nothing about the token decides it)."""
+    return await page(request, "invalid.html", speaks(request, await context(request).site()), status=404)
 
 
-def list_titles(lists: Mapping[str, MailingList], names: tuple[str, ...]) -> str:
+def list_titles(lists: Mapping[str, MailingList], names: tuple[str, ...], language: Language) -> str:
     titles = [lists[n].title if n in lists else n for n in names]
-    return ", ".join(titles) or "these emails"
+    return ", ".join(titles) or language.gettext("these emails")
 
 
 async def unsubscribe(request: Request) -> Response:
@@ -71,14 +82,16 @@ async def unsubscribe(request: Request) -> Response:
             return PlainTextResponse("expected List-Unsubscribe=One-Click\n", 400)
         source = "unsubscribe page" if "text/html" in request.headers.get("accept", "") else "one-click"
         target = await web.write(_unsubscribe, row_id, at=web.now(), source=source, ip=ip(request))
-    if target is None:
+    reader = await web.read(page_facts.reader, target.contact_id) if target is not None else None
+    if target is None or reader is None:
         return await invalid(request)
+    language = speaks(request, site, locale=reader.locale, lists=target.lists)
     values: dict[str, Any] = {
         "email": target.email,
-        "titles": list_titles(site.lists, target.lists),
+        "titles": list_titles(site.lists, target.lists, language),
         "preferences_url": f"{site.runtime.public_url}/p/{site.signer.sign('preferences', target.contact_id)}",
     }
-    return await page(request, "unsubscribe.html", done=request.method == "POST", **values)
+    return await page(request, "unsubscribe.html", language, done=request.method == "POST", **values)
 
 
 def _unsubscribe(db: Database, row_id: int, *, at: str, source: str, ip: str | None) -> MessageTarget | None:
@@ -97,10 +110,10 @@ async def preferences(request: Request) -> Response:
     public = {n: spec for n, spec in site.lists.items() if spec.visibility == "public"}
     if request.method == "POST":
         if not same_origin(request, site.runtime.public_url):
-            return PlainTextResponse("forms are accepted from this site only\n", 403)
+            return refuse(request, site, FOREIGN_FORM, 403)
         form = await request.form()
         if not csrf_valid(site.signer, str(form.get("csrf", "")), contact_id):
-            return PlainTextResponse("this form has expired; open the link from your email again\n", 403)
+            return refuse(request, site, N_("This form has expired; open the link from your email again."), 403)
         if form.get("action") == "unsubscribe_all":
             marketing = [n for n, spec in site.lists.items() if spec.category == "marketing"]
             done = await web.write(
@@ -119,7 +132,8 @@ async def preferences(request: Request) -> Response:
         )
         return RedirectResponse(f"{request.url.path}?saved=1", 303) if done else await invalid(request)
     prefs = await web.read(subscribers.preferences, contact_id)
-    if prefs is None:
+    reader = await web.read(page_facts.reader, contact_id)
+    if prefs is None or reader is None:
         return await invalid(request)
     items = [
         {
@@ -127,16 +141,17 @@ async def preferences(request: Request) -> Response:
             "title": spec.title,
             "description": spec.description,
             "subscribed": prefs.subscriptions.get(name) == "subscribed" and not prefs.unsubscribed_from_all,
+            "since": reader.since.get(name),
         }
         for name, spec in sorted(public.items(), key=lambda item: item[1].title)
     ]
     return await page(
         request,
         "preferences.html",
+        speaks(request, site, locale=reader.locale, lists=reader.lists),
         email=prefs.email,
         lists=items,
         frequency=prefs.frequency or "",
-        frequencies=FREQUENCY_LABELS,
         csrf=csrf_token(site.signer, contact_id),
         saved=request.query_params.get("saved"),
     )
@@ -160,21 +175,23 @@ def _save(
 
 async def subscribe(request: Request) -> Response:
     web = context(request)
+    site = await web.site()
     wait = web.per_ip.retry_after(ip(request) or "unknown")
     if wait:
-        return too_many(wait)
+        return too_many(request, site, wait)
     form = await request.form()
-    if form.get("website"):  # the honeypot field people never see
-        return await page(request, "subscribed.html", email="you")
+    lists = site.lists
+    wanted = [str(n) for n in form.getlist("list")]
+    language = speaks(request, site, lists=tuple(n for n in wanted if n in lists))
+    if form.get("website"):  # the honeypot field people never see: the answer a person would get, nothing done
+        return await page(request, "subscribed.html", language, email=str(form.get("email", ""))[:254])
     try:
         email = normalise_email(str(form.get("email", "")))
     except ValueError as exc:
         return PlainTextResponse(f"email: {exc}\n", 422)
     wait = web.per_address.retry_after(email)
     if wait:
-        return too_many(wait)
-    lists = (await web.site()).lists
-    wanted = [str(n) for n in form.getlist("list")]
+        return too_many(request, site, wait)
     unknown = [n for n in wanted if n not in lists or lists[n].visibility != "public"]
     if not wanted or unknown:
         return PlainTextResponse(f"list: choose one of the public lists (unknown: {', '.join(unknown)})\n", 422)
@@ -187,7 +204,7 @@ async def subscribe(request: Request) -> Response:
         ip=ip(request),
         text=str(form.get("consent") or "subscribe form")[:500],
     )
-    return await page(request, "subscribed.html", email=email)
+    return await page(request, "subscribed.html", language, email=email)
 
 
 async def confirm(request: Request) -> Response:
@@ -197,21 +214,24 @@ async def confirm(request: Request) -> Response:
     found = await web.read(_confirmation, row_id) if row_id is not None else None
     if found is None:
         return await invalid(request)
-    target, status = found
-    title = list_titles(site.lists, target.lists)
+    target, status, locale = found
+    language = speaks(request, site, locale=locale, lists=target.lists)
+    values: dict[str, Any] = {"email": target.email, "title": list_titles(site.lists, target.lists, language)}
     if request.method == "GET":  # a scanner following the link must not confirm: the button POSTs
-        return await page(request, "confirm.html", email=target.email, title=title, done=status == "subscribed")
+        return await page(request, "confirm.html", language, done=status == "subscribed", **values)
     if not same_origin(request, site.runtime.public_url):  # as the preference form: our page only
-        return PlainTextResponse("forms are accepted from this site only\n", 403)
+        return refuse(request, site, FOREIGN_FORM, 403)
     await web.write(subscribers.confirm, target, at=web.now(), ip=ip(request))
-    return await page(request, "confirm.html", email=target.email, title=title, done=True)
+    return await page(request, "confirm.html", language, done=True, **values)
 
 
-def _confirmation(db: Database, row_id: int) -> tuple[MessageTarget, str | None] | None:
+def _confirmation(db: Database, row_id: int) -> tuple[MessageTarget, str | None, str | None] | None:
     target = subscribers.message_target(db, row_id)
     if target is None or target.source != CONFIRMATION_SOURCE or not target.lists:
         return None
-    return target, subscribers.subscription_status(db, target.contact_id, target.lists[0])
+    reader = page_facts.reader(db, target.contact_id)
+    locale = reader.locale if reader is not None else None
+    return target, subscribers.subscription_status(db, target.contact_id, target.lists[0]), locale
 
 
 async def view(request: Request) -> Response:
@@ -241,5 +261,5 @@ def same_origin(request: Request, public_url: str) -> bool:
     return urlsplit(origin).netloc in ours - {""}
 
 
-def too_many(wait: int) -> Response:
-    return PlainTextResponse("too many requests; try again later\n", 429, headers={"Retry-After": str(wait)})
+def too_many(request: Request, site: Site, wait: int) -> Response:
+    return refuse(request, site, N_("Too many requests; please try again later."), 429, **{"Retry-After": str(wait)})
