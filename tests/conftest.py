@@ -26,14 +26,17 @@ def example(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def reconciler(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the command as a user would, in a fresh process."""
+def reconciler(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the command as a user would, in a fresh process (`input` on its standard input, as a pipe gives it)."""
     environment = {**os.environ, "NO_COLOR": "1", **(env or {})}
     environment.pop("RECONCILER_STATE", None)
     return subprocess.run(
         [sys.executable, "-m", "reconciler", *args],
         cwd=cwd,
         env=environment,
+        input=input,
         capture_output=True,
         text=True,
         timeout=120,

@@ -18,7 +18,7 @@ WATCHING = "reconciler: watching"  # logged once the file watcher is in place, b
 
 class Daemon:
     """`with Daemon(root, "--interval", "60") as daemon:` runs the daemon on 127.0.0.1:`daemon.port` (never the
-    fixed default 8025: a developer's `make run` or a parallel test run may hold it). Leaving the block kills it if
+    fixed default 8780: a developer's `make run` or a parallel test run may hold it). Leaving the block kills it if
     it still runs; the pipe is always closed, so no ResourceWarning reaches a later test."""
 
     def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:

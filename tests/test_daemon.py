@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,43 @@ def test_a_busy_port_is_one_clear_line_and_nothing_starts(example: Path) -> None
     ]
     assert "serving" not in result.stdout + result.stderr
     assert not (example / ".state").exists() or _applied(example) is None  # nothing was applied
+
+
+MAIL_CATCHER_PORTS = {
+    1025: "the SMTP port of Mailpit, MailHog, MailCatcher and MailDev",
+    8025: "the web UI of Mailpit and MailHog",
+    1080: "the web UI of MailCatcher and MailDev",
+    2500: "Inbucket's SMTP port",
+    9000: "Inbucket's web UI",
+    5000: "smtp4dev's web UI",
+    3025: "GreenMail's SMTP port",
+    8080: "the web UI of GreenMail and Papercut",
+}
+"""Ports that the mail catchers people run beside reconciler while trying it out listen on by default."""
+
+
+def test_the_default_port_is_free_of_the_mail_catchers_run_beside_it(example: Path) -> None:
+    result = reconciler("run", "--help", cwd=example)
+    found = re.search(r"--port\b.*?\[default:\s+\(?(\d+)", result.stdout, re.S)
+    assert found is not None, result.stdout
+    default = int(found.group(1))
+    assert default not in MAIL_CATCHER_PORTS, f"{default} is {MAIL_CATCHER_PORTS.get(default)}"
+
+
+def test_a_busy_ipv6_port_is_named_as_a_browser_writes_it(example: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = reconciler("run", "--host", "::1", "--port", str(port), cwd=example)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: cannot listen on http://[::1]:{port}: ")
 
 
 def test_status_says_when_the_daemon_stopped_or_died_instead_of_its_last_ok(example: Path) -> None:

@@ -18,7 +18,7 @@ from transcripts import Command, console_blocks, fits, mismatch, normalise
 
 README = (REPO / "README.md").read_text()
 TOKEN = "readme-api-token"
-DEFAULT_PORT = "8025"
+DEFAULT_PORT = "8780"
 # `reconciler` and `.venv/bin/reconciler` are the installed command; on a terminal curl shows no progress meter.
 PRELUDE = f"""
 reconciler() {{ {shlex.quote(sys.executable)} -m reconciler "$@"; }}

@@ -7,10 +7,8 @@ import base64
 import json
 import re
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,10 +17,8 @@ import pytest
 from conftest import reconciler, wait_for
 from sending import LATER, NOW, body, import_contacts, ledger, pairs, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer, free_port
+from sns import CERT_URL, sns_key_and_certificate, sns_message
 from web_server import WebServer
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 TOKEN = "test-api-token"
 
@@ -262,56 +258,9 @@ def test_opens_and_clicks_are_recorded_with_machines_apart(site: tuple[Path, Sin
     assert rows == [("opened", 0), ("opened", 1), ("clicked", 0), ("clicked", 1)]
 
 
-def _sns_key_and_certificate() -> tuple[RSAPrivateKey, bytes]:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert.public_bytes(serialization.Encoding.PEM)
-
-
-CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
-
-
-def _sns(key: RSAPrivateKey, message: dict[str, object], version: str = "1") -> dict[str, object]:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
-    notification: dict[str, object] = {
-        "Type": "Notification",
-        "MessageId": f"m-{time.time_ns()}",
-        "Timestamp": "2026-11-24T10:00:00.000Z",
-        "TopicArn": "arn:aws:sns:eu-west-1:123:ses",
-        "Message": json.dumps(message),
-        "SignatureVersion": version,
-        "SigningCertURL": CERT_URL,
-    }
-    keys = ["Message", "MessageId", "Timestamp", "TopicArn", "Type"]
-    text = "".join(f"{k}\n{notification[k]}\n" for k in keys).encode()
-    algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()
-    notification["Signature"] = base64.b64encode(key.sign(text, padding.PKCS1v15(), algorithm)).decode()
-    return notification
-
-
 def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str, int]) -> None:
     root, _sink, base, port = site
-    key, pem = _sns_key_and_certificate()
+    key, pem = sns_key_and_certificate()
     fetched: list[str] = []
 
     def fetch(url: str) -> bytes:
@@ -320,7 +269,7 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
         return pem
 
     bounced = [{"emailAddress": "person1@example.net", "diagnosticCode": "smtp; 550 5.1.1"}]
-    hard = _sns(
+    hard = sns_message(
         key,
         {
             "notificationType": "Bounce",
@@ -328,12 +277,12 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
         },
     )
     transient = [{"emailAddress": "person2@example.net"}]
-    soft = _sns(
+    soft = sns_message(
         key,
         {"notificationType": "Bounce", "bounce": {"bounceType": "Transient", "bouncedRecipients": transient}},
         version="2",
     )
-    complaint = _sns(
+    complaint = sns_message(
         key,
         {
             "notificationType": "Complaint",

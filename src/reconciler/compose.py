@@ -34,6 +34,7 @@ from reconciler.mime import (
     ascii_address,
     mailbox,
     qp,
+    unsubscribe_mailto,
 )
 from reconciler.pages import confirmation_part
 from reconciler.plan.content import campaign_content, step_content
@@ -118,6 +119,8 @@ class Definition:
     """Precedence: bulk (campaigns and marketing workflows)."""
     list_language: str | None = None
     """The first list's language: a confirmation speaks it to a contact without a locale we have a catalog for."""
+    unsubscribe_address: str | None = None
+    """Settings `unsubscribe_address`: List-Unsubscribe's mailto carries the token in that address."""
 
 
 def dkim_key(config: SmtpTransport | OutboxTransport | None) -> DkimKey | None:
@@ -152,6 +155,7 @@ def definition_for(db: Database, source: Source, *, runtime: RuntimeSettings, dk
         kind=source.kind,
         bulk=source.kind == "campaign" or not (source.transactional or source.name == CONFIRMATION_SOURCE),
         list_language=lists[first].language if first in lists else None,
+        unsubscribe_address=runtime.settings.unsubscribe_address,
     )
 
 
@@ -192,6 +196,13 @@ class Composer:
         self.confirms = "confirm_url" in part.mjml
         """Only a double opt-in confirmation has a confirm link: other messages skip signing one."""
 
+    def mailto(self, token: str) -> str:
+        """List-Unsubscribe's mailto: the token in the address of Settings `unsubscribe_address`, where reconciler
+        reads the mail (`inbound`); without one, in the subject of a mail to the sender's reply-to."""
+        if self.definition.unsubscribe_address:
+            return unsubscribe_mailto(self.definition.unsubscribe_address, token)
+        return f"mailto:{self.reply_address}?subject=unsubscribe%20{token}"
+
     def message_id(self, row_id: int) -> str:
         return f"<{base36(row_id)}.{self.definition.instance}.r@{self.domain}>"
 
@@ -226,7 +237,7 @@ class Composer:
         token = self.definition.signer.sign("unsubscribe", row.id)
         rendered = self.render(row.id, row.contact, unsubscribe_token=token)
         message_id = row.message_id or self.message_id(row.id)
-        unsubscribe = (f"{self.public_url}/u/{token}", f"mailto:{self.reply_address}?subject=unsubscribe%20{token}")
+        unsubscribe = (f"{self.public_url}/u/{token}", self.mailto(token))
         data = self.skeleton.build(
             to=mailbox(row.contact.display_name, row.contact.email),
             subject=rendered.subject,
@@ -280,6 +291,7 @@ def workspace_definition(desired: DesiredState, target: str, *, signer: Signer, 
         field_types={field_name: f.type for field_name, f in desired.fields.items()},
         kind=kind,
         bulk=bulk,
+        unsubscribe_address=settings.unsubscribe_address,
     )
 
 

@@ -30,6 +30,7 @@ from sqlite_utils import Database
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify  # watchfiles' documented Rust backend, which awatch wraps
 
+from reconciler import DEFAULT_PORT
 from reconciler.apply import Applied, plan_and_apply
 from reconciler.check import validate_workspace
 from reconciler.clock import Clock, iso
@@ -121,7 +122,13 @@ class WebOptions:
 
     state: Path
     host: str = "127.0.0.1"
-    port: int = 8025
+    port: int = DEFAULT_PORT
+
+    @property
+    def url(self) -> str:
+        """http://host:port as a browser takes it (an IPv6 address in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
 
 def _listen(web: WebOptions) -> socket.socket:
@@ -135,7 +142,7 @@ def _listen(web: WebOptions) -> socket.socket:
         listening.listen(2048)
     except OSError as exc:
         raise PermanentError(
-            f"cannot listen on http://{web.host}:{web.port}: {exc.strerror or exc}; another process may be using "
+            f"cannot listen on {web.url}: {exc.strerror or exc}; another process may be using "
             "it (choose another port with --port or RECONCILER_PORT)"
         ) from None
     listening.setblocking(False)
@@ -210,7 +217,7 @@ async def run(
             metrics.watch_loop("send", lambda: sender.loop if sender is not None else None)
     if server is not None and web is not None:
         serving = asyncio.create_task(server.serve(sockets=[listening] if listening else None))
-        log.info("reconciler: serving http://%s:%d", web.host, web.port)
+        log.info("reconciler: serving %s", web.url)
     changed = asyncio.Event()
     watcher = _watch(root, changed, stop)
     log.info("reconciler: watching %s for changes (a full pass at least every %ss)", root, f"{interval:g}")

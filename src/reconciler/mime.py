@@ -160,6 +160,42 @@ def address_domain(address: str) -> str:
     return addr_spec(address).rpartition("@")[2].lower() or "localhost"
 
 
+# --- the token in List-Unsubscribe's mailto ----------------------------------------------------------------------
+# A link token is `<id in base 36>.<base64url signature>`; base64 needs both cases, and the part of an address
+# before @ is not safe with case: an MTA or a mail client may lowercase it. In an address the signature is spelled
+# in lowercase base32 instead (same bytes, 20 characters), which survives any casing; `address_tokens` turns it back
+# into the token as signed, so it is verified as the one-click URL's is.
+
+_ADDRESS_TOKEN = re.compile(r"\+([0-9a-z]{1,13})\.([a-z2-7]{20})@", re.IGNORECASE)
+_BARE_TOKEN = re.compile(r"(?<![\w.-])([0-9a-z]{1,13}\.[A-Za-z0-9_-]{16})(?![\w-])")
+
+
+def unsubscribe_mailto(mailbox: str, token: str) -> str:
+    """`mailto:local+<token>@domain?subject=unsubscribe` for Settings `unsubscribe_address` (`mailbox`)."""
+    ident, _, signature = token.partition(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    spelled = base64.b32encode(raw).decode().rstrip("=").lower()
+    local, _, domain = mailbox.rpartition("@")
+    return f"mailto:{local}+{ident}.{spelled}@{domain}?subject=unsubscribe"
+
+
+def address_tokens(text: str) -> list[str]:
+    """The tokens of every `…+<token>@…` address in `text` (however it was cased), as they were signed."""
+    found = []
+    for ident, spelled in _ADDRESS_TOKEN.findall(text):
+        try:
+            raw = base64.b32decode(spelled.upper() + "====")
+        except binascii.Error:  # not what unsubscribe_mailto writes
+            continue
+        found.append(f"{ident.lower()}.{base64.urlsafe_b64encode(raw).decode()}")
+    return found
+
+
+def bare_tokens(text: str) -> list[str]:
+    """Tokens written out as signed (`unsubscribe <token>`, the subject of the mailto to a reply-to)."""
+    return _BARE_TOKEN.findall(text)
+
+
 @dataclass(frozen=True)
 class Skeleton:
     """The parts of a message that are the same for every recipient of one message definition."""

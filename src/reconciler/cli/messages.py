@@ -1,13 +1,25 @@
-"""`reconciler render`: a message as a recipient gets it, without sending anything."""
+"""Messages at the edges: `reconciler render`, a message as a recipient gets it, without sending anything; and
+`reconciler inbound`, the message a recipient's mail client sends back to unsubscribe, piped in by an MTA."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
 from reconciler.cli.main import address, checked, database, main, state_file, workspace_root
 from reconciler.errors import ReconcilerError, UsageError
+
+if TYPE_CHECKING:
+    from reconciler.inbound import Outcome
+
+EX_NOUSER = 67
+"""sysexits.h: the addressee is unknown. The MTA bounces the message, with our line saying why."""
+EX_TEMPFAIL = 75
+"""sysexits.h: a temporary failure. The MTA keeps the message and delivers it again later."""
 
 
 @main.command()
@@ -71,3 +83,74 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
         return
     output.write_text(page, encoding="utf-8")
     click.echo(f"Wrote {output} ({len(page.encode()) / 1024:.1f} KB of HTML)", err=True)
+
+
+@main.command()
+@click.option(
+    "--recipient",
+    "recipients",
+    multiple=True,
+    metavar="ADDRESS",
+    help="The envelope recipient as the MTA gives it (Postfix pipe: ${original_recipient}); Delivered-To, "
+    "X-Original-To, To and Cc are read too.",
+)
+@click.pass_context
+def inbound(ctx: click.Context, recipients: tuple[str, ...]) -> None:
+    """Process an opt-out by email piped in by your MTA (the message on standard input): the token in the address
+    (Settings unsubscribe_address) or the subject unsubscribes its recipient, as the one-click link does.
+
+    Exit codes an MTA understands: 0 unsubscribed, or nothing to change; 67 (EX_NOUSER) no valid unsubscribe token,
+    so the MTA bounces it; 75 (EX_TEMPFAIL) it cannot be processed now, so the MTA keeps it and tries again."""
+    from reconciler.inbound import HEADER_BYTES
+
+    data = _read_all(sys.stdin.buffer, keep=HEADER_BYTES)
+    try:
+        outcome = _unsubscribe_by_email(ctx, data, recipients)
+    except _NoToken as exc:
+        click.echo(f"reconciler inbound: {exc}", err=True)
+        ctx.exit(EX_NOUSER)
+    except Exception as exc:  # whatever it is, the MTA must keep the message rather than bounce it
+        click.echo(
+            f"reconciler inbound: cannot process the message now: {exc}; the MTA keeps it and tries again", err=True
+        )
+        ctx.exit(EX_TEMPFAIL)
+    if outcome.done == "unsubscribed":
+        click.echo(f"{outcome.email}: unsubscribed from {', '.join(outcome.lists)} (by email)")
+    elif outcome.email:
+        click.echo(f"{outcome.email}: already unsubscribed from {', '.join(outcome.lists) or 'these emails'}")
+    else:
+        click.echo("nothing to change: the message this token was sent with is no longer in the state database")
+
+
+class _NoToken(ReconcilerError):
+    """No token in the message verifies: a forged or mangled address, or mail that was never an unsubscribe."""
+
+
+def _read_all(stream: BinaryIO, *, keep: int) -> bytes:
+    """The first `keep` bytes of `stream`, read to its end: an MTA may count a pipe closed early as a failure."""
+    kept = stream.read(keep)
+    while stream.read(1 << 16):
+        pass
+    return bytes(kept)
+
+
+def _unsubscribe_by_email(ctx: click.Context, data: bytes, recipients: tuple[str, ...]) -> Outcome:
+    from reconciler.clock import SystemClock, iso
+    from reconciler.inbound import InboundMail, unsubscribe_row
+    from reconciler.state import keys
+    from reconciler.state import settings as runtime_settings
+
+    db = database(ctx, workspace_root(ctx), create=False)
+    variable = runtime_settings.load(db).settings.signing_key_env
+    row_id = InboundMail.from_bytes(data, envelope=recipients).verified_row(keys.signer_for(db, variable))
+    if row_id is None:
+        if not os.environ.get(variable):
+            raise ReconcilerError(
+                f"no token verifies with the key kept in the state database, and {variable} is not set for this "
+                f"command: if the daemon has it, give it to this command too (a wrapper that loads the daemon's "
+                "environment)"
+            )
+        raise _NoToken(
+            "this address holds no valid unsubscribe token; to unsubscribe, use the link in the email instead"
+        )
+    return unsubscribe_row(db, row_id, at=iso(SystemClock().now()), via="the local MTA")

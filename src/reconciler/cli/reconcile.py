@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from reconciler import DEFAULT_PORT
 from reconciler.cli.main import (
     CONFIRM_OPTION,
     NOW_OPTION,
@@ -274,8 +275,8 @@ def _failures(db: Database, name: str, *, fmt: str, limit: int, workflow: bool) 
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=lambda: int(os.environ.get("RECONCILER_PORT", "8025")),
-    show_default="8025",
+    default=lambda: int(os.environ.get("RECONCILER_PORT", str(DEFAULT_PORT))),
+    show_default=str(DEFAULT_PORT),
     help="Port of the web service (RECONCILER_PORT).",
 )
 @click.pass_context

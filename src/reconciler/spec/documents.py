@@ -35,6 +35,7 @@ from reconciler.spec.types import (
     Slug,
     TemplateRef,
     TimeZone,
+    TokenMailbox,
     Url,
     WorkspaceFile,
 )
@@ -240,6 +241,11 @@ class Settings(Document):
     """A limit on marketing messages per contact."""
     api: Api = Api()
     """The HTTP API: where its bearer token comes from."""
+    unsubscribe_address: TokenMailbox | None = None
+    """A mailbox whose mail reaches reconciler (`reconciler inbound` from your MTA, or the Postmark or Amazon SES
+    inbound webhook), e.g. unsubscribe@mail.acme.example: the mailto of List-Unsubscribe becomes
+    unsubscribe+<token>@mail.acme.example, so a mail client's opt-out by email unsubscribes at once. Without it the
+    mailto goes to the sender's reply_to with the token in the subject, where a person must act on it."""
 
 
 # --- Lists and fields -------------------------------------------------------------------------------

@@ -254,6 +254,36 @@ def _address(value: str) -> str:
 MailAddress = Annotated[str, AfterValidator(_address), WithJsonSchema({"type": "string"})]
 """An email address, optionally with a display name: ``"Acme News <news@acme.example>"``."""
 
+MAILBOX_PATTERN = (
+    r"^[A-Za-z0-9!#$%&'*=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
+)
+_MAILBOX = re.compile(MAILBOX_PATTERN)
+MAILBOX_LOCAL_MAX = 28
+"""The part before @ of a mailbox a token is added to: 64 characters at most (RFC 5321) less `+` and the token's
+35 (a 13-digit id, a dot, 20 characters of signature)."""
+
+
+def _token_mailbox(value: str) -> str:
+    if not _MAILBOX.match(value):
+        raise ValueError(
+            f"{value!r} is not a bare address a token can be added to (write it without a display name, "
+            "without '+' and in ASCII, e.g. unsubscribe@mail.acme.example)"
+        )
+    local = value.rpartition("@")[0]
+    if len(local) > MAILBOX_LOCAL_MAX:
+        raise ValueError(
+            f"{value!r}: the part before @ has {len(local)} characters; at most {MAILBOX_LOCAL_MAX} leave room for "
+            "the token (an address may have 64 before @)"
+        )
+    return value
+
+
+TokenMailbox = Annotated[
+    str, AfterValidator(_token_mailbox), WithJsonSchema({"type": "string", "pattern": MAILBOX_PATTERN})
+]
+"""A bare address (``unsubscribe@mail.acme.example``) to which a signed token is added as ``+<token>``."""
+
 
 def _property_name(value: str) -> str:
     if '"' in value:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 from sqlite_utils import Database
 
+from reconciler import DEFAULT_PORT
 from reconciler.spec.documents import (
     Defaults,
     Organization,
@@ -29,7 +30,7 @@ INITIAL = Settings(
     kind="Settings",
     name="default",
     organization=Organization(name="reconciler", postal_address="(no Settings applied yet)"),
-    public_url="http://localhost:8025",
+    public_url=f"http://localhost:{DEFAULT_PORT}",
     senders={"default": Sender(from_="reconciler <noreply@reconciler.invalid>")},
     defaults=Defaults(sender="default"),
 )

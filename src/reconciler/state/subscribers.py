@@ -58,11 +58,14 @@ def message_target(db: Database, row_id: int) -> MessageTarget | None:
     return MessageTarget(row_id, contact_id, email, kind, source, stage, lists)
 
 
-def unsubscribe(db: Database, target: MessageTarget, *, at: str, source: str, ip: str | None) -> list[str]:
-    """Unsubscribe the contact from the lists the message was sent for; returns the lists that changed."""
+def unsubscribe(
+    db: Database, target: MessageTarget, *, at: str, source: str, ip: str | None, text: str | None = None
+) -> list[str]:
+    """Unsubscribe the contact from the lists the message was sent for; returns the lists that changed. `text`
+    says how the request came, for the consent record (an opt-out by email: through which provider)."""
     with write(db):
         wanted: dict[str, Status] = {name: "unsubscribed" for name in target.lists}
-        changed = change_subscriptions(db, target.contact_id, wanted, at=at, source=source, ip=ip)
+        changed = change_subscriptions(db, target.contact_id, wanted, at=at, source=source, ip=ip, text=text)
         if changed:
             engagement.record(db, [Engagement(target.row_id, "unsubscribed", at, detail=", ".join(changed))])
     return changed

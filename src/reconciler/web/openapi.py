@@ -174,6 +174,17 @@ def _api() -> dict[str, Any]:
                 "responses": _answers(200, 400, 401, 403, 404, 413, 422),
             }
         },
+        "/api/v1/inbound/{provider}": {
+            "post": {
+                "summary": "An opt-out by email (List-Unsubscribe's mailto) received by Postmark or Amazon SES (SNS)",
+                "parameters": [
+                    {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "security": [{"basic": []}, {}],
+                "requestBody": _json({"type": "object"}),
+                "responses": _answers(200, 400, 401, 403, 404, 413, 422),
+            }
+        },
         "/api/v1/campaigns": {
             "get": {
                 "summary": "Every campaign that started and every workflow, newest first, with their main figures",

@@ -146,9 +146,9 @@ def verify_sns(message: Mapping[str, Any], fetch: Callable[[str], bytes]) -> Non
         raise WebhookAuthError("the SNS signature does not verify", 403) from None
 
 
-def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], str | None]:
-    """SES notifications in an SNS envelope; returns the events and, for a subscription confirmation, the URL to
-    visit to confirm it."""
+def sns_notification(body: Any, fetch: Callable[[str], bytes]) -> tuple[dict[str, Any] | None, str | None]:
+    """An SES notification in an SNS envelope, once its signature verified: (the notification, None); for a
+    subscription confirmation (None, the URL to visit to confirm it); (None, None) for any other SNS message."""
     if not isinstance(body, dict) or "Type" not in body:
         raise WebhookPayloadError("not an SNS message (no Type)")
     verify_sns(body, fetch)
@@ -156,15 +156,24 @@ def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], 
         url = str(body.get("SubscribeURL", ""))
         if not SNS_SUBSCRIBE_URL.match(url):
             raise WebhookAuthError("SubscribeURL is not an Amazon SNS URL", 403)
-        return [], url
+        return None, url
     if body["Type"] != "Notification":
-        return [], None
+        return None, None
     try:
         notification = strictjson.loads(str(body.get("Message")))
     except ValueError:
         raise WebhookPayloadError("the SNS Message is not SES's JSON") from None
     if not isinstance(notification, dict):
         raise WebhookPayloadError("the SNS Message is not an SES notification")
+    return notification, None
+
+
+def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], str | None]:
+    """SES bounce and complaint notifications in an SNS envelope; returns the events and, for a subscription
+    confirmation, the URL to visit to confirm it."""
+    notification, subscribe_url = sns_notification(body, fetch)
+    if notification is None:
+        return [], subscribe_url
     kind = str(notification.get("notificationType") or notification.get("eventType") or "")
     message_id = str(body.get("MessageId", ""))
     events = []
@@ -229,12 +238,17 @@ async def endpoint(request: Request) -> Response:
 
 def _ses(web: WebContext, body: Any) -> list[ProviderEvent]:
     events, subscribe_url = ses(body, web.certificates.get)
+    confirm_subscription(web, subscribe_url)
+    return events
+
+
+def confirm_subscription(web: WebContext, subscribe_url: str | None) -> None:
+    """Visit an SNS subscription's (AWS) SubscribeURL, which confirms it. In a worker thread."""
     if subscribe_url:
         try:
-            web.fetch(subscribe_url)  # confirms the SNS subscription
+            web.fetch(subscribe_url)
         except Exception as exc:  # any failure to reach AWS: SNS sends the confirmation again
             raise WebhookPayloadError(f"could not confirm the subscription at SubscribeURL: {exc}") from None
-    return events
 
 
 def _record(db: Database, provider: str, events: list[ProviderEvent], *, at: str) -> tuple[int, int]:
