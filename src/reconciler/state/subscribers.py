@@ -17,7 +17,7 @@ from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
 from reconciler.state.ledger import CONFIRMATION_SOURCE
-from reconciler.state.suppressions import email_hash, lift_unsubscribe, reason_for, suppress
+from reconciler.state.suppressions import SuppressionReason, email_hash, lift_unsubscribe, reason_for, suppress
 
 MAX_CONFIRMATIONS = 3
 Status = Literal["subscribed", "pending", "unsubscribed"]
@@ -168,6 +168,44 @@ def unsubscribe_all(
         hashed = db.conn.execute("SELECT email_hash FROM contacts WHERE id = ?", (contact_id,)).fetchone()
         if hashed is not None:
             suppress(db, hashed[0], "unsubscribed", at=at, detail=f"unsubscribed from everything ({source})")
+
+
+def unsubscribe_lists(db: Database, contact_id: int, lists: Sequence[str], *, at: str, source: str) -> list[str]:
+    """Someone's unsubscribe that reached us another way (`reconciler contacts unsubscribe --list`, an opt-out by
+    email): leave these lists, each with its consent record. Returns the lists that changed."""
+    with write(db):
+        return change_subscriptions(db, contact_id, {name: "unsubscribed" for name in lists}, at=at, source=source)
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """One address of `suppress_addresses`: its reason before (None: not suppressed) and after."""
+
+    email: str
+    before: str | None
+    after: str
+
+
+def suppress_addresses(
+    db: Database, emails: Sequence[str], reason: SuppressionReason, *, at: str, source: str
+) -> list[Suppressed]:
+    """Keep addresses out of mail that another tool, or a person, says must not get any (`reconciler contacts
+    suppress`), whether or not they are contacts: a suppression is kept by the address's hash, with `source` as its
+    detail, and a contact who unsubscribed gets a consent record too. A stronger reason already held stays."""
+    done = []
+    with write(db):
+        for email in emails:
+            hashed = email_hash(email)
+            before = reason_for(db, hashed)
+            contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
+            if reason == "unsubscribed" and before is None and contact is not None:
+                db.conn.execute(
+                    "INSERT INTO consent(contact_id, list, action, at, source) VALUES (?, NULL, 'unsubscribe', ?, ?)",
+                    (contact[0], at, source),
+                )
+            suppress(db, hashed, reason, at=at, detail=source)
+            done.append(Suppressed(email, before, reason_for(db, hashed) or reason))
+    return done
 
 
 # --- double opt-in -------------------------------------------------------------------------------------------
