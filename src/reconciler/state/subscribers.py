@@ -12,7 +12,7 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from reconciler import strictjson
-from reconciler.state import engagement, rollups
+from reconciler.state import engagement, records, rollups
 from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
@@ -325,8 +325,10 @@ def insert_events(
 def provider_event(
     db: Database, provider: str, event_id: str, *, email: str, kind: str, hard: bool, at: str, detail: str
 ) -> bool:
-    """A bounce or complaint from a provider's webhook, once per event id. A hard bounce suppresses the address,
-    a complaint suppresses all marketing to it, a soft bounce is only counted. Returns False for a redelivery."""
+    """A bounce, complaint or unsubscribe from a provider's webhook, once per event id. A hard bounce suppresses
+    the address, a complaint suppresses all marketing to it, an unsubscribe leaves every marketing list (as the
+    preference page's "unsubscribe from everything" does, its consent record naming the webhook), a soft bounce is
+    only counted. Returns False for a redelivery."""
     with write(db):
         fresh = db.conn.execute(
             "INSERT INTO webhook_events(provider, event_id, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -334,17 +336,23 @@ def provider_event(
         ).rowcount
         if not fresh:
             return False
-        if kind == "complaint":
+        contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
+        source = f"webhook:{provider}"
+        if kind == "unsubscribe" and contact is not None:
+            marketing = [name for name, spec in records.lists(db).items() if spec.category == "marketing"]
+            unsubscribe_all(db, contact[0], marketing_lists=marketing, at=at, source=source, ip=None)
+        elif kind == "unsubscribe":
+            suppress(db, email_hash(email), "unsubscribed", at=at, detail=f"{source}: {detail}" if detail else source)
+        elif kind == "complaint":
             suppress(db, email_hash(email), "complained", at=at, detail=f"{provider}: {detail}")
         elif hard:
             suppress(db, email_hash(email), "bounced", at=at, detail=f"{provider}: {detail}")
-        contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
         if contact is not None:
             last = db.conn.execute(
                 "SELECT id FROM ledger WHERE contact_id = ? AND state = 'sent' ORDER BY sent_at DESC LIMIT 1",
                 (contact[0],),
             ).fetchone()
-            action: engagement.Action = "complained" if kind == "complaint" else "bounced"
+            action: engagement.Action = {"complaint": "complained", "unsubscribe": "unsubscribed"}.get(kind, "bounced")  # type: ignore[assignment]
             note = f"{'hard' if hard else 'soft'}: {provider}: {detail}"[:200] if kind == "bounce" else provider
             engagement.record(
                 db, [Engagement(last[0] if last else None, action, at, detail=note, contact_id=contact[0])]
