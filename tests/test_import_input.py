@@ -76,9 +76,12 @@ def test_a_cell_over_the_csv_limit_is_a_row_error_with_its_line(example: Path) -
     assert "3 new" in out and "1 rejected" in out
 
 
-def test_a_repeated_column_is_a_file_error_naming_it(example: Path) -> None:
-    code, _out, err = _import(example, "people.csv", b"email,first_name,Email\na@example.com,A,b@example.com\n")
-    assert code == 1 and "repeated column 'email'" in err, err
+@pytest.mark.parametrize("header", ["email,first_name,Email", "email,first_name,email", "email;first_name; EMAIL "])
+def test_a_repeated_column_is_a_file_error_naming_it(example: Path, header: str) -> None:
+    delimiter = header[5]
+    data = f"{header}\na@example.com{delimiter}A{delimiter}b@example.com\n".encode()
+    code, _out, err = _import(example, "people.csv", data)
+    assert code == 1 and "repeated column 'email' (columns 1, 3)" in err, err
     assert _count(example) == 0
 
 

@@ -241,6 +241,13 @@ class Columns:
         known = {*fields, STATUS}
         export = recognise(header)
         keys = [column_key(cell) for cell in header]
+        repeated = next((key for key in keys if keys.count(key) > 1), None)
+        if repeated is not None:
+            where = ", ".join(str(n) for n, key in enumerate(keys, start=1) if key == repeated)
+            raise ImportFileError(
+                f"{file}: repeated column {repeated!r} (columns {where}); keep one: the import would silently use "
+                "the last"
+            )
         unused = [source for source in maps if source not in keys]
         if unused:
             hint = did_you_mean(unused[0], keys, otherwise="its columns: " + ", ".join(h.strip() for h in header))
@@ -311,8 +318,6 @@ def _check_targets(targets: Mapping[str, str], file: str) -> None:
             raise ImportFileError(
                 f"{file}: columns {seen[target].strip()!r} and {cell.strip()!r} both fill {target!r}; keep one "
                 f"(or skip one with --map '{cell.strip()}=')"
-                if column_key(seen[target]) != column_key(cell)
-                else f"{file}: repeated column {target!r}; keep one: the import would silently use the last"
             )
         seen[target] = cell
 

@@ -388,9 +388,9 @@ def _interrupted(db: Database, report: ImportReport, import_id: int | None, *, a
         interrupted=True,
     )
     return (
-        f"{report.file}: interrupted; {saved:,} contacts of it were saved, in whole batches of {BATCH_ROWS:,} rows "
-        "(the batch being written was rolled back), and nothing after them. Running the same command again is "
-        "safe: rows already imported are updated, not duplicated, and nobody is subscribed twice"
+        f"{report.file}: interrupted; {saved:,} contacts of it were saved, in whole batches of {BATCH_ROWS:,} rows, "
+        "and nothing of the rows after them (a batch cut off while being written is rolled back). Running the same "
+        "command again is safe: rows already imported are updated, not duplicated, and nobody is subscribed twice"
     )
 
 
