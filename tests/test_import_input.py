@@ -76,9 +76,12 @@ def test_a_cell_over_the_csv_limit_is_a_row_error_with_its_line(example: Path) -
     assert "3 new" in out and "1 rejected" in out
 
 
-def test_a_repeated_column_is_a_file_error_naming_it(example: Path) -> None:
-    code, _out, err = _import(example, "people.csv", b"email,first_name,Email\na@example.com,A,b@example.com\n")
-    assert code == 1 and "repeated column 'email'" in err, err
+@pytest.mark.parametrize("header", ["email,first_name,Email", "email,first_name,email", "email;first_name; EMAIL "])
+def test_a_repeated_column_is_a_file_error_naming_it(example: Path, header: str) -> None:
+    delimiter = header[5]
+    data = f"{header}\na@example.com{delimiter}A{delimiter}b@example.com\n".encode()
+    code, _out, err = _import(example, "people.csv", data)
+    assert code == 1 and "repeated column 'email' (columns 1, 3)" in err, err
     assert _count(example) == 0
 
 
@@ -118,3 +121,25 @@ def test_a_double_opt_in_list_needs_preconfirmed_and_the_consent_says_so(example
     actions = "SELECT list, action, count(*) FROM consent GROUP BY 1, 2 ORDER BY 1"
     with sqlite3.connect(example / ".state/reconciler.db") as db:
         assert db.execute(actions).fetchall() == [("newsletter", "preconfirmed", 3), ("offers", "subscribe", 3)]
+
+
+def test_a_bad_row_is_reported_with_every_problem_it_has(example: Path) -> None:
+    data = b"email,orders_count,country,birthday\nnope,two,Poland,31/12\nok@example.com,1,PL,2000-01-31\n"
+    code, out, err = _import(example, "people.csv", data)
+    assert code == 1
+    assert err.splitlines() == [
+        "people.csv:2: email: 'nope' is not a valid email address: An email address must have an @-sign.",
+        "people.csv:2: orders_count: 'two' is not an integer",
+        "people.csv:2: country: 'Poland' is not a two-letter country code (write e.g. PL)",
+        "people.csv:2: birthday: '31/12' is not a date (write 2026-11-27)",
+    ]
+    assert "1 new, 0 updated, 1 rejected" in out
+
+
+def test_list_without_consent_warns_that_the_consent_records_will_say_nothing(example: Path) -> None:
+    data = (HEADER + _rows(2)).encode()
+    code, out, err = _import(example, "people.csv", data, "--list", "offers")
+    assert code == 0 and "2 subscriptions added" in out
+    assert err.startswith("warning: --list offers without --consent: the consent records will not say what"), err
+    code, _out, err = _import(example, "people.csv", data, "--list", "offers", "--consent", "checkout form v2")
+    assert code == 0 and "warning" not in err, err

@@ -342,6 +342,36 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
     assert soft_counted == [(2,)]
 
 
+def test_the_generic_webhook_records_an_unsubscribe_once_and_says_where_it_came_from(
+    site: tuple[Path, Sink, str, int],
+) -> None:
+    root, _sink, base, port = site
+    bearer = {"authorization": f"Bearer {TOKEN}"}
+    events = [
+        {"id": "u-1", "type": "unsubscribe", "email": "Person1@example.net", "detail": "relay list-unsubscribe"},
+        {"id": "u-2", "type": "unsubscribe", "email": "stranger@example.org", "detail": "old tool's opt-out"},
+    ]
+    with WebServer(root, port=port), httpx.Client() as client:
+        generic = f"{base}/api/v1/webhooks/generic"
+        assert client.post(generic, json=events, headers=bearer).json() == {
+            "events": 2,
+            "recorded": 2,
+            "repeated": 0,
+            "invalid": 0,
+        }
+        assert client.post(generic, json=events[:1], headers=bearer).json()["repeated"] == 1
+        wrong = client.post(generic, json=[{"id": "u-3", "type": "unsub", "email": "a@example.org"}], headers=bearer)
+        assert wrong.status_code == 400 and "bounce, complaint, unsubscribe" in wrong.json()["error"]
+    assert subscriptions(root, "person1@example.net") == {"news": "unsubscribed", "offers": "unsubscribed"}
+    shown = reconciler("contacts", "show", "person1@example.net", cwd=root)
+    assert "suppressed: unsubscribed" in shown.stdout, shown.stdout
+    assert "unsubscribe every list (webhook:generic)" in shown.stdout and "unsubscribed hello" in shown.stdout
+    stranger = json.loads(reconciler("contacts", "export", "stranger@example.org", cwd=root).stdout)
+    assert stranger["suppression"]["detail"] == "webhook:generic: old tool's opt-out"
+    again = reconciler("contacts", "import", "contacts.csv", "--list", "news", "--preconfirmed", cwd=root)
+    assert "not resubscribed: unsubscribed 1" in again.stdout, again.stdout
+
+
 def test_api_contacts_events_health_and_metrics(site: tuple[Path, Sink, str, int]) -> None:
     root, _sink, base, port = site
     bearer = {"authorization": f"Bearer {TOKEN}"}

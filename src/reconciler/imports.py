@@ -9,7 +9,9 @@ from __future__ import annotations
 import codecs
 import csv
 import os
-from collections.abc import Callable, Iterator
+import signal
+import threading
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,23 +26,44 @@ from reconciler import strictjson
 from reconciler.audience import blocking_for
 from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
-from reconciler.rows import RowParser
+from reconciler.import_columns import (
+    STATUS,
+    Columns,
+    ImportFileError,
+    column_key,
+    parse_maps,
+    recognise,
+    sniff_delimiter,
+    status_of,
+)
+from reconciler.rows import RowParser, RowProblems
 from reconciler.spec import DesiredState
-from reconciler.state.contacts import BatchResult, ContactRow, finish_import, import_batch, start_import
+from reconciler.state.contacts import (
+    BatchResult,
+    ContactRow,
+    contacts_of_import,
+    finish_import,
+    import_batch,
+    start_import,
+)
+
+__all__ = ["BATCH_ROWS", "ImportFileError", "ImportInterrupted", "ImportReport", "addresses_in", "import_file"]
 
 BATCH_ROWS = 10_000
 PARALLEL_FROM_BYTES = 2_000_000
 """Files larger than this are parsed and validated by worker processes while this one writes."""
 
 
-class ImportFileError(ReconcilerError):
-    """The file as a whole cannot be imported (unknown columns, no email column, unreadable)."""
-
-
 @dataclass(frozen=True)
 class BadRow:
+    """A row that was not imported: its line, and every problem it has (`field: what is wrong`)."""
+
     line: int
-    message: str
+    problems: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.problems)
 
 
 @dataclass
@@ -50,6 +73,8 @@ class ImportReport(BatchResult):
     file: str = ""
     rows: int = 0
     bad: list[BadRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """How the file was read: its delimiter when not a comma, the export recognised and what its columns became."""
 
     def summary(self) -> str:
         parts = [f"{self.rows} rows", f"{self.created} new", f"{self.updated} updated"]
@@ -61,28 +86,12 @@ class ImportReport(BatchResult):
         kept = ", ".join(f"{reason} {count}" for reason, count in sorted(self.kept_out.items()))
         if kept:
             parts.append(f"not resubscribed: {kept}")
+        statuses = ", ".join(f"{status} {count}" for status, count in sorted(self.statuses.items()))
+        if statuses:
+            parts.append(f"by status: {statuses}")
         if self.skipped_erased:
             parts.append(f"{self.skipped_erased} erased on request (not stored)")
         return f"{self.file}: " + ", ".join(parts)
-
-
-def check_columns(parser: RowParser, columns: list[str], file: str) -> None:
-    """A CSV header names known fields, each once, one of them email."""
-    unknown = [c for c in columns if c not in parser.fields]
-    if unknown:
-        hints = [f"{c!r} ({did_you_mean(c, parser.fields, otherwise='not a field')})" for c in unknown]
-        raise ImportFileError(
-            f"{file}: unknown column{'s' * (len(unknown) > 1)} {', '.join(hints)}; columns are field names: "
-            f"{', '.join(sorted(parser.fields))} (declare a custom one as a Field in spec/)"
-        )
-    repeated = next((c for c in columns if columns.count(c) > 1), None)
-    if repeated is not None:
-        where = ", ".join(str(n) for n, c in enumerate(columns, start=1) if c == repeated)
-        raise ImportFileError(
-            f"{file}: repeated column {repeated!r} (columns {where}); keep one: the import would silently use the last"
-        )
-    if "email" not in columns:
-        raise ImportFileError(f"{file}: no email column (the first row must name the columns, one of them email)")
 
 
 _BOMS = (
@@ -131,20 +140,67 @@ def _first_bad_line(path: Path) -> int:
 
 
 @contextmanager
-def open_rows(path: Path) -> Iterator[tuple[list[str] | None, Iterator[tuple[int, dict[str, Any] | str]]]]:
-    """(CSV header, rows as (line, mapping)) or for JSONL (None, rows); a row that cannot be read is a message."""
+def open_rows(
+    path: Path, *, fields: Collection[str], maps: Mapping[str, str]
+) -> Iterator[tuple[Columns, Iterator[tuple[int, dict[str, Any] | str]]]]:
+    """(how the columns map to fields, rows as (line, mapping)); a row that cannot be read is a message. A CSV's
+    delimiter is the one its header uses (comma, semicolon, tab or pipe)."""
     with path.open(newline="", encoding=file_encoding(path)) as handle:
         if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            yield None, _jsonl(handle)
+            yield Columns.for_jsonl(maps, fields), _jsonl(handle)
             return
-        reader = csv.reader(handle)
+        delimiter = sniff_delimiter(handle.readline())
+        handle.seek(0)
+        reader = csv.reader(handle, delimiter=delimiter)
         try:
-            header = [column.strip().lower() for column in next(reader)]
+            header = [column.strip() for column in next(reader)]
         except StopIteration:
             raise ImportFileError(f"{path}: the file is empty") from None
         except csv.Error as exc:
             raise ImportFileError(f"{path}: the first row is not a CSV header: {_csv_problem(exc)}") from None
-        yield header, _csv_rows(reader, header)
+        columns = Columns.for_header(header, maps=maps, fields=fields, file=str(path), delimiter=delimiter)
+        if "email" not in columns.targets.values():
+            raise ImportFileError(
+                f"{path}: no email column (the first row must name the columns, one of them email; "
+                "--map 'COLUMN=email' names another)"
+            )
+        yield columns, _csv_rows(reader, header)
+
+
+def addresses_in(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, text) of each address in a file of people who must not be mailed: one address per line (blank lines
+    and `#` comments skipped), or the email column of a CSV such as another tool's export (other columns unused)."""
+    if not path.is_file():
+        raise ImportFileError(f"{path}: no such file")
+    with path.open(newline="", encoding=file_encoding(path)) as handle:
+        first = handle.readline()
+        while first and (not first.strip() or first.lstrip().startswith("#")):
+            first = handle.readline()
+        handle.seek(0)
+        if "@" in first:
+            for number, text in enumerate(handle, start=1):
+                if text.strip() and not text.lstrip().startswith("#"):
+                    yield number, text.strip()
+            return
+        reader = csv.reader(handle, delimiter=sniff_delimiter(first))
+        header = next(reader, [])
+        export = recognise(header)
+        index = next(
+            (
+                number
+                for number, cell in enumerate(header)
+                if (export.columns.get(column_key(cell)) if export else column_key(cell)) == "email"
+            ),
+            None,
+        )
+        if index is None:
+            raise ImportFileError(
+                f"{path}: its first row names no email column ({', '.join(header) or 'it is empty'}): write one "
+                "address per line, or a CSV whose header names an email column"
+            )
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                yield reader.line_num, cells[index] if index < len(cells) else ""
 
 
 def _csv_problem(exc: csv.Error) -> str:
@@ -187,11 +243,15 @@ def _jsonl(handle: Any) -> Iterator[tuple[int, dict[str, Any] | str]]:
         if not isinstance(value, dict):
             yield number, 'not a JSON object (each line holds one contact: {"email": ...})'
             continue
-        row = {str(key).strip().lower(): item for key, item in value.items()}
+        row = {column_key(str(key)): item for key, item in value.items()}
         if len(row) < len(value):
             yield number, "a key is repeated (keys are field names, whatever their case)"
             continue
         yield number, row
+
+
+class ImportInterrupted(ReconcilerError):
+    """Ctrl-C stopped an import: the message says what was saved and that running it again is safe."""
 
 
 def import_file(
@@ -203,11 +263,13 @@ def import_file(
     consent_text: str | None,
     now: datetime,
     preconfirmed: bool = False,
+    maps: Sequence[str] = (),
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import every good row of `path`; report each bad one with its line. Subscribing to a double opt-in list
     needs `preconfirmed`: the people confirmed elsewhere (each consent record says so); an import never mails
-    confirmation requests."""
+    confirmation requests. `maps`: `--map SOURCE=FIELD` options. Ctrl-C raises ImportInterrupted once the batch
+    being written is rolled back."""
     unknown = [name for name in lists if name not in desired.lists]
     if unknown:
         raise ImportFileError(
@@ -222,42 +284,30 @@ def import_file(
             "the form or the API"
         )
     parser = RowParser.for_workspace(desired)
+    mapped = parse_maps(maps, parser.fields)
     if not path.is_file():
         raise ImportFileError(f"{path}: no such file")
-    with open_rows(path) as (header, rows):
-        if header is not None:
-            check_columns(parser, header, str(path))
-        report = ImportReport(file=path.name)
-        at = iso(now)
-        import_id = start_import(db, file=path.name, at=at)
-        targets = [(name, blocking_for(desired.lists, [name])) for name in lists]
-        batch: list[ContactRow] = []
-
-        def flush() -> None:
-            report.add(
-                import_batch(
-                    db,
-                    batch,
-                    import_id=import_id,
-                    at=at,
-                    lists=targets,
-                    source=f"import:{path.name}",
-                    consent_text=consent_text,
-                    preconfirmed=double,
-                )
+    report = ImportReport(file=path.name)
+    at = iso(now)
+    import_id: int | None = None
+    try:
+        with open_rows(path, fields=parser.fields, maps=mapped) as (columns, rows):
+            report.notes = list(columns.notes)
+            import_id = start_import(db, file=path.name, at=at)
+            _import_rows(
+                db,
+                report,
+                _parsed_chunks(parser, columns, rows, parallel=path.stat().st_size > PARALLEL_FROM_BYTES),
+                import_id=import_id,
+                at=at,
+                lists=[(name, blocking_for(desired.lists, [name])) for name in lists],
+                marketing=[name for name, spec in desired.lists.items() if spec.category == "marketing"],
+                consent_text=consent_text,
+                preconfirmed=double,
+                progress=progress,
             )
-            batch.clear()
-            if progress:
-                progress(report.rows)
-
-        for parsed, bad in _parsed_chunks(parser, rows, parallel=path.stat().st_size > PARALLEL_FROM_BYTES):
-            report.bad += bad
-            report.rows += len(parsed) + len(bad)
-            batch += parsed
-            if len(batch) >= BATCH_ROWS:
-                flush()
-        if batch:
-            flush()
+    except KeyboardInterrupt:
+        raise ImportInterrupted(_interrupted(db, report, import_id, at=at)) from None
     finish_import(
         db,
         import_id,
@@ -271,19 +321,123 @@ def import_file(
     return report
 
 
+def _import_rows(
+    db: Database,
+    report: ImportReport,
+    chunks: Iterator[tuple[list[ContactRow], list[BadRow]]],
+    *,
+    import_id: int,
+    at: str,
+    lists: list[tuple[str, tuple[str, ...]]],
+    marketing: list[str],
+    consent_text: str | None,
+    preconfirmed: list[str],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Write the parsed rows in batches of BATCH_ROWS, each one transaction."""
+    batch: list[ContactRow] = []
+
+    def flush() -> None:
+        report.add(
+            import_batch(
+                db,
+                batch,
+                import_id=import_id,
+                at=at,
+                lists=lists,
+                source=f"import:{report.file}",
+                consent_text=consent_text,
+                preconfirmed=preconfirmed,
+                marketing=marketing,
+            )
+        )
+        batch.clear()
+        if progress:
+            progress(report.rows)
+
+    try:
+        for parsed, bad in chunks:
+            report.bad += bad
+            report.rows += len(parsed) + len(bad)
+            batch += parsed
+            if len(batch) >= BATCH_ROWS:
+                flush()
+        if batch:
+            flush()
+    finally:
+        if isinstance(chunks, Generator):
+            chunks.close()  # stops the worker processes at once when this ends early
+
+
+def _interrupted(db: Database, report: ImportReport, import_id: int | None, *, at: str) -> str:
+    """What an interrupted import saved, said so that the person knows what to do next."""
+    if db.conn.in_transaction:  # Ctrl-C between BEGIN and the batch's own rollback
+        db.conn.execute("ROLLBACK")
+    if import_id is None:
+        return f"{report.file}: interrupted before anything was written; run the same command to import it"
+    saved = contacts_of_import(db, import_id)
+    finish_import(
+        db,
+        import_id,
+        at=at,
+        rows=report.rows,
+        created=report.created,
+        updated=report.updated,
+        rejected=len(report.bad),
+        file=report.file,
+        interrupted=True,
+    )
+    return (
+        f"{report.file}: interrupted; {saved:,} contacts of it were saved, in whole batches of {BATCH_ROWS:,} rows, "
+        "and nothing of the rows after them (a batch cut off while being written is rolled back). Running the same "
+        "command again is safe: rows already imported are updated, not duplicated, and nobody is subscribed twice"
+    )
+
+
+def _ignore_sigint() -> None:
+    """In a worker: Ctrl-C on a terminal reaches every process of the group; only the importing one answers it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """While a worker process starts (it inherits this), so that it never sees Ctrl-C before it ignores it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _parse_chunk(
-    parser: RowParser, chunk: list[tuple[int, dict[str, Any] | str]]
+    parser: RowParser, columns: Columns, chunk: list[tuple[int, dict[str, Any] | str]]
 ) -> tuple[list[ContactRow], list[BadRow]]:
+    """Every row of a chunk as a ContactRow, or as a BadRow naming every problem it has."""
     parsed: list[ContactRow] = []
     bad: list[BadRow] = []
+    status_column = STATUS not in parser.fields
     for line, raw in chunk:
         if isinstance(raw, str):
-            bad.append(BadRow(line, raw))
+            bad.append(BadRow(line, (raw,)))
             continue
+        row, problems = columns.apply(raw)
+        status = None
+        if status_column and STATUS in row:
+            try:
+                status = status_of(row.pop(STATUS))
+            except ValueError as exc:
+                problems.append(f"status: {exc}")
         try:
-            parsed.append(parser.parse(raw))
-        except ValueError as exc:
-            bad.append(BadRow(line, str(exc)))
+            contact = parser.parse(row, status=status)
+        except RowProblems as exc:
+            problems[:0] = exc.problems
+        if problems:
+            bad.append(BadRow(line, tuple(problems)))
+        else:
+            parsed.append(contact)
     return parsed, bad
 
 
@@ -299,19 +453,26 @@ def _chunks(rows: Iterator[tuple[int, dict[str, Any] | str]]) -> Iterator[list[t
 
 
 def _parsed_chunks(
-    parser: RowParser, rows: Iterator[tuple[int, dict[str, Any] | str]], *, parallel: bool
+    parser: RowParser, columns: Columns, rows: Iterator[tuple[int, dict[str, Any] | str]], *, parallel: bool
 ) -> Iterator[tuple[list[ContactRow], list[BadRow]]]:
     """Parsed rows in file order; a large file is parsed by worker processes (validation is the CPU-bound part)."""
     workers = min(2, os.cpu_count() or 1)
     if not parallel or workers < 2:
         for chunk in _chunks(rows):
-            yield _parse_chunk(parser, chunk)
+            yield _parse_chunk(parser, columns, chunk)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
+    try:
         pending: list[Future[tuple[list[ContactRow], list[BadRow]]]] = []
-        for chunk in _chunks(rows):
-            pending.append(pool.submit(_parse_chunk, parser, chunk))
+        for number, chunk in enumerate(_chunks(rows)):
+            if number < workers:  # each of the first submits may start a worker process
+                with _sigint_ignored():
+                    pending.append(pool.submit(_parse_chunk, parser, columns, chunk))
+            else:
+                pending.append(pool.submit(_parse_chunk, parser, columns, chunk))
             if len(pending) > 2 * workers:  # a bounded window keeps memory flat on any file size
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -188,20 +188,26 @@ class RowParser:
             timezone=desired.timezone,
         )
 
-    def parse(self, raw: Mapping[str, Any]) -> ContactRow:
+    def parse(self, raw: Mapping[str, Any], *, status: str | None = None) -> ContactRow:
+        """The row as typed values; raises RowProblems naming every bad value of the row, not only the first (a
+        person fixing a file should not have to run it once per mistake). `status`: what an import's status column
+        said (`import_columns.STATUS_WORDS`)."""
+        problems: list[str] = []
+        email = ""
         try:
             email = normalise_email(raw.get("email") or "")
         except ValueError as exc:
-            raise ValueError(f"email: {exc}") from None
+            problems.append(f"email: {exc}")
         builtins: dict[str, str] = {}
         fields: dict[str, Any] = {}
         tags: list[str] = []
         created_at = None
         for column, value in raw.items():
             if column not in self.fields:
-                raise ValueError(
+                problems.append(
                     f"unknown field {column!r} ({did_you_mean(column, self.fields, otherwise='not a field')})"
                 )
+                continue
             if column == "email" or value is None or value == "" or value == []:
                 continue
             try:
@@ -214,5 +220,15 @@ class RowParser:
                 else:
                     builtins[column] = _builtin(column, value)
             except ValueError as exc:
-                raise ValueError(f"{column}: {exc}") from None
-        return ContactRow.build(email, builtins, tags, fields, created_at)
+                problems.append(f"{column}: {exc}")
+        if problems:
+            raise RowProblems(problems)
+        return ContactRow.build(email, builtins, tags, fields, created_at, status=status)
+
+
+class RowProblems(ValueError):
+    """Every problem of one row, each a sentence `field: what is wrong`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)

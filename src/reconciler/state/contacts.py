@@ -20,7 +20,7 @@ from reconciler.segments import json_path
 from reconciler.spec.contact import TEXT_FIELDS, Contact
 from reconciler.state import rollups
 from reconciler.state.db import audit, write
-from reconciler.state.suppressions import email_hash, suppress
+from reconciler.state.suppressions import SuppressionReason, email_hash, suppress, suppress_many
 
 CONTACT_NAMES = ("id", "email", *TEXT_FIELDS, "tags", "fields", "created_at", "frequency")
 CONTACT_COLUMNS = ", ".join(f"c.{name}" for name in CONTACT_NAMES)
@@ -63,6 +63,10 @@ class ContactRow:
     fields: str
     """JSON object of custom fields."""
     created_at: str | None = None
+    status: str | None = None
+    """What the file's status column said: None (subscribe as usual), `held` (store, do not subscribe),
+    `unsubscribed` (from the import's lists; from everything when it names none), `blocklisted` (from everything),
+    `bounced` or `complained` (suppressed)."""
 
     @classmethod
     def build(
@@ -72,6 +76,8 @@ class ContactRow:
         tags: list[str],
         fields: dict[str, Any],
         created_at: str | None = None,
+        *,
+        status: str | None = None,
     ) -> ContactRow:
         return cls(
             email,
@@ -80,6 +86,7 @@ class ContactRow:
             strictjson.dumps(sorted(set(tags))),
             strictjson.dumps(fields),
             created_at,
+            status,
         )
 
 
@@ -93,6 +100,8 @@ class BatchResult:
     subscribed: int = 0
     kept_out: dict[str, int] = field(default_factory=dict)
     """Rows not subscribed, by why: suppressed (bounced ...), or unsubscribed from the list earlier."""
+    statuses: dict[str, int] = field(default_factory=dict)
+    """Rows by what their status column said, when it said more than "subscribed"."""
 
     def add(self, other: BatchResult) -> None:
         """Count another batch into this total."""
@@ -103,6 +112,8 @@ class BatchResult:
         self.subscribed += other.subscribed
         for reason, count in other.kept_out.items():
             self.kept_out[reason] = self.kept_out.get(reason, 0) + count
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
 
 
 _UPSERT = f"""
@@ -138,10 +149,13 @@ def import_batch(
     source: str,
     consent_text: str | None,
     preconfirmed: Collection[str] = (),
+    marketing: Sequence[str] = (),
 ) -> BatchResult:
     """Upsert one batch of rows and subscribe them to `lists` ((name, blocking suppression reasons) pairs), in one
     transaction. The consent record of a list in `preconfirmed` (double opt-in, confirmed elsewhere as the caller
-    says) has the action `preconfirmed` instead of `subscribe`.
+    says) has the action `preconfirmed` instead of `subscribe`. A row whose `status` says otherwise is not
+    subscribed: it is held, unsubscribed (from `lists`, or from everything: the `marketing` lists it is on, and a
+    suppression) or suppressed, each with a consent or suppression record naming `source`.
 
     Nobody who unsubscribed, bounced, complained or was erased is subscribed again; erased addresses are not even
     stored again.
@@ -152,6 +166,7 @@ def import_batch(
         blocked = _suppressed(db, hashes.values())
         earlier = _existing(db, hashes)
         seen: set[str] = set()
+        status: dict[str, str | None] = {}
         values = []
         for row in rows:
             if blocked.get(hashes[row.email]) == "erased":
@@ -164,6 +179,7 @@ def import_batch(
             else:
                 result.created += 1
             seen.add(row.email)
+            status[row.email] = row.status
             values.append(
                 (
                     row.email,
@@ -177,11 +193,69 @@ def import_batch(
                 )
             )
         db.conn.executemany(_UPSERT, values)
-        emails = json.dumps(sorted(seen))
+        emails = json.dumps(sorted(email for email in seen if status[email] is None))
+        lists = list(lists)
         for name, blocking in lists:
             action = "preconfirmed" if name in preconfirmed else "subscribe"
             _subscribe_batch(db, result, emails, name, blocking, at=at, source=source, text=consent_text, action=action)
+        if any(status.values()):
+            _apply_statuses(db, result, status, [name for name, _ in lists], marketing, at=at, source=source)
     return result
+
+
+def _apply_statuses(
+    db: Database,
+    result: BatchResult,
+    status: dict[str, str | None],
+    lists: Sequence[str],
+    marketing: Sequence[str],
+    *,
+    at: str,
+    source: str,
+) -> None:
+    """Inside the import's write: the rows whose status column says they must not be mailed (or not yet)."""
+    everything = sorted(e for e, s in status.items() if s == "blocklisted" or (s == "unsubscribed" and not lists))
+    from_lists = json.dumps(sorted(e for e, s in status.items() if s == "unsubscribed" and lists))
+    for word in filter(None, status.values()):
+        result.statuses[word] = result.statuses.get(word, 0) + 1
+    for name in lists:
+        _unsubscribe_batch(db, from_lists, name, at=at, source=source, joined_only=False)
+    for name in marketing:
+        _unsubscribe_batch(db, json.dumps(everything), name, at=at, source=source, joined_only=True)
+    db.conn.execute(
+        "INSERT INTO consent(contact_id, list, action, at, source) SELECT c.id, NULL, 'unsubscribe', ?, ? "
+        "FROM contacts c WHERE c.email IN (SELECT value FROM json_each(?)) "
+        "AND NOT EXISTS (SELECT 1 FROM suppressions p WHERE p.email_hash = c.email_hash)",
+        (at, source, json.dumps(everything)),
+    )
+    reasons: dict[str, SuppressionReason] = {"bounced": "bounced", "complained": "complained"}
+    suppress_many(
+        db,
+        [(email_hash(e), "unsubscribed", f"unsubscribed from everything ({source})") for e in everything]
+        + [(email_hash(e), reasons[s], f"{s} ({source})") for e, s in status.items() if s in reasons],
+        at=at,
+    )
+
+
+def _unsubscribe_batch(db: Database, emails: str, name: str, *, at: str, source: str, joined_only: bool) -> None:
+    """Unsubscribe these addresses from one list, each change with its consent record. `joined_only`: only those
+    on the list (leaving everything); otherwise the unsubscribe is kept for people never on it too, so that no
+    later import subscribes them."""
+    joined = "AND EXISTS (SELECT 1 FROM subscriptions j WHERE j.contact_id = c.id AND j.list = :list)" * joined_only
+    params = {"emails": emails, "list": name, "at": at, "source": source}
+    db.conn.execute(
+        "INSERT INTO consent(contact_id, list, action, at, source) SELECT c.id, :list, 'unsubscribe', :at, :source "
+        "FROM contacts c WHERE c.email IN (SELECT value FROM json_each(:emails)) AND NOT EXISTS (SELECT 1 FROM "
+        f"subscriptions s WHERE s.contact_id = c.id AND s.list = :list AND s.status = 'unsubscribed') {joined}",
+        params,
+    )
+    db.conn.execute(
+        "INSERT INTO subscriptions(contact_id, list, status, updated_at) SELECT c.id, :list, 'unsubscribed', :at "
+        f"FROM contacts c WHERE c.email IN (SELECT value FROM json_each(:emails)) {joined} "
+        "ON CONFLICT(contact_id, list) DO UPDATE SET status = 'unsubscribed', updated_at = excluded.updated_at "
+        "WHERE subscriptions.status != 'unsubscribed'",
+        params,
+    )
 
 
 def _suppressed(db: Database, hashes: Iterable[str]) -> dict[str, str]:
@@ -252,20 +326,35 @@ def _subscribe_batch(
     result.subscribed += cursor.rowcount
 
 
+def contacts_of_import(db: Database, import_id: int) -> int:
+    """Contacts an import created or updated so far (what an interrupted one saved)."""
+    return int(db.conn.execute("SELECT count(*) FROM contacts WHERE import_id = ?", (import_id,)).fetchone()[0])
+
+
 def finish_import(
-    db: Database, import_id: int, *, at: str, rows: int, created: int, updated: int, rejected: int, file: str
+    db: Database,
+    import_id: int,
+    *,
+    at: str,
+    rows: int,
+    created: int,
+    updated: int,
+    rejected: int,
+    file: str,
+    interrupted: bool = False,
 ) -> None:
+    """Record how an import ended; an interrupted one keeps no finish time (it did not finish)."""
     with write(db):
         db.conn.execute(
             "UPDATE imports SET finished_at = ?, rows = ?, created = ?, updated = ?, rejected = ? WHERE id = ?",
-            (at, rows, created, updated, rejected, import_id),
+            (None if interrupted else at, rows, created, updated, rejected, import_id),
         )
         audit(
             db,
             at=at,
             actor="import",
             subject=f"import {import_id}",
-            action="imported",
+            action="interrupted" if interrupted else "imported",
             detail=f"{file}: {created} created, {updated} updated, {rejected} rejected",
         )
 

@@ -12,12 +12,12 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from reconciler import strictjson
-from reconciler.state import engagement, rollups
+from reconciler.state import engagement, records, rollups
 from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
 from reconciler.state.ledger import CONFIRMATION_SOURCE
-from reconciler.state.suppressions import email_hash, lift_unsubscribe, reason_for, suppress
+from reconciler.state.suppressions import SuppressionReason, email_hash, lift_unsubscribe, reason_for, suppress
 
 MAX_CONFIRMATIONS = 3
 Status = Literal["subscribed", "pending", "unsubscribed"]
@@ -173,6 +173,44 @@ def unsubscribe_all(
             suppress(db, hashed[0], "unsubscribed", at=at, detail=f"unsubscribed from everything ({source})")
 
 
+def unsubscribe_lists(db: Database, contact_id: int, lists: Sequence[str], *, at: str, source: str) -> list[str]:
+    """Someone's unsubscribe that reached us another way (`reconciler contacts unsubscribe --list`, an opt-out by
+    email): leave these lists, each with its consent record. Returns the lists that changed."""
+    with write(db):
+        return change_subscriptions(db, contact_id, {name: "unsubscribed" for name in lists}, at=at, source=source)
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """One address of `suppress_addresses`: its reason before (None: not suppressed) and after."""
+
+    email: str
+    before: str | None
+    after: str
+
+
+def suppress_addresses(
+    db: Database, emails: Sequence[str], reason: SuppressionReason, *, at: str, source: str
+) -> list[Suppressed]:
+    """Keep addresses out of mail that another tool, or a person, says must not get any (`reconciler contacts
+    suppress`), whether or not they are contacts: a suppression is kept by the address's hash, with `source` as its
+    detail, and a contact who unsubscribed gets a consent record too. A stronger reason already held stays."""
+    done = []
+    with write(db):
+        for email in emails:
+            hashed = email_hash(email)
+            before = reason_for(db, hashed)
+            contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
+            if reason == "unsubscribed" and before is None and contact is not None:
+                db.conn.execute(
+                    "INSERT INTO consent(contact_id, list, action, at, source) VALUES (?, NULL, 'unsubscribe', ?, ?)",
+                    (contact[0], at, source),
+                )
+            suppress(db, hashed, reason, at=at, detail=source)
+            done.append(Suppressed(email, before, reason_for(db, hashed) or reason))
+    return done
+
+
 # --- double opt-in -------------------------------------------------------------------------------------------
 
 
@@ -290,8 +328,10 @@ def insert_events(
 def provider_event(
     db: Database, provider: str, event_id: str, *, email: str, kind: str, hard: bool, at: str, detail: str
 ) -> bool:
-    """A bounce or complaint from a provider's webhook, once per event id. A hard bounce suppresses the address,
-    a complaint suppresses all marketing to it, a soft bounce is only counted. Returns False for a redelivery."""
+    """A bounce, complaint or unsubscribe from a provider's webhook, once per event id. A hard bounce suppresses
+    the address, a complaint suppresses all marketing to it, an unsubscribe leaves every marketing list (as the
+    preference page's "unsubscribe from everything" does, its consent record naming the webhook), a soft bounce is
+    only counted. Returns False for a redelivery."""
     with write(db):
         fresh = db.conn.execute(
             "INSERT INTO webhook_events(provider, event_id, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -299,17 +339,23 @@ def provider_event(
         ).rowcount
         if not fresh:
             return False
-        if kind == "complaint":
+        contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
+        source = f"webhook:{provider}"
+        if kind == "unsubscribe" and contact is not None:
+            marketing = [name for name, spec in records.lists(db).items() if spec.category == "marketing"]
+            unsubscribe_all(db, contact[0], marketing_lists=marketing, at=at, source=source, ip=None)
+        elif kind == "unsubscribe":
+            suppress(db, email_hash(email), "unsubscribed", at=at, detail=f"{source}: {detail}" if detail else source)
+        elif kind == "complaint":
             suppress(db, email_hash(email), "complained", at=at, detail=f"{provider}: {detail}")
         elif hard:
             suppress(db, email_hash(email), "bounced", at=at, detail=f"{provider}: {detail}")
-        contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
         if contact is not None:
             last = db.conn.execute(
                 "SELECT id FROM ledger WHERE contact_id = ? AND state = 'sent' ORDER BY sent_at DESC LIMIT 1",
                 (contact[0],),
             ).fetchone()
-            action: engagement.Action = "complained" if kind == "complaint" else "bounced"
+            action: engagement.Action = {"complaint": "complained", "unsubscribe": "unsubscribed"}.get(kind, "bounced")  # type: ignore[assignment]
             note = f"{'hard' if hard else 'soft'}: {provider}: {detail}"[:200] if kind == "bounce" else provider
             engagement.record(
                 db, [Engagement(last[0] if last else None, action, at, detail=note, contact_id=contact[0])]

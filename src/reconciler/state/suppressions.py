@@ -9,6 +9,7 @@ too), and a weaker reason arriving later changes nothing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Literal
 
 from sqlite_utils import Database
@@ -31,6 +32,13 @@ def email_hash(email: str) -> str:
 def suppress(db: Database, hashed: str, reason: SuppressionReason, *, at: str, detail: str | None = None) -> None:
     """Inside the caller's write: keep the address with hash `hashed` out of mail for `reason`."""
     db.conn.execute(_UPSERT, (hashed, reason, at, detail[:200] if detail else None))
+
+
+def suppress_many(db: Database, entries: Iterable[tuple[str, SuppressionReason, str | None]], *, at: str) -> None:
+    """Inside the caller's write: `suppress` for many (hash, reason, detail) at once (an import's status column)."""
+    db.conn.executemany(
+        _UPSERT, [(hashed, reason, at, detail[:200] if detail else None) for hashed, reason, detail in entries]
+    )
 
 
 def lift_unsubscribe(db: Database, contact_id: int) -> None:

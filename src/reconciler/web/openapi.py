@@ -165,7 +165,7 @@ def _api() -> dict[str, Any]:
         },
         "/api/v1/webhooks/{provider}": {
             "post": {
-                "summary": "Bounces and complaints from Amazon SES (SNS), Postmark, or the generic format",
+                "summary": "Bounces and complaints: Amazon SES (SNS), Postmark, generic (also unsubscribes)",
                 "parameters": [
                     {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
                 ],

@@ -51,7 +51,7 @@ class ProviderEvent:
     event_id: str
     email: str
     kind: str
-    """bounce | complaint"""
+    """bounce | complaint | unsubscribe (the generic format only)"""
     hard: bool
     detail: str
 
@@ -89,16 +89,19 @@ def postmark(body: Any) -> list[ProviderEvent]:
     return events
 
 
+GENERIC_TYPES = ("bounce", "complaint", "unsubscribe")
+
+
 def generic(body: Any) -> list[ProviderEvent]:
-    """`{"id": "...", "type": "bounce" | "complaint", "email": "...", "bounce_type": "hard" | "soft",
-    "detail": "..."}`, or a list of them; authenticated with the API bearer token (`check_bearer`)."""
+    """`{"id": "...", "type": "bounce" | "complaint" | "unsubscribe", "email": "...", "bounce_type": "hard" |
+    "soft", "detail": "..."}`, or a list of them; authenticated with the API bearer token (`check_bearer`)."""
     records = body if isinstance(body, list) else [body]
     events = []
     for record in records:
         if not isinstance(record, dict) or not {"id", "type", "email"} <= set(record):
-            raise WebhookPayloadError("each event needs id, type (bounce or complaint) and email")
-        if record["type"] not in ("bounce", "complaint"):
-            raise WebhookPayloadError(f"type must be bounce or complaint, not {record['type']!r}")
+            raise WebhookPayloadError(f"each event needs id, type ({', '.join(GENERIC_TYPES)}) and email")
+        if record["type"] not in GENERIC_TYPES:
+            raise WebhookPayloadError(f"type must be one of {', '.join(GENERIC_TYPES)}, not {record['type']!r}")
         hard = record["type"] == "bounce" and record.get("bounce_type", "hard") == "hard"
         events.append(
             ProviderEvent(str(record["id"]), str(record["email"]), record["type"], hard, str(record.get("detail", "")))

@@ -1,0 +1,62 @@
+"""Ctrl-C during a large import, as a terminal sends it (SIGINT to the whole process group: the importing process
+and its worker processes): it stops with one message saying what was saved, no traceback, and running the same
+command again finishes the job without duplicating anyone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import reconciler, wait_for
+
+ROWS = 150_000
+"""Enough bytes for the worker processes (imports.PARALLEL_FROM_BYTES) and many batches after the first."""
+
+
+def _count(root: Path, sql: str) -> int:
+    try:
+        with sqlite3.connect(f"file:{root / '.state/reconciler.db'}?mode=ro", uri=True) as db:
+            return int(db.execute(sql).fetchone()[0])
+    except sqlite3.OperationalError:  # not created, or not migrated yet
+        return 0
+
+
+def test_ctrl_c_stops_an_import_between_batches_and_running_it_again_is_safe(example: Path) -> None:
+    lines = ["email,first_name,orders_count"] + [f"person{n}@example.com,Pat{n},{n % 7}" for n in range(ROWS)]
+    (example / "big.csv").write_text("\n".join(lines) + "\n")
+    command = [sys.executable, "-m", "reconciler", "contacts", "import", "big.csv", "--list", "offers"]
+    command += ["--consent", "shop checkout v2"]
+    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}
+    process = subprocess.Popen(
+        command, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        wait_for(lambda: _count(example, "SELECT count(*) FROM contacts") > 0, "the first batch", timeout=120)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: every process of the terminal's group
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Aborted" not in err, err
+    saved = _count(example, "SELECT count(*) FROM contacts")
+    assert 0 < saved < ROWS and saved % 10_000 == 0, saved  # whole batches only
+    assert f"big.csv: interrupted; {saved:,} contacts of it were saved" in err, err
+    assert "Running the same command again is safe" in err
+    assert _count(example, "SELECT count(*) FROM imports WHERE finished_at IS NULL") == 1
+    assert _count(example, "SELECT count(*) FROM audit WHERE action = 'interrupted'") == 1
+
+    again = reconciler(*command[3:], cwd=example)
+    assert again.returncode == 0, again.stderr
+    assert f"{ROWS} rows, {ROWS - saved} new, {saved} updated, 0 rejected, {ROWS - saved} subscriptions added" in (
+        again.stdout
+    )
+    assert _count(example, "SELECT count(*) FROM contacts") == ROWS
+    assert _count(example, "SELECT count(*) FROM subscriptions WHERE list = 'offers'") == ROWS
+    assert _count(example, "SELECT count(*) FROM consent WHERE action = 'subscribe'") == ROWS  # nobody twice
