@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
 
 import click
 import pytest
 
-from conftest import REPO
+from conftest import REPO, reconciler
 from reconciler.cli import main
 from reconciler.spec import KINDS
 
@@ -63,3 +66,30 @@ def test_every_kind_is_in_the_example_and_the_spec_guide(kind: str) -> None:
 def test_the_readme_shows_the_two_commands_and_ci_usage() -> None:
     for text in ("make run", "make test", "reconciler validate --format github", "reconciler schema"):
         assert text in README
+
+
+def test_the_installed_distribution_and_the_command_agree_on_name_and_version() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "reconciler-email"  # "reconciler" on the package index is someone else's
+    try:
+        installed = version(project["name"])
+    except PackageNotFoundError:  # an environment installed before the rename
+        pytest.skip("this environment installed the distribution under its old name; make install again")
+    done = reconciler("--version", cwd=REPO)
+    assert done.stdout.strip().endswith(project["version"]) and installed == project["version"], done.stdout
+
+
+def test_the_editor_schema_covers_every_file_the_loader_reads() -> None:
+    readme = (REPO / "README.md").read_text()
+    found = re.search(r'"\./\.vscode/reconciler\.schema\.json": (\[[^\]]*\])', readme)
+    assert found, "the README's yaml.schemas example"
+    globs = json.loads(found.group(1))
+    for path in ("spec/lists.yaml", "spec/more/lists.yml", "campaigns/2030/sale.yaml", "campaigns/sale.yml"):
+        assert any(_globstar(glob).fullmatch(path) for glob in globs), (path, globs)
+
+
+def _globstar(glob: str) -> re.Pattern[str]:
+    """A glob as VS Code reads it: `**/` is any number of folders (none too), `*` stays within one."""
+    parts = re.split(r"(\*\*/|\*)", glob)
+    table = {"**/": "(?:[^/]+/)*", "*": "[^/]*"}
+    return re.compile("".join(table.get(part, re.escape(part)) for part in parts))

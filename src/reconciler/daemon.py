@@ -35,8 +35,9 @@ from reconciler.apply import Applied, plan_and_apply
 from reconciler.check import validate_workspace
 from reconciler.clock import Clock, iso
 from reconciler.errors import PermanentError, Problem
+from reconciler.gitrepo import git_commit
 from reconciler.health import Health
-from reconciler.load import YAML_FOLDERS, git_commit
+from reconciler.load import YAML_FOLDERS
 from reconciler.plan import Plan
 from reconciler.sendloop import SendLoop, wait_any
 from reconciler.start import start_due

@@ -46,6 +46,7 @@ from reconciler.state.contacts import (
     import_batch,
     start_import,
 )
+from reconciler.words import count
 
 __all__ = ["BATCH_ROWS", "ImportFileError", "ImportInterrupted", "ImportReport", "addresses_in", "import_file"]
 
@@ -77,7 +78,7 @@ class ImportReport(BatchResult):
     """How the file was read: its delimiter when not a comma, the export recognised and what its columns became."""
 
     def summary(self) -> str:
-        parts = [f"{self.rows} rows", f"{self.created} new", f"{self.updated} updated"]
+        parts = [count(self.rows, "row"), f"{self.created:,} new", f"{self.updated:,} updated"]
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicates merged")
         parts.append(f"{len(self.bad)} rejected")

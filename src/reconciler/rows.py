@@ -23,6 +23,7 @@ from reconciler.errors import did_you_mean
 from reconciler.spec import DesiredState
 from reconciler.spec.contact import BUILTIN_FIELDS
 from reconciler.state.contacts import ContactRow
+from reconciler.words import a
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
@@ -80,7 +81,7 @@ def _text(value: Any, what: str = "text") -> str:
 def convert(value: Any, type_: str, *, timezone: str) -> Any:
     """One cell as the Field type says; raises ValueError with a sentence a marketer understands."""
     if isinstance(value, dict) or (isinstance(value, list) and type_ != "list"):
-        raise ValueError(f"expected a {type_}, found {_kind_of(value)}")
+        raise ValueError(f"expected {a(type_)}, found {_kind_of(value)}")
     if type_ == "string":
         return _text(value)
     if type_ in ("number", "integer"):
@@ -115,7 +116,7 @@ def convert(value: Any, type_: str, *, timezone: str) -> Any:
 
 def _number(value: Any, type_: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{value!r} is not a {type_}")
+        raise ValueError(f"{value!r} is not {a(type_)}")
     text = value.strip() if isinstance(value, str) else value
     try:
         number = float(str(text).replace(",", "")) if type_ == "number" else _integer(text)

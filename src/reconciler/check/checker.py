@@ -19,11 +19,6 @@ _DOCUMENT_KINDS = {
 }
 
 
-def a(word: str) -> str:
-    """`word` with its indefinite article, as a sentence needs it: "an integer field", "a date field"."""
-    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
-
-
 @dataclass
 class Checker:
     """Collects problems for one workspace."""

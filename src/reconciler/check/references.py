@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler import geoip
-from reconciler.check.checker import DATE_TYPES, ORDERED_TYPES, Checker, a
+from reconciler.check.checker import DATE_TYPES, ORDERED_TYPES, Checker
 from reconciler.errors import Loc
 from reconciler.spec import BUILTIN_FIELDS, Campaign, DesiredState, Segment, Workflow
 from reconciler.spec.conditions import (
@@ -25,6 +25,7 @@ from reconciler.spec.conditions import (
 from reconciler.spec.workflow import (
     walk_steps,
 )
+from reconciler.words import a
 
 
 def check_settings(c: Checker) -> None:

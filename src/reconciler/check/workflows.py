@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from reconciler.check.checker import DATE_TYPES, Checker, a
+from reconciler.check.checker import DATE_TYPES, Checker
 from reconciler.check.references import check_condition, field_types, fits_type, message_templates
 from reconciler.spec import DesiredState, Workflow
 from reconciler.spec.journey import WorkflowTest
@@ -22,6 +22,7 @@ from reconciler.spec.workflow import (
     WaitUntilStep,
     walk_steps,
 )
+from reconciler.words import a
 
 
 def check_workflow(c: Checker, workflow: Workflow) -> None:

@@ -65,7 +65,7 @@ def plan(
     Without a state database (as in CI) the plan is made against an empty one.
     """
     from reconciler.apply import observe_for
-    from reconciler.load import git_commit
+    from reconciler.gitrepo import git_commit
     from reconciler.plan import as_json, as_markdown, as_text, make_plan
     from reconciler.state.db import empty_db
 
@@ -88,7 +88,7 @@ def plan(
 def apply(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
     """Carry out the plan once: record lists and fields, schedule, pause, cancel. Never sends."""
     from reconciler.apply import plan_and_apply
-    from reconciler.load import git_commit
+    from reconciler.gitrepo import git_commit
     from reconciler.plan import as_text
 
     root = workspace_root(ctx)

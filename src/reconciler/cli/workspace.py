@@ -44,7 +44,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
     git tracks the state.
     """
     from reconciler.check import validate_workspace
-    from reconciler.load import tracked_state
+    from reconciler.gitrepo import tracked_state
 
     problems: list[Problem] = []
     elsewhere: list[Problem] = []
