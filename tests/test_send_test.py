@@ -160,6 +160,10 @@ def test_the_outbox_gets_a_test_of_a_campaign_a_stage_and_a_workflow_step(exampl
 
     stage = reconciler("render", "holiday-gift-guide-2030:reminder", cwd=example)
     assert stage.returncode == 0 and "orders placed by Wednesday 18 December" in stage.stdout
+    workflow = reconciler("send-test", "welcome", "--to", TO, cwd=example)
+    assert workflow.returncode == 2 and "welcome is a workflow: name one of its send steps (welcome:hello, " in (
+        workflow.stderr
+    )
 
 
 def test_send_test_refuses_a_bad_address_a_broken_workspace_and_unknown_names(tmp_path: Path) -> None:

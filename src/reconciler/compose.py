@@ -279,7 +279,7 @@ def compose_test_send(definition: Definition, contact: Contact, *, to: str, now:
         signer=Signer(secrets.token_bytes(32)),
         subject_prefix=TEST_PREFIX,
     )
-    message_id = f"<test.{secrets.token_hex(8)}.{definition.instance}@{address_domain(content.sender.from_)}>"
+    message_id = f"<{secrets.token_hex(6)}.test@{address_domain(content.sender.from_)}>"
     row = DueRow(0, 0, message_id, None, contact)
     return Composer(test).compose(row, now=now, to=to)
 
@@ -302,6 +302,10 @@ def workspace_definition(desired: DesiredState, target: str, *, signer: Signer, 
                 raise UsageError(f"campaign {name} has no stage named {step_id!r}; its stages: {known}")
             stage, step_id = step_id, ""
     if not step_id:
+        if campaign is None and name in desired.workflows:
+            ids = [step.id for _, step in walk_steps(desired.workflows[name].steps) if isinstance(step, SendStep)]
+            known = ", ".join(f"{name}:{ident}" for ident in ids if ident) or "none has an id"
+            raise UsageError(f"{name} is a workflow: name one of its send steps ({known})")
         if campaign is None:
             hint = did_you_mean(name, desired.campaigns, otherwise="campaigns: " + ", ".join(sorted(desired.campaigns)))
             raise UsageError(f"no campaign named {name!r}; {hint}")
