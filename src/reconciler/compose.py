@@ -3,7 +3,8 @@ bytes and (last) the DKIM signature.
 
 A `Definition` holds plain values only, so a render process builds the same `Composer` from it as the sending
 process would; `RenderPool` is that process, which renders while the daemon talks SMTP on a server's second core.
-`preview` is what `reconciler render` and the "view online" page show.
+`preview` is what `reconciler render` and the "view online" page show; `compose_test_send` is what `reconciler
+send-test` sends: the same composition, with no ledger row behind it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import secrets
 import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -121,6 +123,8 @@ class Definition:
     """The first list's language: a confirmation speaks it to a contact without a locale we have a catalog for."""
     unsubscribe_address: str | None = None
     """Settings `unsubscribe_address`: List-Unsubscribe's mailto carries the token in that address."""
+    subject_prefix: str = ""
+    """Put before every rendered subject: TEST_PREFIX for a test send, so nobody takes it for the real one."""
 
 
 def dkim_key(config: SmtpTransport | OutboxTransport | None) -> DkimKey | None:
@@ -232,15 +236,18 @@ class Composer:
         pixel = f"{base}/o/{sign('open', row_id)}.gif" if self.template.tracks_opens else ""
         return self.template.render(context, click_url=click, pixel_url=pixel)
 
-    def compose(self, row: DueRow, *, now: datetime) -> Message:
-        """One recipient's message; raises HeaderValueError or a Jinja error for data that cannot be sent."""
+    def compose(self, row: DueRow, *, now: datetime, to: str | None = None) -> Message:
+        """One recipient's message; raises HeaderValueError or a Jinja error for data that cannot be sent. `to`
+        sends the contact's message to another address (a test send: rendered for the contact, addressed to
+        whoever tests it)."""
         token = self.definition.signer.sign("unsubscribe", row.id)
         rendered = self.render(row.id, row.contact, unsubscribe_token=token)
         message_id = row.message_id or self.message_id(row.id)
         unsubscribe = (f"{self.public_url}/u/{token}", self.mailto(token))
+        recipient = to or row.contact.email
         data = self.skeleton.build(
-            to=mailbox(row.contact.display_name, row.contact.email),
-            subject=rendered.subject,
+            to=mailbox(None, to) if to else mailbox(row.contact.display_name, row.contact.email),
+            subject=self.definition.subject_prefix + rendered.subject,
             message_id=message_id,
             date=now,
             html=self.encoder.encode(rendered.html_chunks),
@@ -249,17 +256,56 @@ class Composer:
         )
         if self.definition.dkim is not None:
             data = self.definition.dkim.sign(data)
-        return Message(row.id, ascii_address(row.contact.email), data, message_id, row.attempts, row.first_attempt_at)
+        return Message(row.id, ascii_address(recipient), data, message_id, row.attempts, row.first_attempt_at)
+
+
+TEST_PREFIX = "[TEST] "
+
+
+def compose_test_send(definition: Definition, contact: Contact, *, to: str, now: datetime) -> Message:
+    """The message `contact` would get, sent to `to` as a test (`reconciler send-test`).
+
+    What differs from the real one, and why: the subject starts with TEST_PREFIX; opens and clicks are not tracked
+    (no pixel, links go straight to their destination, with the campaign's UTM parameters as after the redirect),
+    so the campaign's figures stay true; every link token (unsubscribe, preferences, view online, List-Unsubscribe)
+    is signed with a throwaway key nobody holds, so the real pages answer them as an invalid link and a click, a
+    mail client's one-click unsubscribe or a reply to the mailto can never act on the real contact; and the
+    Message-ID is new each time, so a mailbox never folds two test sends into one."""
+    content = definition.content
+    untracked = content.tracking.model_copy(update={"opens": False, "clicks": False})
+    test = replace(
+        definition,
+        content=content.model_copy(update={"tracking": untracked}),
+        signer=Signer(secrets.token_bytes(32)),
+        subject_prefix=TEST_PREFIX,
+    )
+    message_id = f"<{secrets.token_hex(6)}.test@{address_domain(content.sender.from_)}>"
+    row = DueRow(0, 0, message_id, None, contact)
+    return Composer(test).compose(row, now=now, to=to)
 
 
 def workspace_definition(desired: DesiredState, target: str, *, signer: Signer, instance: str) -> Definition:
-    """The definition of CAMPAIGN or WORKFLOW:STEP as the workspace files say (for `reconciler render`)."""
+    """The definition of CAMPAIGN, CAMPAIGN:STAGE or WORKFLOW:STEP as the workspace files say (for `reconciler
+    render` and `send-test`). NAME:PART is a campaign's stage when NAME is a campaign and no workflow has that name
+    (or the campaign has a stage PART): campaigns and workflows have names of their own."""
     settings = desired.settings
     assert settings is not None, "only checked workspaces are rendered"
     templates = TemplateSet(desired.templates)
     name, _, step_id = target.partition(":")
+    campaign = desired.campaigns.get(name)
+    stage = ""
+    if step_id and campaign is not None:
+        stages = [s.name for s in campaign.stages]
+        if step_id in stages or name not in desired.workflows:
+            if step_id not in stages:
+                known = ", ".join(stages) or "none"
+                raise UsageError(f"campaign {name} has no stage named {step_id!r}; its stages: {known}")
+            stage, step_id = step_id, ""
     if not step_id:
-        campaign = desired.campaigns.get(name)
+        if campaign is None and name in desired.workflows:
+            ids = [step.id for _, step in walk_steps(desired.workflows[name].steps) if isinstance(step, SendStep)]
+            known = ", ".join(f"{name}:{ident}" for ident in ids if ident) or "none has an id"
+            raise UsageError(f"{name} is a workflow: name one of its send steps ({known})")
         if campaign is None:
             hint = did_you_mean(name, desired.campaigns, otherwise="campaigns: " + ", ".join(sorted(desired.campaigns)))
             raise UsageError(f"no campaign named {name!r}; {hint}")
@@ -282,7 +328,7 @@ def workspace_definition(desired: DesiredState, target: str, *, signer: Signer, 
     return Definition(
         content=content,
         source=name,
-        stage="",
+        stage=stage,
         list_name=first,
         list_title=desired.lists[first].title if first else "",
         public_url=settings.public_url,

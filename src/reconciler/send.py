@@ -310,6 +310,15 @@ class SourceSender:
         )
 
 
+async def send_once(transport: Transport, envelope_from: str, message: Message) -> Delivery:
+    """One message that has no ledger row (`reconciler send-test`): nothing is claimed at the point of no return,
+    no outcome is written and nothing is counted; the transport's connections are closed after it."""
+    try:
+        return await transport.send(envelope_from, message.recipient, message.data)
+    finally:
+        await transport.close()
+
+
 def judge(
     message: Message, delivery: Delivery, *, transport: Transport, now: datetime, jitter: random.Random
 ) -> Outcome:

@@ -197,11 +197,12 @@ def print_problems(
         click.echo("The workspace is valid.", err=True)
 
 
-def address(email: str) -> str:
-    """A normalised address from the command line, or a usage error saying what is wrong with it."""
+def address(email: str, *, option: str = "", sendable: bool = False) -> str:
+    """A normalised address from the command line, or a usage error saying what is wrong with it (after `option`,
+    the option that gave it). `sendable`: an address mail is sent to, not one looked up."""
     from reconciler.rows import normalise_email
 
     try:
-        return normalise_email(email, sendable=False)  # export and erase find what older versions stored
+        return normalise_email(email, sendable=sendable)  # export and erase find what older versions stored
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"{option}: {exc}" if option else str(exc)) from None

@@ -1,4 +1,5 @@
-"""Messages at the edges: `reconciler render`, a message as a recipient gets it, without sending anything; and
+"""Messages at the edges: `reconciler render`, a message as a recipient gets it, without sending anything;
+`reconciler send-test`, that message sent once to someone who checks it, with nothing written to the state; and
 `reconciler inbound`, the message a recipient's mail client sends back to unsubscribe, piped in by an MTA."""
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from reconciler.cli.main import address, checked, database, main, state_file, wo
 from reconciler.errors import ReconcilerError, UsageError
 
 if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from reconciler.compose import Definition
     from reconciler.inbound import Outcome
+    from reconciler.spec.contact import Contact
+    from reconciler.spec.documents import OutboxTransport as OutboxConfig
+    from reconciler.spec.documents import SmtpTransport as SmtpConfig
 
 EX_NOUSER = 67
 """sysexits.h: the addressee is unknown. The MTA bounces the message, with our line saying why."""
@@ -22,14 +29,13 @@ EX_TEMPFAIL = 75
 """sysexits.h: a temporary failure. The MTA keeps the message and delivers it again later."""
 
 
+TARGET = "CAMPAIGN|CAMPAIGN:STAGE|WORKFLOW:STEP"
+CONTACT_HELP = "Render for this contact of the state database (default: a sample contact with every field set)."
+
+
 @main.command()
-@click.argument("target", metavar="CAMPAIGN|WORKFLOW:STEP")
-@click.option(
-    "--contact",
-    "contact_email",
-    metavar="EMAIL",
-    help="Render for this contact of the state database (default: a sample contact with every field set).",
-)
+@click.argument("target", metavar=TARGET)
+@click.option("--contact", "contact_email", metavar="EMAIL", help=CONTACT_HELP)
 @click.option(
     "-o",
     "--output",
@@ -42,9 +48,7 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
     from reconciler.clock import SystemClock
     from reconciler.compose import Composer, preview, workspace_definition
     from reconciler.state import keys
-    from reconciler.state.contacts import find_contact
     from reconciler.state.ledger import DueRow
-    from reconciler.templates import describe_error, sample_contact
     from reconciler.tokens import Signer
 
     root = workspace_root(ctx)
@@ -56,15 +60,7 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
     else:
         signer, instance = Signer(b"preview"), "preview"
     definition = workspace_definition(desired, target, signer=signer, instance=instance)
-    contact = sample_contact(definition.field_types)
-    if contact_email:
-        found = find_contact(db, address(contact_email)) if db is not None else None
-        if found is None:
-            raise UsageError(
-                f"--contact: {contact_email} is not a contact in the state database; import it first, "
-                "or leave --contact out to render for a sample contact"
-            )
-        contact = found
+    contact = _contact(db, definition, contact_email)
     try:
         if output is not None and output.suffix.lower() == ".eml":
             message = Composer(definition).compose(DueRow(0, 0, None, None, contact), now=SystemClock().now())
@@ -72,17 +68,121 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
             click.echo(f"Wrote {output} ({len(message.data) / 1024:.1f} KB message)", err=True)
             return
         page = preview(definition, contact).html
-    except Exception as exc:  # what would make this contact's message fail at send time
-        reason, hint = describe_error(exc)
-        raise ReconcilerError(
-            f"{target}: the message cannot be built for {contact.email}: {reason} ({hint}); at send time this "
-            "contact's message would fail"
-        ) from exc
+    except Exception as exc:
+        raise _cannot_build(target, contact, exc) from exc
     if output is None:
         click.echo(page)
         return
     output.write_text(page, encoding="utf-8")
     click.echo(f"Wrote {output} ({len(page.encode()) / 1024:.1f} KB of HTML)", err=True)
+
+
+def _contact(db: Database | None, definition: Definition, email: str | None) -> Contact:
+    """The contact `--contact` names, from the state database; without it, the sample contact."""
+    from reconciler.state.contacts import find_contact
+    from reconciler.templates import sample_contact
+
+    if not email:
+        return sample_contact(definition.field_types)
+    found = find_contact(db, address(email, option="--contact")) if db is not None else None
+    if found is None:
+        raise UsageError(
+            f"--contact: {email} is not a contact in the state database; import it first, "
+            "or leave --contact out to use a sample contact"
+        )
+    return found
+
+
+def _cannot_build(target: str, contact: Contact, exc: Exception) -> ReconcilerError:
+    """What would make this contact's message fail at send time, said as `render` and `send-test` say it."""
+    from reconciler.templates import describe_error
+
+    reason, hint = describe_error(exc)
+    return ReconcilerError(
+        f"{target}: the message cannot be built for {contact.email}: {reason} ({hint}); at send time this "
+        "contact's message would fail"
+    )
+
+
+@main.command("send-test")
+@click.argument("target", metavar=TARGET)
+@click.option("--to", "to", required=True, metavar="ADDRESS", help="The address the test message goes to.")
+@click.option("--contact", "contact_email", metavar="EMAIL", help=CONTACT_HELP)
+@click.pass_context
+def send_test(ctx: click.Context, target: str, to: str, contact_email: str | None) -> None:
+    """Send one test message to ADDRESS through the campaign's (or workflow's) transport, as the workspace files
+    say it: the subject starts with [TEST], opens and clicks are not tracked, its unsubscribe and preference links
+    act on nobody, and nothing is written to the state database (no ledger row, no count)."""
+    import asyncio
+
+    from reconciler.clock import SystemClock
+    from reconciler.compose import compose_test_send, workspace_definition
+    from reconciler.mime import addr_spec
+    from reconciler.send import send_once
+    from reconciler.tokens import Signer
+    from reconciler.transports import OutboxTransport, make_transport
+
+    recipient = address(to, option="--to", sendable=True)
+    root = workspace_root(ctx)
+    desired = checked(root)
+    assert desired.settings is not None
+    db = database(ctx, root, read_only=True) if contact_email and state_file(ctx, root).exists() else None
+    # the links of a test are signed with a throwaway key (compose_test_send): no key or instance id is read
+    definition = workspace_definition(desired, target, signer=Signer(b"unused"), instance="test")
+    contact = _contact(db, definition, contact_email)
+    if db is not None:
+        db.conn.close()
+    name = definition.content.transport
+    config = desired.settings.transports[name]
+    definition = _with_secrets(definition, target, name, config)
+    try:
+        message = compose_test_send(definition, contact, to=recipient, now=SystemClock().now())
+    except Exception as exc:
+        raise _cannot_build(target, contact, exc) from exc
+    transport = make_transport(name, config, root=root)
+    envelope_from = addr_spec(definition.content.sender.from_)
+    delivery = asyncio.run(send_once(transport, envelope_from, message))
+    who = "the sample contact" if contact_email is None else contact.email
+    if delivery.status != "sent":
+        hint = (
+            "check the transport's host, port, security and password_env"
+            if delivery.status == "unreachable"
+            else "the server's reply says why"
+        )
+        raise ReconcilerError(
+            f"{target}: the test message to {recipient} was not sent: transport {name} answered: {delivery.reply} "
+            f"({hint})"
+        )
+    if isinstance(transport, OutboxTransport):
+        where = os.path.relpath(transport.path_for(message.message_id))
+        click.echo(f"Wrote {where}: a test of {target} as {who} gets it, for {recipient} (transport {name})")
+    else:
+        click.echo(f"Sent a test of {target} as {who} gets it to {recipient} through {name}: {delivery.reply}")
+
+
+def _with_secrets(definition: Definition, target: str, name: str, config: SmtpConfig | OutboxConfig) -> Definition:
+    """The definition with the transport's DKIM key, which the environment holds as the daemon's does; a secret the
+    transport needs and the environment lacks is an error that names its variable."""
+    from dataclasses import replace
+
+    from reconciler.compose import CannotPrepare, dkim_key
+    from reconciler.spec.documents import SmtpTransport
+
+    if not isinstance(config, SmtpTransport):
+        return definition
+    if config.username and config.password_env and not os.environ.get(config.password_env):
+        raise ReconcilerError(
+            f"{target}: transport {name} logs in as {config.username} with the password in {config.password_env}, "
+            "which is not set here: set it as for the daemon, and send again"
+        )
+    try:
+        return replace(definition, dkim=dkim_key(config))
+    except CannotPrepare:
+        assert config.dkim is not None
+        raise ReconcilerError(
+            f"{target}: transport {name} signs with DKIM, but {config.dkim.private_key_env} is not set here: set it "
+            "to the PEM private key, as for the daemon, and send again"
+        ) from None
 
 
 @main.command()
