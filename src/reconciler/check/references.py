@@ -67,6 +67,44 @@ def check_settings(c: Checker) -> None:
         )
     if settings.tracking.geoip_database:
         _check_geoip(c, settings.tracking.geoip_database)
+    check_placeholders(c)
+
+
+PLACEHOLDER = "FILL-IN"
+"""What `reconciler init` writes where only the user knows the value: validate fails until each is filled in."""
+_TO_FILL = {
+    "organization.name": "write the name your subscribers know you by",
+    "organization.postal_address": "write your postal address: the footer of every marketing message shows it, "
+    "as CAN-SPAM requires",
+    "public_url": "write the https address where `reconciler run` can be reached from the internet: every "
+    "unsubscribe, preference and tracking link starts with it; http://127.0.0.1:8780 to try it on this machine",
+    "from": "write the From address of your mail, on a domain whose SPF and DKIM you control",
+    "reply_to": "write where replies should go, or remove reply_to",
+}
+
+
+def check_placeholders(c: Checker) -> None:
+    """Settings values still holding the FILL-IN placeholder: mail with a made-up postal address or links to a
+    host that does not exist must never go out, so each is an error that says what to write there."""
+    settings = c.desired.settings
+    assert settings is not None
+    for loc, value in _strings(settings.model_dump(by_alias=True, exclude_defaults=True), ()):
+        if PLACEHOLDER not in value:
+            continue
+        path = ".".join(str(part) for part in loc)
+        hint = _TO_FILL.get(path) or _TO_FILL.get(str(loc[-1]), "replace it with your own value")
+        c.report("Settings", settings.name, loc, f"still the placeholder {value!r}", hint)
+
+
+def _strings(value: Any, loc: Loc) -> list[tuple[Loc, str]]:
+    """Every text value in a dumped document, with where it sits."""
+    if isinstance(value, str):
+        return [(loc, value)]
+    if isinstance(value, Mapping):
+        return [found for key, item in value.items() for found in _strings(item, (*loc, key))]
+    if isinstance(value, list | tuple):
+        return [found for index, item in enumerate(value) for found in _strings(item, (*loc, index))]
+    return []
 
 
 def _check_geoip(c: Checker, configured: str) -> None:

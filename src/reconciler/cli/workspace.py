@@ -1,7 +1,8 @@
-"""Commands that read the workspace: `validate`, `schema` and `segments show`."""
+"""Commands that read or start the workspace: `init`, `validate`, `schema` and `segments show`."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +98,51 @@ def _workspaces(targets: tuple[Path, ...]) -> list[tuple[Path, set[Path] | None]
             assert files is not None
             files |= {p.resolve() for p in target.rglob("*")} if target.is_dir() else {target.resolve()}
     return list(found.items())
+
+
+_INIT_ROLES = {
+    "spec/settings.yaml": "who sends: fill in every FILL-IN",
+    "spec/lists.yaml": "one list, newsletter (double opt-in)",
+    "campaigns/first-newsletter.yaml": "a draft: it sends nothing until status: scheduled",
+    "templates/layouts/base.mjml": "the layout every message extends",
+    "templates/partials/footer.mjml": "unsubscribe link and postal address",
+    "templates/newsletter/first-issue.mjml": "the campaign's content",
+    ".vscode/reconciler.schema.json": "the JSON Schema (after an upgrade, reconciler schema prints the new one)",
+    ".vscode/settings.json": "VS Code's YAML extension completes and checks with the schema",
+}
+_GITIGNORE = {
+    "written": "keeps .state/ (contacts, consent, sends) out of git",
+    "added": "added .state/: contacts, consent and sends stay out of git",
+    "present": "already keeps .state/ out of git",
+    "linked": "a symbolic link, not changed: make sure it holds .state/",
+}
+
+
+@main.command()
+@click.argument("directory", metavar="[DIR]", required=False, type=click.Path(path_type=Path))
+@click.pass_context
+def init(ctx: click.Context, directory: Path | None) -> None:
+    """Start a workspace in DIR (default: -C, else the current folder): Settings to fill in, a list, a layout
+    with its footer, a draft campaign, .gitignore and the schema for VS Code. Never overwrites a file."""
+    from reconciler.scaffold import GITIGNORE, create_workspace
+
+    given = directory if directory is not None else Path(ctx.obj["workspace"])
+    created = create_workspace(given)
+    width = max(len(path) for path in created.written) + 2
+    click.echo(f"Created a workspace in {given}:")
+    for path in (*created.written, GITIGNORE):
+        role = _GITIGNORE[created.gitignore] if path == GITIGNORE else _INIT_ROLES.get(path, "")
+        click.echo(f"  {path:<{width}}{role}".rstrip())
+    here = given.resolve() == Path.cwd().resolve()
+    steps = [] if here else [(f"cd {shlex.quote(str(given))}", "")]
+    steps += [
+        ("reconciler validate", "names each FILL-IN left in spec/settings.yaml; fill them in"),
+        ("reconciler plan", "what apply would do (the draft sends nothing)"),
+        ('git init && git add -A && git commit -m "Our email, as code"', ""),
+    ]
+    click.echo("\nNext:")
+    for command, why in steps:
+        click.echo(f"  {command:<{width}}{why}".rstrip())
 
 
 @main.command()
