@@ -54,7 +54,7 @@ def prepare(root: Path, recipients: int, port: int) -> None:
     campaign = campaign.replace("status: scheduled", "status: draft")
     (root / "campaigns/monthly.yaml").write_text(campaign + "goal: {event: purchase, within: 7d, value: total}\n")
     write_contacts(root / "contacts.csv", recipients)
-    reconciler(root, "contacts", "import", "contacts.csv", "--list", "news")
+    reconciler(root, "contacts", "import", "contacts.csv", "--list", "news", "--consent", "bench")
     reconciler(root, "apply", "--now", T0)
     random.seed(7)
     with sqlite3.connect(root / ".state/reconciler.db") as db:

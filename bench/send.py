@@ -189,7 +189,10 @@ def ours(root: Path, count: int) -> dict[str, object]:
 
     write_contacts(root / "contacts.csv", count)
     env = {**os.environ, "NO_COLOR": "1"}
-    for args in (["contacts", "import", "contacts.csv", "--list", "news"], ["apply", "--now", NOW]):
+    for args in (
+        ["contacts", "import", "contacts.csv", "--list", "news", "--consent", "bench"],
+        ["apply", "--now", NOW],
+    ):
         subprocess.run(
             [sys.executable, "-m", "reconciler", *args],
             cwd=root,

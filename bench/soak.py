@@ -247,7 +247,7 @@ class Soak:
         campaign(self.root, "rehearsal", "rehearsal")
         await traffic(self.client, self.root / ".state/reconciler.db", "rehearsal", 5, self.seen)
         write_import(self.root / "rehearsal.csv", 100, "early")
-        await run_command(self.root, "contacts", "import", "rehearsal.csv", "--list", "imported")
+        await run_command(self.root, "contacts", "import", "rehearsal.csv", "--list", "imported", "--consent", "soak")
 
     async def load(self, cycle: int, until: float, started: float) -> None:
         state = self.root / ".state/reconciler.db"
@@ -256,7 +256,7 @@ class Soak:
         write_import(self.root / f"{name}.csv", IMPORTED, name)
         spent = until - (time.monotonic() - started)
         importing = asyncio.create_task(
-            run_command(self.root, "contacts", "import", f"{name}.csv", "--list", "imported")
+            run_command(self.root, "contacts", "import", f"{name}.csv", "--list", "imported", "--consent", "soak")
         )
         clicking = asyncio.create_task(traffic(self.client, state, name, max(10.0, spent - 5), self.seen))
         while time.monotonic() - started + 60 < until:
@@ -396,7 +396,18 @@ def main() -> int:
             write_contacts(root / "contacts.csv", CAMPAIGN)
             write_contacts(root / "rehearsal.csv", REHEARSAL)
             for csv, name in (("contacts.csv", "news"), ("rehearsal.csv", "rehearsal")):
-                command = [sys.executable, "-m", "reconciler", "contacts", "import", csv, "--list", name]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "reconciler",
+                    "contacts",
+                    "import",
+                    csv,
+                    "--list",
+                    name,
+                    "--consent",
+                    "soak",
+                ]
                 subprocess.run(command, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
             command = [sys.executable, "-m", "reconciler", "run", "--port", str(web_port)]
             daemon = subprocess.Popen(

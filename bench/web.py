@@ -184,7 +184,18 @@ def main() -> None:
                 settings.read_text().replace("max_connections: 8}", "max_connections: 1, rate: {per_second: 300}}")
             )
             write_contacts(root / "contacts.csv", RECIPIENTS)
-            command = [sys.executable, "-m", "reconciler", "contacts", "import", "contacts.csv", "--list", "news"]
+            command = [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "contacts",
+                "import",
+                "contacts.csv",
+                "--list",
+                "news",
+                "--consent",
+                "bench",
+            ]
             subprocess.run(command, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "reconciler", "run", "--port", str(web_port)],

@@ -137,8 +137,8 @@ def prepare(root: Path, port: int) -> None:
             if index > SENDS:
                 break
             part.write(line)
-    reconciler(root, "contacts", "import", "contacts.csv", "--list", "news")
-    reconciler(root, "contacts", "import", "camp.csv", "--list", "camp")
+    reconciler(root, "contacts", "import", "contacts.csv", "--list", "news", "--consent", "bench")
+    reconciler(root, "contacts", "import", "camp.csv", "--list", "camp", "--consent", "bench")
     reconciler(root, "apply", "--now", T0)
     with sqlite3.connect(root / ".state/reconciler.db") as db:
         db.execute(
