@@ -9,14 +9,16 @@ against Postfix's `smtp-sink` on loopback, and scripts, in minutes from the star
 - idle until 15% of the time;
 - a load until 30%: a campaign of 20,000 recipients, 50 clicks/s and 10 opens/s through HTTP, an import of 10,000
   contacts, a spec change every minute;
-- idle until 40%, the same load again until 55%, and idle to the end: the longest rest, where a slow growth shows.
+- idle until 50% (long enough for the first load's memory to settle), the same load again until 65%, and idle to
+  the end: the longest rest, where a slow growth shows.
 
 Every `--sample` seconds it reads, from /proc and the daemon's /metrics: resident memory (the daemon's and its render
 process's), open descriptors, threads, the tasks of each event loop, and the sizes of the state database and its
 write-ahead log. It prints the figures and the slope of memory over each idle stretch (leaving out its first
 third, while the last of the load settles), and fails when resident memory grows more than 1 MB an hour in the
 last rest (the shorter ones are printed, not judged: a few minutes cannot tell 1 MB/h from the allocator's noise),
-when descriptors, threads or tasks end higher than they were at rest before the loads, when the second load leaves
+when descriptors, threads or tasks at rest after the loads never come down to what they were at rest before them
+(the least of each stretch: one sample may catch the sampler's own request in flight), when the second load leaves
 the daemon more than 4 MB bigger than the first did, or when a message is not sent or /healthz is not ok.
 
 The baseline is the daemon itself: its plateau at rest before the loads, measured in the same run. The daemon runs
@@ -61,7 +63,7 @@ CACHE_MB = 4
 PLATEAU_MB = 4.0
 """A second identical load may leave the daemon this much bigger than the first did (the allocator's arenas)."""
 COUNTS = ("fds", "threads", "tasks_web", "tasks_send")
-PHASES = (("idle 0", 0.15), ("load 1", 0.3), ("idle 1", 0.4), ("load 2", 0.55), ("idle 2", 1.0))
+PHASES = (("idle 0", 0.15), ("load 1", 0.3), ("idle 1", 0.5), ("load 2", 0.65), ("idle 2", 1.0))
 """Each phase and the fraction of the time at which it ends (the rehearsal comes first)."""
 
 
@@ -355,8 +357,11 @@ def judge(samples: list[Sample]) -> list[str]:
             problems.append(f"resident memory grows {max(rss, render):.2f} MB/h at rest in {name}")
     first, second, last = rests["idle 0"][-1], rests["idle 1"][-1], rests["idle 2"][-1]
     for count in COUNTS:
-        if getattr(last, count) > getattr(first, count):
-            problems.append(f"{count}: {getattr(first, count)} at rest before the loads, {getattr(last, count)} after")
+        # the least seen at rest: a sample may catch the sampler's own request or connection in flight
+        before, after = (min(getattr(s, count) for s in rests[name]) for name in ("idle 0", "idle 2"))
+        print(f"{count}: at least {before} at rest before the loads, {after} after")
+        if after > before:
+            problems.append(f"{count}: {before} at rest before the loads, {after} after")
     grown = last.rss_mb - second.rss_mb
     print(
         f"rss at rest: {first.rss_mb:.1f} MB before the loads, {second.rss_mb:.1f} MB after the first, "

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import REPO, reconciler, wait_for
 from daemon_process import WATCHING, Daemon
+from journeys import Journey
+from reconciler import transports
 from reconciler.clock import FixedClock
 from reconciler.daemon import reconcile_once
 from reconciler.dispatch import Dispatcher
@@ -24,6 +26,7 @@ from reconciler.load import load_workspace
 from reconciler.state import open_db
 from reconciler.state.db import ConnectionPool
 from reconciler.state.records import prune
+from smtp_sink import Sink, SinkServer
 from state_helpers import set_status
 
 NOW = datetime(2030, 11, 26, 12, 0, tzinfo=UTC)
@@ -183,3 +186,38 @@ def test_a_small_page_cache_is_kept_by_every_connection(example: Path, monkeypat
     with pool.connection() as pooled:
         sizes = [c.execute("PRAGMA cache_size").fetchone()[0] for c in (db.conn, pooled.conn, dispatcher.db.conn)]
     assert sizes == [-8192, -512, -2048]
+
+
+def test_connections_to_the_relay_are_let_go_once_they_would_not_be_used_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pooled SMTP connections outlived the campaign that opened them: an idle daemon held their descriptors (the
+    soak saw 30 at rest before a load and 32 after it) until the relay dropped them."""
+    sink = Sink()
+    with SinkServer(sink) as port:
+        j = Journey(tmp_path, sink, port, "")
+        (tmp_path / "campaigns").mkdir()
+        (tmp_path / "campaigns/drop.yaml").write_text(
+            "kind: Campaign\nname: drop\nsubject: Drop\ntemplate: mail/a\naudience: {lists: [news]}\n"
+            "send_at: 2030-03-02T10:00:00Z\nstatus: scheduled\n"
+        )
+        for n in range(6):
+            j.person(f"p{n}@example.com", lists=("news",), at="2030-03-01T09:00:00Z")
+        now = datetime(2030, 3, 2, 10, 0, tzinfo=UTC)
+        assert reconcile_once(tmp_path, j.db, now=now).valid
+
+        async def passes() -> tuple[int, int]:
+            dispatcher = Dispatcher(j.db, root=tmp_path, clock=FixedClock(now))
+            try:
+                await dispatcher.run_pass()  # the campaign: its connections stay pooled for the next messages
+                wait_for(lambda: sum(sink.received().values()) == 6, "the campaign at the sink")
+                held = sink.sessions - sink.closed
+                monkeypatch.setattr(transports, "IDLE_REUSE", 0.0)  # as if they had waited long enough
+                await dispatcher.run_pass()  # nothing due: the pass lets them go
+                wait_for(lambda: sink.closed == sink.sessions, "the pooled connections closed")
+                return held, sink.sessions - sink.closed
+            finally:
+                await dispatcher.close()
+
+        held, left = asyncio.run(passes())
+    assert held >= 1 and left == 0

@@ -233,6 +233,8 @@ class Dispatcher:
     async def _retire(self) -> None:
         while self.retired:
             await self.retired.pop().close()
+        for built in self.built.values():
+            await built.transport.close_idle()
 
     async def _heartbeat(self, report: DispatchReport) -> None:
         while True:

@@ -92,6 +92,10 @@ class Transport(Protocol):
         """None when the server can be reached now, else why not."""
         ...
 
+    async def close_idle(self) -> None:
+        """Let go of connections that waited too long to be used again (after every pass)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -351,11 +355,24 @@ class SmtpTransport:
         response = await protocol.read_response(timeout=self.timeout)
         return classify(response.code, response.message)
 
+    async def close_idle(self) -> None:
+        """QUIT the pooled connections idle for IDLE_REUSE or longer: they would not be used again, and an idle
+        daemon holds no connection (nor its descriptor) to a relay that would drop it anyway."""
+        stale = [c for c in self._idle if time.monotonic() - c.idle_since >= IDLE_REUSE]
+        self._idle = [c for c in self._idle if c not in stale]
+        for connection in stale:
+            await _quit(connection)
+
     async def close(self) -> None:
         while self._idle:
-            connection = self._idle.pop()
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-                await connection.smtp.quit()
+            await _quit(self._idle.pop())
+
+
+async def _quit(connection: _Connection) -> None:
+    """QUIT politely (within the client's timeout); a connection that fails to is closed all the same."""
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+        await connection.smtp.quit()
+    connection.smtp.close()
 
 
 class OutboxTransport:
@@ -393,6 +410,9 @@ class OutboxTransport:
             return Delivery("deferred", f"cannot write {target}: {exc}")
         return Delivery("sent", f"250 written to {target.name}", 250)
 
+    async def close_idle(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -420,6 +440,9 @@ class MemoryTransport:
         if delivery.status == "sent":
             self.messages.append((sender, recipient, data))
         return delivery
+
+    async def close_idle(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None
