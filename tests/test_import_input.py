@@ -140,6 +140,6 @@ def test_list_without_consent_warns_that_the_consent_records_will_say_nothing(ex
     data = (HEADER + _rows(2)).encode()
     code, out, err = _import(example, "people.csv", data, "--list", "offers")
     assert code == 0 and "2 subscriptions added" in out
-    assert err.startswith("warning: --list offers without --consent: the consent records will not say what"), err
+    assert err.startswith("warning: subscribed to offers without --consent: the consent records do not say what"), err
     code, _out, err = _import(example, "people.csv", data, "--list", "offers", "--consent", "checkout form v2")
     assert code == 0 and "warning" not in err, err

@@ -312,7 +312,7 @@ def test_contacts_suppress_takes_addresses_or_a_file_and_keeps_them_out_of_impor
 
     (example / "people.csv").write_text("email\nann@example.com\nbob@example.com\ncy@example.com\ndi@example.com\n")
     imported = reconciler("contacts", "import", "people.csv", "--list", "offers", "--consent", "v1", cwd=example)
-    assert "1 subscriptions added, not resubscribed: bounced 2, unsubscribed 1" in imported.stdout, imported.stdout
+    assert "1 subscription added, not resubscribed: bounced 2, unsubscribed 1" in imported.stdout, imported.stdout
     cy = _export(example, "cy@example.com")["suppression"]
     assert cy["detail"] == "contacts suppress --file cleaned.csv"
     usage = reconciler("contacts", "suppress", cwd=example)
@@ -346,3 +346,22 @@ def test_contacts_unsubscribe_from_one_list_or_from_everything(example: Path) ->
     assert ann["consent"][-1]["source"] == "contacts unsubscribe"
     assert _export(example, "bob@example.com")["suppression"]["reason"] == "unsubscribed"
     assert _export(example, "zed@example.com")["suppression"]["detail"] == "contacts unsubscribe"
+
+
+def test_an_unsubscribed_export_needs_no_consent_nor_confirmation_for_a_double_opt_in_list(example: Path) -> None:
+    """Bringing over who left a double opt-in list subscribes nobody: neither --preconfirmed nor --consent is asked
+    for (both are statements about people who subscribe)."""
+    unsubscribed = [
+        MAILCHIMP + UNSUBSCRIBED,
+        _mailchimp_row("dee@example.com", "Dee", "", "", "", ["2022-03-01 09:00:00", "Old", "abd", "NORMAL", ""]),
+    ]
+    (example / "unsubscribed_members_export_9z.csv").write_text(_csv(unsubscribed))
+    left = reconciler("contacts", "import", "unsubscribed_members_export_9z.csv", "--list", "newsletter", cwd=example)
+    assert left.returncode == 0 and "by status: unsubscribed 1" in left.stdout, left.stdout + left.stderr
+    assert "warning" not in left.stderr, left.stderr
+    assert _subscriptions(example)[("dee@example.com", "newsletter")] == "unsubscribed"
+    subscribed = [MAILCHIMP, _mailchimp_row("eve@example.com", "Eve", "", "", "", [])]
+    (example / "subscribed_members_export_9z.csv").write_text(_csv(subscribed))
+    refused = reconciler("contacts", "import", "subscribed_members_export_9z.csv", "--list", "newsletter", cwd=example)
+    assert refused.returncode == 1 and "newsletter is a double opt-in list" in refused.stderr + refused.stdout
+    assert ("eve@example.com", "newsletter") not in _subscriptions(example)

@@ -28,6 +28,10 @@ def test_a_campaign_whose_messages_all_fail_is_not_ready_and_its_failures_can_be
     assert campaign["status"] == "sent" and campaign["ready"] is False and campaign["reason"] == "DeliveryFailed"
     assert "4 of 5" in campaign["message"]
 
+    one = reconciler("status", "hello", cwd=root)  # the campaign alone: its line, and where its failures are
+    assert one.returncode == 0 and "1/5 sent" in one.stdout and "reconciler status hello --failures" in one.stdout
+    assert json.loads(reconciler("status", "hello", "--format", "json", cwd=root).stdout) == campaign
+
     failures = reconciler("status", "hello", "--failures", cwd=root)
     assert failures.returncode == 0, failures.stderr
     assert "person1@example.net" in failures.stdout and "550 5.1.1 no such mailbox here" in failures.stdout

@@ -28,6 +28,7 @@ from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
 from reconciler.import_columns import (
     STATUS,
+    STATUS_WORDS,
     Columns,
     ImportFileError,
     column_key,
@@ -83,7 +84,7 @@ class ImportReport(BatchResult):
             parts.append(f"{self.duplicates} duplicates merged")
         parts.append(f"{len(self.bad)} rejected")
         if self.subscribed or self.kept_out:
-            parts.append(f"{self.subscribed} subscriptions added")
+            parts.append(f"{count(self.subscribed, 'subscription')} added")
         kept = ", ".join(f"{reason} {count}" for reason, count in sorted(self.kept_out.items()))
         if kept:
             parts.append(f"not resubscribed: {kept}")
@@ -277,13 +278,6 @@ def import_file(
             f"unknown list {unknown[0]!r} ({did_you_mean(unknown[0], desired.lists, otherwise='declare it in spec/')})"
         )
     double = [name for name in lists if desired.lists[name].opt_in == "double"]
-    if double and not preconfirmed:
-        raise ImportFileError(
-            f"{', '.join(double)} {'is a double opt-in list' if len(double) == 1 else 'are double opt-in lists'}: "
-            "an import does not send confirmation requests, so it subscribes only people who confirmed elsewhere; "
-            "if they did, add --preconfirmed (each consent record says so), otherwise let them subscribe through "
-            "the form or the API"
-        )
     parser = RowParser.for_workspace(desired)
     mapped = parse_maps(maps, parser.fields)
     if not path.is_file():
@@ -293,6 +287,8 @@ def import_file(
     import_id: int | None = None
     try:
         with open_rows(path, fields=parser.fields, maps=mapped) as (columns, rows):
+            if double and not preconfirmed and STATUS_WORDS.get(columns.implied_status or "") is None:
+                raise _unconfirmed(double)
             report.notes = list(columns.notes)
             import_id = start_import(db, file=path.name, at=at)
             _import_rows(
@@ -320,6 +316,16 @@ def import_file(
         file=path.name,
     )
     return report
+
+
+def _unconfirmed(double: list[str]) -> ImportFileError:
+    """Subscribing to a double opt-in list by import (a file whose rows may subscribe) needs --preconfirmed."""
+    return ImportFileError(
+        f"{', '.join(double)} {'is a double opt-in list' if len(double) == 1 else 'are double opt-in lists'}: "
+        "an import does not send confirmation requests, so it subscribes only people who confirmed elsewhere; "
+        "if they did, add --preconfirmed (each consent record says so), otherwise let them subscribe through "
+        "the form or the API"
+    )
 
 
 def _import_rows(

@@ -61,8 +61,8 @@ def create_workspace(root: Path) -> Created:
     taken += [path for path in files if _exists(root / path) and not path.startswith(tuple(taken))]
     if taken:
         raise ReconcilerError(
-            f"{root} already holds {', '.join(taken)}: reconciler init never overwrites a file (run it in a new "
-            "or empty folder, e.g. reconciler init my-email, or move these away first)"
+            f"{root} already holds {', '.join(taken)}: reconciler init never overwrites a file (give it a folder "
+            "that does not exist yet, or move these away first)"
         )
     for path, text in files.items():
         target = root / path

@@ -207,8 +207,20 @@ def format_status(report: dict[str, Any]) -> str:
     if not report["campaigns"]:
         out.append("No campaigns applied yet.")
         return "\n".join(out)
+    return "\n".join(out + _campaign_table(report["campaigns"]))
+
+
+def format_campaign(campaign: dict[str, Any]) -> str:
+    """`status CAMPAIGN`: its line of the status table, and where its failures are."""
+    lines = _campaign_table([campaign])
+    lines.append(f"Messages that did not go out, with why: reconciler status {campaign['name']} --failures")
+    return "\n".join(lines)
+
+
+def _campaign_table(campaigns: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
     rows = [("CAMPAIGN", "STATUS", "READY", "REASON", "PROGRESS", "REVISION")]
-    for c in report["campaigns"]:
+    for c in campaigns:
         progress = c["progress"]
         total = sum(progress.values())
         shown = f"{progress['sent']:,}/{total:,} sent" if total else "-"
@@ -219,11 +231,11 @@ def format_status(report: dict[str, Any]) -> str:
     for index, row in enumerate(rows):
         out.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         if index:
-            campaign = report["campaigns"][index - 1]
+            campaign = campaigns[index - 1]
             out.append(f"    {campaign['message']}{_breakdown(campaign['progress'])}")
             if campaign["not_applied"]:
                 out.append(f"    warning: {campaign['not_applied']}")
-    return "\n".join(out)
+    return out
 
 
 def format_failures(

@@ -71,12 +71,6 @@ def contacts_import(
 
     root = workspace_root(ctx)
     desired = _workspace(root)
-    if lists and not consent:
-        click.echo(
-            f"warning: --list {' --list '.join(lists)} without --consent: the consent records will not say what "
-            "these people agreed to, which you may have to prove (GDPR); add --consent 'the wording or its version'",
-            err=True,
-        )
     db = database(ctx, root, bulk=True)
     size = file.stat().st_size if file.is_file() else 0
     now = SystemClock().now()
@@ -122,6 +116,12 @@ def contacts_import(
         for problem in bad.problems:
             click.echo(f"{file}:{bad.line}: {problem}", err=True)
     click.echo(report.summary())
+    if report.subscribed and not consent:
+        click.echo(
+            f"warning: subscribed to {', '.join(lists)} without --consent: the consent records do not say what these "
+            "people agreed to, which you may have to prove (GDPR); add --consent 'the wording or its version'",
+            err=True,
+        )
     ctx.exit(1 if report.bad else 0)
 
 

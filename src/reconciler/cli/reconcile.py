@@ -196,12 +196,12 @@ def _dispatch_lines(report: DispatchReport) -> list[str]:
 @click.pass_context
 def status(ctx: click.Context, name: str | None, fmt: str, failures: bool, limit: int) -> None:
     """Campaigns with their condition and progress, workflows with their runs and messages by outcome, the last
-    applied revision, and the last error. With WORKFLOW, its runs and messages step by step; with CAMPAIGN or
-    WORKFLOW --failures, its messages that failed, are uncertain, wait to be retried (or for a workflow were
-    skipped or postponed), with why."""
+    applied revision, and the last error. With CAMPAIGN, its line; with WORKFLOW, its runs and messages step
+    by step; with CAMPAIGN or WORKFLOW --failures, its messages that failed, are uncertain, wait to be retried
+    (or for a workflow were skipped or postponed), with why."""
     from reconciler.state.campaigns import campaign_records
     from reconciler.state.workflow_reads import workflow_names
-    from reconciler.status import format_status, format_workflow, status_report, workflow_report
+    from reconciler.status import format_campaign, format_status, format_workflow, status_report, workflow_report
 
     db = database(ctx, workspace_root(ctx), create=False, read_only=True)
     if name is None:
@@ -213,12 +213,11 @@ def status(ctx: click.Context, name: str | None, fmt: str, failures: bool, limit
     campaigns = [record.name for record in campaign_records(db)]
     workflows = workflow_names(db)
     if name in campaigns and (failures or name not in workflows):
-        if not failures:
-            raise UsageError(
-                f"status CAMPAIGN needs --failures (its progress is in `reconciler status`): "
-                f"reconciler status {name} --failures"
-            )
-        _failures(db, name, fmt=fmt, limit=limit, workflow=False)
+        if failures:
+            _failures(db, name, fmt=fmt, limit=limit, workflow=False)
+            return
+        found = next(c for c in status_report(db)["campaigns"] if c["name"] == name)
+        click.echo(json.dumps(found, indent=2) if fmt == "json" else format_campaign(found))
     elif name in workflows:
         if failures:
             _failures(db, name, fmt=fmt, limit=limit, workflow=True)
