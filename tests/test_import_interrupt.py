@@ -54,8 +54,9 @@ def test_ctrl_c_stops_an_import_between_batches_and_running_it_again_is_safe(exa
 
     again = reconciler(*command[3:], cwd=example)
     assert again.returncode == 0, again.stderr
-    assert f"{ROWS} rows, {ROWS - saved} new, {saved} updated, 0 rejected, {ROWS - saved} subscriptions added" in (
-        again.stdout
+    assert (
+        f"{ROWS:,} rows, {ROWS - saved:,} new, {saved:,} updated, 0 rejected, {ROWS - saved:,} subscriptions added"
+        in (again.stdout)
     )
     assert _count(example, "SELECT count(*) FROM contacts") == ROWS
     assert _count(example, "SELECT count(*) FROM subscriptions WHERE list = 'offers'") == ROWS
