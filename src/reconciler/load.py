@@ -111,6 +111,26 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
     )
 
 
+WORKSPACE_FOLDERS = (*YAML_FOLDERS, "templates")
+"""The folders a workspace's files live in: nothing outside them is read."""
+
+
+def workspace_files(root: Path) -> tuple[list[Path], list[Problem]]:
+    """Every file `load_workspace` reads (YAML, templates with their text parts, pages), by the same rules: what
+    `plan --remote` sends, so the daemon plans exactly what a local plan would. Links that lead outside the
+    workspace are problems, as when loading."""
+    problems: list[Problem] = []
+    inside = root.resolve()
+    found = _files(root, YAML_FOLDERS, (".yaml", ".yml"), problems)
+    for template in _files(root, ("templates",), (".mjml",), problems):
+        found.append(template)
+        text = template.with_suffix(".txt")
+        if text.is_file() and _within(text, inside, problems):
+            found.append(text)
+    found += _files(root, ("templates/pages",), (".html",), problems)
+    return sorted(set(found)), problems
+
+
 def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...], problems: list[Problem]) -> list[Path]:
     """The files with `suffixes` under `folders`. A symbolic link (file or folder) that resolves outside the
     workspace is a problem and is not read: review sees the workspace, and /etc/passwd must not become a partial."""
