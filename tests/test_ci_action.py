@@ -64,7 +64,7 @@ class FakeGitHub:
                 if self.headers.get("authorization") != f"Bearer {GITHUB_TOKEN}":
                     return self._answer(401, {"message": "Bad credentials"})
                 length = int(self.headers.get("content-length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
+                body: dict[str, Any] = json.loads(self.rfile.read(length)) if length else {}
                 listing = f"/repos/{REPOSITORY}/issues/{NUMBER}/comments"
                 if self.command == "GET" and url.path == listing:
                     query = parse_qs(url.query)
