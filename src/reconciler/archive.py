@@ -1,6 +1,6 @@
 """A workspace as a tar archive: what `reconciler plan --remote` sends and the daemon's plan endpoint unpacks.
 
-Packing takes exactly the files `load` reads (`load.workspace_files`), gzip-compressed, with fixed owners, modes and
+Packing takes exactly the files `load` reads (`workspace_files`), gzip-compressed, with fixed owners, modes and
 times, so the same files always pack to the same bytes. Unpacking trusts nothing it receives: the stream is
 decompressed with a bound, and every member is checked before a single file is written — regular files and
 folders only (no links, devices or FIFOs), relative paths that stay inside the folder, at most MAX_MEMBERS of them
@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from reconciler.errors import Problem, ReconcilerError
-from reconciler.load import WORKSPACE_FOLDERS, workspace_files
+from reconciler.load import YAML_FOLDERS, files_under, within
 
 MAX_PACKED = 1_000_000
 """Bytes an archive may have as sent (the web service's limit of a request body)."""
@@ -25,6 +25,24 @@ MAX_UNPACKED = 20_000_000
 """Bytes the tar stream may have once decompressed: a workspace of YAML and templates is far smaller."""
 MAX_MEMBERS = 5_000
 """Files and folders an archive may hold."""
+WORKSPACE_FOLDERS = (*YAML_FOLDERS, "templates")
+"""The folders a workspace's files live in: nothing outside them is read."""
+
+
+def workspace_files(root: Path) -> tuple[list[Path], list[Problem]]:
+    """Every file `load_workspace` reads (YAML, templates with their text parts, pages), by the same rules: what
+    `plan --remote` sends, so the daemon plans exactly what a local plan would. Links that lead outside the
+    workspace are problems, as when loading."""
+    problems: list[Problem] = []
+    inside = root.resolve()
+    found = files_under(root, YAML_FOLDERS, (".yaml", ".yml"), problems)
+    for template in files_under(root, ("templates",), (".mjml",), problems):
+        found.append(template)
+        text = template.with_suffix(".txt")
+        if text.is_file() and within(text, inside, problems):
+            found.append(text)
+    found += files_under(root, ("templates/pages",), (".html",), problems)
+    return sorted(set(found)), problems
 
 
 class ArchiveError(ReconcilerError):
