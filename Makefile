@@ -32,11 +32,11 @@ run: $(STAMP) .state/.sample-imported
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## lint: ruff, mypy (strict) on src/ and tests/, and the import layers of docs/architecture.md
+## lint: ruff, mypy (strict) on src/, tests/ and ci/, and the import layers of docs/architecture.md
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy src tests
+	$(BIN)/ruff check src tests bench ci
+	$(BIN)/ruff format --check src tests bench ci
+	$(BIN)/mypy src tests ci
 	$(BIN)/lint-imports
 
 ## bench: every benchmark in bench/, printing figures against baselines measured in the same run

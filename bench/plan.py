@@ -23,7 +23,8 @@ CONTACTS = 1_000_000
 RUNS = 3
 
 
-def fill(db_path: Path) -> None:
+def fill(db_path: Path, lists: tuple[str, str, str, str] = ("news", "offers", "customers", "orders")) -> None:
+    """CONTACTS contacts on four lists (every contact, every 2nd, 3rd and 5th), some unsubscribed, 1% suppressed."""
     db = open_db(db_path)
     conn = db.conn
     conn.execute("BEGIN")
@@ -40,7 +41,7 @@ def fill(db_path: Path) -> None:
         """,
         (CONTACTS,),
     )
-    for list_name, modulo, unsubscribed in (("news", 1, 13), ("offers", 2, 11), ("customers", 3, 17), ("orders", 5, 0)):
+    for list_name, modulo, unsubscribed in zip(lists, (1, 2, 3, 5), (13, 11, 17, 0), strict=True):
         conn.execute(
             "INSERT INTO subscriptions (contact_id, list, status, updated_at) "
             "SELECT id, ?, CASE WHEN ? > 0 AND id % ? = 0 THEN 'unsubscribed' ELSE 'subscribed' END, created_at "

@@ -3,7 +3,10 @@ with and without the token. No answer may be a 5xx, and nothing may log a traceb
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,49 @@ EXAMPLES = int(os.environ.get("RECONCILER_FUZZ_EXAMPLES", "60"))
 about 1,600 requests, well under a minute in CI; set RECONCILER_FUZZ_EXAMPLES for a longer run."""
 
 
+PLAN_TOKEN = "test-plan-token"
+
+
 @pytest.fixture(autouse=True)
 def api_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECONCILER_API_TOKEN", TOKEN)
+    monkeypatch.setenv("RECONCILER_PLAN_TOKEN", PLAN_TOKEN)
+
+
+@schemathesis.serializer("application/gzip", "application/x-tar")
+def _archive(ctx: Any, value: Any) -> bytes:
+    """The plan endpoint's body as sent: bytes as they are, anything else as its text."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+MEMBER_NAMES = ["spec/settings.yaml", "spec/lists.yaml", "campaigns/a.yaml", "templates/a.mjml", "../x.yaml", "/x", ""]
+
+
+def _archives() -> st.SearchStrategy[bytes]:
+    """Tar archives (compressed or not) of members with names good and bad, of any type, holding any bytes."""
+
+    @st.composite
+    def archive(draw: st.DrawFn) -> bytes:
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, kind, data in draw(
+                st.lists(
+                    st.tuples(
+                        st.sampled_from(MEMBER_NAMES) | st.text(max_size=20),
+                        st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.FIFOTYPE]),
+                        st.binary(max_size=200) | st.just(b"kind: Settings\norganization: x\n"),
+                    ),
+                    max_size=4,
+                )
+            ):
+                info = tarfile.TarInfo(name.replace("\x00", ""))
+                info.type, info.linkname = kind, "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+                info.size = len(data) if kind == tarfile.REGTYPE else 0
+                tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+        body = raw.getvalue()
+        return gzip.compress(body) if draw(st.booleans()) else body
+
+    return archive()
 
 
 def _no_fetching(url: str) -> bytes:
@@ -114,6 +157,8 @@ def _cases(
     cases = st.one_of(*strategies)
     if operation.path.startswith("/api/v1/") and operation.method == "post":
         cases = cases | st.builds(_with_body, operation.as_strategy(GenerationMode.POSITIVE), confused)
+    if operation.path == "/api/v1/plan":
+        cases = cases | st.builds(_with_body, operation.as_strategy(GenerationMode.POSITIVE), _archives())
     return cases
 
 
@@ -135,7 +180,10 @@ def test_no_route_answers_5xx_or_logs_a_traceback(applied: Path) -> None:  # noq
             def request(case: schemathesis.Case[Any], authorized: bool) -> None:
                 # requests with the token come from an address of their own: the wrong tokens of the others soon
                 # hold loopback back (429), as they would a guesser
-                headers = {**BEARER, "x-forwarded-for": "192.0.2.1"} if authorized else None
+                # plans (with the plan token) come from an address of their own too
+                plan = case.operation.path == "/api/v1/plan"
+                token = {"authorization": f"Bearer {PLAN_TOKEN}"} if plan else BEARER
+                headers = {**token, "x-forwarded-for": "192.0.2.2" if plan else "192.0.2.1"} if authorized else None
                 response = case.call(base_url=base, headers=headers, timeout=30)
                 answers.setdefault(case.operation.label, set()).add(response.status_code)
                 assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:500])
@@ -146,3 +194,4 @@ def test_no_route_answers_5xx_or_logs_a_traceback(applied: Path) -> None:  # noq
     assert len(answers) == described >= 19, answers
     assert {200, 422} <= answers["POST /api/v1/contacts"] and {200, 422} <= answers["POST /api/v1/events"]
     assert 200 in answers["GET /p/{token}"] and 302 in answers["GET /c/{token}"], answers
+    assert {200, 400, 401, 422} <= answers["POST /api/v1/plan"], answers

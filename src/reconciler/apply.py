@@ -104,6 +104,21 @@ def observe_for(
     )
 
 
+def plan_for(
+    db: Database,
+    desired: DesiredState,
+    *,
+    now: datetime,
+    budget: float | None,
+    git_commit: str | None,
+    confirm: Collection[str] = (),
+) -> Plan:
+    """The plan `reconciler plan` shows, with every count it can make within `budget` seconds; only reads (the
+    command line and the plan endpoint, which runs it inside `state.db.snapshot`, show the same plan)."""
+    observed = observe_for(db, desired, now=now, budget=budget)
+    return make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
+
+
 def plan_and_apply(
     db: Database, desired: DesiredState, *, now: datetime, git_commit: str | None, confirm: Collection[str] = ()
 ) -> tuple[Plan, Applied]:

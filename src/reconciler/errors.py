@@ -15,7 +15,7 @@ in compiler form (``path:line:column: Kind name: field: message (hint)``) that e
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,6 +93,13 @@ class Problem:
             "hint": self.hint,
             "severity": self.severity,
         }
+
+
+def count_problems(problems: Sequence[Problem]) -> str:
+    """ "2 errors, 1 warning"."""
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
 
 
 class ReconcilerError(Exception):

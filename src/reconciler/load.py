@@ -76,7 +76,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
     invalid: set[tuple[str, str]] = set()
     digest = hashlib.sha256()
 
-    for file in _files(root, YAML_FOLDERS, (".yaml", ".yml"), problems):
+    for file in files_under(root, YAML_FOLDERS, (".yaml", ".yml"), problems):
         shown = display_path(file)
         text = _read(file, shown, problems)
         digest.update(file.relative_to(root).as_posix().encode() + b"\0" + text.encode())
@@ -110,7 +110,7 @@ def load_workspace(root: Path) -> tuple[DesiredState, list[Problem]]:
     )
 
 
-def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...], problems: list[Problem]) -> list[Path]:
+def files_under(root: Path, folders: Iterable[str], suffixes: tuple[str, ...], problems: list[Problem]) -> list[Path]:
     """The files with `suffixes` under `folders`. A symbolic link (file or folder) that resolves outside the
     workspace is a problem and is not read: review sees the workspace, and /etc/passwd must not become a partial."""
     found: list[Path] = []
@@ -120,7 +120,7 @@ def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...], proble
         while pending:
             directory = pending.pop()
             real = directory.resolve()  # folders are few: each is checked, files only when they are links
-            if not directory.is_dir() or real in seen or not _within(directory, inside, problems):
+            if not directory.is_dir() or real in seen or not within(directory, inside, problems):
                 continue
             seen.add(real)
             for entry in directory.iterdir():
@@ -128,12 +128,12 @@ def _files(root: Path, folders: Iterable[str], suffixes: tuple[str, ...], proble
                     pending.append(entry)
                 elif entry.suffix not in suffixes or not entry.is_file():
                     continue
-                elif not entry.is_symlink() or _within(entry, inside, problems):
+                elif not entry.is_symlink() or within(entry, inside, problems):
                     found.append(entry)
     return sorted(found)
 
 
-def _within(path: Path, inside: Path, problems: list[Problem]) -> bool:
+def within(path: Path, inside: Path, problems: list[Problem]) -> bool:
     if path.resolve().is_relative_to(inside):
         return True
     problems.append(
@@ -164,12 +164,12 @@ def _read(file: Path, shown: str, problems: list[Problem]) -> str:
 def _load_templates(root: Path, problems: list[Problem], digest: Any) -> dict[str, TemplateFile]:
     base = root / "templates"
     templates: dict[str, TemplateFile] = {}
-    for file in _files(root, ("templates",), (".mjml",), problems):
+    for file in files_under(root, ("templates",), (".mjml",), problems):
         shown = display_path(file)
         name = file.relative_to(base).with_suffix("").as_posix()
         text = _read(file, shown, problems)
         text_file = file.with_suffix(".txt")
-        readable = text_file.is_file() and _within(text_file, root.resolve(), problems)
+        readable = text_file.is_file() and within(text_file, root.resolve(), problems)
         text_part = _read(text_file, display_path(text_file), problems) if readable else None
         digest.update(name.encode() + b"\0" + text.encode() + b"\0" + (text_part or "").encode())
         templates[name] = TemplateFile(name=name, path=shown, text=text, text_part=text_part)
@@ -179,7 +179,7 @@ def _load_templates(root: Path, problems: list[Problem], digest: Any) -> dict[st
 def _load_pages(root: Path, problems: list[Problem], digest: Any) -> dict[str, PageFile]:
     """The workspace's own subscriber pages: templates/pages/*.html (a change to one is a new revision)."""
     pages: dict[str, PageFile] = {}
-    for file in _files(root, ("templates/pages",), (".html",), problems):
+    for file in files_under(root, ("templates/pages",), (".html",), problems):
         shown = display_path(file)
         text = _read(file, shown, problems)
         name = file.relative_to(root / "templates" / "pages").as_posix()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from reconciler import __version__
-from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError
+from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError, count_problems
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -152,13 +152,6 @@ def checked(root: Path) -> DesiredState:
         print_problems(problems, "text")
         raise SpecErrors([p for p in problems if p.severity == "error"])
     return desired
-
-
-def count_problems(problems: Sequence[Problem]) -> str:
-    """ "2 errors, 1 warning"."""
-    errors = sum(p.severity == "error" for p in problems)
-    warnings = len(problems) - errors
-    return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
 
 
 def print_problems(

@@ -49,6 +49,13 @@ if TYPE_CHECKING:
     metavar="SECONDS",
     help="Time for counting segment audiences and sizes; what is left is shown as not counted.",
 )
+@click.option(
+    "--remote",
+    metavar="URL",
+    default=None,
+    help="Plan against the state of the daemon at URL (its plan endpoint), with the token in RECONCILER_PLAN_TOKEN; "
+    "the workspace's files are sent, the state stays there.",
+)
 @NOW_OPTION
 @CONFIRM_OPTION
 @click.pass_context
@@ -57,28 +64,56 @@ def plan(
     fmt: str,
     detailed_exitcode: bool,
     count_budget: float,
+    remote: str | None,
     now: str | None,
     confirm: tuple[str, ...],
 ) -> None:
     """Show what apply would do, with audience counts, against the state database. Changes nothing.
 
-    Without a state database (as in CI) the plan is made against an empty one.
+    Without a state database (as in CI) the plan is made against an empty one; with --remote, against the state of
+    a running daemon (docs/ci.md).
     """
-    from reconciler.apply import observe_for
     from reconciler.gitrepo import git_commit
-    from reconciler.plan import as_json, as_markdown, as_text, make_plan
-    from reconciler.state.db import empty_db
 
     root = workspace_root(ctx)
-    desired = checked(root)
-    db = database(ctx, root, read_only=True) if state_file(ctx, root).exists() else empty_db()
-    moment = clock(now).now()
-    observed = observe_for(db, desired, now=moment, budget=count_budget)
-    result = make_plan(desired, observed, now=moment, git_commit=git_commit(root), confirm=confirm)
-    click.echo({"text": as_text, "json": as_json, "markdown": as_markdown}[fmt](result).rstrip("\n"))
-    if result.errors:
+    if remote is not None:
+        errors, changes = _remote_plan(root, remote, fmt=fmt, now=now, count_budget=count_budget, confirm=confirm)
+    else:
+        from reconciler.apply import plan_for
+        from reconciler.plan import render
+        from reconciler.state.db import empty_db
+
+        desired = checked(root)
+        db = database(ctx, root, read_only=True) if state_file(ctx, root).exists() else empty_db()
+        moment = clock(now).now()
+        result = plan_for(db, desired, now=moment, budget=count_budget, git_commit=git_commit(root), confirm=confirm)
+        click.echo(render(result, fmt).rstrip("\n"))
+        errors, changes = len(result.errors), result.has_changes
+    if errors:
         ctx.exit(1)
-    ctx.exit(2 if detailed_exitcode and result.has_changes else 0)
+    ctx.exit(2 if detailed_exitcode and changes else 0)
+
+
+def _remote_plan(
+    root: Path, url: str, *, fmt: str, now: str | None, count_budget: float, confirm: tuple[str, ...]
+) -> tuple[int, bool]:
+    """`plan --remote`: the daemon's plan printed as it came; its number of errors and whether it has changes."""
+    from reconciler.errors import SpecErrors
+    from reconciler.gitrepo import git_commit
+    from reconciler.remote_plan import MAX_COUNT_BUDGET, request_plan
+
+    clock(now)  # a --now that is not a date fails here, as in a local plan
+    if count_budget > MAX_COUNT_BUDGET:
+        raise UsageError(f"--count-budget: at most {MAX_COUNT_BUDGET:.0f} seconds with --remote")
+    try:
+        answer = request_plan(
+            root, url, fmt=fmt, now=now, git_commit=git_commit(root), confirm=confirm, budget=count_budget
+        )
+    except SpecErrors as exc:
+        print_problems(exc.problems, "text")
+        raise
+    click.echo(answer.text.rstrip("\n"))
+    return answer.errors, answer.changes
 
 
 @main.command()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 
+from reconciler.errors import Problem, count_problems
 from reconciler.plan.model import SYMBOLS, Action, Plan
 
 _VERBS = {
@@ -103,11 +105,7 @@ def as_markdown(plan: Plan) -> str:
             )
     else:
         out.append("No changes: the state matches the workspace.")
-    if plan.problems:
-        out += ["", "**Problems**", ""]
-        for problem in plan.problems:
-            badge = "❌" if problem.severity == "error" else "⚠️"
-            out.append(f"- {badge} `{problem.path}:{problem.line}` {_cell(problem.format().split(': ', 1)[-1])}")
+    out += _markdown_problems(plan.problems)
     if plan.audiences or plan.segment_counts:
         out += ["", "<details><summary>Audiences of every campaign, and segment sizes</summary>", ""]
         out += [
@@ -121,6 +119,16 @@ def as_markdown(plan: Plan) -> str:
         out += ["", "</details>"]
     out += ["", totals(plan)]
     return "\n".join(out) + "\n"
+
+
+def _markdown_problems(problems: Sequence[Problem]) -> list[str]:
+    if not problems:
+        return []
+    out = ["", "**Problems**", ""]
+    for problem in problems:
+        badge = "❌" if problem.severity == "error" else "⚠️"
+        out.append(f"- {badge} `{problem.path}:{problem.line}` {_cell(problem.format().split(': ', 1)[-1])}")
+    return out
 
 
 def _cell(text: str) -> str:
@@ -142,3 +150,26 @@ def as_json(plan: Plan) -> str:
         },
         indent=2,
     )
+
+
+FORMATS = {"text": as_text, "markdown": as_markdown, "json": as_json}
+"""Every way a plan is shown, by the name `--format` and the plan endpoint's `format` take."""
+
+
+def render(plan: Plan, fmt: str) -> str:
+    return FORMATS[fmt](plan)
+
+
+def render_invalid(problems: Sequence[Problem], fmt: str, *, revision: str, git_commit: str | None) -> str:
+    """What is shown instead of a plan when the workspace has errors (nothing is planned from it), in the shape of
+    a plan of that format: the problems, every one, as `validate` words them."""
+    errors = sum(p.severity == "error" for p in problems)
+    if fmt == "json":
+        body: dict[str, object] = {"revision": revision, "git_commit": git_commit, "changes": False, "errors": errors}
+        return json.dumps({**body, "actions": [], "problems": [p.as_dict() for p in problems]}, indent=2)
+    source = header(Plan(revision, git_commit, ()))
+    verdict = f"{count_problems(problems)}: nothing is planned until the errors are fixed."
+    if fmt == "markdown":
+        out = [f"### reconciler plan for {source}", "", f"The workspace has {verdict}", *_markdown_problems(problems)]
+        return "\n".join(out) + "\n"
+    return "\n".join([*(p.format() for p in problems), f"Revision {revision}: {verdict}"]) + "\n"

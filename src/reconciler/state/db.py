@@ -254,6 +254,22 @@ def write(db: Database) -> Iterator[Database]:
         db.conn.execute("COMMIT")
 
 
+@contextmanager
+def snapshot(db: Database) -> Iterator[Database]:
+    """Reads that see one moment of the state and cannot change it: a read transaction (a plan's several queries
+    agree with each other while the daemon writes beside them) on a connection made `query_only` for the time,
+    so even a bug in the code that runs here cannot write (a plan asked for over HTTP must change nothing)."""
+    db.conn.execute("PRAGMA query_only = ON")
+    try:
+        db.conn.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.conn.execute("ROLLBACK")
+    finally:
+        db.conn.execute("PRAGMA query_only = OFF")
+
+
 def _begin(db: Database) -> None:
     """Take the write lock, waiting up to BUSY_TIMEOUT_MS for another process to let it go (in steps, so that a
     stopping daemon gives up at once)."""

@@ -30,9 +30,11 @@ from reconciler.web.context import context, ip
 from reconciler.web.webhooks import WebhookAuthError, check_bearer, json_refused, read_json
 
 
-async def authorized(request: Request) -> bool:
+async def authorized(request: Request, *, plan: bool = False) -> bool:
+    """Whether the request carries the API token (`plan`: the plan token, which opens the plan endpoint only)."""
+    site = await context(request).site()
     try:
-        check_bearer(request.headers, (await context(request).site()).api_token)
+        check_bearer(request.headers, site.plan_token if plan else site.api_token)
     except WebhookAuthError:
         return False
     return True
@@ -42,9 +44,9 @@ def unauthorized() -> Response:
     return JSONResponse({"error": "a valid bearer token is required"}, 401, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def refused(request: Request) -> Response | None:
-    """None when the request carries the API token; else 401, or 429 once its address sent too many wrong ones
-    (then even the right token waits: a guesser must not learn when it found it)."""
+async def refused(request: Request, *, plan: bool = False) -> Response | None:
+    """None when the request carries the API token (`plan`: the plan token); else 401, or 429 once its address sent
+    too many wrong ones of either (then even the right token waits: a guesser must not learn when it found it)."""
     web, who = context(request), ip(request) or "?"
     wait = web.wrong_tokens.retry_after(who, count=False)
     if wait:
@@ -53,7 +55,7 @@ async def refused(request: Request) -> Response | None:
             429,
             headers={"Retry-After": str(wait)},
         )
-    if await authorized(request):
+    if await authorized(request, plan=plan):
         return None
     web.wrong_tokens.retry_after(who)
     return unauthorized()

@@ -4,7 +4,8 @@ It only records facts (an unsubscribe, a preference, an open, an event, a bounce
 daemon's next pass sees them. Every link token is checked before anything is read, and every invalid token gets
 the same answer, whatever was wrong with it.
 
-Endpoints are plain functions grouped by concern (`pages`, `tracking`, `api`, `webhooks`, `inbound`), registered
+Endpoints are plain functions grouped by concern (`pages`, `tracking`, `api`, `reads`, `plans`, `webhooks`,
+`inbound`, `dashboard`), registered
 here. They share one `WebContext`; its `call` runs database work in a worker thread with a connection of its own, so
 a request waiting for the write lock never stalls the event loop that the dispatcher and every other request share.
 """
@@ -26,7 +27,7 @@ from starlette.routing import Route
 from reconciler.clock import Clock
 from reconciler.health import Health
 from reconciler.state.db import ConnectionPool, StateError
-from reconciler.web import api, dashboard, inbound, openapi, pages, reads, tracking, webhooks
+from reconciler.web import api, dashboard, inbound, openapi, pages, plans, reads, tracking, webhooks
 from reconciler.web.context import WebContext, fetch_url
 from reconciler.web.metrics import Metrics
 from reconciler.web.security import SecurityMiddleware
@@ -76,6 +77,7 @@ def create_app(
         Route("/dashboard/sign-out", dashboard.sign_out, methods=["POST"]),
         Route("/dashboard/{kind}/{name}", dashboard.report, methods=["GET"]),
         Route("/api/v1/events", api.events, methods=["POST"]),
+        Route("/api/v1/plan", plans.plan, methods=["POST"]),
         Route("/api/v1/webhooks/{provider}", webhooks.endpoint, methods=["POST"]),
         Route("/api/v1/inbound/{provider}", inbound.endpoint, methods=["POST"]),
         Route("/healthz", api.healthz, methods=["GET"]),

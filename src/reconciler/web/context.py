@@ -20,6 +20,7 @@ from reconciler import geoip
 from reconciler.clock import Clock, iso
 from reconciler.health import Health
 from reconciler.pages import PageSet, page_set
+from reconciler.remote_plan import PLAN_TOKEN_ENV
 from reconciler.spec.documents import MailingList
 from reconciler.state import keys, pages, records
 from reconciler.state import settings as runtime_settings
@@ -32,6 +33,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 SETTINGS_TTL = 5.0
 """Seconds the web service keeps the Settings it read (a new revision shows within this time)."""
+PLANS_AT_ONCE = 2
+"""Plans of `POST /api/v1/plan` made at the same time; a third request is answered 429 at once."""
 DB_THREADS = 8
 """Worker threads for database work of each kind: reads never wait behind writes that wait for the write lock."""
 
@@ -97,6 +100,10 @@ class Site:
     runtime: RuntimeSettings
     signer: Signer
     api_token: str | None
+    plan_token: str | None
+    """RECONCILER_PLAN_TOKEN: it opens the plan endpoint and nothing else (None when unset, or when it is the API
+    token: then a plan would need the key to everything, which CI must not hold)."""
+    plan_token_is_api_token: bool
     lists: dict[str, MailingList]
     """Every list as last applied (removed ones too: a message sent for one can still be unsubscribed from)."""
     read_at: float
@@ -120,6 +127,8 @@ class WebContext:
     per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
     wrong_tokens: RateLimit = field(default_factory=lambda: RateLimit(20, 600.0))
     """Requests with a missing or wrong bearer token, per address: more in 10 minutes get 429 (guessing stops)."""
+    plans: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(PLANS_AT_ONCE))
+    """Plans being made (each reads every file of a workspace and counts audiences): more at once get 429."""
     site_cache: Site | None = None
     locator: geoip.Locator | None = None
 
@@ -171,9 +180,11 @@ def _read_site(db: Database) -> Site:
     runtime = runtime_settings.load(db)
     settings = runtime.settings
     token = os.environ.get(settings.api.token_env)
+    plan = os.environ.get(PLAN_TOKEN_ENV) or None
+    clash = plan is not None and plan == token
     signer = keys.signer_for(db, settings.signing_key_env)
     overrides = page_set(tuple(sorted(pages.load(db).pages.items())))
-    return Site(runtime, signer, token, records.lists(db), time.monotonic(), overrides)
+    return Site(runtime, signer, token, None if clash else plan, clash, records.lists(db), time.monotonic(), overrides)
 
 
 def context(request: Request) -> WebContext:

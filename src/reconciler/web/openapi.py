@@ -23,14 +23,19 @@ def _answers(*codes: int) -> dict[str, Any]:
         303: "saved; back to the page",
         400: "a body that is not what this route reads",
         401: "no or wrong credentials",
-        403: "refused: another site's form, an expired form, a signature that does not verify",
+        403: "refused: another site's form, an expired form, a signature that does not verify; a plan token that is "
+        "the API token",
         404: "an invalid link token, or no such provider",
-        413: "a body over 1 MB",
+        413: "a body over 1 MB (an archive: over 20 MB unpacked, or over 5,000 members)",
         422: "values that are refused; nothing was written",
-        429: "too many requests; Retry-After says when to try again",
+        429: "too many requests (or plans at once); Retry-After says when to try again",
         503: "degraded: the body lists what an operator should act on",
     }
     return {str(code): {"description": words[code]} for code in codes}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
 def _form(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -220,6 +225,32 @@ def _api() -> dict[str, Any]:
     }
 
 
+def _plan() -> dict[str, Any]:
+    """The plan endpoint, for CI: a workspace in, its plan against the live state out; its own token."""
+    return {
+        "post": {
+            "summary": "The plan of a workspace (a tar of spec/, campaigns/, templates/) against the live state; "
+            "changes nothing",
+            "parameters": [
+                _query("format", {"type": "string", "enum": ["text", "markdown", "json"], "default": "text"}),
+                _query("now", {"type": "string", "format": "date-time"}),
+                _query("commit", {"type": "string", "pattern": "^[0-9a-f]{4,40}(\\+dirty)?$"}),
+                _query("confirm", {"type": "array", "items": {"type": "string"}}),
+                _query("count_budget", {"type": "number", "minimum": 0, "maximum": 60, "default": 60}),
+            ],
+            "security": [{"plan": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    media: {"schema": {"type": "string", "format": "binary"}}
+                    for media in ("application/gzip", "application/x-tar")
+                },
+            },
+            "responses": _answers(200, 400, 401, 403, 413, 422, 429),
+        }
+    }
+
+
 def _dashboard() -> dict[str, Any]:
     """The read-only dashboard: HTML pages behind a session cookie that the sign-in form sets."""
     return {
@@ -261,12 +292,13 @@ def description() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "reconciler web service", "version": "1", "description": "docs/web.md describes it in prose"},
-        "paths": _limited({**_pages(), **_api(), **_dashboard()}),
+        "paths": _limited({**_pages(), **_api(), "/api/v1/plan": _plan(), **_dashboard()}),
         "components": {
             "schemas": {"Contact": CONTACT, "Event": EVENT},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "RECONCILER_API_TOKEN"},
                 "basic": {"type": "http", "scheme": "basic", "description": "Postmark: the password is the token"},
+                "plan": {"type": "http", "scheme": "bearer", "description": "RECONCILER_PLAN_TOKEN: plans only"},
             },
         },
     }
