@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from netaddr import IPSet
 from conftest import reconciler, wait_for
 from journeys import Journey
 from reconciler import geoip
+from reconciler.check import validate_workspace
+from reconciler.errors import Problem
 from report_state import seed
 from smtp_sink import Sink, SinkServer, free_port
 from web_server import WebServer
@@ -138,8 +142,11 @@ def test_validate_names_a_geoip_database_it_cannot_use(tmp_path: Path) -> None:
         done = reconciler("validate", cwd=tmp_path)
         assert done.returncode == 1 and expected in done.stdout + done.stderr, (configured, done.stdout)
         assert "settings.yaml:" in done.stdout + done.stderr
-    country_database(tmp_path / "geo/country.mmdb", PLACES)
     settings.write_text(original + "tracking: {geoip_database: geo/country.mmdb}\n")
+    checked: dict[str, list[Problem]] = {}  # as the daemon remembers a revision's problems from pass to pass
+    assert any("geo/country.mmdb does not exist" in p.message for p in validate_workspace(tmp_path, checked=checked)[1])
+    country_database(tmp_path / "geo/country.mmdb", PLACES)  # the file arrives; the workspace's files are the same
+    assert [p for p in validate_workspace(tmp_path, checked=checked)[1] if p.severity == "error"] == []
     assert reconciler("validate", cwd=tmp_path).returncode == 0
 
 
@@ -153,10 +160,33 @@ def test_a_database_replaced_on_disk_is_read_again(tmp_path: Path, monkeypatch: 
                                                      "8.8.8.0/24": {"country": {"iso_code": "US"}}})  # fmt: skip
     os.replace(newer, path)  # as geoipupdate does
     assert locator.country("81.2.69.142") == "IE" and locator.country("8.8.8.8") == "US"
-    path.write_bytes(b"truncated")  # a broken download: no country, no exception
-    assert locator.country("81.2.69.142") is None
+    path.write_bytes(b"truncated")  # a broken download: the database read before stays in use
+    assert locator.country("81.2.69.142") == "IE"
+    assert geoip.Locator(path).country("81.2.69.142") is None  # and a daemon starting now has none: no exception
     monkeypatch.setenv(geoip.ENV, str(tmp_path / "elsewhere.mmdb"))
     assert geoip.database_path(tmp_path, "geo/country.mmdb") == tmp_path / "elsewhere.mmdb"
     monkeypatch.delenv(geoip.ENV)
     assert geoip.database_path(tmp_path, "geo/country.mmdb") == tmp_path / "geo/country.mmdb"
     assert geoip.database_path(tmp_path, None) is None
+
+
+CUT_SHORT = """
+import os, sys
+from reconciler import geoip
+path = sys.argv[1]
+locator = geoip.Locator(path)
+before = locator.country("10.0.0.1"), locator.country("100.0.200.1")
+os.truncate(path, 4096)  # `cp` over the file, or a download half-written, while opens arrive
+print(before, locator.country("100.0.200.1"), locator.country("100.1.2.3"))
+"""
+
+
+def test_a_database_cut_short_on_disk_never_crashes_the_process(tmp_path: Path) -> None:
+    """The reader memory-mapped the file: cut short in place, the next lookup killed the daemon with SIGBUS."""
+    codes = ("FR", "DE")  # neighbours differ, so the tree cannot fold them: a file of some hundred KB
+    networks = {f"100.{n // 256}.{n % 256}.0/24": {"country": {"iso_code": codes[n % 2]}} for n in range(20_000)}
+    path = country_database(tmp_path / "big.mmdb", networks)
+    assert path.stat().st_size > 50_000
+    done = subprocess.run([sys.executable, "-c", CUT_SHORT, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "(None, 'FR') FR FR", done.stdout  # the database read before answers on

@@ -336,3 +336,24 @@ def test_a_bounce_after_a_deferral_is_one_bounce_and_a_deferral_that_went_throug
     }
     overview = {row["name"]: row for row in report(j)}
     assert overview["drop"]["delivered"] == 2
+
+
+def test_an_absurd_revenue_is_left_out_and_every_report_stays_valid_json(seeded: Journey) -> None:
+    """Two purchases of 1e308 each summed to infinity: `report --format json` printed `Infinity` (not JSON) and
+    the read API answered 500."""
+    for _ in range(2):
+        seeded.event("a@example.com", "purchase", at="2030-03-02T12:00:00Z", total=1e308)
+
+    def strict(text: str) -> Any:
+        def refuse(constant: str) -> None:
+            raise AssertionError(f"{constant} in the JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    for args in ((), ("--since", "2030-01-01T00:00:00Z")):
+        done = reconciler("report", "launch", "--format", "json", *args, cwd=seeded.root)
+        assert done.returncode == 0, done.stderr
+        goal = strict(done.stdout)["goal"]
+        assert goal["revenue"] == 40.0 and goal["conversions"] == 5, goal  # counted, without the absurd amounts
+    overview = reconciler("report", "--format", "json", cwd=seeded.root)
+    assert [row["revenue"] for row in strict(overview.stdout) if row["name"] == "launch"] == [40.0]

@@ -1,9 +1,10 @@
 """The country of an IP address, from a MaxMind GeoIP2/GeoLite2 or DB-IP country (or city) database file.
 
 Reports show where opens and clicks came from. Only the two-letter country code is kept with the open or click;
-the address itself is never stored. The database is read with the maintained `maxminddb` reader (memory-mapped,
-a lookup costs microseconds), and opened again when the file changes on disk, so a weekly `geoipupdate` is picked
-up without a restart.
+the address itself is never stored. The database is read with the maintained `maxminddb` reader, into memory (a
+country database is a few MB): a file memory-mapped instead would crash the process with SIGBUS when someone cut it
+short on disk (`cp` over it, a download half-written). It is read again when the file changes on disk, so a weekly
+`geoipupdate` is picked up without a restart; a new file that cannot be read leaves the one read before in use.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class GeoIpError(Exception):
 def check(path: Path) -> str:
     """The database's type (e.g. "GeoLite2-Country"), or GeoIpError saying why the file cannot be used."""
     try:
-        with maxminddb.open_database(str(path)) as reader:
+        with maxminddb.open_database(str(path), maxminddb.MODE_MEMORY) as reader:
             kind = str(reader.metadata().database_type)
     except FileNotFoundError as exc:
         raise GeoIpError(f"{path} does not exist") from exc
@@ -50,7 +51,7 @@ def _country(found: object) -> str | None:
         place = found.get(key)
         if isinstance(place, dict) and isinstance(place.get("iso_code"), str):
             code = place["iso_code"].upper()
-            return code if len(code) == 2 and code.isalpha() else None
+            return code if len(code) == 2 and code.isascii() and code.isalpha() else None
     return None
 
 
@@ -97,7 +98,7 @@ class Locator:
 
     def _open(self, stamp: tuple[int, int]) -> None:
         try:
-            reader = maxminddb.open_database(str(self.path))
+            reader = maxminddb.open_database(str(self.path), maxminddb.MODE_MEMORY)
         except (InvalidDatabaseError, ValueError, OSError) as exc:
             log.warning(
                 "cannot read the GeoIP database %s (%s); countries of opens and clicks are not recorded", self.path, exc

@@ -36,13 +36,27 @@ def validate_workspace(
     `checked` remembers the problems of the last revision checked: the revision is a hash of every file, so an
     unchanged workspace is not compiled and rendered again (the daemon's periodic passes)."""
     desired, problems = load_workspace(root)
-    if checked is not None and desired.revision in checked:
-        return desired, checked[desired.revision]
+    key = desired.revision + _files_read_beside(desired)
+    if checked is not None and key in checked:
+        return desired, checked[key]
     problems = sorted(set(problems + check(desired)))
     if checked is not None:
         checked.clear()
-        checked[desired.revision] = problems
+        checked[key] = problems
     return desired, problems
+
+
+def _files_read_beside(desired: DesiredState) -> str:
+    """What the checks read besides the workspace's own files (the revision): the GeoIP database's size and time,
+    so that adding the missing file, or replacing a broken one, is checked again."""
+    settings = desired.settings
+    if settings is None or not settings.tracking.geoip_database:
+        return ""
+    try:
+        found = (Path(desired.root) / settings.tracking.geoip_database).stat()
+    except OSError:
+        return "|geoip missing"
+    return f"|geoip {found.st_size} {found.st_mtime_ns}"
 
 
 def check(desired: DesiredState) -> list[Problem]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from sqlite_utils import Database
 
 from reconciler.segments import json_path
+from reconciler.state.rollups import LARGEST_AMOUNT
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def conversions(
     db: Database, name: str, *, event: str, within_seconds: int, value: str | None, window: Window
 ) -> tuple[int, int, float]:
     """(people who converted, conversions, revenue): events of type `event` from recipients of the campaign's
-    first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property.
+    first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property (up to
+    LARGEST_AMOUNT each).
 
     Read from the smaller side: the recipients, each looked up among their events (a campaign of a few thousand),
     or the goal's events since the campaign started, each looked up in the campaign's ledger (a campaign of a
@@ -200,11 +202,12 @@ def conversions(
     first = (name, event, started) if events < recipients else (event, started, name)
     row = db.conn.execute(
         "SELECT count(DISTINCT e.contact_id), count(*), total(CASE WHEN json_type(e.properties, ?) IN "
-        f"('integer', 'real') THEN json_extract(e.properties, ?) END) {join}"
+        "('integer', 'real') AND abs(json_extract(e.properties, ?)) <= ? THEN json_extract(e.properties, ?) END) "
+        f"{join}"
         "AND l.state = 'sent' AND e.occurred_at >= l.sent_at "
         "AND e.occurred_at < strftime('%Y-%m-%dT%H:%M:%SZ', l.sent_at, ?) AND +e.occurred_at >= ? "
         "AND +e.occurred_at < ?",
-        (path, path, *first, f"+{within_seconds} seconds", window.since, window.until),
+        (path, path, LARGEST_AMOUNT, path, *first, f"+{within_seconds} seconds", window.since, window.until),
     ).fetchone()
     return int(row[0]), int(row[1]), float(row[2] or 0.0)
 

@@ -34,6 +34,9 @@ from reconciler.spec.types import parse_duration
 
 BATCH = 20_000
 """Engagement rows read per step of a rebuild."""
+LARGEST_AMOUNT = 1e15
+"""A goal's value beyond this (a quadrillion) is a mistake in the event, not revenue: it is not added (a few such
+values would make the sum infinite, which no report can show and no JSON can hold)."""
 
 
 Key = tuple[str, str, str, str]
@@ -214,7 +217,7 @@ def count_conversions(db: Database, after: int, *, only: str | None = None) -> N
                 continue
             counts[("campaign", str(name), "", "conversions")] += 1
             amount = json.loads(properties).get(goal.value) if goal.value else None
-            if isinstance(amount, int | float) and not isinstance(amount, bool):
+            if isinstance(amount, int | float) and not isinstance(amount, bool) and abs(amount) <= LARGEST_AMOUNT:
                 counts[("campaign", str(name), "", "revenue")] += amount
             person = _Fact(0, None, "campaign", str(name), "", int(contact_id), "converted", 0, str(occurred_at), None)
             if _first(db, person, "", "converted"):
