@@ -4,8 +4,9 @@ pages whose charts hold the figures (checked in Chromium), and the read API behi
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -140,3 +141,44 @@ def test_guessing_the_api_token_stops_after_twenty_wrong_ones(served: tuple[Jour
             "/api/v1/campaigns", headers={"authorization": f"Bearer {TOKEN}", "x-forwarded-for": "198.51.100.7"}
         )
         assert other.status_code == 200
+
+
+def test_each_sign_in_is_a_session_of_its_own(served: tuple[Journey, str]) -> None:
+    """Sessions were the signed minute alone: two people signing in that minute shared one, and one signing out
+    ended the other's."""
+    _, base = served
+    with httpx.Client(base_url=base) as first, httpx.Client(base_url=base) as second:
+        for client in (first, second):
+            assert client.post("/dashboard/sign-in", data={"token": TOKEN}).status_code == 303
+        assert first.cookies["reconciler_session"] != second.cookies["reconciler_session"]
+        assert first.post("/dashboard/sign-out").status_code == 303
+        assert first.get("/dashboard").status_code == 303 and second.get("/dashboard").status_code == 200
+
+
+def test_wrong_tokens_sent_all_at_once_are_held_to_the_limit(served: tuple[Journey, str]) -> None:
+    """Sixty sign-ins whose forms arrive together, once every request has started: ten are checked. (An adversary
+    had 112 of 200 concurrent wrong tokens checked against the daemon: the limit was looked at before the form was
+    read and counted after; each attempt is counted before reading now, and a right token takes its count back.)"""
+    _, base = served
+
+    storming, started, go = 60, [0], asyncio.Event()
+
+    async def body(n: int) -> AsyncIterator[bytes]:
+        yield b"token="  # the request and the start of its form are out: the server is reading the form
+        started[0] += 1
+        if started[0] == storming:
+            go.set()
+        await go.wait()  # every form ends once every request is in
+        yield f"guess-{n}".encode()
+
+    async def storm() -> list[int]:
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        limits = httpx.Limits(max_connections=storming)
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+            answers = await asyncio.gather(
+                *(client.post("/dashboard/sign-in", content=body(n), headers=form) for n in range(storming))
+            )
+        return [answer.status_code for answer in answers]
+
+    codes = asyncio.run(storm())
+    assert codes.count(401) == 10 and codes.count(429) == 50, sorted(codes)

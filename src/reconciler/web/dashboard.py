@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from html import escape
@@ -29,6 +30,9 @@ from reconciler.web.pages import same_origin
 from reconciler.web.security import RateLimit
 
 COOKIE = "reconciler_session"
+NONCE_BITS = 32
+"""Random bits beside the minute a session was issued in: two sign-ins never share a cookie (signing out one
+would end the other)."""
 FRESH_FOR = 10.0
 """Seconds a rendered page is served again: twenty people watching a launch cost one count, not twenty."""
 KEPT = 64
@@ -56,8 +60,11 @@ def _signed_in(request: Request, site: Site) -> bool:
     session = request.cookies.get(COOKIE, "")
     if not site.api_token or not session or session in _state(request).signed_out:
         return False
-    issued = site.signer.verify("session", session, _bound(site))
-    return issued is not None and 0 <= time.time() / 60 - issued <= SESSION_HOURS * 60
+    ident = site.signer.verify("session", session, _bound(site))
+    if ident is None:
+        return False
+    issued = ident >> NONCE_BITS
+    return 0 <= time.time() / 60 - issued <= SESSION_HOURS * 60
 
 
 async def sign_in(request: Request) -> Response:
@@ -69,16 +76,17 @@ async def sign_in(request: Request) -> Response:
     if not same_origin(request, site.runtime.public_url):
         return _form("This form must be sent from this site's own page.", 403)
     attempts, who = _state(request).sign_ins, ip(request) or "?"
-    wait = attempts.retry_after(who, count=False)
+    wait = attempts.retry_after(who)  # counted before the form is read: requests at once cannot all slip through
     if wait:
         return _form(f"Too many wrong tokens; try again in {wait} s.", 429)
     token = str((await request.form()).get("token", ""))
     if not site.api_token or not hmac.compare_digest(token.encode(), site.api_token.encode()):
-        attempts.retry_after(who)  # only wrong tokens count
         return _form("That is not the API token.", 401)
+    attempts.refund(who)  # only wrong tokens count
     response = RedirectResponse("/dashboard", 303)
     secure = urlsplit(site.runtime.settings.public_url).scheme == "https"
-    session = site.signer.sign("session", int(time.time() // 60), _bound(site))
+    ident = (int(time.time() // 60) << NONCE_BITS) | secrets.randbits(NONCE_BITS)  # each sign-in a session of its own
+    session = site.signer.sign("session", ident, _bound(site))
     response.set_cookie(
         COOKIE, session, max_age=SESSION_HOURS * 3600, path="/", httponly=True, samesite="strict", secure=secure
     )

@@ -94,6 +94,12 @@ class RateLimit:
         self.limit, self.window = limit, window
         self.events: dict[str, deque[float]] = {}
 
+    def refund(self, key: str) -> None:
+        """Take back the last event counted for `key` (it turned out not to be one that counts)."""
+        events = self.events.get(key)
+        if events:
+            events.pop()
+
     def retry_after(self, key: str, *, now: float | None = None, count: bool = True) -> int:
         """0 and count the event when allowed (`count=False`: only look); else the seconds until it would be."""
         now = time.monotonic() if now is None else now
