@@ -68,6 +68,7 @@ def test_the_read_api_answers_with_the_token_only(served: tuple[Journey, str]) -
         assert client.get("/api/v1/campaigns/nope/report", headers=auth).status_code == 404
         person = client.get("/api/v1/contacts/A@Example.com", headers=auth).json()
         assert person["contact"]["email"] == "a@example.com" and len(person["events"]) == 1
+        assert [(r["workflow"], r["state"]) for r in person["workflow_runs"]] == [("hello", "completed")]
         assert client.get("/api/v1/contacts/nobody@example.com", headers=auth).status_code == 404
 
 

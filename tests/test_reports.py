@@ -264,7 +264,9 @@ def test_contacts_show_tells_one_persons_story_in_time_order(seeded: Journey) ->
     body = [line.split("  ", 2)[2] for line in lines[1:]]
     assert body[0] == "subscribe news (api)"
     assert "message workflow hello/hi: sent" in body and "message campaign launch: sent" in body
-    assert "clicked launch (a machine)" in body and 'event purchase {"total": 50}' in body
+    assert "clicked launch https://shop.example.com/y (a machine)" in body and 'event purchase {"total": 50}' in body
+    assert any(line.startswith("workflow hello started: ") for line in body), body  # the welcome run, and its end
+    assert any(line.startswith("workflow hello completed") for line in body), body
     assert set(body[-2:]) == {"unsubscribe news (one-click)", "unsubscribed launch"}  # the consent and the fact
     times = [line.split("  ", 2)[1] for line in lines[1:]]
     assert times == sorted(times)

@@ -191,9 +191,17 @@ def timeline(found: dict[str, Any]) -> list[str]:
         lines.append((m["updated_at"], f"message {where}: {m['state']}"))
     for e in found["engagement"]:
         where = e["source"] + (f"/{e.get('step') or e.get('stage')}" if e.get("step") or e.get("stage") else "")
-        lines.append((e["at"], f"{e['action']} {where}" + (" (a machine)" if e["machine"] else "")))
+        link = f" {e['url']}" if e.get("url") else ""
+        lines.append((e["at"], f"{e['action']} {where}{link}" + (" (a machine)" if e["machine"] else "")))
     for e in found["events"]:
         lines.append((e["occurred_at"], f"event {e['type']} {json.dumps(e['properties'], ensure_ascii=False)}"))
+    for run in found.get("workflow_runs", []):
+        key = f" ({run['key']})" if run["key"] else ""
+        lines.append((run["started_at"], f"workflow {run['workflow']}{key} started: {run['trigger']}"))
+        if run["ended_at"]:
+            lines.append((run["ended_at"], f"workflow {run['workflow']}{key} {run['state']}: {run['outcome'] or ''}"))
+        else:
+            lines.append((run["started_at"], f"workflow {run['workflow']}{key} now at step {run['step']}"))
     return header + [f"  {at}  {what}" for at, what in sorted(lines)]
 
 

@@ -400,11 +400,15 @@ def export_contact(db: Database, email: str) -> dict[str, Any] | None:
         "engagement": _by_step(
             rows(
                 "SELECT coalesce(l.workflow, e.source) AS source, e.stage, l.workflow IS NOT NULL AS by_step, "
-                "e.action, e.machine, e.at FROM engagement e LEFT JOIN ledger l ON l.id = e.ledger_id "
-                "WHERE e.contact_id = ? ORDER BY e.id"
+                "e.action, e.machine, e.at, CASE WHEN e.action = 'clicked' THEN e.detail END AS url "
+                "FROM engagement e LEFT JOIN ledger l ON l.id = e.ledger_id WHERE e.contact_id = ? ORDER BY e.id"
             )
         ),
         "events": events,
+        "workflow_runs": rows(
+            "SELECT workflow, key, state, step, started_at, trigger, ended_at, outcome FROM workflow_runs "
+            "WHERE contact_id = ? ORDER BY id"
+        ),
     }
 
 
