@@ -359,3 +359,14 @@ def test_an_absurd_revenue_is_left_out_and_every_report_stays_valid_json(seeded:
         assert goal["revenue"] == 40.0 and goal["conversions"] == 5, goal  # counted, without the absurd amounts
     overview = reconciler("report", "--format", "json", cwd=seeded.root)
     assert [row["revenue"] for row in strict(overview.stdout) if row["name"] == "launch"] == [40.0]
+
+
+def test_one_step_of_a_workflow_and_windows_that_cannot_be(seeded: Journey) -> None:
+    step = report(seeded, "hello:hi")
+    assert [s["step"] for s in step["steps"]] == ["hi"] and step["steps"][0]["sent"] == 5
+    wrong = reconciler("report", "hello:hy", cwd=seeded.root)
+    assert wrong.returncode == 2 and "workflow hello has no step 'hy'; its steps: hi, rest, tag-it" in wrong.stderr
+    late = reconciler("report", "--since", "9999-12-31T23:59:59Z", cwd=seeded.root)
+    assert late.returncode == 2 and "is not before --until (no end)" in late.stderr, late.stderr
+    bad = reconciler("report", "--since", "2030-13-01", cwd=seeded.root)
+    assert bad.returncode == 2 and bad.stderr.count("write") == 1, bad.stderr

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from reconciler.cli.main import database, main, state_file, workspace_root
-from reconciler.errors import UsageError
+from reconciler.errors import UsageError, did_you_mean
 
 
 @main.command()
@@ -40,7 +40,7 @@ def report(
     """How it did: without NAME, every campaign that started and every workflow, newest first (recipients,
     delivered, open and click rates, unsubscribes, revenue); with a campaign's NAME, its delivery, engagement
     (people and machines apart), rates beside the previous campaigns', stages, links, opens over time, countries
-    and goal; with a workflow's NAME, its runs and each step."""
+    and goal; with a workflow's NAME, its runs and each step (WORKFLOW:STEP: that step alone)."""
     from reconciler.clock import iso, parse_instant
     from reconciler.report import figures, render
     from reconciler.state.reports import Window, started_campaigns
@@ -54,9 +54,10 @@ def report(
             since=iso(parse_instant(since)) if since else "", until=iso(parse_instant(until)) if until else "9999"
         )
     except (ValueError, OverflowError) as exc:
-        raise UsageError(f"--since/--until: {exc} (write e.g. 2030-11-29T00:00:00Z)") from None
+        hint = "" if "write" in str(exc) else " (write e.g. 2030-11-29T00:00:00Z)"
+        raise UsageError(f"--since/--until: {exc}{hint}") from None
     if window.since >= window.until:
-        raise UsageError(f"--since {since} is not before --until {until}")
+        raise UsageError(f"--since {since} is not before --until {until or '(no end)'}")
     if rebuild:
         from reconciler.state.rollups import rebuild as count_again
 
@@ -71,10 +72,13 @@ def report(
     found: figures.CampaignReport | figures.WorkflowReport | list[figures.OverviewRow]
     if name is None:
         found = figures.overview(db, window)
-    elif name in {c.name for c in started_campaigns(db)} or name not in workflow_names(db):
+    elif name in {c.name for c in started_campaigns(db)} or name.partition(":")[0] not in workflow_names(db):
         found = figures.campaign_report(db, name, window)
     else:
-        found = figures.workflow_report(db, name, window)
+        workflow, _, step = name.partition(":")
+        found = figures.workflow_report(db, workflow, window)
+        if step:
+            found = _only_step(found, step)
     if fmt == "html":
         from reconciler.report import html
 
@@ -95,6 +99,16 @@ def report(
     else:
         text = render.campaign_text(found)
     _write(text, output)
+
+
+def _only_step(found: Any, step: str) -> Any:
+    """WORKFLOW:STEP: the workflow's report with that step alone."""
+    steps = [s for s in found.steps if s.step == step]
+    if not steps:
+        known = [s.step for s in found.steps]
+        meant = did_you_mean(step, known, otherwise="")
+        raise UsageError(f"workflow {found.name} has no step {step!r}; {meant or 'its steps: ' + ', '.join(known)}")
+    return found.model_copy(update={"steps": steps})
 
 
 PAGE = 50
