@@ -101,7 +101,7 @@ def test_a_marketer_signs_in_and_reads_a_report_in_chromium(served: tuple[Journe
         assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads the session
         page.screenshot(path=str(ARTIFACTS / "dashboard-campaign.png"), full_page=True)
         page.goto(f"file://{html_file}")
-        assert page.locator("svg").count() == 5 and re.search(r"37\.5%", page.content())
+        assert page.locator("svg").count() == 5 and re.search(r"75\.0%", page.content())
         page.screenshot(path=str(ARTIFACTS / "report-file.png"), full_page=True)
         browser.close()
 

@@ -65,8 +65,8 @@ def test_a_campaigns_report_counts_people_apart_from_machines_and_attributes_wha
         "unsubscribes": 1,  # c, through the launch's link, after `later` was sent
         "complaints": 0,
     }
-    assert launch["rates"]["open_rate"] == round(3 / 8, 4)
-    assert launch["rates"]["click_rate"] == round(2 / 8, 4)
+    assert launch["rates"]["open_rate"] == 0.75  # people: 3 of the 4 whom the first message reached
+    assert launch["rates"]["click_rate"] == 0.5
     assert launch["rates"]["click_to_open"] == round(2 / 3, 4)
     first = next(s for s in launch["stages"] if s["stage"] == "(first)")
     assert first["delivery"]["delivered"] == 4 and first["rates"]["open_rate"] == 0.75
@@ -88,7 +88,7 @@ def test_a_campaigns_report_counts_people_apart_from_machines_and_attributes_wha
     }
     later = report(seeded, "later")
     assert later["engagement"]["unsubscribes"] == 0
-    assert later["previous"]["open_rate"] == round(3 / 8, 4)  # the launch, the one campaign before it
+    assert later["previous"]["open_rate"] == 0.75  # the launch, the one campaign before it
 
 
 def test_the_timeline_is_hourly_then_daily_and_the_grid_is_on_the_workspaces_clock(seeded: Journey) -> None:
@@ -127,14 +127,14 @@ def test_the_overview_text_and_csv(seeded: Journey) -> None:
         ["campaign", "launch"],
         ["workflow", "hello"],
     ]
-    assert lines[2].split()[3:] == ["9", "8", "37.5%", "25.0%", "1", "40.00"]
+    assert lines[2].split()[3:] == ["9", "8", "75.0%", "50.0%", "1", "40.00"]
     assert "Rates count people, not machines" in text.stdout
     stages = reconciler("report", "launch", "--format", "csv", cwd=seeded.root)
     rows = list(csv.DictReader(io.StringIO(stages.stdout)))
     assert [row["stage"] for row in rows] == ["(first)", "reminder"]
     assert rows[0]["delivery.delivered"] == "4" and rows[0]["engagement.unique_opens"] == "3"
     detail = reconciler("report", "launch", cwd=seeded.root).stdout
-    assert "open rate           37.5%" in detail and "ROI -60.0%" in detail
+    assert "open rate           75.0%" in detail and "ROI -60.0%" in detail
 
 
 def test_csv_cells_never_become_formulas_and_unknown_names_are_one_line(seeded: Journey) -> None:
@@ -161,7 +161,7 @@ def test_the_html_report_is_one_offline_file_with_charts_that_hold_the_figures(s
     for term in ("Open rate", "Click rate", "Click-to-open", "Machine opens and clicks"):
         assert f"<dt>{term}</dt>" in page
     overview = reconciler("report", "--format", "html", cwd=seeded.root).stdout
-    assert "<td>launch</td>" in overview and "37.5%" in overview
+    assert "<td>launch</td>" in overview and "75.0%" in overview
     workflow = reconciler("report", "hello", "--format", "html", cwd=seeded.root).stdout
     assert "Workflow hello" in workflow and workflow.count("<svg") == 1
 

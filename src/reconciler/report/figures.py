@@ -190,12 +190,15 @@ def _engagement(engaged: Engaged) -> Engagement:
     )
 
 
-def _rates(delivery: Delivery, engaged: Engaged) -> Rates:
+def _rates(delivery: Delivery, engaged: Engaged, *, people: int | None = None) -> Rates:
+    """Rates of people: `people` mailed (a whole campaign: those its first message reached, as its stages go to
+    some of the same people again), else the messages delivered (one stage: a message each)."""
+    base = delivery.delivered if people is None else people
     return Rates(
-        open_rate=_ratio(engaged.openers, delivery.delivered),
-        click_rate=_ratio(engaged.clickers, delivery.delivered),
+        open_rate=_ratio(engaged.openers, base),
+        click_rate=_ratio(engaged.clickers, base),
         click_to_open=_ratio(engaged.clickers, engaged.openers),
-        unsubscribe_rate=_ratio(engaged.unsubscribed, delivery.delivered),
+        unsubscribe_rate=_ratio(engaged.unsubscribed, base),
         bounce_rate=_ratio(delivery.bounced_hard + delivery.bounced_soft + delivery.failed, delivery.recipients),
     )
 
@@ -232,7 +235,8 @@ def _summary(db: Database, name: str, window: Window) -> _Summary:
     states = reports.states_by_stage(db, name)
     total, stages = _engaged(db, "campaign", name, window)
     delivery = _delivery(_merged(states), total)
-    return _Summary(states, total, stages, delivery, _rates(delivery, total))
+    first = _delivery(states.get("", {}), stages.get("", Engaged()))
+    return _Summary(states, total, stages, delivery, _rates(delivery, total, people=first.delivered))
 
 
 def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> CampaignReport:
