@@ -66,6 +66,8 @@ def test_the_read_api_answers_with_the_token_only(served: tuple[Journey, str]) -
         launch = client.get("/api/v1/campaigns/launch/report", headers=auth).json()
         assert launch["engagement"]["unique_opens"] == 3 and launch["goal"]["revenue"] == 40.0
         assert client.get("/api/v1/campaigns/nope/report", headers=auth).status_code == 404
+        hello = client.get("/api/v1/campaigns/hello/report", headers=auth).json()  # the list names workflows too
+        assert hello["kind"] == "workflow" and [s["step"] for s in hello["steps"]] == ["hi", "rest", "tag-it"]
         person = client.get("/api/v1/contacts/A@Example.com", headers=auth).json()
         assert person["contact"]["email"] == "a@example.com" and len(person["events"]) == 1
         assert [(r["workflow"], r["state"]) for r in person["workflow_runs"]] == [("hello", "completed")]
@@ -152,6 +154,8 @@ def test_each_sign_in_is_a_session_of_its_own(served: tuple[Journey, str]) -> No
         for client in (first, second):
             assert client.post("/dashboard/sign-in", data={"token": TOKEN}).status_code == 303
         assert first.cookies["reconciler_session"] != second.cookies["reconciler_session"]
+        for path in ("/dashboard", "/dashboard/campaigns/launch", "/dashboard/workflows/hello"):
+            assert '<form method="post" action="/dashboard/sign-out"' in first.get(path).text, path
         assert first.post("/dashboard/sign-out").status_code == 303
         assert first.get("/dashboard").status_code == 303 and second.get("/dashboard").status_code == 200
 

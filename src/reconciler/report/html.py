@@ -46,7 +46,9 @@ def campaign_html(report: CampaignReport, *, back: str | None = None) -> str:
         "countries": charts.countries(report) if report.countries else "",
         "ip_countries": charts.ip_countries(report) if report.ip_countries else "",
     }
-    return _page("campaign.html", title=f"Campaign {report.name}", r=report, charts=figures, back=back)
+    return _page(
+        "campaign.html", title=f"Campaign {report.name}", r=report, charts=figures, back=back, signed_in=bool(back)
+    )
 
 
 def workflow_html(report: WorkflowReport, *, back: str | None = None) -> str:
@@ -56,8 +58,17 @@ def workflow_html(report: WorkflowReport, *, back: str | None = None) -> str:
     chart.add("Sent", [s.sent for s in report.steps])
     chart.add("Opened", [s.engagement.unique_opens for s in report.steps])
     steps = charts.svg(chart)
-    return _page("workflow.html", title=f"Workflow {report.name}", r=report, charts={"steps": steps}, back=back)
+    return _page(
+        "workflow.html",
+        title=f"Workflow {report.name}",
+        r=report,
+        charts={"steps": steps},
+        back=back,
+        signed_in=bool(back),
+    )
 
 
 def overview_html(rows: list[OverviewRow], *, link: Callable[[OverviewRow], str] | None = None) -> str:
-    return _page("overview.html", title="Campaigns and workflows", rows=rows, link=link, back=None)
+    return _page(
+        "overview.html", title="Campaigns and workflows", rows=rows, link=link, back=None, signed_in=link is not None
+    )

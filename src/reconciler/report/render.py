@@ -94,7 +94,9 @@ def campaign_text(report: CampaignReport) -> str:
         lines += [
             "",
             "Links",
-            *_table(("URL", "PEOPLE", "CLICKS"), ((x.url, x.unique_clicks, x.total_clicks) for x in report.links)),
+            *_table(
+                ("URL", "PEOPLE", "CLICKS"), ((_short(x.url), x.unique_clicks, x.total_clicks) for x in report.links)
+            ),
         ]
     if report.timeline:
         lines += ["", "Over time (UTC; hourly for 72 hours, then daily)"]
@@ -183,6 +185,11 @@ def workflow_text(report: WorkflowReport) -> str:
         ),
     ]
     return "\n".join([*lines, "", RATE_NOTE]) + "\n"
+
+
+def _short(url: str, width: int = 100) -> str:
+    """A long link cut in the middle for the terminal (JSON, CSV and HTML keep it whole)."""
+    return url if len(url) <= width else url[: width // 2 - 1] + "…" + url[-(width // 2) :]
 
 
 def as_json(report: CampaignReport | WorkflowReport | list[OverviewRow]) -> str:

@@ -27,15 +27,18 @@ async def campaigns(request: Request) -> Response:
 
 
 async def campaign_report(request: Request) -> Response:
-    """GET /api/v1/campaigns/{name}/report: every figure of one campaign."""
+    """GET /api/v1/campaigns/{name}/report: every figure of one campaign, or of a workflow (the list names both;
+    a campaign first when both have the name, as `reconciler report NAME` does)."""
     if (answer := await refused(request)) is not None:
         return answer
-    name = request.path_params["name"]
-    try:
-        found = await context(request).read(figures.campaign_report, name)
-    except UsageError:
-        return _not_found("such campaign")
-    return JSONResponse(found.model_dump(mode="json"))
+    name, web = request.path_params["name"], context(request)
+    for read in (figures.campaign_report, figures.workflow_report):
+        try:
+            found: figures.CampaignReport | figures.WorkflowReport = await web.read(read, name)
+        except UsageError:
+            continue
+        return JSONResponse(found.model_dump(mode="json"))
+    return _not_found("such campaign or workflow")
 
 
 async def contact(request: Request) -> Response:
