@@ -370,3 +370,11 @@ def test_one_step_of_a_workflow_and_windows_that_cannot_be(seeded: Journey) -> N
     assert late.returncode == 2 and "is not before --until (no end)" in late.stderr, late.stderr
     bad = reconciler("report", "--since", "2030-13-01", cwd=seeded.root)
     assert bad.returncode == 2 and bad.stderr.count("write") == 1, bad.stderr
+
+
+def test_a_page_past_the_end_and_a_file_that_cannot_be_written_are_one_line(seeded: Journey, tmp_path: Path) -> None:
+    past = reconciler("report", "launch", "--recipients", "--page", "9", cwd=seeded.root)
+    assert past.returncode == 2 and "--page 9: there are fewer pages" in past.stderr, past.stderr
+    nowhere = reconciler("report", "launch", "-o", str(tmp_path / "no/such/folder/r.html"), cwd=seeded.root)
+    assert nowhere.returncode == 2 and "cannot write it" in nowhere.stderr and "Traceback" not in nowhere.stderr
+    assert "unexpected" not in nowhere.stderr, nowhere.stderr

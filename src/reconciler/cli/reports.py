@@ -134,6 +134,8 @@ def _recipients(db: Any, name: str, fmt: str, page: int) -> str:
     if fmt == "html":
         raise UsageError("--recipients is text, JSON or CSV")
     shown = recipients(db, kind, name, limit=PAGE + 1, offset=(page - 1) * PAGE)
+    if not shown and page > 1:
+        raise UsageError(f"--page {page}: there are fewer pages of recipients (50 a page); try --page 1")
     lines = [f"{'ADDRESS':<36} {'STAGE':<12} {'STATE':<10} OPENS CLICKS UNSUB  REPLY"]
     for r in shown[:PAGE]:
         unsub = "yes" if r.unsubscribed else "-"
@@ -149,5 +151,10 @@ def _write(text: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(
+                f"-o {output}: cannot write it ({exc.strerror or exc}); name a file in a folder that exists"
+            ) from None
         click.echo(f"Wrote {output} ({len(text.encode()):,} bytes)", err=True)
