@@ -208,6 +208,14 @@ def test_a_mailchimp_audience_export_and_its_unsubscribed_and_cleaned_files(exam
         ("subscribe", "import:subscribed_members_export_1a2b.csv"),
         ("unsubscribe", "import:unsubscribed_members_export_1a2b.csv"),
     ]
+    # what Mailchimp knew of their consent outlives Mailchimp: in the consent records, as the proof it is
+    proof = "opted in 2023-01-15 10:22:33; confirmed 2023-01-15 10:23:01 from 203.0.113.9"
+    assert [c["text"] for c in bob["consent"]] == [
+        f"Mailchimp signup form ({proof})",
+        f"{proof}; unsubscribed 2024-03-01 09:00:00",
+    ]
+    dee = _export(example, "dee@example.com")["consent"]
+    assert dee[-1]["text"].endswith("unsubscribed 2022-03-01 09:00:00; reason NORMAL"), dee
     cy = _export(example, "cy@example.com")["suppression"]
     assert cy == {"reason": "bounced", "at": cy["at"], "detail": "bounced (import:cleaned_members_export_1a2b.csv)"}
 

@@ -80,6 +80,9 @@ ATTRIBUTES = "@attributes"
 """listmonk's attributes, a JSON object: its keys that name a Field are imported, others are not."""
 BLACKLISTED = "@blacklisted"
 """Brevo's blacklist flag: a true cell means unsubscribed from everything."""
+EVIDENCE = "@evidence"
+"""What the tool knew of a person's consent (when and from where they opted in, confirmed or left): written into
+the consent record the import makes for them, as proof that outlives the tool. A target `@evidence:LABEL`."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,6 @@ _MAILCHIMP_IGNORED = [
     "phone_number",
     "birthday",
     "member_rating",
-    "optin_time",
-    "optin_ip",
-    "confirm_time",
-    "confirm_ip",
     "latitude",
     "longitude",
     "gmtoff",
@@ -115,10 +114,8 @@ _MAILCHIMP_IGNORED = [
     "leid",
     "euid",
     "notes",
-    "unsub_time",
     "unsub_campaign_title",
     "unsub_campaign_id",
-    "unsub_reason",
     "unsub_reason_other",
     "clean_time",
     "clean_campaign_title",
@@ -150,6 +147,12 @@ EXPORTS = (
             "cc": "country",
             "timezone": "timezone",
             "tags": QUOTED_TAGS,
+            "optin_time": EVIDENCE + ":opted in",
+            "optin_ip": EVIDENCE + ":from",
+            "confirm_time": EVIDENCE + ":confirmed",
+            "confirm_ip": EVIDENCE + ":from",
+            "unsub_time": EVIDENCE + ":unsubscribed",
+            "unsub_reason": EVIDENCE + ":reason",
             **dict.fromkeys(_MAILCHIMP_IGNORED, ""),
         },
         implied={"unsub_time": ("unsubscribed", "unsubscribed members"), "clean_time": ("cleaned", "cleaned members")},
@@ -282,6 +285,7 @@ class Columns:
         row: dict[str, Any] = {}
         problems: list[str] = []
         attributes: dict[str, Any] = {}
+        evidence: list[str] = []
         if self.implied_status is not None:
             row[STATUS] = self.implied_status
         for column, value in raw.items():
@@ -296,6 +300,12 @@ class Columns:
             elif target == BLACKLISTED:
                 if str(value).strip().lower() in ("yes", "true", "1", "y", "oui", "ja"):
                     row[STATUS] = "blocklisted"
+            elif target.startswith(EVIDENCE + ":"):
+                label, cell = target.partition(":")[2], str(value).strip()
+                if cell and label == "from" and evidence:
+                    evidence[-1] += f" from {cell}"
+                elif cell and label != "from":
+                    evidence.append(f"{label} {cell}")
             elif target == ATTRIBUTES:
                 try:
                     attributes = _attributes(value, self.fields)
@@ -305,6 +315,8 @@ class Columns:
                 row[target] = value
         for name, value in attributes.items():
             row.setdefault(name, value)
+        if evidence:
+            row[EVIDENCE] = "; ".join(evidence)[:500]
         return row, problems
 
 
@@ -319,7 +331,8 @@ def _check_targets(targets: Mapping[str, str], file: str) -> None:
                 f"{file}: columns {seen[target].strip()!r} and {cell.strip()!r} both fill {target!r}; keep one "
                 f"(or skip one with --map '{cell.strip()}=')"
             )
-        seen[target] = cell
+        if not target.startswith(EVIDENCE):
+            seen[target] = cell
 
 
 def _notes(
@@ -348,7 +361,7 @@ def _shown(target: str) -> str:
         QUOTED_TAGS: "tags",
         ATTRIBUTES: "the fields its keys name",
         BLACKLISTED: "status (blocklisted)",
-    }.get(target, target)
+    }.get(target, "the consent record" if target.startswith(EVIDENCE) else target)
 
 
 def _quoted_list(cell: str) -> list[str]:

@@ -27,6 +27,7 @@ from reconciler.audience import blocking_for
 from reconciler.clock import iso
 from reconciler.errors import ReconcilerError, did_you_mean
 from reconciler.import_columns import (
+    EVIDENCE,
     STATUS,
     STATUS_WORDS,
     Columns,
@@ -431,6 +432,7 @@ def _parse_chunk(
             bad.append(BadRow(line, (raw,)))
             continue
         row, problems = columns.apply(raw)
+        evidence = row.pop(EVIDENCE, None)
         status = None
         if status_column and STATUS in row:
             try:
@@ -438,7 +440,7 @@ def _parse_chunk(
             except ValueError as exc:
                 problems.append(f"status: {exc}")
         try:
-            contact = parser.parse(row, status=status)
+            contact = parser.parse(row, status=status, evidence=evidence)
         except RowProblems as exc:
             problems[:0] = exc.problems
         if problems:

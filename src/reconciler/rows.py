@@ -189,7 +189,7 @@ class RowParser:
             timezone=desired.timezone,
         )
 
-    def parse(self, raw: Mapping[str, Any], *, status: str | None = None) -> ContactRow:
+    def parse(self, raw: Mapping[str, Any], *, status: str | None = None, evidence: str | None = None) -> ContactRow:
         """The row as typed values; raises RowProblems naming every bad value of the row, not only the first (a
         person fixing a file should not have to run it once per mistake). `status`: what an import's status column
         said (`import_columns.STATUS_WORDS`)."""
@@ -224,7 +224,7 @@ class RowParser:
                 problems.append(f"{column}: {exc}")
         if problems:
             raise RowProblems(problems)
-        return ContactRow.build(email, builtins, tags, fields, created_at, status=status)
+        return ContactRow.build(email, builtins, tags, fields, created_at, status=status, evidence=evidence)
 
 
 class RowProblems(ValueError):

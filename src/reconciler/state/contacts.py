@@ -67,6 +67,9 @@ class ContactRow:
     """What the file's status column said: None (subscribe as usual), `held` (store, do not subscribe),
     `unsubscribed` (from the import's lists; from everything when it names none), `blocklisted` (from everything),
     `bounced` or `complained` (suppressed)."""
+    evidence: str | None = None
+    """What the tool the file came from knew of this person's consent ("opted in 2023-01-15 10:22:33 from
+    203.0.113.9; confirmed ..."): kept in the consent record the import makes for them."""
 
     @classmethod
     def build(
@@ -78,6 +81,7 @@ class ContactRow:
         created_at: str | None = None,
         *,
         status: str | None = None,
+        evidence: str | None = None,
     ) -> ContactRow:
         return cls(
             email,
@@ -87,6 +91,7 @@ class ContactRow:
             strictjson.dumps(fields),
             created_at,
             status,
+            evidence,
         )
 
 
@@ -193,6 +198,7 @@ def import_batch(
                 )
             )
         db.conn.executemany(_UPSERT, values)
+        _keep_evidence(db, rows)
         emails = json.dumps(sorted(email for email in seen if status[email] is None))
         lists = list(lists)
         for name, blocking in lists:
@@ -201,6 +207,19 @@ def import_batch(
         if any(status.values()):
             _apply_statuses(db, result, status, [name for name, _ in lists], marketing, at=at, source=source)
     return result
+
+
+_WITH_EVIDENCE = "FROM contacts c LEFT JOIN temp.import_evidence ev ON ev.email = c.email WHERE"
+
+
+def _keep_evidence(db: Database, rows: Sequence[ContactRow]) -> None:
+    """Inside the import's write: this batch's consent evidence, for the consent records its statements insert."""
+    db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_evidence (email TEXT PRIMARY KEY, text TEXT NOT NULL)")
+    db.conn.execute("DELETE FROM temp.import_evidence")
+    db.conn.executemany(
+        "INSERT OR REPLACE INTO temp.import_evidence(email, text) VALUES (?, ?)",
+        [(row.email, row.evidence) for row in rows if row.evidence],
+    )
 
 
 def _apply_statuses(
@@ -223,8 +242,8 @@ def _apply_statuses(
     for name in marketing:
         _unsubscribe_batch(db, json.dumps(everything), name, at=at, source=source, joined_only=True)
     db.conn.execute(
-        "INSERT INTO consent(contact_id, list, action, at, source) SELECT c.id, NULL, 'unsubscribe', ?, ? "
-        "FROM contacts c WHERE c.email IN (SELECT value FROM json_each(?)) "
+        "INSERT INTO consent(contact_id, list, action, at, source, text) SELECT c.id, NULL, 'unsubscribe', ?, ?, "
+        f"ev.text {_WITH_EVIDENCE} c.email IN (SELECT value FROM json_each(?)) "
         "AND NOT EXISTS (SELECT 1 FROM suppressions p WHERE p.email_hash = c.email_hash)",
         (at, source, json.dumps(everything)),
     )
@@ -244,9 +263,9 @@ def _unsubscribe_batch(db: Database, emails: str, name: str, *, at: str, source:
     joined = "AND EXISTS (SELECT 1 FROM subscriptions j WHERE j.contact_id = c.id AND j.list = :list)" * joined_only
     params = {"emails": emails, "list": name, "at": at, "source": source}
     db.conn.execute(
-        "INSERT INTO consent(contact_id, list, action, at, source) SELECT c.id, :list, 'unsubscribe', :at, :source "
-        "FROM contacts c WHERE c.email IN (SELECT value FROM json_each(:emails)) AND NOT EXISTS (SELECT 1 FROM "
-        f"subscriptions s WHERE s.contact_id = c.id AND s.list = :list AND s.status = 'unsubscribed') {joined}",
+        "INSERT INTO consent(contact_id, list, action, at, source, text) SELECT c.id, :list, 'unsubscribe', :at, "
+        f":source, ev.text {_WITH_EVIDENCE} c.email IN (SELECT value FROM json_each(:emails)) AND NOT EXISTS (SELECT 1 "
+        f"FROM subscriptions s WHERE s.contact_id = c.id AND s.list = :list AND s.status = 'unsubscribed') {joined}",
         params,
     )
     db.conn.execute(
@@ -314,8 +333,9 @@ def _subscribe_batch(
         AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.list = :list)
     """
     db.conn.execute(
-        "INSERT INTO consent(contact_id, list, action, at, source, text) "
-        f"SELECT c.id, :list, :action, :at, :source, :text {eligible}",
+        "INSERT INTO consent(contact_id, list, action, at, source, text) SELECT c.id, :list, :action, :at, :source, "
+        "CASE WHEN ev.text IS NULL THEN :text ELSE ltrim(coalesce(:text, '') || ' (' || ev.text || ')') END "
+        + eligible.replace("FROM contacts c WHERE", _WITH_EVIDENCE, 1),
         params,
     )
     cursor = db.conn.execute(
