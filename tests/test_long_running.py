@@ -23,6 +23,7 @@ from reconciler.clock import FixedClock
 from reconciler.daemon import reconcile_once
 from reconciler.dispatch import Dispatcher
 from reconciler.load import load_workspace
+from reconciler.state import db as state_db
 from reconciler.state import open_db
 from reconciler.state.db import ConnectionPool
 from reconciler.state.records import prune
@@ -87,6 +88,27 @@ def test_light_traffic_after_a_burst_keeps_to_one_warm_connection(example: Path)
             db.conn.execute("SELECT count(*) FROM contacts").fetchone()
     pool.close()
     assert len(pool.opened) == 0 and len(used) == 1
+
+
+def test_a_bursts_connections_are_closed_once_unused_for_a_while(
+    example: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web service's pool kept every connection a burst of requests opened, each with its descriptors (the
+    database and its WAL): the soak saw two descriptors more at rest after a load than before it."""
+    open_db(example / ".state/reconciler.db").conn.close()
+    pool = ConnectionPool(example / ".state/reconciler.db")
+    with ExitStack() as burst:
+        for _ in range(8):
+            burst.enter_context(pool.connection())
+    assert len(pool.opened) == 8
+    with pool.connection():  # light traffic within POOL_IDLE: the burst's connections stay for the next one
+        pass
+    assert len(pool.opened) == 8
+    monkeypatch.setattr(state_db, "POOL_IDLE", 0.0)  # as if a minute had passed
+    with pool.connection() as db:
+        db.conn.execute("SELECT count(*) FROM contacts").fetchone()
+    assert len(pool.opened) == 1 and len(pool.idle) == 1  # the one light traffic uses
+    pool.close()
 
 
 def test_an_idle_daemon_pass_writes_nothing(example: Path) -> None:

@@ -186,6 +186,10 @@ def _open_read_only(path: Path) -> Database:
     return db
 
 
+POOL_IDLE = 60.0
+"""Seconds a pooled connection may go unused before it is closed (a burst's connections do not stay open)."""
+
+
 class ConnectionPool:
     """Connections to one state database for worker threads: each call takes a connection of its own, so a thread
     waiting for the write lock never holds up the others (reads never wait in WAL mode). As many are open as threads
@@ -193,17 +197,19 @@ class ConnectionPool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.idle: list[Database] = []
-        """Connections not in use, the most recently used last: it is taken first (LIFO), so light traffic keeps
-        reusing one warm connection, and the others opened for a burst stay as they are instead of each filling
-        its page cache in turn (a daemon at rest would otherwise creep up to the pool's whole cache)."""
+        self.idle: list[tuple[Database, float]] = []
+        """Connections not in use, with when they were last given back, the most recently used last: it is taken
+        first (LIFO), so light traffic keeps reusing one warm connection, and the others opened for a burst stay
+        as they are instead of each filling its page cache in turn (a daemon at rest would otherwise creep up to
+        the pool's whole cache). Those unused for POOL_IDLE seconds are closed (their descriptors and caches with
+        them), all but the one light traffic uses."""
         self.opened: list[Database] = []
         self.lock = threading.Lock()
 
     @contextmanager
     def connection(self) -> Iterator[Database]:
         with self.lock:
-            db = self.idle.pop() if self.idle else None
+            db = self.idle.pop()[0] if self.idle else None
         if db is None:
             db = open_db(self.path, create=False, migrate=False)
             db.conn.execute(f"PRAGMA cache_size = -{cache_kb(POOLED_CACHE_SHARE)}")  # small requests, not scans
@@ -214,8 +220,17 @@ class ConnectionPool:
         finally:
             if db.conn.in_transaction:  # a failed write never leaks its transaction into the next user
                 db.conn.execute("ROLLBACK")
-            with self.lock:
-                self.idle.append(db)
+            self._give_back(db)
+
+    def _give_back(self, db: Database) -> None:
+        now = time.monotonic()
+        with self.lock:
+            stale = [old for old, at in self.idle if now - at > POOL_IDLE]
+            self.idle = [(old, at) for old, at in self.idle if now - at <= POOL_IDLE] + [(db, now)]
+            for old in stale:
+                self.opened.remove(old)
+        for old in stale:
+            old.conn.close()
 
     def interrupt(self) -> None:
         """Abort whatever each connection is doing (waiting for a lock): the daemon is stopping."""
