@@ -185,7 +185,7 @@ def test_no_route_answers_5xx_or_logs_a_traceback(applied: Path) -> None:  # noq
                 token = {"authorization": f"Bearer {PLAN_TOKEN}"} if plan else BEARER
                 headers = {**token, "x-forwarded-for": "192.0.2.2" if plan else "192.0.2.1"} if authorized else None
                 if authorized and case.headers:  # a generated Authorization would be a wrong token from that address
-                    case.headers = {k: v for k, v in case.headers.items() if k.lower() != "authorization"}
+                    case.headers.pop("authorization", None)
                 response = case.call(base_url=base, headers=headers, timeout=30)
                 answers.setdefault(case.operation.label, set()).add(response.status_code)
                 assert response.status_code < 500, (case.method, case.formatted_path, case.body, response.text[:500])

@@ -4,11 +4,13 @@ command again finishes the job without duplicating anyone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from conftest import reconciler, wait_for
@@ -61,3 +63,38 @@ def test_ctrl_c_stops_an_import_between_batches_and_running_it_again_is_safe(exa
     assert _count(example, "SELECT count(*) FROM contacts") == ROWS
     assert _count(example, "SELECT count(*) FROM subscriptions WHERE list = 'offers'") == ROWS
     assert _count(example, "SELECT count(*) FROM consent WHERE action = 'subscribe'") == ROWS  # nobody twice
+
+
+def test_ctrl_c_twice_still_stops_the_import_at_once(example: Path) -> None:
+    """An impatient second Ctrl-C, while the command was already stopping (its message printed), left it waiting
+    for good on a worker process (only kill -9 ended it)."""
+    lines = ["email,first_name,orders_count"] + [f"person{n}@example.com,Pat{n},{n % 7}" for n in range(ROWS)]
+    (example / "big.csv").write_text("\n".join(lines) + "\n")
+    command = [sys.executable, "-m", "reconciler", "contacts", "import", "big.csv", "--list", "offers"]
+    command += ["--consent", "shop checkout v2"]
+    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}
+    process = subprocess.Popen(
+        command, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    said: list[str] = []
+    assert process.stderr is not None
+    reader = threading.Thread(target=lambda: said.extend(iter(process.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: _count(example, "SELECT count(*) FROM contacts") > 0, "the first batch", timeout=120)
+        os.killpg(process.pid, signal.SIGINT)
+        wait_for(lambda: any("Running the same command again is safe" in line for line in said), "the message", 120)
+        for _ in range(2):  # and again, while it stops
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=30)
+    for pipe in (process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+    assert process.returncode == 130, said
+    assert not any("Traceback" in line for line in said), said

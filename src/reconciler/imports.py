@@ -286,16 +286,18 @@ def import_file(
     report = ImportReport(file=path.name)
     at = iso(now)
     import_id: int | None = None
+    chunks: Generator[tuple[list[ContactRow], list[BadRow]]] | None = None
     try:
         with open_rows(path, fields=parser.fields, maps=mapped) as (columns, rows):
             if double and not preconfirmed and STATUS_WORDS.get(columns.implied_status or "") is None:
                 raise _unconfirmed(double)
             report.notes = list(columns.notes)
             import_id = start_import(db, file=path.name, at=at)
+            chunks = _parsed_chunks(parser, columns, rows, parallel=path.stat().st_size > PARALLEL_FROM_BYTES)
             _import_rows(
                 db,
                 report,
-                _parsed_chunks(parser, columns, rows, parallel=path.stat().st_size > PARALLEL_FROM_BYTES),
+                chunks,
                 import_id=import_id,
                 at=at,
                 lists=[(name, blocking_for(desired.lists, [name])) for name in lists],
@@ -305,6 +307,9 @@ def import_file(
                 progress=progress,
             )
     except KeyboardInterrupt:
+        _ignore_further_interrupts()  # an impatient second Ctrl-C must not cut the cleanup short
+        if chunks is not None:
+            chunks.close()  # its worker processes stop now, not at exit
         raise ImportInterrupted(_interrupted(db, report, import_id, at=at)) from None
     finish_import(
         db,
@@ -402,6 +407,11 @@ def _interrupted(db: Database, report: ImportReport, import_id: int | None, *, a
     )
 
 
+def _ignore_further_interrupts() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _ignore_sigint() -> None:
     """In a worker: Ctrl-C on a terminal reaches every process of the group; only the importing one answers it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -463,7 +473,7 @@ def _chunks(rows: Iterator[tuple[int, dict[str, Any] | str]]) -> Iterator[list[t
 
 def _parsed_chunks(
     parser: RowParser, columns: Columns, rows: Iterator[tuple[int, dict[str, Any] | str]], *, parallel: bool
-) -> Iterator[tuple[list[ContactRow], list[BadRow]]]:
+) -> Generator[tuple[list[ContactRow], list[BadRow]]]:
     """Parsed rows in file order; a large file is parsed by worker processes (validation is the CPU-bound part)."""
     workers = min(2, os.cpu_count() or 1)
     if not parallel or workers < 2:
