@@ -60,6 +60,10 @@ def test_a_clean_file_is_not_called_a_valid_workspace_when_other_files_have_erro
     (example / "campaigns" / "b.yaml").unlink()
     result = reconciler("validate", "spec/lists.yaml", cwd=example)
     assert result.stderr == "No problems in spec/lists.yaml; the rest of the workspace is valid too.\n"
+    (example / "campaigns" / "draft.yml.bak").write_text("kind: Campaign\nsubjct: x\n")  # not read by the loader
+    backup = reconciler("validate", "campaigns/draft.yml.bak", cwd=example)
+    assert "campaigns/draft.yml.bak:1:1: warning: not a file of the workspace: not checked" in backup.stdout
+    assert "0 errors, 1 warning in campaigns/draft.yml.bak" in backup.stderr
 
 
 def test_debug_is_accepted_after_the_command_too(write_files: WriteFiles) -> None:

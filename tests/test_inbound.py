@@ -305,3 +305,23 @@ def test_ses_inbound_through_sns_unsubscribes_when_the_signature_verifies(
         assert client.post(url, json=bounce).json()["outcome"] == "ignored"
     [record] = consent(tmp_path, "person1@example.net")
     assert record["text"] == "List-Unsubscribe mailto, received through Amazon SES"
+
+
+def test_an_opt_out_with_large_attachments_is_still_taken(
+    tmp_path: Path, sent: dict[str, bytes], web: tuple[str, RSAPrivateKey]
+) -> None:
+    """A reply with the newsletter's images attached came to 1.2 MB: refused with 413, delivered again by Postmark
+    and refused again, for good."""
+    base, _ = web
+    address, subject = mailto(sent["person5@example.net"])
+    auth = {"authorization": "Basic " + base64.b64encode(f"postmark:{API_TOKEN}".encode()).decode()}
+    message = postmark_inbound(address, subject)
+    message["Attachments"] = [
+        {"Name": "header.png", "Content": base64.b64encode(bytes(900_000)).decode(), "ContentType": "image/png"}
+    ]
+    with httpx.Client(timeout=60) as client:
+        done = client.post(f"{base}/api/v1/inbound/postmark", json=message, headers=auth)
+        assert done.status_code == 200 and done.json() == {"outcome": "unsubscribed"}, done.text
+        too_big = client.post(f"{base}/api/v1/contacts", content=b"x" * 1_200_000, headers={"content-type": "x"})
+        assert too_big.status_code == 413  # other routes keep the service-wide limit
+    assert subscriptions(tmp_path, "person5@example.net")["news"] == "unsubscribed"

@@ -273,6 +273,11 @@ def test_a_brevo_export_semicolons_capitals_and_its_blacklist(example: Path) -> 
     assert "FIRSTNAME → first_name" in result.stdout and "not imported: SMS, ADDED_TIME, MODIFIED_TIME" in result.stdout
     assert _subscriptions(example) == {("ada@example.com", "offers"): "subscribed"}
     assert _export(example, "bob@example.com")["suppression"]["reason"] == "unsubscribed"
+    unsure = "EMAIL;FIRSTNAME;SMS;EMAIL_BLACKLISTED\ncy@example.com;Cy;;maybe\n"  # failed open: subscribed
+    (example / "unsure.csv").write_text(unsure, encoding="utf-8")
+    refused = reconciler("contacts", "import", "unsure.csv", "--list", "offers", "--consent", "v1", cwd=example)
+    assert refused.returncode == 1 and "EMAIL_BLACKLISTED: 'maybe' is neither yes nor no" in refused.stderr
+    assert ("cy@example.com", "offers") not in _subscriptions(example)
 
 
 def test_a_status_column_brings_over_who_must_not_be_mailed(example: Path) -> None:
@@ -325,6 +330,13 @@ def test_contacts_suppress_takes_addresses_or_a_file_and_keeps_them_out_of_impor
     assert cy["detail"] == "contacts suppress --file cleaned.csv"
     usage = reconciler("contacts", "suppress", cwd=example)
     assert usage.returncode == 2 and "--file" in usage.stderr
+    for name, text in (
+        ("a.csv", "Email Address,First Name\ned@example.com,Ed\n"),
+        ("b.csv", "E-Mail;Name\nflo@example.com;Flo\n"),
+    ):
+        (example / name).write_text(text)  # as other tools and spreadsheets head the column
+        found = reconciler("contacts", "suppress", "--file", name, cwd=example)
+        assert found.returncode == 0 and "1 address: 1 suppressed" in found.stdout, found.stdout + found.stderr
 
 
 def test_contacts_unsubscribe_from_one_list_or_from_everything(example: Path) -> None:

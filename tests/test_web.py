@@ -370,6 +370,13 @@ def test_the_generic_webhook_records_an_unsubscribe_once_and_says_where_it_came_
     assert stranger["suppression"]["detail"] == "webhook:generic: old tool's opt-out"
     again = reconciler("contacts", "import", "contacts.csv", "--list", "news", "--preconfirmed", cwd=root)
     assert "not resubscribed: unsubscribed 1" in again.stdout, again.stdout
+    (root / "new.csv").write_text("email\nnew@example.org\n")  # a contact who was never sent anything
+    assert reconciler("contacts", "import", "new.csv", cwd=root).returncode == 0
+    with WebServer(root, port=port), httpx.Client() as client:
+        unsubscribed = [{"id": "u-4", "type": "unsubscribe", "email": "new@example.org"}]
+        assert client.post(f"{base}/api/v1/webhooks/generic", json=unsubscribed, headers=bearer).status_code == 200
+    new = reconciler("contacts", "show", "new@example.org", cwd=root)  # it failed with a TypeError
+    assert new.returncode == 0 and "unsubscribed (no message)" in new.stdout, new.stdout + new.stderr
 
 
 def test_api_contacts_events_health_and_metrics(site: tuple[Path, Sink, str, int]) -> None:

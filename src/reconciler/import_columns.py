@@ -298,8 +298,11 @@ class Columns:
             elif target == QUOTED_TAGS:
                 row["tags"] = _quoted_list(str(value))
             elif target == BLACKLISTED:
-                if str(value).strip().lower() in ("yes", "true", "1", "y", "oui", "ja"):
+                flag = str(value).strip().lower()
+                if flag in ("yes", "true", "1", "y", "oui", "ja", "si", "sí", "tak"):
                     row[STATUS] = "blocklisted"
+                elif flag not in ("", "no", "false", "0", "n", "non", "nein", "nie"):
+                    problems.append(f"{column}: {value!r} is neither yes nor no (whether Brevo blocklisted them)")
             elif target.startswith(EVIDENCE + ":"):
                 label, cell = target.partition(":")[2], str(value).strip()
                 if cell and label == "from" and evidence:

@@ -170,6 +170,10 @@ def open_rows(
         yield columns, _csv_rows(reader, header)
 
 
+EMAIL_HEADERS = frozenset({"email", "e_mail", "email_address", "e_mail_address", "mail", "address", "emailaddress"})
+"""What the email column of a list of addresses is called in the files people have (any case, spaces, hyphens)."""
+
+
 def addresses_in(path: Path) -> Iterator[tuple[int, str]]:
     """(line, text) of each address in a file of people who must not be mailed: one address per line (blank lines
     and `#` comments skipped), or the email column of a CSV such as another tool's export (other columns unused)."""
@@ -193,6 +197,7 @@ def addresses_in(path: Path) -> Iterator[tuple[int, str]]:
                 number
                 for number, cell in enumerate(header)
                 if (export.columns.get(column_key(cell)) if export else column_key(cell)) == "email"
+                or column_key(cell) in EMAIL_HEADERS
             ),
             None,
         )

@@ -190,7 +190,9 @@ def timeline(found: dict[str, Any]) -> list[str]:
         )
         lines.append((m["updated_at"], f"message {where}: {m['state']}"))
     for e in found["engagement"]:
-        where = e["source"] + (f"/{e.get('step') or e.get('stage')}" if e.get("step") or e.get("stage") else "")
+        where = (e["source"] or "(no message)") + (
+            f"/{e.get('step') or e.get('stage')}" if e.get("step") or e.get("stage") else ""
+        )
         link = f" {e['url']}" if e.get("url") else ""
         lines.append((e["at"], f"{e['action']} {where}{link}" + (" (a machine)" if e["machine"] else "")))
     for e in found["events"]:

@@ -55,6 +55,8 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
         if not any(p.severity == "error" for p in found):
             found += _history_edits(ctx, root, desired)
         found += tracked_state(root, state_file(ctx, root))
+        if only is not None:
+            found += _not_read(root, [p for p in paths if p.is_file()])
         for problem in found:
             (problems if only is None or Path(problem.path).resolve() in only else elsewhere).append(problem)
     problems = sorted(set(problems))
@@ -64,6 +66,30 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
     )
     print_problems(problems, fmt, checked=checked, elsewhere=sorted(set(elsewhere)))
     ctx.exit(1 if any(p.severity == "error" for p in problems) else 0)
+
+
+def _not_read(root: Path, given: list[Path]) -> list[Problem]:
+    """A file named on the command line that the workspace does not read (a backup, a draft elsewhere) is not
+    checked: say so, rather than call it valid."""
+    from reconciler.archive import workspace_files
+    from reconciler.load import display_path
+
+    read = {path.resolve() for path in workspace_files(root)[0]}
+    return [
+        Problem(
+            display_path(path),
+            1,
+            1,
+            "",
+            "",
+            "",
+            "not a file of the workspace: not checked",
+            "the workspace reads spec/ and campaigns/ (*.yaml, *.yml) and templates/ (*.mjml, *.txt, pages/*.html)",
+            "warning",
+        )
+        for path in given
+        if path.resolve().is_relative_to(root.resolve()) and path.resolve() not in read
+    ]
 
 
 def _history_edits(ctx: click.Context, root: Path, desired: DesiredState) -> list[Problem]:

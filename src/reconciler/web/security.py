@@ -25,6 +25,10 @@ SECURITY_HEADERS = {
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
 }
 MAX_BODY = 1_000_000
+INBOUND_MAX_BODY = 40_000_000
+"""An opt-out by email arrives whole, attachments and all (Postmark's inbound JSON, an SES receipt): a person who
+unsubscribes by replying to a newsletter with its images attached is still unsubscribed. Refusing it would have
+the provider deliver it again and again."""
 """Bytes a request body may have (a batch of events fits; a webhook is a few KB)."""
 CSRF_TTL = 24 * 3600
 
@@ -49,7 +53,8 @@ class SecurityMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+        limit = INBOUND_MAX_BODY if str(scope.get("path", "")).startswith("/api/v1/inbound/") else self.max_body
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _plain(send, 413, b"request body too large\n")
             return
         received = 0
@@ -59,7 +64,7 @@ class SecurityMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > limit:
                     raise BodyTooLarge
             return message
 
