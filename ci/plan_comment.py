@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 
 MARKER = "<!-- reconciler-plan -->"
+AUTHOR = os.environ.get("RECONCILER_COMMENT_AUTHOR", "github-actions[bot]")
+"""Whose comment is the plan comment: the account GITHUB_TOKEN writes as (another token, another account)."""
 PER_PAGE = 100
 FAILED = (
     "### reconciler plan\n\nThe plan could not be made for this commit (the job's log says why); "
@@ -45,7 +47,10 @@ def pull_request_number() -> int | None:
 def make_plan(workspace: str) -> tuple[int, str]:
     """The plan's exit status and the comment's body (the plan in markdown, or FAILED)."""
     url = os.environ["RECONCILER_PLAN_URL"]
-    command = [sys.executable, "-m", "reconciler", "-C", workspace, "plan", "--remote", url, "--format", "markdown"]
+    # -P: the installed reconciler, never a `reconciler/` folder the pull request put in the checkout (it would run
+    # with the plan token in its environment)
+    command = [sys.executable, "-P", "-m", "reconciler", "-C", workspace, "plan", "--remote", url]
+    command += ["--format", "markdown"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     sys.stderr.write(done.stderr)
     print(done.stdout, end="")
@@ -73,7 +78,8 @@ def earlier_comment(client: httpx.Client, repository: str, number: int) -> int |
         answer.raise_for_status()
         comments: list[dict[str, Any]] = answer.json()
         for comment in comments:
-            if MARKER in str(comment.get("body", "")):
+            author = str((comment.get("user") or {}).get("login", ""))
+            if MARKER in str(comment.get("body", "")) and author == AUTHOR:  # anyone can write the marker
                 return int(comment["id"])
         if len(comments) < PER_PAGE:
             return None

@@ -16,6 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_FOLDERS = ("spec", "campaigns", "templates")
+SNS_TOPIC = "arn:aws:sns:eu-west-1:123:ses"
+"""The topic tests/sns.py signs for: the daemon takes SNS messages only from the topics an operator names."""
+os.environ.setdefault("RECONCILER_SNS_TOPICS", SNS_TOPIC)
 
 
 @pytest.fixture

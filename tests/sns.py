@@ -38,7 +38,9 @@ def sns_key_and_certificate() -> tuple[RSAPrivateKey, bytes]:
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
 
 
-def sns_message(key: RSAPrivateKey, message: dict[str, object], version: str = "1") -> dict[str, object]:
+def sns_message(
+    key: RSAPrivateKey, message: dict[str, object], version: str = "1", *, topic: str = "arn:aws:sns:eu-west-1:123:ses"
+) -> dict[str, object]:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -46,7 +48,7 @@ def sns_message(key: RSAPrivateKey, message: dict[str, object], version: str = "
         "Type": "Notification",
         "MessageId": f"m-{time.time_ns()}",
         "Timestamp": "2026-11-24T10:00:00.000Z",
-        "TopicArn": "arn:aws:sns:eu-west-1:123:ses",
+        "TopicArn": topic,
         "Message": json.dumps(message),
         "SignatureVersion": version,
         "SigningCertURL": CERT_URL,

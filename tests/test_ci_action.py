@@ -40,8 +40,8 @@ class FakeGitHub:
     comments: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(self, body: str) -> dict[str, Any]:
-        comment = {"id": 1000 + len(self.comments), "body": body}
+    def add(self, body: str, author: str = "github-actions[bot]") -> dict[str, Any]:
+        comment: dict[str, Any] = {"id": 1000 + len(self.comments), "body": body, "user": {"login": author}}
         comment["html_url"] = f"https://github.example/{REPOSITORY}/pull/{NUMBER}#issuecomment-{comment['id']}"
         self.comments.append(comment)
         return comment
@@ -167,12 +167,18 @@ def test_the_action_comments_the_plan_and_updates_that_comment_on_the_next_push(
 ) -> None:
     fake, api = github
     for n in range(101):  # the plan comment goes to the second page of comments, which is looked at too
-        fake.add(f"a review remark {n}")
+        fake.add(f"a review remark {n}", author="reviewer")
+    mallory = fake.add(f"{MARKER} mine now", author="mallory")  # the marker alone does not make a comment ours
     checkout = pull_request(tmp_path / "checkout")
+    (checkout / "reconciler").mkdir()  # a pull request's own "reconciler" must not run with the plan token
+    hijacked = tmp_path / "hijacked"
+    (checkout / "reconciler/__init__.py").write_text("")
+    (checkout / "reconciler/__main__.py").write_text(f"open({str(hijacked)!r}, 'w').write('token')\n")
     inputs = {"plan-url": daemon, "plan-token": PLAN_TOKEN}
     status, log = run_action(checkout, inputs, api)
     assert status == 0, log
-    (comment,) = [c for c in fake.comments if MARKER in c["body"]]
+    assert not hijacked.exists()
+    (comment,) = [c for c in fake.comments if MARKER in c["body"] and c["user"]["login"] == "github-actions[bot]"]
     assert comment["body"].startswith(f"{MARKER}\n### reconciler plan for revision ")
     assert "| + | `Campaign guji-harvest-2030` | schedule for now | → 490 recipients |" in comment["body"]
     assert f"added comment {comment['html_url']}" in log
@@ -181,10 +187,10 @@ def test_the_action_comments_the_plan_and_updates_that_comment_on_the_next_push(
     campaign.write_text(campaign.read_text().replace("status: scheduled", "status: cancelled"))
     status, log = run_action(checkout, inputs, api)
     assert status == 0, log
-    assert [c["id"] for c in fake.comments if MARKER in c["body"]] == [comment["id"]]
+    assert [c["id"] for c in fake.comments if MARKER in c["body"]] == [mallory["id"], comment["id"]]
     assert "`Campaign holiday-gift-guide-2030` | cancel" in comment["body"]
     assert ("PATCH", f"/repos/{REPOSITORY}/issues/comments/{comment['id']}") in fake.requests
-    assert len(fake.comments) == 102
+    assert len(fake.comments) == 103 and mallory["body"] == f"{MARKER} mine now"
 
 
 def test_a_broken_workspace_fails_with_annotations_and_the_comment_lists_its_errors(

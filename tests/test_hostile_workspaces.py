@@ -85,6 +85,10 @@ def _launch_with(root: Path, expression: str) -> None:
             "loop",
         ),
         ("<mj-text>{% for i in range(50000) %}{{ 'x' * 50000 }}{% endfor %}</mj-text>", "characters"),
+        (  # loops over a string that write nothing: the clock was looked at only when output came (it ran for ever)
+            "<mj-text>{% set s = 'x' * 99999 %}{% for c in s %}{% for d in s %}{% endfor %}{% endfor %}</mj-text>",
+            "longer than 2 s",
+        ),
     ],
     ids=[
         "repeat-text",
@@ -98,6 +102,7 @@ def _launch_with(root: Path, expression: str) -> None:
         "replace",
         "loops",
         "output",
+        "silent-loops",
     ],
 )
 def test_a_template_that_would_render_without_bound_is_a_located_problem(

@@ -184,6 +184,15 @@ def test_init_does_not_follow_a_link_out_of_the_folder(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
+def test_init_refuses_a_folder_of_its_own_that_is_a_broken_link_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / ".vscode").symlink_to(tmp_path / "nowhere")  # it failed with FileExistsError, half written
+    result = reconciler("init", "ws", cwd=tmp_path)
+    assert result.returncode == 1 and ".vscode/ (a link)" in result.stderr and "unexpected" not in result.stderr
+    assert sorted(p.name for p in root.iterdir()) == [".vscode"]
+
+
 def test_init_on_a_file_says_it_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     result = reconciler("init", "notes.txt", cwd=tmp_path)

@@ -188,6 +188,18 @@ def test_wrong_plan_tokens_are_limited_as_wrong_api_tokens_are(served: str, pr: 
     answer = post_plan(served, body)
     assert answer.status_code == 429
     assert int(answer.headers["retry-after"]) > 0
+    # a runner's stale plan token holds back plans only: the API, used from the same host, goes on
+    read = httpx.get(f"{served}/api/v1/campaigns", headers={"authorization": f"Bearer {API_TOKEN}"})
+    assert read.status_code == 200, read.text
+
+
+def test_a_daemon_without_a_plan_token_says_plans_are_off(
+    prod: Path, pr: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PLAN_TOKEN_ENV)
+    with WebServer(prod) as base:
+        answer = post_plan(base, pack(pr)[0])
+    assert answer.status_code == 403 and "plans are off on this daemon" in answer.json()["error"]
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:

@@ -258,7 +258,9 @@ def test_opens_and_clicks_are_recorded_with_machines_apart(site: tuple[Path, Sin
     assert rows == [("opened", 0), ("opened", 1), ("clicked", 0), ("clicked", 1)]
 
 
-def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str, int]) -> None:
+def test_webhooks_suppress_count_and_ignore_replays(
+    site: tuple[Path, Sink, str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, _sink, base, port = site
     key, pem = sns_key_and_certificate()
     fetched: list[str] = []
@@ -309,6 +311,14 @@ def test_webhooks_suppress_count_and_ignore_replays(site: tuple[Path, Sink, str,
         assert client.post(ses, json=complaint).status_code == 200
         assert client.post(ses, json=forged).status_code == 403
         assert client.post(ses, json=foreign).status_code == 403
+        # SNS signs every AWS account's messages alike: only the operator's topics are taken
+        strangers = sns_message(key, json.loads(str(complaint["Message"])), topic="arn:aws:sns:us-east-1:999:mine")
+        refused = client.post(ses, json=strangers)
+        assert refused.status_code == 403 and "is not one of RECONCILER_SNS_TOPICS" in refused.text
+        monkeypatch.delenv("RECONCILER_SNS_TOPICS")
+        unset = client.post(ses, json=complaint)
+        assert unset.status_code == 403 and "refused until RECONCILER_SNS_TOPICS names your topics" in unset.text
+        monkeypatch.setenv("RECONCILER_SNS_TOPICS", "arn:aws:sns:eu-west-1:123:ses")
         postmark = f"{base}/api/v1/webhooks/postmark"
         record = {"RecordType": "Bounce", "ID": 42, "Type": "HardBounce", "Email": "person4@example.net"}
         assert client.post(postmark, json=record).status_code == 401

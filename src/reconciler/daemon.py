@@ -30,7 +30,7 @@ from sqlite_utils import Database
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify  # watchfiles' documented Rust backend, which awatch wraps
 
-from reconciler import DEFAULT_PORT
+from reconciler import DEFAULT_PORT, allocator
 from reconciler.apply import Applied, plan_and_apply
 from reconciler.check import validate_workspace
 from reconciler.clock import Clock, iso
@@ -342,6 +342,7 @@ class _Keeper:
         """After a pass of either loop (each with its own connection `db`)."""
         with self.lock:
             self._keep(db)
+        allocator.trim()  # what a load freed goes back to the system, not to the daemon's high-water mark
 
     def _prune(self, db: Database) -> None:
         if time.monotonic() - self.pruned_at < PRUNE_SECONDS and self.pruned_at:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,6 +57,22 @@ def plan_url(url: str) -> str:
     return url.rstrip("/") if parts.path.rstrip("/").endswith(PLAN_PATH) else url.rstrip("/") + PLAN_PATH
 
 
+BUSY_PATIENCE = 120.0
+"""Seconds `plan --remote` waits, in all, for a daemon busy with other plans before it gives up."""
+
+
+def _busy_for(answer: httpx.Response) -> float | None:
+    """How long to wait before asking again, when the daemon is busy with other plans (a short Retry-After); None
+    for any other answer, a refused token's long wait among them."""
+    if answer.status_code != 429:
+        return None
+    try:
+        pause = float(answer.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return pause if 0 < pause <= 30 else None
+
+
 def request_plan(
     root: Path,
     url: str,
@@ -85,12 +102,21 @@ def request_plan(
     params += [("confirm", name) for name in confirm]
     headers = {"authorization": f"Bearer {token}", "content-type": "application/gzip"}
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its line per request would come before the plan
-    try:
-        answer = httpx.post(endpoint, content=body, params=params, headers=headers, timeout=budget + WAIT_BEYOND_BUDGET)
-    except httpx.HTTPError as exc:
-        raise ReconcilerError(
-            f"cannot reach {endpoint}: {exc or type(exc).__name__} (is the daemon running there?)"
-        ) from None
+    waited = 0.0
+    while True:
+        try:
+            answer = httpx.post(
+                endpoint, content=body, params=params, headers=headers, timeout=budget + WAIT_BEYOND_BUDGET
+            )
+        except httpx.HTTPError as exc:
+            raise ReconcilerError(
+                f"cannot reach {endpoint}: {exc or type(exc).__name__} (is the daemon running there?)"
+            ) from None
+        pause = _busy_for(answer)
+        if pause is None or waited + pause > BUSY_PATIENCE:
+            break
+        time.sleep(pause)  # the daemon is making other plans (another pull request's): wait as it asks
+        waited += pause
     if answer.status_code == 200:
         return RemotePlan(
             answer.text, int(answer.headers.get(ERRORS_HEADER, "0")), answer.headers.get(CHANGES_HEADER) == "1"

@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
@@ -148,6 +149,26 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             self.filters[name] = _bounded_filter(name, self.filters[name])
         self.globals["range"] = _checked_range
         self.globals["namespace"] = BoundedNamespace
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Every `{% for %}` iterates through `bounded_iter`, which watches the clock: a loop that writes nothing
+        (over a long string, a list, nested) was never stopped, as the time was looked at only when output came."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Call(
+                nodes.EnvironmentAttribute("bounded_iter"), [loop.iter], [], None, None, lineno=loop.iter.lineno
+            )
+        return tree
+
+    def bounded_iter(self, iterable: Any) -> Iterator[Any]:
+        budget = _BUDGET.get()
+        if budget is None:  # outside `bounded` (a template compiled, not rendered)
+            yield from iterable
+            return
+        for count, item in enumerate(iterable):
+            if not count & 255 and time.monotonic() > budget.deadline:
+                raise RenderLimit(f"the template takes longer than {MAX_SECONDS:g} s to render (a loop)")
+            yield item
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":

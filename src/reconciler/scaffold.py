@@ -59,6 +59,9 @@ def create_workspace(root: Path) -> Created:
     files = skeleton_files()
     taken = [folder + "/" for folder in WORKSPACE_FOLDERS if _exists(root / folder)]
     taken += [path for path in files if _exists(root / path) and not path.startswith(tuple(taken))]
+    taken += sorted(  # a folder of ours that is a link (even a broken one): writing would follow it
+        {f"{folder}/ (a link)" for path in files for folder in _folders(path) if (root / folder).is_symlink()}
+    )
     if taken:
         raise ReconcilerError(
             f"{root} already holds {', '.join(taken)}: reconciler init never overwrites a file (give it a folder "
@@ -70,6 +73,12 @@ def create_workspace(root: Path) -> Created:
         with target.open("x", encoding="utf-8") as out:  # "x": a file that appeared meanwhile is not replaced
             out.write(text)
     return Created(root=root, written=tuple(files), gitignore=_ignore_state(root / GITIGNORE))
+
+
+def _folders(path: str) -> list[str]:
+    """The folders a file of the skeleton is written into, outermost first: `a/b/c.txt` -> [`a`, `a/b`]."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: n + 1]) for n in range(len(parts))]
 
 
 def _exists(path: Path) -> bool:

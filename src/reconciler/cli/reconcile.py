@@ -319,10 +319,12 @@ def run(ctx: click.Context, interval: float, host: str, port: int) -> None:
     serve the unsubscribe and preference pages, tracking and the API on HOST:PORT."""
     import asyncio
 
+    from reconciler import allocator
     from reconciler.clock import SystemClock
     from reconciler.daemon import WebOptions
     from reconciler.daemon import run as run_daemon
 
+    allocator.limit_arenas()  # before the daemon's threads make arenas of their own
     root = workspace_root(ctx)
     db = database(ctx, root)
     sender = database(ctx, root)  # connections of their own: sending and the web service run beside the reconcile loop

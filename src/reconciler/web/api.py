@@ -46,9 +46,11 @@ def unauthorized() -> Response:
 
 async def refused(request: Request, *, plan: bool = False) -> Response | None:
     """None when the request carries the API token (`plan`: the plan token); else 401, or 429 once its address sent
-    too many wrong ones of either (then even the right token waits: a guesser must not learn when it found it)."""
+    too many wrong ones (then even the right token waits: a guesser must not learn when it found it); wrong plan
+    tokens and wrong API tokens are counted apart."""
     web, who = context(request), ip(request) or "?"
-    wait = web.wrong_tokens.retry_after(who, count=False)
+    limit = web.wrong_plan_tokens if plan else web.wrong_tokens  # a CI runner's stale plan token locks out only plans
+    wait = limit.retry_after(who, count=False)
     if wait:
         return JSONResponse(
             {"error": f"too many requests without the right token; try again in {wait} s"},
@@ -57,7 +59,7 @@ async def refused(request: Request, *, plan: bool = False) -> Response | None:
         )
     if await authorized(request, plan=plan):
         return None
-    web.wrong_tokens.retry_after(who)
+    limit.retry_after(who)
     return unauthorized()
 
 

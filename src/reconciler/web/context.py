@@ -126,6 +126,7 @@ class WebContext:
     per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))
     per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
     wrong_tokens: RateLimit = field(default_factory=lambda: RateLimit(20, 600.0))
+    wrong_plan_tokens: RateLimit = field(default_factory=lambda: RateLimit(20, 600.0))
     """Requests with a missing or wrong bearer token, per address: more in 10 minutes get 429 (guessing stops)."""
     plans: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(PLANS_AT_ONCE))
     """Plans being made (each reads every file of a workspace and counts audiences): more at once get 429."""

@@ -98,6 +98,10 @@ async def plan(request: Request) -> Response:
             },
             403,
         )
+    if not (await web.site()).plan_token:
+        return JSONResponse(
+            {"error": f"plans are off on this daemon: {PLAN_TOKEN_ENV} is not set in its environment"}, 403
+        )
     if (answer := await refused(request, plan=True)) is not None:
         return answer
     try:
@@ -125,8 +129,8 @@ async def _answer(request: Request, body: bytes, asked: PlanOptions) -> Response
         root = Path(folder)
         try:
             await anyio.to_thread.run_sync(unpack, body, root)
-        except ArchiveError as exc:
-            return JSONResponse({"error": str(exc)}, exc.status)
+        except ArchiveError as exc:  # named as in the archive, never by the daemon's own folder
+            return JSONResponse({"error": str(exc).replace(str(root) + "/", "").replace(str(root), "")}, exc.status)
         desired, problems = await anyio.to_thread.run_sync(validate_workspace, root)
         errors = sum(p.severity == "error" for p in problems)
         if errors:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -149,12 +150,33 @@ def verify_sns(message: Mapping[str, Any], fetch: Callable[[str], bytes]) -> Non
         raise WebhookAuthError("the SNS signature does not verify", 403) from None
 
 
+TOPICS_ENV = "RECONCILER_SNS_TOPICS"
+"""The SNS topics (ARNs, comma-separated) whose messages are taken: SNS signs every AWS account's messages with the
+same certificate, so a valid signature alone would let anyone's topic subscribe and report bounces and complaints
+that suppress any address. `*` takes every topic (a test bench)."""
+
+
+def _check_topic(body: Mapping[str, Any]) -> None:
+    allowed = {topic.strip() for topic in os.environ.get(TOPICS_ENV, "").split(",") if topic.strip()}
+    topic = str(body.get("TopicArn", ""))
+    if "*" in allowed or topic in allowed:
+        return
+    if not allowed:
+        raise WebhookAuthError(
+            f"SNS messages are refused until {TOPICS_ENV} names your topics (their ARNs, comma-separated, e.g. "
+            "arn:aws:sns:eu-west-1:123456789012:ses-events): any AWS account can sign an SNS message",
+            403,
+        )
+    raise WebhookAuthError(f"topic {topic[:200]!r} is not one of {TOPICS_ENV}", 403)
+
+
 def sns_notification(body: Any, fetch: Callable[[str], bytes]) -> tuple[dict[str, Any] | None, str | None]:
     """An SES notification in an SNS envelope, once its signature verified: (the notification, None); for a
     subscription confirmation (None, the URL to visit to confirm it); (None, None) for any other SNS message."""
     if not isinstance(body, dict) or "Type" not in body:
         raise WebhookPayloadError("not an SNS message (no Type)")
     verify_sns(body, fetch)
+    _check_topic(body)
     if body["Type"] == "SubscriptionConfirmation":
         url = str(body.get("SubscribeURL", ""))
         if not SNS_SUBSCRIBE_URL.match(url):
