@@ -99,8 +99,13 @@ def test_the_daemon_says_at_start_when_the_key_of_sent_links_is_gone(tmp_path: P
     assert len(sink.messages) == 1
     with Daemon(root, "--interval", "60", env={"RECONCILER_SECRET": SECOND}) as daemon:
         daemon.wait_for_output(WATCHING)
+        health = httpx.get(f"http://127.0.0.1:{daemon.port}/healthz", timeout=30)
+        status = reconciler("status", cwd=root)
         output = daemon.stop()
-    [warning] = [line for line in output.splitlines() if "RECONCILER_SECRET_PREVIOUS" in line]
+    # the log said it once; /healthz and status keep saying it while the daemon runs so (it answered "ok")
+    assert health.status_code == 503 and any("RECONCILER_SECRET_PREVIOUS" in p for p in health.json()["problems"])
+    assert "RECONCILER_SECRET_PREVIOUS" in status.stdout, status.stdout
+    warning = next(line for line in output.splitlines() if "RECONCILER_SECRET_PREVIOUS" in line)
     assert warning.startswith("WARNING") and "messages already sent" in warning, output
     assert FIRST not in output and SECOND not in output  # fingerprints only, never a key
 

@@ -94,18 +94,19 @@ def reconcile_once(
     return result
 
 
-def log_key_changes(db: Database) -> None:
+def log_key_changes(db: Database) -> tuple[str, ...]:
     """At start: say when links in mail already sent no longer verify because the signing key changed (and when a
-    new key signs while the previous ones still verify)."""
+    new key signs while the previous ones still verify); the warnings, for /healthz and `status` to keep saying."""
     try:
         warnings, notes = keys.key_changes(db)
     except Exception as exc:  # a start is never stopped by this look back
         log.warning("could not compare the signing key with the keys that signed mail already sent: %s", exc)
-        return
+        return ()
     for line in warnings:
         log.warning("%s", line)
     for line in notes:
         log.info("%s", line)
+    return tuple(warnings)
 
 
 def record_invalid(db: Database, revision: str, problems: list[Problem], *, now: datetime) -> None:
@@ -194,8 +195,9 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     listening = _listen(web) if web is not None else None  # before anything starts: a busy port stops nothing
     GIVING_UP.clear()
-    log_key_changes(db)
+    broken_links = log_key_changes(db)
     health = Health()
+    health.stands(broken_links)
     keeper = _Keeper(health, clock=clock, state=state)
     server, metrics, pool = (None, None, None)
     if web is not None:

@@ -78,6 +78,9 @@ class Health:
     """Message definition -> messages deferred in its last pass without any delivered (a relay that answers 4xx
     to everything)."""
     disk_free: int | None = None
+    standing: tuple[str, ...] = ()
+    """What the daemon found at its start and stays true until it restarts differently (links already sent that
+    no longer verify with the keys it was given)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def pass_worked(self, loop: str) -> None:
@@ -109,6 +112,10 @@ class Health:
                 self.deferring.pop(source, None)
             self.deferring.update(deferred or {})
 
+    def stands(self, problems: tuple[str, ...]) -> None:
+        with self.lock:
+            self.standing = problems
+
     def disk(self, free: int) -> None:
         with self.lock:
             self.disk_free = free
@@ -129,6 +136,7 @@ class Health:
                 "temporary failure; `reconciler status NAME --failures` shows its replies)"
                 for source, count in self.deferring.items()
             ]
+            problems += list(self.standing)
             if self.disk_free is not None and self.disk_free < LOW_DISK_BYTES:
                 problems.append(f"low disk space beside the state database: {self.disk_free // (1024 * 1024)} MB free")
         return HealthReport(tuple(problems), time.time())
