@@ -155,9 +155,12 @@ PAGE = """\
 {% block content %}
 <h1 class="own">{{ _("Your email preferences") }}</h1>
 <p>Kettle &amp; Crow: {{ email }}, {{ format_number(1234.5) }}</p>
+<form method="post"><input type="hidden" name="csrf" value="{{ csrf }}">
 {% for item in lists %}
 <label><input type="checkbox" name="list" value="{{ item.name }}"> {{ item.title }}</label>
 {% endfor %}
+<button type="submit" name="action" value="save">Save</button>
+<button type="submit" name="action" value="unsubscribe_all">Unsubscribe from everything</button></form>
 {% endblock %}
 """
 CONFIRMATION = """\
@@ -259,3 +262,15 @@ def test_the_german_preference_page_in_chromium(site: tuple[Path, Sink, str, int
     assert (artifacts / "preferences-de.png").stat().st_size > 1000
     with sqlite3.connect(root / ".state/reconciler.db") as db:
         assert db.execute("SELECT frequency FROM contacts WHERE email = 'anna@example.at'").fetchone() == ("monthly",)
+
+
+def test_a_page_of_your_own_must_keep_the_way_to_unsubscribe(example: Path) -> None:
+    """An unsubscribe page saying "call us to unsubscribe" passed validate and was served."""
+    write(example, {"templates/pages/unsubscribe.html": "<h1>Unsubscribe</h1><p>Call us to unsubscribe.</p>\n"})
+    done = reconciler("validate", cwd=example)
+    assert done.returncode == 1, done.stdout
+    assert (
+        "templates/pages/unsubscribe.html:1:1: Template pages/unsubscribe.html: unsubscribe.html lacks a form that "
+        'posts (method="post"): a subscriber could not unsubscribe with it' in done.stdout
+    ), done.stdout
+    assert 'lacks the field List-Unsubscribe="One-Click"' in done.stdout

@@ -174,11 +174,44 @@ def sample_failures(
     for name, values in _samples(public_url):
         for language in languages:
             try:
-                pages.render(name, language, organization=organization, **values)
+                html = pages.render(name, language, organization=organization, **values)
             except Exception as exc:  # any failure is the author's to fix; say where
                 failure = _locate(exc, name if name in overrides else LAYOUT)
                 found.setdefault((failure.page, failure.line, failure.message), failure)
+                continue
+            if name in overrides or LAYOUT in overrides:
+                for missing in _missing_controls(name, values, html):
+                    failure = PageFailure(name if name in overrides else LAYOUT, 1, missing, CONTROLS_HINT)
+                    found.setdefault((failure.page, failure.line, failure.message), failure)
     return list(found.values())
+
+
+_CONTROLS = {
+    "unsubscribe.html": [
+        (r"<form\b[^>]*method=[\"']?post", 'a form that posts (method="post")'),
+        (r"name=[\"']?List-Unsubscribe[\"']?\s+value=[\"']?One-Click", 'the field List-Unsubscribe="One-Click"'),
+    ],
+    "preferences.html": [
+        (r"name=[\"']?csrf[\"']?\s+value=[\"']?\{?", "the csrf field"),
+        (r"name=[\"']?list\b", 'a checkbox per list (name="list")'),
+        (r"name=[\"']?action[\"']?\s+value=[\"']?unsubscribe_all", 'the "unsubscribe from all" button'),
+    ],
+}
+CONTROLS_HINT = (
+    "a page of your own must keep the form the built-in one has, so that a subscriber can always unsubscribe "
+    "(docs/web.md lists each page's fields; the built-in pages are in the package's pages/templates/)"
+)
+
+
+def _missing_controls(name: str, values: Mapping[str, Any], html: str) -> list[str]:
+    """What a page with a form lacks of it, in the state that shows the form (not its "done" answer)."""
+    if values.get("done") or values.get("saved") == "all":
+        return []
+    return [
+        f"{name} lacks {what}: a subscriber could not unsubscribe with it"
+        for pattern, what in _CONTROLS.get(name, [])
+        if not re.search(pattern, html, re.IGNORECASE)
+    ]
 
 
 def _locate(exc: Exception, fallback: str) -> PageFailure:
