@@ -274,3 +274,20 @@ def test_a_page_of_your_own_must_keep_the_way_to_unsubscribe(example: Path) -> N
         'posts (method="post"): a subscriber could not unsubscribe with it' in done.stdout
     ), done.stdout
     assert 'lacks the field List-Unsubscribe="One-Click"' in done.stdout
+
+
+def test_the_language_a_subscriber_read_the_form_in_is_the_one_of_their_confirmation(
+    site: tuple[Path, Sink, str, int],
+) -> None:
+    """The thanks came in German (the browser's), the confirmation email in English: the page's language was lost."""
+    root, sink, base, port = site
+    lists = root / "spec/lists.yaml"
+    lists.write_text(lists.read_text().replace("language: fr\n", ""))  # offers speaks no language of its own
+    tick(root)
+    with WebServer(root, port=port), httpx.Client() as client:
+        form = client.post(
+            f"{base}/subscribe", data={"email": "max@example.de", "list": "offers"}, headers={"accept-language": "de"}
+        )
+        assert '<html lang="de">' in form.text
+        tick(root, LATER)
+    assert str(parse(received(sink, "max@example.de"))["Subject"]) == "Bitte bestätigen Sie Ihre Anmeldung zu Offers"

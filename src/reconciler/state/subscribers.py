@@ -224,15 +224,19 @@ def request_subscription(
     ip: str | None,
     text: str | None,
     source: str = "form",
+    locale: str | None = None,
 ) -> list[str]:
     """A subscribe form (or the API): single opt-in lists subscribe at once, double opt-in ones go `pending` and
     queue one confirmation email each (at most MAX_CONFIRMATIONS per list). Returns the double opt-in lists that got
-    one. Suppressed addresses (bounced, complained, unsubscribed from everything, erased) get nothing."""
+    one. Suppressed addresses (bounced, complained, unsubscribed from everything, erased) get nothing. `locale`:
+    the language the form's page spoke, kept for a contact without one (their confirmation email speaks it too)."""
     hashed = email_hash(email)
     with write(db):
         if reason_for(db, hashed) is not None:
             return []
         contact_id = contact_for(db, email, at=at, first_name=first_name)
+        if locale:
+            db.conn.execute("UPDATE contacts SET locale = ? WHERE id = ? AND locale IS NULL", (locale, contact_id))
         queued = []
         for name, double in lists:
             if subscription_status(db, contact_id, name) == "subscribed":

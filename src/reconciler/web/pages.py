@@ -203,8 +203,18 @@ async def subscribe(request: Request) -> Response:
         at=web.now(),
         ip=ip(request),
         text=str(form.get("consent") or "subscribe form")[:500],
+        locale=_browser_locale(request, site, wanted, language),
     )
     return await page(request, "subscribed.html", language, email=email)
+
+
+def _browser_locale(request: Request, site: Site, wanted: list[str], language: Language) -> str | None:
+    """The language the page spoke when the browser chose it (no list has one): the subscriber read the thanks in
+    it, and reads the confirmation email in it too."""
+    if any(site.lists[n].language for n in wanted if n in site.lists):
+        return None
+    asked = {tag.split("-")[0].lower() for tag in accept_language(request.headers.get("accept-language"))}
+    return language.tag if language.tag.split("-")[0].lower() in asked else None
 
 
 async def confirm(request: Request) -> Response:
