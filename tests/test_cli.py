@@ -111,3 +111,17 @@ def test_schema_is_printed_as_json() -> None:
     result = reconciler("schema", cwd=REPO)
     assert result.returncode == 0
     assert json.loads(result.stdout)["$schema"] == "http://json-schema.org/draft-07/schema#"
+
+
+def test_a_typo_is_matched_with_the_keys_of_its_own_place(example: Path) -> None:
+    """`audience: {limt: 3}` was told "did you mean 'limit'?", a key of segments, then refused 'limit' in turn."""
+    campaign = example / "campaigns/holiday-gift-guide-2030.yaml"
+    text = campaign.read_text()
+    start = text.index("audience:")
+    end = text.index("send_at:")
+    campaign.write_text(text[:start] + "audience: {lists: [newsletter], limt: 3}\n" + text[end:])
+    result = reconciler("validate", cwd=example)
+    assert "audience.limt: unknown key 'limt'" in result.stdout and "did you mean 'limit'" not in result.stdout
+    campaign.write_text(text[:start] + "audience: {lists: [newsletter], exclud: {lists: [offers]}}\n" + text[end:])
+    result = reconciler("validate", cwd=example)
+    assert "unknown key 'exclud' (did you mean 'exclude'?)" in result.stdout, result.stdout

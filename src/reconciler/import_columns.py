@@ -9,12 +9,14 @@ column nobody maps is still refused before anything is written: a typo must neve
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconcilerError, did_you_mean
@@ -400,3 +402,89 @@ def status_of(word: Any) -> str | None:
             f"{word!r} is not a status ({did_you_mean(text, STATUS_WORDS, otherwise='use one of: ' + known)})"
         )
     return STATUS_WORDS[text]
+
+
+EMAIL_HEADERS = frozenset({"email", "e_mail", "email_address", "e_mail_address", "mail", "address", "emailaddress"})
+"""What the email column of a list of addresses is called in the files people have (any case, spaces, hyphens)."""
+
+
+def addresses_in(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, text) of each address in a file of people who must not be mailed: one address per line (blank lines
+    and `#` comments skipped), or the email column of a CSV such as another tool's export (other columns unused)."""
+    if not path.is_file():
+        raise ImportFileError(f"{path}: no such file")
+    with path.open(newline="", encoding=file_encoding(path)) as handle:
+        first = handle.readline()
+        while first and (not first.strip() or first.lstrip().startswith("#")):
+            first = handle.readline()
+        handle.seek(0)
+        if "@" in first:
+            for number, text in enumerate(handle, start=1):
+                if text.strip() and not text.lstrip().startswith("#"):
+                    yield number, text.strip()
+            return
+        reader = csv.reader(handle, delimiter=sniff_delimiter(first))
+        header = next(reader, [])
+        export = recognise(header)
+        index = next(
+            (
+                number
+                for number, cell in enumerate(header)
+                if (export.columns.get(column_key(cell)) if export else column_key(cell)) == "email"
+                or column_key(cell) in EMAIL_HEADERS
+            ),
+            None,
+        )
+        if index is None:
+            raise ImportFileError(
+                f"{path}: its first row names no email column ({', '.join(header) or 'it is empty'}): write one "
+                "address per line, or a CSV whose header names an email column"
+            )
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                yield reader.line_num, cells[index] if index < len(cells) else ""
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def file_encoding(path: Path) -> str:
+    """The encoding its byte order mark names (UTF-8, UTF-16 or UTF-32), else UTF-8 once every byte was checked:
+    a file that is not is refused, naming its first bad line, before anything is written."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+        encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+        if encoding == "utf-8" and b"\0" in head[:2]:
+            raise ImportFileError(f"{path}: looks like UTF-16 without a byte order mark: save the file as UTF-8")
+        handle.seek(0)
+        decoder, lines = codecs.getincrementaldecoder(encoding)(), 1
+        while True:
+            chunk = handle.read(1 << 20)
+            try:
+                lines += decoder.decode(chunk, final=not chunk).count("\n")
+            except UnicodeDecodeError:
+                if encoding == "utf-8":
+                    lines = _first_bad_line(path)
+                    raise ImportFileError(
+                        f"{path}: line {lines} is not UTF-8 (saved as Latin-1?): save the file as UTF-8"
+                    ) from None
+                raise ImportFileError(f"{path}: not valid {encoding.upper()} after line {lines}") from None
+            if not chunk:
+                return encoding
+
+
+def _first_bad_line(path: Path) -> int:
+    """No byte of a multi-byte UTF-8 character is a line feed, so each line can be checked on its own."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1

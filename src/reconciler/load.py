@@ -10,6 +10,7 @@ import copy
 import hashlib
 import os
 import re
+import typing
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -357,13 +358,40 @@ def _keys_like(siblings: dict[str, Any], unknown: str) -> list[str]:
     return sorted({key for keys in _model_keys() if others <= keys for key in keys})
 
 
+def _keys_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> set[str]:
+    """The keys the model allows at `loc` (a campaign's `audience` allows no `limit`, which a segment has): the
+    candidates for a typo there; empty when the place cannot be followed (a union of shapes, a list)."""
+    models: list[type[BaseModel]] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        found: list[type[BaseModel]] = []
+        for current in models:
+            info = current.model_fields.get(str(part)) or next(
+                (f for f in current.model_fields.values() if f.alias == part), None
+            )
+            if info is not None:
+                found += _models_in(info.annotation)
+        models = found
+        if not models:
+            return set()
+    return {key for current in models for name, f in current.model_fields.items() for key in (name, f.alias) if key}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
 def describe_validation_error(error: ErrorDetails, model: type[BaseModel], siblings: dict[str, Any]) -> tuple[str, str]:
     """A pydantic error as a sentence a marketer can act on, and a hint."""
     kind, message, value = error["type"], error["msg"], error.get("input")
     message = message.removeprefix("Value error, ")
     field = next((p for p in reversed(error["loc"]) if isinstance(p, str) and not p.startswith("<")), "")
     if kind == "extra_forbidden":
-        meant = _meant_key(field, siblings)
+        allowed = _keys_at(model, error["loc"][:-1])
+        meant = closest(field, sorted(allowed), cutoff=0.7) if allowed else _meant_key(field, siblings)
         hint = (
             f"did you mean {meant!r}?" if meant else f"remove it; `reconciler schema` lists the keys of {_kind(model)}"
         )

@@ -249,7 +249,7 @@ def contacts_suppress(ctx: click.Context, emails: tuple[str, ...], file: Path | 
     """Keep addresses out of mail (who must not be mailed, brought over from another tool), contacts or not; each
     suppression says where it came from. A stronger reason already held stays (bounced over unsubscribed)."""
     from reconciler.clock import SystemClock, iso
-    from reconciler.imports import addresses_in
+    from reconciler.import_columns import addresses_in
     from reconciler.rows import normalise_email
     from reconciler.state.subscribers import suppress_addresses
 
