@@ -85,19 +85,28 @@ def links(report: CampaignReport, *, top: int = 10) -> str:
 
 def countries(report: CampaignReport, *, top: int = 10) -> str:
     shown = report.countries[:top]
-    chart = pygal.HorizontalBar(**config("Countries (the contact's country)", height=170 + 44 * len(shown)))
-    chart.x_labels = [c.country for c in reversed(shown)]
-    chart.add("Recipients", [c.recipients for c in reversed(shown)])
-    chart.add("Opened", [c.unique_opens for c in reversed(shown)])
-    return svg(chart)
+    return _by_country(
+        "Countries (the contact's country)",
+        [c.country for c in shown],
+        {"Recipients": [c.recipients for c in shown], "Opened": [c.unique_opens for c in shown]},
+    )
 
 
 def ip_countries(report: CampaignReport, *, top: int = 10) -> str:
     shown = report.ip_countries[:top]
-    chart = pygal.HorizontalBar(**config("Where opens and clicks came from (GeoIP)", height=170 + 44 * len(shown)))
-    chart.x_labels = [c.country for c in reversed(shown)]
-    chart.add("People", [c.people for c in reversed(shown)])
-    chart.add("Opens and clicks", [c.opens_and_clicks for c in reversed(shown)])
+    return _by_country(
+        "Where opens and clicks came from (GeoIP)",
+        [c.country for c in shown],
+        {"People": [c.people for c in shown], "Opens and clicks": [c.opens_and_clicks for c in shown]},
+    )
+
+
+def _by_country(title: str, countries: list[str], series: dict[str, list[int]]) -> str:
+    """Horizontal bars, the first country on top."""
+    chart = pygal.HorizontalBar(**config(title, height=170 + 44 * len(countries)))
+    chart.x_labels = list(reversed(countries))
+    for name, values in series.items():
+        chart.add(name, list(reversed(values)))
     return svg(chart)
 
 
