@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import reconciler
+from dkim_keys import KEY_ENV, dkim_key, sign_with_dkim
 from sending import LATER, MUCH_LATER, NOW, body, bucket, import_contacts, ledger, pairs, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer
 
@@ -213,34 +214,22 @@ def test_resend_on_uncertain_uses_the_same_message_id(tmp_path: Path) -> None:
 
 def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers(tmp_path: Path) -> None:
     dkim = pytest.importorskip("dkim")
-    rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
-    from cryptography.hazmat.primitives import serialization
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    import base64
-
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    key = dkim_key()
     sink = Sink()
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port)
-        settings = root / "spec/settings.yaml"
-        signing = "timeout: 10\n    dkim: {domain: example.com, selector: s1, private_key_env: TEST_DKIM_KEY}"
-        settings.write_text(settings.read_text().replace("timeout: 10", signing))
+        sign_with_dkim(root)
         import_contacts(root, 3)
-        result = reconciler("tick", "--now", NOW, cwd=root, env={"TEST_DKIM_KEY": pem.decode()})
+        result = reconciler("tick", "--now", NOW, cwd=root, env={KEY_ENV: key.pem})
         assert result.returncode == 0, result.stderr
     assert len(sink.messages) == 3
     data = sink.messages[0][1]
-    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record if name == b"s1._domainkey.example.com." else None)
+    assert dkim.verify(data, dnsfunc=key.dns())
     header = parse(data)["DKIM-Signature"].replace(" ", "").replace("\r\n", "").lower()
     signed = header.split("h=", 1)[1].split(";", 1)[0].split(":")
     assert signed.count("list-unsubscribe") == 2 and signed.count("list-unsubscribe-post") == 2
     tampered = data.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: x")
-    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: record)
+    assert not dkim.verify(tampered, dnsfunc=key.dns())
 
 
 def test_a_contact_whose_data_cannot_go_in_a_header_fails_alone(tmp_path: Path) -> None:

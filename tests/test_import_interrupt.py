@@ -27,7 +27,8 @@ def _count(root: Path, sql: str) -> int:
         return 0
 
 
-def test_ctrl_c_stops_an_import_between_batches_and_running_it_again_is_safe(example: Path) -> None:
+def _big_import(example: Path) -> tuple[list[str], subprocess.Popen[str]]:
+    """`contacts import` of ROWS rows, started in a session of its own (as a terminal runs it)."""
     lines = ["email,first_name,orders_count"] + [f"person{n}@example.com,Pat{n},{n % 7}" for n in range(ROWS)]
     (example / "big.csv").write_text("\n".join(lines) + "\n")
     command = [sys.executable, "-m", "reconciler", "contacts", "import", "big.csv", "--list", "offers"]
@@ -36,6 +37,11 @@ def test_ctrl_c_stops_an_import_between_batches_and_running_it_again_is_safe(exa
     process = subprocess.Popen(
         command, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    return command, process
+
+
+def test_ctrl_c_stops_an_import_between_batches_and_running_it_again_is_safe(example: Path) -> None:
+    command, process = _big_import(example)
     try:
         wait_for(lambda: _count(example, "SELECT count(*) FROM contacts") > 0, "the first batch", timeout=120)
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: every process of the terminal's group
@@ -68,14 +74,7 @@ def test_ctrl_c_stops_an_import_between_batches_and_running_it_again_is_safe(exa
 def test_ctrl_c_twice_still_stops_the_import_at_once(example: Path) -> None:
     """An impatient second Ctrl-C, while the command was already stopping (its message printed), left it waiting
     for good on a worker process (only kill -9 ended it)."""
-    lines = ["email,first_name,orders_count"] + [f"person{n}@example.com,Pat{n},{n % 7}" for n in range(ROWS)]
-    (example / "big.csv").write_text("\n".join(lines) + "\n")
-    command = [sys.executable, "-m", "reconciler", "contacts", "import", "big.csv", "--list", "offers"]
-    command += ["--consent", "shop checkout v2"]
-    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}
-    process = subprocess.Popen(
-        command, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    _, process = _big_import(example)
     said: list[str] = []
     assert process.stderr is not None
     reader = threading.Thread(target=lambda: said.extend(iter(process.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]

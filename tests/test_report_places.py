@@ -151,6 +151,7 @@ def test_validate_names_a_geoip_database_it_cannot_use(tmp_path: Path) -> None:
 
 
 def test_a_database_replaced_on_disk_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(geoip, "LOOK_AGAIN", 0.0)  # every lookup looks at the file (the daemon: once a second)
     path = country_database(tmp_path / "country.mmdb", {"81.2.69.0/24": {"country": {"iso_code": "GB"}}})
     locator = geoip.Locator(path)
     assert locator.country("81.2.69.142") == "GB"

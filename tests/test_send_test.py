@@ -7,7 +7,6 @@ what arrived, what the command printed, what the pages answer and the database's
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import sqlite3
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from conftest import reconciler
+from dkim_keys import KEY_ENV, dkim_key, sign_with_dkim
 from sending import body, import_contacts, ledger, parse, query, workspace
 from smtp_sink import Sink, SinkServer
 from web_server import WebServer
@@ -99,30 +99,20 @@ def test_a_refused_test_send_fails_with_the_reply_and_changes_nothing(tmp_path: 
 
 def test_dkim_signs_a_test_send_with_the_key_from_the_environment(tmp_path: Path) -> None:
     dkim = pytest.importorskip("dkim")
-    rsa = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
-    from cryptography.hazmat.primitives import serialization
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    key = dkim_key()
     sink = Sink()
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port)
-        settings = root / "spec/settings.yaml"
-        signing = "timeout: 10\n    dkim: {domain: example.com, selector: s1, private_key_env: TEST_DKIM_KEY}"
-        settings.write_text(settings.read_text().replace("timeout: 10", signing))
+        sign_with_dkim(root)
         unsigned = reconciler("send-test", "hello", "--to", TO, cwd=root)
-        signed = reconciler("send-test", "hello", "--to", TO, cwd=root, env={"TEST_DKIM_KEY": pem.decode()})
+        signed = reconciler("send-test", "hello", "--to", TO, cwd=root, env={KEY_ENV: key.pem})
     assert unsigned.returncode == 1
     assert "transport sink signs with DKIM, but TEST_DKIM_KEY is not set here" in unsigned.stderr
     assert signed.returncode == 0, signed.stderr
     assert "as the sample contact gets it" in signed.stdout
     assert len(sink.messages) == 1  # the unsigned one never left
     data = sink.messages[0][1]
-    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record if name == b"s1._domainkey.example.com." else None)
+    assert dkim.verify(data, dnsfunc=key.dns())
     assert parse(data)["Subject"] == "[TEST] Hello Alex"
     assert not (root / ".state/reconciler.db").exists()  # a sample contact needs no state database
 

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 ENV = "RECONCILER_GEOIP_DATABASE"
 """The operator's override of Settings' `tracking.geoip_database`: a path anywhere on the server (the environment
 is the operator's; a path in the reviewed YAML stays inside the workspace)."""
+
+
+LOOK_AGAIN = 1.0
+"""Seconds between two looks at the database file's size and time."""
 
 
 class GeoIpError(Exception):
@@ -63,6 +68,8 @@ class Locator:
     _reader: maxminddb.Reader | None = None
     _seen: tuple[int, int] | None = None
     _broken: tuple[int, int] | None = None
+    _looked_at: float = -LOOK_AGAIN
+    """When the file's size and time were last read: once a second at most, not once per open or click."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -86,6 +93,10 @@ class Locator:
             return None
 
     def _current(self) -> maxminddb.Reader | None:
+        now = time.monotonic()
+        if now - self._looked_at < LOOK_AGAIN:
+            return self._reader
+        self._looked_at = now
         try:
             info = os.stat(self.path)
         except OSError:

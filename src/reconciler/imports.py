@@ -229,6 +229,12 @@ def import_file(
         if chunks is not None:
             chunks.close()  # its worker processes stop now, not at exit
         raise ImportInterrupted(_interrupted(db, report, import_id, at=at)) from None
+    _finish(db, report, import_id, at=at)
+    return report
+
+
+def _finish(db: Database, report: ImportReport, import_id: int, *, at: str, interrupted: bool = False) -> None:
+    """The import's record, with its figures (an interrupted one: what was saved)."""
     finish_import(
         db,
         import_id,
@@ -237,9 +243,9 @@ def import_file(
         created=report.created,
         updated=report.updated,
         rejected=len(report.bad),
-        file=path.name,
+        file=report.file,
+        interrupted=interrupted,
     )
-    return report
 
 
 def _unconfirmed(double: list[str]) -> ImportFileError:
@@ -307,17 +313,7 @@ def _interrupted(db: Database, report: ImportReport, import_id: int | None, *, a
     if import_id is None:
         return f"{report.file}: interrupted before anything was written; run the same command to import it"
     saved = contacts_of_import(db, import_id)
-    finish_import(
-        db,
-        import_id,
-        at=at,
-        rows=report.rows,
-        created=report.created,
-        updated=report.updated,
-        rejected=len(report.bad),
-        file=report.file,
-        interrupted=True,
-    )
+    _finish(db, report, import_id, at=at, interrupted=True)
     return (
         f"{report.file}: interrupted; {saved:,} contacts of it were saved, in whole batches of {BATCH_ROWS:,} rows, "
         "and nothing of the rows after them (a batch cut off while being written is rolled back). Running the same "

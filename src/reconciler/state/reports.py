@@ -331,27 +331,26 @@ def counted_hours(db: Database, kind: str, name: str) -> list[tuple[str, int, in
 
 
 def counted_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
-    found: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for metric, value in db.conn.execute(
-        "SELECT metric, value FROM report_counts WHERE kind = 'campaign' AND name = ? AND stage = '' "
-        "AND (metric LIKE 'recipients:%' OR metric LIKE 'openers:%')",
-        (name,),
-    ):
-        what, _, country = str(metric).partition(":")
-        found[country][0 if what == "recipients" else 1] += int(value)
-    return sorted(((c, r, o) for c, (r, o) in found.items()), key=lambda row: (-row[1], row[0]))
+    """(the contact's country, recipients, openers), most recipients first."""
+    return _by_country(db, name, "recipients", "openers")
 
 
 def counted_ip_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
+    """(the country of the address, people, opens and clicks), most people first."""
+    return _by_country(db, name, "ip_people", "ip_events")
+
+
+def _by_country(db: Database, name: str, first: str, second: str) -> list[tuple[str, int, int]]:
+    """The counters `first:CC` and `second:CC` of a campaign, per country, most `first` then `second` first."""
     found: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for metric, value in db.conn.execute(
         "SELECT metric, value FROM report_counts WHERE kind = 'campaign' AND name = ? AND stage = '' "
-        "AND (metric LIKE 'ip_people:%' OR metric LIKE 'ip_events:%')",
-        (name,),
+        "AND (metric LIKE ? OR metric LIKE ?)",
+        (name, first + ":%", second + ":%"),
     ):
         what, _, country = str(metric).partition(":")
-        found[country][0 if what == "ip_people" else 1] += int(value)
-    return sorted(((c, p, e) for c, (p, e) in found.items()), key=lambda row: (-row[1], -row[2], row[0]))
+        found[country][0 if what == first else 1] += int(value)
+    return sorted(((c, a, b) for c, (a, b) in found.items()), key=lambda row: (-row[1], -row[2], row[0]))
 
 
 def counted_goal(db: Database, name: str) -> tuple[int, int, float]:
