@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from jinja2 import Environment, TemplateSyntaxError, meta, nodes
 
@@ -49,32 +50,41 @@ def unguarded_reads(sources: Mapping[str, str], start: str, optional: Collection
         if name in seen or name not in sources:
             continue
         seen.add(name)
-        try:
-            tree = _PARSER.parse(sources[name])
-        except TemplateSyntaxError:
-            continue  # reported by the compile check
-        todo += [ref for ref in meta.find_referenced_templates(tree) if ref]
-        for read in _reads(tree, name, optional):
-            found.setdefault((read.field, read.template), read)
+        references, reads = _scan(sources[name])
+        todo += references
+        for field, line in reads:
+            if field in optional:
+                found.setdefault((field, name), FieldRead(field, name, line))
     return sorted(found.values(), key=lambda r: (r.template, r.line, r.field))
 
 
 def unguarded_in_text(text: str, optional: Collection[str]) -> list[str]:
     """The optional fields a subject or preheader reads without a guard."""
+    return sorted({field for field, _ in _scan(text)[1] if field in optional})
+
+
+@lru_cache(maxsize=512)
+def _scan(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    """The templates `text` includes or extends, and its unguarded `contact.<field>` reads (field, line), whatever
+    the field. Kept per text: a workspace's 1,000 campaigns share a few layouts and partials, and parsing each once
+    per use made this check most of `validate`'s time."""
+    if "{" not in text:  # no Jinja at all: a plain subject or preheader
+        return (), ()
     try:
         tree = _PARSER.parse(text)
     except TemplateSyntaxError:
-        return []
-    return sorted({read.field for read in _reads(tree, "", optional)})
+        return (), ()  # reported by the compile check
+    references = tuple(ref for ref in meta.find_referenced_templates(tree) if ref)
+    return references, tuple(_reads(tree))
 
 
-def _reads(tree: nodes.Template, template: str, optional: Collection[str]) -> Iterator[FieldRead]:
+def _reads(tree: nodes.Template) -> Iterator[tuple[str, int]]:
     guarded_nodes = {id(f.node) for f in tree.find_all(nodes.Filter) if f.name in _GUARD_FILTERS}
     tested = {field for t in tree.find_all(nodes.Test) if t.name in _GUARD_TESTS and (field := _field(t.node))}
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         field = _field(node)
-        if field and field in optional and field not in tested and id(node) not in guarded_nodes:
-            yield FieldRead(field, template, node.lineno)
+        if field and field not in tested and id(node) not in guarded_nodes:
+            yield field, node.lineno
 
 
 def _field(node: nodes.Node) -> str | None:

@@ -113,6 +113,8 @@ def _text_template(source: str) -> Template:
 
 def render_text(source: str, context: Mapping[str, Any]) -> str:
     """Render a subject or preheader: no HTML escaping, and never a line break (header injection)."""
+    if "{" not in source:  # no Jinja in it: nothing to compile (most preheaders)
+        return " ".join(source.split())
     rendered = bounded_render(_text_template(source), context)
     return " ".join(rendered.split())
 
