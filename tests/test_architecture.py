@@ -63,6 +63,9 @@ def test_no_citation_of_documents_outside_the_repository() -> None:
     cited = re.compile(r"ARCHITECTURE\.md|PRODUCT §|PRODUCT\)|MAIL-FACTS|STYLE\.md")
     files = [*PACKAGE.rglob("*.py"), *REPO.glob("docs/*.md"), REPO / "README.md", REPO / "CHANGELOG.md"]
     files += [REPO / "pyproject.toml", REPO / "Makefile", *(REPO / "tests").glob("*.py")]
+    beside = [path for folder in ("bench", "ci", "deploy") for path in (REPO / folder).rglob("*") if path.is_file()]
+    files += [path for path in beside if "__pycache__" not in path.parts]
+    files += [REPO / "Dockerfile", REPO / "action.yml"]
     offenders = [
         f"{path.relative_to(REPO)}:{number}"
         for path in files
