@@ -39,6 +39,7 @@ from reconciler.import_columns import (
 )
 from reconciler.rows import RowParser, RowProblems
 from reconciler.spec import DesiredState
+from reconciler.spec.documents import marketing_lists
 from reconciler.state.contacts import (
     BatchResult,
     ContactRow,
@@ -219,7 +220,7 @@ def import_file(
                 import_id=import_id,
                 at=at,
                 lists=[(name, blocking_for(desired.lists, [name])) for name in lists],
-                marketing=[name for name, spec in desired.lists.items() if spec.category == "marketing"],
+                marketing=marketing_lists(desired.lists),
                 consent_text=consent_text,
                 preconfirmed=double,
                 progress=progress,

@@ -301,6 +301,7 @@ def contacts_unsubscribe(ctx: click.Context, email: str, lists: tuple[str, ...])
     """Record an unsubscribe that reached you another way (a reply, a phone call, another tool), with a consent
     record saying it came from this command. Receipts (transactional lists) still go."""
     from reconciler.clock import SystemClock, iso
+    from reconciler.spec.documents import marketing_lists
     from reconciler.state.contacts import find_contact
     from reconciler.state.subscribers import suppress_addresses, unsubscribe_all, unsubscribe_lists
 
@@ -326,7 +327,7 @@ def contacts_unsubscribe(ctx: click.Context, email: str, lists: tuple[str, ...])
         if left:
             click.echo(f"{normalised} was not subscribed to {', '.join(left)}: nothing to change there.")
         return
-    marketing = sorted(name for name, spec in desired.lists.items() if spec.category == "marketing")
+    marketing = sorted(marketing_lists(desired.lists))
     if contact is None:
         suppress_addresses(db, [normalised], "unsubscribed", at=at, source=source)
     else:

@@ -6,6 +6,7 @@ publishes them, so editors show the same help a reader of this file gets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal, Union
 
@@ -267,6 +268,12 @@ class MailingList(Document):
     language: Language | None = None
     """The language its subscribers read (de, pl, pt-BR): the unsubscribe and preference pages and the double opt-in
     email speak it to contacts without a locale of their own. Unset: English."""
+
+
+def marketing_lists(lists: Mapping[str, MailingList]) -> list[str]:
+    """The names of the marketing lists among `lists`, in their order: those an unsubscribe from everything
+    leaves (transactional lists, receipts, stay)."""
+    return [name for name, found in lists.items() if found.category == "marketing"]
 
 
 FieldType = Literal["string", "number", "integer", "boolean", "date", "datetime", "list"]

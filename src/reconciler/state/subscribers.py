@@ -12,6 +12,7 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from reconciler import strictjson
+from reconciler.spec.documents import marketing_lists
 from reconciler.state import engagement, records, rollups
 from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
@@ -346,7 +347,7 @@ def provider_event(
         contact = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
         source = f"webhook:{provider}"
         if kind == "unsubscribe" and contact is not None:
-            marketing = [name for name, spec in records.lists(db).items() if spec.category == "marketing"]
+            marketing = marketing_lists(records.lists(db))
             unsubscribe_all(db, contact[0], marketing_lists=marketing, at=at, source=source, ip=None)
         elif kind == "unsubscribe":
             suppress(db, email_hash(email), "unsubscribed", at=at, detail=f"{source}: {detail}" if detail else source)

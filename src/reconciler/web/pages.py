@@ -20,7 +20,7 @@ from reconciler.compose import view_online
 from reconciler.i18n import N_, Language, accept_language, choose_language
 from reconciler.rows import normalise_email
 from reconciler.spec.contact import FREQUENCIES
-from reconciler.spec.documents import MailingList
+from reconciler.spec.documents import MailingList, marketing_lists
 from reconciler.state import pages as page_facts
 from reconciler.state import subscribers
 from reconciler.state.ledger import CONFIRMATION_SOURCE
@@ -115,7 +115,7 @@ async def preferences(request: Request) -> Response:
         if not csrf_valid(site.signer, str(form.get("csrf", "")), contact_id):
             return refuse(request, site, N_("This form has expired; open the link from your email again."), 403)
         if form.get("action") == "unsubscribe_all":
-            marketing = [n for n, spec in site.lists.items() if spec.category == "marketing"]
+            marketing = marketing_lists(site.lists)
             done = await web.write(
                 _unsubscribe_all, contact_id, marketing_lists=marketing, at=web.now(), ip=ip(request)
             )
