@@ -108,6 +108,22 @@ def blocking_for(lists: Mapping[str, MailingList], names: Sequence[str]) -> tupl
     return MARKETING_BLOCKING if is_marketing(lists, names) else TRANSACTIONAL_BLOCKING
 
 
+def _campaign_sql(
+    compiler: Compiler, desired: DesiredState, parts: tuple[list[str], list[str], list[str], list[str]]
+) -> AudienceSql:
+    """A campaign's audience as the workspace says it (`campaign_audience_parts`), with the suppressions its lists'
+    kind of mail honours."""
+    lists, exclude_lists, segments, exclude_segments = parts
+    return audience_sql(
+        compiler,
+        lists=lists,
+        exclude_lists=exclude_lists,
+        segments=segments,
+        exclude_segments=exclude_segments,
+        blocking=blocking_for(desired.lists, lists),
+    )
+
+
 def audience_queries(
     desired: DesiredState, *, now: datetime, campaigns: Collection[str] | None = None
 ) -> dict[str, AudienceSql]:
@@ -117,19 +133,13 @@ def audience_queries(
     queries: dict[str, AudienceSql] = {}
     names = list(desired.campaigns) if campaigns is None else [n for n in campaigns if n in desired.campaigns]
     for campaign in (desired.campaigns[name] for name in names):
-        lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
+        parts = campaign_audience_parts(campaign)
+        _, _, segments, exclude_segments = parts
         if not (segments or exclude_segments):
             continue
-        key = audience_key(lists, exclude_lists, segments, exclude_segments)
+        key = audience_key(*parts)
         if key not in queries:
-            queries[key] = audience_sql(
-                compiler,
-                lists=lists,
-                exclude_lists=exclude_lists,
-                segments=segments,
-                exclude_segments=exclude_segments,
-                blocking=blocking_for(desired.lists, lists),
-            )
+            queries[key] = _campaign_sql(compiler, desired, parts)
     return queries
 
 
@@ -144,15 +154,7 @@ def missing_queries(
         campaign = desired.campaigns.get(name)
         if campaign is None:
             continue
-        lists, exclude_lists, segments, exclude_segments = campaign_audience_parts(campaign)
-        query = audience_sql(
-            compiler,
-            lists=lists,
-            exclude_lists=exclude_lists,
-            segments=segments,
-            exclude_segments=exclude_segments,
-            blocking=blocking_for(desired.lists, lists),
-        )
+        query = _campaign_sql(compiler, desired, campaign_audience_parts(campaign))
         for field in fields:
             value = compiler.value(field)
             queries[(name, field)] = (query.recipients, Sql(f"({value.text}) IS NULL", value.params))
