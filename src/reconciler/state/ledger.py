@@ -238,9 +238,7 @@ def claim(
     contact unsubscribed, bounced or complained meanwhile), "paused" (its campaign stopped) or "taken" (another
     process has it, or it is no longer due)."""
     with write(db):
-        if previous is not None:
-            _record(db, previous, source=source)
-        if source.kind == "campaign" and not _sending(db, source.name):
+        if _paused_after(db, previous, source=source):
             return "paused"
         row = db.conn.execute(
             "SELECT l.state, l.contact_id, p.reason, EXISTS (SELECT 1 FROM subscriptions s WHERE "
@@ -296,9 +294,7 @@ def refused(db: Database, outcome: Outcome, *, source: Source, previous: Outcome
     attempt (unless another process took the row meanwhile), together with `previous`. Returns "recorded", or
     "paused" when its campaign stopped sending meanwhile (the refusal is then not counted)."""
     with write(db):
-        if previous is not None:
-            _record(db, previous, source=source)
-        if source.kind == "campaign" and not _sending(db, source.name):
+        if _paused_after(db, previous, source=source):
             return "paused"
         attempted = db.conn.execute(
             "UPDATE ledger SET attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, ?) "
@@ -308,6 +304,14 @@ def refused(db: Database, outcome: Outcome, *, source: Source, previous: Outcome
         if attempted:
             _record(db, outcome, source=source)
     return "recorded"
+
+
+def _paused_after(db: Database, previous: Outcome | None, *, source: Source) -> bool:
+    """Inside the write of a claim or a refusal: write `previous` (the connection's last outcome), then whether the
+    message's campaign stopped sending meanwhile."""
+    if previous is not None:
+        _record(db, previous, source=source)
+    return source.kind == "campaign" and not _sending(db, source.name)
 
 
 def _sending(db: Database, campaign: str) -> bool:
