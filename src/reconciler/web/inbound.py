@@ -15,15 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from reconciler.inbound import InboundMail, unsubscribe_row
-from reconciler.strictjson import JsonInputError
 from reconciler.web.context import WebContext, context
 from reconciler.web.webhooks import (
-    WebhookAuthError,
+    REFUSED,
     WebhookPayloadError,
+    as_items,
+    as_mapping,
     check_postmark,
     confirm_subscription,
-    json_refused,
     read_json,
+    refused,
     sns_notification,
 )
 
@@ -37,7 +38,7 @@ def postmark(body: Any) -> InboundMail:
         raise WebhookPayloadError("a Postmark inbound message needs OriginalRecipient or To")
     recipients = [_text(body.get("OriginalRecipient"))]
     for key in ("ToFull", "CcFull"):
-        recipients += [_text(_mapping(item).get("Email")) for item in _items(body.get(key))]
+        recipients += [_text(as_mapping(item).get("Email")) for item in as_items(body.get(key))]
     recipients += [_text(body.get("To")), _text(body.get("Cc"))]
     if _text(body.get("MailboxHash")):
         recipients.append(f"+{_text(body.get('MailboxHash'))}@")  # the address's token alone
@@ -49,23 +50,15 @@ def ses(notification: dict[str, Any]) -> InboundMail | None:
     Subject; None for notifications of other kinds (a bounce sent here by mistake changes nothing)."""
     if notification.get("notificationType") != "Received":
         return None
-    receipt, mail = _mapping(notification.get("receipt")), _mapping(notification.get("mail"))
-    headers = _mapping(mail.get("commonHeaders"))
-    recipients = [_text(r) for r in _items(receipt.get("recipients")) + _items(mail.get("destination"))]
-    recipients += [_text(r) for r in _items(headers.get("to"))]
+    receipt, mail = as_mapping(notification.get("receipt")), as_mapping(notification.get("mail"))
+    headers = as_mapping(mail.get("commonHeaders"))
+    recipients = [_text(r) for r in as_items(receipt.get("recipients")) + as_items(mail.get("destination"))]
+    recipients += [_text(r) for r in as_items(headers.get("to"))]
     return InboundMail(tuple(r for r in recipients if r), _text(headers.get("subject")))
 
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 async def endpoint(request: Request) -> Response:
@@ -85,12 +78,8 @@ async def endpoint(request: Request) -> Response:
                 return JSONResponse({"outcome": "ignored", "why": "not a message SES received"})
         else:
             mail = postmark(body)
-    except WebhookAuthError as exc:
-        return JSONResponse({"error": str(exc)}, exc.status)
-    except JsonInputError as exc:
-        return json_refused(exc)
-    except WebhookPayloadError as exc:
-        return JSONResponse({"error": str(exc)}, 400)
+    except REFUSED as exc:
+        return refused(exc)
     row_id = mail.verified_row(site.signer)  # verified before anything is read
     if row_id is None:
         return JSONResponse(IGNORED)

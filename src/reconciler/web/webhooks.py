@@ -203,15 +203,15 @@ def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], 
     message_id = str(body.get("MessageId", ""))
     events = []
     if kind == "Bounce":
-        bounce = _mapping(notification.get("bounce"))
+        bounce = as_mapping(notification.get("bounce"))
         hard = bounce.get("bounceType") == "Permanent"
-        for recipient in map(_mapping, _items(bounce.get("bouncedRecipients"))):
+        for recipient in map(as_mapping, as_items(bounce.get("bouncedRecipients"))):
             address = str(recipient.get("emailAddress", ""))
             detail = f"{bounce.get('bounceType')}/{bounce.get('bounceSubType')} {recipient.get('diagnosticCode', '')}"
             events.append(ProviderEvent(f"{message_id}:{address}", address, "bounce", hard, detail.strip()))
     elif kind == "Complaint":
-        complaint = _mapping(notification.get("complaint"))
-        for recipient in map(_mapping, _items(complaint.get("complainedRecipients"))):
+        complaint = as_mapping(notification.get("complaint"))
+        for recipient in map(as_mapping, as_items(complaint.get("complainedRecipients"))):
             events.append(
                 ProviderEvent(
                     f"{message_id}:{recipient.get('emailAddress')}",
@@ -224,11 +224,13 @@ def ses(body: Any, fetch: Callable[[str], bytes]) -> tuple[list[ProviderEvent], 
     return events, None
 
 
-def _mapping(value: Any) -> dict[str, Any]:
+def as_mapping(value: Any) -> dict[str, Any]:
+    """A JSON object of a provider's payload, or {} when it is something else."""
     return value if isinstance(value, dict) else {}
 
 
-def _items(value: Any) -> list[Any]:
+def as_items(value: Any) -> list[Any]:
+    """A JSON array of a provider's payload, or [] when it is something else."""
     return value if isinstance(value, list) else []
 
 
@@ -250,12 +252,8 @@ async def endpoint(request: Request) -> Response:
             events = await anyio.to_thread.run_sync(_ses, web, body)  # fetches the certificate: not on the loop
         else:
             events = postmark(body) if provider == "postmark" else generic(body)
-    except WebhookAuthError as exc:
-        return JSONResponse({"error": str(exc)}, exc.status)
-    except JsonInputError as exc:
-        return json_refused(exc)
-    except WebhookPayloadError as exc:
-        return JSONResponse({"error": str(exc)}, 400)
+    except REFUSED as exc:
+        return refused(exc)
     recorded, invalid = await web.write(_record, provider, events, at=web.now())
     repeated = len(events) - recorded - invalid
     return JSONResponse({"events": len(events), "recorded": recorded, "repeated": repeated, "invalid": invalid})
@@ -294,6 +292,20 @@ def _record(db: Database, provider: str, events: list[ProviderEvent], *, at: str
 async def read_json(request: Request) -> Any:
     """The body as strict JSON (no NaN or Infinity, at most MAX_DEPTH levels); raises JsonInputError."""
     return strictjson.loads(await request.body())
+
+
+REFUSED = (WebhookAuthError, JsonInputError, WebhookPayloadError)
+"""What a delivery is refused for: its credentials, its JSON, its shape."""
+
+
+def refused(exc: WebhookAuthError | JsonInputError | WebhookPayloadError) -> Response:
+    """The answer to a delivery that is not accepted: wrong credentials (401, or 403 for a signature), a body that
+    is not JSON (`json_refused`), or not the provider's format (400)."""
+    if isinstance(exc, WebhookAuthError):
+        return JSONResponse({"error": str(exc)}, exc.status)
+    if isinstance(exc, JsonInputError):
+        return json_refused(exc)
+    return JSONResponse({"error": str(exc)}, 400)
 
 
 def json_refused(exc: JsonInputError) -> Response:
