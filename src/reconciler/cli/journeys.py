@@ -104,6 +104,7 @@ def simulate(
 
 
 def _contact(ctx: click.Context, root: Path, email: str | None, fields: str | None) -> Any:
+    from reconciler.spec.contact import TEXT_FIELDS
     from reconciler.spec.journey import TestContact
     from reconciler.state.contacts import find_contact
     from reconciler.state.subscribers import preferences
@@ -123,11 +124,7 @@ def _contact(ctx: click.Context, root: Path, email: str | None, fields: str | No
             raise UsageError(f"--contact: {email} is not a contact in the state database (or use --fields)")
         return TestContact(
             email=found.email,
-            first_name=found.first_name,
-            last_name=found.last_name,
-            timezone=found.timezone,
-            locale=found.locale,
-            country=found.country,
+            **{name: getattr(found, name) for name in TEXT_FIELDS},
             fields=dict(found.fields),
             tags=list(found.tags),
             lists=lists,  # as they are: a marketing workflow sends them nothing unless they are on its list
@@ -138,11 +135,7 @@ def _contact(ctx: click.Context, root: Path, email: str | None, fields: str | No
         raise UsageError(f"--fields: not JSON ({exc.msg} at character {exc.pos})") from None
     if not isinstance(given, dict):
         raise UsageError("--fields: write a JSON object of fields")
-    builtin = {
-        k: given.pop(k)
-        for k in ("email", "first_name", "last_name", "timezone", "locale", "country", "tags", "lists")
-        if k in given
-    }
+    builtin = {k: given.pop(k) for k in TestContact.model_fields if k != "fields" and k in given}
     try:
         return TestContact(**builtin, fields=given)
     except ValidationError as exc:

@@ -3,6 +3,8 @@ one contact's values.
 
 Built-in fields are columns of the `contacts` table with the same names; custom fields (declared as `Field`
 documents) live in one JSON object beside them. Every layer that needs to know which is which asks this module.
+The built-in fields a document can give are declared once, in `ContactValues`; `TEXT_FIELDS` and `BUILTIN_FIELDS`
+are read from it (`created_at` is the state's own, never given).
 """
 
 from __future__ import annotations
@@ -13,22 +15,47 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+
+from reconciler.spec.types import Identifier, Model
+
+FieldValue = StrictBool | StrictInt | StrictFloat | StrictStr | None
+"""A custom field's value as a document gives it."""
+
+
+class ContactValues(Model):
+    """A contact as a document gives it (a WorkflowTest's `contact`): the built-in fields, and the custom ones."""
+
+    email: str
+    """Their address."""
+    first_name: str | None = None
+    """First name."""
+    last_name: str | None = None
+    """Last name."""
+    timezone: str | None = None
+    """Their time zone (quiet hours and local times use it)."""
+    locale: str | None = None
+    """Their locale."""
+    country: str | None = None
+    """Their country."""
+    fields: dict[Identifier, FieldValue] = {}
+    """Custom fields, by Field name."""
+    tags: list[str] = []
+    """Tags."""
+
+
+TEXT_FIELDS: tuple[str, ...] = tuple(
+    name for name in ContactValues.model_fields if name not in ("email", "fields", "tags")
+)
+"""The built-in text fields beside the address (first_name ... country): an import may set or keep each one."""
+
 BUILTIN_FIELDS: dict[str, str] = {
     "email": "string",
-    "first_name": "string",
-    "last_name": "string",
-    "timezone": "string",
-    "locale": "string",
-    "country": "string",
+    **dict.fromkeys(TEXT_FIELDS, "string"),
     "tags": "list",
     "created_at": "datetime",
 }
 """Fields every contact has, with their types; each is a column of the same name."""
-
-TEXT_FIELDS: tuple[str, ...] = tuple(
-    name for name, kind in BUILTIN_FIELDS.items() if kind == "string" and name != "email"
-)
-"""The built-in text fields beside the address (first_name ... country): an import may set or keep each one."""
 
 FREQUENCIES: dict[str, timedelta] = {"weekly": timedelta(days=7), "monthly": timedelta(days=30)}
 """What a subscriber may choose on the preference page: at most one marketing message per period."""

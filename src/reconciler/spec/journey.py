@@ -17,15 +17,12 @@ from pydantic import (
     BeforeValidator,
     Field,
     PlainSerializer,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
     WithJsonSchema,
 )
 
+from reconciler.spec.contact import ContactValues
 from reconciler.spec.documents import Document
-from reconciler.spec.types import Identifier, Model, Slug, StepId
+from reconciler.spec.types import Model, Slug, StepId
 
 OFFSET_PATTERN = r"^(?:0|(?:[1-9][0-9]*d)?(?:[1-9][0-9]*h)?(?:[1-9][0-9]*m)?)$"
 _OFFSET = re.compile(r"^(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?$")
@@ -62,28 +59,12 @@ Offset = Annotated[
 ]
 """A time after the run starts: 0, or days, hours and minutes (2d1h30m)."""
 
-FieldValue = StrictBool | StrictInt | StrictFloat | StrictStr | None
 
-
-class TestContact(Model):
+class TestContact(ContactValues):
     """The contact the run is for (made up: nothing of the state database is read)."""
 
     email: str = "test.contact@example.com"
     """Their address."""
-    first_name: str | None = None
-    """First name."""
-    last_name: str | None = None
-    """Last name."""
-    timezone: str | None = None
-    """Their time zone (quiet hours and local times use it)."""
-    locale: str | None = None
-    """Their locale."""
-    country: str | None = None
-    """Their country."""
-    fields: dict[Identifier, FieldValue] = {}
-    """Custom fields, by Field name."""
-    tags: list[str] = []
-    """Tags."""
     lists: list[Slug] | None = None
     """The lists they are subscribed to when the run starts. Left out, the list the workflow sends for is theirs;
     given (even `[]`), exactly these: a contact outside a marketing workflow's list gets none of its mail."""
