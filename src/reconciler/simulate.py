@@ -10,7 +10,6 @@ memory; nothing is sent and no file or state database is written.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from reconciler.spec.workflow import EventTrigger, first_step
 from reconciler.state import engagement, ledger
 from reconciler.state import workflows as runs
 from reconciler.state.db import empty_db, set_meta, write
-from reconciler.state.subscribers import change_subscriptions, contact_for, insert_events
+from reconciler.state.subscribers import change_subscriptions, insert_events, made_up_contact
+from reconciler.state.workflow_reads import last_sent, run_story
 from reconciler.tokens import new_key
 from reconciler.transports import MemoryTransport
 from reconciler.workflow_runs import run_workflows
@@ -79,8 +79,9 @@ def simulate(
     quiet.setLevel(logging.ERROR)  # a simulation is not the daemon: its passes log nothing
     try:
         db = _state(desired, start)
-        run_id = _start(db, desired, workflow, contact, start, trigger or {})
-        _walk(db, desired, sorted(happens, key=lambda h: h.at), start, start + timedelta(days=days))
+        run_id, contact_id = _start(db, desired, workflow, contact, start, trigger or {})
+        pending = sorted(happens, key=lambda h: h.at)
+        _walk(db, desired, (contact_id, contact.email), pending, start, start + timedelta(days=days))
         return _timeline(db, run_id, start)
     finally:
         quiet.setLevel(level)
@@ -96,8 +97,9 @@ def _state(desired: DesiredState, start: datetime) -> Database:
 
 def _start(
     db: Database, desired: DesiredState, name: str, contact: TestContact, start: datetime, trigger: dict[str, object]
-) -> int:
-    """The contact, subscribed to their lists (and the trigger's), with a run started at `start`."""
+) -> tuple[int, int]:
+    """The contact, subscribed to their lists (and the trigger's), with a run started at `start`: the run's id and
+    the contact's."""
     stored = runs.load_workflows(db)[name]
     workflow = stored.workflow
     at = iso(start)
@@ -105,20 +107,7 @@ def _start(
     if contact.lists is None and stored.list_name:  # the trigger's list, or the workflow's `list:`
         lists.append(stored.list_name)
     with write(db):
-        contact_id = contact_for(db, contact.email, at=at, first_name=contact.first_name)
-        db.conn.execute(
-            "UPDATE contacts SET last_name = ?, timezone = ?, locale = ?, country = ?, fields = ?, tags = ? "
-            "WHERE id = ?",
-            (
-                contact.last_name,
-                contact.timezone,
-                contact.locale,
-                contact.country,
-                json.dumps(contact.fields),
-                json.dumps(sorted(set(contact.tags))),
-                contact_id,
-            ),
-        )
+        contact_id = made_up_contact(db, contact, at=at)
         change_subscriptions(db, contact_id, {name: "subscribed" for name in lists}, at=at, source="simulation")
         key = ""
         if isinstance(workflow.trigger, EventTrigger) and workflow.trigger.key:
@@ -135,10 +124,17 @@ def _start(
             trigger="simulation",
         )
     assert run_id is not None
-    return run_id
+    return run_id, contact_id
 
 
-def _walk(db: Database, desired: DesiredState, happens: list[Happening], start: datetime, end: datetime) -> None:
+def _walk(
+    db: Database,
+    desired: DesiredState,
+    contact: tuple[int, str],
+    happens: list[Happening],
+    start: datetime,
+    end: datetime,
+) -> None:
     """Pass after pass, each at the next moment that matters, until nothing is left to happen or `end`."""
     settings = desired.settings
     assert settings is not None
@@ -148,7 +144,7 @@ def _walk(db: Database, desired: DesiredState, happens: list[Happening], start: 
     now, pending = start, list(happens)
     while now <= end:
         while pending and start + pending[0].at <= now:
-            _happen(db, pending.pop(0), at=now)
+            _happen(db, contact, pending.pop(0), at=now)
         run_workflows(db, now=now)
         asyncio.run(_dispatch(db, Path(desired.root), now, transports))
         moments = [start + h.at for h in pending]
@@ -172,49 +168,37 @@ def _next_message(db: Database) -> datetime | None:
     return datetime.fromisoformat(due) if due else None
 
 
-def _happen(db: Database, happening: Happening, *, at: datetime) -> None:
-    """What the contact does: an open or a click of the run's message, an event, leaving a list."""
+def _happen(db: Database, contact: tuple[int, str], happening: Happening, *, at: datetime) -> None:
+    """What the contact (id, address) does: an open or a click of the run's message, an event, leaving a list."""
     when = iso(at)
-    contact = db.conn.execute("SELECT id, email FROM contacts").fetchone()
+    contact_id, email = contact
     if happening.event:
-        insert_events(db, [(contact[1], happening.event, when, happening.properties, None)], at=when)
+        insert_events(db, [(email, happening.event, when, happening.properties, None)], at=when)
     step = happening.opened or happening.clicked
     if step:
-        row = db.conn.execute(
-            "SELECT id FROM ledger WHERE workflow IS NOT NULL AND stage = ? AND state = 'sent' ORDER BY id DESC",
-            (step,),
-        ).fetchone()
-        if row is not None:  # a message that was never sent cannot be opened
+        row_id = last_sent(db, step)
+        if row_id is not None:  # a message that was never sent cannot be opened
             action: engagement.Action = "opened" if happening.opened else "clicked"
             with write(db):
-                engagement.record(db, [engagement.Engagement(row[0], action, when)])
+                engagement.record(db, [engagement.Engagement(row_id, action, when)])
     if happening.unsubscribed:
         with write(db):
-            change_subscriptions(db, contact[0], {happening.unsubscribed: "unsubscribed"}, at=when, source="test")
+            change_subscriptions(db, contact_id, {happening.unsubscribed: "unsubscribed"}, at=when, source="test")
 
 
 def _timeline(db: Database, run_id: int, start: datetime) -> list[str]:
     """The run's history as lines `OFFSET WHAT`, in time order: sends when they went out (or why not), branches,
     actions, and how the run ended."""
     entries: list[tuple[datetime, int, str]] = []
-    sends = {
-        str(step): (state, sent_at, reply)
-        for step, state, sent_at, reply in db.conn.execute(
-            "SELECT stage, state, sent_at, last_reply FROM ledger WHERE source = ? AND workflow IS NOT NULL",
-            (str(run_id),),
-        )
-    }
-    history = db.conn.execute(
-        "SELECT rowid, step, at, result FROM workflow_steps WHERE run_id = ? ORDER BY rowid", (run_id,)
-    ).fetchall()
-    for order, (_, step, at, result) in enumerate(history):
+    story = run_story(db, run_id)
+    for order, (step, at, result) in enumerate(story.history):
         when = datetime.fromisoformat(at)
         if result in QUIET:
             continue
         if result == "queued":
-            state, sent_at, reply = sends.get(step, ("queued", None, ""))
+            state, sent_at, reply = story.sends.get(step, ("queued", None, ""))
             if state == "sent":
-                entries.append((datetime.fromisoformat(sent_at), order, f"sent {step}"))
+                entries.append((datetime.fromisoformat(str(sent_at)), order, f"sent {step}"))
             else:
                 why = (reply or "waiting").removeprefix("not sent: ")
                 entries.append((when, order, f"not sent {step} ({state}: {why})"))
@@ -222,7 +206,6 @@ def _timeline(db: Database, run_id: int, start: datetime) -> list[str]:
             entries.append((when, order, f"{result} {step}"))
         else:
             entries.append((when, order, result))
-    end = db.conn.execute("SELECT ended_at, outcome FROM workflow_runs WHERE id = ?", (run_id,)).fetchone()
-    if end[0]:
-        entries.append((datetime.fromisoformat(end[0]), len(history) + 1, str(end[1])))
+    if story.ended_at:
+        entries.append((datetime.fromisoformat(story.ended_at), len(story.history) + 1, str(story.outcome)))
     return [f"{format_offset(when - start)} {text}" for when, _, text in sorted(entries)]

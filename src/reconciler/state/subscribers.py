@@ -5,6 +5,7 @@ Every change of a subscription writes a consent record (time, source, IP) in the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from sqlite_utils import Database
 
 from reconciler import strictjson
+from reconciler.spec.contact import TEXT_FIELDS, ContactValues
 from reconciler.spec.documents import marketing_lists
 from reconciler.state import engagement, records, rollups
 from reconciler.state.campaigns import load_audience
@@ -310,6 +312,20 @@ def contact_for(db: Database, email: str, *, at: str, first_name: str | None = N
         (email, email_hash(email), first_name, at, at),
     )
     return int(db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()[0])
+
+
+_MADE_UP = (
+    f"UPDATE contacts SET {', '.join(f'{name} = ?' for name in TEXT_FIELDS)}, fields = ?, tags = ? "  # noqa: S608
+    "WHERE id = ?"
+)
+
+
+def made_up_contact(db: Database, values: ContactValues, *, at: str) -> int:
+    """Inside the caller's write: the contact a workflow test makes up, with every value it gives; its id."""
+    contact_id = contact_for(db, values.email, at=at, first_name=values.first_name)
+    given = [getattr(values, name) for name in TEXT_FIELDS]
+    db.conn.execute(_MADE_UP, (*given, json.dumps(values.fields), json.dumps(sorted(set(values.tags))), contact_id))
+    return contact_id
 
 
 def insert_events(

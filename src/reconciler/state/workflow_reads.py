@@ -1,4 +1,5 @@
-"""What `status` reads about workflows: their records, and their messages by outcome, by step, and those not sent.
+"""What `status` reads about workflows: their records, and their messages by outcome, by step, and those not sent;
+and what a simulated run (`reconciler test`) reads of its one run: its history, its messages, its end.
 
 A workflow's message is a ledger row whose `workflow` names it (its source is the run id, its stage the step). A row
 held back by quiet hours or a cap is still queued: it counts as `postponed` while its last reply says so.
@@ -92,3 +93,40 @@ def workflow_failures(db: Database, workflow: str, *, limit: int) -> list[Failur
         (workflow, limit),
     )
     return [Failure(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class RunStory:
+    """One run as a timeline tells it."""
+
+    history: list[tuple[str, str, str]]
+    """(step, at, result) of each step it went through, in the order they were written."""
+    sends: dict[str, tuple[str, str | None, str | None]]
+    """Its messages by step: (state, sent_at, last_reply)."""
+    ended_at: str | None
+    outcome: str | None
+
+
+def run_story(db: Database, run_id: int) -> RunStory:
+    sends = {
+        str(step): (str(state), sent_at, reply)
+        for step, state, sent_at, reply in db.conn.execute(
+            "SELECT stage, state, sent_at, last_reply FROM ledger WHERE source = ? AND workflow IS NOT NULL",
+            (str(run_id),),
+        )
+    }
+    history = db.conn.execute(
+        "SELECT step, at, result FROM workflow_steps WHERE run_id = ? ORDER BY rowid", (run_id,)
+    ).fetchall()
+    ended_at, outcome = db.conn.execute(
+        "SELECT ended_at, outcome FROM workflow_runs WHERE id = ?", (run_id,)
+    ).fetchone()
+    return RunStory([(str(s), str(at), str(r)) for s, at, r in history], sends, ended_at, outcome)
+
+
+def last_sent(db: Database, step: str) -> int | None:
+    """The ledger id of the last workflow message of `step` that was sent (the one a test's contact opens)."""
+    row = db.conn.execute(
+        "SELECT id FROM ledger WHERE workflow IS NOT NULL AND stage = ? AND state = 'sent' ORDER BY id DESC", (step,)
+    ).fetchone()
+    return None if row is None else int(row[0])
