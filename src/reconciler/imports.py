@@ -48,6 +48,7 @@ from reconciler.state.contacts import (
     import_batch,
     start_import,
 )
+from reconciler.state.db import roll_back_cut_off
 from reconciler.words import count
 
 __all__ = ["BATCH_ROWS", "ImportFileError", "ImportInterrupted", "ImportReport", "import_file"]
@@ -309,8 +310,7 @@ def _import_rows(
 
 def _interrupted(db: Database, report: ImportReport, import_id: int | None, *, at: str) -> str:
     """What an interrupted import saved, said so that the person knows what to do next."""
-    if db.conn.in_transaction:  # Ctrl-C between BEGIN and the batch's own rollback
-        db.conn.execute("ROLLBACK")
+    roll_back_cut_off(db)  # Ctrl-C between BEGIN and the batch's own rollback
     if import_id is None:
         return f"{report.file}: interrupted before anything was written; run the same command to import it"
     saved = contacts_of_import(db, import_id)

@@ -269,6 +269,12 @@ def write(db: Database) -> Iterator[Database]:
         db.conn.execute("COMMIT")
 
 
+def roll_back_cut_off(db: Database) -> None:
+    """A transaction a signal cut off between its BEGIN and its end (Ctrl-C in an import's batch), rolled back."""
+    if db.conn.in_transaction:
+        db.conn.execute("ROLLBACK")
+
+
 @contextmanager
 def snapshot(db: Database) -> Iterator[Database]:
     """Reads that see one moment of the state and cannot change it: a read transaction (a plan's several queries
