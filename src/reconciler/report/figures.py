@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlite_utils import Database
 
 from reconciler.errors import UsageError, did_you_mean
-from reconciler.spec.documents import Goal
+from reconciler.spec.types import format_duration
 from reconciler.state import reports, settings
 from reconciler.state.reports import Engaged, Window
 from reconciler.state.workflow_reads import workflow_info, workflow_names
@@ -248,7 +248,6 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
     summary = _summary(db, name, window)
     states, total, stages, delivery = summary.states, summary.total, summary.stages, summary.delivery
     zone = settings.load(db).settings.timezone
-    spec = found.spec
     hours = _hours(db, name, window)
     counted = window == ALL_TIME
     links = reports.counted_links(db, "campaign", name) if counted else reports.links(db, name, window)
@@ -256,7 +255,7 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
     located = reports.counted_ip_countries(db, name) if counted else reports.ip_countries(db, name, window)
     return CampaignReport(
         name=name,
-        subject=str(spec.get("subject", "")),
+        subject=found.subject,
         started_at=found.started_at or None,
         finished_at=found.finished_at,
         delivery=delivery,
@@ -271,7 +270,7 @@ def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> Campa
         timezone=zone,
         countries=[Country(country=c, recipients=r, unique_opens=o) for c, r, o in places],
         ip_countries=[IpCountry(country=c, people=p, opens_and_clicks=e) for c, p, e in located],
-        goal=_goal(db, name, spec, summary.first_delivered, window),
+        goal=_goal(db, found, summary.first_delivered, window),
     )
 
 
@@ -321,14 +320,12 @@ def _grid(hours: list[tuple[str, int, int]], zone: str) -> list[list[int]]:
     return grid
 
 
-def _goal(db: Database, name: str, spec: dict[str, object], delivered: int, window: Window) -> GoalFigures | None:
+def _goal(db: Database, found: reports.StartedCampaign, delivered: int, window: Window) -> GoalFigures | None:
     """Conversions of the first message's recipients (a stage is a reminder of the same offer); the rate is of
     the first message's deliveries."""
-    raw = spec.get("goal")
-    cost = spec.get("cost")
-    if not isinstance(raw, dict):
+    name, goal, spent = found.name, found.goal, found.cost
+    if goal is None:
         return None
-    goal = Goal.model_validate(raw)
     if window == ALL_TIME:
         people, conversions, revenue = reports.counted_goal(db, name)
     else:
@@ -336,10 +333,9 @@ def _goal(db: Database, name: str, spec: dict[str, object], delivered: int, wind
         people, conversions, revenue = reports.conversions(
             db, name, event=goal.event, within_seconds=within, value=goal.value, window=window
         )
-    spent = float(cost) if isinstance(cost, int | float) else None
     return GoalFigures(
         event=goal.event,
-        within=str(raw.get("within", "7d")),
+        within=format_duration(goal.within),
         converted=people,
         conversions=conversions,
         conversion_rate=_ratio(people, delivered),
@@ -434,7 +430,7 @@ def overview(db: Database, window: Window = ALL_TIME) -> list[OverviewRow]:
     rows = []
     for found in reports.started_campaigns(db):
         summary = _summary(db, found.name, window)
-        goal = _goal(db, found.name, found.spec, summary.first_delivered, window)
+        goal = _goal(db, found, summary.first_delivered, window)
         rows.append(
             OverviewRow(
                 kind="campaign",

@@ -14,13 +14,14 @@ they were sent, so rates in a window are "of everyone mailed, how many acted in 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat
 from sqlite_utils import Database
 
 from reconciler.segments import json_path
+from reconciler.spec.documents import Goal
 from reconciler.state.rollups import LARGEST_AMOUNT
 
 
@@ -32,12 +33,33 @@ class Window:
     until: str = "9999"
 
 
+class _Terms(BaseModel):
+    """What a report reads of a campaign's document as applied (`campaigns.spec`), typed and defaulted as the
+    Campaign model types and defaults them."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    subject: str = ""
+    goal: Goal | None = None
+    cost: NonNegativeFloat | None = None
+
+
 @dataclass(frozen=True)
 class StartedCampaign:
+    """A campaign that started, with what its report shows of its document."""
+
     name: str
     started_at: str
     finished_at: str | None
-    spec: dict[str, object]
+    subject: str
+    goal: Goal | None
+    """The conversion it is judged by (its `within` defaulted by the Goal model), or None."""
+    cost: float | None
+
+
+def _started(name: str, started_at: str | None, finished_at: str | None, spec: str) -> StartedCampaign:
+    """The one reader of a started campaign for reports."""
+    terms = _Terms.model_validate_json(spec)
+    return StartedCampaign(name, started_at or "", finished_at, terms.subject, terms.goal, terms.cost)
 
 
 @dataclass(frozen=True)
@@ -66,14 +88,14 @@ def started_campaigns(db: Database) -> list[StartedCampaign]:
         "SELECT name, started_at, finished_at, spec FROM campaigns WHERE started_at IS NOT NULL "
         "ORDER BY started_at DESC, name"
     )
-    return [StartedCampaign(n, s, f, json.loads(spec)) for n, s, f, spec in rows]
+    return [_started(*row) for row in rows]
 
 
 def campaign(db: Database, name: str) -> StartedCampaign | None:
     row = db.conn.execute(
         "SELECT name, started_at, finished_at, spec FROM campaigns WHERE name = ?", (name,)
     ).fetchone()
-    return None if row is None else StartedCampaign(row[0], row[1] or "", row[2], json.loads(row[3]))
+    return None if row is None else _started(*row)
 
 
 def states_by_stage(db: Database, name: str) -> dict[str, dict[str, int]]:

@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 from sqlite_utils import Database
 
-from reconciler.spec.types import parse_duration
+from reconciler.spec.documents import Goal
+from reconciler.spec.types import format_duration, parse_duration
 
 BATCH = 20_000
 """Engagement rows read per step of a rebuild."""
@@ -172,6 +173,10 @@ def count_recipients(db: Database, campaign: str) -> None:
     )
 
 
+_DEFAULT_WITHIN = format_duration(Goal.model_fields["within"].default)
+"""A stored goal without `within` (a document stored before it was written out) has the Goal model's default."""
+
+
 class _Goal(NamedTuple):
     event: str
     within_seconds: float
@@ -183,12 +188,12 @@ def _goals(db: Database, after: int) -> dict[str, _Goal]:
     (most batches of events concern no goal, and cost one indexed lookup)."""
     found = {}
     for name, event, within, value in db.conn.execute(
-        "SELECT name, json_extract(spec, '$.goal.event'), json_extract(spec, '$.goal.within'), "
+        "SELECT name, json_extract(spec, '$.goal.event'), coalesce(json_extract(spec, '$.goal.within'), ?), "
         "json_extract(spec, '$.goal.value') FROM campaigns WHERE started_at IS NOT NULL "
         "AND json_extract(spec, '$.goal.event') IN (SELECT DISTINCT type FROM events WHERE id > ?)",
-        (after,),
+        (_DEFAULT_WITHIN, after),
     ):
-        found[str(name)] = _Goal(str(event), parse_duration(within or "7d").total_seconds(), value)
+        found[str(name)] = _Goal(str(event), parse_duration(within).total_seconds(), value)
     return found
 
 
