@@ -26,6 +26,7 @@ from reconciler.i18n import N_, Language, choose_language
 from reconciler.sandbox import BoundedEnvironment
 from reconciler.sandbox import render as bounded_render
 from reconciler.spec import DesiredState
+from reconciler.spec.contact import FREQUENCIES
 from reconciler.state.content import MessagePart
 from reconciler.state.pages import StoredPages
 from reconciler.templates import describe_error, template_set
@@ -37,11 +38,14 @@ PAGES = ("unsubscribe.html", "preferences.html", "confirm.html", "subscribed.htm
 """The pages a workspace may replace, besides the layout."""
 CONFIRMATION = "pages/confirmation"
 """The workspace template that replaces the double opt-in email."""
-FREQUENCIES = [
-    ("", N_("Every email on the topics I chose")),
-    ("weekly", N_("At most one email a week")),
-    ("monthly", N_("At most one email a month")),
-]
+FREQUENCY_LABELS = {
+    "": N_("Every email on the topics I chose"),
+    "weekly": N_("At most one email a week"),
+    "monthly": N_("At most one email a month"),
+}
+"""The preference page's words for "no limit" and for each of `spec.contact.FREQUENCIES` (a choice without words
+there fails at import)."""
+FREQUENCY_CHOICES = [(value, FREQUENCY_LABELS[value]) for value in ("", *FREQUENCIES)]
 _TITLE = re.compile(r"<mj-title\b[^>]*>(.*?)</mj-title\s*>", re.S | re.I)
 
 
@@ -72,7 +76,7 @@ class PageSet:
         context = {
             **language.functions(),
             "organization": organization,
-            "frequencies": [(value, language.gettext(label)) for value, label in FREQUENCIES],
+            "frequencies": [(value, language.gettext(label)) for value, label in FREQUENCY_CHOICES],
             **values,
         }
         return bounded_render(self.env.get_template(name), context)

@@ -11,6 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from reconciler.spec.contact import FREQUENCIES
+
 TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a link token"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -107,7 +109,7 @@ def _pages() -> dict[str, Any]:
                     {
                         "csrf": {"type": "string"},
                         "list": form_lists,
-                        "frequency": {"type": "string", "enum": ["", "weekly", "monthly"]},
+                        "frequency": {"type": "string", "enum": ["", *FREQUENCIES]},
                         "action": {"type": "string", "enum": ["save", "unsubscribe_all"]},
                     }
                 ),
