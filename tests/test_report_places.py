@@ -4,14 +4,18 @@ countries counted by hand. Only the country is kept, never the address."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
+from unittest.mock import AsyncMock
 
 import httpx
 import pytest
@@ -22,7 +26,9 @@ from conftest import reconciler, wait_for
 from journeys import Journey
 from reconciler import geoip
 from reconciler.check import validate_workspace
+from reconciler.clock import SystemClock
 from reconciler.errors import Problem
+from reconciler.web.context import WebContext, fetch_url
 from report_state import seed
 from smtp_sink import Sink, SinkServer, free_port
 from web_server import WebServer
@@ -169,6 +175,33 @@ def test_a_database_replaced_on_disk_is_read_again(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv(geoip.ENV)
     assert geoip.database_path(tmp_path, "geo/country.mmdb") == tmp_path / "geo/country.mmdb"
     assert geoip.database_path(tmp_path, None) is None
+
+
+def test_the_file_is_read_in_a_worker_thread_never_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a database of megabytes on the event loop would stall every page and the send loop's sibling."""
+    path = country_database(tmp_path / "country.mmdb", {"81.2.69.0/24": {"country": {"iso_code": "GB"}}})
+    monkeypatch.setenv(geoip.ENV, str(path))
+    on_loop: list[bool] = []
+    opened = geoip.Locator._open
+
+    def spy(self: geoip.Locator, stamp: tuple[int, int]) -> None:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        opened(self, stamp)
+
+    monkeypatch.setattr(geoip.Locator, "_open", spy)
+    web = WebContext(cast(Any, None), SystemClock(), tmp_path, fetch_url)
+    settings = SimpleNamespace(tracking=SimpleNamespace(geoip_database=None))  # the environment names the file
+    site = SimpleNamespace(runtime=SimpleNamespace(settings=settings))
+    monkeypatch.setattr(web, "site", AsyncMock(return_value=site))
+    request = cast(Any, SimpleNamespace(client=SimpleNamespace(host="81.2.69.142")))
+
+    async def opens() -> list[str | None]:
+        return [await web.country(request) for _ in range(3)]
+
+    assert asyncio.run(opens()) == ["GB", "GB", "GB"]  # read once (LOOK_AGAIN), then from memory on the loop
+    assert on_loop == [False]
 
 
 CUT_SHORT = """

@@ -92,6 +92,11 @@ class Locator:
         except (InvalidDatabaseError, ValueError, OSError):
             return None
 
+    def due(self) -> bool:
+        """Whether the next lookup looks at the file (its size and time, and reads it again when it changed): at
+        most once every LOOK_AGAIN seconds. A caller on an event loop makes that lookup in a worker thread."""
+        return time.monotonic() - self._looked_at >= LOOK_AGAIN
+
     def _current(self) -> maxminddb.Reader | None:
         now = time.monotonic()
         if now - self._looked_at < LOOK_AGAIN:

@@ -165,16 +165,24 @@ class WebContext:
         return iso(self.clock.now())
 
     async def country(self, request: Request) -> str | None:
-        """The country the request came from, when a GeoIP database is configured (Settings or environment)."""
+        """The country the request came from, when a GeoIP database is configured (Settings or environment).
+
+        The lookup is in memory; once a second (`Locator.due`) it also looks at the file, and reads it again when
+        it was replaced: that lookup runs in a worker thread, so reading a database of megabytes never stalls the
+        event loop."""
         configured = (await self.site()).runtime.settings.tracking.geoip_database
         path = geoip.database_path(self.root, configured)
         if path is None:
             return None
-        if self.locator is None or self.locator.path != path:
-            if self.locator is not None:
-                self.locator.close()
-            self.locator = geoip.Locator(path)
-        return self.locator.country(ip(request))
+        locator = self.locator
+        if locator is None or locator.path != path:
+            old, locator = locator, geoip.Locator(path)
+            self.locator = locator
+            if old is not None:
+                await anyio.to_thread.run_sync(old.close)  # waits for a read of the old file in progress
+        if locator.due():
+            return await anyio.to_thread.run_sync(locator.country, ip(request))
+        return locator.country(ip(request))
 
 
 def _read_site(db: Database) -> Site:
