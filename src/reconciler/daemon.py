@@ -1,8 +1,8 @@
 """The reconcile loop: one pass (`reconcile_once`, also `reconciler tick`) and the daemon around it (`run`).
 
-A pass: load → check → plan → apply, then start what is due. A workspace with errors changes nothing: the
-error is recorded (log and `status`) and the last good revision stays in force — its scheduled campaigns still
-start on time, because starting reads the state, not the files.
+A pass: load → check → plan → apply, then start what is due and run the workflows. A workspace with errors changes
+nothing: the error is recorded (log and `status`) and the last good revision stays in force — its scheduled
+campaigns still start on time and its workflows still run, because both read the state, not the files.
 
 The daemon sends in a thread of its own beside the reconcile loop (each with its own database connection and event
 loop, `sendloop`), so an edit that pauses a campaign is applied while it sends, and the sender's next claim sees

@@ -3,7 +3,8 @@ facts when asked (`reconciler report --rebuild`, and by the migration that added
 
 A campaign of a million recipients has millions of opens and clicks; counting them again for every report would
 take seconds. So the one writer of engagement (`engagement.record`) also adds each new fact here, in the same
-transaction:
+transaction, as do the writer of events (conversions, `count_conversions`), a campaign's start (its recipients by
+country, `count_recipients`) and an erasure (the person's campaigns and workflows counted again, `recount`):
 
 - report_counts: per campaign or workflow (kind, name), per stage or step, a value per metric: totals (opens,
   clicks, machine_opens, machine_clicks), people (openers, clickers, unsubscribed, complained; stage '*' counts a

@@ -5,9 +5,9 @@ daemon's next pass sees them. Every link token is checked before anything is rea
 the same answer, whatever was wrong with it.
 
 Endpoints are plain functions grouped by concern (`pages`, `tracking`, `api`, `reads`, `plans`, `webhooks`,
-`inbound`, `dashboard`), registered
-here. They share one `WebContext`; its `call` runs database work in a worker thread with a connection of its own, so
-a request waiting for the write lock never stalls the event loop that the dispatcher and every other request share.
+`inbound`, `dashboard`), registered here and described in `openapi`. They share one `WebContext`; its `read` and
+`write` run database work in a worker thread with a connection of its own, so a request waiting for the write lock
+never stalls the event loop that the dispatcher and every other request share.
 """
 
 from __future__ import annotations
