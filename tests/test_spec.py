@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 from reconciler.spec import Campaign, Segment, Workflow
 from reconciler.spec.conditions import AllCondition, EventCondition, FieldCondition, NotCondition
+from reconciler.spec.contact import BUILTIN_FIELDS, TEXT_FIELDS, Contact, ContactValues
 from reconciler.spec.documents import LocalSendTime
 from reconciler.spec.types import format_duration, parse_duration
 from reconciler.spec.workflow import IfStep, SendStep, WaitUntilStep, walk_steps
@@ -196,3 +198,11 @@ def test_a_condition_that_is_not_a_mapping_is_an_error_not_a_crash(where: object
     with pytest.raises(ValidationError) as exc:
         Segment.model_validate({"kind": "Segment", "name": "s", "where": where or []})
     assert "a condition needs one of" in errors(exc)[0][1]
+
+
+def test_the_stored_contact_holds_every_field_a_document_can_give_a_contact() -> None:
+    """The built-in fields are declared once, in ContactValues (a WorkflowTest's contact); the stored Contact, a
+    plain dataclass for speed, declares them again with its own types, and must miss none."""
+    stored = {field.name: field.type for field in dataclasses.fields(Contact)}
+    assert set(ContactValues.model_fields) | set(BUILTIN_FIELDS) <= set(stored)
+    assert all(stored[name] == "str | None" for name in TEXT_FIELDS)
