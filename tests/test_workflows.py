@@ -577,7 +577,8 @@ def test_a_capped_message_goes_out_the_moment_the_window_ends(tmp_path: Path, se
 def test_the_examples_workflow_tests_pass_and_a_wrong_timeline_prints_a_diff(example: Path) -> None:
     passed = reconciler("test", cwd=example)
     assert passed.returncode == 0, passed.stdout + passed.stderr
-    assert "PASS welcome-reader" in passed.stdout and "PASS cart-bought-before-the-reminder" in passed.stdout
+    assert "PASS welcome-reader (welcome, 6 lines)" in passed.stdout
+    assert "PASS cart-bought-before-the-reminder (abandoned-cart, 1 line)\n" in passed.stdout
     tests = example / "spec/workflow-tests.yaml"
     tests.write_text(tests.read_text().replace("  - 5d sent nudge\n", "  - 4d sent nudge\n"))
     failed = reconciler("test", cwd=example)
