@@ -496,12 +496,39 @@ def test_removing_the_step_a_run_waits_on_ends_the_run_and_other_runs_go_on(
     assert "Workflow drip: 2 active runs (pause 1, rest 1)" in shown
     j.write_workflows(DRIP.replace("  - {id: rest, wait: 2d}\n", ""))
     plan = reconciler("plan", "--now", "2026-03-08T09:00:00Z", cwd=tmp_path).stdout
-    assert "1 active run on removed step rest will end; 1 active run stays on its step" in plan, plan
+    assert "1 active run on removed step rest will end; 1 active run stays on pause" in plan, plan
     j.at("2026-03-08T09:00:00Z")
     assert j.runs("gus@example.com") == [("drip", "", "ended", "rest")]
     outcome = j.db.conn.execute("SELECT outcome FROM workflow_runs WHERE step = 'rest'").fetchone()[0]
     assert outcome == "ended: step rest was removed from the workflow"
     assert j.sent("hal@example.com") == ["drip/one", "drip/two", "drip/three"]  # hal's run goes on without it
+
+
+def test_plan_says_which_steps_the_runs_are_on_and_what_an_edit_or_a_removal_does_to_them(
+    tmp_path: Path, server: tuple[Sink, int]
+) -> None:
+    j = journey(tmp_path, server, DRIP)
+    j.at("2026-03-02T08:00:00Z")
+    j.person("gus@example.com", lists=("news",), at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:00:00Z")
+    for email in ("hal@example.com", "ian@example.com"):
+        j.person(email, lists=("news",), at="2026-03-05T09:00:00Z")
+    j.at("2026-03-05T09:00:00Z")  # gus waits in `rest`, hal and ian in `pause`
+
+    def plan() -> str:
+        return reconciler("plan", "--now", "2026-03-05T10:00:00Z", cwd=tmp_path).stdout
+
+    unchanged = plan()
+    assert "Active runs of unchanged workflows:\n  drip  3 active runs: 2 on pause, 1 on rest\n" in unchanged, unchanged
+    j.write_workflows(DRIP.replace("subject: Three", "subject: The third"))
+    edited = plan()
+    assert "steps or templates changed; 3 active runs stay on their steps: 2 on pause, 1 on rest" in edited, edited
+    assert "unchanged workflows" not in edited
+    j.write_workflows(DRIP.replace("  - {id: pause, wait: 3d}\n", ""))
+    assert "2 active runs on removed step pause will end; 1 active run stays on rest" in plan()
+    j.write_workflows("kind: List\nname: unused\ntitle: Unused\n")
+    removed = plan()
+    assert "removed from the spec; its 3 active runs will end (their history is kept): 2 on pause, 1 on rest" in removed
 
 
 def test_pausing_holds_runs_and_their_messages_and_resuming_continues_them(
