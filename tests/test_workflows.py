@@ -14,6 +14,9 @@ import pytest
 
 from conftest import reconciler
 from journeys import Journey
+from reconciler.state.contacts import change_tag
+from reconciler.state.db import write
+from reconciler.state.subscribers import change_subscriptions
 from smtp_sink import Sink, SinkServer
 
 WELCOME = """
@@ -349,6 +352,65 @@ def test_a_transactional_workflow_never_mails_an_address_that_bounced(tmp_path: 
     assert j.sent("bad@example.com") == [] and j.received() == []
 
 
+ONBOARD = """
+kind: Workflow
+name: onboard
+trigger: {subscribed: news}
+steps:
+  - id: known
+    if: {tag: customer}
+    then:
+      - {id: stop, exit: true, reason: already a customer}
+  - {id: hello, send: mail/a, subject: Hello}
+  - {id: pause, wait: 1d}
+  - {id: quit, exit: true}
+---
+kind: WorkflowTest
+name: a-customer-exits
+workflow: onboard
+contact: {tags: [customer]}
+expect:
+  - "0 then known"
+  - "0 exited at stop: already a customer"
+---
+kind: WorkflowTest
+name: a-newcomer-gets-hello
+workflow: onboard
+contact: {}
+expect:
+  - "0 else known"
+  - "0 sent hello"
+  - "1d exited at quit"
+"""
+
+
+def test_an_exit_step_ends_the_run_there_with_its_reason(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    j = journey(tmp_path, server, ONBOARD)
+    j.at("2026-03-02T08:00:00Z")
+    customer = j.person("old@example.com", at="2026-03-02T09:00:00Z")
+    with write(j.db):
+        change_tag(j.db, customer, "customer", present=True, at="2026-03-02T09:00:00Z")
+        change_subscriptions(j.db, customer, {"news": "subscribed"}, at="2026-03-02T09:00:00Z", source="api")
+    j.person("new@example.com", lists=("news",), at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:01:00Z")
+    assert j.runs("old@example.com") == [("onboard", "", "exited", "stop")]
+    assert j.sent("old@example.com") == []
+    assert j.history("old@example.com") == [("known", "then")]
+    assert j.sent("new@example.com") == ["onboard/hello"]
+    assert j.runs("new@example.com") == [("onboard", "", "active", "pause")]
+    j.at("2026-03-03T09:01:00Z")
+    assert j.runs("new@example.com") == [("onboard", "", "exited", "quit")]
+    outcomes = j.db.conn.execute("SELECT step, outcome FROM workflow_runs ORDER BY step").fetchall()
+    assert outcomes == [("quit", "exited at quit"), ("stop", "exited at stop: already a customer")]
+    shown = reconciler("status", "onboard", cwd=tmp_path).stdout
+    assert "Ended runs: exited at quit 1 · exited at stop: already a customer 1" in shown, shown
+    history = reconciler("contacts", "show", "old@example.com", cwd=tmp_path).stdout
+    assert "workflow onboard exited: exited at stop: already a customer" in history, history
+    tested = reconciler("test", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "PASS a-customer-exits (onboard, 2 lines)" in tested.stdout
+
+
 def test_quiet_hours_hold_workflow_messages_until_morning_in_each_contacts_time_zone(
     tmp_path: Path, server: tuple[Sink, int]
 ) -> None:
@@ -453,6 +515,39 @@ def test_a_marketing_workflow_without_a_list_and_bad_date_triggers_are_errors(tm
     assert "Workflow dates: trigger.after: before and after both given" in found
     assert "Workflow dates: trigger.after: after: 36h is not a whole number of days" in found
     assert "Workflow early: steps[0].wait_until.opened: unknown send step id 'later'" in found
+
+
+def test_steps_after_an_unconditional_exit_are_unreachable(tmp_path: Path) -> None:
+    workflows = """
+        kind: Workflow
+        name: stops
+        trigger: {subscribed: news}
+        steps:
+          - {id: hello, send: mail/a, subject: Hi}
+          - id: branch
+            if: {tag: vip}
+            then:
+              - {id: bye, exit: true}
+              - {id: never, tag: lost}
+            else:
+              - {id: regular, tag: regular}
+          - id: both
+            if: {tag: vip}
+            then: [{id: out-a, exit: true, reason: vip}]
+            else: [{id: out-b, exit: true}]
+          - {id: after, send: mail/b, subject: Never}
+          - {id: later, tag: never}
+        """
+    found = [line.removeprefix(f"{tmp_path}/") for line in problems(tmp_path, workflows)]
+    assert found == [
+        "spec/workflows.yaml:10:9: Workflow stops: steps[1].then[1]: step never is never reached: every run that "
+        "gets here exits at step bye before it (remove it, or put the exit in a branch of an `if`)",
+        "spec/workflows.yaml:17:5: Workflow stops: steps[3]: step after (and the 1 step after it) is never reached: "
+        "every run that gets here exits at step both before it, in both branches (remove it, or put the exit in a "
+        "branch of an `if`)",
+    ], found
+    fine = workflows.replace(" " * 14 + "- {id: never, tag: lost}\n", "").replace("else: [{id: out-b, exit: true}]", "")
+    assert problems(tmp_path, fine) == []
 
 
 # --- edits while runs are on their way ---------------------------------------------------------------------------

@@ -116,8 +116,8 @@ def _workflow_lines(runs: dict[str, dict[str, int]], messages: dict[str, dict[st
 
 
 def workflow_report(db: Database, name: str) -> dict[str, Any]:
-    """`status WORKFLOW`: its status, and step by step (in the order runs meet them, then steps no longer in it)
-    its active runs and its messages by outcome."""
+    """`status WORKFLOW`: its status, its ended runs by outcome, and step by step (in the order runs meet them,
+    then steps no longer in it) its active runs and its messages by outcome."""
     info = workflow_reads.workflow_info(db, name)
     runs = workflows.active_by_step(db).get(name, {})
     messages = workflow_reads.messages_by_step(db, name)
@@ -128,6 +128,7 @@ def workflow_report(db: Database, name: str) -> dict[str, Any]:
         "status": info.status if info else None,
         "removed": info.removed if info else True,
         "active_runs": sum(runs.values()),
+        "ended_runs": workflow_reads.ended_runs(db, name),
         "steps": [
             {
                 "step": step,
@@ -149,6 +150,8 @@ def format_workflow(report: dict[str, Any]) -> str:
         rows.append((name, f"{step['runs']:,}" if step["runs"] else "-", outcomes(step["messages"])))
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     out += ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]) for row in rows]
+    if report["ended_runs"]:
+        out.append("Ended runs: " + " · ".join(f"{why} {n:,}" for why, n in report["ended_runs"].items()))
     if any(step["messages"][o] for step in report["steps"] for o in ("postponed", "failed", "uncertain", "skipped")):
         out.append(f"(why messages were not sent: `reconciler status {report['workflow']} --failures`)")
     return "\n".join(out)
