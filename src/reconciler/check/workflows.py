@@ -256,13 +256,13 @@ def _follow(
             hops = zip(path, lists, [*path[1:], origin], strict=True)
             route = "; ".join(f"{a} adds contacts to {joined}, which starts {b}" for a, joined, b in hops)
             workflow = c.desired.workflows[origin]
-            c.report(
-                "Workflow",
-                origin,
-                _joins(workflow)[lists[0]],
-                f"workflows loop: {route}; and each lets a contact in again",
-                "set `re_entry: never` on one of them, or stop adding contacts to a list that starts another",
-            )
+            if len(path) == 1:
+                message = f"the workflow loops into itself: {route}, and it lets a contact in again"
+                hint = "set `re_entry: never`, or stop adding contacts to the list that starts it"
+            else:
+                message = f"workflows loop: {route}; and each lets a contact in again"
+                hint = "set `re_entry: never` on one of them, or stop adding contacts to a list that starts another"
+            c.report("Workflow", origin, _joins(workflow)[lists[0]], message, hint)
         elif target not in path and len(path) < 32:
             _follow(c, origin, [*path, target], [*via, lst], edges, reported)
 
