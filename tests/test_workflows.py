@@ -1067,6 +1067,8 @@ def test_the_examples_workflow_tests_pass_and_a_wrong_timeline_prints_a_diff(exa
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "PASS welcome-reader (welcome, 6 lines)" in passed.stdout
     assert "PASS cart-bought-before-the-reminder (abandoned-cart, 1 line)\n" in passed.stdout
+    for workflow in ("birthday", "win-back", "first-purchase-feedback"):  # every example workflow has tests
+        assert f"({workflow}, " in passed.stdout, passed.stdout
     tests = example / "spec/workflow-tests.yaml"
     tests.write_text(tests.read_text().replace("  - 5d sent nudge\n", "  - 4d sent nudge\n"))
     failed = reconciler("test", cwd=example)
