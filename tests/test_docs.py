@@ -6,13 +6,16 @@ import json
 import re
 import tomllib
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import click
 import pytest
 
 from conftest import REPO, reconciler
+from reconciler.check import validate_workspace
 from reconciler.cli import main
 from reconciler.spec import KINDS
+from reconciler.yamlnodes import parse_documents
 
 README = (REPO / "README.md").read_text()
 SPEC_DOC = (REPO / "docs" / "spec-language.md").read_text()
@@ -93,3 +96,19 @@ def _globstar(glob: str) -> re.Pattern[str]:
     parts = re.split(r"(\*\*/|\*)", glob)
     table = {"**/": "(?:[^/]+/)*", "*": "[^/]*"}
     return re.compile("".join(table.get(part, re.escape(part)) for part in parts))
+
+
+def test_each_seed_pattern_in_workflows_md_is_yaml_that_validates_in_the_example(example: Path) -> None:
+    text = (REPO / "docs" / "workflows.md").read_text()
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL):  # every snippet of the page is YAML
+        assert parse_documents(block)[1] == [], block
+    section = text.split("## The seed patterns in YAML", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 8, "one snippet per seed pattern"
+    documents = [doc for block in blocks for doc in block.split("---\n")]
+    campaigns = [doc for doc in documents if "kind: Campaign" in doc]
+    (example / "spec/seed-patterns.yaml").write_text("---\n".join(d for d in documents if d not in campaigns))
+    (example / "campaigns/seed-patterns.yaml").write_text("---\n".join(campaigns))
+    desired, problems = validate_workspace(example)
+    assert [p.format() for p in problems if p.severity == "error" or "seed-patterns" in p.path] == []
+    assert len(desired.workflows) == 5 + 7 and len(desired.campaigns) == 3 + 1

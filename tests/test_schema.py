@@ -59,3 +59,15 @@ def _properties(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 def test_every_key_is_documented_for_the_editor() -> None:
     undocumented = [path for path, prop in _properties(json_schema()["definitions"]) if not prop.get("description")]
     assert undocumented == []
+
+
+def test_the_schema_knows_the_exit_step() -> None:
+    workflow = {
+        "kind": "Workflow",
+        "name": "w",
+        "trigger": {"subscribed": "news"},
+        "steps": [{"id": "out", "exit": True, "reason": "already a customer"}],
+    }
+    assert Draft7Validator(json_schema()).is_valid(workflow)
+    workflow["steps"] = [{"id": "out", "exit": False}]
+    assert not Draft7Validator(json_schema()).is_valid(workflow)

@@ -140,7 +140,7 @@ def test_a_workflow_without_failures_says_so(tmp_path: Path) -> None:
         j.event("ok@example.com", "visit", at="2026-03-02T08:30:00Z")
         j.at("2026-03-02T09:00:00Z")
     shown = reconciler("status", cwd=tmp_path).stdout
-    assert "Workflow drip: 1 active runs (rest 1)\n    messages: sent 1\n" in shown, shown
+    assert "Workflow drip: 1 active run (rest 1)\n    messages: sent 1\n" in shown, shown
     failures = reconciler("status", "drip", "--failures", cwd=tmp_path)
     assert failures.returncode == 0, failures.stderr
     assert failures.stdout.strip() == (

@@ -1,18 +1,24 @@
-"""Workflows exactly once through crashes: 5,000 runs advanced by a daemon that is SIGKILLed three times on the way,
-sending to a real SMTP server. No step is done twice or skipped (each run's history has each step once, the
-contact's tags and fields say every action happened), and nobody gets a message twice; a message that did not
-arrive is one the ledger reports uncertain."""
+"""Workflows exactly once through crashes: 5,000 runs advanced by a daemon that is SIGKILLed three times while the
+runner advances them and once while their messages go out over SMTP (with its connections past DATA), sending to a
+real SMTP server. No step is done twice or skipped (each run's history has each step once, the contact's tags and
+fields say every action happened), and nobody gets a message twice; a message that did not arrive is one the ledger
+reports uncertain, and an uncertain one is one whose body went on the wire."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from conftest import reconciler, wait_for
 from daemon_process import Daemon, sending_daemon
@@ -44,8 +50,27 @@ status: draft
 """
 
 
-def test_five_thousand_runs_through_three_kills_do_each_step_once(tmp_path: Path, daemons: list[Daemon]) -> None:
-    sink = Sink()
+@dataclass
+class HoldingSink(Sink):
+    """Once `hold_at` messages have arrived, the server takes each body that arrives (it is delivered) but holds its
+    answer, the "250" the sender waits for past the point of no return, until `release` is set; `holding` says one
+    is held."""
+
+    hold_at: int | None = None
+    holding: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        hold = self.hold_at is not None and len(self.messages) >= self.hold_at
+        answer = await super().handle_DATA(server, session, envelope)
+        if hold:
+            self.holding.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait)
+        return answer
+
+
+def test_five_thousand_runs_through_four_kills_do_each_step_once(tmp_path: Path, daemons: list[Daemon]) -> None:
+    sink = HoldingSink()
     port = free_port()
     root = workspace(tmp_path, port, connections=CONNECTIONS, campaign=DRAFT)
     (root / "spec/workflows.yaml").write_text(textwrap.dedent(WORKFLOW).lstrip())
@@ -60,12 +85,26 @@ def test_five_thousand_runs_through_three_kills_do_each_step_once(tmp_path: Path
 
     kills = []
     with SinkServer(sink, port=port):
-        daemons.append(sending_daemon(root))
-        for threshold in (1, RUNS * STEPS // 3, RUNS * STEPS * 2 // 3):
-            wait_for(partial(_at_least, steps_done, threshold), f"{threshold} steps done", 300, every=0.01)
-            daemons[-1].kill()
-            kills.append(f"at {steps_done():,} steps and {len(sink.messages):,} messages")
+        try:
             daemons.append(sending_daemon(root))
+            for threshold in (1, RUNS * STEPS // 3, RUNS * STEPS * 2 // 3):
+                wait_for(partial(_at_least, steps_done, threshold), f"{threshold} steps done", 300, every=0.01)
+                daemons[-1].kill()
+                kills.append(f"at {steps_done():,} steps and {len(sink.messages):,} messages")
+                daemons.append(sending_daemon(root))
+            # and once while the messages go out: when half of those still to come have arrived, with a body held
+            # on the wire (the daemon is past the point of no return and waits for the server's answer)
+            left = RUNS * 2 - len(sink.messages)
+            assert left > 0, "every message went before the runner was done: no kill would land while sending"
+            sink.hold_at = len(sink.messages) + left // 2
+            wait_for(sink.holding.is_set, "a message's body to arrive once half the rest had", 300, every=0.01)
+            daemons[-1].kill()
+            arrived = len(sink.messages)
+            kills.append(f"at {steps_done():,} steps and {arrived:,} messages, sending")
+        finally:
+            sink.hold_at = None
+            sink.release.set()  # the held answers go to connections that are gone
+        daemons.append(sending_daemon(root))
         wait_for(lambda: _finished(root), "every run completed and every message handled", 300)
         daemons[-1].stop()
 
@@ -82,6 +121,9 @@ def test_five_thousand_runs_through_three_kills_do_each_step_once(tmp_path: Path
     assert sent <= set(received) and set(received) <= expected
     assert expected - set(received) <= uncertain  # whatever did not arrive is reported
     assert len(uncertain) <= CONNECTIONS * len(kills)
+    assert {email for email, _ in uncertain} <= set(sink.data_started)  # each went past DATA
+    assert 0 < arrived < RUNS * 2  # the last kill landed while messages were going out
+    assert uncertain, "the kill while sending left the messages whose bodies were held uncertain"
 
 
 def _at_least(count: Callable[[], int], threshold: int) -> bool:

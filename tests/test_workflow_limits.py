@@ -238,8 +238,8 @@ def test_plan_says_a_pause_is_a_pause(tmp_path: Path, server: tuple[Sink, int]) 
     j.at("2030-03-02T08:01:00Z")
     j.write_workflows(CARTS.replace("name: cart\n", "name: cart\nstatus: paused\n"))
     paused = reconciler("plan", "--now", "2030-03-02T08:02:00Z", cwd=tmp_path)
-    assert "paused: starts no runs until it is active again; 1 active run stays on its step (held" in paused.stdout
+    assert "paused: starts no runs until it is active again; 1 active run stays on wait (held" in paused.stdout
     j.at("2030-03-02T08:03:00Z")
     j.write_workflows(CARTS)
     assert "Workflow cart" in (again := reconciler("plan", "--now", "2030-03-02T08:04:00Z", cwd=tmp_path)).stdout
-    assert "active again; 1 active run stays on its step" in again.stdout
+    assert "active again; 1 active run stays on wait" in again.stdout

@@ -7,14 +7,21 @@ run is, and what happened to the contact's lists, tags and fields.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import reconciler
 from journeys import Journey
+from reconciler.state.contacts import change_tag
+from reconciler.state.db import write
+from reconciler.state.subscribers import change_subscriptions, save_preferences
+from sending import body, parse
 from smtp_sink import Sink, SinkServer
+from web_server import WebServer
 
 WELCOME = """
 kind: Workflow
@@ -349,6 +356,65 @@ def test_a_transactional_workflow_never_mails_an_address_that_bounced(tmp_path: 
     assert j.sent("bad@example.com") == [] and j.received() == []
 
 
+ONBOARD = """
+kind: Workflow
+name: onboard
+trigger: {subscribed: news}
+steps:
+  - id: known
+    if: {tag: customer}
+    then:
+      - {id: stop, exit: true, reason: already a customer}
+  - {id: hello, send: mail/a, subject: Hello}
+  - {id: pause, wait: 1d}
+  - {id: quit, exit: true}
+---
+kind: WorkflowTest
+name: a-customer-exits
+workflow: onboard
+contact: {tags: [customer]}
+expect:
+  - "0 then known"
+  - "0 exited at stop: already a customer"
+---
+kind: WorkflowTest
+name: a-newcomer-gets-hello
+workflow: onboard
+contact: {}
+expect:
+  - "0 else known"
+  - "0 sent hello"
+  - "1d exited at quit"
+"""
+
+
+def test_an_exit_step_ends_the_run_there_with_its_reason(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    j = journey(tmp_path, server, ONBOARD)
+    j.at("2026-03-02T08:00:00Z")
+    customer = j.person("old@example.com", at="2026-03-02T09:00:00Z")
+    with write(j.db):
+        change_tag(j.db, customer, "customer", present=True, at="2026-03-02T09:00:00Z")
+        change_subscriptions(j.db, customer, {"news": "subscribed"}, at="2026-03-02T09:00:00Z", source="api")
+    j.person("new@example.com", lists=("news",), at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:01:00Z")
+    assert j.runs("old@example.com") == [("onboard", "", "exited", "stop")]
+    assert j.sent("old@example.com") == []
+    assert j.history("old@example.com") == [("known", "then")]
+    assert j.sent("new@example.com") == ["onboard/hello"]
+    assert j.runs("new@example.com") == [("onboard", "", "active", "pause")]
+    j.at("2026-03-03T09:01:00Z")
+    assert j.runs("new@example.com") == [("onboard", "", "exited", "quit")]
+    outcomes = j.db.conn.execute("SELECT step, outcome FROM workflow_runs ORDER BY step").fetchall()
+    assert outcomes == [("quit", "exited at quit"), ("stop", "exited at stop: already a customer")]
+    shown = reconciler("status", "onboard", cwd=tmp_path).stdout
+    assert "Ended runs: exited at quit 1 · exited at stop: already a customer 1" in shown, shown
+    history = reconciler("contacts", "show", "old@example.com", cwd=tmp_path).stdout
+    assert "workflow onboard exited: exited at stop: already a customer" in history, history
+    tested = reconciler("test", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "PASS a-customer-exits (onboard, 2 lines)" in tested.stdout
+
+
 def test_quiet_hours_hold_workflow_messages_until_morning_in_each_contacts_time_zone(
     tmp_path: Path, server: tuple[Sink, int]
 ) -> None:
@@ -385,6 +451,302 @@ def test_quiet_hours_hold_workflow_messages_until_morning_in_each_contacts_time_
     assert j.sent("warsaw@example.com") == ["code/code"]
     j.at("2026-03-03T07:00:00Z")
     assert j.sent("warsaw@example.com") == ["code/code", "nightly/hi"]
+
+
+# --- how a subscription starts a run -----------------------------------------------------------------------------
+
+LETTERS = """
+kind: List
+name: letters
+title: Letters
+opt_in: double
+"""
+GREET = """
+kind: Workflow
+name: greet
+trigger: {subscribed: letters}
+steps:
+  - {id: hello, send: mail/a, subject: Welcome to the letters}
+---
+kind: Workflow
+name: welcome
+trigger: {subscribed: news}
+steps:
+  - {id: hello, send: mail/b, subject: Welcome to the news}
+"""
+
+
+def with_letters(tmp_path: Path, server: tuple[Sink, int]) -> Journey:
+    j = journey(tmp_path, server, GREET)
+    (tmp_path / "spec/letters.yaml").write_text(LETTERS.lstrip())
+    return j
+
+
+def test_a_double_opt_in_subscription_through_the_form_starts_a_run_only_once_confirmed(
+    tmp_path: Path, server: tuple[Sink, int]
+) -> None:
+    j = with_letters(tmp_path, server)
+    j.at("2030-03-04T08:00:00Z")  # later than the real time the web service records the form at
+    with WebServer(tmp_path) as base, httpx.Client() as client:
+        answer = client.post(f"{base}/subscribe", data={"email": "ann@example.com", "list": "letters"})
+        assert answer.status_code == 200 and "Thank you" in answer.text
+        j.at("2030-03-04T09:00:00Z")
+        assert j.contact("ann@example.com")["lists"] == {"letters": "pending"}
+        assert j.runs("ann@example.com") == [] and j.sent("ann@example.com") == []  # pending: no run yet
+        (confirmation,) = [data for rcpt, data in server[0].messages if rcpt == "ann@example.com"]
+        html = body(parse(confirmation))
+        link = re.findall(r'href="([^"]*/confirm/[^"]*)"', html)[0].replace("&amp;", "&")
+        local = link.replace("https://mail.example.com", base)
+        assert "You are subscribed" in client.post(local).text
+    j.at("2030-03-04T09:10:00Z")
+    assert j.runs("ann@example.com") == [("greet", "", "completed", "")]
+    assert j.sent("ann@example.com") == ["greet/hello"]
+    assert ("ann@example.com", "Welcome to the letters") in j.received()
+    j.at("2030-03-05T09:10:00Z")
+    assert len(j.runs("ann@example.com")) == 1
+
+
+def test_a_csv_import_into_a_list_starts_its_runs(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    j = with_letters(tmp_path, server)
+    j.at("2030-03-04T08:00:00Z")
+    people = tmp_path / "people.csv"
+    people.write_text("email,first_name\nimp1@example.com,Ann\nimp2@example.com,Bo\n")
+    news = reconciler("contacts", "import", str(people), "--list", "news", cwd=tmp_path)
+    assert news.returncode == 0, news.stdout + news.stderr
+    letters = tmp_path / "letters.csv"
+    letters.write_text("email\nconfirmed@example.com\n")
+    done = reconciler("contacts", "import", str(letters), "--list", "letters", "--preconfirmed", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    j.at("2030-03-04T08:05:00Z")
+    assert j.sent("imp1@example.com") == ["welcome/hello"] and j.sent("imp2@example.com") == ["welcome/hello"]
+    assert j.sent("confirmed@example.com") == ["greet/hello"]
+
+
+# --- waits and branches -------------------------------------------------------------------------------------------
+
+WAITS = """
+kind: Segment
+name: buyers
+lists: [news]
+where: {field: orders, gte: 1}
+---
+kind: Workflow
+name: on-click
+trigger: {event: go-click}
+list: news
+steps:
+  - {id: offer, send: mail/a, subject: Offer}
+  - {id: wait, wait_until: {clicked: offer}, timeout: 2d}
+  - {id: next, tag: went-on}
+---
+kind: Workflow
+name: on-event
+trigger: {event: go-event}
+list: news
+steps:
+  - {id: wait, wait_until: {event: purchase}, timeout: 2d}
+  - {id: next, tag: went-on}
+---
+kind: Workflow
+name: on-segment
+trigger: {event: go-segment}
+list: news
+steps:
+  - {id: wait, wait_until: {in_segment: buyers}, timeout: 2d}
+  - {id: next, tag: went-on}
+"""
+
+
+def steps_at(j: Journey, email: str) -> list[tuple[str, str, str]]:
+    """(step, when, result) of everything the contact's runs did, in order."""
+    rows = j.db.conn.execute(
+        "SELECT s.step, s.at, s.result FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id "
+        "JOIN contacts c ON c.id = r.contact_id WHERE c.email = ? ORDER BY s.rowid",
+        (email,),
+    )
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+@pytest.mark.parametrize("kind", ["click", "event", "segment"])
+def test_wait_until_goes_on_when_its_condition_holds_or_at_its_timeout(
+    tmp_path: Path, server: tuple[Sink, int], kind: str
+) -> None:
+    j = journey(tmp_path, server, WAITS)
+    j.at("2026-03-02T08:00:00Z")
+    people = ("yes@example.com", "no@example.com", "machine@example.com")
+    for email in people:
+        j.person(email, lists=("news",), at="2026-03-02T08:00:00Z", orders=0)
+        j.event(email, f"go-{kind}", at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:00:00Z")
+    if kind == "click":
+        j.opens("yes@example.com", "offer", at="2026-03-03T09:00:00Z", action="clicked")
+        j.opens("machine@example.com", "offer", at="2026-03-03T09:00:00Z", action="clicked", machine=True)
+    elif kind == "event":
+        j.event("yes@example.com", "purchase", at="2026-03-03T09:00:00Z")
+    else:
+        j.person("yes@example.com", at="2026-03-03T09:00:00Z", orders=2)
+    j.at("2026-03-03T09:05:00Z")
+    assert steps_at(j, "yes@example.com")[-2:] == [
+        ("wait", "2026-03-03T09:05:00Z", "condition met"),
+        ("next", "2026-03-03T09:05:00Z", "tagged went-on"),
+    ]
+    j.at("2026-03-04T08:59:59Z")
+    for email in people[1:]:
+        assert j.runs(email)[0][2:] == ("active", "wait")
+    j.at("2026-03-04T09:00:00Z")  # two days after the runs reached the wait
+    for email in people[1:]:  # a link scanner's click is not the person's
+        assert steps_at(j, email)[-2:] == [
+            ("wait", "2026-03-04T09:00:00Z", "timed out"),
+            ("next", "2026-03-04T09:00:00Z", "tagged went-on"),
+        ]
+
+
+def test_if_on_a_field_and_on_a_tag_takes_each_branch(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    workflow = """
+        kind: Workflow
+        name: sort
+        trigger: {event: sort}
+        list: news
+        steps:
+          - id: by-orders
+            if: {field: orders, gte: 1}
+            then: [{id: buyer, tag: buyer}]
+            else: [{id: browser, tag: browser}]
+          - id: by-tag
+            if: {tag: vip}
+            then: [{id: vip-mail, send: mail/a, subject: For our VIPs}]
+            else: [{id: plain-mail, send: mail/b, subject: For everyone}]
+        """
+    j = journey(tmp_path, server, workflow)
+    j.at("2026-03-02T08:00:00Z")
+    vip = j.person("vip@example.com", lists=("news",), at="2026-03-02T08:00:00Z", orders=3)
+    with write(j.db):
+        change_tag(j.db, vip, "vip", present=True, at="2026-03-02T08:00:00Z")
+    j.person("new@example.com", lists=("news",), at="2026-03-02T08:00:00Z", orders=0)
+    for email in ("vip@example.com", "new@example.com"):
+        j.event(email, "sort", at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:01:00Z")
+    assert j.history("vip@example.com") == [
+        ("by-orders", "then"), ("buyer", "tagged buyer"), ("by-tag", "then"), ("vip-mail", "queued")
+    ]  # fmt: skip
+    assert j.history("new@example.com") == [
+        ("by-orders", "else"), ("browser", "tagged browser"), ("by-tag", "else"), ("plain-mail", "queued")
+    ]  # fmt: skip
+    assert j.contact("vip@example.com")["tags"] == ["buyer", "vip"]
+    assert j.contact("new@example.com")["tags"] == ["browser"]
+    assert ("vip@example.com", "For our VIPs") in j.received()
+    assert ("new@example.com", "For everyone") in j.received()
+
+
+# --- rules of sending ---------------------------------------------------------------------------------------------
+
+
+def test_a_workflows_list_id_and_unsubscribe_link_are_those_of_its_list(
+    tmp_path: Path, server: tuple[Sink, int]
+) -> None:
+    workflows = """
+        kind: Workflow
+        name: thanks
+        trigger: {event: purchase}
+        list: customers
+        steps:
+          - {id: thank, send: mail/a, subject: Thank you}
+        ---
+        kind: Workflow
+        name: welcome
+        trigger: {subscribed: news}
+        steps:
+          - {id: hello, send: mail/b, subject: Welcome}
+        """
+    j = journey(tmp_path, server, workflows)
+    j.at("2026-03-02T08:00:00Z")
+    j.person("ann@example.com", lists=("news", "customers"), at="2026-03-02T08:30:00Z")
+    j.event("ann@example.com", "purchase", at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:01:00Z")
+    messages = {str(parse(data)["Subject"]): parse(data) for _, data in server[0].messages}
+    assert str(messages["Thank you"]["List-Id"]).startswith("Customers <customers.")
+    assert str(messages["Welcome"]["List-Id"]).startswith("News <news.")
+    header = str(messages["Thank you"]["List-Unsubscribe"])
+    link = next(part.strip(" <>") for part in header.split(",") if "http" in part)
+    with WebServer(tmp_path) as base, httpx.Client() as client:
+        local = link.replace("https://mail.example.com", base)
+        assert client.post(local, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert j.contact("ann@example.com")["lists"] == {"customers": "unsubscribed", "news": "subscribed"}
+
+
+def test_quiet_hours_after_midnight_hold_messages_to_the_end_of_the_window_in_each_time_zone(
+    tmp_path: Path, server: tuple[Sink, int]
+) -> None:
+    workflow = """
+        kind: Workflow
+        name: nightly
+        trigger: {event: visit}
+        list: news
+        steps:
+          - {id: hi, send: mail/a, subject: Hi}
+        """
+    j = journey(tmp_path, server, workflow, settings='quiet_hours: {start: "21:00", end: "08:00"}')
+    j.at("2026-03-02T08:00:00Z")
+    j.person("tokyo@example.com", lists=("news",), at="2026-03-02T08:00:00Z", timezone="Asia/Tokyo")
+    j.person("warsaw@example.com", lists=("news",), at="2026-03-02T08:00:00Z", timezone="Europe/Warsaw")
+    j.person("owl@example.com", lists=("news",), at="2026-03-02T08:00:00Z", timezone="Europe/Warsaw")
+
+    def held() -> dict[str, str]:
+        rows = j.db.conn.execute(
+            "SELECT c.email, l.next_attempt_at FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+            "WHERE l.state = 'queued' AND l.last_reply LIKE '%quiet hours%'"
+        )
+        return {str(email): str(until) for email, until in rows}
+
+    j.event("tokyo@example.com", "visit", at="2026-03-02T17:30:00Z")
+    j.event("warsaw@example.com", "visit", at="2026-03-02T17:30:00Z")
+    j.at("2026-03-02T17:30:00Z")  # 02:30 on the 3rd in Tokyo (quiet), 18:30 in Warsaw
+    assert j.sent("warsaw@example.com") == ["nightly/hi"] and j.sent("tokyo@example.com") == []
+    assert held() == {"tokyo@example.com": "2026-03-02T23:00:00Z"}  # 08:00 in Tokyo, not 08:00 the next day
+    j.at("2026-03-02T22:59:00Z")
+    assert j.sent("tokyo@example.com") == []
+    j.at("2026-03-02T23:00:00Z")
+    assert j.sent("tokyo@example.com") == ["nightly/hi"]
+    j.event("owl@example.com", "visit", at="2026-03-02T23:30:00Z")
+    j.at("2026-03-02T23:30:00Z")  # 00:30 on the 3rd in Warsaw (quiet)
+    assert held() == {"owl@example.com": "2026-03-03T07:00:00Z"}  # 08:00 in Warsaw, the same morning
+    j.at("2026-03-03T06:59:00Z")
+    assert j.sent("owl@example.com") == []
+    j.at("2026-03-03T07:00:00Z")
+    assert j.sent("owl@example.com") == ["nightly/hi"]
+
+
+def test_the_contacts_own_frequency_choice_holds_a_workflow_message(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    workflows = """
+        kind: Workflow
+        name: pair
+        trigger: {event: go}
+        list: news
+        steps:
+          - {id: first, send: mail/a, subject: First}
+          - {id: pause, wait: 1d}
+          - {id: second, send: mail/b, subject: Second}
+        """
+    j = journey(tmp_path, server, workflows)
+    j.at("2026-03-02T08:00:00Z")
+    weekly = j.person("weekly@example.com", lists=("news",), at="2026-03-02T08:00:00Z")
+    save_preferences(j.db, weekly, lists={"news": True}, frequency="weekly", at="2026-03-02T08:00:00Z", ip=None)
+    j.person("every@example.com", lists=("news",), at="2026-03-02T08:00:00Z")
+    for email in ("weekly@example.com", "every@example.com"):
+        j.event(email, "go", at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:00:00Z")
+    j.at("2026-03-03T09:00:00Z")
+    assert j.sent("every@example.com") == ["pair/first", "pair/second"]
+    assert j.sent("weekly@example.com") == ["pair/first"]
+    until, why = j.db.conn.execute(
+        "SELECT next_attempt_at, last_reply FROM ledger WHERE stage = 'second' AND state = 'queued'"
+    ).fetchone()
+    assert until == "2026-03-09T09:00:00Z" and "the contact chose at most one email a week" in why
+    assert j.runs("weekly@example.com") == [("pair", "", "completed", "")]  # the run is done: the message waits
+    j.at("2026-03-09T08:59:00Z")
+    assert j.sent("weekly@example.com") == ["pair/first"]
+    j.at("2026-03-09T09:00:00Z")
+    assert j.sent("weekly@example.com") == ["pair/first", "pair/second"]
 
 
 # --- what validate says -----------------------------------------------------------------------------------------
@@ -455,6 +817,90 @@ def test_a_marketing_workflow_without_a_list_and_bad_date_triggers_are_errors(tm
     assert "Workflow early: steps[0].wait_until.opened: unknown send step id 'later'" in found
 
 
+def test_a_workflow_that_brings_contacts_back_into_its_own_trigger_is_a_loop(tmp_path: Path) -> None:
+    again = """
+        kind: Workflow
+        name: rejoin
+        trigger: {subscribed: news}
+        re_entry: always
+        steps:
+          - {id: out, remove_from_list: news}
+          - {id: pause, wait: 1d}
+          - {id: back, add_to_list: news}
+        """
+    found = problems(tmp_path, again)
+    assert len(found) == 1, found
+    assert (
+        "spec/workflows.yaml:8:16: Workflow rejoin: steps[2].add_to_list: the workflow loops into itself: rejoin "
+        "adds contacts to news, which starts rejoin, and it lets a contact in again (set `re_entry: never`, or stop "
+        "adding contacts to the list that starts it)" in found[0]
+    ), found
+    assert problems(tmp_path, again.replace("re_entry: always", "re_entry: never")) == []
+
+
+def test_validate_checks_what_a_workflow_test_names(tmp_path: Path) -> None:
+    tests = (
+        WELCOME
+        + """
+---
+kind: WorkflowTest
+name: wrong-workflow
+workflow: welcom
+expect: ["0 sent hello"]
+---
+kind: WorkflowTest
+name: wrong-names
+workflow: welcome
+contact: {lists: [newz], fields: {ordres: 1}}
+happens:
+  - {at: 1d, opened: tip}
+  - {at: 2d, clicked: pause}
+  - {at: 3d, unsubscribed: newz}
+expect: ["0 sent hello"]
+"""
+    )
+    found = "\\n".join(problems(tmp_path, tests))
+    assert "WorkflowTest wrong-workflow: workflow: unknown workflow 'welcom' (did you mean 'welcome'?)" in found
+    assert "WorkflowTest wrong-names: happens[0].opened: unknown send step id 'tip' (did you mean 'tips'?" in found
+    assert "WorkflowTest wrong-names: happens[1].clicked: unknown send step id 'pause'" in found  # not a send
+    assert "WorkflowTest wrong-names: happens[2].unsubscribed: unknown list 'newz'" in found
+    assert "WorkflowTest wrong-names: contact.lists[0]: unknown list 'newz'" in found
+    assert "WorkflowTest wrong-names: contact.fields.ordres: unknown field 'ordres'" in found, found
+
+
+def test_steps_after_an_unconditional_exit_are_unreachable(tmp_path: Path) -> None:
+    workflows = """
+        kind: Workflow
+        name: stops
+        trigger: {subscribed: news}
+        steps:
+          - {id: hello, send: mail/a, subject: Hi}
+          - id: branch
+            if: {tag: vip}
+            then:
+              - {id: bye, exit: true}
+              - {id: never, tag: lost}
+            else:
+              - {id: regular, tag: regular}
+          - id: both
+            if: {tag: vip}
+            then: [{id: out-a, exit: true, reason: vip}]
+            else: [{id: out-b, exit: true}]
+          - {id: after, send: mail/b, subject: Never}
+          - {id: later, tag: never}
+        """
+    found = [line.removeprefix(f"{tmp_path}/") for line in problems(tmp_path, workflows)]
+    assert found == [
+        "spec/workflows.yaml:10:9: Workflow stops: steps[1].then[1]: step never is never reached: every run that "
+        "gets here exits at step bye before it (remove it, or put the exit in a branch of an `if`)",
+        "spec/workflows.yaml:17:5: Workflow stops: steps[3]: step after (and the 1 step after it) is never reached: "
+        "every run that gets here exits at step both before it, in both branches (remove it, or put the exit in a "
+        "branch of an `if`)",
+    ], found
+    fine = workflows.replace(" " * 14 + "- {id: never, tag: lost}\n", "").replace("else: [{id: out-b, exit: true}]", "")
+    assert problems(tmp_path, fine) == []
+
+
 # --- edits while runs are on their way ---------------------------------------------------------------------------
 
 DRIP = """
@@ -482,6 +928,21 @@ def test_a_shorter_wait_counts_from_when_the_run_reached_it(tmp_path: Path, serv
     assert j.sent("fay@example.com") == ["drip/one", "drip/two"]
 
 
+def test_a_longer_wait_counts_from_when_the_run_reached_it(tmp_path: Path, server: tuple[Sink, int]) -> None:
+    j = journey(tmp_path, server, DRIP)
+    j.at("2026-03-02T08:00:00Z")
+    j.person("fay@example.com", lists=("news",), at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:00:00Z")
+    j.at("2026-03-04T09:00:00Z")  # two days into the three
+    j.write_workflows(DRIP.replace("wait: 3d", "wait: 5d"))
+    j.at("2026-03-05T09:00:00Z")  # the old wait would have ended here
+    assert j.sent("fay@example.com") == ["drip/one"]
+    j.at("2026-03-07T08:59:00Z")
+    assert j.sent("fay@example.com") == ["drip/one"]
+    j.at("2026-03-07T09:00:00Z")  # five days after the run reached the wait, not five days after the edit
+    assert j.sent("fay@example.com") == ["drip/one", "drip/two"]
+
+
 def test_removing_the_step_a_run_waits_on_ends_the_run_and_other_runs_go_on(
     tmp_path: Path, server: tuple[Sink, int]
 ) -> None:
@@ -496,12 +957,39 @@ def test_removing_the_step_a_run_waits_on_ends_the_run_and_other_runs_go_on(
     assert "Workflow drip: 2 active runs (pause 1, rest 1)" in shown
     j.write_workflows(DRIP.replace("  - {id: rest, wait: 2d}\n", ""))
     plan = reconciler("plan", "--now", "2026-03-08T09:00:00Z", cwd=tmp_path).stdout
-    assert "1 active run on removed step rest will end; 1 active run stays on its step" in plan, plan
+    assert "1 active run on removed step rest will end; 1 active run stays on pause" in plan, plan
     j.at("2026-03-08T09:00:00Z")
     assert j.runs("gus@example.com") == [("drip", "", "ended", "rest")]
     outcome = j.db.conn.execute("SELECT outcome FROM workflow_runs WHERE step = 'rest'").fetchone()[0]
     assert outcome == "ended: step rest was removed from the workflow"
     assert j.sent("hal@example.com") == ["drip/one", "drip/two", "drip/three"]  # hal's run goes on without it
+
+
+def test_plan_says_which_steps_the_runs_are_on_and_what_an_edit_or_a_removal_does_to_them(
+    tmp_path: Path, server: tuple[Sink, int]
+) -> None:
+    j = journey(tmp_path, server, DRIP)
+    j.at("2026-03-02T08:00:00Z")
+    j.person("gus@example.com", lists=("news",), at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:00:00Z")
+    for email in ("hal@example.com", "ian@example.com"):
+        j.person(email, lists=("news",), at="2026-03-05T09:00:00Z")
+    j.at("2026-03-05T09:00:00Z")  # gus waits in `rest`, hal and ian in `pause`
+
+    def plan() -> str:
+        return reconciler("plan", "--now", "2026-03-05T10:00:00Z", cwd=tmp_path).stdout
+
+    unchanged = plan()
+    assert "Active runs of unchanged workflows:\n  drip  3 active runs: 2 on pause, 1 on rest\n" in unchanged, unchanged
+    j.write_workflows(DRIP.replace("subject: Three", "subject: The third"))
+    edited = plan()
+    assert "steps or templates changed; 3 active runs stay on their steps: 2 on pause, 1 on rest" in edited, edited
+    assert "unchanged workflows" not in edited
+    j.write_workflows(DRIP.replace("  - {id: pause, wait: 3d}\n", ""))
+    assert "2 active runs on removed step pause will end; 1 active run stays on rest" in plan()
+    j.write_workflows("kind: List\nname: unused\ntitle: Unused\n")
+    removed = plan()
+    assert "removed from the spec; its 3 active runs will end (their history is kept): 2 on pause, 1 on rest" in removed
 
 
 def test_pausing_holds_runs_and_their_messages_and_resuming_continues_them(
@@ -577,7 +1065,10 @@ def test_a_capped_message_goes_out_the_moment_the_window_ends(tmp_path: Path, se
 def test_the_examples_workflow_tests_pass_and_a_wrong_timeline_prints_a_diff(example: Path) -> None:
     passed = reconciler("test", cwd=example)
     assert passed.returncode == 0, passed.stdout + passed.stderr
-    assert "PASS welcome-reader" in passed.stdout and "PASS cart-bought-before-the-reminder" in passed.stdout
+    assert "PASS welcome-reader (welcome, 6 lines)" in passed.stdout
+    assert "PASS cart-bought-before-the-reminder (abandoned-cart, 1 line)\n" in passed.stdout
+    for workflow in ("birthday", "win-back", "first-purchase-feedback"):  # every example workflow has tests
+        assert f"({workflow}, " in passed.stdout, passed.stdout
     tests = example / "spec/workflow-tests.yaml"
     tests.write_text(tests.read_text().replace("  - 5d sent nudge\n", "  - 4d sent nudge\n"))
     failed = reconciler("test", cwd=example)
@@ -608,3 +1099,38 @@ def test_simulate_prints_a_timeline_with_quiet_hours_and_what_the_contact_does(e
     assert night.stdout.splitlines()[1] == "  9h sent reminder"  # 00:00 in Tokyo: held until 08:00
     bad = reconciler("simulate", "abandoned-cart", "--fields", "[1]", cwd=example)
     assert bad.returncode == 2 and "--fields: write a JSON object of fields" in bad.stderr
+
+
+def test_simulate_a_real_contact_with_their_lists_for_a_number_of_days(
+    tmp_path: Path, server: tuple[Sink, int]
+) -> None:
+    j = journey(tmp_path, server, WELCOME)
+    j.at("2026-03-02T08:00:00Z")
+    j.person("ada@example.com", at="2026-03-02T08:00:00Z", first_name="Ada", timezone="Asia/Tokyo")
+    j.person("reader@example.com", lists=("news",), at="2026-03-02T08:00:00Z", first_name="Reader")
+    j.at("2026-03-02T08:01:00Z")
+    before = j.db.conn.execute("SELECT (SELECT count(*) FROM workflow_runs), (SELECT count(*) FROM ledger)").fetchone()
+
+    def simulate(email: str, *options: str) -> list[str]:
+        done = reconciler("simulate", "welcome", "--contact", email, "--start", "2030-01-07T10:00:00Z", *options,
+                          cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    assert simulate("reader@example.com") == [
+        "Workflow welcome for reader@example.com, from 2030-01-07T10:00:00+00:00:",
+        "  0 sent hello",
+        "  2d sent tips",
+        "  5d else branch",
+        "  5d sent nudge",
+        "  5d added to customers",
+        "  5d completed",
+    ]
+    assert simulate("reader@example.com", "--days", "3")[1:] == ["  0 sent hello", "  2d sent tips"]
+    assert simulate("reader@example.com", "--days", "1")[1:] == ["  0 sent hello"]
+    outside = simulate("ada@example.com", "--days", "1")  # as she is: not on the workflow's list
+    assert outside[1].startswith("  0 not sent hello (skipped: ") and "news" in outside[1], outside
+    unknown = reconciler("simulate", "welcome", "--contact", "nobody@example.com", cwd=tmp_path)
+    assert unknown.returncode == 2 and "nobody@example.com is not a contact in the state database" in unknown.stderr
+    after = j.db.conn.execute("SELECT (SELECT count(*) FROM workflow_runs), (SELECT count(*) FROM ledger)").fetchone()
+    assert after == before  # nothing was written

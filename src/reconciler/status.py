@@ -14,6 +14,7 @@ from reconciler.state import observe, workflow_reads, workflows
 from reconciler.state.campaigns import campaign_records
 from reconciler.state.ledger import Failure
 from reconciler.state.records import HEARTBEAT_SECONDS, daemon_record, refused_revision, revisions
+from reconciler.words import count
 
 PROGRESS_STATES = ("queued", "sending", "deferred", "sent", "uncertain", "failed", "skipped")
 
@@ -87,7 +88,7 @@ def _breakdown(progress: dict[str, int]) -> str:
     ]
     if not sum(progress.values()) or progress["sent"] == sum(progress.values()):
         return ""
-    return "".join(f" · {name} {count:,}" for name, count in parts if count)
+    return "".join(f" · {name} {n:,}" for name, n in parts if n)
 
 
 def outcomes(counts: dict[str, int]) -> str:
@@ -101,9 +102,9 @@ def _workflow_lines(runs: dict[str, dict[str, int]], messages: dict[str, dict[st
     lines = []
     for name in sorted(runs.keys() | messages.keys()):
         steps = runs.get(name, {})
-        on = ", ".join(f"{step or 'the end'} {count:,}" for step, count in sorted(steps.items()))
+        on = ", ".join(f"{step or 'the end'} {n:,}" for step, n in sorted(steps.items()))
         lines.append(
-            f"Workflow {name}: {sum(steps.values()):,} active runs ({on})"
+            f"Workflow {name}: {count(sum(steps.values()), 'active run')} ({on})"
             if steps
             else f"Workflow {name}: no active runs"
         )
@@ -116,8 +117,8 @@ def _workflow_lines(runs: dict[str, dict[str, int]], messages: dict[str, dict[st
 
 
 def workflow_report(db: Database, name: str) -> dict[str, Any]:
-    """`status WORKFLOW`: its status, and step by step (in the order runs meet them, then steps no longer in it)
-    its active runs and its messages by outcome."""
+    """`status WORKFLOW`: its status, its ended runs by outcome, and step by step (in the order runs meet them,
+    then steps no longer in it) its active runs and its messages by outcome."""
     info = workflow_reads.workflow_info(db, name)
     runs = workflows.active_by_step(db).get(name, {})
     messages = workflow_reads.messages_by_step(db, name)
@@ -128,6 +129,7 @@ def workflow_report(db: Database, name: str) -> dict[str, Any]:
         "status": info.status if info else None,
         "removed": info.removed if info else True,
         "active_runs": sum(runs.values()),
+        "ended_runs": workflow_reads.ended_runs(db, name),
         "steps": [
             {
                 "step": step,
@@ -142,13 +144,15 @@ def workflow_report(db: Database, name: str) -> dict[str, Any]:
 
 def format_workflow(report: dict[str, Any]) -> str:
     removed = ", file removed" if report["removed"] else ""
-    out = [f"Workflow {report['workflow']}: {report['status']}{removed}, {report['active_runs']:,} active runs"]
+    out = [f"Workflow {report['workflow']}: {report['status']}{removed}, {count(report['active_runs'], 'active run')}"]
     rows = [("STEP", "RUNS", "MESSAGES")]
     for step in report["steps"]:
         name = (step["step"] or "the end") + ("" if step["in_workflow"] else " (removed)")
         rows.append((name, f"{step['runs']:,}" if step["runs"] else "-", outcomes(step["messages"])))
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     out += ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]) for row in rows]
+    if report["ended_runs"]:
+        out.append("Ended runs: " + " · ".join(f"{why} {n:,}" for why, n in report["ended_runs"].items()))
     if any(step["messages"][o] for step in report["steps"] for o in ("postponed", "failed", "uncertain", "skipped")):
         out.append(f"(why messages were not sent: `reconciler status {report['workflow']} --failures`)")
     return "\n".join(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from reconciler.check.checker import DATE_TYPES, Checker
 from reconciler.check.references import check_condition, field_types, fits_type, message_templates
@@ -12,17 +13,20 @@ from reconciler.spec.types import format_duration
 from reconciler.spec.workflow import (
     AddToListStep,
     DateFieldTrigger,
+    ExitStep,
     IfStep,
     MoveToListStep,
     RemoveFromListStep,
     SegmentEnteredTrigger,
     SendStep,
     SetFieldStep,
+    StepLoc,
     SubscribedTrigger,
     WaitUntilStep,
+    step_key,
     walk_steps,
 )
-from reconciler.words import a
+from reconciler.words import a, count
 
 
 def check_workflow(c: Checker, workflow: Workflow) -> None:
@@ -67,6 +71,7 @@ def check_workflow(c: Checker, workflow: Workflow) -> None:
     if workflow.transport:
         c.reference(kind, name, ("transport",), "transport", workflow.transport, settings.transports)
     _check_steps(c, workflow)
+    _check_unreachable(c, name, workflow.steps, ("steps",))
 
 
 def _check_steps(c: Checker, workflow: Workflow) -> None:
@@ -117,6 +122,47 @@ def _check_steps(c: Checker, workflow: Workflow) -> None:
                     c.report(kind, name, (*loc, "set_field", "value"), message, hint)
         if isinstance(step, SendStep) and step.id:
             earlier_sends[step.id] = len(earlier_sends)
+
+
+def _check_unreachable(c: Checker, name: str, steps: list[Any], loc: StepLoc) -> None:
+    """Steps after an unconditional exit in the same list (an `exit`, or an `if` whose branches both exit) are never
+    reached: an error at the first of them."""
+    for index, step in enumerate(steps):
+        if isinstance(step, IfStep):
+            _check_unreachable(c, name, step.then, (*loc, index, "then"))
+            _check_unreachable(c, name, step.else_, (*loc, index, "else"))
+        exit_key = _exits(step, (*loc, index))
+        if exit_key is None:
+            continue
+        if index + 1 < len(steps):
+            after = (*loc, index + 1)
+            others = len(steps) - index - 2
+            more = f" (and the {count(others, 'step')} after it)" if others else ""
+            branches = ", in both branches" if isinstance(step, IfStep) else ""
+            c.report(
+                "Workflow",
+                name,
+                after,
+                f"step {step_key(steps[index + 1], after)}{more} is never reached: every run that gets here exits "
+                f"at step {exit_key} before it{branches}",
+                "remove it, or put the exit in a branch of an `if`",
+            )
+        return
+
+
+def _exits(step: Any, loc: StepLoc) -> str | None:
+    """The key of `step` when every run that reaches it ends there or in it: an `exit`, or an `if` whose `then` and
+    `else` both end in an exit."""
+    if isinstance(step, ExitStep):
+        return step_key(step, loc)
+    if isinstance(step, IfStep):
+        then, other = _branch_exits(step.then, (*loc, "then")), _branch_exits(step.else_, (*loc, "else"))
+        return step_key(step, loc) if then and other else None
+    return None
+
+
+def _branch_exits(steps: list[Any], loc: StepLoc) -> bool:
+    return any(_exits(step, (*loc, index)) is not None for index, step in enumerate(steps))
 
 
 def _check_joinable(c: Checker, name: str, loc: tuple[str | int, ...], list_name: str) -> None:
@@ -210,13 +256,13 @@ def _follow(
             hops = zip(path, lists, [*path[1:], origin], strict=True)
             route = "; ".join(f"{a} adds contacts to {joined}, which starts {b}" for a, joined, b in hops)
             workflow = c.desired.workflows[origin]
-            c.report(
-                "Workflow",
-                origin,
-                _joins(workflow)[lists[0]],
-                f"workflows loop: {route}; and each lets a contact in again",
-                "set `re_entry: never` on one of them, or stop adding contacts to a list that starts another",
-            )
+            if len(path) == 1:
+                message = f"the workflow loops into itself: {route}, and it lets a contact in again"
+                hint = "set `re_entry: never`, or stop adding contacts to the list that starts it"
+            else:
+                message = f"workflows loop: {route}; and each lets a contact in again"
+                hint = "set `re_entry: never` on one of them, or stop adding contacts to a list that starts another"
+            c.report("Workflow", origin, _joins(workflow)[lists[0]], message, hint)
         elif target not in path and len(path) < 32:
             _follow(c, origin, [*path, target], [*via, lst], edges, reported)
 

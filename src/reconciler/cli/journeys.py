@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from reconciler.cli.main import address, checked, database, main, state_file, workspace_root
 from reconciler.errors import UsageError
+from reconciler.words import count
 
 
 @main.command("test")
@@ -38,7 +39,7 @@ def test_command(ctx: click.Context, names: tuple[str, ...]) -> None:
     for test in chosen:
         outcome = run_test(desired, test)
         if outcome.passed:
-            click.echo(f"PASS {test.name} ({test.workflow}, {len(outcome.timeline)} lines)")
+            click.echo(f"PASS {test.name} ({test.workflow}, {count(len(outcome.timeline), 'line')})")
             continue
         failed += 1
         where = desired.source("WorkflowTest", test.name)

@@ -78,6 +78,10 @@ def as_text(plan: Plan) -> str:
             f"  {name.ljust(width)}  {count.describe()}{plan.change(f'Campaign {name}', count.counted)}"
             for name, count in sorted(unchanged.items())
         ]
+    if plan.workflow_runs:
+        width = max(len(name) for name in plan.workflow_runs)
+        out += ["", "Active runs of unchanged workflows:"]
+        out += [f"  {name.ljust(width)}  {runs}" for name, runs in plan.workflow_runs.items()]
     if plan.segment_counts:
         out += ["", "Segments:", *_segments(plan)]
         if plan.uncounted_segments:
@@ -147,6 +151,7 @@ def as_json(plan: Plan) -> str:
             "audiences": {name: count.as_dict() for name, count in sorted(plan.audiences.items())},
             "segments": dict(sorted(plan.segment_counts.items())),
             "last_counts": dict(sorted(plan.last_counts.items())),
+            "workflow_runs": dict(plan.workflow_runs),
         },
         indent=2,
     )

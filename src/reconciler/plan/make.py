@@ -71,6 +71,7 @@ def make_plan(
         dict(observed.last_counts),
         tuple(sorted(set(desired.segments) - set(observed.segment_counts))),
         not_applied,
+        _unchanged_runs(desired, observed, actions),
     )
 
 
@@ -376,10 +377,21 @@ def _workflows(desired: DesiredState, observed: ObservedState, templates: Templa
             summary = _edit_summary(stored, old) + _runs_after_edit(workflow, runs)
             actions.append(Action("Workflow", name, "update", summary, workflow=stored, content_hash=content_hash))
     for name in sorted(set(observed.workflows) - set(desired.workflows)):
-        active = sum(observed.runs.get(name, {}).values())
-        ending = f"; its {_runs(active)} will end (their history is kept)" if active else ""
+        runs = observed.runs.get(name, {})
+        active = sum(runs.values())
+        ending = f"; its {_runs(active)} will end (their history is kept): {_on_steps(runs)}" if active else ""
         actions.append(Action("Workflow", name, "remove", "removed from the spec" + ending))
     return actions
+
+
+def _unchanged_runs(desired: DesiredState, observed: ObservedState, actions: list[Action]) -> dict[str, str]:
+    """The active runs of each workflow the plan leaves as it is, and the steps they are on."""
+    changed = {action.name for action in actions if action.kind == "Workflow"}
+    return {
+        name: f"{_runs(sum(runs.values()))}: {_on_steps(runs, desired.workflows[name])}"
+        for name, runs in sorted(observed.runs.items())
+        if name in desired.workflows and name not in changed and any(runs.values())
+    }
 
 
 def _edit_summary(stored: StoredWorkflow, old_hash: str) -> str:
@@ -395,18 +407,27 @@ def _edit_summary(stored: StoredWorkflow, old_hash: str) -> str:
 
 def _runs_after_edit(workflow: Workflow, runs: Mapping[str, int]) -> str:
     """What an edit does to the runs on their way: those on a step that is gone end, the others stay where they
-    are (a paused workflow holds them)."""
+    are (a paused workflow holds them), and on which steps."""
     if not runs:
         return ""
     keys = set(step_graph(workflow.steps))
     gone = {step: count for step, count in runs.items() if step not in keys}
-    staying = sum(runs.values()) - sum(gone.values())
+    stay = {step: count for step, count in runs.items() if step in keys and count}
     parts = [f"{_runs(count)} on removed step {step} will end" for step, count in sorted(gone.items())]
-    if staying:
+    if stay:
+        staying = sum(stay.values())
         held = " (held: the workflow is paused)" if workflow.status == "paused" else ""
-        where = "stays on its step" if staying == 1 else "stay on their steps"
-        parts.append(f"{_runs(staying)} {where}{held}")
+        verb = "stays" if staying == 1 else "stay"
+        where = next(iter(stay)) if len(stay) == 1 else f"their steps: {_on_steps(stay, workflow)}"
+        parts.append(f"{_runs(staying)} {verb} on {where}{held}")
     return "; " + "; ".join(parts)
+
+
+def _on_steps(runs: Mapping[str, int], workflow: Workflow | None = None) -> str:
+    """ "2 on pause, 1 on rest": in the order runs meet the steps (by name when the workflow is gone)."""
+    order = {key: index for index, key in enumerate(step_graph(workflow.steps))} if workflow else {}
+    steps = sorted((step for step, count in runs.items() if count), key=lambda s: (order.get(s, len(order)), s))
+    return ", ".join(f"{runs[step]:,} on {step}" for step in steps)
 
 
 def _runs(count: int) -> str:

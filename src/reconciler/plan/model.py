@@ -89,6 +89,9 @@ class Plan:
     not_applied: Mapping[str, str] = field(default_factory=dict)
     """Campaigns that are history (sent, or cancelled while sending) whose files were edited: what was not applied
     and where, as `status` shows it."""
+    workflow_runs: Mapping[str, str] = field(default_factory=dict)
+    """The active runs of each workflow the plan leaves unchanged, on their steps ("3 active runs: 2 on pause, 1 on
+    rest"): a changed or removed workflow says it in its action's summary."""
 
     def change(self, subject: str, now: int | None) -> str:
         """ " (+12 since the last apply)", or nothing when unknown (`now` None: not counted) or unchanged."""

@@ -353,7 +353,8 @@ class StepReport(Figures):
     """Runs that did it and went on."""
     waiting: int
     exited: int
-    """Runs whose exit event came while they were on it (or whose step was removed: ended)."""
+    """Runs that exited on it (an `exit` step, or their exit event came while they were on it) or ended there (their
+    step was removed)."""
     sent: int
     delivered: int
     pending: int

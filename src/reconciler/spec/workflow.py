@@ -1,7 +1,7 @@
 """Workflows: a trigger puts a contact on a run that walks a tree of steps.
 
-Steps are mappings discriminated by their action key (``send``, ``wait``, ``wait_until``, ``if``, and the
-list/tag/field actions). A step's optional ``id`` is what keeps running contacts in place when the workflow is
+Steps are mappings discriminated by their action key (``send``, ``wait``, ``wait_until``, ``if``, ``exit``, and
+the list/tag/field actions). A step's optional ``id`` is what keeps running contacts in place when the workflow is
 edited, and what ``{opened: <id>}`` conditions refer to.
 """
 
@@ -189,11 +189,21 @@ class SetFieldStep(StepBase):
     """Which field, and its value."""
 
 
+class ExitStep(StepBase):
+    """End the run here (e.g. in a branch: `if: {tag: customer}` → `exit`)."""
+
+    exit: Literal[True]
+    """true: the run ends at this step, as exited."""
+    reason: str | None = Field(default=None, min_length=1)
+    """Why, as the run's history and `status` say it ("exited at stop: already a customer")."""
+
+
 STEP_KEYS = (
     "send",
     "wait_until",
     "wait",
     "if",
+    "exit",
     "add_to_list",
     "remove_from_list",
     "move_to_list",
@@ -208,6 +218,7 @@ Step = Annotated[
         Annotated[WaitStep, Tag("<wait>")],
         Annotated[WaitUntilStep, Tag("<wait_until>")],
         Annotated[IfStep, Tag("<if>")],
+        Annotated[ExitStep, Tag("<exit>")],
         Annotated[AddToListStep, Tag("<add_to_list>")],
         Annotated[RemoveFromListStep, Tag("<remove_from_list>")],
         Annotated[MoveToListStep, Tag("<move_to_list>")],

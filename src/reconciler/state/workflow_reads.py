@@ -1,5 +1,5 @@
-"""What `status` reads about workflows: their records, and their messages by outcome, by step, and those not sent;
-and what a simulated run (`reconciler test`) reads of its one run: its history, its messages, its end.
+"""What `status` reads about workflows: their records, their ended runs, and their messages by outcome, by step, and
+those not sent; and what a simulated run (`reconciler test`) reads of its one run: its history, its messages, its end.
 
 A workflow's message is a ledger row whose `workflow` names it (its source is the run id, its stage the step). A row
 held back by quiet hours or a cap is still queued: it counts as `postponed` while its last reply says so.
@@ -64,6 +64,17 @@ def messages_by_workflow(db: Database) -> dict[str, dict[str, int]]:
     ):
         found[str(workflow)][str(outcome)] = int(count)
     return dict(found)
+
+
+def ended_runs(db: Database, workflow: str) -> dict[str, int]:
+    """One workflow's ended runs by outcome ("completed", "exited at stop: already a customer", "exited: purchase"),
+    the most frequent first."""
+    rows = db.conn.execute(
+        "SELECT outcome, count(*) FROM workflow_runs WHERE workflow = ? AND state != 'active' GROUP BY outcome "
+        "ORDER BY count(*) DESC, outcome",
+        (workflow,),
+    )
+    return {str(outcome or ""): int(count) for outcome, count in rows}
 
 
 def messages_by_step(db: Database, workflow: str) -> dict[str, dict[str, int]]:

@@ -161,7 +161,8 @@ def move(db: Database, run_id: int, *, step: str, entered_at: str, due_at: str) 
 
 
 def finish(db: Database, run_id: int, *, step: str, state: str, outcome: str, at: str) -> None:
-    """A run is over: completed, exited (its exit event came) or ended (its step or workflow was removed)."""
+    """A run is over: completed, exited (at an `exit` step, or its exit event came) or ended (its step or workflow
+    was removed)."""
     db.conn.execute(
         "UPDATE workflow_runs SET step = ?, state = ?, outcome = ?, ended_at = ?, due_at = NULL WHERE id = ? "
         "AND state = 'active'",

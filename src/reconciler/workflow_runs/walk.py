@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from reconciler.spec.conditions import StepClicked, StepOpened
 from reconciler.spec.workflow import (
     AddToListStep,
+    ExitStep,
     IfStep,
     MoveToListStep,
     RemoveFromListStep,
@@ -77,6 +78,10 @@ def walk(run_pass: Pass, run: Run) -> None:
         node = graph.get(key)
         if node is None:
             _finish(run_pass, run, key, "ended", f"ended: step {key} was removed from the workflow")
+            return
+        if isinstance(node.step, ExitStep):  # the run stops on it, as on a step whose exit event came
+            reason = f": {node.step.reason}" if node.step.reason else ""
+            _finish(run_pass, run, key, "exited", f"exited at {key}{reason}")
             return
         move = _step(run_pass, run, key, node, at)
         if move.until is not None:
