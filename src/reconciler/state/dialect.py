@@ -77,21 +77,22 @@ def to_postgres(sql: str) -> tuple[str, ...]:
     return (_rewrite(tokens),)
 
 
+def _or_ignore(tokens: list[_Token]) -> set[int]:
+    """The tokens of `OR IGNORE` after `INSERT` (with the spaces before them), which PostgreSQL does not have."""
+    significant = [i for i, token in enumerate(tokens) if token.kind not in _SKIPPED]
+    found: set[int] = set()
+    for position, index in enumerate(significant[:-2]):
+        then = [tokens[i].upper() for i in significant[position : position + 3]]
+        if then == ["INSERT", "OR", "IGNORE"]:
+            found.update(range(index + 1, significant[position + 2] + 1))
+    return found
+
+
 def _rewrite(tokens: list[_Token]) -> str:
     out: list[str] = []
-    ignore = False
     returning: int | None = None
     depth = 0
-    significant = [i for i, token in enumerate(tokens) if token.kind not in _SKIPPED]
-    skip: set[int] = set()
-    for position, index in enumerate(significant):
-        token = tokens[index]
-        if token.upper() == "INSERT" and [tokens[i].upper() for i in significant[position + 1 : position + 3]] == [
-            "OR",
-            "IGNORE",
-        ]:
-            ignore = True
-            skip.update(range(index + 1, significant[position + 2] + 1))  # " OR IGNORE" and the spaces between
+    skip = _or_ignore(tokens)
     for index, token in enumerate(tokens):
         if index in skip:
             continue
@@ -105,7 +106,7 @@ def _rewrite(tokens: list[_Token]) -> str:
             if token.upper() == "RETURNING" and depth == 0 and returning is None:
                 returning = len(out)
             out.append(token.text.replace("%", "%%"))
-    if ignore:
+    if skip:
         _on_conflict_do_nothing(out, returning)
     return "".join(out)
 

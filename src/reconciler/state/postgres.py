@@ -104,7 +104,8 @@ class PostgresConnection:
 
     def interrupt(self) -> None:
         """Cancel the statement running (a wait for the writers' lock), from another thread."""
-        self.raw.cancel_safe()
+        cancel = getattr(self.raw, "cancel_safe", None) or self.raw.cancel  # cancel_safe: psycopg 3.2 and later
+        cancel()
 
     def close(self) -> None:
         self.raw.close()
