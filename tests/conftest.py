@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import pg_cluster
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_FOLDERS = ("spec", "campaigns", "templates")
 SNS_TOPIC = "arn:aws:sns:eu-west-1:123:ses"
@@ -80,3 +82,30 @@ def daemons() -> Iterator[list[Any]]:
     yield started
     for daemon in started:
         daemon.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pg_cluster.Cluster]:
+    """One throwaway PostgreSQL server for the whole session (tests/pg_cluster.py): skipped where PostgreSQL is
+    not installed, a failure there when RECONCILER_TEST_POSTGRES=1 (as in CI)."""
+    try:
+        cluster = pg_cluster.Cluster()
+    except pg_cluster.NotInstalled as exc:
+        if os.environ.get(pg_cluster.REQUIRED_ENV) == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: pg_cluster.Cluster) -> Iterator[str]:
+    """The URL of a fresh, empty database of its own on the session's PostgreSQL server (dropped afterwards)."""
+    url = postgres_cluster.database()
+    try:
+        yield url
+    finally:
+        postgres_cluster.drop(url)

@@ -77,14 +77,14 @@ class Group(click.Group):
 @click.option(
     "--state",
     "state",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),  # a string: a postgresql:// URL must keep its "//" (a Path would fold it)
     default=None,
     help="The state database (default: $RECONCILER_STATE, else .state/reconciler.db in the workspace).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs (also accepted after the command).")
 @click.version_option(__version__, prog_name="reconciler")
 @click.pass_context
-def main(ctx: click.Context, workspace: Path, state: Path | None, debug: bool) -> None:
+def main(ctx: click.Context, workspace: Path, state: str | None, debug: bool) -> None:
     """Email marketing as code: validate, plan and apply a workspace of YAML and MJML.
 
     Exit codes: 0 success, 1 the spec or the plan has errors (or an import had bad rows, or mail could not go out),

@@ -16,11 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlite_utils import Database
 
 from reconciler.errors import ReconcilerError
-from reconciler.state.schema import migrations
+from reconciler.state import location, postgres, postgres_schema
+from reconciler.state.postgres import PostgresDatabase, StateDatabase
+from reconciler.state.schema import STEPS, migrations
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,6 @@ POOLED_CACHE_SHARE = 1 / 16
 """Each connection of a pool (the web service's, up to 16: 8 readers and 8 writers) keeps this share: requests
 touch a few rows each."""
 STATE_FOLDER = ".state"
-DEFAULT_PATH = f"{STATE_FOLDER}/reconciler.db"
 
 
 class StateError(ReconcilerError):
@@ -88,9 +90,38 @@ def keep_cache(db: Database, share: float) -> None:
 
 
 def state_path(workspace: Path, override: Path | str | None = None) -> Path:
-    """`--state`, else `RECONCILER_STATE`, else `.state/reconciler.db` under the workspace."""
-    chosen = override or os.environ.get("RECONCILER_STATE")
-    return Path(chosen) if chosen else workspace / DEFAULT_PATH
+    """`--state`, else `RECONCILER_STATE`, else `.state/reconciler.db` under the workspace: a SQLite file (a
+    PostgreSQL URL is refused, without its password, until the commands can run on it)."""
+    chosen = location.choose(workspace, override)
+    if chosen.path is None:
+        raise StateError(f"PostgreSQL state ({chosen.display()}): not available in this version yet; use a SQLite file")
+    return chosen.path
+
+
+def open_postgres(conninfo: str, *, migrate: bool = True) -> PostgresDatabase:
+    """Connect to a PostgreSQL state database (a libpq URL or key=value string) and apply pending migrations,
+    under the writers' lock, so two processes starting at once migrate once (the second finds nothing to do)."""
+    shown = location.parse(conninfo if conninfo.startswith(location.URL_SCHEMES) else "postgresql:" + conninfo)
+    import psycopg
+
+    try:
+        db = postgres.connect(conninfo, lock_timeout_ms=BUSY_TIMEOUT_MS)
+    except psycopg.Error as exc:
+        raise StateError(f"{shown.display()}: cannot connect to the state database: {exc}") from None
+    try:
+        if migrate and pending_postgres(db):
+            with write(db):
+                postgres_schema.apply(db, migrations.name, STEPS)
+    except psycopg.Error as exc:
+        db.close()
+        raise StateError(f"{shown.display()}: cannot bring the state database up to date: {exc}") from exc
+    return db
+
+
+def pending_postgres(db: PostgresDatabase) -> list[str]:
+    """The names of the migrations a PostgreSQL state database lacks."""
+    done = set(postgres_schema.applied(db, migrations.name))
+    return [name for name, _ in STEPS if name not in done]
 
 
 def open_db(
@@ -253,8 +284,11 @@ def empty_db() -> Database:
     return db
 
 
+AnyDatabase = TypeVar("AnyDatabase", bound=StateDatabase)
+
+
 @contextmanager
-def write(db: Database) -> Iterator[Database]:
+def write(db: AnyDatabase) -> Iterator[AnyDatabase]:
     """One write transaction holding the write lock from its first statement (``BEGIN IMMEDIATE``)."""
     if db.conn.in_transaction:  # nested: part of the caller's transaction
         yield db
@@ -291,7 +325,7 @@ def snapshot(db: Database) -> Iterator[Database]:
         db.conn.execute("PRAGMA query_only = OFF")
 
 
-def _begin(db: Database) -> None:
+def _begin(db: StateDatabase) -> None:
     """Take the write lock, waiting up to BUSY_TIMEOUT_MS for another process to let it go (in steps, so that a
     stopping daemon gives up at once)."""
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000

@@ -29,10 +29,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlite_utils import Database
-
 from reconciler.spec.documents import Goal
 from reconciler.spec.types import format_duration, parse_duration
+from reconciler.state.postgres import PostgresDatabase, StateDatabase
 
 BATCH = 20_000
 """Engagement rows read per step of a rebuild."""
@@ -65,7 +64,7 @@ _READ = (
 )
 
 
-def count_new(db: Database, after: int, *, only: tuple[str, str] | None = None) -> None:
+def count_new(db: StateDatabase, after: int, *, only: tuple[str, str] | None = None) -> None:
     """Add the engagement rows with an id above `after` (inside the writer's transaction); `only`: of one
     campaign or workflow (kind, name)."""
     sql = _READ.format(only=" AND source_kind = ? AND source = ?" if only else "")
@@ -85,7 +84,7 @@ def _people_metrics(fact: _Fact) -> list[str]:
     return []
 
 
-def _count(db: Database, facts: Iterable[_Fact]) -> None:
+def _count(db: StateDatabase, facts: Iterable[_Fact]) -> None:
     counts: Counter[Key] = Counter()
     hours: Counter[Key] = Counter()
     links: Counter[Key] = Counter()
@@ -115,7 +114,7 @@ def _count(db: Database, facts: Iterable[_Fact]) -> None:
     _add(db, counts, hours, links)
 
 
-def _count_bounce(db: Database, fact: _Fact, counts: Counter[Key]) -> None:
+def _count_bounce(db: StateDatabase, fact: _Fact, counts: Counter[Key]) -> None:
     """A bounce counts its message once (a person may bounce in several stages); one reported after the relay had
     accepted the message (its row is still `sent`) also counts as bounced_after_sent, which `delivered` leaves out."""
     metric = "bounced_soft" if (fact.detail or "").startswith("soft") else "bounced_hard"
@@ -129,7 +128,7 @@ def _count_bounce(db: Database, fact: _Fact, counts: Counter[Key]) -> None:
         counts[(fact.kind, fact.name, fact.stage, "bounced_after_sent")] += 1
 
 
-def _first(db: Database, fact: _Fact, stage: str, metric: str) -> bool:
+def _first(db: StateDatabase, fact: _Fact, stage: str, metric: str) -> bool:
     """Whether this is the first time the person counts for `metric` (then they are remembered)."""
     return bool(
         db.conn.execute(
@@ -139,43 +138,56 @@ def _first(db: Database, fact: _Fact, stage: str, metric: str) -> bool:
     )
 
 
-def _country(db: Database, contact_id: int) -> str:
+def _country(db: StateDatabase, contact_id: int) -> str:
     row = db.conn.execute("SELECT coalesce(nullif(country, ''), '?') FROM contacts WHERE id = ?", (contact_id,))
     found = row.fetchone()
     return str(found[0]) if found else "?"
 
 
-def _add(db: Database, counts: Mapping[Key, float], hours: Mapping[Key, int], links: Mapping[Key, int]) -> None:
+def _add(db: StateDatabase, counts: Mapping[Key, float], hours: Mapping[Key, int], links: Mapping[Key, int]) -> None:
     db.conn.executemany(
         "INSERT INTO report_counts(kind, name, stage, metric, value) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT DO UPDATE SET value = value + excluded.value",
+        "ON CONFLICT (kind, name, stage, metric) DO UPDATE SET value = report_counts.value + excluded.value",
         [(*key, value) for key, value in counts.items()],
     )
     db.conn.executemany(
         "INSERT INTO report_hours(kind, name, hour, opens, clicks) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT DO UPDATE SET opens = opens + excluded.opens, clicks = clicks + excluded.clicks",
+        "ON CONFLICT (kind, name, hour) DO UPDATE SET opens = report_hours.opens + excluded.opens, "
+        "clicks = report_hours.clicks + excluded.clicks",
         [(k, n, h, v if a == "opened" else 0, v if a == "clicked" else 0) for (k, n, h, a), v in hours.items()],
     )
     db.conn.executemany(
         "INSERT INTO report_links(kind, name, url, clicks, people) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT DO UPDATE SET clicks = clicks + excluded.clicks, people = people + excluded.people",
+        "ON CONFLICT (kind, name, url) DO UPDATE SET clicks = report_links.clicks + excluded.clicks, "
+        "people = report_links.people + excluded.people",
         [(k, n, u, v if m == "clicks" else 0, v if m == "people" else 0) for (k, n, u, m), v in links.items()],
     )
 
 
-def count_recipients(db: Database, campaign: str) -> None:
+def count_recipients(db: StateDatabase, campaign: str) -> None:
     """The campaign's first message's recipients by the contact's country (when it starts, inside its write)."""
     db.conn.execute(
         "INSERT INTO report_counts(kind, name, stage, metric, value) SELECT 'campaign', ?, '', "
         "'recipients:' || coalesce(nullif(c.country, ''), '?'), count(*) FROM ledger l JOIN contacts c "
         "ON c.id = l.contact_id WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' GROUP BY 4 "
-        "ON CONFLICT DO UPDATE SET value = excluded.value",
+        "ON CONFLICT (kind, name, stage, metric) DO UPDATE SET value = excluded.value",
         (campaign, campaign),
     )
 
 
 _DEFAULT_WITHIN = format_duration(Goal.model_fields["within"].default)
 """A stored goal without `within` (a document stored before it was written out) has the Goal model's default."""
+_GOALS = (
+    "SELECT name, json_extract(spec, '$.goal.event'), coalesce(json_extract(spec, '$.goal.within'), ?), "
+    "json_extract(spec, '$.goal.value') FROM campaigns WHERE started_at IS NOT NULL "
+    "AND json_extract(spec, '$.goal.event') IN (SELECT DISTINCT type FROM events WHERE id > ?)"
+)
+_GOALS_POSTGRES = (  # the goal's three values are strings: jsonb's text of them is what json_extract gives
+    "SELECT name, spec::jsonb #>> '{goal,event}', coalesce(spec::jsonb #>> '{goal,within}', ?), "
+    "spec::jsonb #>> '{goal,value}' "
+    "FROM campaigns WHERE started_at IS NOT NULL "
+    "AND spec::jsonb #>> '{goal,event}' IN (SELECT DISTINCT type FROM events WHERE id > ?)"
+)
 
 
 class _Goal(NamedTuple):
@@ -184,21 +196,17 @@ class _Goal(NamedTuple):
     value: str | None
 
 
-def _goals(db: Database, after: int) -> dict[str, _Goal]:
+def _goals(db: StateDatabase, after: int) -> dict[str, _Goal]:
     """The goals of the campaigns that started and whose goal event is among the events with an id above `after`
     (most batches of events concern no goal, and cost one indexed lookup)."""
     found = {}
-    for name, event, within, value in db.conn.execute(
-        "SELECT name, json_extract(spec, '$.goal.event'), coalesce(json_extract(spec, '$.goal.within'), ?), "
-        "json_extract(spec, '$.goal.value') FROM campaigns WHERE started_at IS NOT NULL "
-        "AND json_extract(spec, '$.goal.event') IN (SELECT DISTINCT type FROM events WHERE id > ?)",
-        (_DEFAULT_WITHIN, after),
-    ):
+    sql = _GOALS_POSTGRES if isinstance(db, PostgresDatabase) else _GOALS
+    for name, event, within, value in db.conn.execute(sql, (_DEFAULT_WITHIN, after)):
         found[str(name)] = _Goal(str(event), parse_duration(within).total_seconds(), value)
     return found
 
 
-def count_conversions(db: Database, after: int, *, only: str | None = None) -> None:
+def count_conversions(db: StateDatabase, after: int, *, only: str | None = None) -> None:
     """Add the events with an id above `after` to the goals of the campaigns whose first message reached the
     person before the event and within the goal's window (inside the events writer's transaction). A message
     still on the wire when its recipient's event is recorded is not counted; `report --rebuild` counts it."""
@@ -236,7 +244,7 @@ def _within(sent_at: str, occurred_at: str, seconds: float) -> bool:
     return sent <= datetime.fromisoformat(occurred_at) < sent + timedelta(seconds=seconds)
 
 
-def counted_for(db: Database, email: str) -> list[tuple[str, str]]:
+def counted_for(db: StateDatabase, email: str) -> list[tuple[str, str]]:
     """The campaigns and workflows whose counters hold something of this person (before they are erased)."""
     rows = db.conn.execute(
         "SELECT DISTINCT p.kind, p.name FROM report_people p JOIN contacts c ON c.id = p.contact_id WHERE c.email = ? "
@@ -247,7 +255,7 @@ def counted_for(db: Database, email: str) -> list[tuple[str, str]]:
     return [(str(kind), str(name)) for kind, name in rows]
 
 
-def recount(db: Database, kind: str, name: str) -> None:
+def recount(db: StateDatabase, kind: str, name: str) -> None:
     """Count one campaign's (or workflow's) counters again from its facts (inside the caller's write): after an
     erasure deleted a person's facts, the figures are what the facts say."""
     for table in ("report_counts", "report_people", "report_hours", "report_links"):
@@ -259,7 +267,7 @@ def recount(db: Database, kind: str, name: str) -> None:
         count_conversions(db, 0, only=name)
 
 
-def count_all(db: Database) -> None:
+def count_all(db: StateDatabase) -> None:
     """Inside the caller's write: forget every counter and count the facts again."""
     for table in ("report_counts", "report_people", "report_hours", "report_links"):
         db.conn.execute(f"DELETE FROM {table}")  # noqa: S608 (our own table names)
@@ -269,7 +277,7 @@ def count_all(db: Database) -> None:
     count_conversions(db, 0)
 
 
-def rebuild(db: Database) -> int:
+def rebuild(db: StateDatabase) -> int:
     """Count everything again from the facts; returns the engagement rows counted."""
     from reconciler.state.db import write  # the database module runs the migrations, which use this one
 

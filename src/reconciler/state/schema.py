@@ -1,24 +1,46 @@
-"""The state database's schema, as a named set of migrations (sqlite-utils `Migrations`).
+"""The state database's schema, as a named set of migrations (sqlite-utils `Migrations`), one history for SQLite
+and PostgreSQL.
 
 Migrations only ever append: a released migration is never edited, so every database, however old, reaches the
 same schema by applying the ones it lacks. Each runs in a transaction together with its record.
+
+Each is written once for both engines: DDL in SQLite's words (`dialect.to_postgres` gives it PostgreSQL's types),
+data work in SQL both accept; where they differ, a branch on `isinstance(db, PostgresDatabase)`, PostgreSQL's side
+in state/postgres_schema.py. tests/test_postgres_state.py compares the schemas both engines reach.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
+from collections.abc import Callable
 
-from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from reconciler.state import rollups, upgrades
+from reconciler.state import postgres_schema, rollups, upgrades
+from reconciler.state.postgres import PostgresDatabase, StateDatabase
 
 migrations = Migrations("reconciler")
+"""The history as sqlite-utils applies it to SQLite databases."""
+Step = Callable[[StateDatabase], None]
+STEPS: list[tuple[str, Step]] = []
+"""The same history, in the same order, as `postgres_schema.apply` applies it to PostgreSQL databases."""
 
 
-@migrations(name="0001_initial")
-def _initial(db: Database) -> None:
+def migration(name: str) -> Callable[[Step], Step]:
+    """Register a migration under `name` for both engines (one declaration, one list of names)."""
+
+    def register(step: Step) -> Step:
+        migrations(name=name)(step)
+        STEPS.append((name, step))
+        return step
+
+    return register
+
+
+@migration("0001_initial")
+def _initial(db: StateDatabase) -> None:
     _run_script(
         db,
         """
@@ -188,8 +210,8 @@ def _initial(db: Database) -> None:
     )
 
 
-@migrations(name="0002_campaign_audience")
-def _campaign_audience(db: Database) -> None:
+@migration("0002_campaign_audience")
+def _campaign_audience(db: StateDatabase) -> None:
     """What a campaign's segments meant when it was scheduled: it starts from this, not from the files."""
     _run_script(
         db,
@@ -204,8 +226,8 @@ def _campaign_audience(db: Database) -> None:
     )
 
 
-@migrations(name="0003_segment_indexes")
-def _segment_indexes(db: Database) -> None:
+@migration("0003_segment_indexes")
+def _segment_indexes(db: StateDatabase) -> None:
     """Indexes the segment compiler's subqueries read (events by type and time, engagement by action and time), and
     the foreign keys' child columns."""
     _run_script(
@@ -221,8 +243,8 @@ def _segment_indexes(db: Database) -> None:
     )
 
 
-@migrations(name="0004_dispatch")
-def _dispatch(db: Database) -> None:
+@migration("0004_dispatch")
+def _dispatch(db: StateDatabase) -> None:
     """Sending: who holds a ledger row while it is on the wire, when it went, the stages started, and the policy
     rejections a campaign collected."""
     _run_script(
@@ -253,8 +275,8 @@ def _dispatch(db: Database) -> None:
     )
 
 
-@migrations(name="0005_subscriber_service")
-def _subscriber_service(db: Database) -> None:
+@migration("0005_subscriber_service")
+def _subscriber_service(db: StateDatabase) -> None:
     """The web service: a contact's frequency choice, and provider webhook events seen (redeliveries change nothing)."""
     _run_script(
         db,
@@ -271,12 +293,17 @@ def _subscriber_service(db: Database) -> None:
     )
 
 
-@migrations(name="0006_typed_records")
-def _typed_records(db: Database) -> None:
+@migration("0006_typed_records")
+def _typed_records(db: StateDatabase) -> None:
     """Stored JSON in the shapes the typed readers expect: list records carry their kind; a campaign's stored
     audience holds its lists and segments beside the segment definitions; the Settings of the last good revision,
     and the last refused revision, are one document each instead of one key per value."""
-    db.conn.execute("UPDATE lists SET spec = json_set(spec, '$.kind', 'List')")
+    if isinstance(db, PostgresDatabase):  # no json_set: the same change, made in Python
+        for name, spec in db.conn.execute("SELECT name, spec FROM lists").fetchall():
+            spec_text = json.dumps({**json.loads(spec), "kind": "List"})
+            db.conn.execute("UPDATE lists SET spec = ? WHERE name = ?", (spec_text, name))
+    else:
+        db.conn.execute("UPDATE lists SET spec = json_set(spec, '$.kind', 'List')")
     for name, spec_text, audience_text in db.conn.execute("SELECT name, spec, audience FROM campaigns").fetchall():
         audience = json.loads(spec_text).get("audience") or {}
         exclude = audience.get("exclude") or {}
@@ -290,9 +317,7 @@ def _typed_records(db: Database) -> None:
         db.conn.execute("UPDATE campaigns SET audience = ? WHERE name = ?", (json.dumps(stored), name))
     legacy = dict(db.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'settings.%'").fetchall())
     if "settings.public_url" in legacy:
-        db.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('settings', ?)", (upgrades.settings_from_keys(legacy),)
-        )
+        db.conn.execute(_SET_META, ("settings", upgrades.settings_from_keys(legacy)))
     db.conn.execute("DELETE FROM meta WHERE key LIKE 'settings.%'")
     error = dict(db.conn.execute("SELECT key, value FROM meta WHERE key LIKE 'last_error%'").fetchall())
     if error.get("last_error"):
@@ -303,14 +328,16 @@ def _typed_records(db: Database) -> None:
             "count": old["count"],
             "problems": old["problems"],
         }
-        db.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('refused_revision', ?)", (json.dumps(refused),)
-        )
+        db.conn.execute(_SET_META, ("refused_revision", json.dumps(refused)))
     db.conn.execute("DELETE FROM meta WHERE key LIKE 'last_error%'")
 
 
-@migrations(name="0007_erased_waiting_rows")
-def _erased_waiting_rows(db: Database) -> None:
+_SET_META = "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+"""SQLite's INSERT OR REPLACE said the way both engines accept (meta has one key and one value)."""
+
+
+@migration("0007_erased_waiting_rows")
+def _erased_waiting_rows(db: StateDatabase) -> None:
     """Waiting messages of contacts erased before this version are skipped, as erasure now does (they could never
     be sent, and a campaign waiting for them never finished)."""
     _run_script(
@@ -322,36 +349,27 @@ def _erased_waiting_rows(db: Database) -> None:
     )
 
 
-_JSON_COLUMNS = (
-    ("contact", "fields", "{}", "SELECT id, fields FROM contacts WHERE json_valid(fields) = 0", "contacts SET fields"),
-    ("contact", "tags", "[]", "SELECT id, tags FROM contacts WHERE json_valid(tags) = 0", "contacts SET tags"),
-    (
-        "event",
-        "properties",
-        "{}",
-        "SELECT id, properties FROM events WHERE json_valid(properties) = 0",
-        "events SET properties",
-    ),
-)
-
-
-@migrations(name="0008_stored_json")
-def _stored_json(db: Database) -> None:
+@migration("0008_stored_json")
+def _stored_json(db: StateDatabase) -> None:
     """Stored JSON that SQLite cannot read (NaN and Infinity, or Python's repr of a value, which 0.3 let in through
     the API and imports) made every query reading the row fail, so planning and sending stopped. A non-finite number
     becomes null, text that is not JSON at all an empty object (or list); each repaired row is named in the audit
     log. Triggers keep invalid JSON out of these columns from now on, whoever writes it."""
-    repaired: list[str] = []
-    for label, column, empty, select, update in _JSON_COLUMNS:
-        for row_id, text in db.conn.execute(select).fetchall():
-            db.conn.execute("UPDATE " + update + " = ? WHERE id = ?", (upgrades.repaired_json(text, empty), row_id))
-            repaired.append(f"{label} {row_id} {column}")
+    if isinstance(db, PostgresDatabase):
+        db.conn.run_script(postgres_schema.JSON_VALID)  # SQLite's json_valid(), for the queries below
+    repaired = upgrades.repair_stored_json(db)
     if repaired:
         db.conn.execute(
-            "INSERT INTO audit(at, actor, subject, action, detail) VALUES (strftime('%Y-%m-%dT%H:%M:%SZ'), "
-            "'migration', 'stored JSON', 'repaired', ?)",
-            (f"{len(repaired)} values SQLite could not read: {', '.join(repaired[:100])}",),
+            "INSERT INTO audit(at, actor, subject, action, detail) "
+            "VALUES (?, 'migration', 'stored JSON', 'repaired', ?)",
+            (
+                datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                f"{len(repaired)} values SQLite could not read: {', '.join(repaired[:100])}",
+            ),
         )
+    if isinstance(db, PostgresDatabase):
+        db.conn.run_script(postgres_schema.JSON_TRIGGERS)
+        return
     _run_script(
         db,
         """
@@ -369,8 +387,8 @@ def _stored_json(db: Database) -> None:
     )
 
 
-@migrations(name="0009_workflow_runs")
-def _workflow_runs(db: Database) -> None:
+@migration("0009_workflow_runs")
+def _workflow_runs(db: StateDatabase) -> None:
     """Workflows that run: one row per run (a contact on a workflow, with an optional key such as an order id), its
     history step by step, the workflow's stored content (so runs work from the last good revision, not the files),
     and the workflow a send belongs to on its ledger row (the row's source is the run id, its stage the step)."""
@@ -418,8 +436,8 @@ def _workflow_runs(db: Database) -> None:
     )
 
 
-@migrations(name="0010_report_counts")
-def _report_counts(db: Database) -> None:
+@migration("0010_report_counts")
+def _report_counts(db: StateDatabase) -> None:
     """Counters for reports, kept as facts are recorded (state/rollups.py), counted once from the facts here."""
     _run_script(
         db,
@@ -448,21 +466,21 @@ def _report_counts(db: Database) -> None:
     )  # counted from the facts by the next migration, which adds the column the counting reads
 
 
-@migrations(name="0011_engagement_country")
-def _engagement_country(db: Database) -> None:
+@migration("0011_engagement_country")
+def _engagement_country(db: StateDatabase) -> None:
     """The country an open or click came from, when a GeoIP database is configured (never the address); the report
     counters are counted again from the facts (once, on the first start after an upgrade)."""
     _run_script(db, "ALTER TABLE engagement ADD COLUMN country TEXT;")
     rollups.count_all(db)
 
 
-@migrations(name="0012_campaign_not_applied")
-def _campaign_not_applied(db: Database) -> None:
+@migration("0012_campaign_not_applied")
+def _campaign_not_applied(db: StateDatabase) -> None:
     """What the files say about a campaign that is history (sent, or cancelled while sending) and was not applied."""
     db.conn.execute("ALTER TABLE campaigns ADD COLUMN not_applied TEXT")
 
 
-def _run_script(db: Database, script: str) -> None:
+def _run_script(db: StateDatabase, script: str) -> None:
     """Statement by statement: `executescript` would commit the migration's transaction half-way."""
     statement = ""
     for line in script.splitlines(keepends=True):

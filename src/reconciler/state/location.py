@@ -1,0 +1,81 @@
+"""Where the state is: a SQLite file, or a PostgreSQL database, as `--state` or RECONCILER_STATE name it.
+
+A PostgreSQL database is named by a libpq URL, ``postgresql://user:password@host:port/dbname?param=value`` (or
+``postgres://…``), or by libpq's key=value connection string after ``postgresql:``
+(``postgresql:host=/run/postgresql dbname=mail``). Anything else is the path of a SQLite file, as before.
+
+`display()` is how the location is shown in messages and logs: never with its password (a URL's password, or a
+``password=`` parameter, in the query or the key=value string).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+ENV = "RECONCILER_STATE"
+DEFAULT_PATH = ".state/reconciler.db"
+URL_SCHEMES = ("postgresql://", "postgres://")
+CONNINFO_PREFIX = "postgresql:"
+_PAIR = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+"""One key=value of a libpq connection string (a value may be quoted, with backslash escapes)."""
+
+
+def _secret(key: str) -> bool:
+    return "password" in unquote(key).lower()  # password, sslpassword
+
+
+@dataclass(frozen=True)
+class StateLocation:
+    """A SQLite file (`path`) or a PostgreSQL database (`conninfo`, what libpq is given)."""
+
+    path: Path | None = None
+    conninfo: str | None = None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.conninfo is not None
+
+    def display(self) -> str:
+        """The location for people to read: a PostgreSQL URL or connection string without its password."""
+        if self.conninfo is None:
+            return str(self.path)
+        if self.conninfo.startswith(URL_SCHEMES):
+            return _display_url(self.conninfo)
+        pairs = [(key, value) for key, value in _PAIR.findall(self.conninfo) if not _secret(key)]
+        return CONNINFO_PREFIX + " ".join(f"{key}={value}" for key, value in pairs)
+
+
+def _display_url(url: str) -> str:
+    """The URL without the password of its user part and without password parameters. As libpq reads it, the
+    user part is there when an `@` comes before the first `/`; up to the last such `@` is left out (and up to an
+    `@` in the path: a password with an unencoded `/`, which libpq misreads, is not shown either)."""
+    scheme, _, rest = url.partition("://")
+    slash = rest.find("/")
+    at = (rest if slash < 0 else rest[:slash]).rfind("@")
+    if at < 0 <= slash:
+        path_end = rest.find("?", slash)
+        at = rest.rfind("@", slash, len(rest) if path_end < 0 else path_end)
+    user = rest[:at].split(":", 1)[0] if at >= 0 else ""
+    place, _, query = rest[at + 1 :].partition("?")
+    kept = [pair for pair in query.split("&") if pair and not _secret(pair.split("=", 1)[0])]
+    return f"{scheme}://{user + '@' if user else ''}{place}" + ("?" + "&".join(kept) if kept else "")
+
+
+def parse(text: str | Path) -> StateLocation:
+    """The location a `--state` value or RECONCILER_STATE names."""
+    if isinstance(text, str):
+        if text.startswith(URL_SCHEMES):
+            return StateLocation(conninfo=text)
+        if text.startswith(CONNINFO_PREFIX):
+            return StateLocation(conninfo=text[len(CONNINFO_PREFIX) :].strip())
+    return StateLocation(path=Path(text))
+
+
+def choose(workspace: Path, override: Path | str | None = None) -> StateLocation:
+    """`--state`, else RECONCILER_STATE, else `.state/reconciler.db` under the workspace."""
+    chosen = override or os.environ.get(ENV)
+    return parse(chosen) if chosen else StateLocation(path=workspace / DEFAULT_PATH)

@@ -1,0 +1,138 @@
+"""A PostgreSQL state database behind the part of sqlite-utils' `Database` the state code uses.
+
+`PostgresDatabase` has `execute(sql, params)` and a `.conn` with `execute`, `executemany`, `in_transaction`,
+`close` and `interrupt`, like `sqlite_utils.Database` over a `sqlite3.Connection`, so a function of `state/` can be
+given either. It holds one psycopg connection in autocommit mode: as on SQLite (opened with
+``isolation_level=None``), a statement outside ``BEGIN … COMMIT`` commits on its own, and `state.db.write()`'s
+explicit ``BEGIN IMMEDIATE`` starts a transaction (with the writers' advisory lock: `dialect.to_postgres`).
+
+Each statement's text goes through `dialect.to_postgres` (cached per distinct text); parameters are passed as
+SQLite's module takes them (a sequence for `?`, a mapping for `:name`), `True`/`False` as 1/0 as SQLite stores
+them. A cursor answers `fetchone`, `fetchall`, `rowcount` and iteration as sqlite3's does, including after a
+statement that returns no rows (None, []).
+
+psycopg is imported when a connection is made, not before: SQLite users do not pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database
+
+from reconciler.state.dialect import to_postgres
+
+if TYPE_CHECKING:
+    import psycopg
+
+Params = Sequence[Any] | Mapping[str, Any]
+
+
+def _adapted(params: Params | None) -> Sequence[Any] | Mapping[str, Any]:
+    """Booleans as the integers SQLite stores them as; no parameters as an empty tuple (so that psycopg always
+    reads `%%` as the literal `%` the translation made of `%`)."""
+    if params is None:
+        return ()
+    if isinstance(params, Mapping):
+        return {key: int(value) if isinstance(value, bool) else value for key, value in params.items()}
+    return tuple(int(value) if isinstance(value, bool) else value for value in params)
+
+
+class PostgresCursor:
+    """What a statement returned, read as a sqlite3 cursor is."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone() if self._cursor.description is not None else None
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall() if self._cursor.description is not None else []
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._cursor.description is not None:
+            yield from self._cursor
+
+
+class PostgresConnection:
+    """One psycopg connection, autocommit, answering as the sqlite3 connection the state code holds."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Params | None = None) -> PostgresCursor:
+        statements = to_postgres(sql)
+        cursor = self.raw.cursor()
+        if len(statements) > 1:  # BEGIN IMMEDIATE: BEGIN, then the writers' lock, which may time out
+            cursor.execute(statements[0])
+            try:
+                for statement in statements[1:]:
+                    cursor.execute(statement, _adapted(params))
+            except BaseException:
+                self.raw.execute("ROLLBACK")  # no half-begun transaction is left behind
+                raise
+            return PostgresCursor(cursor)
+        cursor.execute(statements[0], _adapted(params))
+        return PostgresCursor(cursor)
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> PostgresCursor:
+        (statement,) = to_postgres(sql)
+        cursor = self.raw.cursor()
+        cursor.executemany(statement, [_adapted(row) for row in rows])
+        return PostgresCursor(cursor)
+
+    def run_script(self, script: str) -> None:
+        """PostgreSQL's own SQL, run as it is (no translation, no parameters; several statements may follow each
+        other): a function body in dollar quotes, what only PostgreSQL has."""
+        self.raw.execute(script)  # without parameters, psycopg reads no placeholders in it
+
+    @property
+    def in_transaction(self) -> bool:
+        import psycopg
+
+        return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def interrupt(self) -> None:
+        """Cancel the statement running (a wait for the writers' lock), from another thread."""
+        cancel = getattr(self.raw, "cancel_safe", None) or self.raw.cancel  # cancel_safe: psycopg 3.2 and later
+        cancel()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PostgresDatabase:
+    """The state on PostgreSQL, answering as `sqlite_utils.Database` does for what the state code uses."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = PostgresConnection(conn)
+
+    def execute(self, sql: str, params: Params | None = None) -> PostgresCursor:
+        return self.conn.execute(sql, params)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+StateDatabase = Database | PostgresDatabase
+"""A state database on either engine: what the migrations, and in time every function of `state/`, are given."""
+
+
+def connect(conninfo: str, *, lock_timeout_ms: int) -> PostgresDatabase:
+    """A connection to `conninfo` (a libpq URL or key=value string), autocommit; a wait for a lock (the writers'
+    advisory lock included) fails after `lock_timeout_ms`, as SQLite's busy timeout does."""
+    import psycopg
+
+    conn = psycopg.connect(conninfo, autocommit=True, fallback_application_name="reconciler")
+    conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
+    return PostgresDatabase(conn)
