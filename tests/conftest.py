@@ -109,3 +109,20 @@ def postgres_url(postgres_cluster: pg_cluster.Cluster) -> Iterator[str]:
         yield url
     finally:
         postgres_cluster.drop(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def state_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A migrated, empty state database on each engine in turn (SQLite in a file; PostgreSQL on the session's
+    cluster): a test that takes it runs the same assertions on both."""
+    from reconciler.state.db import open_db, open_postgres
+
+    db: Any = (
+        open_db(tmp_path / "state.db")
+        if request.param == "sqlite"
+        else open_postgres(request.getfixturevalue("postgres_url"))
+    )
+    try:
+        yield db
+    finally:
+        db.close()

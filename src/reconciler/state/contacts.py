@@ -20,6 +20,8 @@ from reconciler.segments import json_path
 from reconciler.spec.contact import TEXT_FIELDS, Contact
 from reconciler.state import rollups
 from reconciler.state.db import audit, write
+from reconciler.state.portable import json_merge, json_values, tag_union
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.suppressions import SuppressionReason, email_hash, suppress, suppress_many
 
 CONTACT_NAMES = ("id", "email", *TEXT_FIELDS, "tags", "fields", "created_at", "frequency")
@@ -42,7 +44,7 @@ def contact_from_row(values: Sequence[Any]) -> Contact:
     )
 
 
-def find_contact(db: Database, email: str) -> Contact | None:
+def find_contact(db: StateDatabase, email: str) -> Contact | None:
     """A contact by normalised address."""
     row = db.conn.execute(f"SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.email = ?", (email,)).fetchone()
     return contact_from_row(row) if row else None
@@ -121,31 +123,30 @@ class BatchResult:
             self.statuses[status] = self.statuses.get(status, 0) + count
 
 
-_UPSERT = f"""
+def _upsert(db: StateDatabase) -> str:
+    return f"""
 INSERT INTO contacts (email, email_hash, {", ".join(TEXT_FIELDS)}, tags, fields, created_at, updated_at,
                       import_id)
 VALUES (?, ?, {", ".join("?" for _ in TEXT_FIELDS)}, ?, ?, ?, ?, ?)
 ON CONFLICT (email) DO UPDATE SET
-    {", ".join(f"{c} = coalesce(excluded.{c}, {c})" for c in TEXT_FIELDS)},
-    tags = CASE WHEN excluded.tags = '[]' THEN tags ELSE (
-        SELECT json_group_array(value) FROM (
-            SELECT value FROM json_each(contacts.tags) UNION SELECT value FROM json_each(excluded.tags)
-        )
-    ) END,
-    fields = json_patch(fields, excluded.fields),
+    {", ".join(f"{c} = coalesce(excluded.{c}, contacts.{c})" for c in TEXT_FIELDS)},
+    tags = CASE WHEN excluded.tags = '[]' THEN contacts.tags ELSE {tag_union(db, "contacts.tags", "excluded.tags")} END,
+    fields = {json_merge(db, "contacts.fields", "excluded.fields")},
     updated_at = excluded.updated_at,
     import_id = excluded.import_id
 """
 
 
-def start_import(db: Database, *, file: str, at: str) -> int:
+def start_import(db: StateDatabase, *, file: str, at: str) -> int:
     with write(db):
-        cursor = db.conn.execute("INSERT INTO imports(file, started_at) VALUES (?, ?)", (file, at))
-    return int(cursor.lastrowid or 0)
+        (import_id,) = db.conn.execute(
+            "INSERT INTO imports(file, started_at) VALUES (?, ?) RETURNING id", (file, at)
+        ).fetchone()
+    return int(import_id)
 
 
 def import_batch(
-    db: Database,
+    db: StateDatabase,
     rows: Sequence[ContactRow],
     *,
     import_id: int,
@@ -197,7 +198,7 @@ def import_batch(
                     import_id,
                 )
             )
-        db.conn.executemany(_UPSERT, values)
+        db.conn.executemany(_upsert(db), values)
         _keep_evidence(db, rows)
         emails = json.dumps(sorted(email for email in seen if status[email] is None))
         lists = list(lists)
@@ -209,21 +210,21 @@ def import_batch(
     return result
 
 
-_WITH_EVIDENCE = "FROM contacts c LEFT JOIN temp.import_evidence ev ON ev.email = c.email WHERE"
+_WITH_EVIDENCE = "FROM contacts c LEFT JOIN import_evidence ev ON ev.email = c.email WHERE"
 
 
-def _keep_evidence(db: Database, rows: Sequence[ContactRow]) -> None:
+def _keep_evidence(db: StateDatabase, rows: Sequence[ContactRow]) -> None:
     """Inside the import's write: this batch's consent evidence, for the consent records its statements insert."""
     db.conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_evidence (email TEXT PRIMARY KEY, text TEXT NOT NULL)")
-    db.conn.execute("DELETE FROM temp.import_evidence")
+    db.conn.execute("DELETE FROM import_evidence")  # the temporary table: SQLite and PostgreSQL look there first
     db.conn.executemany(
-        "INSERT OR REPLACE INTO temp.import_evidence(email, text) VALUES (?, ?)",
+        "INSERT INTO import_evidence(email, text) VALUES (?, ?) ON CONFLICT(email) DO UPDATE SET text = excluded.text",
         [(row.email, row.evidence) for row in rows if row.evidence],
     )
 
 
 def _apply_statuses(
-    db: Database,
+    db: StateDatabase,
     result: BatchResult,
     status: dict[str, str | None],
     lists: Sequence[str],
@@ -243,7 +244,7 @@ def _apply_statuses(
         _unsubscribe_batch(db, json.dumps(everything), name, at=at, source=source, joined_only=True)
     db.conn.execute(
         "INSERT INTO consent(contact_id, list, action, at, source, text) SELECT c.id, NULL, 'unsubscribe', ?, ?, "
-        f"ev.text {_WITH_EVIDENCE} c.email IN (SELECT value FROM json_each(?)) "
+        f"ev.text {_WITH_EVIDENCE} c.email IN ({json_values(db, '?')}) "
         "AND NOT EXISTS (SELECT 1 FROM suppressions p WHERE p.email_hash = c.email_hash)",
         (at, source, json.dumps(everything)),
     )
@@ -256,7 +257,7 @@ def _apply_statuses(
     )
 
 
-def _unsubscribe_batch(db: Database, emails: str, name: str, *, at: str, source: str, joined_only: bool) -> None:
+def _unsubscribe_batch(db: StateDatabase, emails: str, name: str, *, at: str, source: str, joined_only: bool) -> None:
     """Unsubscribe these addresses from one list, each change with its consent record. `joined_only`: only those
     on the list (leaving everything); otherwise the unsubscribe is kept for people never on it too, so that no
     later import subscribes them."""
@@ -264,37 +265,37 @@ def _unsubscribe_batch(db: Database, emails: str, name: str, *, at: str, source:
     params = {"emails": emails, "list": name, "at": at, "source": source}
     db.conn.execute(
         "INSERT INTO consent(contact_id, list, action, at, source, text) SELECT c.id, :list, 'unsubscribe', :at, "
-        f":source, ev.text {_WITH_EVIDENCE} c.email IN (SELECT value FROM json_each(:emails)) AND NOT EXISTS (SELECT 1 "
+        f":source, ev.text {_WITH_EVIDENCE} c.email IN ({json_values(db, ':emails')}) AND NOT EXISTS (SELECT 1 "
         f"FROM subscriptions s WHERE s.contact_id = c.id AND s.list = :list AND s.status = 'unsubscribed') {joined}",
         params,
     )
     db.conn.execute(
         "INSERT INTO subscriptions(contact_id, list, status, updated_at) SELECT c.id, :list, 'unsubscribed', :at "
-        f"FROM contacts c WHERE c.email IN (SELECT value FROM json_each(:emails)) {joined} "
+        f"FROM contacts c WHERE c.email IN ({json_values(db, ':emails')}) {joined} "
         "ON CONFLICT(contact_id, list) DO UPDATE SET status = 'unsubscribed', updated_at = excluded.updated_at "
         "WHERE subscriptions.status != 'unsubscribed'",
         params,
     )
 
 
-def _suppressed(db: Database, hashes: Iterable[str]) -> dict[str, str]:
+def _suppressed(db: StateDatabase, hashes: Iterable[str]) -> dict[str, str]:
     rows = db.conn.execute(
-        "SELECT email_hash, reason FROM suppressions WHERE email_hash IN (SELECT value FROM json_each(?))",
+        f"SELECT email_hash, reason FROM suppressions WHERE email_hash IN ({json_values(db, '?')})",
         (json.dumps(list(hashes)),),
     )
     return dict(rows.fetchall())
 
 
-def _existing(db: Database, hashes: dict[str, str]) -> dict[str, int | None]:
+def _existing(db: StateDatabase, hashes: dict[str, str]) -> dict[str, int | None]:
     rows = db.conn.execute(
-        "SELECT email, import_id FROM contacts WHERE email IN (SELECT value FROM json_each(?))",
+        f"SELECT email, import_id FROM contacts WHERE email IN ({json_values(db, '?')})",
         (json.dumps(list(hashes)),),
     )
     return dict(rows.fetchall())
 
 
 def _subscribe_batch(
-    db: Database,
+    db: StateDatabase,
     result: BatchResult,
     emails: str,
     name: str,
@@ -315,21 +316,21 @@ def _subscribe_batch(
         "b": json.dumps(list(blocking)),
     }
     kept_out = db.conn.execute(
-        """
+        f"""
         SELECT coalesce(p.reason, s.status), count(*) FROM contacts c
-        LEFT JOIN suppressions p ON p.email_hash = c.email_hash AND p.reason IN (SELECT value FROM json_each(:b))
+        LEFT JOIN suppressions p ON p.email_hash = c.email_hash AND p.reason IN ({json_values(db, ":b")})
         LEFT JOIN subscriptions s ON s.contact_id = c.id AND s.list = :list AND s.status = 'unsubscribed'
-        WHERE c.email IN (SELECT value FROM json_each(:emails)) AND (p.reason IS NOT NULL OR s.status IS NOT NULL)
+        WHERE c.email IN ({json_values(db, ":emails")}) AND (p.reason IS NOT NULL OR s.status IS NOT NULL)
         GROUP BY 1
         """,
         params,
     ).fetchall()
     for reason, count in kept_out:
         result.kept_out[reason] = result.kept_out.get(reason, 0) + count
-    eligible = """
-        FROM contacts c WHERE c.email IN (SELECT value FROM json_each(:emails))
+    eligible = f"""
+        FROM contacts c WHERE c.email IN ({json_values(db, ":emails")})
         AND NOT EXISTS (SELECT 1 FROM suppressions p WHERE p.email_hash = c.email_hash
-                        AND p.reason IN (SELECT value FROM json_each(:b)))
+                        AND p.reason IN ({json_values(db, ":b")}))
         AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.list = :list)
     """
     db.conn.execute(
@@ -346,13 +347,13 @@ def _subscribe_batch(
     result.subscribed += cursor.rowcount
 
 
-def contacts_of_import(db: Database, import_id: int) -> int:
+def contacts_of_import(db: StateDatabase, import_id: int) -> int:
     """Contacts an import created or updated so far (what an interrupted one saved)."""
     return int(db.conn.execute("SELECT count(*) FROM contacts WHERE import_id = ?", (import_id,)).fetchone()[0])
 
 
 def finish_import(
-    db: Database,
+    db: StateDatabase,
     import_id: int,
     *,
     at: str,
@@ -379,7 +380,7 @@ def finish_import(
         )
 
 
-def export_contact(db: Database, email: str) -> dict[str, Any] | None:
+def export_contact(db: StateDatabase, email: str) -> dict[str, Any] | None:
     """Everything held about one person (GDPR access), or None when we hold nothing."""
     hashed = email_hash(email)
     suppression = db.conn.execute(
@@ -442,7 +443,7 @@ def _by_step(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return named
 
 
-def erase_contact(db: Database, email: str, *, at: str) -> bool:
+def erase_contact(db: StateDatabase, email: str, *, at: str) -> bool:
     """Delete everything about the person except a hash that keeps them suppressed; True if we held a record."""
     hashed = email_hash(email)
     with write(db):

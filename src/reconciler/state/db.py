@@ -339,12 +339,12 @@ def _begin(db: StateDatabase) -> None:
                 raise
 
 
-def get_meta(db: Database, key: str) -> str | None:
+def get_meta(db: StateDatabase, key: str) -> str | None:
     row = db.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return None if row is None else str(row[0])
 
 
-def set_meta(db: Database, key: str, value: str) -> None:
+def set_meta(db: StateDatabase, key: str, value: str) -> None:
     db.conn.execute(
         "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),
@@ -355,7 +355,7 @@ class StaleState(StateError):
     """The state changed between observing it and applying a plan made from it (another process applied first)."""
 
 
-def claim_serial(db: Database, expected: int) -> None:
+def claim_serial(db: StateDatabase, expected: int) -> None:
     """Inside a write: fail if someone applied since `expected` was observed, else move the serial on."""
     current = int(get_meta(db, "serial") or 0)
     if current != expected:
@@ -363,12 +363,12 @@ def claim_serial(db: Database, expected: int) -> None:
     set_meta(db, "serial", str(current + 1))
 
 
-def bump_serial(db: Database) -> None:
+def bump_serial(db: StateDatabase) -> None:
     set_meta(db, "serial", str(int(get_meta(db, "serial") or 0) + 1))
 
 
 def audit(
-    db: Database, *, at: str, actor: str, subject: str, action: str, detail: str = "", revision: str | None = None
+    db: StateDatabase, *, at: str, actor: str, subject: str, action: str, detail: str = "", revision: str | None = None
 ) -> None:
     db.conn.execute(
         "INSERT INTO audit(at, revision, actor, subject, action, detail) VALUES (?, ?, ?, ?, ?, ?)",

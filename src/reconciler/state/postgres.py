@@ -1,10 +1,11 @@
 """A PostgreSQL state database behind the part of sqlite-utils' `Database` the state code uses.
 
-`PostgresDatabase` has `execute(sql, params)` and a `.conn` with `execute`, `executemany`, `in_transaction`,
-`close` and `interrupt`, like `sqlite_utils.Database` over a `sqlite3.Connection`, so a function of `state/` can be
-given either. It holds one psycopg connection in autocommit mode: as on SQLite (opened with
-``isolation_level=None``), a statement outside ``BEGIN … COMMIT`` commits on its own, and `state.db.write()`'s
-explicit ``BEGIN IMMEDIATE`` starts a transaction (with the writers' advisory lock: `dialect.to_postgres`).
+`PostgresDatabase` has `execute(sql, params)`, `query(sql, params)` (rows as dicts) and a `.conn` with `execute`,
+`executemany`, `in_transaction`, `close` and `interrupt`, like `sqlite_utils.Database` over a
+`sqlite3.Connection`, so a function of `state/` can be given either. It holds one psycopg connection in autocommit
+mode: as on SQLite (opened with ``isolation_level=None``), a statement outside ``BEGIN … COMMIT`` commits on its
+own, and `state.db.write()`'s explicit ``BEGIN IMMEDIATE`` starts a transaction (with the writers' advisory lock:
+`dialect.to_postgres`).
 
 Each statement's text goes through `dialect.to_postgres` (cached per distinct text); parameters are passed as
 SQLite's module takes them (a sequence for `?`, a mapping for `:name`), `True`/`False` as 1/0 as SQLite stores
@@ -119,6 +120,13 @@ class PostgresDatabase:
 
     def execute(self, sql: str, params: Params | None = None) -> PostgresCursor:
         return self.conn.execute(sql, params)
+
+    def query(self, sql: str, params: Params | None = None) -> Iterator[dict[str, Any]]:
+        """The rows of a statement as dicts by column name, as sqlite-utils' `Database.query` gives them: the
+        statement runs at once, the rows are read as they are iterated."""
+        cursor = self.conn.execute(sql, params)
+        names = [column.name for column in cursor.description or ()]
+        return (dict(zip(names, row, strict=True)) for row in cursor)
 
     def close(self) -> None:
         self.conn.close()

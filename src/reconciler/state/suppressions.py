@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Literal
 
-from sqlite_utils import Database
+from reconciler.state.postgres import StateDatabase
 
 SuppressionReason = Literal["unsubscribed", "bounced", "complained", "erased"]
 
@@ -29,19 +29,19 @@ def email_hash(email: str) -> str:
     return hashlib.sha256(email.encode()).hexdigest()
 
 
-def suppress(db: Database, hashed: str, reason: SuppressionReason, *, at: str, detail: str | None = None) -> None:
+def suppress(db: StateDatabase, hashed: str, reason: SuppressionReason, *, at: str, detail: str | None = None) -> None:
     """Inside the caller's write: keep the address with hash `hashed` out of mail for `reason`."""
     db.conn.execute(_UPSERT, (hashed, reason, at, detail[:200] if detail else None))
 
 
-def suppress_many(db: Database, entries: Iterable[tuple[str, SuppressionReason, str | None]], *, at: str) -> None:
+def suppress_many(db: StateDatabase, entries: Iterable[tuple[str, SuppressionReason, str | None]], *, at: str) -> None:
     """Inside the caller's write: `suppress` for many (hash, reason, detail) at once (an import's status column)."""
     db.conn.executemany(
         _UPSERT, [(hashed, reason, at, detail[:200] if detail else None) for hashed, reason, detail in entries]
     )
 
 
-def lift_unsubscribe(db: Database, contact_id: int) -> None:
+def lift_unsubscribe(db: StateDatabase, contact_id: int) -> None:
     """Inside the caller's write: the person chose a list again after unsubscribing from everything."""
     db.conn.execute(
         "DELETE FROM suppressions WHERE reason = 'unsubscribed' AND email_hash = "
@@ -50,6 +50,6 @@ def lift_unsubscribe(db: Database, contact_id: int) -> None:
     )
 
 
-def reason_for(db: Database, hashed: str) -> str | None:
+def reason_for(db: StateDatabase, hashed: str) -> str | None:
     row = db.conn.execute("SELECT reason FROM suppressions WHERE email_hash = ?", (hashed,)).fetchone()
     return None if row is None else str(row[0])

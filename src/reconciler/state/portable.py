@@ -1,0 +1,50 @@
+"""The pieces of state SQL that cannot be written the same way on both engines, each as a function of the
+database that gives the text for its engine.
+
+The state code's SQL is SQLite's (`dialect.to_postgres` translates what is only a matter of spelling). Where the
+engines differ in what a function does (SQLite's JSON functions against PostgreSQL's jsonb ones), a statement
+asks here for the fragment instead of branching on the engine itself. Each function takes SQL expressions (a
+placeholder such as `?` or `:emails`, or a column), never values: values stay parameters. The SQLite text is
+exactly what the statements said before they were ported, so SQLite's behaviour and plans do not change.
+
+(The `noqa: S608` below: the text put into these fragments is the caller's own SQL, an expression, never a value.)
+"""
+
+from __future__ import annotations
+
+from reconciler.state.postgres import PostgresDatabase, StateDatabase
+
+
+def is_postgres(db: StateDatabase) -> bool:
+    return isinstance(db, PostgresDatabase)
+
+
+def json_values(db: StateDatabase, array: str) -> str:
+    """A subquery of one column, `value`: the elements of the JSON array text `array` (strings as text), for
+    ``x IN (…)`` and joins."""
+    if is_postgres(db):
+        return f"SELECT value FROM jsonb_array_elements_text(CAST({array} AS jsonb)) AS j(value)"  # noqa: S608
+    return f"SELECT value FROM json_each({array})"  # noqa: S608
+
+
+def tag_union(db: StateDatabase, first: str, second: str) -> str:
+    """A scalar subquery: the JSON array text (compact, sorted by byte order, as SQLite writes it) of the distinct
+    strings of the two JSON array texts `first` and `second`."""
+    if is_postgres(db):
+        union = (
+            f"SELECT jsonb_array_elements_text(CAST({first} AS jsonb)) "
+            f"UNION SELECT jsonb_array_elements_text(CAST({second} AS jsonb))"
+        )
+        joined = """string_agg(to_json(value)::text, ',' ORDER BY value COLLATE "C")"""
+        return f"(SELECT coalesce('[' || {joined} || ']', '[]') FROM ({union}) AS u(value))"  # noqa: S608
+    union = f"SELECT value FROM json_each({first}) UNION SELECT value FROM json_each({second})"  # noqa: S608
+    return f"(SELECT json_group_array(value) FROM ({union}))"  # noqa: S608
+
+
+def json_merge(db: StateDatabase, target: str, patch: str) -> str:
+    """The JSON object text `target` with the members of the object text `patch` set over its own (SQLite's
+    `json_patch`). On PostgreSQL the merge is one level deep (jsonb's `||`): the same for the patches the state
+    writes (an import's fields, whose values are never null nor objects)."""
+    if is_postgres(db):
+        return f"(CAST({target} AS jsonb) || CAST({patch} AS jsonb))::text"
+    return f"json_patch({target}, {patch})"
