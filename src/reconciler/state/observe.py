@@ -21,6 +21,7 @@ from reconciler.segments import Sql
 from reconciler.state import audiences as run
 from reconciler.state.campaigns import CampaignRecord, campaign_records
 from reconciler.state.db import get_meta
+from reconciler.state.portable import unit_separated
 from reconciler.state.records import ListRecord, field_types, list_records
 from reconciler.state.workflows import active_by_step
 
@@ -132,12 +133,12 @@ def audience_histogram(db: Database) -> dict[Signature, int]:
                sum(CASE WHEN status = 'subscribed' THEN bit ELSE 0 END) AS s,
                sum(CASE WHEN status = 'unsubscribed' THEN bit ELSE 0 END) AS u,
                sum(CASE WHEN status = 'pending' THEN bit ELSE 0 END) AS p
-        FROM (SELECT contact_id, status, {bit} AS bit FROM subscriptions %s) GROUP BY contact_id
+        FROM (SELECT contact_id, status, {bit} AS bit FROM subscriptions %s) AS b GROUP BY contact_id
     """  # noqa: S608 - only "?" placeholders and constant SQL are interpolated
-    everyone = db.conn.execute(f"SELECT s, u, p, count(*) FROM ({signatures % ''}) GROUP BY 1, 2, 3", params)  # noqa: S608
+    everyone = db.conn.execute(f"SELECT s, u, p, count(*) FROM ({signatures % ''}) AS m GROUP BY 1, 2, 3", params)  # noqa: S608
     counts: Counter[tuple[int, int, int, str | None]] = Counter()
-    for s, u, p, count in everyone:
-        counts[(s, u, p, None)] += count
+    for s, u, p, count in everyone:  # int(): PostgreSQL's sum of integers is a numeric (a Decimal)
+        counts[(int(s), int(u), int(p), None)] += count
     suppressed = db.conn.execute(
         "WITH x AS (SELECT c.id, p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash) "  # noqa: S608
         f"SELECT m.s, m.u, m.p, x.reason, count(*) FROM ({signatures % 'WHERE contact_id IN (SELECT id FROM x)'}) m "
@@ -145,8 +146,8 @@ def audience_histogram(db: Database) -> dict[Signature, int]:
         params,
     )
     for s, u, p, reason, count in suppressed:
-        counts[(s, u, p, None)] -= count
-        counts[(s, u, p, reason)] += count
+        counts[(int(s), int(u), int(p), None)] -= count
+        counts[(int(s), int(u), int(p), reason)] += count
 
     def names(mask: int) -> frozenset[str]:
         return frozenset(name for index, name in enumerate(lists) if mask >> index & 1)
@@ -154,23 +155,27 @@ def audience_histogram(db: Database) -> dict[Signature, int]:
     return {Signature(names(s), names(u), names(p), reason): n for (s, u, p, reason), n in counts.items() if n}
 
 
+_STATUSES = ("subscribed", "unsubscribed", "pending")
+
+
 def _histogram_by_names(db: Database) -> dict[Signature, int]:
     """The same counts for workspaces with more lists than an integer has bits."""
     histogram: Counter[Signature] = Counter()
+    joined = {status: unit_separated(db, f"CASE WHEN status = '{status}' THEN list END") for status in _STATUSES}
     rows = db.conn.execute(
-        """
+        f"""
         SELECT m.subscribed, m.unsubscribed, m.pending, p.reason, count(*)
         FROM (
             SELECT contact_id,
-                   group_concat(CASE WHEN status = 'subscribed' THEN list END, char(31)) AS subscribed,
-                   group_concat(CASE WHEN status = 'unsubscribed' THEN list END, char(31)) AS unsubscribed,
-                   group_concat(CASE WHEN status = 'pending' THEN list END, char(31)) AS pending
+                   {joined["subscribed"]} AS subscribed,
+                   {joined["unsubscribed"]} AS unsubscribed,
+                   {joined["pending"]} AS pending
             FROM subscriptions GROUP BY contact_id
         ) AS m
         JOIN contacts c ON c.id = m.contact_id
         LEFT JOIN suppressions p ON p.email_hash = c.email_hash
         GROUP BY 1, 2, 3, 4
-        """
+        """  # noqa: S608 - constant SQL
     )
     for subscribed, unsubscribed, pending, reason, count in rows:
         histogram[Signature(_set(subscribed), _set(unsubscribed), _set(pending), reason)] += count

@@ -48,3 +48,11 @@ def json_merge(db: StateDatabase, target: str, patch: str) -> str:
     if is_postgres(db):
         return f"(CAST({target} AS jsonb) || CAST({patch} AS jsonb))::text"
     return f"json_patch({target}, {patch})"
+
+
+def unit_separated(db: StateDatabase, expression: str) -> str:
+    """An aggregate: the non-null values of `expression` in a group joined by the unit separator (character 31),
+    in no particular order."""
+    if is_postgres(db):
+        return f"string_agg({expression}, chr(31))"
+    return f"group_concat({expression}, char(31))"

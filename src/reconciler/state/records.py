@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler.spec.documents import CustomField, MailingList
 from reconciler.state.db import get_meta, set_meta, write
+from reconciler.state.postgres import StateDatabase
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class ListRecord:
     removed_at: str | None = None
 
 
-def upsert_list(db: Database, document: MailingList) -> None:
+def upsert_list(db: StateDatabase, document: MailingList) -> None:
     db.conn.execute(
         "INSERT INTO lists(name, spec) VALUES (?, ?) "
         "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, removed_at = NULL",
@@ -30,11 +29,11 @@ def upsert_list(db: Database, document: MailingList) -> None:
     )
 
 
-def remove_list(db: Database, name: str, *, at: str) -> None:
+def remove_list(db: StateDatabase, name: str, *, at: str) -> None:
     db.conn.execute("UPDATE lists SET removed_at = ? WHERE name = ?", (at, name))
 
 
-def upsert_field(db: Database, document: CustomField) -> None:
+def upsert_field(db: StateDatabase, document: CustomField) -> None:
     db.conn.execute(
         "INSERT INTO fields(name, type) VALUES (?, ?) "
         "ON CONFLICT(name) DO UPDATE SET type = excluded.type, removed_at = NULL",
@@ -42,11 +41,11 @@ def upsert_field(db: Database, document: CustomField) -> None:
     )
 
 
-def remove_field(db: Database, name: str, *, at: str) -> None:
+def remove_field(db: StateDatabase, name: str, *, at: str) -> None:
     db.conn.execute("UPDATE fields SET removed_at = ? WHERE name = ?", (at, name))
 
 
-def record_revision(db: Database, revision: str, *, git_commit: str | None, at: str, actions: int) -> None:
+def record_revision(db: StateDatabase, revision: str, *, git_commit: str | None, at: str, actions: int) -> None:
     db.conn.execute(
         "INSERT INTO revisions(revision, git_commit, applied_at, actions) VALUES (?, ?, ?, ?)",
         (revision, git_commit, at, actions),
@@ -56,31 +55,31 @@ def record_revision(db: Database, revision: str, *, git_commit: str | None, at: 
     set_meta(db, "last_applied_at", at)
 
 
-def revisions(db: Database, *, limit: int = 10) -> list[dict[str, Any]]:
+def revisions(db: StateDatabase, *, limit: int = 10) -> list[dict[str, Any]]:
     return list(db.query("SELECT * FROM revisions ORDER BY id DESC LIMIT ?", [limit]))
 
 
-def record_counts(db: Database, counts: Mapping[str, int], *, at: str) -> None:
+def record_counts(db: StateDatabase, counts: Mapping[str, int], *, at: str) -> None:
     """Remember counts as of this apply (only those that changed), for "the change since the last apply"."""
     db.conn.executemany(
         "INSERT INTO plan_counts(subject, count, at) VALUES (?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
-        "count = excluded.count, at = excluded.at WHERE count IS NOT excluded.count",
+        "count = excluded.count, at = excluded.at WHERE plan_counts.count IS DISTINCT FROM excluded.count",
         [(subject, count, at) for subject, count in counts.items()],
     )
 
 
-def list_records(db: Database) -> dict[str, ListRecord]:
+def list_records(db: StateDatabase) -> dict[str, ListRecord]:
     """The one reader of list records: every list as last applied, removed ones too."""
     rows = db.conn.execute("SELECT name, spec, removed_at FROM lists ORDER BY name")
     return {name: ListRecord(MailingList.model_validate_json(spec), removed_at) for name, spec, removed_at in rows}
 
 
-def lists(db: Database) -> dict[str, MailingList]:
+def lists(db: StateDatabase) -> dict[str, MailingList]:
     """Every List document as last applied (removed ones too: a running campaign may still send to one)."""
     return {name: record.document for name, record in list_records(db).items()}
 
 
-def field_types(db: Database) -> dict[str, str]:
+def field_types(db: StateDatabase) -> dict[str, str]:
     return dict(db.conn.execute("SELECT name, type FROM fields WHERE removed_at IS NULL").fetchall())
 
 
@@ -107,7 +106,7 @@ class RefusedRevision:
         )
 
 
-def refuse_revision(db: Database, revision: str, problems: list[str], *, at: str) -> None:
+def refuse_revision(db: StateDatabase, revision: str, problems: list[str], *, at: str) -> None:
     """Remember why a revision was refused (`status` and /healthz show it) until a good revision is applied."""
     with write(db):
         known = refused_revision(db)
@@ -116,12 +115,12 @@ def refuse_revision(db: Database, revision: str, problems: list[str], *, at: str
         set_meta(db, "refused_revision", json.dumps(stored.as_dict()))
 
 
-def clear_refused(db: Database) -> None:
+def clear_refused(db: StateDatabase) -> None:
     """Inside the caller's write: a good revision was applied."""
     db.conn.execute("DELETE FROM meta WHERE key = 'refused_revision'")
 
 
-def refused_revision(db: Database) -> RefusedRevision | None:
+def refused_revision(db: StateDatabase) -> RefusedRevision | None:
     text = get_meta(db, "refused_revision")
     if not text:
         return None
@@ -144,12 +143,12 @@ class DaemonRecord:
     problems: tuple[str, ...]
 
 
-def save_daemon(db: Database, record: DaemonRecord) -> None:
+def save_daemon(db: StateDatabase, record: DaemonRecord) -> None:
     with write(db):
         set_meta(db, "daemon", json.dumps({**record.__dict__, "problems": list(record.problems)}))
 
 
-def daemon_record(db: Database) -> DaemonRecord | None:
+def daemon_record(db: StateDatabase) -> DaemonRecord | None:
     text = get_meta(db, "daemon")
     if not text:
         return None
@@ -162,7 +161,7 @@ WEBHOOK_MEMORY = timedelta(days=30)
 DISPATCHER_MEMORY = timedelta(days=1)
 
 
-def prune(db: Database, *, now: datetime) -> dict[str, int]:
+def prune(db: StateDatabase, *, now: datetime) -> dict[str, int]:
     """Forget facts kept only to catch repeats or for debugging: provider event ids older than WEBHOOK_MEMORY, and
     registrations of dispatchers silent for DISPATCHER_MEMORY that hold no message. Consent records, the ledger,
     engagement and the audit log are never pruned."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from sqlite_utils import Database
 
 from reconciler import DEFAULT_PORT
 from reconciler.spec.documents import (
@@ -23,6 +22,7 @@ from reconciler.spec.documents import (
     SmtpTransport,
 )
 from reconciler.state.db import StateError, get_meta, set_meta
+from reconciler.state.postgres import StateDatabase
 
 KEY = "settings"
 
@@ -61,14 +61,14 @@ class RuntimeSettings:
         return self.settings.transports.get(name)
 
 
-def save(db: Database, settings: Settings) -> None:
+def save(db: StateDatabase, settings: Settings) -> None:
     """Inside the caller's write: keep `settings` (written only when they changed)."""
     text = settings.model_dump_json(by_alias=True)
     if get_meta(db, KEY) != text:
         set_meta(db, KEY, text)
 
 
-def load(db: Database) -> RuntimeSettings:
+def load(db: StateDatabase) -> RuntimeSettings:
     """The settings of the last good revision (INITIAL before the first)."""
     text = get_meta(db, KEY)
     if not text:
