@@ -20,6 +20,8 @@ from reconciler.segments import Compiler
 from reconciler.spec.documents import Segment
 from reconciler.state import open_db
 from reconciler.state.audiences import member_ids
+from reconciler.state.db import open_postgres
+from reconciler.state.portable import dialect
 from reconciler.state.subscribers import insert_events
 from sending import query, workspace
 from smtp_sink import Sink, SinkServer
@@ -46,23 +48,28 @@ VALUES: dict[str, Any] = {
 """Each contact (``KEY@example.com``) has one purchase whose property `v` holds this value."""
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
-    database = open_db(tmp_path_factory.mktemp("event-values") / "state.db")
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The purchases below, in a database of each engine (the compiler writes its dialect)."""
+    if request.param == "sqlite":
+        database: Any = open_db(tmp_path_factory.mktemp("event-values") / "state.db")
+    else:
+        database = open_postgres(request.getfixturevalue("postgres_cluster").database())
     at = "2026-11-30T12:00:00Z"
     events = [
         (f"{key}@example.com", "purchase", at, {} if value is MISSING else {"v": value}, None)
         for key, value in VALUES.items()
     ]
     insert_events(database, events, at=at)
-    return database
+    yield database
+    database.close()
 
 
 def matching(db: Database, condition: dict[str, Any]) -> set[str]:
     """The contacts whose purchase's property `v` meets `condition`, as the keys of VALUES."""
     where = {"event": "purchase", "property": {"name": "v", **condition}}
     segment = Segment.model_validate({"kind": "Segment", "name": "s", "where": where})
-    compiler = Compiler({"s": segment}, {}, now=NOW, timezone="UTC")
+    compiler = Compiler({"s": segment}, {}, now=NOW, timezone="UTC", dialect=dialect(db))
     ids = member_ids(db, compiler.members("s"))
     rows = db.conn.execute("SELECT id, email FROM contacts").fetchall()
     return {email.split("@")[0] for id_, email in rows if id_ in ids}

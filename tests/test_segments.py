@@ -1,8 +1,10 @@
-"""Segment conditions against a real SQLite file: every operator, missing values, day boundaries, top-N ties."""
+"""Segment conditions against a real database, SQLite and PostgreSQL: every operator, missing values, day boundaries,
+top-N ties."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from reconciler.segments import Compiler
 from reconciler.spec.documents import Segment
 from reconciler.state import open_db
 from reconciler.state.audiences import member_ids
+from reconciler.state.db import open_postgres
+from reconciler.state.portable import dialect
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 TYPES = {
@@ -54,9 +58,13 @@ PEOPLE: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
-    database = open_db(tmp_path_factory.mktemp("segments") / "state.db")
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The people below, in a database of each engine (the compiler writes its dialect)."""
+    if request.param == "sqlite":
+        database: Any = open_db(tmp_path_factory.mktemp("segments") / "state.db")
+    else:
+        database = open_postgres(request.getfixturevalue("postgres_cluster").database())
     for index, (name, values) in enumerate(PEOPLE.items(), start=1):
         custom = {k: v for k, v in values.items() if k in TYPES and v is not None}
         database.conn.execute(
@@ -71,12 +79,14 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
                 json.dumps(custom),
             ),
         )
-    return database
+    yield database
+    database.close()
 
 
 def members(db: Database, where: dict[str, Any] | None, *, timezone: str = "UTC", **segment: Any) -> list[str]:
     document = {"kind": "Segment", "name": "s", **({"where": where} if where else {}), **segment}
-    compiler = Compiler({"s": Segment.model_validate(document)}, TYPES, now=NOW, timezone=timezone)
+    models = {"s": Segment.model_validate(document)}
+    compiler = Compiler(models, TYPES, now=NOW, timezone=timezone, dialect=dialect(db))
     ids = member_ids(db, compiler.members("s"))
     names = list(PEOPLE)
     found = [names[i - 1] for i in ids]

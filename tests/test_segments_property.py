@@ -2,14 +2,13 @@
 
 Hypothesis generates contacts (with missing values), subscriptions, events, engagement and condition trees over
 every subject and operator; the reference evaluator (segment_reference.py) is written apart from the compiler.
+It runs on both engines (the `state_db` fixture), the compiler writing each one's SQL.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,8 +17,8 @@ from sqlite_utils import Database
 
 from reconciler.segments import Compiler
 from reconciler.spec.documents import Segment
-from reconciler.state import open_db
 from reconciler.state.audiences import member_ids
+from reconciler.state.portable import dialect
 from segment_reference import Person, World
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
@@ -252,30 +251,25 @@ def _store(db: Database, world: World) -> None:
             )
 
 
-_DB: list[Database] = []
-
-
-def _db() -> Database:
-    if not _DB:
-        _DB.append(open_db(Path(tempfile.mkdtemp()) / "segments.db"))
-    return _DB[0]
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],  # one database per engine
+)
 @given(
     found=people(),
     helper=segments(name="helper", with_segments=False),
     target=segments(name="target", with_segments=True),
 )
 def test_compiled_sql_selects_what_the_reference_evaluator_selects(
-    found: list[Person], helper: dict[str, Any], target: dict[str, Any]
+    state_db: Any, found: list[Person], helper: dict[str, Any], target: dict[str, Any]
 ) -> None:
     documents = {"helper": helper, "target": target}
     world = World(found, ALL_TYPES, documents, NOW)
     models = {name: Segment.model_validate(doc) for name, doc in documents.items()}
-    db = _db()
+    db = state_db
     _store(db, world)
-    compiler = Compiler(models, TYPES, now=NOW, timezone="UTC")
+    compiler = Compiler(models, TYPES, now=NOW, timezone="UTC", dialect=dialect(db))
     got = member_ids(db, compiler.members("target"))
     expected = world.members("target")
     if target.get("order_by"):

@@ -23,6 +23,7 @@ from reconciler.state import ObservedState, campaigns, observe, pages, records, 
 from reconciler.state.conditions import Reason
 from reconciler.state.db import StaleState, audit, claim_serial, write
 from reconciler.state.observe import with_counts
+from reconciler.state.portable import dialect
 
 log = logging.getLogger(__name__)
 COUNT_BUDGET = 10.0
@@ -97,9 +98,9 @@ def observe_for(
     return with_counts(
         db,
         observed or observe(db),
-        audiences=audience_queries(desired, now=now, campaigns=campaigns),
-        segments=segment_queries(desired, now=now) if segments else {},
-        missing=missing_queries(desired, now=now, reads=reads),
+        audiences=audience_queries(desired, now=now, campaigns=campaigns, dialect=dialect(db)),
+        segments=segment_queries(desired, now=now, dialect=dialect(db)) if segments else {},
+        missing=missing_queries(desired, now=now, reads=reads, dialect=dialect(db)),
         deadline=deadline,
     )
 

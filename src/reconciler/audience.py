@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from reconciler.jsonsql import SQLITE, Dialect
 from reconciler.segments import Compiler, Sql, join_sql, subscribed_to, workspace_compiler
 from reconciler.spec.documents import Campaign, MailingList
 from reconciler.spec.workspace import DesiredState
@@ -45,20 +46,22 @@ def audience_sql(
     """Subscribed to any of `lists`, in any of `segments` (when given), in no excluded list or segment, and not
     suppressed for a `blocking` reason."""
     wanted = json.dumps(sorted(lists))
+    dialect = compiler.dialect
     candidates = Sql(
-        "c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN (SELECT value FROM json_each(?)))",
+        f"c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN ({dialect.json_values('?')}))",
         (wanted,),
     )
-    pending = subscribed_to(lists, "pending")
+    pending = subscribed_to(lists, "pending", dialect=dialect)
+    subscribed = subscribed_to(lists, dialect=dialect)
     cases: list[tuple[Sql, Sql]] = [
-        (Sql("p.reason IN (SELECT value FROM json_each(?))", (json.dumps(list(blocking)),)), Sql("p.reason")),
+        (Sql(f"p.reason IN ({dialect.json_values('?')})", (json.dumps(list(blocking)),)), Sql("p.reason")),
         (
-            Sql(f"NOT {subscribed_to(lists).text}", subscribed_to(lists).params),
+            Sql(f"NOT {subscribed.text}", subscribed.params),
             Sql(f"CASE WHEN {pending.text} THEN 'awaiting confirmation' ELSE 'unsubscribed' END", pending.params),
         ),
     ]
     if exclude_lists:
-        cases.append((subscribed_to(list(exclude_lists)), Sql("'excluded list'")))
+        cases.append((subscribed_to(list(exclude_lists), dialect=dialect), Sql("'excluded list'")))
     if segments:
         inside = join_sql(" OR ", [compiler.membership(name) for name in segments])
         cases.append((Sql(f"NOT {inside.text}", inside.params), Sql("'not in segments'")))
@@ -125,11 +128,11 @@ def _campaign_sql(
 
 
 def audience_queries(
-    desired: DesiredState, *, now: datetime, campaigns: Collection[str] | None = None
+    desired: DesiredState, *, now: datetime, campaigns: Collection[str] | None = None, dialect: Dialect = SQLITE
 ) -> dict[str, AudienceSql]:
     """One query per distinct campaign audience that uses segments (list-only audiences are counted without SQL),
     for every campaign or only the named ones, in the order given."""
-    compiler = workspace_compiler(desired, now=now)
+    compiler = workspace_compiler(desired, now=now, dialect=dialect)
     queries: dict[str, AudienceSql] = {}
     names = list(desired.campaigns) if campaigns is None else [n for n in campaigns if n in desired.campaigns]
     for campaign in (desired.campaigns[name] for name in names):
@@ -144,11 +147,11 @@ def audience_queries(
 
 
 def missing_queries(
-    desired: DesiredState, *, now: datetime, reads: Mapping[str, Sequence[str]]
+    desired: DesiredState, *, now: datetime, reads: Mapping[str, Sequence[str]], dialect: Dialect = SQLITE
 ) -> dict[tuple[str, str], tuple[Sql, Sql]]:
     """For each (campaign, field) its messages read without a default: the campaign's recipients, and the test that
     a contact lacks the field (their message would fail)."""
-    compiler = workspace_compiler(desired, now=now)
+    compiler = workspace_compiler(desired, now=now, dialect=dialect)
     queries: dict[tuple[str, str], tuple[Sql, Sql]] = {}
     for name, fields in reads.items():
         campaign = desired.campaigns.get(name)

@@ -5,6 +5,9 @@ NULL: a missing value makes a comparison false, and `not` flips it (two-valued l
 ``not eq`` and includes contacts without the field). Dates and times compare as stored (dates ``YYYY-MM-DD``,
 date-times UTC ``YYYY-MM-DDTHH:MM:SSZ``); bounds written as a date mean the start of that day in the workspace's
 time zone; relative bounds (``30d``) are measured from the `now` the compiler is given.
+
+The compiler writes the SQL of one engine, its `dialect` (`jsonsql`: SQLite by default, or PostgreSQL, where the
+JSON of fields, tags and event properties is read through jsonb with typed casts). A condition is a boolean on both.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from reconciler.jsonsql import SQLITE, Dialect
+from reconciler.jsonsql import json_path as json_path
 from reconciler.spec.conditions import (
     AllCondition,
     AnyCondition,
@@ -54,8 +59,8 @@ class Sql:
         return join_sql(" AND ", [self, other])
 
 
-TRUE = Sql("1")
-FALSE = Sql("0")
+TRUE = Sql("TRUE")
+FALSE = Sql("FALSE")
 
 
 class Compiler:
@@ -68,7 +73,9 @@ class Compiler:
         *,
         now: datetime,
         timezone: str,
+        dialect: Dialect = SQLITE,
     ) -> None:
+        self.dialect = dialect
         self.segments = segments
         self.types = {**BUILTIN_FIELDS, **field_types}
         self.now = now.astimezone(UTC)
@@ -96,7 +103,7 @@ class Compiler:
         """The segment's condition and list base, without top-N."""
         where = self.condition(segment.where) if segment.where is not None else TRUE
         if segment.lists:
-            where = subscribed_to(segment.lists) & where
+            where = subscribed_to(segment.lists, dialect=self.dialect) & where
         return where
 
     def membership(self, name: str) -> Sql:
@@ -105,7 +112,7 @@ class Compiler:
         if segment.limit is None:
             return self.base(segment)
         members = self.members(name)
-        return Sql(f"(c.id IN (SELECT id FROM ({members.text})))", members.params)
+        return Sql(f"(c.id IN (SELECT id FROM ({members.text}) AS m))", members.params)
 
     # --- conditions -------------------------------------------------------------------------------------------------
 
@@ -126,9 +133,9 @@ class Compiler:
         if isinstance(node, FieldCondition):
             return self.field(node)
         if isinstance(node, TagCondition):
-            return Sql("EXISTS (SELECT 1 FROM json_each(c.tags) WHERE value = ?)", (node.tag,), cost=1)
+            return Sql(self.dialect.has_string("c.tags"), (node.tag,), cost=1)
         if isinstance(node, ListCondition):
-            return subscribed_to([node.list])
+            return subscribed_to([node.list], dialect=self.dialect)
         if isinstance(node, InSegmentCondition):
             return self.membership(node.in_segment)
         if isinstance(node, EventCondition):
@@ -140,8 +147,9 @@ class Compiler:
     def value(self, field: str) -> Sql:
         """The SQL value of a field for contact `alias`."""
         if field in COLUMNS:
-            return Sql(COLUMNS[field])
-        return Sql("json_extract(c.fields, ?)", (json_path(field),), cost=1)
+            return Sql(self.dialect.column(COLUMNS[field], self.types[field]))
+        text, params = self.dialect.field("c.fields", field, self.types.get(field, "string"))
+        return Sql(text, params, cost=1)
 
     def field(self, node: FieldCondition) -> Sql:
         value = self.value(node.field)
@@ -154,7 +162,7 @@ class Compiler:
         v, vp = value.text, value.params
         if op == "exists":
             present = (
-                Sql(f"({v} IS NOT NULL AND json_array_length({v}) > 0)", vp + vp)
+                Sql(f"({v} IS NOT NULL AND {self.dialect.list_length(v)} > 0)", vp + vp)
                 if type_ == "list"
                 else Sql(f"({v} IS NOT NULL)", vp)
             )
@@ -165,29 +173,26 @@ class Compiler:
             return Sql(f"(NOT {inner.text})", inner.params)
         if type_ == "list":
             if op in ("eq", "contains"):
-                return Sql(f"EXISTS (SELECT 1 FROM json_each({v}) WHERE value = ?)", (*vp, _plain(operand)))
+                return Sql(*self.dialect.list_has(v, vp, _plain(operand)))
             if op == "in":
-                return Sql(
-                    f"EXISTS (SELECT 1 FROM json_each({v}) WHERE value IN (SELECT value FROM json_each(?)))",
-                    (*vp, json.dumps([_plain(o) for o in operand])),
-                )
+                return Sql(*self.dialect.list_has_any(v, vp, [_plain(o) for o in operand]))
         if op == "eq":
-            return Sql(f"coalesce({v} = ?, 0)", (*vp, self.operand(operand, type_)))
+            return Sql(f"coalesce({v} = ?, FALSE)", (*vp, self.operand(operand, type_)))
         if op == "in":
             values = [self.operand(o, type_) for o in operand]
-            return Sql(f"coalesce({v} IN (SELECT value FROM json_each(?)), 0)", (*vp, json.dumps(values)))
+            return Sql(f"coalesce({self.dialect.one_of(v, type_)}, FALSE)", (*vp, json.dumps(values)))
         if op in ("gt", "gte", "lt", "lte", "before", "after"):
             sign = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "before": "<", "after": ">"}[op]
             bound = self.bound(operand, type_) if op in ("before", "after") else self.operand(operand, type_)
-            return Sql(f"coalesce({v} {sign} ?, 0)", (*vp, bound))
+            return Sql(f"coalesce({v} {sign} ?, FALSE)", (*vp, bound))
         if op == "within":
             assert isinstance(operand, timedelta)
             start, end = self.instant(self.now - operand, type_), self.instant(self.now, type_)
-            return Sql(f"coalesce({v} >= ? AND {v} <= ?, 0)", (*vp, start, *vp, end))
+            return Sql(f"coalesce({v} >= ? AND {v} <= ?, FALSE)", (*vp, start, *vp, end))
         if op == "contains":
-            return Sql(f"coalesce(instr({v}, ?) > 0, 0)", (*vp, str(operand)))
+            return Sql(f"coalesce({self.dialect.contains_text(v)}, FALSE)", (*vp, str(operand)))
         if op == "starts_with":
-            return Sql(f"coalesce(substr({v}, 1, ?) = ?, 0)", (*vp, len(operand), operand))
+            return Sql(f"coalesce(substr({v}, 1, ?) = ?, FALSE)", (*vp, len(operand), operand))
         raise ValueError(f"operator {op} does not apply to a {type_} field")
 
     def operand(self, operand: Any, type_: str) -> Any:
@@ -241,13 +246,13 @@ class Compiler:
             tests += [_bound("count(*)", (), op, limit) for op, limit in node.count.bounds().items()]
             zero_ok &= _holds(0, node.count.bounds())
         if node.sum is not None:
-            total, path = "coalesce(sum(json_extract(e.properties, ?)), 0)", (json_path(node.sum.property),)
+            total, path = self.dialect.number_sum("e.properties", node.sum.property)
             tests += [_bound(total, path, op, limit) for op, limit in node.sum.bounds().items()]
             zero_ok &= _holds(0, node.sum.bounds())
         having = join_sql(" AND ", tests)
         # "+" keeps SQLite from walking events in contact order to group them (it then reads every event's row);
         # the type-and-time index plus a sort is several times faster when a sum has to read properties
-        key = "+e.contact_id" if node.sum is not None else "e.contact_id"
+        key = f"{self.dialect.number_group_hint}e.contact_id" if node.sum is not None else "e.contact_id"
         grouped = f"SELECT e.contact_id FROM events e WHERE {where} GROUP BY {key} HAVING"
         if zero_ok:
             return Sql(f"c.id NOT IN ({grouped} NOT {having.text})", params + having.params)
@@ -258,10 +263,11 @@ class Compiler:
 
         A value of another JSON type than the condition compares counts as missing: SQLite orders any text above
         any number, so `gte: 100` would otherwise match "abc", "5" or [500]."""
-        path = json_path(prop.name)
         if prop.operator == "exists":
-            return self.compare(Sql("json_extract(e.properties, ?)", (path,)), _type_of(prop), prop)
-        return self.compare(_typed_property(path, _json_types(prop)), _type_of(prop), prop)
+            return self.compare(Sql(*self.dialect.present("e.properties", prop.name)), _type_of(prop), prop)
+        return self.compare(
+            Sql(*self.dialect.typed("e.properties", prop.name, _json_types(prop))), _type_of(prop), prop
+        )
 
     def engaged(self, node: EngagedCondition) -> Sql:
         engaged = node.engaged
@@ -290,18 +296,13 @@ class Compiler:
         return Sql(f"c.id IN (SELECT {alias}.contact_id FROM {table} {alias} WHERE {where})", params)
 
 
-def subscribed_to(lists: Sequence[str], status: str = "subscribed") -> Sql:
+def subscribed_to(lists: Sequence[str], status: str = "subscribed", *, dialect: Dialect = SQLITE) -> Sql:
     """The contact's subscription to any of `lists` has `status` (one index range per list)."""
     return Sql(
-        "c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN (SELECT value FROM json_each(?)) "
+        f"c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN ({dialect.json_values('?')}) "
         "AND s.status = ?)",
         (json.dumps(sorted(lists)), status),
     )
-
-
-def json_path(name: str) -> str:
-    """The JSON path of a key, quoted so any name is one key (a parameter, never SQL text)."""
-    return "$." + json.dumps(name)
 
 
 def join_sql(glue: str, parts: list[Sql]) -> Sql:
@@ -381,19 +382,10 @@ def _json_types(node: Operators) -> tuple[str, ...]:
     return tuple(dict.fromkeys(kind for sample in samples for kind in JSON_TYPES[_scalar_type(sample)]))
 
 
-def _typed_property(path: str, kinds: tuple[str, ...]) -> Sql:
-    """The property of the event `e` at `path` when its JSON type is one of `kinds`, else NULL."""
-    marks = ", ".join("?" * len(kinds))
-    return Sql(
-        f"(CASE WHEN json_type(e.properties, ?) IN ({marks}) THEN json_extract(e.properties, ?) END)",
-        (path, *kinds, path),
-    )
-
-
-def workspace_compiler(desired: DesiredState, *, now: datetime) -> Compiler:
+def workspace_compiler(desired: DesiredState, *, now: datetime, dialect: Dialect = SQLITE) -> Compiler:
     timezone = desired.timezone
     types = {name: field.type for name, field in desired.fields.items()}
-    return Compiler(desired.segments, types, now=now, timezone=timezone)
+    return Compiler(desired.segments, types, now=now, timezone=timezone, dialect=dialect)
 
 
 def segment_closure(segments: Mapping[str, Segment], names: Sequence[str]) -> dict[str, Segment]:
@@ -410,7 +402,7 @@ def segment_closure(segments: Mapping[str, Segment], names: Sequence[str]) -> di
     return found
 
 
-def segment_queries(desired: DesiredState, *, now: datetime) -> dict[str, Sql]:
+def segment_queries(desired: DesiredState, *, now: datetime, dialect: Dialect = SQLITE) -> dict[str, Sql]:
     """Every segment's members query, for the counts `plan` shows."""
-    compiler = workspace_compiler(desired, now=now)
+    compiler = workspace_compiler(desired, now=now, dialect=dialect)
     return {name: compiler.members(name) for name in sorted(desired.segments)}

@@ -24,6 +24,7 @@ from reconciler.state.campaigns import CampaignRecord, SendingCampaign
 from reconciler.state.conditions import Reason
 from reconciler.state.content import StageContent
 from reconciler.state.db import audit, bump_serial, write
+from reconciler.state.portable import dialect
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def _snapshot(db: Database, record: CampaignRecord, *, now: datetime, timezone: 
         definitions.fields if definitions else {},
         now=now,
         timezone=definitions.timezone if definitions else timezone,
+        dialect=dialect(db),
     )
     query = audience_sql(
         compiler,

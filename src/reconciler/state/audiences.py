@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler.segments import Sql
+from reconciler.state.postgres import StateDatabase
 
 
-def count(db: Database, members: Sql) -> int:
-    return int(db.conn.execute(f"SELECT count(*) FROM ({members.text})", members.params).fetchone()[0])
+def count(db: StateDatabase, members: Sql) -> int:
+    return int(db.conn.execute(f"SELECT count(*) FROM ({members.text}) AS m", members.params).fetchone()[0])
 
 
-def member_ids(db: Database, members: Sql) -> list[int]:
+def member_ids(db: StateDatabase, members: Sql) -> list[int]:
     return [row[0] for row in db.conn.execute(members.text, members.params)]
 
 
-def sample(db: Database, members: Sql, *, limit: int, columns: Iterable[Sql] = ()) -> list[tuple[Any, ...]]:
+def sample(db: StateDatabase, members: Sql, *, limit: int, columns: Iterable[Sql] = ()) -> list[tuple[Any, ...]]:
     """The first `limit` members in the segment's order, with their email and the given values."""
     extra = list(columns)
     selected = "".join(f", {column.text}" for column in extra)
@@ -30,19 +29,19 @@ def sample(db: Database, members: Sql, *, limit: int, columns: Iterable[Sql] = (
     ).fetchall()
 
 
-def holds(db: Database, condition: Sql, contact_id: int) -> bool:
+def holds(db: StateDatabase, condition: Sql, contact_id: int) -> bool:
     """Whether one contact meets one compiled condition."""
     row = db.conn.execute(f"SELECT {condition.text} FROM contacts c WHERE c.id = ?", (*condition.params, contact_id))
     found = row.fetchone()
     return bool(found and found[0])
 
 
-def contact_id(db: Database, email: str) -> int | None:
+def contact_id(db: StateDatabase, email: str) -> int | None:
     row = db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()
     return None if row is None else int(row[0])
 
 
-def audience_reasons(db: Database, *, candidates: Sql, reason: Sql) -> dict[str, int]:
+def audience_reasons(db: StateDatabase, *, candidates: Sql, reason: Sql) -> dict[str, int]:
     """Candidates counted by the first reason that keeps each out ('' = a recipient)."""
     rows = db.conn.execute(
         f"SELECT {reason.text} AS why, count(*) FROM contacts c "
@@ -53,7 +52,7 @@ def audience_reasons(db: Database, *, candidates: Sql, reason: Sql) -> dict[str,
     return {str(why): int(n) for why, n in rows}
 
 
-def count_where(db: Database, recipients: Sql, condition: Sql) -> int:
+def count_where(db: StateDatabase, recipients: Sql, condition: Sql) -> int:
     """How many of an audience's recipients meet `condition` (e.g. lack a field)."""
     row = db.conn.execute(
         "SELECT count(*) FROM contacts c LEFT JOIN suppressions p ON p.email_hash = c.email_hash "

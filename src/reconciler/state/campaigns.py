@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from sqlite_utils import Database
 
 from reconciler.segments import Sql
 from reconciler.spec.documents import Segment, SendAt
@@ -21,6 +20,8 @@ from reconciler.state import rollups
 from reconciler.state.conditions import Reason
 from reconciler.state.content import MessageContent, load_content
 from reconciler.state.db import audit, write
+from reconciler.state.portable import json_values
+from reconciler.state.postgres import StateDatabase
 
 _SEND_AT: TypeAdapter[Any] = TypeAdapter(SendAt)
 
@@ -133,7 +134,7 @@ def campaign_record(row: Mapping[str, Any], *, progress: Mapping[str, int] | Non
     )
 
 
-def campaign_records(db: Database) -> list[CampaignRecord]:
+def campaign_records(db: StateDatabase) -> list[CampaignRecord]:
     """Every campaign ever applied, with its progress."""
     progress: dict[str, dict[str, int]] = {}
     for source, state, count in db.conn.execute(
@@ -145,7 +146,7 @@ def campaign_records(db: Database) -> list[CampaignRecord]:
 
 
 def upsert_campaign(
-    db: Database,
+    db: StateDatabase,
     name: str,
     definition: CampaignDefinition,
     *,
@@ -166,7 +167,8 @@ def upsert_campaign(
             status = excluded.status, ready = 1, reason = excluded.reason, message = excluded.message,
             path = excluded.path, spec = excluded.spec, content = excluded.content,
             content_hash = excluded.content_hash, audience = excluded.audience,
-            confirmed_late = CASE WHEN start_at IS excluded.start_at THEN confirmed_late ELSE 0 END,
+            confirmed_late = CASE WHEN campaigns.start_at IS NOT DISTINCT FROM excluded.start_at
+                THEN campaigns.confirmed_late ELSE 0 END,
             start_at = excluded.start_at, removed_at = NULL,
             last_attempted_revision = excluded.last_attempted_revision,
             last_applied_revision = excluded.last_applied_revision, updated_at = excluded.updated_at
@@ -189,7 +191,7 @@ def upsert_campaign(
 
 
 def set_status(
-    db: Database,
+    db: StateDatabase,
     name: str,
     *,
     status: str,
@@ -207,16 +209,16 @@ def set_status(
     )
 
 
-def set_condition(db: Database, name: str, *, ready: bool, reason: Reason, message: str, at: str) -> None:
+def set_condition(db: StateDatabase, name: str, *, ready: bool, reason: Reason, message: str, at: str) -> None:
     """Report on a campaign without changing its status (waiting, stalled ...)."""
     db.conn.execute(
         "UPDATE campaigns SET ready = ?, reason = ?, message = ?, updated_at = ? WHERE name = ? "
-        "AND (ready, reason, message) IS NOT (?, ?, ?)",
+        "AND (ready, reason, message) IS DISTINCT FROM (?, ?, ?)",
         (int(ready), reason, message, at, name, int(ready), reason, message),
     )
 
 
-def clear_stalled(db: Database, *, keep: Iterable[str], at: str) -> None:
+def clear_stalled(db: StateDatabase, *, keep: Iterable[str], at: str) -> None:
     """Campaigns whose files agree with what was applied again are ready again."""
     kept = set(keep)
     stalled = db.conn.execute("SELECT name, status FROM campaigns WHERE reason = ?", (Reason.STALLED,)).fetchall()
@@ -227,36 +229,36 @@ def clear_stalled(db: Database, *, keep: Iterable[str], at: str) -> None:
     )
 
 
-def set_not_applied(db: Database, notes: Mapping[str, str]) -> None:
+def set_not_applied(db: StateDatabase, notes: Mapping[str, str]) -> None:
     """Remember, for the campaigns that are history, what their files say that was not applied (`notes`, by name);
     every other campaign's note is cleared. Rows whose note is unchanged are not written."""
     db.conn.execute(
         "UPDATE campaigns SET not_applied = NULL WHERE not_applied IS NOT NULL AND name NOT IN "
-        "(SELECT value FROM json_each(?))",
+        f"({json_values(db, '?')})",
         (json.dumps(sorted(notes)),),
     )
     db.conn.executemany(
-        "UPDATE campaigns SET not_applied = ? WHERE name = ? AND not_applied IS NOT ?",
+        "UPDATE campaigns SET not_applied = ? WHERE name = ? AND not_applied IS DISTINCT FROM ?",
         [(note, name, note) for name, note in sorted(notes.items())],
     )
 
 
-def mark_attempted(db: Database, names: Iterable[str], *, revision: str) -> None:
+def mark_attempted(db: StateDatabase, names: Iterable[str], *, revision: str) -> None:
     db.conn.executemany(
         "UPDATE campaigns SET last_attempted_revision = ? WHERE name = ?", [(revision, name) for name in names]
     )
 
 
-def mark_removed(db: Database, name: str, *, status: str, message: str, at: str, revision: str) -> None:
+def mark_removed(db: StateDatabase, name: str, *, status: str, message: str, at: str, revision: str) -> None:
     set_status(db, name, status=status, reason=Reason.REMOVED, message=message, at=at, revision=revision)
     db.conn.execute("UPDATE campaigns SET removed_at = ? WHERE name = ?", (at, name))
 
 
-def confirm_late(db: Database, name: str) -> None:
+def confirm_late(db: StateDatabase, name: str) -> None:
     db.conn.execute("UPDATE campaigns SET confirmed_late = 1 WHERE name = ?", (name,))
 
 
-def skip_unsent(db: Database, name: str, *, why: str, at: str) -> int:
+def skip_unsent(db: StateDatabase, name: str, *, why: str, at: str) -> int:
     """Cancel: every message not yet handed to a transport is skipped (and stays in the ledger as history)."""
     return db.conn.execute(
         "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ? "
@@ -265,7 +267,7 @@ def skip_unsent(db: Database, name: str, *, why: str, at: str) -> int:
     ).rowcount
 
 
-def due_to_start(db: Database, *, now: str) -> list[CampaignRecord]:
+def due_to_start(db: StateDatabase, *, now: str) -> list[CampaignRecord]:
     """Scheduled campaigns whose start time has come and that have not started, earliest first."""
     rows = db.query(
         "SELECT * FROM campaigns WHERE status = 'scheduled' AND started_at IS NULL AND removed_at IS NULL "
@@ -276,7 +278,7 @@ def due_to_start(db: Database, *, now: str) -> list[CampaignRecord]:
 
 
 def snapshot_audience(
-    db: Database,
+    db: StateDatabase,
     name: str,
     *,
     recipients: Sql,
@@ -312,7 +314,7 @@ def snapshot_audience(
 # --- stages and completion ------------------------------------------------------------------------------------
 
 
-def started_stages(db: Database, name: str) -> dict[str, str]:
+def started_stages(db: StateDatabase, name: str) -> dict[str, str]:
     return dict(db.conn.execute("SELECT stage, started_at FROM campaign_stages WHERE campaign = ?", (name,)))
 
 
@@ -329,7 +331,7 @@ class SendingCampaign:
     """The revision it was last applied from."""
 
 
-def sending_campaigns(db: Database) -> list[SendingCampaign]:
+def sending_campaigns(db: StateDatabase) -> list[SendingCampaign]:
     rows = db.conn.execute(
         "SELECT name, content, content_hash, audience, started_at, last_applied_revision FROM campaigns "
         "WHERE status = 'sending' ORDER BY started_at, name"
@@ -348,7 +350,7 @@ def sending_campaigns(db: Database) -> list[SendingCampaign]:
 
 
 def start_stage(
-    db: Database,
+    db: StateDatabase,
     name: str,
     stage: str,
     *,
@@ -366,7 +368,7 @@ def start_stage(
         "clicked": "EXISTS (SELECT 1 FROM engagement e WHERE e.contact_id = p.contact_id AND e.source_kind = "
         "'campaign' AND e.source = p.source AND e.action = 'clicked' AND e.machine = 0)",
     }
-    condition = "1"
+    condition = "TRUE"
     if only:
         condition = engaged[only.removeprefix("not_")]
         if only.startswith("not_"):
@@ -378,7 +380,7 @@ def start_stage(
             "FROM ledger p JOIN contacts c ON c.id = p.contact_id "
             "LEFT JOIN suppressions s ON s.email_hash = c.email_hash "
             "WHERE p.source_kind = 'campaign' AND p.source = ? AND p.stage = '' AND p.state = 'sent' "
-            f"AND (s.reason IS NULL OR s.reason NOT IN (SELECT value FROM json_each(?))) AND {condition}",
+            f"AND (s.reason IS NULL OR s.reason NOT IN ({json_values(db, '?')})) AND {condition}",
             (stage, at, content_hash, revision, at, at, name, json.dumps(list(blocking))),
         ).rowcount
         db.conn.execute(
@@ -396,17 +398,17 @@ def start_stage(
     return inserted
 
 
-def block(db: Database, name: str, *, why: str, at: str) -> None:
+def block(db: StateDatabase, name: str, *, why: str, at: str) -> None:
     """A sending campaign whose messages cannot be prepared waits, and says why (not Ready)."""
     with write(db):
         db.conn.execute(
             "UPDATE campaigns SET ready = 0, reason = ?, message = ?, updated_at = ? WHERE name = ? "
-            "AND status = 'sending' AND (reason, message) IS NOT (?, ?)",
+            "AND status = 'sending' AND (reason, message) IS DISTINCT FROM (?, ?)",
             (Reason.SENDING_BLOCKED, f"waits: {why}", at, name, Reason.SENDING_BLOCKED, f"waits: {why}"),
         )
 
 
-def unblock(db: Database, name: str, *, at: str) -> None:
+def unblock(db: StateDatabase, name: str, *, at: str) -> None:
     """Its messages can be prepared again: it is sending (and Ready) again."""
     with write(db):
         db.conn.execute(
@@ -420,7 +422,7 @@ FAILING_FROM = 20
 """Outcomes a sending campaign needs before "most failed" says anything about it."""
 
 
-def finish(db: Database, name: str, *, at: str) -> dict[str, int] | None:
+def finish(db: StateDatabase, name: str, *, at: str) -> dict[str, int] | None:
     """Mark a campaign sent when no row of it can still go out; returns its final counts then. A campaign whose
     messages mostly failed is not Ready: its message says how many and where to look."""
     with write(db):
@@ -446,7 +448,7 @@ def finish(db: Database, name: str, *, at: str) -> dict[str, int] | None:
     return counts
 
 
-def _counts(db: Database, name: str) -> dict[str, int]:
+def _counts(db: StateDatabase, name: str) -> dict[str, int]:
     rows = db.conn.execute(
         "SELECT state, count(*) FROM ledger WHERE source_kind = 'campaign' AND source = ? GROUP BY state", (name,)
     )
@@ -462,7 +464,7 @@ def _failing(name: str, counts: Mapping[str, int]) -> str | None:
     return f"{bad:,} of {tried:,} messages failed; see `reconciler status {name} --failures`"
 
 
-def _judge_progress(db: Database, name: str, counts: Mapping[str, int], *, at: str) -> None:
+def _judge_progress(db: StateDatabase, name: str, counts: Mapping[str, int], *, at: str) -> None:
     """A campaign still sending whose messages mostly fail says so (and is not Ready); it recovers when they stop."""
     tried = counts.get("failed", 0) + counts.get("uncertain", 0) + counts.get("sent", 0)
     failing = _failing(name, counts) if tried >= FAILING_FROM else None
@@ -480,7 +482,7 @@ def _judge_progress(db: Database, name: str, counts: Mapping[str, int], *, at: s
         )
 
 
-def next_start(db: Database) -> datetime | None:
+def next_start(db: StateDatabase) -> datetime | None:
     """When the next scheduled campaign starts (the daemon wakes up then); one that waits for `apply --confirm`
     because it is late does not start by itself, so it wakes nobody."""
     row = db.conn.execute(

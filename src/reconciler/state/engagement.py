@@ -11,9 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlite_utils import Database
-
 from reconciler.state import rollups
+from reconciler.state.postgres import StateDatabase
 
 Action = Literal["opened", "clicked", "bounced", "complained", "unsubscribed"]
 
@@ -32,7 +31,7 @@ class Engagement:
     """Where an open or click came from (ISO 3166 code from the GeoIP database); the address is never kept."""
 
 
-def record(db: Database, facts: Iterable[Engagement]) -> None:
+def record(db: StateDatabase, facts: Iterable[Engagement]) -> None:
     """Inside the caller's write (or on its own). Facts about a message whose contact was erased are dropped: after
     an erasure nothing more is recorded about the person. The report counters (state/rollups.py) take the new
     rows in the same transaction."""
@@ -40,8 +39,10 @@ def record(db: Database, facts: Iterable[Engagement]) -> None:
     db.conn.executemany(
         "INSERT INTO engagement(ledger_id, contact_id, source_kind, source, stage, action, machine, at, detail, "
         "country) SELECT l.id, coalesce(l.contact_id, x.contact_id), l.source_kind, coalesce(l.workflow, l.source), "
-        "l.stage, x.action, x.machine, x.at, x.detail, x.country FROM (SELECT ? AS ledger_id, ? AS contact_id, "
-        "? AS action, ? AS machine, ? AS at, ? AS detail, ? AS country) x LEFT JOIN ledger l ON l.id = x.ledger_id "
+        "l.stage, x.action, x.machine, x.at, x.detail, x.country FROM (SELECT CAST(? AS BIGINT) AS ledger_id, "
+        "CAST(? AS BIGINT) AS contact_id, CAST(? AS TEXT) AS action, CAST(? AS BIGINT) AS machine, "
+        "CAST(? AS TEXT) AS at, CAST(? AS TEXT) AS detail, CAST(? AS TEXT) AS country) x "
+        "LEFT JOIN ledger l ON l.id = x.ledger_id "
         "WHERE coalesce(l.contact_id, x.contact_id) IS NOT NULL",
         [(f.ledger_id, f.contact_id, f.action, int(f.machine), f.at, f.detail, f.country) for f in facts],
     )

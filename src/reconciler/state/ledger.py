@@ -19,8 +19,6 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlite_utils import Database
-
 from reconciler.spec.contact import Contact
 from reconciler.state import engagement
 from reconciler.state.campaigns import load_audience
@@ -28,6 +26,8 @@ from reconciler.state.conditions import Reason
 from reconciler.state.contacts import CONTACT_COLUMNS, contact_from_row
 from reconciler.state.content import MessageContent, load_content
 from reconciler.state.db import audit, write
+from reconciler.state.portable import json_key, json_values
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.suppressions import suppress
 
 POLICY_PAUSE_MIN = 20
@@ -112,7 +112,7 @@ def backoff(attempts: int, *, jitter: float) -> timedelta:
 # --- what is due ---------------------------------------------------------------------------------------------
 
 
-def due_sources(db: Database, *, now: str) -> list[Source]:
+def due_sources(db: StateDatabase, *, now: str) -> list[Source]:
     """Every started, unpaused campaign stage with rows due at `now`."""
     sources = []
     for name, stage, content, audience, due in db.conn.execute(
@@ -127,7 +127,7 @@ def due_sources(db: Database, *, now: str) -> list[Source]:
     return sources
 
 
-def due_steps(db: Database, *, now: str) -> list[tuple[str, str, int]]:
+def due_steps(db: StateDatabase, *, now: str) -> list[tuple[str, str, int]]:
     """Workflow send steps with rows due at `now`: (workflow, step, rows)."""
     return [
         (str(workflow), str(step), int(count))
@@ -140,7 +140,7 @@ def due_steps(db: Database, *, now: str) -> list[tuple[str, str, int]]:
     ]
 
 
-def skip_waiting(db: Database, workflow: str, step: str, *, why: str, at: str) -> None:
+def skip_waiting(db: StateDatabase, workflow: str, step: str, *, why: str, at: str) -> None:
     """Waiting messages of a workflow step that can no longer be sent (its step or workflow was removed)."""
     with write(db):
         db.conn.execute(
@@ -150,7 +150,7 @@ def skip_waiting(db: Database, workflow: str, step: str, *, why: str, at: str) -
         )
 
 
-def due_confirmations(db: Database, *, now: str) -> list[tuple[str, int]]:
+def due_confirmations(db: StateDatabase, *, now: str) -> list[tuple[str, int]]:
     """Double opt-in confirmation emails waiting, by stage ('<list>:<n>')."""
     return [
         (str(stage), int(count))
@@ -162,7 +162,7 @@ def due_confirmations(db: Database, *, now: str) -> list[tuple[str, int]]:
     ]
 
 
-def due_rows(db: Database, source: Source, *, now: str, after_id: int, limit: int) -> list[DueRow]:
+def due_rows(db: StateDatabase, source: Source, *, now: str, after_id: int, limit: int) -> list[DueRow]:
     """The next page of due rows of `source` (by id), with their contacts."""
     # a workflow's rows are one per run (the row's source), found by their workflow
     which = "l.workflow = ?" if source.kind == "workflow" and source.name != CONFIRMATION_SOURCE else "l.source = ?"
@@ -184,7 +184,7 @@ class SentMessage:
     source: Source
 
 
-def sent_message(db: Database, row_id: int) -> SentMessage | None:
+def sent_message(db: StateDatabase, row_id: int) -> SentMessage | None:
     """A campaign's ledger row with its contact, and the campaign's stored content and lists."""
     row = db.conn.execute(
         "SELECT m.content, m.audience, l.source, l.stage, l.id, l.attempts, l.message_id, l.first_attempt_at, "
@@ -199,7 +199,7 @@ def sent_message(db: Database, row_id: int) -> SentMessage | None:
     return SentMessage(DueRow(row[4], row[5], row[6], row[7], row[8:]), source)
 
 
-def recent_sends(db: Database, contact_id: int, *, since: str) -> dict[int, str]:
+def recent_sends(db: StateDatabase, contact_id: int, *, since: str) -> dict[int, str]:
     """When messages went to a contact after `since` (for the frequency cap), by row id, oldest first: one sent
     exactly a window ago is out of it, so a message held until then goes out then."""
     return dict(
@@ -210,7 +210,7 @@ def recent_sends(db: Database, contact_id: int, *, since: str) -> dict[int, str]
     )
 
 
-def postpone(db: Database, rows: Iterable[tuple[int, str, str]], *, at: str) -> None:
+def postpone(db: StateDatabase, rows: Iterable[tuple[int, str, str]], *, at: str) -> None:
     """Hold rows back without an attempt (quiet hours, frequency cap): (row id, until, why)."""
     with write(db):
         db.conn.executemany(
@@ -224,7 +224,7 @@ def postpone(db: Database, rows: Iterable[tuple[int, str, str]], *, at: str) -> 
 
 
 def claim(
-    db: Database,
+    db: StateDatabase,
     row_id: int,
     *,
     source: Source,
@@ -242,7 +242,7 @@ def claim(
             return "paused"
         row = db.conn.execute(
             "SELECT l.state, l.contact_id, p.reason, EXISTS (SELECT 1 FROM subscriptions s WHERE "
-            "s.contact_id = l.contact_id AND s.status = ? AND s.list IN (SELECT value FROM json_each(?))) "
+            f"s.contact_id = l.contact_id AND s.status = ? AND s.list IN ({json_values(db, '?')})) "
             "FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id "
             "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE l.id = ?",
             (source.requires, json.dumps(list(source.lists)), row_id),
@@ -276,12 +276,12 @@ def claim(
         return "claimed"
 
 
-def _not_on_list(db: Database, contact_id: int, lists: Sequence[str]) -> str:
+def _not_on_list(db: StateDatabase, contact_id: int, lists: Sequence[str]) -> str:
     """Why a workflow's marketing message is skipped: the person left its list, or was never on it."""
     names = ", ".join(lists)
     left = db.conn.execute(
         "SELECT 1 FROM subscriptions WHERE contact_id = ? AND status = 'unsubscribed' "
-        "AND list IN (SELECT value FROM json_each(?))",
+        f"AND list IN ({json_values(db, '?')})",
         (contact_id, json.dumps(list(lists))),
     ).fetchone()
     if left:
@@ -289,7 +289,7 @@ def _not_on_list(db: Database, contact_id: int, lists: Sequence[str]) -> str:
     return f"not sent: the contact is not subscribed to {names} (the workflow's list)"
 
 
-def refused(db: Database, outcome: Outcome, *, source: Source, previous: Outcome | None = None) -> str:
+def refused(db: StateDatabase, outcome: Outcome, *, source: Source, previous: Outcome | None = None) -> str:
     """The server refused a message before DATA (or during it), so it was never claimed: write its outcome as an
     attempt (unless another process took the row meanwhile), together with `previous`. Returns "recorded", or
     "paused" when its campaign stopped sending meanwhile (the refusal is then not counted)."""
@@ -306,7 +306,7 @@ def refused(db: Database, outcome: Outcome, *, source: Source, previous: Outcome
     return "recorded"
 
 
-def _paused_after(db: Database, previous: Outcome | None, *, source: Source) -> bool:
+def _paused_after(db: StateDatabase, previous: Outcome | None, *, source: Source) -> bool:
     """Inside the write of a claim or a refusal: write `previous` (the connection's last outcome), then whether the
     message's campaign stopped sending meanwhile."""
     if previous is not None:
@@ -314,18 +314,18 @@ def _paused_after(db: Database, previous: Outcome | None, *, source: Source) -> 
     return source.kind == "campaign" and not _sending(db, source.name)
 
 
-def _sending(db: Database, campaign: str) -> bool:
+def _sending(db: StateDatabase, campaign: str) -> bool:
     row = db.conn.execute("SELECT status FROM campaigns WHERE name = ?", (campaign,)).fetchone()
     return row is not None and row[0] == "sending"
 
 
-def record(db: Database, outcome: Outcome, *, source: Source) -> None:
+def record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
     """Write one outcome on its own (the last message of a connection, or a message that failed to render)."""
     with write(db):
         _record(db, outcome, source=source)
 
 
-def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
+def _record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
     db.conn.execute(
         "UPDATE ledger SET state = ?, last_reply = ?, updated_at = ?, next_attempt_at = ?, claimed_by = NULL, "
         "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
@@ -353,7 +353,7 @@ def _record(db: Database, outcome: Outcome, *, source: Source) -> None:
         _count_policy_failure(db, source.name, reply=outcome.reply, at=outcome.at)
 
 
-def _count_policy_failure(db: Database, name: str, *, reply: str, at: str) -> None:
+def _count_policy_failure(db: StateDatabase, name: str, *, reply: str, at: str) -> None:
     db.conn.execute("UPDATE campaigns SET policy_failures = policy_failures + 1 WHERE name = ?", (name,))
     failures, attempted = db.conn.execute(
         "SELECT c.policy_failures, (SELECT count(*) FROM ledger WHERE source_kind = 'campaign' AND source = c.name "
@@ -386,7 +386,7 @@ class Failure:
     at: str
 
 
-def failures(db: Database, campaign: str, *, limit: int) -> list[Failure]:
+def failures(db: StateDatabase, campaign: str, *, limit: int) -> list[Failure]:
     """A campaign's failed, uncertain and deferred messages, latest first."""
     rows = db.conn.execute(
         "SELECT coalesce(c.email, '(erased)'), l.stage, l.state, l.attempts, coalesce(l.last_reply, ''), l.updated_at "
@@ -397,14 +397,14 @@ def failures(db: Database, campaign: str, *, limit: int) -> list[Failure]:
     return [Failure(*row) for row in rows]
 
 
-def next_due(db: Database) -> str | None:
+def next_due(db: StateDatabase) -> str | None:
     """When the earliest waiting row of a sending campaign, an opt-in confirmation or an active workflow becomes
     due (retries, quiet hours, local times); a paused workflow's messages wake nobody."""
     row = db.conn.execute(
         "SELECT min(coalesce(l.next_attempt_at, l.due_at)) FROM ledger l LEFT JOIN campaigns c ON l.source_kind = "
         "'campaign' AND c.name = l.source WHERE l.state IN ('queued', 'deferred') AND l.contact_id IS NOT NULL "
         "AND (c.status = 'sending' OR l.source_kind = 'workflow' AND (l.workflow IS NULL OR EXISTS (SELECT 1 FROM "
-        "workflows w WHERE w.name = l.workflow AND w.removed_at IS NULL AND json_extract(w.spec, '$.status') = "
+        f"workflows w WHERE w.name = l.workflow AND w.removed_at IS NULL AND {json_key(db, 'w.spec', 'status')} = "
         "'active')))"
     ).fetchone()
     return row[0] if row else None

@@ -12,6 +12,7 @@ exactly what the statements said before they were ported, so SQLite's behaviour 
 
 from __future__ import annotations
 
+from reconciler.jsonsql import POSTGRESQL, SQLITE, Dialect
 from reconciler.state.postgres import PostgresDatabase, StateDatabase
 
 
@@ -19,12 +20,15 @@ def is_postgres(db: StateDatabase) -> bool:
     return isinstance(db, PostgresDatabase)
 
 
+def dialect(db: StateDatabase) -> Dialect:
+    """The engine's JSON functions, as the segment compiler writes them (`jsonsql`)."""
+    return POSTGRESQL if is_postgres(db) else SQLITE
+
+
 def json_values(db: StateDatabase, array: str) -> str:
     """A subquery of one column, `value`: the elements of the JSON array text `array` (strings as text), for
     ``x IN (…)`` and joins."""
-    if is_postgres(db):
-        return f"SELECT value FROM jsonb_array_elements_text(CAST({array} AS jsonb)) AS j(value)"  # noqa: S608
-    return f"SELECT value FROM json_each({array})"  # noqa: S608
+    return dialect(db).json_values(array)
 
 
 def tag_union(db: StateDatabase, first: str, second: str) -> str:
@@ -56,3 +60,13 @@ def unit_separated(db: StateDatabase, expression: str) -> str:
     if is_postgres(db):
         return f"string_agg({expression}, chr(31))"
     return f"group_concat({expression}, char(31))"
+
+
+def json_key(db: StateDatabase, document: str, key: str) -> str:
+    """The scalar at the constant `key` (one of our own names, never YAML's) of the JSON object text `document`,
+    as SQLite's `json_extract` gives it (text for a string)."""
+    if not key.isidentifier():
+        raise ValueError(f"not a constant key: {key!r}")
+    if is_postgres(db):
+        return f"(CAST({document} AS jsonb) ->> '{key}')"
+    return f"json_extract({document}, '$.{key}')"
