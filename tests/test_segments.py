@@ -13,6 +13,7 @@ import pytest
 from sqlite_utils import Database
 
 from conftest import reconciler
+from reconciler.jsonsql import POSTGRESQL, SQLITE, Dialect
 from reconciler.segments import Compiler
 from reconciler.spec.documents import Segment
 from reconciler.state import open_db
@@ -147,16 +148,20 @@ def test_top_n_breaks_ties_by_the_older_contact_and_puts_missing_values_last(db:
     assert members(db, None, order_by={"field": "spend", "direction": "asc"}, limit=2) == ["bob", "ann"]
 
 
-def test_values_from_the_spec_never_reach_the_sql_text() -> None:
+@pytest.mark.parametrize("engine", [SQLITE, POSTGRESQL], ids=["sqlite", "postgresql-dialect"])
+def test_values_from_the_spec_never_reach_the_sql_text(engine: Dialect) -> None:
     hostile = "x'); DROP TABLE contacts; --"
     conditions = [
         {"field": "roast", "eq": hostile},
         {"tag": hostile},
         {"field": "roast", "starts_with": hostile},
         {"event": "x.y", "property": {"name": hostile, "eq": hostile}},
+        {"event": "x.y", "sum": {"property": hostile, "gte": 1}},
+        {"field": "interests", "in": [hostile]},
+        {"field": "roast", "in": [hostile]},
     ]
     document = {"kind": "Segment", "name": "s", "where": {"all": conditions}}
-    compiler = Compiler({"s": Segment.model_validate(document)}, TYPES, now=NOW, timezone="UTC")
+    compiler = Compiler({"s": Segment.model_validate(document)}, TYPES, now=NOW, timezone="UTC", dialect=engine)
     query = compiler.members("s")
     assert "DROP" not in query.text and "x.y" not in query.text
     assert hostile in query.params

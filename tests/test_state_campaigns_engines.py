@@ -18,7 +18,7 @@ from reconciler.plan import Plan, make_plan
 from reconciler.samples import sample_csv
 from reconciler.spec import DesiredState
 from reconciler.start import start_due
-from reconciler.state import ledger, observe
+from reconciler.state import dispatchers, ledger, observe
 from reconciler.state.campaigns import finish, skip_unsent
 from reconciler.state.db import open_db, open_postgres, write
 from reconciler.state.suppressions import email_hash, suppress
@@ -165,3 +165,24 @@ def test_both_engines_count_every_segment_and_audience_alike(example: Path, post
     finally:
         for db in engines:
             db.close()
+
+
+def test_rows_a_stopped_dispatcher_left_sending_are_settled(example: Path, state_db: Any, people: int) -> None:
+    _start_guji(example, state_db)
+    now = "2030-11-26T12:00:00Z"
+    [source] = ledger.due_sources(state_db, now=now)
+    rows = ledger.due_rows(state_db, source, now=now, after_id=0, limit=2)
+    dispatchers.register(state_db, "d1", host="h", pid=1, at=now)
+    dispatchers.register(state_db, "d2", host="h", pid=2, at=now)
+    for row, ident in zip(rows, ("d1", "d2"), strict=True):
+        claimed = ledger.claim(
+            state_db, row.id, source=source, dispatcher=ident, message_id=f"<{row.id}@x>", blocking=(), at=now
+        )
+        assert claimed == "claimed"
+    found = dispatchers.interrupted(state_db, host="h", alive=lambda pid: pid == 2, stale_before=AT, own="d3")
+    assert ([row.row_id for row in found.rows], found.gone) == ([rows[0].id], {"d1"})
+    assert found.rows[0].transport
+    dispatchers.settle_interrupted(state_db, uncertain=[rows[0].id], resend=[], forget=found.gone, at=now)
+    progress = observe(state_db).campaigns[GUJI].progress
+    assert (progress["uncertain"], progress["sending"]) == (1, 1)
+    assert [row[0] for row in state_db.conn.execute("SELECT id FROM dispatchers ORDER BY id")] == ["d2"]

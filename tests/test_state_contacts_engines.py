@@ -8,12 +8,14 @@ from typing import Any
 
 from reconciler.state.contacts import (
     ContactRow,
+    change_tag,
     contacts_of_import,
     erase_contact,
     export_contact,
     find_contact,
     finish_import,
     import_batch,
+    set_custom_field,
     start_import,
 )
 from reconciler.state.db import write
@@ -182,3 +184,23 @@ def test_export_and_erase(state_db: Any) -> None:
     assert erase_contact(state_db, "ann@example.com", at=LATER) is False
     actions = [row[0] for row in state_db.conn.execute("SELECT action FROM audit ORDER BY id")]
     assert actions == ["erased", "erased"]
+
+
+def test_a_workflow_step_tags_untags_and_sets_fields(state_db: Any) -> None:
+    _import(state_db, [_row("ann@example.com", tags=["b"], fields={"n": 1, "plan": "pro"})])
+    ann = find_contact(state_db, "ann@example.com")
+    assert ann is not None
+    with write(state_db):
+        change_tag(state_db, ann.id, "a", present=True, at=LATER)
+        change_tag(state_db, ann.id, "b", present=True, at=LATER)  # already there: once
+        change_tag(state_db, ann.id, 'say "hi"', present=True, at=LATER)
+        set_custom_field(state_db, ann.id, "n", 2.5, at=LATER)
+        set_custom_field(state_db, ann.id, "odd key", ["x"], at=LATER)
+        set_custom_field(state_db, ann.id, "plan", None, at=LATER)
+    found = find_contact(state_db, "ann@example.com")
+    assert found is not None
+    assert (found.tags, found.fields) == (("a", "b", 'say "hi"'), {"n": 2.5, "odd key": ["x"]})
+    with write(state_db):
+        for tag in ("a", "b", 'say "hi"'):
+            change_tag(state_db, ann.id, tag, present=False, at=LATER)
+    assert state_db.conn.execute("SELECT tags FROM contacts").fetchone()[0] == "[]"

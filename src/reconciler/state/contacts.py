@@ -13,14 +13,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler import strictjson
-from reconciler.segments import json_path
 from reconciler.spec.contact import TEXT_FIELDS, Contact
 from reconciler.state import rollups
 from reconciler.state.db import audit, write
-from reconciler.state.portable import json_merge, json_values, tag_union
+from reconciler.state.portable import (
+    field_key,
+    json_merge,
+    json_values,
+    key_removed,
+    key_set,
+    tag_added,
+    tag_removed,
+    tag_union,
+)
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.suppressions import SuppressionReason, email_hash, suppress, suppress_many
 
@@ -468,32 +474,18 @@ def erase_contact(db: StateDatabase, email: str, *, at: str) -> bool:
     return bool(deleted)
 
 
-def change_tag(db: Database, contact_id: int, tag: str, *, present: bool, at: str) -> None:
+def change_tag(db: StateDatabase, contact_id: int, tag: str, *, present: bool, at: str) -> None:
     """Inside the caller's write: add or remove one tag (a workflow's `tag` and `untag` steps)."""
-    if present:
-        db.conn.execute(
-            "UPDATE contacts SET tags = (SELECT json_group_array(value) FROM (SELECT value FROM json_each(tags) "
-            "UNION SELECT ? ORDER BY 1)), updated_at = ? WHERE id = ?",
-            (tag, at, contact_id),
-        )
-    else:
-        db.conn.execute(
-            "UPDATE contacts SET tags = (SELECT json_group_array(value) FROM (SELECT value FROM json_each(tags) "
-            "WHERE value != ? ORDER BY 1)), updated_at = ? WHERE id = ?",
-            (tag, at, contact_id),
-        )
+    tags = tag_added(db, "tags") if present else tag_removed(db, "tags")
+    db.conn.execute(f"UPDATE contacts SET tags = {tags}, updated_at = ? WHERE id = ?", (tag, at, contact_id))
 
 
-def set_custom_field(db: Database, contact_id: int, name: str, value: object, *, at: str) -> None:
+def set_custom_field(db: StateDatabase, contact_id: int, name: str, value: object, *, at: str) -> None:
     """Inside the caller's write: one custom field's value (None removes it), as a workflow's `set_field` step
     says; the value was checked against the Field's type by `validate`."""
+    params: tuple[str, ...] = (field_key(db, name),)
     if value is None:
-        db.conn.execute(
-            "UPDATE contacts SET fields = json_remove(fields, ?), updated_at = ? WHERE id = ?",
-            (json_path(name), at, contact_id),
-        )
+        fields = key_removed(db, "fields")
     else:
-        db.conn.execute(
-            "UPDATE contacts SET fields = json_set(fields, ?, json(?)), updated_at = ? WHERE id = ?",
-            (json_path(name), strictjson.dumps(value), at, contact_id),
-        )
+        fields, params = key_set(db, "fields"), (*params, strictjson.dumps(value))
+    db.conn.execute(f"UPDATE contacts SET fields = {fields}, updated_at = ? WHERE id = ?", (*params, at, contact_id))

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlite_utils import Database
-
 from reconciler.state.content import load_content
 from reconciler.state.db import write
+from reconciler.state.postgres import StateDatabase
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class Recovery:
     gone: set[str]
 
 
-def register(db: Database, ident: str, *, host: str, pid: int, at: str) -> None:
+def register(db: StateDatabase, ident: str, *, host: str, pid: int, at: str) -> None:
     with write(db):
         db.conn.execute(
             "INSERT INTO dispatchers(id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?) "
@@ -44,17 +43,17 @@ def register(db: Database, ident: str, *, host: str, pid: int, at: str) -> None:
         )
 
 
-def heartbeat(db: Database, ident: str, *, host: str, pid: int, at: str) -> None:
+def heartbeat(db: StateDatabase, ident: str, *, host: str, pid: int, at: str) -> None:
     """Still alive (registering again if the registration went missing)."""
     register(db, ident, host=host, pid=pid, at=at)
 
 
-def unregister(db: Database, ident: str) -> None:
+def unregister(db: StateDatabase, ident: str) -> None:
     with write(db):
         db.conn.execute("DELETE FROM dispatchers WHERE id = ?", (ident,))
 
 
-def interrupted(db: Database, *, host: str, alive: Callable[[int], bool], stale_before: str, own: str) -> Recovery:
+def interrupted(db: StateDatabase, *, host: str, alive: Callable[[int], bool], stale_before: str, own: str) -> Recovery:
     """`sending` rows whose dispatcher is gone (its process on this host is dead, or its heartbeat went stale) or is
     `own`: the caller, which has nothing on the wire when its pass begins, so its `sending` rows are leftovers of an
     earlier pass that failed."""
@@ -78,7 +77,7 @@ def interrupted(db: Database, *, host: str, alive: Callable[[int], bool], stale_
 
 
 def settle_interrupted(
-    db: Database, *, uncertain: Sequence[int], resend: Sequence[int], forget: Iterable[str], at: str
+    db: StateDatabase, *, uncertain: Sequence[int], resend: Sequence[int], forget: Iterable[str], at: str
 ) -> None:
     """Rows cut off on the wire are `uncertain`, or queued again (same Message-ID) where the transport says
     `on_uncertain: resend`; the registrations of dispatchers that are gone are forgotten (never one that is alive:

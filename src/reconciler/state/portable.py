@@ -12,7 +12,7 @@ exactly what the statements said before they were ported, so SQLite's behaviour 
 
 from __future__ import annotations
 
-from reconciler.jsonsql import POSTGRESQL, SQLITE, Dialect
+from reconciler.jsonsql import POSTGRESQL, SQLITE, Dialect, json_path
 from reconciler.state.postgres import PostgresDatabase, StateDatabase
 
 
@@ -70,3 +70,43 @@ def json_key(db: StateDatabase, document: str, key: str) -> str:
     if is_postgres(db):
         return f"(CAST({document} AS jsonb) ->> '{key}')"
     return f"json_extract({document}, '$.{key}')"
+
+
+_SORTED_ARRAY = """coalesce('[' || string_agg(to_json(value)::text, ',' ORDER BY value COLLATE "C") || ']', '[]')"""
+"""PostgreSQL: the strings `value` of a group as a compact, sorted JSON array text, as SQLite writes one."""
+
+
+def tag_added(db: StateDatabase, tags: str) -> str:
+    """A scalar subquery: the JSON array text `tags` with the string `?` added (sorted, once)."""
+    if is_postgres(db):
+        union = f"SELECT jsonb_array_elements_text(CAST({tags} AS jsonb)) UNION SELECT CAST(? AS text)"
+        return f"(SELECT {_SORTED_ARRAY} FROM ({union}) AS u(value))"  # noqa: S608
+    return f"(SELECT json_group_array(value) FROM (SELECT value FROM json_each({tags}) UNION SELECT ? ORDER BY 1))"  # noqa: S608
+
+
+def tag_removed(db: StateDatabase, tags: str) -> str:
+    """A scalar subquery: the JSON array text `tags` without the string `?`."""
+    if is_postgres(db):
+        elements = f"jsonb_array_elements_text(CAST({tags} AS jsonb)) AS u(value)"
+        return f"(SELECT {_SORTED_ARRAY} FROM {elements} WHERE value <> ?)"  # noqa: S608
+    return f"(SELECT json_group_array(value) FROM (SELECT value FROM json_each({tags}) WHERE value != ? ORDER BY 1))"  # noqa: S608
+
+
+def field_key(db: StateDatabase, name: str) -> str:
+    """The parameter that names the key `name` for `key_set` and `key_removed`: SQLite's quoted JSON path, or the
+    key itself."""
+    return name if is_postgres(db) else json_path(name)
+
+
+def key_set(db: StateDatabase, document: str) -> str:
+    """The JSON object text `document` with the key named by `?` (`field_key`) set to the JSON text `?`."""
+    if is_postgres(db):
+        return f"jsonb_set(CAST({document} AS jsonb), ARRAY[CAST(? AS text)], CAST(? AS jsonb))::text"
+    return f"json_set({document}, ?, json(?))"
+
+
+def key_removed(db: StateDatabase, document: str) -> str:
+    """The JSON object text `document` without the key named by `?` (`field_key`)."""
+    if is_postgres(db):
+        return f"(CAST({document} AS jsonb) - CAST(? AS text))::text"
+    return f"json_remove({document}, ?)"
