@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from reconciler.spec.documents import CustomField, MailingList
-from reconciler.state import records, settings
+from reconciler.state import keys, pages, records, settings
 from reconciler.state.contacts import ContactRow, import_batch, start_import
 from reconciler.state.db import StaleState, bump_serial, claim_serial, get_meta, write
 from reconciler.state.observe import Signature, _histogram_by_names, audience_histogram, observe
@@ -130,3 +130,22 @@ def test_the_observed_state_counts_contacts_by_membership_signature(state_db: An
     observed = observe(state_db)
     assert (observed.contacts, observed.audience, observed.serial) == (3, expected, 0)
     assert (observed.campaigns, observed.workflows, observed.runs) == ({}, {}, {})
+
+
+def test_keys_and_pages(state_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_SIGNING_KEY", raising=False)
+    signer = keys.signer_for(state_db, "TEST_SIGNING_KEY")
+    assert keys.signer_for(state_db, "TEST_SIGNING_KEY").fingerprint == signer.fingerprint  # generated once, kept
+    keys.note_signing(state_db, signer)
+    keys.note_signing(state_db, signer)
+    assert keys.signed_with(state_db) == [signer.fingerprint]
+    assert keys.instance_id(state_db) == keys.instance_id(state_db)
+    stored = pages.StoredPages(pages={"base.html": "<p>{{ body }}</p>"})
+    with write(state_db):
+        pages.save(state_db, stored)
+    assert pages.load(state_db) == stored
+    _people(state_db)
+    (ann,) = state_db.conn.execute("SELECT id FROM contacts WHERE email = 'ann@example.com'").fetchone()
+    reader = pages.reader(state_db, ann)
+    assert reader is not None and (reader.locale, sorted(reader.lists)) == (None, ["news", "offers"])
+    assert pages.reader(state_db, 10_000) is None

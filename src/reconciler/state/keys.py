@@ -12,10 +12,9 @@ import logging
 import os
 import secrets
 
-from sqlite_utils import Database
-
 from reconciler.state import settings
 from reconciler.state.db import get_meta, set_meta, write
+from reconciler.state.postgres import StateDatabase
 from reconciler.tokens import PREVIOUS_SUFFIX, Signer, new_key
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ SIGNED_WITH = "signed_with"
 """Meta key: the fingerprints of the keys that signed mail sent from this state, oldest first (JSON list)."""
 
 
-def signer_for(db: Database, variable: str) -> Signer:
+def signer_for(db: StateDatabase, variable: str) -> Signer:
     """The signing key from the environment variable Settings `signing_key_env` names (`variable`); without one, a
     key generated once and kept in the state database (with a warning), so `make run` works and links stay valid
     across restarts. Previous keys (`<variable>_PREVIOUS`) verify links in mail already sent; so does the generated
@@ -47,13 +46,13 @@ def signer_for(db: Database, variable: str) -> Signer:
     return Signer.from_env(variable, fallback=generated)
 
 
-def signed_with(db: Database) -> list[str]:
+def signed_with(db: StateDatabase) -> list[str]:
     """The fingerprints of the keys that signed mail sent from this state, oldest first."""
     text = get_meta(db, SIGNED_WITH)
     return [str(item) for item in json.loads(text)] if text else []
 
 
-def note_signing(db: Database, signer: Signer) -> None:
+def note_signing(db: StateDatabase, signer: Signer) -> None:
     """Remember that `signer`'s key signs mail about to be sent (written once per key, not per message)."""
     if signer.fingerprint in signed_with(db):
         return
@@ -63,7 +62,7 @@ def note_signing(db: Database, signer: Signer) -> None:
             set_meta(db, SIGNED_WITH, json.dumps([*known, signer.fingerprint]))
 
 
-def key_changes(db: Database) -> tuple[list[str], list[str]]:
+def key_changes(db: StateDatabase) -> tuple[list[str], list[str]]:
     """At start: (warnings, notes) about the keys that signed mail already sent. A warning for each key that no
     longer verifies (neither the signing key nor a previous one): the links of that mail answer 404; a note when
     new links are signed with a key that has not signed mail yet while the earlier keys still verify."""
@@ -89,7 +88,7 @@ def key_changes(db: Database) -> tuple[list[str], list[str]]:
     return warnings, notes
 
 
-def instance_id(db: Database) -> str:
+def instance_id(db: StateDatabase) -> str:
     """A random id of this state database, so Message-IDs from two workspaces never collide."""
     value = get_meta(db, "instance_id")
     if value:

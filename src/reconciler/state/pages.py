@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlite_utils import Database
 
 from reconciler.state.content import MessagePart
 from reconciler.state.db import StateError, get_meta, set_meta
+from reconciler.state.postgres import StateDatabase
 
 KEY = "pages"
 
@@ -30,14 +30,14 @@ class StoredPages(BaseModel):
     """The double opt-in email: its subject (Jinja; None for the built-in one) and flattened MJML."""
 
 
-def save(db: Database, pages: StoredPages) -> None:
+def save(db: StateDatabase, pages: StoredPages) -> None:
     """Inside the caller's write: keep `pages` (written only when they changed)."""
     text = pages.model_dump_json()
     if (get_meta(db, KEY) or StoredPages().model_dump_json()) != text:
         set_meta(db, KEY, text)
 
 
-def load(db: Database) -> StoredPages:
+def load(db: StateDatabase) -> StoredPages:
     """The overrides of the last good revision (none before the first, or when the workspace has none)."""
     text = get_meta(db, KEY)
     if not text:
@@ -62,7 +62,7 @@ class Reader:
     """The lists the contact is subscribed to or pending on, most recent first."""
 
 
-def reader(db: Database, contact_id: int) -> Reader | None:
+def reader(db: StateDatabase, contact_id: int) -> Reader | None:
     row = db.conn.execute("SELECT locale FROM contacts WHERE id = ?", (contact_id,)).fetchone()
     if row is None:
         return None
