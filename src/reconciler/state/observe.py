@@ -14,14 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler.audience import AudienceSql
 from reconciler.segments import Sql
 from reconciler.state import audiences as run
 from reconciler.state.campaigns import CampaignRecord, campaign_records
 from reconciler.state.db import get_meta
 from reconciler.state.portable import unit_separated
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.records import ListRecord, field_types, list_records
 from reconciler.state.workflows import active_by_step
 
@@ -60,7 +59,7 @@ class ObservedState:
     """Workflow -> step -> active runs on it (what an edit of the workflow does to them)."""
 
 
-def observe(db: Database, *, audience: bool = True) -> ObservedState:
+def observe(db: StateDatabase, *, audience: bool = True) -> ObservedState:
     """Read everything `make_plan` needs but segment counts (`with_counts` adds those); `audience=False` also skips
     the list-membership histogram (status)."""
     campaigns = {record.name: record for record in campaign_records(db)}
@@ -83,7 +82,7 @@ def observe(db: Database, *, audience: bool = True) -> ObservedState:
 
 
 def with_counts(
-    db: Database,
+    db: StateDatabase,
     observed: ObservedState,
     *,
     audiences: Mapping[str, AudienceSql],
@@ -115,7 +114,7 @@ def with_counts(
     )
 
 
-def audience_histogram(db: Database) -> dict[Signature, int]:
+def audience_histogram(db: StateDatabase) -> dict[Signature, int]:
     """Contacts with at least one subscription, counted by signature.
 
     Each list is a bit, so a contact's signature is three integers summed by SQLite (much cheaper than strings),
@@ -158,7 +157,7 @@ def audience_histogram(db: Database) -> dict[Signature, int]:
 _STATUSES = ("subscribed", "unsubscribed", "pending")
 
 
-def _histogram_by_names(db: Database) -> dict[Signature, int]:
+def _histogram_by_names(db: StateDatabase) -> dict[Signature, int]:
     """The same counts for workspaces with more lists than an integer has bits."""
     histogram: Counter[Signature] = Counter()
     joined = {status: unit_separated(db, f"CASE WHEN status = '{status}' THEN list END") for status in _STATUSES}

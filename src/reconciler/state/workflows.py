@@ -22,6 +22,7 @@ from reconciler.spec.documents import Segment
 from reconciler.spec.workflow import Workflow
 from reconciler.state.content import MessageContent
 from reconciler.state.db import get_meta, set_meta, write
+from reconciler.state.postgres import StateDatabase
 
 
 class StoredWorkflow(BaseModel):
@@ -339,7 +340,7 @@ def new_events(db: Database, *, after: int, limit: int) -> list[NewEvent]:
 # --- what status and plan show -------------------------------------------------------------------------------
 
 
-def active_by_step(db: Database) -> dict[str, dict[str, int]]:
+def active_by_step(db: StateDatabase) -> dict[str, dict[str, int]]:
     """Active runs per workflow and step."""
     found: dict[str, dict[str, int]] = defaultdict(dict)
     for workflow, step, count in db.conn.execute(
