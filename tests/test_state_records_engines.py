@@ -13,7 +13,7 @@ import pytest
 from reconciler.spec.documents import CustomField, MailingList
 from reconciler.state import keys, pages, records, settings
 from reconciler.state.contacts import ContactRow, import_batch, start_import
-from reconciler.state.db import StaleState, bump_serial, claim_serial, get_meta, write
+from reconciler.state.db import StaleState, bump_serial, claim_serial, get_meta, snapshot, write
 from reconciler.state.observe import Signature, _histogram_by_names, audience_histogram, observe
 from reconciler.state.suppressions import email_hash, suppress
 
@@ -149,3 +149,17 @@ def test_keys_and_pages(state_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     reader = pages.reader(state_db, ann)
     assert reader is not None and (reader.locale, sorted(reader.lists)) == (None, ["news", "offers"])
     assert pages.reader(state_db, 10_000) is None
+
+
+def test_a_snapshot_reads_one_moment_and_cannot_write(state_db: Any) -> None:
+    with write(state_db):
+        records.record_revision(state_db, "r1", git_commit=None, at=AT, actions=1)
+    with snapshot(state_db):
+        assert get_meta(state_db, "last_applied_revision") == "r1"
+        with pytest.raises(Exception, match=r"(?i)read.?only"):
+            state_db.conn.execute("UPDATE meta SET value = 'x' WHERE key = 'last_applied_revision'")
+    assert not state_db.conn.in_transaction
+    assert get_meta(state_db, "last_applied_revision") == "r1"
+    with write(state_db):  # writes work again afterwards
+        records.record_revision(state_db, "r2", git_commit=None, at=LATER, actions=1)
+    assert get_meta(state_db, "last_applied_revision") == "r2"

@@ -310,10 +310,18 @@ def roll_back_cut_off(db: Database) -> None:
 
 
 @contextmanager
-def snapshot(db: Database) -> Iterator[Database]:
+def snapshot(db: AnyDatabase) -> Iterator[AnyDatabase]:
     """Reads that see one moment of the state and cannot change it: a read transaction (a plan's several queries
     agree with each other while the daemon writes beside them) on a connection made `query_only` for the time,
-    so even a bug in the code that runs here cannot write (a plan asked for over HTTP must change nothing)."""
+    so even a bug in the code that runs here cannot write (a plan asked for over HTTP must change nothing). On
+    PostgreSQL: a read-only transaction at repeatable read (one moment for all its statements)."""
+    if isinstance(db, PostgresDatabase):
+        db.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            yield db
+        finally:
+            db.conn.execute("ROLLBACK")
+        return
     db.conn.execute("PRAGMA query_only = ON")
     try:
         db.conn.execute("BEGIN")
