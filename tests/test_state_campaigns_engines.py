@@ -21,6 +21,7 @@ from reconciler.start import start_due
 from reconciler.state import dispatchers, ledger, observe
 from reconciler.state.campaigns import finish, skip_unsent
 from reconciler.state.db import open_db, open_postgres, write
+from reconciler.state.subscribers import message_target
 from reconciler.state.suppressions import email_hash, suppress
 
 NOW = datetime(2030, 11, 26, 12, 0, tzinfo=UTC)
@@ -130,6 +131,8 @@ def test_rows_are_claimed_once_and_their_outcomes_finish_the_campaign(
     rows = ledger.due_rows(state_db, source, now=now, after_id=0, limit=1000)
     assert len(rows) == people - 5 and rows[0].contact.email
     first, second = rows[0], rows[1]
+    target = message_target(state_db, first.id)  # what its unsubscribe link leaves
+    assert target is not None and (target.source, target.lists) == (GUJI, ("newsletter",))
     claim: dict[str, Any] = {"source": source, "dispatcher": "d1", "blocking": ("bounced", "unsubscribed"), "at": now}
     assert ledger.claim(state_db, first.id, message_id="<m1@x>", **claim) == "claimed"
     assert ledger.claim(state_db, first.id, message_id="<m1@x>", **claim) == "taken"

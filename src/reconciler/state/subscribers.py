@@ -10,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlite_utils import Database
-
 from reconciler import strictjson
 from reconciler.spec.contact import TEXT_FIELDS, ContactValues
 from reconciler.spec.documents import marketing_lists
@@ -20,6 +18,7 @@ from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
 from reconciler.state.ledger import CONFIRMATION_SOURCE
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.suppressions import SuppressionReason, email_hash, lift_unsubscribe, reason_for, suppress
 
 MAX_CONFIRMATIONS = 3
@@ -39,12 +38,12 @@ class MessageTarget:
     lists: tuple[str, ...]
 
 
-def message_target(db: Database, row_id: int) -> MessageTarget | None:
+def message_target(db: StateDatabase, row_id: int) -> MessageTarget | None:
     row = db.conn.execute(
         "SELECT l.id, l.contact_id, c.email, l.source_kind, coalesce(l.workflow, l.source), l.stage, m.audience, "
         "r.list FROM ledger l JOIN contacts c ON c.id = l.contact_id LEFT JOIN campaigns m ON "
         "l.source_kind = 'campaign' AND m.name = l.source LEFT JOIN workflow_runs r ON l.workflow IS NOT NULL "
-        "AND r.id = CAST(l.source AS INTEGER) WHERE l.id = ?",
+        "AND r.id = CAST(CASE WHEN l.workflow IS NOT NULL THEN l.source END AS INTEGER) WHERE l.id = ?",
         (row_id,),
     ).fetchone()
     if row is None:
@@ -62,7 +61,7 @@ def message_target(db: Database, row_id: int) -> MessageTarget | None:
 
 
 def unsubscribe(
-    db: Database, target: MessageTarget, *, at: str, source: str, ip: str | None, text: str | None = None
+    db: StateDatabase, target: MessageTarget, *, at: str, source: str, ip: str | None, text: str | None = None
 ) -> list[str]:
     """Unsubscribe the contact from the lists the message was sent for; returns the lists that changed. `text`
     says how the request came, for the consent record (an opt-out by email: through which provider)."""
@@ -75,7 +74,7 @@ def unsubscribe(
 
 
 def change_subscriptions(
-    db: Database,
+    db: StateDatabase,
     contact_id: int,
     wanted: Mapping[str, Status],
     *,
@@ -128,7 +127,7 @@ class Preferences:
     unsubscribed_from_all: bool
 
 
-def preferences(db: Database, contact_id: int) -> Preferences | None:
+def preferences(db: StateDatabase, contact_id: int) -> Preferences | None:
     row = db.conn.execute(
         "SELECT c.email, c.first_name, c.frequency, p.reason FROM contacts c "
         "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE c.id = ?",
@@ -144,7 +143,7 @@ def preferences(db: Database, contact_id: int) -> Preferences | None:
 
 
 def save_preferences(
-    db: Database, contact_id: int, *, lists: dict[str, bool], frequency: str | None, at: str, ip: str | None
+    db: StateDatabase, contact_id: int, *, lists: dict[str, bool], frequency: str | None, at: str, ip: str | None
 ) -> list[str]:
     """The preference form: each public list on or off, and the frequency. Choosing a list again after
     "unsubscribe from everything" lifts that (it is the person's own new consent)."""
@@ -160,7 +159,7 @@ def save_preferences(
 
 
 def unsubscribe_all(
-    db: Database, contact_id: int, *, marketing_lists: Sequence[str], at: str, source: str, ip: str | None
+    db: StateDatabase, contact_id: int, *, marketing_lists: Sequence[str], at: str, source: str, ip: str | None
 ) -> None:
     """Leave every marketing list and keep the address out of marketing mail (receipts still go)."""
     with write(db):
@@ -176,7 +175,7 @@ def unsubscribe_all(
             suppress(db, hashed[0], "unsubscribed", at=at, detail=f"unsubscribed from everything ({source})")
 
 
-def unsubscribe_lists(db: Database, contact_id: int, lists: Sequence[str], *, at: str, source: str) -> list[str]:
+def unsubscribe_lists(db: StateDatabase, contact_id: int, lists: Sequence[str], *, at: str, source: str) -> list[str]:
     """Someone's unsubscribe that reached us another way (`reconciler contacts unsubscribe --list`, an opt-out by
     email): leave these lists, each with its consent record. Returns the lists that changed."""
     with write(db):
@@ -193,7 +192,7 @@ class Suppressed:
 
 
 def suppress_addresses(
-    db: Database, emails: Sequence[str], reason: SuppressionReason, *, at: str, source: str
+    db: StateDatabase, emails: Sequence[str], reason: SuppressionReason, *, at: str, source: str
 ) -> list[Suppressed]:
     """Keep addresses out of mail that another tool, or a person, says must not get any (`reconciler contacts
     suppress`), whether or not they are contacts: a suppression is kept by the address's hash, with `source` as its
@@ -218,7 +217,7 @@ def suppress_addresses(
 
 
 def request_subscription(
-    db: Database,
+    db: StateDatabase,
     email: str,
     lists: Sequence[tuple[str, bool]],
     *,
@@ -264,7 +263,7 @@ def request_subscription(
     return queued
 
 
-def confirm(db: Database, target: MessageTarget, *, at: str, ip: str | None) -> bool:
+def confirm(db: StateDatabase, target: MessageTarget, *, at: str, ip: str | None) -> bool:
     """The confirm button: a pending subscription becomes a subscription (consent action `confirm`)."""
     name = target.lists[0] if target.lists else ""
     with write(db):
@@ -276,14 +275,14 @@ def confirm(db: Database, target: MessageTarget, *, at: str, ip: str | None) -> 
     return True
 
 
-def subscription_status(db: Database, contact_id: int, name: str) -> str | None:
+def subscription_status(db: StateDatabase, contact_id: int, name: str) -> str | None:
     row = db.conn.execute(
         "SELECT status FROM subscriptions WHERE contact_id = ? AND list = ?", (contact_id, name)
     ).fetchone()
     return None if row is None else str(row[0])
 
 
-def left_by_choice(db: Database, contact_id: int, name: str) -> bool:
+def left_by_choice(db: StateDatabase, contact_id: int, name: str) -> bool:
     """Did the person unsubscribe from this list, or from everything? Only they may undo that (a form, the
     preference page): an automation that adds people to lists never does."""
     row = db.conn.execute(
@@ -297,14 +296,14 @@ def left_by_choice(db: Database, contact_id: int, name: str) -> bool:
 # --- engagement, events, bounces ------------------------------------------------------------------------------
 
 
-def record_engagement(db: Database, facts: Sequence[Engagement]) -> int:
+def record_engagement(db: StateDatabase, facts: Sequence[Engagement]) -> int:
     """Opens and clicks in one transaction."""
     with write(db):
         engagement.record(db, facts)
     return len(facts)
 
 
-def contact_for(db: Database, email: str, *, at: str, first_name: str | None = None) -> int:
+def contact_for(db: StateDatabase, email: str, *, at: str, first_name: str | None = None) -> int:
     """Inside the caller's write: the id of the contact with this address, created (with `first_name`) if new."""
     db.conn.execute(
         "INSERT INTO contacts(email, email_hash, first_name, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
@@ -320,7 +319,7 @@ _MADE_UP = (
 )
 
 
-def made_up_contact(db: Database, values: ContactValues, *, at: str) -> int:
+def made_up_contact(db: StateDatabase, values: ContactValues, *, at: str) -> int:
     """Inside the caller's write: the contact a workflow test makes up, with every value it gives; its id."""
     contact_id = contact_for(db, values.email, at=at, first_name=values.first_name)
     given = [getattr(values, name) for name in TEXT_FIELDS]
@@ -329,7 +328,7 @@ def made_up_contact(db: Database, values: ContactValues, *, at: str) -> int:
 
 
 def insert_events(
-    db: Database, events: Sequence[tuple[str, str, str, dict[str, Any], str | None]], *, at: str
+    db: StateDatabase, events: Sequence[tuple[str, str, str, dict[str, Any], str | None]], *, at: str
 ) -> tuple[int, int]:
     """(email, type, occurred_at, properties, id) each; an id seen before is skipped. Returns (added, repeated)."""
     added = 0
@@ -347,7 +346,7 @@ def insert_events(
 
 
 def provider_event(
-    db: Database, provider: str, event_id: str, *, email: str, kind: str, hard: bool, at: str, detail: str
+    db: StateDatabase, provider: str, event_id: str, *, email: str, kind: str, hard: bool, at: str, detail: str
 ) -> bool:
     """A bounce, complaint or unsubscribe from a provider's webhook, once per event id. A hard bounce suppresses
     the address, a complaint suppresses all marketing to it, an unsubscribe leaves every marketing list (as the
@@ -384,6 +383,6 @@ def provider_event(
     return True
 
 
-def sending_counts(db: Database) -> dict[str, int]:
+def sending_counts(db: StateDatabase) -> dict[str, int]:
     """Ledger rows by state (for /metrics)."""
     return dict(db.conn.execute("SELECT state, count(*) FROM ledger GROUP BY state").fetchall())
