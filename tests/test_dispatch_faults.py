@@ -8,12 +8,18 @@ denies writes) against a real SMTP server and a real state file.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
 import sqlite3
+import sys
+import threading
+import traceback
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -27,6 +33,44 @@ from sending import NOW, import_contacts, ledger, query, workspace
 from smtp_sink import Sink, SinkServer
 
 CLOCK = FixedClock(parse_instant(NOW))
+T = TypeVar("T")
+BOUND = 120.0
+"""Seconds a scenario below may take; these passes take a few seconds. A pass that never ends (a producer waiting
+forever on a full queue nobody reads) cannot be cancelled from inside its event loop, so the loop runs in a thread
+of its own and the test fails when the thread outlives this, with every stack of that loop in the failure."""
+
+
+def bounded(scenario: Callable[[], Awaitable[T]], *, within: float = BOUND) -> T:
+    """Run `scenario()` in an event loop in a thread of its own; fail the test if it is not done `within` seconds
+    (the thread is left behind, a daemon thread, so the test run goes on)."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def main() -> None:
+        loops.append(asyncio.get_running_loop())
+        results.append(await scenario())
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="bounded-scenario", daemon=True)
+    thread.start()
+    thread.join(within)
+    if thread.is_alive():
+        frame = sys._current_frames().get(thread.ident or 0)
+        stacks = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        for task in asyncio.all_tasks(loops[0]) if loops else ():
+            out = io.StringIO()
+            task.print_stack(file=out)
+            stacks += "\n" + out.getvalue()
+        pytest.fail(f"the scenario was still running after {within:g} s (a pass that never ends):\n{stacks}")
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def _deny_ledger_writes(action: int, table: str | None, *_: object) -> int:
@@ -45,7 +89,7 @@ async def _pass_that_breaks(dispatcher: Dispatcher, sink: Sink, *, after: int) -
 
     breaker = asyncio.create_task(break_it())
     try:
-        await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+        await dispatcher.run_pass()
     except DispatchFailed as exc:
         return exc
     finally:
@@ -66,12 +110,12 @@ def test_a_database_error_mid_pass_fails_that_pass_and_the_next_pass_sends_the_r
             try:
                 failure = await _pass_that_breaks(dispatcher, sink, after=100)
                 dispatcher.db.conn.set_authorizer(None)
-                await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+                await dispatcher.run_pass()
                 return failure
             finally:
                 await dispatcher.close()
 
-        failure = asyncio.run(scenario())
+        failure = bounded(scenario)
     assert failure is not None and "not authorized" in str(failure)
     received = sink.received()
     assert max(received.values()) == 1
@@ -97,11 +141,11 @@ def test_rows_a_live_daemon_left_sending_are_settled_by_its_next_pass_without_a_
             try:
                 await _pass_that_breaks(dispatcher, sink, after=10)
                 dispatcher.db.conn.set_authorizer(None)
-                await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+                await dispatcher.run_pass()
             finally:
                 await dispatcher.close()
 
-        asyncio.run(scenario())
+        bounded(scenario)
     assert not ledger(root)["sending"]
     assert ledger(root)["sent"] + ledger(root)["uncertain"] == 50
     assert max(sink.received().values()) == 1
