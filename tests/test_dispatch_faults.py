@@ -29,6 +29,7 @@ from reconciler.dispatch import Dispatcher, DispatchFailed, DispatchReport
 from reconciler.state import dispatchers, open_db
 from reconciler.state import ledger as state_ledger
 from reconciler.state.contacts import erase_contact
+from reconciler.transports import Delivery, MemoryTransport
 from sending import NOW, import_contacts, ledger, query, workspace
 from smtp_sink import Sink, SinkServer
 
@@ -149,6 +150,67 @@ def test_rows_a_live_daemon_left_sending_are_settled_by_its_next_pass_without_a_
     assert not ledger(root)["sending"]
     assert ledger(root)["sent"] + ledger(root)["uncertain"] == 50
     assert max(sink.received().values()) == 1
+
+
+def _deny_all_writes(action: int, table: str | None, *_: object) -> int:
+    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_DELETE) and table is not None:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def test_a_row_its_own_failed_pass_left_sending_with_no_outcome_kept_is_settled_by_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    """The pass dies between a claim and its outcome: right after the point of no return the database stops taking
+    writes and the transport fails. The row stays `sending`, claimed by this very dispatcher, whose registration
+    (it could not be removed) is fresh, so it looks alive to recovery; no outcome of that row was kept for the next
+    pass. Only the rule that a dispatcher's own `sending` rows are leftovers of its earlier pass settles it."""
+    root = workspace(tmp_path, 1)  # the memory transport below stands in for the relay
+    import_contacts(root, 6)
+    db = open_db(root / ".state/reconciler.db")
+    reconcile_once(root, db, now=CLOCK.now())
+    tries: list[str] = []
+
+    def reply(recipient: str, data: bytes) -> Delivery:
+        tries.append(recipient)
+        if len(tries) == 3:
+            db.conn.set_authorizer(_deny_all_writes)
+            raise OSError("the process lost its footing right after the body went out")
+        return Delivery("sent", "250 ok", 250)
+
+    memory = MemoryTransport(name="sink", max_connections=1, reply=reply)
+
+    async def scenario() -> tuple[BaseException | None, set[int], set[int]]:
+        # the real clock: the registration is fresh, so a stale heartbeat does not settle the row either
+        dispatcher = Dispatcher(db, root=root, clock=SystemClock(), transports={"sink": memory})
+        try:
+            try:
+                await dispatcher.run_pass()
+            except DispatchFailed as exc:
+                failure: BaseException | None = exc
+            else:
+                failure = None
+            db.conn.set_authorizer(None)
+            stuck = left_sending(root)
+            kept = {outcome.row_id for outcome, _ in dispatcher.run.pending.outcomes}
+            registered = {str(row[0]) for row in db.conn.execute("SELECT id FROM dispatchers")}
+            assert registered == {dispatcher.ident}  # alive and fresh, as far as recovery can tell
+            await dispatcher.run_pass()  # the same dispatcher: no restart
+            return failure, stuck, kept
+        finally:
+            await dispatcher.close()
+
+    failure, stuck, kept = bounded(scenario)
+    assert failure is not None and "lost its footing" in str(failure)
+    assert len(stuck) == 1 and not stuck & kept  # cut off between claim and outcome, and no outcome of it kept
+    counts = ledger(root)
+    assert not counts["sending"], "the row this dispatcher's failed pass left sending was never settled"
+    assert counts == {"sent": 5, "uncertain": 1}
+    assert len(memory.messages) == 5
+
+
+def left_sending(root: Path) -> set[int]:
+    return {int(str(row[0])) for row in query(root, "SELECT id FROM ledger WHERE state = 'sending'")}
 
 
 def test_recovery_in_another_process_leaves_a_live_dispatchers_registration_alone(tmp_path: Path) -> None:
