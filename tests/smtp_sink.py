@@ -7,6 +7,7 @@ sent: a clean retry) and "data" (after the whole body arrived: the sender cannot
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections import Counter
@@ -38,6 +39,14 @@ class Sink:
     """The name each client gave in EHLO."""
     data_started: Counter[str] = field(default_factory=Counter)
     """Recipients whose DATA command was answered 354 (the client then sends the body)."""
+    close_reused: str | None = None
+    """End a session when the MAIL FROM of its second transaction arrives: a relay that timed the session out just
+    as the client reused it (it still looked connected when the client took it). "421": answer 421 and close;
+    "drop": cut the connection without a reply."""
+    transactions: Counter[Session] = field(default_factory=Counter)
+    """Messages taken in each session."""
+    closed_at_mail: int = 0
+    """Sessions `close_reused` ended."""
 
     def received(self) -> Counter[str]:
         with self.lock:
@@ -66,6 +75,23 @@ class Sink:
             self.greetings.append(hostname)
         return responses
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if self.close_reused and self.transactions[session]:
+            assert server.transport is not None
+            with self.lock:
+                self.closed_at_mail += 1
+            if self.close_reused == "drop":
+                assert isinstance(server.transport, asyncio.Transport)
+                server.transport.abort()  # nothing more is written, not even the reply below
+            else:
+                asyncio.get_running_loop().call_soon(server.transport.close)  # right after the reply is written
+            return "421 4.4.2 closing: idle too long"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
@@ -89,6 +115,7 @@ class Sink:
             return action
         with self.lock:
             self.messages.append((rcpt, bytes(data)))
+            self.transactions[session] += 1
         if self.on_message is not None:
             self.on_message(rcpt, bytes(data))
         return "250 2.0.0 queued"

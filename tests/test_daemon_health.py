@@ -4,6 +4,7 @@ behind a lock another process holds."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -92,17 +93,34 @@ def test_a_write_lock_held_elsewhere_stalls_neither_the_web_service_nor_the_daem
             click = re.search(r"https://mail\.example\.com(/c/[^\"]+)\"", html)
             assert pixel and click
             paths = ["/healthz", pixel.group(1), click.group(1).replace("&amp;", "&")]
-            slowest = _slowest_answers_while_locked(root / ".state/reconciler.db", daemon.port, paths, hold=4.0)
+            rounds = []
+            # a round with an answer slower than 100 ms is measured again (three rounds at most): a hiccup of a busy
+            # machine does not come back, while waiting for the lock on the event loop (seconds) does every round
+            for _ in range(3):
+                times = _answers(root / ".state/reconciler.db", daemon.port, paths, hold=4.0)
+                rounds.append({path[:3]: _summary(took) for path, took in times.items()})
+                if max(max(took) for took in times.values()) < 0.1:
+                    break
             (root / "more.csv").write_text("email\nlate@example.net\n")
             assert reconciler("contacts", "import", "more.csv", "--list", "news", cwd=root).returncode == 0
             second = (root / "campaigns/hello.yaml").read_text().replace("name: hello", "name: second")
             (root / "campaigns/second.yaml").write_text(second)
             wait_for(lambda: len(sink.messages) == 101, "the daemon to send again after the lock", 60)
             daemon.stop()
-    assert max(slowest.values()) < 1.0, slowest  # a 4 s lock once froze every page for its whole length
+    # a 4 s lock once froze every page for its whole length; the issue's bound is 100 ms for every answer. Answers
+    # take about 1 ms here, the slowest of ~1,000 per path 5-12 ms (once 64 ms) on a 2-CPU machine with a load of 3-4
+    print(rounds)  # shown with -s: the figures measured
+    assert all(len(took) >= 20 for took in times.values()), rounds  # the probes ran all along the lock
+    assert max(max(took) for took in times.values()) < 0.1, rounds
 
 
-def _slowest_answers_while_locked(state: Path, port: int, paths: list[str], *, hold: float) -> dict[str, float]:
+def _summary(took: list[float]) -> str:
+    ordered = sorted(took)
+    median, slowest = ordered[len(ordered) // 2], ordered[-1]
+    return f"{len(ordered)} answers, median {median * 1000:.1f} ms, slowest {slowest * 1000:.1f} ms"
+
+
+def _answers(state: Path, port: int, paths: list[str], *, hold: float) -> dict[str, list[float]]:
     """Hold the write lock in another connection for `hold` seconds; meanwhile time each path, again and again."""
     locked, release = threading.Event(), threading.Event()
 
@@ -116,17 +134,21 @@ def _slowest_answers_while_locked(state: Path, port: int, paths: list[str], *, h
     thread = threading.Thread(target=holder)
     thread.start()
     locked.wait(10)
-    slowest = dict.fromkeys(paths, 0.0)
+    times: dict[str, list[float]] = {path: [] for path in paths}
     deadline = time.monotonic() + hold - 0.5
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False) as client:
-        while time.monotonic() < deadline:
-            for path in paths:
-                started = time.monotonic()
-                client.get(path, headers={"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"})
-                slowest[path] = max(slowest[path], time.monotonic() - started)
+    gc.disable()  # the test's own garbage collection is not the service's delay
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False) as client:
+            while time.monotonic() < deadline:
+                for path in paths:
+                    started = time.monotonic()
+                    client.get(path, headers={"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"})
+                    times[path].append(time.monotonic() - started)
+    finally:
+        gc.enable()
     release.set()
     thread.join()
-    return slowest
+    return times
 
 
 def test_a_missing_secret_holds_the_campaign_and_says_which(tmp_path: Path) -> None:

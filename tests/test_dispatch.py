@@ -482,6 +482,27 @@ def test_a_contact_who_chose_weekly_gets_at_most_one_marketing_email_a_week(tmp_
     assert len(sink.messages) == 4
 
 
+def test_a_receipt_campaign_makes_no_marketing_campaign_wait_for_a_weekly_contact(tmp_path: Path) -> None:
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        import_contacts(root, 1, lists=("news", "receipts"))
+        with sqlite3.connect(root / ".state/reconciler.db") as db:  # as the preference page records it
+            db.execute("UPDATE contacts SET frequency = 'weekly'")
+        hello = root / "campaigns/hello.yaml"
+        marketing = hello.read_text()
+        hello.write_text(
+            marketing.replace("name: hello", "name: receipt").replace("lists: [news]", "lists: [receipts]")
+        )
+        tick(root)
+        assert query(root, "SELECT source, state FROM ledger") == [("receipt", "sent")]
+        (root / "campaigns/news.yaml").write_text(marketing)
+        tick(root, LATER)
+        reply = query(root, "SELECT state, last_reply FROM ledger WHERE source = 'hello'")
+    assert [state for state, _ in reply] == ["sent"], reply  # the receipt counts toward no marketing limit
+    assert len(sink.messages) == 2
+
+
 def test_dispatch_in_process_with_the_memory_transport(tmp_path: Path) -> None:
     """Without sockets: scripted replies decide each row's outcome."""
     import asyncio

@@ -8,12 +8,18 @@ denies writes) against a real SMTP server and a real state file.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
 import sqlite3
+import sys
+import threading
+import traceback
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,10 +29,49 @@ from reconciler.dispatch import Dispatcher, DispatchFailed, DispatchReport
 from reconciler.state import dispatchers, open_db
 from reconciler.state import ledger as state_ledger
 from reconciler.state.contacts import erase_contact
+from reconciler.transports import Delivery, MemoryTransport
 from sending import NOW, import_contacts, ledger, query, workspace
 from smtp_sink import Sink, SinkServer
 
 CLOCK = FixedClock(parse_instant(NOW))
+T = TypeVar("T")
+BOUND = 120.0
+"""Seconds a scenario below may take; these passes take a few seconds. A pass that never ends (a producer waiting
+forever on a full queue nobody reads) cannot be cancelled from inside its event loop, so the loop runs in a thread
+of its own and the test fails when the thread outlives this, with every stack of that loop in the failure."""
+
+
+def bounded(scenario: Callable[[], Awaitable[T]], *, within: float = BOUND) -> T:
+    """Run `scenario()` in an event loop in a thread of its own; fail the test if it is not done `within` seconds
+    (the thread is left behind, a daemon thread, so the test run goes on)."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def main() -> None:
+        loops.append(asyncio.get_running_loop())
+        results.append(await scenario())
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="bounded-scenario", daemon=True)
+    thread.start()
+    thread.join(within)
+    if thread.is_alive():
+        frame = sys._current_frames().get(thread.ident or 0)
+        stacks = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        for task in asyncio.all_tasks(loops[0]) if loops else ():
+            out = io.StringIO()
+            task.print_stack(file=out)
+            stacks += "\n" + out.getvalue()
+        pytest.fail(f"the scenario was still running after {within:g} s (a pass that never ends):\n{stacks}")
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def _deny_ledger_writes(action: int, table: str | None, *_: object) -> int:
@@ -45,7 +90,7 @@ async def _pass_that_breaks(dispatcher: Dispatcher, sink: Sink, *, after: int) -
 
     breaker = asyncio.create_task(break_it())
     try:
-        await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+        await dispatcher.run_pass()
     except DispatchFailed as exc:
         return exc
     finally:
@@ -66,12 +111,12 @@ def test_a_database_error_mid_pass_fails_that_pass_and_the_next_pass_sends_the_r
             try:
                 failure = await _pass_that_breaks(dispatcher, sink, after=100)
                 dispatcher.db.conn.set_authorizer(None)
-                await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+                await dispatcher.run_pass()
                 return failure
             finally:
                 await dispatcher.close()
 
-        failure = asyncio.run(scenario())
+        failure = bounded(scenario)
     assert failure is not None and "not authorized" in str(failure)
     received = sink.received()
     assert max(received.values()) == 1
@@ -97,14 +142,75 @@ def test_rows_a_live_daemon_left_sending_are_settled_by_its_next_pass_without_a_
             try:
                 await _pass_that_breaks(dispatcher, sink, after=10)
                 dispatcher.db.conn.set_authorizer(None)
-                await asyncio.wait_for(dispatcher.run_pass(), timeout=60)
+                await dispatcher.run_pass()
             finally:
                 await dispatcher.close()
 
-        asyncio.run(scenario())
+        bounded(scenario)
     assert not ledger(root)["sending"]
     assert ledger(root)["sent"] + ledger(root)["uncertain"] == 50
     assert max(sink.received().values()) == 1
+
+
+def _deny_all_writes(action: int, table: str | None, *_: object) -> int:
+    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_DELETE) and table is not None:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def test_a_row_its_own_failed_pass_left_sending_with_no_outcome_kept_is_settled_by_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    """The pass dies between a claim and its outcome: right after the point of no return the database stops taking
+    writes and the transport fails. The row stays `sending`, claimed by this very dispatcher, whose registration
+    (it could not be removed) is fresh, so it looks alive to recovery; no outcome of that row was kept for the next
+    pass. Only the rule that a dispatcher's own `sending` rows are leftovers of its earlier pass settles it."""
+    root = workspace(tmp_path, 1)  # the memory transport below stands in for the relay
+    import_contacts(root, 6)
+    db = open_db(root / ".state/reconciler.db")
+    reconcile_once(root, db, now=CLOCK.now())
+    tries: list[str] = []
+
+    def reply(recipient: str, data: bytes) -> Delivery:
+        tries.append(recipient)
+        if len(tries) == 3:
+            db.conn.set_authorizer(_deny_all_writes)
+            raise OSError("the process lost its footing right after the body went out")
+        return Delivery("sent", "250 ok", 250)
+
+    memory = MemoryTransport(name="sink", max_connections=1, reply=reply)
+
+    async def scenario() -> tuple[BaseException | None, set[int], set[int]]:
+        # the real clock: the registration is fresh, so a stale heartbeat does not settle the row either
+        dispatcher = Dispatcher(db, root=root, clock=SystemClock(), transports={"sink": memory})
+        try:
+            try:
+                await dispatcher.run_pass()
+            except DispatchFailed as exc:
+                failure: BaseException | None = exc
+            else:
+                failure = None
+            db.conn.set_authorizer(None)
+            stuck = left_sending(root)
+            kept = {outcome.row_id for outcome, _ in dispatcher.run.pending.outcomes}
+            registered = {str(row[0]) for row in db.conn.execute("SELECT id FROM dispatchers")}
+            assert registered == {dispatcher.ident}  # alive and fresh, as far as recovery can tell
+            await dispatcher.run_pass()  # the same dispatcher: no restart
+            return failure, stuck, kept
+        finally:
+            await dispatcher.close()
+
+    failure, stuck, kept = bounded(scenario)
+    assert failure is not None and "lost its footing" in str(failure)
+    assert len(stuck) == 1 and not stuck & kept  # cut off between claim and outcome, and no outcome of it kept
+    counts = ledger(root)
+    assert not counts["sending"], "the row this dispatcher's failed pass left sending was never settled"
+    assert counts == {"sent": 5, "uncertain": 1}
+    assert len(memory.messages) == 5
+
+
+def left_sending(root: Path) -> set[int]:
+    return {int(str(row[0])) for row in query(root, "SELECT id FROM ledger WHERE state = 'sending'")}
 
 
 def test_recovery_in_another_process_leaves_a_live_dispatchers_registration_alone(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from conftest import reconciler, wait_for
 from daemon_process import Daemon, sending_daemon
 from reconciler.clock import FixedClock, parse_instant
@@ -66,6 +68,35 @@ def test_connections_the_relay_closed_while_idle_are_replaced_without_deferring_
     assert len(sink.messages) == 80
     assert ledger(root) == {"sent": 80}
     assert query(root, "SELECT max(attempts) FROM ledger")[0][0] == 1
+
+
+@pytest.mark.parametrize("how", ["421", "drop"])
+def test_a_pooled_connection_the_relay_closes_as_it_is_reused_is_replaced_within_the_same_attempt(
+    tmp_path: Path, how: str
+) -> None:
+    """The connection is still open when it is taken from the pool (so no check at that moment can tell), and the
+    relay answers its MAIL FROM with 421 and closes it, or drops it without a word: only reconnecting within the
+    same attempt saves the message from a deferral."""
+    sink = Sink(close_reused=how)
+    clock = FixedClock(parse_instant(NOW))
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port, connections=1)
+        import_contacts(root, 5)
+        db = open_db(root / ".state/reconciler.db")
+
+        async def scenario() -> None:
+            dispatcher = Dispatcher(db, root=root, clock=clock)
+            try:
+                reconcile_once(root, db, now=clock.now())
+                await dispatcher.run_pass()
+            finally:
+                await dispatcher.close()
+
+        asyncio.run(scenario())
+    assert ledger(root) == {"sent": 5}, "a message was deferred because its pooled connection was closed"
+    assert query(root, "SELECT max(attempts) FROM ledger")[0][0] == 1
+    assert len(sink.messages) == 5
+    assert sink.closed_at_mail == 4  # every message after the first was tried on a pooled connection first
 
 
 def test_a_relay_outage_stops_taking_rows_and_sending_resumes_when_it_answers(

@@ -134,6 +134,7 @@ def test_rows_are_claimed_once_and_their_outcomes_finish_the_campaign(
     target = message_target(state_db, first.id)  # what its unsubscribe link leaves
     assert target is not None and (target.source, target.lists) == (GUJI, ("newsletter",))
     claim: dict[str, Any] = {"source": source, "dispatcher": "d1", "blocking": ("bounced", "unsubscribed"), "at": now}
+    claim["marketing"] = True
     assert ledger.claim(state_db, first.id, message_id="<m1@x>", **claim) == "claimed"
     assert ledger.claim(state_db, first.id, message_id="<m1@x>", **claim) == "taken"
     with write(state_db):
@@ -179,7 +180,14 @@ def test_rows_a_stopped_dispatcher_left_sending_are_settled(example: Path, state
     dispatchers.register(state_db, "d2", host="h", pid=2, at=now)
     for row, ident in zip(rows, ("d1", "d2"), strict=True):
         claimed = ledger.claim(
-            state_db, row.id, source=source, dispatcher=ident, message_id=f"<{row.id}@x>", blocking=(), at=now
+            state_db,
+            row.id,
+            source=source,
+            dispatcher=ident,
+            message_id=f"<{row.id}@x>",
+            blocking=(),
+            at=now,
+            marketing=True,
         )
         assert claimed == "claimed"
     found = dispatchers.interrupted(state_db, host="h", alive=lambda pid: pid == 2, stale_before=AT, own="d3")

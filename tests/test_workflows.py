@@ -749,6 +749,44 @@ def test_the_contacts_own_frequency_choice_holds_a_workflow_message(tmp_path: Pa
     assert j.sent("weekly@example.com") == ["pair/first", "pair/second"]
 
 
+@pytest.mark.parametrize("limit", ["weekly", "cap"])
+def test_a_receipt_counts_toward_no_marketing_limit(tmp_path: Path, server: tuple[Sink, int], limit: str) -> None:
+    """The contact's own choice (at most one email a week) and the frequency cap are about marketing: a receipt
+    sent an hour earlier holds back no marketing message."""
+    workflows = """
+        kind: Workflow
+        name: receipt
+        trigger: {event: buy}
+        category: transactional
+        steps:
+          - {id: receipt, send: mail/b, subject: Your receipt}
+        ---
+        kind: Workflow
+        name: tips
+        trigger: {event: go}
+        list: news
+        steps:
+          - {id: tip, send: mail/a, subject: A tip}
+          - {id: more, send: mail/c, subject: Another tip}
+        """
+    settings = "frequency_cap: {max: 1, per: 7d}" if limit == "cap" else ""
+    j = journey(tmp_path, server, workflows, settings=settings)
+    j.at("2026-03-02T08:00:00Z")
+    lu = j.person("lu@example.com", lists=("news",), at="2026-03-02T08:00:00Z")
+    if limit == "weekly":
+        save_preferences(j.db, lu, lists={"news": True}, frequency="weekly", at="2026-03-02T08:00:00Z", ip=None)
+    j.event("lu@example.com", "buy", at="2026-03-02T09:00:00Z")
+    j.at("2026-03-02T09:00:00Z")
+    assert j.sent("lu@example.com") == ["receipt/receipt"]
+    j.event("lu@example.com", "go", at="2026-03-02T10:00:00Z")
+    j.at("2026-03-02T10:00:00Z")
+    sent = j.sent("lu@example.com")
+    held = j.db.conn.execute("SELECT last_reply FROM ledger WHERE workflow = 'tips' AND state = 'queued'").fetchall()
+    # one of the two tips goes out at once, the receipt an hour before notwithstanding; the other waits its turn
+    assert len(sent) == 2 and sent[0] == "receipt/receipt" and sent[1].startswith("tips/"), held
+    assert len(held) == 1 and str(held[0][0]).startswith("postponed: "), held
+
+
 # --- what validate says -----------------------------------------------------------------------------------------
 
 

@@ -305,6 +305,7 @@ class SourceSender:
             dispatcher=self.run_.ident,
             message_id=message.message_id,
             blocking=self.blocking,
+            marketing=self.holds.marketing,
             at=iso(self.run_.clock.now()),
             previous=previous,
         )

@@ -200,11 +200,13 @@ def sent_message(db: StateDatabase, row_id: int) -> SentMessage | None:
 
 
 def recent_sends(db: StateDatabase, contact_id: int, *, since: str) -> dict[int, str]:
-    """When messages went to a contact after `since` (for the frequency cap), by row id, oldest first: one sent
-    exactly a window ago is out of it, so a message held until then goes out then."""
+    """When marketing messages went to a contact after `since` (for the frequency cap and the contact's frequency
+    choice), by row id, oldest first: one sent exactly a window ago is out of it, so a message held until then goes
+    out then. Receipts and opt-in confirmations do not count (rows from before that was recorded count)."""
     return dict(
         db.conn.execute(
-            "SELECT id, sent_at FROM ledger WHERE contact_id = ? AND state = 'sent' AND sent_at > ? ORDER BY sent_at",
+            "SELECT id, sent_at FROM ledger WHERE contact_id = ? AND state = 'sent' AND sent_at > ? "
+            "AND coalesce(marketing, 1) = 1 ORDER BY sent_at",
             (contact_id, since),
         ).fetchall()
     )
@@ -231,10 +233,12 @@ def claim(
     dispatcher: str,
     message_id: str,
     blocking: Sequence[str],
+    marketing: bool,
     at: str,
     previous: Outcome | None = None,
 ) -> str:
-    """In one transaction: write `previous`, then claim `row_id` for sending. Returns "claimed", "skipped" (the
+    """In one transaction: write `previous`, then claim `row_id` for sending (`marketing`: whether the message
+    counts toward the contact's marketing limits). Returns "claimed", "skipped" (the
     contact unsubscribed, bounced or complained meanwhile), "paused" (its campaign stopped) or "taken" (another
     process has it, or it is no longer due)."""
     with write(db):
@@ -270,8 +274,8 @@ def claim(
             return "skipped"
         db.conn.execute(
             "UPDATE ledger SET state = 'sending', claimed_by = ?, attempts = attempts + 1, message_id = ?, "
-            "first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ? WHERE id = ?",
-            (dispatcher, message_id, at, at, row_id),
+            "first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ?, marketing = ? WHERE id = ?",
+            (dispatcher, message_id, at, at, int(marketing), row_id),
         )
         return "claimed"
 

@@ -480,6 +480,14 @@ def _campaign_not_applied(db: StateDatabase) -> None:
     db.conn.execute("ALTER TABLE campaigns ADD COLUMN not_applied TEXT")
 
 
+@migration("0013_ledger_marketing")
+def _ledger_marketing(db: StateDatabase) -> None:
+    """Whether a message was marketing (1) or a receipt or opt-in confirmation (0), written at its claim: only marketing
+    counts toward the frequency cap and choice. Older rows keep NULL, as marketing (opt-in confirmations: 0)."""
+    db.conn.execute("ALTER TABLE ledger ADD COLUMN marketing INTEGER")
+    db.conn.execute("UPDATE ledger SET marketing = 0 WHERE source_kind = 'workflow' AND source = 'double-opt-in'")
+
+
 def _run_script(db: StateDatabase, script: str) -> None:
     """Statement by statement: `executescript` would commit the migration's transaction half-way."""
     statement = ""
