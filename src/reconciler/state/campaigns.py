@@ -20,7 +20,7 @@ from reconciler.state import rollups
 from reconciler.state.conditions import Reason
 from reconciler.state.content import MessageContent, load_content
 from reconciler.state.db import audit, write
-from reconciler.state.portable import json_values
+from reconciler.state.portable import differs, json_values, same
 from reconciler.state.postgres import StateDatabase
 
 _SEND_AT: TypeAdapter[Any] = TypeAdapter(SendAt)
@@ -158,7 +158,7 @@ def upsert_campaign(
 ) -> None:
     """Create or rewrite a campaign that has not started; a new start time needs a new confirmation."""
     db.conn.execute(
-        """
+        f"""
         INSERT INTO campaigns (name, status, ready, reason, message, path, spec, content, content_hash, start_at,
                                last_attempted_revision, last_applied_revision, updated_at, audience)
         VALUES (:name, :status, 1, :reason, :message, :path, :spec, :content, :hash, :start_at, :rev, :rev, :at,
@@ -167,7 +167,7 @@ def upsert_campaign(
             status = excluded.status, ready = 1, reason = excluded.reason, message = excluded.message,
             path = excluded.path, spec = excluded.spec, content = excluded.content,
             content_hash = excluded.content_hash, audience = excluded.audience,
-            confirmed_late = CASE WHEN campaigns.start_at IS NOT DISTINCT FROM excluded.start_at
+            confirmed_late = CASE WHEN campaigns.start_at {same(db)} excluded.start_at
                 THEN campaigns.confirmed_late ELSE 0 END,
             start_at = excluded.start_at, removed_at = NULL,
             last_attempted_revision = excluded.last_attempted_revision,
@@ -213,7 +213,7 @@ def set_condition(db: StateDatabase, name: str, *, ready: bool, reason: Reason, 
     """Report on a campaign without changing its status (waiting, stalled ...)."""
     db.conn.execute(
         "UPDATE campaigns SET ready = ?, reason = ?, message = ?, updated_at = ? WHERE name = ? "
-        "AND (ready, reason, message) IS DISTINCT FROM (?, ?, ?)",
+        f"AND (ready, reason, message) {differs(db)} (?, ?, ?)",
         (int(ready), reason, message, at, name, int(ready), reason, message),
     )
 
@@ -238,7 +238,7 @@ def set_not_applied(db: StateDatabase, notes: Mapping[str, str]) -> None:
         (json.dumps(sorted(notes)),),
     )
     db.conn.executemany(
-        "UPDATE campaigns SET not_applied = ? WHERE name = ? AND not_applied IS DISTINCT FROM ?",
+        f"UPDATE campaigns SET not_applied = ? WHERE name = ? AND not_applied {differs(db)} ?",
         [(note, name, note) for name, note in sorted(notes.items())],
     )
 
@@ -403,7 +403,7 @@ def block(db: StateDatabase, name: str, *, why: str, at: str) -> None:
     with write(db):
         db.conn.execute(
             "UPDATE campaigns SET ready = 0, reason = ?, message = ?, updated_at = ? WHERE name = ? "
-            "AND status = 'sending' AND (reason, message) IS DISTINCT FROM (?, ?)",
+            f"AND status = 'sending' AND (reason, message) {differs(db)} (?, ?)",
             (Reason.SENDING_BLOCKED, f"waits: {why}", at, name, Reason.SENDING_BLOCKED, f"waits: {why}"),
         )
 

@@ -25,6 +25,17 @@ def dialect(db: StateDatabase) -> Dialect:
     return POSTGRESQL if is_postgres(db) else SQLITE
 
 
+def same(db: StateDatabase) -> str:
+    """The comparison operator for which NULL equals NULL: SQLite's `IS` (PostgreSQL's `IS NOT DISTINCT FROM`,
+    which SQLite reads only from 3.39 on, later than some systems' SQLite)."""
+    return "IS NOT DISTINCT FROM" if is_postgres(db) else "IS"
+
+
+def differs(db: StateDatabase) -> str:
+    """Its negation: SQLite's `IS NOT`, PostgreSQL's `IS DISTINCT FROM` (row values too)."""
+    return "IS DISTINCT FROM" if is_postgres(db) else "IS NOT"
+
+
 def json_values(db: StateDatabase, array: str) -> str:
     """A subquery of one column, `value`: the elements of the JSON array text `array` (strings as text), for
     ``x IN (…)`` and joins."""

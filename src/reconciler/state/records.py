@@ -10,6 +10,7 @@ from typing import Any
 
 from reconciler.spec.documents import CustomField, MailingList
 from reconciler.state.db import get_meta, set_meta, write
+from reconciler.state.portable import differs
 from reconciler.state.postgres import StateDatabase
 
 
@@ -62,8 +63,8 @@ def revisions(db: StateDatabase, *, limit: int = 10) -> list[dict[str, Any]]:
 def record_counts(db: StateDatabase, counts: Mapping[str, int], *, at: str) -> None:
     """Remember counts as of this apply (only those that changed), for "the change since the last apply"."""
     db.conn.executemany(
-        "INSERT INTO plan_counts(subject, count, at) VALUES (?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
-        "count = excluded.count, at = excluded.at WHERE plan_counts.count IS DISTINCT FROM excluded.count",
+        "INSERT INTO plan_counts(subject, count, at) VALUES (?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "  # noqa: S608
+        f"count = excluded.count, at = excluded.at WHERE plan_counts.count {differs(db)} excluded.count",
         [(subject, count, at) for subject, count in counts.items()],
     )
 
