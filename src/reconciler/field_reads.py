@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from jinja2 import Environment, TemplateSyntaxError, meta, nodes
 
+from reconciler.sandbox import parsed_text
 from reconciler.spec.contact import TEXT_FIELDS
 from reconciler.spec.workspace import DesiredState
 
@@ -60,11 +61,21 @@ def unguarded_reads(sources: Mapping[str, str], start: str, optional: Collection
 
 def unguarded_in_text(text: str, optional: Collection[str]) -> list[str]:
     """The optional fields a subject or preheader reads without a guard."""
-    return sorted({field for field, _ in _scan(text)[1] if field in optional})
+    return sorted({field for field, _ in _scan_text(text)[1] if field in optional})
 
 
-@lru_cache(maxsize=512)
-def _scan(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+def _scan_text_source(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    """As `_scan_source`, for a subject or preheader: through the parse its compile shares."""
+    if "{" not in text:
+        return (), ()
+    try:
+        tree = parsed_text(text)
+    except TemplateSyntaxError:
+        return (), ()  # reported by the render check
+    return (), tuple(_reads(tree))
+
+
+def _scan_source(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
     """The templates `text` includes or extends, and its unguarded `contact.<field>` reads (field, line), whatever
     the field. Kept per text: a workspace's 1,000 campaigns share a few layouts and partials, and parsing each once
     per use made this check most of `validate`'s time."""
@@ -78,12 +89,25 @@ def _scan(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
     return references, tuple(_reads(tree))
 
 
+_scan = lru_cache(maxsize=512)(_scan_source)
+"""Template files: each is used by many campaigns."""
+_scan_text = lru_cache(maxsize=4096)(_scan_text_source)
+"""Subjects and preheaders, kept apart: most are used once, and would push the templates out."""
+
+
 def _reads(tree: nodes.Template) -> Iterator[tuple[str, int]]:
-    guarded_nodes = {id(f.node) for f in tree.find_all(nodes.Filter) if f.name in _GUARD_FILTERS}
-    tested = {field for t in tree.find_all(nodes.Test) if t.name in _GUARD_TESTS and (field := _field(t.node))}
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        field = _field(node)
-        if field and field not in tested and id(node) not in guarded_nodes:
+    guarded_nodes, tested, reads = set(), set(), []
+    for node in tree.find_all((nodes.Filter, nodes.Test, nodes.Getattr, nodes.Getitem)):  # one walk of the tree
+        if isinstance(node, nodes.Filter):
+            if node.name in _GUARD_FILTERS:
+                guarded_nodes.add(id(node.node))
+        elif isinstance(node, nodes.Test):
+            if node.name in _GUARD_TESTS and (field := _field(node.node)):
+                tested.add(field)
+        elif field := _field(node):
+            reads.append((field, node))
+    for field, node in reads:
+        if field not in tested and id(node) not in guarded_nodes:
             yield field, node.lineno
 
 

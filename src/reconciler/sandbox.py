@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import nodes
@@ -226,3 +227,14 @@ def _stop(generator: Iterator[str], message: str) -> None:
 def render(template: Any, context: Any) -> str:
     """`template.render(context)` within the bounds."""
     return "".join(bounded(template.generate(context)))
+
+
+_TEXT_PARSER = BoundedEnvironment()
+
+
+@lru_cache(maxsize=4096)
+def parsed_text(source: str) -> nodes.Template:
+    """A subject's or preheader's syntax tree, parsed once for both who reads it: the compile that renders it and
+    the check of the fields it reads (parsing each of 1,000 subjects twice was a tenth of `validate`). Compiling
+    a tree leaves it as it was. Raises TemplateSyntaxError."""
+    return _TEXT_PARSER.parse(source)

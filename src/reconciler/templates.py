@@ -37,7 +37,7 @@ from jinja2 import (
 from jinja2.environment import Environment
 
 from reconciler.mjml_rules import locate_error, marker, scan
-from reconciler.sandbox import BoundedEnvironment, bounded
+from reconciler.sandbox import BoundedEnvironment, bounded, parsed_text
 from reconciler.sandbox import render as bounded_render
 from reconciler.spec import TemplateFile
 from reconciler.spec.contact import BUILTIN_FIELDS, Contact
@@ -108,7 +108,7 @@ _HTML_ENV = BoundedEnvironment(undefined=StrictUndefined, autoescape=True, cache
 
 @lru_cache(maxsize=4096)
 def _text_template(source: str) -> Template:
-    return _TEXT_ENV.from_string(source)
+    return _TEXT_ENV.from_string(parsed_text(source))
 
 
 def render_text(source: str, context: Mapping[str, Any]) -> str:
@@ -201,8 +201,14 @@ class TemplateSet:
     def markup_problems(self, name: str) -> list[TemplateFailure]:
         """Elements and attributes MJML does not know, each in the file and at the line that has it (mjml-python
         compiles them into something other than meant, without a word)."""
-        marked = self._marked(self.templates[name].jinja_name)
-        found = scan(marked, template=self.templates[name].jinja_name) if marked is not None else []
+        jinja_name = self.templates[name].jinja_name
+        try:  # most templates have no such problem: the plain flattened document says so without markers
+            if not any(not f.breaks_compile for f in scan(self.flatten(name), template=jinja_name)):
+                return []
+        except TemplateFailure:
+            return []  # the structure is broken: flatten() reports that
+        marked = self._marked(jinja_name)
+        found = scan(marked, template=jinja_name) if marked is not None else []
         return [TemplateFailure(f.template, f.line, f.message, f.hint, f.column) for f in found if not f.breaks_compile]
 
     def _mjml_failure(self, jinja_name: str, flat: str, exc: Exception) -> TemplateFailure:
