@@ -14,7 +14,7 @@ from conftest import reconciler
 from reconciler.imports import ImportFileError, import_file
 from reconciler.load import load_workspace
 from reconciler.plan import count_audience
-from reconciler.rows import convert, normalise_email
+from reconciler.rows import _plain_address, convert, normalise_email
 from reconciler.spec import DesiredState
 from reconciler.state import observe, open_db
 from reconciler.state.contacts import erase_contact, export_contact
@@ -189,6 +189,32 @@ def test_addresses_are_trimmed_lowercased_and_checked_without_dns() -> None:
     for bad in ("ann", "ann@", "a b@example.com", "ann@localhost"):
         with pytest.raises(ValueError, match="not a valid email address"):
             normalise_email(bad)
+
+
+def test_the_quick_path_for_plain_addresses_says_what_email_validator_says() -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    long_domain = ".".join(["d" * 60] * 3) + ".com"
+    addresses = [
+        "Ann.Smith@Example.COM", "a+b@x.co", "POSTMASTER@x.org", "a!#$%&'*+-/=?^_`{|}~@x.com", "a..b@x.com", ".a@x.com",
+        "a.@x.com", "a@x", "a@localhost", "a@x.test", "a@x.local", "a@x.invalid", "a@-x.com", "a@x-.com", "a@x..com",
+        "a@.x.com", "a@x.com.", "a@1.2.3.4", "a@x.123", "a@x.c0m", "a@xn--bcher-kva.example", "a@XN--BCHER-KVA.de",
+        "a@" + "b" * 64 + ".com", "x" * 70 + "@x.com", "x" * 60 + "@" + long_domain, "x" * 80 + "@" + long_domain,
+        "a@[1.2.3.4]", '"a b"@x.com', "a b@x.com", "a@b@x.com", "ann@bücher.de", "ännа@x.com", "Ann <ann@x.com>",
+    ]  # fmt: skip
+    for address in addresses:
+        try:
+            expected: str | None = validate_email(address, check_deliverability=False).normalized.lower()
+        except EmailNotValidError:
+            expected = None
+        quick = _plain_address(address)
+        assert quick is None or quick == expected, address
+        if expected is not None and expected.split("@")[0].isascii():
+            assert normalise_email(address) == expected, address
+        elif expected is None:
+            with pytest.raises(ValueError, match="not a valid email address"):
+                normalise_email(address)
+    assert _plain_address("Reader7@Bench.Example") == "reader7@bench.example"  # the common address takes it
 
 
 def test_export_and_erase_from_the_command_line(example: Path) -> None:

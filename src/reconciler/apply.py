@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlite_utils import Database
@@ -121,13 +121,25 @@ def plan_for(
 
 
 def plan_and_apply(
-    db: Database, desired: DesiredState, *, now: datetime, git_commit: str | None, confirm: Collection[str] = ()
+    db: Database,
+    desired: DesiredState,
+    *,
+    now: datetime,
+    git_commit: str | None,
+    confirm: Collection[str] = (),
+    unchanged_runs: bool = True,
 ) -> tuple[Plan, Applied]:
-    """Observe, plan and apply; when another process applied in between, plan again from what it left."""
+    """Observe, plan and apply; when another process applied in between, plan again from what it left.
+    `unchanged_runs=False` (the daemon's passes, which show only the actions): the active runs by step are read only
+    when the plan edits or removes a workflow, for its words, and the plan leaves out the unchanged workflows' runs
+    (reading them scans every active run, a million of them, on every pass)."""
     for attempt in range(5):
         # a pass without changes counts nothing; one with changes counts the segment audiences it touches
-        observed = observe(db)
+        observed = observe(db, runs=unchanged_runs)
         plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
+        if not unchanged_runs and any(a.kind == "Workflow" and a.op != "create" for a in plan.actions):
+            observed = replace(observed, runs=workflows.active_by_step(db))
+            plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
         touched = [a.name for a in plan.actions if a.kind == "Campaign" and a.audience and a.audience.unevaluated]
         if touched:
             observed = observe_for(

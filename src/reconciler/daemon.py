@@ -88,7 +88,10 @@ def reconcile_once(
     if not result.valid:
         record_invalid(db, desired.revision, result.problems, now=now)
     else:
-        result.plan, result.applied = plan_and_apply(db, desired, now=now, git_commit=git_commit(root), confirm=confirm)
+        commit = git_commit(root)  # the pass shows only the plan's actions: no runs of unchanged workflows
+        result.plan, result.applied = plan_and_apply(
+            db, desired, now=now, git_commit=commit, confirm=confirm, unchanged_runs=False
+        )
     result.started = start_due(db, now=now)
     result.workflows = run_workflows(db, now=now)
     return result

@@ -476,8 +476,13 @@ def erase_contact(db: StateDatabase, email: str, *, at: str) -> bool:
 
 def change_tag(db: StateDatabase, contact_id: int, tag: str, *, present: bool, at: str) -> None:
     """Inside the caller's write: add or remove one tag (a workflow's `tag` and `untag` steps)."""
+    db.conn.execute(tag_statement(db, present=present), (tag, at, contact_id))
+
+
+def tag_statement(db: StateDatabase, *, present: bool) -> str:
+    """`change_tag`'s statement, of the parameters (tag, at, contact id): for a batch of them."""
     tags = tag_added(db, "tags") if present else tag_removed(db, "tags")
-    db.conn.execute(f"UPDATE contacts SET tags = {tags}, updated_at = ? WHERE id = ?", (tag, at, contact_id))
+    return f"UPDATE contacts SET tags = {tags}, updated_at = ? WHERE id = ?"
 
 
 def set_custom_field(db: StateDatabase, contact_id: int, name: str, value: object, *, at: str) -> None:

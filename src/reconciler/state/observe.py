@@ -59,9 +59,10 @@ class ObservedState:
     """Workflow -> step -> active runs on it (what an edit of the workflow does to them)."""
 
 
-def observe(db: StateDatabase, *, audience: bool = True) -> ObservedState:
+def observe(db: StateDatabase, *, audience: bool = True, runs: bool = True) -> ObservedState:
     """Read everything `make_plan` needs but segment counts (`with_counts` adds those); `audience=False` also skips
-    the list-membership histogram (status)."""
+    the list-membership histogram (status), `runs=False` the active runs by step (a scan of every active run, which
+    only the plan's words about workflows read)."""
     campaigns = {record.name: record for record in campaign_records(db)}
     lists = list_records(db)
     fields = field_types(db)
@@ -77,7 +78,7 @@ def observe(db: StateDatabase, *, audience: bool = True) -> ObservedState:
         last_applied_revision=get_meta(db, "last_applied_revision"),
         serial=int(get_meta(db, "serial") or 0),
         last_counts=dict(db.conn.execute("SELECT subject, count FROM plan_counts").fetchall()),
-        runs=active_by_step(db),
+        runs=active_by_step(db) if runs else {},
     )
 
 

@@ -18,6 +18,7 @@ from reconciler.state.campaigns import load_audience
 from reconciler.state.db import write
 from reconciler.state.engagement import Engagement
 from reconciler.state.ledger import CONFIRMATION_SOURCE
+from reconciler.state.portable import json_values
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.suppressions import SuppressionReason, email_hash, lift_unsubscribe, reason_for, suppress
 
@@ -313,6 +314,12 @@ def contact_for(db: StateDatabase, email: str, *, at: str, first_name: str | Non
     return int(db.conn.execute("SELECT id FROM contacts WHERE email = ?", (email,)).fetchone()[0])
 
 
+def known_contacts(db: StateDatabase, emails: Sequence[str]) -> dict[str, int]:
+    """The ids of those of the addresses that are contacts, in one query (`contact_for` adds the others)."""
+    query = f"SELECT email, id FROM contacts WHERE email IN ({json_values(db, '?')})"  # noqa: S608
+    return {str(email): int(contact_id) for email, contact_id in db.conn.execute(query, (json.dumps(emails),))}
+
+
 _MADE_UP = (
     f"UPDATE contacts SET {', '.join(f'{name} = ?' for name in TEXT_FIELDS)}, fields = ?, tags = ? "  # noqa: S608
     "WHERE id = ?"
@@ -334,8 +341,11 @@ def insert_events(
     added = 0
     with write(db):
         before = int(db.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        ids = known_contacts(db, [event[0] for event in events])
         for email, kind, occurred_at, properties, external_id in events:
-            contact_id = contact_for(db, email, at=at)
+            contact_id = ids.get(email)
+            if contact_id is None:
+                contact_id = ids[email] = contact_for(db, email, at=at)
             added += db.conn.execute(
                 "INSERT INTO events(contact_id, type, occurred_at, properties, external_id) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(external_id) DO NOTHING",

@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 from sqlite_utils import Database
@@ -20,6 +20,7 @@ from sqlite_utils import Database
 from reconciler.segments import Sql, json_path
 from reconciler.spec.documents import Segment
 from reconciler.spec.workflow import Workflow
+from reconciler.state.contacts import tag_statement
 from reconciler.state.content import MessageContent
 from reconciler.state.db import get_meta, set_meta, write
 from reconciler.state.postgres import StateDatabase
@@ -85,9 +86,8 @@ def stored_list(db: Database, workflow: str) -> str | None:
 # --- runs ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Run:
-    """An active run as the runner reads it."""
+class Run(NamedTuple):
+    """An active run as the runner reads it (a tuple: the runner makes a thousand of them per batch)."""
 
     id: int
     workflow: str
@@ -154,38 +154,13 @@ def last_run(db: Database, workflow: str, contact_id: int, key: str) -> tuple[st
     return None if row is None else (str(row[0]), str(row[1]))
 
 
-def move(db: Database, run_id: int, *, step: str, entered_at: str, due_at: str) -> None:
-    db.conn.execute(
-        "UPDATE workflow_runs SET step = ?, entered_at = ?, due_at = ? WHERE id = ? AND state = 'active'",
-        (step, entered_at, due_at, run_id),
-    )
-
-
-def finish(db: Database, run_id: int, *, step: str, state: str, outcome: str, at: str) -> None:
-    """A run is over: completed, exited (at an `exit` step, or its exit event came) or ended (its step or workflow
-    was removed)."""
-    db.conn.execute(
-        "UPDATE workflow_runs SET step = ?, state = ?, outcome = ?, ended_at = ?, due_at = NULL WHERE id = ? "
-        "AND state = 'active'",
-        (step, state, outcome, at, run_id),
-    )
-
-
-def log_step(db: Database, run_id: int, step: str, *, at: str, result: str) -> None:
-    db.conn.execute(
-        "INSERT INTO workflow_steps(run_id, step, at, result) VALUES (?, ?, ?, ?)", (run_id, step, at, result)
-    )
-
-
 def has_removed_runs(db: Database) -> bool:
     """Whether a removed workflow still has active runs."""
     removed = [r[0] for r in db.conn.execute("SELECT name FROM workflows WHERE removed_at IS NOT NULL")]
-    row = db.conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE state = 'active' AND workflow IN "
-        "(SELECT value FROM json_each(?)))",
-        (json.dumps(removed),),
-    ).fetchone()
-    return bool(removed) and bool(row[0])
+    # one workflow at a time, each on the index of active runs (the IN list went through the due-time index and
+    # looked at every active run, a million of them, on every pass, removed workflow or not)
+    query = "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE workflow = ? AND state = 'active')"
+    return any(db.conn.execute(query, (name,)).fetchone()[0] for name in removed)
 
 
 def end_removed(db: Database, *, at: str) -> int:
@@ -224,17 +199,68 @@ def skip_waiting(db: Database, workflow: str, contact_id: int, *, event: str, at
     )
 
 
-def queue_send(db: Database, run: Run, step: str, *, content_hash: str, revision: str, at: str) -> bool:
-    """The ledger row of a run's send step (its source is the run, its stage the step): created once, whatever
-    happens after; the dispatcher sends it like every message. False when the row already existed."""
-    return bool(
-        db.conn.execute(
-            "INSERT INTO ledger(source_kind, source, stage, workflow, contact_id, state, due_at, content_hash, "
-            "revision, created_at, updated_at) VALUES ('workflow', ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (str(run.id), step, run.workflow, run.contact_id, at, content_hash, revision, at, at),
-        ).rowcount
-    )
+_MOVE = "UPDATE workflow_runs SET step = ?, entered_at = ?, due_at = ? WHERE id = ? AND state = 'active'"
+_FINISH = (
+    "UPDATE workflow_runs SET step = ?, state = ?, outcome = ?, ended_at = ?, due_at = NULL WHERE id = ? "
+    "AND state = 'active'"
+)
+_LOG_STEP = "INSERT INTO workflow_steps(run_id, step, at, result) VALUES (?, ?, ?, ?)"
+_QUEUE_SEND = (
+    "INSERT INTO ledger(source_kind, source, stage, workflow, contact_id, state, due_at, content_hash, revision, "
+    "created_at, updated_at) VALUES ('workflow', ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+class StepWrites:
+    """The writes of a batch of runs' steps, inside the runner's transaction: each kept until `flush`, which runs
+    them as one `executemany` per statement (a statement per run and step cost more than the work it did). The
+    writes to one table run in the order they were made (a second statement for a table flushes the first), and
+    the runner flushes before anything it does reads or writes the tables these write (contacts, workflow_runs,
+    workflow_steps, ledger) in any other way, and before its transaction ends: what commits, and what every read
+    sees, is what one statement per write would have made."""
+
+    def __init__(self, db: StateDatabase) -> None:
+        self.db = db
+        self._rows: dict[str, list[tuple[object, ...]]] = {}
+        self._tables: dict[str, str] = {}
+
+    def move(self, run_id: int, *, step: str, entered_at: str, due_at: str) -> None:
+        """The run waits on `step` (entered at `entered_at`) until `due_at`."""
+        self._add("workflow_runs", _MOVE, (step, entered_at, due_at, run_id))
+
+    def finish(self, run_id: int, *, step: str, state: str, outcome: str, at: str) -> None:
+        """A run is over: completed, exited (at an `exit` step, or its exit event came) or ended (its step or
+        workflow was removed)."""
+        self._add("workflow_runs", _FINISH, (step, state, outcome, at, run_id))
+
+    def log_step(self, run_id: int, step: str, *, at: str, result: str) -> None:
+        self._add("workflow_steps", _LOG_STEP, (run_id, step, at, result))
+
+    def queue_send(self, run: Run, step: str, *, content_hash: str, revision: str, at: str) -> None:
+        """The ledger row of a run's send step (its source is the run, its stage the step): created once, whatever
+        happens after (a row that exists already stays as it is); the dispatcher sends it like every message."""
+        values = (str(run.id), step, run.workflow, run.contact_id, at, content_hash, revision, at, at)
+        self._add("ledger", _QUEUE_SEND, values)
+
+    def tag(self, contact_id: int, tag: str, *, present: bool, at: str) -> None:
+        """`contacts.change_tag`, in the batch."""
+        self._add("contacts", tag_statement(self.db, present=present), (tag, at, contact_id))
+
+    def flush(self) -> None:
+        """Run every write kept so far."""
+        for statement, rows in self._rows.items():
+            self.db.conn.executemany(statement, rows)
+        self._rows.clear()
+        self._tables.clear()
+
+    def _add(self, table: str, statement: str, values: tuple[object, ...]) -> None:
+        rows = self._rows.get(statement)
+        if rows is None:
+            if self._tables.get(table, statement) != statement:
+                self.flush()  # another statement on the same table: it runs first
+            self._tables[table] = statement
+            rows = self._rows[statement] = []
+        rows.append(values)
 
 
 def engaged(db: Database, run_id: int, step: str, action: str) -> bool:

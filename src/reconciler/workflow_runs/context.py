@@ -55,6 +55,8 @@ class Pass:
         self.report = RunReport()
         self._compilers: dict[str, Compiler] = {}
         self._zone: str | None = None
+        self.writes = runs.StepWrites(db)
+        """The writes of the batch of runs being advanced (`walk`)."""
 
     def digest(self, name: str, step: str) -> str:
         """The content hash of a send step's message, computed once per pass."""

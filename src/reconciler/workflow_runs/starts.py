@@ -14,7 +14,6 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from reconciler.clock import iso
 from reconciler.segments import join_sql
 from reconciler.spec.workflow import (
     DateFieldTrigger,
@@ -51,7 +50,7 @@ def start(run_pass: Pass, name: str, contact_id: int, *, key: str, trigger: str,
         key=key,
         list_name=stored.list_name,
         step=first_step(stored.workflow),
-        at=iso(run_pass.now),
+        at=run_pass.at,
         revision=run_pass.revision,
         trigger=trigger,
     )
@@ -119,7 +118,7 @@ def from_events(run_pass: Pass) -> None:
 
 
 def _event(run_pass: Pass, event: NewEvent) -> None:
-    at = iso(run_pass.now)
+    at = run_pass.at
     for name, stored in run_pass.active.items():
         workflow = stored.workflow
         if workflow.exit_when is not None and workflow.exit_when.event == event.type:

@@ -57,18 +57,25 @@ def advance_due(run_pass: Pass) -> None:
     for first in range(0, len(ids), BATCH):
         with write(db):
             due = runs.runs_by_id(db, ids[first : first + BATCH], now=run_pass.at)
+            run_pass.writes = runs.StepWrites(db)  # a fresh one: a batch rolled back leaves nothing behind
             for run in due:
                 walk(run_pass, run)
+            run_pass.writes.flush()
         run_pass.report.advanced += len(due)
 
 
 def walk(run_pass: Pass, run: Run) -> None:
-    """Execute the run's steps from where it is until it must wait, or is over (inside the caller's write)."""
+    """Execute the run's steps from where it is until it must wait, or is over (inside the caller's write; its
+    moves, steps, tags and queued messages go into `run_pass.writes`, flushed before anything else touches their
+    tables)."""
     db, stored, graph = run_pass.db, run_pass.workflow(run.workflow), run_pass.graphs[run.workflow]
+    writes = run_pass.writes
     key, at = run.step, datetime.fromisoformat(run.entered_at)
     exit_when = stored.workflow.exit_when
     for _ in range(len(graph) + 1):
+        # had_event reads only events, which no kept write touches
         if exit_when is not None and runs.had_event(db, run.contact_id, exit_when.event, since=run.started_at):
+            writes.flush()  # a message this batch queued to the contact is skipped too
             runs.skip_waiting(db, run.workflow, run.contact_id, event=exit_when.event, at=run_pass.at)
             _finish(run_pass, run, key, "exited", f"exited: {exit_when.event}")
             return
@@ -85,15 +92,15 @@ def walk(run_pass: Pass, run: Run) -> None:
             return
         move = _step(run_pass, run, key, node, at)
         if move.until is not None:
-            runs.move(db, run.id, step=key, entered_at=run_pass.iso(at), due_at=run_pass.iso(move.until))
+            writes.move(run.id, step=key, entered_at=run_pass.iso(at), due_at=run_pass.iso(move.until))
             return
-        runs.log_step(db, run.id, key, at=run_pass.iso(move.at or at), result=move.result)
+        writes.log_step(run.id, key, at=run_pass.iso(move.at or at), result=move.result)
         key, at = move.next, move.at or at
     raise AssertionError(f"run {run.id} of {run.workflow} walked more steps than the workflow has")
 
 
 def _finish(run_pass: Pass, run: Run, key: str, state: str, outcome: str) -> None:
-    runs.finish(run_pass.db, run.id, step=key, state=state, outcome=outcome, at=run_pass.iso(run_pass.now))
+    run_pass.writes.finish(run.id, step=key, state=state, outcome=outcome, at=run_pass.iso(run_pass.now))
     run_pass.report.finished[state] += 1
 
 
@@ -101,7 +108,7 @@ def _step(run_pass: Pass, run: Run, key: str, node: StepNode, at: datetime) -> _
     step, now = node.step, run_pass.now
     if isinstance(step, SendStep):
         digest, revision = run_pass.digest(run.workflow, key), run_pass.revision
-        runs.queue_send(run_pass.db, run, key, content_hash=digest, revision=revision, at=run_pass.iso(at))
+        run_pass.writes.queue_send(run, key, content_hash=digest, revision=revision, at=run_pass.iso(at))
         run_pass.report.queued += 1
         return _Move(node.next, at, "queued")
     # a run goes on from a wait at the moment it is seen to be over, not at the moment it ended: after a pause or a
@@ -125,6 +132,13 @@ def _step(run_pass: Pass, run: Run, key: str, node: StepNode, at: datetime) -> _
 def _act(run_pass: Pass, run: Run, step: object, at: datetime) -> str:
     """The contact actions: lists (each change with its consent record), tags and fields."""
     db, contact, when, source = run_pass.db, run.contact_id, run_pass.iso(at), f"workflow {run.workflow}"
+    if isinstance(step, TagStep):
+        run_pass.writes.tag(contact, step.tag, present=True, at=when)
+        return f"tagged {step.tag}"
+    if isinstance(step, UntagStep):
+        run_pass.writes.tag(contact, step.untag, present=False, at=when)
+        return f"untagged {step.untag}"
+    run_pass.writes.flush()  # the other actions read and write contacts and subscriptions themselves
 
     def subscriptions(wanted: dict[str, Status]) -> None:
         subscribers.change_subscriptions(db, contact, wanted, at=when, source=source)
@@ -144,12 +158,6 @@ def _act(run_pass: Pass, run: Run, step: object, at: datetime) -> str:
             return f"removed from {lists.from_}, not added to {lists.to}: they unsubscribed"
         subscriptions({lists.from_: "unsubscribed", lists.to: "subscribed"})
         return f"moved from {lists.from_} to {lists.to}"
-    if isinstance(step, TagStep):
-        contacts.change_tag(db, contact, step.tag, present=True, at=when)
-        return f"tagged {step.tag}"
-    if isinstance(step, UntagStep):
-        contacts.change_tag(db, contact, step.untag, present=False, at=when)
-        return f"untagged {step.untag}"
     assert isinstance(step, SetFieldStep), f"a step the runner does not know: {type(step).__name__}"
     contacts.set_custom_field(db, contact, step.set_field.field, step.set_field.value, at=when)
     return f"set {step.set_field.field}"
@@ -158,6 +166,7 @@ def _act(run_pass: Pass, run: Run, step: object, at: datetime) -> str:
 def holds(run_pass: Pass, run: Run, condition: object) -> bool:
     """A workflow condition for the run's contact: engagement by a person (not a proxy or scanner) with an earlier
     send of this run, or any segment condition."""
+    run_pass.writes.flush()  # it reads what the batch wrote (tags, messages)
     if isinstance(condition, StepOpened):
         return runs.engaged(run_pass.db, run.id, condition.opened, "opened")
     if isinstance(condition, StepClicked):
