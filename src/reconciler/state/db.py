@@ -303,6 +303,23 @@ def write(db: AnyDatabase) -> Iterator[AnyDatabase]:
         db.conn.execute("COMMIT")
 
 
+@contextmanager
+def bulk_writes(db: StateDatabase) -> Iterator[None]:
+    """Many write transactions in a row (a runner pass advancing thousands of runs): the write-ahead log is
+    checkpointed every BULK_WAL_PAGES pages meanwhile, as an import's is, instead of every few transactions, so the
+    pages they all touch (an index's last leaves, its inner pages) are copied back once; then as before (the
+    log is cut back to WAL_LIMIT at its next checkpoint). Commits are as durable either way. PostgreSQL: nothing."""
+    if isinstance(db, PostgresDatabase):
+        yield
+        return
+    before = int(db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    db.conn.execute(f"PRAGMA wal_autocheckpoint = {max(before, BULK_WAL_PAGES)}")
+    try:
+        yield
+    finally:
+        db.conn.execute(f"PRAGMA wal_autocheckpoint = {before}")
+
+
 def roll_back_cut_off(db: Database) -> None:
     """A transaction a signal cut off between its BEGIN and its end (Ctrl-C in an import's batch), rolled back."""
     if db.conn.in_transaction:

@@ -223,6 +223,7 @@ class StepWrites:
         self.db = db
         self._rows: dict[str, list[tuple[object, ...]]] = {}
         self._tables: dict[str, str] = {}
+        self._tag_statements: dict[bool, str] = {}
 
     def move(self, run_id: int, *, step: str, entered_at: str, due_at: str) -> None:
         """The run waits on `step` (entered at `entered_at`) until `due_at`."""
@@ -244,7 +245,10 @@ class StepWrites:
 
     def tag(self, contact_id: int, tag: str, *, present: bool, at: str) -> None:
         """`contacts.change_tag`, in the batch."""
-        self._add("contacts", tag_statement(self.db, present=present), (tag, at, contact_id))
+        statement = self._tag_statements.get(present)
+        if statement is None:
+            statement = self._tag_statements[present] = tag_statement(self.db, present=present)
+        self._add("contacts", statement, (tag, at, contact_id))
 
     def flush(self) -> None:
         """Run every write kept so far."""

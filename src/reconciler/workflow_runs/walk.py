@@ -7,8 +7,9 @@ by run and step; the dispatcher sends it like any other message, with the same g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import nullcontext
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from reconciler.spec.conditions import StepClicked, StepOpened
 from reconciler.spec.workflow import (
@@ -27,7 +28,7 @@ from reconciler.spec.workflow import (
 )
 from reconciler.state import audiences, contacts, subscribers
 from reconciler.state import workflows as runs
-from reconciler.state.db import write
+from reconciler.state.db import bulk_writes, write
 from reconciler.state.subscribers import Status
 from reconciler.state.workflows import Run
 from reconciler.workflow_runs.context import Pass
@@ -38,8 +39,7 @@ BATCH = 1_000
 """Runs advanced per transaction."""
 
 
-@dataclass(frozen=True)
-class _Move:
+class _Move(NamedTuple):
     """Where a step sends the run: on to `next` at `at`, or (when `until` is set) nowhere before `until`."""
 
     next: str = ""
@@ -54,14 +54,15 @@ def advance_due(run_pass: Pass) -> None:
     if not names:
         return
     ids = runs.due_run_ids(db, names, now=run_pass.at)
-    for first in range(0, len(ids), BATCH):
-        with write(db):
-            due = runs.runs_by_id(db, ids[first : first + BATCH], now=run_pass.at)
-            run_pass.writes = runs.StepWrites(db)  # a fresh one: a batch rolled back leaves nothing behind
-            for run in due:
-                walk(run_pass, run)
-            run_pass.writes.flush()
-        run_pass.report.advanced += len(due)
+    with bulk_writes(db) if len(ids) > BATCH else nullcontext():
+        for first in range(0, len(ids), BATCH):
+            with write(db):
+                due = runs.runs_by_id(db, ids[first : first + BATCH], now=run_pass.at)
+                run_pass.writes = runs.StepWrites(db)  # a fresh one: a batch rolled back leaves nothing behind
+                for run in due:
+                    walk(run_pass, run)
+                run_pass.writes.flush()
+            run_pass.report.advanced += len(due)
 
 
 def walk(run_pass: Pass, run: Run) -> None:
