@@ -196,12 +196,40 @@ def test_the_quick_path_for_plain_addresses_says_what_email_validator_says() -> 
 
     long_domain = ".".join(["d" * 60] * 3) + ".com"
     addresses = [
-        "Ann.Smith@Example.COM", "a+b@x.co", "POSTMASTER@x.org", "a!#$%&'*+-/=?^_`{|}~@x.com", "a..b@x.com", ".a@x.com",
-        "a.@x.com", "a@x", "a@localhost", "a@x.test", "a@x.local", "a@x.invalid", "a@-x.com", "a@x-.com", "a@x..com",
-        "a@.x.com", "a@x.com.", "a@1.2.3.4", "a@x.123", "a@x.c0m", "a@xn--bcher-kva.example", "a@XN--BCHER-KVA.de",
-        "a@" + "b" * 64 + ".com", "x" * 70 + "@x.com", "x" * 60 + "@" + long_domain, "x" * 80 + "@" + long_domain,
-        "a@[1.2.3.4]", '"a b"@x.com', "a b@x.com", "a@b@x.com", "ann@bücher.de", "ännа@x.com", "Ann <ann@x.com>",
-    ]  # fmt: skip
+        "Ann.Smith@Example.COM",
+        "a+b@x.co",
+        "POSTMASTER@x.org",
+        "a!#$%&'*+-/=?^_`{|}~@x.com",
+        "a..b@x.com",
+        ".a@x.com",
+        "a.@x.com",
+        "a@x",
+        "a@localhost",
+        "a@x.test",
+        "a@x.local",
+        "a@x.invalid",
+        "a@-x.com",
+        "a@x-.com",
+        "a@x..com",
+        "a@.x.com",
+        "a@x.com.",
+        "a@1.2.3.4",
+        "a@x.123",
+        "a@x.c0m",
+        "a@xn--bcher-kva.example",
+        "a@XN--BCHER-KVA.de",
+        "a@" + "b" * 64 + ".com",
+        "x" * 70 + "@x.com",
+        "x" * 60 + "@" + long_domain,
+        "x" * 80 + "@" + long_domain,
+        "a@[1.2.3.4]",
+        '"a b"@x.com',
+        "a b@x.com",
+        "a@b@x.com",
+        "ann@bücher.de",
+        "ännа@x.com",
+        "Ann <ann@x.com>",
+    ]
     for address in addresses:
         try:
             expected: str | None = validate_email(address, check_deliverability=False).normalized.lower()

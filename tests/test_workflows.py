@@ -627,11 +627,17 @@ def test_if_on_a_field_and_on_a_tag_takes_each_branch(tmp_path: Path, server: tu
         j.event(email, "sort", at="2026-03-02T09:00:00Z")
     j.at("2026-03-02T09:01:00Z")
     assert j.history("vip@example.com") == [
-        ("by-orders", "then"), ("buyer", "tagged buyer"), ("by-tag", "then"), ("vip-mail", "queued")
-    ]  # fmt: skip
+        ("by-orders", "then"),
+        ("buyer", "tagged buyer"),
+        ("by-tag", "then"),
+        ("vip-mail", "queued"),
+    ]
     assert j.history("new@example.com") == [
-        ("by-orders", "else"), ("browser", "tagged browser"), ("by-tag", "else"), ("plain-mail", "queued")
-    ]  # fmt: skip
+        ("by-orders", "else"),
+        ("browser", "tagged browser"),
+        ("by-tag", "else"),
+        ("plain-mail", "queued"),
+    ]
     assert j.contact("vip@example.com")["tags"] == ["buyer", "vip"]
     assert j.contact("new@example.com")["tags"] == ["browser"]
     assert ("vip@example.com", "For our VIPs") in j.received()
@@ -1122,18 +1128,30 @@ def test_simulate_prints_a_timeline_with_quiet_hours_and_what_the_contact_does(e
     events = tmp_path / "events.yaml"
     events.write_text("- {at: 30m, event: purchase}\n")
     result = reconciler(
-        "simulate", "abandoned-cart", "--fields", '{"first_name": "Ann", "timezone": "Asia/Tokyo"}',
-        "--events", str(events), "--start", "2030-01-07T10:00:00Z", cwd=example,
-    )  # fmt: skip
+        "simulate",
+        "abandoned-cart",
+        "--fields",
+        '{"first_name": "Ann", "timezone": "Asia/Tokyo"}',
+        "--events",
+        str(events),
+        "--start",
+        "2030-01-07T10:00:00Z",
+        cwd=example,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "Workflow abandoned-cart for test.contact@example.com, from 2030-01-07T10:00:00+00:00:",
         "  30m exited: purchase",
     ]
     night = reconciler(
-        "simulate", "abandoned-cart", "--fields", '{"timezone": "Asia/Tokyo"}', "--start", "2030-01-07T14:00:00Z",
+        "simulate",
+        "abandoned-cart",
+        "--fields",
+        '{"timezone": "Asia/Tokyo"}',
+        "--start",
+        "2030-01-07T14:00:00Z",
         cwd=example,
-    )  # fmt: skip
+    )
     assert night.stdout.splitlines()[1] == "  9h sent reminder"  # 00:00 in Tokyo: held until 08:00
     bad = reconciler("simulate", "abandoned-cart", "--fields", "[1]", cwd=example)
     assert bad.returncode == 2 and "--fields: write a JSON object of fields" in bad.stderr
@@ -1150,8 +1168,9 @@ def test_simulate_a_real_contact_with_their_lists_for_a_number_of_days(
     before = j.db.conn.execute("SELECT (SELECT count(*) FROM workflow_runs), (SELECT count(*) FROM ledger)").fetchone()
 
     def simulate(email: str, *options: str) -> list[str]:
-        done = reconciler("simulate", "welcome", "--contact", email, "--start", "2030-01-07T10:00:00Z", *options,
-                          cwd=tmp_path)  # fmt: skip
+        done = reconciler(
+            "simulate", "welcome", "--contact", email, "--start", "2030-01-07T10:00:00Z", *options, cwd=tmp_path
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.splitlines()
 
