@@ -74,12 +74,13 @@ def unit_separated(db: StateDatabase, expression: str) -> str:
 
 
 def json_key(db: StateDatabase, document: str, key: str) -> str:
-    """The scalar at the constant `key` (one of our own names, never YAML's) of the JSON object text `document`,
-    as SQLite's `json_extract` gives it (text for a string)."""
-    if not key.isidentifier():
+    """The scalar at the constant `key` (one of our own names, never YAML's; `goal.event` for a nested one) of the
+    JSON object text `document`, as SQLite's `json_extract` gives it (text for a string)."""
+    names = key.split(".")
+    if not all(name.isidentifier() for name in names):
         raise ValueError(f"not a constant key: {key!r}")
     if is_postgres(db):
-        return f"(CAST({document} AS jsonb) ->> '{key}')"
+        return f"(CAST({document} AS jsonb) #>> '{{{','.join(names)}}}')"
     return f"json_extract({document}, '$.{key}')"
 
 

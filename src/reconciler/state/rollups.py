@@ -31,7 +31,8 @@ from typing import NamedTuple
 
 from reconciler.spec.documents import Goal
 from reconciler.spec.types import format_duration, parse_duration
-from reconciler.state.postgres import PostgresDatabase, StateDatabase
+from reconciler.state.portable import json_key
+from reconciler.state.postgres import StateDatabase
 
 BATCH = 20_000
 """Engagement rows read per step of a rebuild."""
@@ -177,17 +178,6 @@ def count_recipients(db: StateDatabase, campaign: str) -> None:
 
 _DEFAULT_WITHIN = format_duration(Goal.model_fields["within"].default)
 """A stored goal without `within` (a document stored before it was written out) has the Goal model's default."""
-_GOALS = (
-    "SELECT name, json_extract(spec, '$.goal.event'), coalesce(json_extract(spec, '$.goal.within'), ?), "
-    "json_extract(spec, '$.goal.value') FROM campaigns WHERE started_at IS NOT NULL "
-    "AND json_extract(spec, '$.goal.event') IN (SELECT DISTINCT type FROM events WHERE id > ?)"
-)
-_GOALS_POSTGRES = (  # the goal's three values are strings: jsonb's text of them is what json_extract gives
-    "SELECT name, spec::jsonb #>> '{goal,event}', coalesce(spec::jsonb #>> '{goal,within}', ?), "
-    "spec::jsonb #>> '{goal,value}' "
-    "FROM campaigns WHERE started_at IS NOT NULL "
-    "AND spec::jsonb #>> '{goal,event}' IN (SELECT DISTINCT type FROM events WHERE id > ?)"
-)
 
 
 class _Goal(NamedTuple):
@@ -200,7 +190,11 @@ def _goals(db: StateDatabase, after: int) -> dict[str, _Goal]:
     """The goals of the campaigns that started and whose goal event is among the events with an id above `after`
     (most batches of events concern no goal, and cost one indexed lookup)."""
     found = {}
-    sql = _GOALS_POSTGRES if isinstance(db, PostgresDatabase) else _GOALS
+    goal_event, goal_within, goal_value = (json_key(db, "spec", f"goal.{key}") for key in ("event", "within", "value"))
+    sql = (  # the fragments are json_key's, of our own constant keys; values are parameters
+        f"SELECT name, {goal_event}, coalesce({goal_within}, ?), {goal_value} FROM campaigns "  # noqa: S608
+        f"WHERE started_at IS NOT NULL AND {goal_event} IN (SELECT DISTINCT type FROM events WHERE id > ?)"
+    )
     for name, event, within, value in db.conn.execute(sql, (_DEFAULT_WITHIN, after)):
         found[str(name)] = _Goal(str(event), parse_duration(within).total_seconds(), value)
     return found
