@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -149,10 +150,16 @@ class Cluster:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(sql)
 
-    def database(self) -> str:
-        """A new empty database; its URL."""
+    def database(self, *, icu_locale: str | None = None) -> str:
+        """A new empty database; its URL. `icu_locale` (such as "en-US"): its collation is that language's, by
+        ICU, instead of the cluster's C."""
         name = "t_" + uuid.uuid4().hex[:16]
-        self._admin(f'CREATE DATABASE "{name}"')
+        if icu_locale is None:
+            self._admin(f'CREATE DATABASE "{name}"')
+        else:
+            if not re.fullmatch(r"[A-Za-z0-9-]+", icu_locale):
+                raise ValueError(f"not a locale name: {icu_locale!r}")
+            self._admin(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'")
         return self.url(name)
 
     def drop(self, url: str) -> None:

@@ -36,6 +36,50 @@ def differs(db: StateDatabase) -> str:
     return "IS DISTINCT FROM" if is_postgres(db) else "IS NOT"
 
 
+def indexed_by(db: StateDatabase, index: str) -> str:
+    """SQLite's ` INDEXED BY index` after a table (a plan tuned by hand), nothing on PostgreSQL, whose planner
+    has no such hint and weighs the indexes by their statistics."""
+    return "" if is_postgres(db) else f" INDEXED BY {index}"
+
+
+def unindexed(db: StateDatabase, column: str) -> str:
+    """The column `column` as SQLite's `+column`, which keeps SQLite from choosing an index on it; as it is on
+    PostgreSQL (which has no unary plus for text, and no need of the hint)."""
+    return column if is_postgres(db) else f"+{column}"
+
+
+def cross_join(db: StateDatabase) -> str:
+    """The join that makes SQLite read its left table first (`CROSS JOIN … ON`); a plain `JOIN` on PostgreSQL,
+    whose CROSS JOIN takes no ON and which chooses the order itself."""
+    return "JOIN" if is_postgres(db) else "CROSS JOIN"
+
+
+def count_if(db: StateDatabase, condition: str) -> str:
+    """An aggregate: the rows of the group for which `condition` is true. SQLite's `sum(condition)` (NULL for an
+    empty group); PostgreSQL's `count(*) FILTER (…)`, an integer (its sum of a number is a Decimal, and a boolean
+    it does not sum at all)."""
+    if is_postgres(db):
+        return f"count(*) FILTER (WHERE {condition})"
+    return f"sum({condition})"
+
+
+def by_bytes_at(db: StateDatabase, position: str, expression: str) -> str:
+    """An ORDER BY term that sorts text byte by byte as SQLite does: SQLite's column `position` (its text is the
+    column's `expression`); on PostgreSQL the expression ``COLLATE "C"`` (a position cannot take a collation, and
+    the database's own collation may sort 'B' after 'a')."""
+    return f'{expression} COLLATE "C"' if is_postgres(db) else position
+
+
+def seconds_after(db: StateDatabase, instant: str, modifier: str) -> str:
+    """The ISO UTC text (`YYYY-MM-DDTHH:MM:SSZ`) of the ISO instant text `instant` moved by `modifier`, an SQL
+    expression whose value is SQLite's time modifier `+N seconds` (PostgreSQL reads the same text as an
+    interval)."""
+    if is_postgres(db):
+        moved = f"(CAST({instant} AS timestamptz) AT TIME ZONE 'UTC') + CAST({modifier} AS interval)"
+        return f"""to_char({moved}, 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+    return f"strftime('%Y-%m-%dT%H:%M:%SZ', {instant}, {modifier})"
+
+
 def json_values(db: StateDatabase, array: str) -> str:
     """A subquery of one column, `value`: the elements of the JSON array text `array` (strings as text), for
     ``x IN (…)`` and joins."""

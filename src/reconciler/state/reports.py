@@ -8,6 +8,11 @@ messages are found through the ledger's `workflow` column.
 Times are compared as `+at`: the unary plus keeps SQLite from choosing an index on the time (engagement_by_action),
 which would read every campaign's engagement to find one campaign's.
 
+Both engines run these reads (`state/portable.py` gives what each says its own way): SQLite keeps its hand-tuned
+plan hints (INDEXED BY, `+col`, CROSS JOIN), which PostgreSQL's planner goes without; a count of rows that match
+is an integer on both (PostgreSQL's sum is a Decimal), and text is listed in SQLite's byte order whatever the
+PostgreSQL database's collation.
+
 `Window` bounds when engagement and conversions happened (`--since`, `--until`); messages are counted whenever
 they were sent, so rates in a window are "of everyone mailed, how many acted in it".
 """
@@ -18,10 +23,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat
-from sqlite_utils import Database
 
-from reconciler.segments import json_path
 from reconciler.spec.documents import Goal
+from reconciler.state.portable import (
+    by_bytes_at,
+    count_if,
+    cross_join,
+    field_key,
+    indexed_by,
+    is_postgres,
+    seconds_after,
+    unindexed,
+)
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.rollups import LARGEST_AMOUNT
 
 
@@ -82,23 +96,23 @@ class Engaged:
     """Of those, messages the relay had accepted (a bounce reported later): no longer delivered."""
 
 
-def started_campaigns(db: Database) -> list[StartedCampaign]:
+def started_campaigns(db: StateDatabase) -> list[StartedCampaign]:
     """Every campaign that started sending, newest first."""
     rows = db.conn.execute(
         "SELECT name, started_at, finished_at, spec FROM campaigns WHERE started_at IS NOT NULL "
-        "ORDER BY started_at DESC, name"
+        f"ORDER BY started_at DESC, {by_bytes_at(db, 'name', 'name')}"
     )
     return [_started(*row) for row in rows]
 
 
-def campaign(db: Database, name: str) -> StartedCampaign | None:
+def campaign(db: StateDatabase, name: str) -> StartedCampaign | None:
     row = db.conn.execute(
         "SELECT name, started_at, finished_at, spec FROM campaigns WHERE name = ?", (name,)
     ).fetchone()
     return None if row is None else _started(*row)
 
 
-def states_by_stage(db: Database, name: str) -> dict[str, dict[str, int]]:
+def states_by_stage(db: StateDatabase, name: str) -> dict[str, dict[str, int]]:
     """The campaign's ledger rows by stage ('' is the first message) and state."""
     found: dict[str, dict[str, int]] = defaultdict(dict)
     rows = db.conn.execute(
@@ -110,15 +124,21 @@ def states_by_stage(db: Database, name: str) -> dict[str, dict[str, int]]:
     return dict(found)
 
 
-def _engaged_columns(g: str) -> str:
+def _engaged_columns(db: StateDatabase, g: str) -> str:
     """The columns `_engaged` reads, of the engagement table under the alias `g`. A person opened a message when
     they opened or clicked it (a click is an open with images off); proxies and scanners never do."""
+    opened, clicked, person, machine = (
+        f"{g}.action = 'opened'",
+        f"{g}.action = 'clicked'",
+        f"{g}.machine = 0",
+        f"{g}.machine = 1",
+    )
     return (
         f"count(DISTINCT CASE WHEN {g}.action IN ('opened', 'clicked') AND {g}.machine = 0 THEN {g}.contact_id END), "
-        f"sum({g}.action = 'opened' AND {g}.machine = 0), "
+        f"{count_if(db, f'{opened} AND {person}')}, "
         f"count(DISTINCT CASE WHEN {g}.action = 'clicked' AND {g}.machine = 0 THEN {g}.contact_id END), "
-        f"sum({g}.action = 'clicked' AND {g}.machine = 0), sum({g}.action = 'opened' AND {g}.machine = 1), "
-        f"sum({g}.action = 'clicked' AND {g}.machine = 1), "
+        f"{count_if(db, f'{clicked} AND {person}')}, {count_if(db, f'{opened} AND {machine}')}, "
+        f"{count_if(db, f'{clicked} AND {machine}')}, "
         f"count(DISTINCT CASE WHEN {g}.action = 'unsubscribed' THEN {g}.contact_id END), "
         f"count(DISTINCT CASE WHEN {g}.action = 'complained' THEN {g}.contact_id END), "
         f"count(DISTINCT CASE WHEN {g}.action = 'bounced' AND {g}.detail LIKE 'hard:%' THEN {g}.ledger_id END), "
@@ -132,71 +152,121 @@ def _engaged(row: tuple[object, ...]) -> Engaged:
     return Engaged(*(int(value or 0) for value in row))  # type: ignore[call-overload]
 
 
-def campaign_engagement(db: Database, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
+def _in_window(db: StateDatabase, column: str) -> str:
+    """`column` (a time) within the window's two parameters, read without SQLite choosing an index on it."""
+    return f"{unindexed(db, column)} >= ? AND {unindexed(db, column)} < ?"
+
+
+def campaign_engagement(db: StateDatabase, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
     """The whole campaign's engagement (each person once across stages) and each stage's."""
-    where = "source_kind = 'campaign' AND source = ? AND +at >= ? AND +at < ?"
+    where = f"source_kind = 'campaign' AND source = ? AND {_in_window(db, 'at')}"
     params = (name, window.since, window.until)
+    engagement = f"engagement{indexed_by(db, 'engagement_by_source')}"
     total = db.conn.execute(
-        f"SELECT {_engaged_columns('engagement')} FROM engagement INDEXED BY engagement_by_source WHERE {where}", params
+        f"SELECT {_engaged_columns(db, 'engagement')} FROM {engagement} WHERE {where}",
+        params,
     ).fetchone()
     stages = db.conn.execute(
-        f"SELECT stage, {_engaged_columns('engagement')} FROM engagement INDEXED BY engagement_by_source "
-        f"WHERE {where} GROUP BY stage",
+        f"SELECT stage, {_engaged_columns(db, 'engagement')} FROM {engagement} WHERE {where} GROUP BY stage",
         params,
     )
     return _engaged(total), {str(row[0] or ""): _engaged(row[1:]) for row in stages}
 
 
-def links(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def links(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(URL, people who clicked it, clicks) of the campaign's links, most people first; people only."""
     rows = db.conn.execute(
-        "SELECT detail, count(DISTINCT contact_id), count(*) FROM engagement INDEXED BY engagement_by_source "
-        "WHERE source_kind = 'campaign' "
-        "AND source = ? AND action = 'clicked' AND machine = 0 AND +at >= ? AND +at < ? "
-        "GROUP BY detail ORDER BY 2 DESC, 3 DESC, 1",
+        "SELECT detail, count(DISTINCT contact_id), count(*) "
+        f"FROM engagement{indexed_by(db, 'engagement_by_source')} WHERE source_kind = 'campaign' "
+        f"AND source = ? AND action = 'clicked' AND machine = 0 AND {_in_window(db, 'at')} "
+        f"GROUP BY detail ORDER BY 2 DESC, 3 DESC, {by_bytes_at(db, '1', 'detail')}",
         (name, window.since, window.until),
     )
     return [(str(url or ""), int(people), int(clicks)) for url, people, clicks in rows]
 
 
-def ip_countries(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def ip_countries(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(country of the IP, people who opened or clicked from it, opens and clicks) by people, most people first."""
     rows = db.conn.execute(
-        "SELECT country, count(DISTINCT contact_id), count(*) FROM engagement INDEXED BY engagement_by_source "
+        "SELECT country, count(DISTINCT contact_id), count(*) "
+        f"FROM engagement{indexed_by(db, 'engagement_by_source')} "
         "WHERE source_kind = 'campaign' AND source = ? AND action IN ('opened', 'clicked') AND machine = 0 "
-        "AND country IS NOT NULL AND +at >= ? AND +at < ? GROUP BY country ORDER BY 2 DESC, 3 DESC, 1",
+        f"AND country IS NOT NULL AND {_in_window(db, 'at')} GROUP BY country "
+        f"ORDER BY 2 DESC, 3 DESC, {by_bytes_at(db, '1', 'country')}",
         (name, window.since, window.until),
     )
     return [(str(country), int(people), int(events)) for country, people, events in rows]
 
 
-def hourly(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
-    """(hour as YYYY-MM-DDTHH in UTC, opens, clicks) by people, in time order."""
+_OPENED, _CLICKED = "action = 'opened'", "action = 'clicked'"
+
+
+def hourly(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
+    """(hour as YYYY-MM-DDTHH in UTC, opens, clicks) by people, in time order (ISO times of one format sort the
+    same under any collation)."""
     rows = db.conn.execute(
-        "SELECT substr(at, 1, 13), sum(action = 'opened'), sum(action = 'clicked') "
-        "FROM engagement INDEXED BY engagement_by_source "
+        f"SELECT substr(at, 1, 13), {count_if(db, _OPENED)}, {count_if(db, _CLICKED)} "
+        f"FROM engagement{indexed_by(db, 'engagement_by_source')} "
         "WHERE source_kind = 'campaign' AND source = ? AND machine = 0 AND action IN ('opened', 'clicked') "
-        "AND +at >= ? AND +at < ? GROUP BY 1 ORDER BY 1",
+        f"AND {_in_window(db, 'at')} GROUP BY 1 ORDER BY 1",
         (name, window.since, window.until),
     )
     return [(str(hour), int(opens), int(clicks)) for hour, opens, clicks in rows]
 
 
-def countries(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def countries(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(the contact's country, recipients, people who opened) for the campaign's first message, most first."""
+    country = "coalesce(nullif(c.country, ''), '?')"
+    opened = (
+        "EXISTS (SELECT 1 FROM engagement g WHERE g.ledger_id = l.id AND g.action IN ('opened', 'clicked') "
+        f"AND g.machine = 0 AND {_in_window(db, 'g.at')})"
+    )
     rows = db.conn.execute(
-        "SELECT coalesce(nullif(c.country, ''), '?'), count(*), sum(EXISTS (SELECT 1 FROM engagement g "
-        "WHERE g.ledger_id = l.id AND g.action IN ('opened', 'clicked') AND g.machine = 0 "
-        "AND +g.at >= ? AND +g.at < ?)) FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+        f"SELECT {country}, count(*), {count_if(db, opened)} "
+        "FROM ledger l JOIN contacts c ON c.id = l.contact_id "
         "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' "
-        "GROUP BY 1 ORDER BY 2 DESC, 1",
+        f"GROUP BY 1 ORDER BY 2 DESC, {by_bytes_at(db, '1', country)}",
         (window.since, window.until, name),
     )
     return [(str(country), int(recipients), int(openers or 0)) for country, recipients, openers in rows]
 
 
+def _revenue(db: StateDatabase) -> str:
+    """An aggregate over events `e`: the sum of the numbers at the key `?` (`field_key`) of their properties, each
+    at most `?` in size (others left out), 0.0 when there is none; the key is given again twice after the bound.
+    PostgreSQL reads the size as numeric (a JSON number too large for a float is no error) and, as its AND may
+    read the cast before the type test, tests the type in a CASE of its own."""
+    if is_postgres(db):
+        props = "CAST(e.properties AS jsonb)"
+        return (
+            f"coalesce(sum(CASE WHEN jsonb_typeof({props} -> ?) = 'number' THEN CASE WHEN "
+            f"abs(CAST({props} ->> ? AS numeric)) <= CAST(? AS numeric) "
+            f"THEN CAST({props} ->> ? AS double precision) END END), 0)"
+        )
+    return (
+        "total(CASE WHEN json_type(e.properties, ?) IN ('integer', 'real') AND abs(json_extract(e.properties, ?)) "
+        "<= ? THEN json_extract(e.properties, ?) END)"
+    )
+
+
+def _goal_events(db: StateDatabase, *, events_first: bool) -> str:
+    """The FROM and WHERE of a campaign's goal events, read from the events (`events_first`: their parameters
+    are the campaign, the event type and the start) or from the campaign's ledger (the event type, the start,
+    the campaign)."""
+    if events_first:
+        return (
+            f"FROM events e{indexed_by(db, 'events_by_type_time')} {cross_join(db)} ledger l "
+            "ON l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' AND l.contact_id = e.contact_id "
+            "WHERE e.type = ? AND e.occurred_at >= ? "
+        )
+    return (
+        f"FROM ledger l {cross_join(db)} events e ON e.contact_id = l.contact_id AND e.type = ? "
+        "AND e.occurred_at >= ? WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' "
+    )
+
+
 def conversions(
-    db: Database, name: str, *, event: str, within_seconds: int, value: str | None, window: Window
+    db: StateDatabase, name: str, *, event: str, within_seconds: int, value: str | None, window: Window
 ) -> tuple[int, int, float]:
     """(people who converted, conversions, revenue): events of type `event` from recipients of the campaign's
     first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property (up to
@@ -205,31 +275,23 @@ def conversions(
     Read from the smaller side: the recipients, each looked up among their events (a campaign of a few thousand),
     or the goal's events since the campaign started, each looked up in the campaign's ledger (a campaign of a
     million, whose recipients outnumber the purchases)."""
-    path = json_path(value) if value else "$.__no_value__"
+    key = field_key(db, value or "__no_value__")
     started, recipients = db.conn.execute(
         "SELECT coalesce(started_at, ''), coalesce(recipients, 0) FROM campaigns WHERE name = ?", (name,)
     ).fetchone() or ("", 0)
     events = db.conn.execute(  # counted up to the number that decides, not every purchase ever
-        "SELECT count(*) FROM (SELECT 1 FROM events INDEXED BY events_by_type_time WHERE type = ? "
-        "AND occurred_at >= ? LIMIT ?)",
+        f"SELECT count(*) FROM (SELECT 1 FROM events{indexed_by(db, 'events_by_type_time')} "
+        "WHERE type = ? AND occurred_at >= ? LIMIT ?) AS found",
         (event, started, recipients),
     ).fetchone()[0]
-    join = (
-        "FROM events e INDEXED BY events_by_type_time CROSS JOIN ledger l ON l.source_kind = 'campaign' "
-        "AND l.source = ? AND l.stage = '' AND l.contact_id = e.contact_id WHERE e.type = ? AND e.occurred_at >= ? "
-        if events < recipients
-        else "FROM ledger l CROSS JOIN events e ON e.contact_id = l.contact_id AND e.type = ? AND e.occurred_at >= ? "
-        "WHERE l.source_kind = 'campaign' AND l.source = ? AND l.stage = '' "
-    )
-    first = (name, event, started) if events < recipients else (event, started, name)
+    events_first = events < recipients
+    first = (name, event, started) if events_first else (event, started, name)
     row = db.conn.execute(
-        "SELECT count(DISTINCT e.contact_id), count(*), total(CASE WHEN json_type(e.properties, ?) IN "
-        "('integer', 'real') AND abs(json_extract(e.properties, ?)) <= ? THEN json_extract(e.properties, ?) END) "
-        f"{join}"
+        f"SELECT count(DISTINCT e.contact_id), count(*), {_revenue(db)} "
+        f"{_goal_events(db, events_first=events_first)}"
         "AND l.state = 'sent' AND e.occurred_at >= l.sent_at "
-        "AND e.occurred_at < strftime('%Y-%m-%dT%H:%M:%SZ', l.sent_at, ?) AND +e.occurred_at >= ? "
-        "AND +e.occurred_at < ?",
-        (path, path, LARGEST_AMOUNT, path, *first, f"+{within_seconds} seconds", window.since, window.until),
+        f"AND e.occurred_at < {seconds_after(db, 'l.sent_at', '?')} AND {_in_window(db, 'e.occurred_at')}",
+        (key, key, LARGEST_AMOUNT, key, *first, f"+{within_seconds} seconds", window.since, window.until),
     ).fetchone()
     return int(row[0]), int(row[1]), float(row[2] or 0.0)
 
@@ -245,7 +307,7 @@ class StepCounts:
     on_step: dict[str, int] = field(default_factory=dict)
 
 
-def workflow_runs(db: Database, name: str) -> tuple[dict[str, int], str | None, str | None]:
+def workflow_runs(db: StateDatabase, name: str) -> tuple[dict[str, int], str | None, str | None]:
     """The workflow's runs by state, and when the first and the last one started."""
     states = dict(db.conn.execute("SELECT state, count(*) FROM workflow_runs WHERE workflow = ? GROUP BY 1", (name,)))
     first, last = db.conn.execute(
@@ -254,7 +316,7 @@ def workflow_runs(db: Database, name: str) -> tuple[dict[str, int], str | None, 
     return {str(k): int(v) for k, v in states.items()}, first, last
 
 
-def workflow_steps(db: Database, name: str, window: Window, *, engagement: bool = True) -> dict[str, StepCounts]:
+def workflow_steps(db: StateDatabase, name: str, window: Window, *, engagement: bool = True) -> dict[str, StepCounts]:
     """Each step that runs reached (by step key), with its messages and their engagement (`engagement=False`:
     without, for a caller that reads it from the counters)."""
     entered = dict(
@@ -275,9 +337,9 @@ def workflow_steps(db: Database, name: str, window: Window, *, engagement: bool 
         else {
             str(row[0]): _engaged(row[1:])
             for row in db.conn.execute(
-                f"SELECT l.stage, {_engaged_columns('g')} "
+                f"SELECT l.stage, {_engaged_columns(db, 'g')} "
                 "FROM ledger l JOIN engagement g ON g.ledger_id = l.id WHERE l.workflow = ? "
-                "AND +g.at >= ? AND +g.at < ? GROUP BY 1",
+                f"AND {_in_window(db, 'g.at')} GROUP BY 1",
                 (name, window.since, window.until),
             )
         }
@@ -319,7 +381,7 @@ def _from_metrics(values: dict[str, float]) -> Engaged:
     )
 
 
-def counted_engagement(db: Database, kind: str, name: str) -> tuple[Engaged, dict[str, Engaged]]:
+def counted_engagement(db: StateDatabase, kind: str, name: str) -> tuple[Engaged, dict[str, Engaged]]:
     """As `campaign_engagement` over all time, from the counters: stage '*' holds the people across stages, the
     totals add up the stages."""
     by_stage: dict[str, dict[str, float]] = defaultdict(dict)
@@ -337,32 +399,33 @@ def counted_engagement(db: Database, kind: str, name: str) -> tuple[Engaged, dic
     return _from_metrics({**totals, **across}), {stage: _from_metrics(v) for stage, v in by_stage.items()}
 
 
-def counted_links(db: Database, kind: str, name: str) -> list[tuple[str, int, int]]:
+def counted_links(db: StateDatabase, kind: str, name: str) -> list[tuple[str, int, int]]:
     rows = db.conn.execute(
-        "SELECT url, people, clicks FROM report_links WHERE kind = ? AND name = ? ORDER BY 2 DESC, 3 DESC, 1",
+        "SELECT url, people, clicks FROM report_links WHERE kind = ? AND name = ? "
+        f"ORDER BY 2 DESC, 3 DESC, {by_bytes_at(db, '1', 'url')}",
         (kind, name),
     )
     return [(str(url), int(people), int(clicks)) for url, people, clicks in rows]
 
 
-def counted_hours(db: Database, kind: str, name: str) -> list[tuple[str, int, int]]:
+def counted_hours(db: StateDatabase, kind: str, name: str) -> list[tuple[str, int, int]]:
     rows = db.conn.execute(
         "SELECT hour, opens, clicks FROM report_hours WHERE kind = ? AND name = ? ORDER BY hour", (kind, name)
     )
     return [(str(hour), int(opens), int(clicks)) for hour, opens, clicks in rows]
 
 
-def counted_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
+def counted_countries(db: StateDatabase, name: str) -> list[tuple[str, int, int]]:
     """(the contact's country, recipients, openers), most recipients first."""
     return _by_country(db, name, "recipients", "openers")
 
 
-def counted_ip_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
+def counted_ip_countries(db: StateDatabase, name: str) -> list[tuple[str, int, int]]:
     """(the country of the address, people, opens and clicks), most people first."""
     return _by_country(db, name, "ip_people", "ip_events")
 
 
-def _by_country(db: Database, name: str, first: str, second: str) -> list[tuple[str, int, int]]:
+def _by_country(db: StateDatabase, name: str, first: str, second: str) -> list[tuple[str, int, int]]:
     """The counters `first:CC` and `second:CC` of a campaign, per country, most `first` then `second` first."""
     found: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for metric, value in db.conn.execute(
@@ -375,7 +438,7 @@ def _by_country(db: Database, name: str, first: str, second: str) -> list[tuple[
     return sorted(((c, a, b) for c, (a, b) in found.items()), key=lambda row: (-row[1], -row[2], row[0]))
 
 
-def counted_goal(db: Database, name: str) -> tuple[int, int, float]:
+def counted_goal(db: StateDatabase, name: str) -> tuple[int, int, float]:
     """As `conversions` over all time, from the counters: (people who converted, conversions, revenue)."""
     values = dict(
         db.conn.execute(
@@ -400,8 +463,9 @@ class Recipient:
     unsubscribed: bool
 
 
-def recipients(db: Database, kind: str, name: str, *, limit: int, offset: int = 0) -> list[Recipient]:
-    """The messages of a campaign (or a workflow) in the order they were queued, `limit` from `offset`."""
+def recipients(db: StateDatabase, kind: str, name: str, *, limit: int, offset: int = 0) -> list[Recipient]:
+    """The messages of a campaign (or a workflow) in the order they were queued, `limit` from `offset` (a
+    negative `limit`: all of them, as SQLite reads it; PostgreSQL reads no limit as NULL)."""
     which = "l.source_kind = 'campaign' AND l.source = ?" if kind == "campaign" else "l.workflow = ?"
     rows = db.conn.execute(
         "SELECT coalesce(c.email, '(erased)'), l.stage, l.state, coalesce(l.last_reply, ''), "
@@ -409,6 +473,6 @@ def recipients(db: Database, kind: str, name: str, *, limit: int, offset: int = 
         "(SELECT count(*) FROM engagement g WHERE g.ledger_id = l.id AND g.action = 'clicked' AND g.machine = 0), "
         "EXISTS (SELECT 1 FROM engagement g WHERE g.ledger_id = l.id AND g.action = 'unsubscribed') "
         f"FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id WHERE {which} ORDER BY l.id LIMIT ? OFFSET ?",
-        (name, limit, offset),
+        (name, None if limit < 0 and is_postgres(db) else limit, offset),
     )
     return [Recipient(str(e), str(s), str(st), str(r), int(o), int(c), bool(u)) for e, s, st, r, o, c, u in rows]
