@@ -285,6 +285,24 @@ def test_counters_and_facts_keep_their_python_types(built: Any) -> None:
     assert (runs, first, last) == ({}, None, None)
 
 
+def test_where_opens_and_clicks_came_from(built: Any) -> None:
+    facts = [
+        engagement.Engagement(_row(built, "a", "launch"), "clicked", "2030-03-02T12:00:00Z", detail="x", country="SE"),
+        engagement.Engagement(_row(built, "a", "launch"), "opened", "2030-03-02T12:01:00Z", country="SE"),
+        engagement.Engagement(_row(built, "b", "launch"), "opened", "2030-03-02T12:02:00Z", country="GB"),
+        engagement.Engagement(_row(built, "d", "launch"), "opened", "2030-03-02T12:03:00Z", country="DE"),
+        engagement.Engagement(_row(built, "c", "launch"), "opened", "2030-03-02T12:04:00Z", machine=True, country="US"),
+    ]
+    with write(built):
+        engagement.record(built, facts)
+    expected = [("SE", 1, 2), ("DE", 1, 1), ("GB", 1, 1)]  # most people, then most events, then the code
+    assert reports.ip_countries(built, "launch", EVERYTHING) == expected
+    assert reports.counted_ip_countries(built, "launch") == expected
+    report = figures.campaign_report(built, "launch")
+    assert [(c.country, c.people, c.opens_and_clicks) for c in report.ip_countries] == expected
+    assert report == figures.campaign_report(built, "launch", EVERYTHING)
+
+
 def test_a_rebuild_and_an_erasure_count_again_what_the_facts_say(built: Any) -> None:
     counted = figures.campaign_report(built, "launch")
     built.conn.execute("DELETE FROM report_counts")
