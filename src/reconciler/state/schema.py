@@ -322,6 +322,28 @@ def _ledger_marketing(db: StateDatabase) -> None:
     db.conn.execute("UPDATE ledger SET marketing = 0 WHERE source_kind = 'workflow' AND source = 'double-opt-in'")
 
 
+@migration("0014_workflow_step_ids")
+def _workflow_step_ids(db: StateDatabase) -> None:
+    """A run's steps get an id, in the order they were written, so its history reads in that order on PostgreSQL
+    too (SQLite's rowid, which gave the order, becomes the column; PostgreSQL numbers the rows it has)."""
+    if isinstance(db, PostgresDatabase):
+        db.conn.execute("ALTER TABLE workflow_steps ADD COLUMN id INTEGER PRIMARY KEY")
+        return
+    _run_script(  # SQLite adds no primary key to a table: a copy takes the old rowids as ids
+        db,
+        """
+        CREATE TABLE workflow_steps_new (
+            run_id INTEGER NOT NULL REFERENCES workflow_runs(id) ON DELETE CASCADE,
+            step TEXT NOT NULL, at TEXT NOT NULL, result TEXT NOT NULL, id INTEGER PRIMARY KEY
+        );
+        INSERT INTO workflow_steps_new(run_id, step, at, result, id) SELECT run_id, step, at, result, rowid
+            FROM workflow_steps ORDER BY rowid;
+        DROP TABLE workflow_steps;
+        ALTER TABLE workflow_steps_new RENAME TO workflow_steps;
+        CREATE INDEX workflow_steps_by_run ON workflow_steps(run_id, at);
+        """,
+    )
+
 
 def _run_script(db: StateDatabase, script: str) -> None:
     """Statement by statement: `executescript` would commit the migration's transaction half-way."""
