@@ -3,7 +3,8 @@
 `Journey.at(moment)` runs one daemon pass at that moment (reconcile: apply, start, run workflows; then one
 dispatch pass), exactly as `reconciler tick --now` does, but in this process so a test can take a hundred steps
 through simulated weeks in a few seconds. What a test looks at is what a user could: the messages the server got,
-the ledger, the runs and their history, the contact's lists, tags and fields.
+the ledger, the runs and their history, the contact's lists, tags and fields. Given a state database (either
+engine), a journey runs on it; `reconcile` is a pass without the dispatch pass, for what the runner alone does.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler.clock import FixedClock, parse_instant
 from reconciler.daemon import PassResult, reconcile_once
 from reconciler.dispatch import Dispatcher
 from reconciler.state import engagement
 from reconciler.state.db import open_db, write
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.subscribers import change_subscriptions, contact_for, insert_events, unsubscribe_all
 from smtp_sink import Sink
 
@@ -86,7 +86,9 @@ TEMPLATE = """<mjml><mj-body><mj-section><mj-column>
 class Journey:
     """One workspace and its state, moved through time by the test."""
 
-    def __init__(self, root: Path, sink: Sink, port: int, workflows: str, *, settings: str = "") -> None:
+    def __init__(
+        self, root: Path, sink: Sink, port: int, workflows: str, *, settings: str = "", db: StateDatabase | None = None
+    ) -> None:
         self.root, self.sink = root, sink
         files = {
             "spec/settings.yaml": SETTINGS.format(port=port, extra=settings),
@@ -99,7 +101,7 @@ class Journey:
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
             (root / relative).write_text(text.lstrip("\n"), encoding="utf-8")
         self.write_workflows(workflows)
-        self.db: Database = open_db(root / ".state/reconciler.db")
+        self.db: Any = db if db is not None else open_db(root / ".state/reconciler.db")
 
     def write_workflows(self, text: str) -> None:
         (self.root / "spec/workflows.yaml").write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
@@ -107,9 +109,14 @@ class Journey:
     def at(self, moment: str) -> PassResult:
         """One daemon pass at `moment`; the revision must be valid."""
         now = parse_instant(moment)
-        result = reconcile_once(self.root, self.db, now=now)
-        assert result.valid, [p.format() for p in result.problems]
+        result = self.reconcile(moment)
         asyncio.run(self._dispatch(now))
+        return result
+
+    def reconcile(self, moment: str) -> PassResult:
+        """The reconcile half of a pass (apply, start, run the workflows) at `moment`; nothing is sent."""
+        result = reconcile_once(self.root, self.db, now=parse_instant(moment))
+        assert result.valid, [p.format() for p in result.problems]
         return result
 
     async def _dispatch(self, now: datetime) -> None:
@@ -177,6 +184,15 @@ class Journey:
         )
         return [str(r[0]) for r in rows]
 
+    def queued(self, email: str) -> list[tuple[str, str]]:
+        """(workflow/step, state) of each message a workflow made for `email` (sent or not), in order."""
+        rows = self.db.conn.execute(
+            "SELECT l.workflow || '/' || l.stage, l.state FROM ledger l JOIN contacts c ON c.id = l.contact_id "
+            "WHERE c.email = ? AND l.workflow IS NOT NULL ORDER BY l.id",
+            (email,),
+        )
+        return [(str(a), str(b)) for a, b in rows]
+
     def runs(self, email: str) -> list[tuple[str, str, str, str]]:
         """(workflow, key, state, step) of each of the contact's runs, oldest first."""
         rows = self.db.conn.execute(
@@ -190,7 +206,7 @@ class Journey:
         """(step, result) of everything the contact's runs did, in order."""
         rows = self.db.conn.execute(
             "SELECT s.step, s.result FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id "
-            "JOIN contacts c ON c.id = r.contact_id WHERE c.email = ? ORDER BY s.rowid",
+            "JOIN contacts c ON c.id = r.contact_id WHERE c.email = ? ORDER BY s.id",
             (email,),
         )
         return [(str(a), str(b)) for a, b in rows]

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler.errors import ReconcilerError, did_you_mean
-from reconciler.segments import Sql, subscribed_to, workspace_compiler
+from reconciler.segments import TRUE, Sql, subscribed_to, workspace_compiler
 from reconciler.spec import DesiredState
 from reconciler.spec.conditions import CONDITION_KEYS, AllCondition, AnyCondition, NotCondition
 from reconciler.state import audiences
+from reconciler.state.portable import dialect
+from reconciler.state.postgres import StateDatabase
 
 
 def _describe(node: Any) -> str:
@@ -41,7 +41,7 @@ def _children(node: Any) -> list[Any]:
 
 
 def show(
-    db: Database,
+    db: StateDatabase,
     desired: DesiredState,
     name: str,
     *,
@@ -54,7 +54,7 @@ def show(
     if name not in desired.segments:
         raise ReconcilerError(f"no segment {name!r} ({did_you_mean(name, desired.segments, otherwise='see spec/')})")
     segment = desired.segments[name]
-    compiler = workspace_compiler(desired, now=now)
+    compiler = workspace_compiler(desired, now=now, dialect=dialect(db))
     members = compiler.members(name)
     size = audiences.count(db, members)
     header = f"Segment {name}: {size:,} member{'s' * (size != 1)}"
@@ -85,7 +85,7 @@ def _tree(node: Any, depth: int = 1) -> Iterator[tuple[int, Any]]:
 
 
 def _explain_contact(
-    db: Database, desired: DesiredState, name: str, email: str, *, compiler: Any, members: Sql
+    db: StateDatabase, desired: DesiredState, name: str, email: str, *, compiler: Any, members: Sql
 ) -> Iterator[str]:
     segment = desired.segments[name]
     found = audiences.contact_id(db, email)
@@ -94,7 +94,7 @@ def _explain_contact(
     inside = found in set(audiences.member_ids(db, members))
     yield f"{email} is {'IN' if inside else 'OUT'}:"
     if segment.lists:
-        ok = audiences.holds(db, subscribed_to(segment.lists), found)
+        ok = audiences.holds(db, subscribed_to(segment.lists, dialect=dialect(db)), found)
         yield f"  {'✓' if ok else '✗'} subscribed to any of: {', '.join(segment.lists)}"
     if segment.where is not None:
         for depth, node in _tree(segment.where):
@@ -109,10 +109,10 @@ def _explain_contact(
         )
 
 
-def _explain_counts(db: Database, desired: DesiredState, name: str, *, compiler: Any) -> Iterator[str]:
+def _explain_counts(db: StateDatabase, desired: DesiredState, name: str, *, compiler: Any) -> Iterator[str]:
     """How many contacts meet each condition on its own (the base lists apply to each)."""
     segment = desired.segments[name]
-    base = subscribed_to(segment.lists) if segment.lists else Sql("1")
+    base = subscribed_to(segment.lists, dialect=dialect(db)) if segment.lists else TRUE
     yield "Contacts meeting each condition (within the lists):"
     if segment.where is None:
         return

@@ -243,7 +243,7 @@ def campaign_report(db: StateDatabase, name: str, window: Window = ALL_TIME) -> 
     """Every figure of one campaign."""
     found = reports.campaign(db, name)
     if found is None:
-        known = [c.name for c in reports.started_campaigns(db)] + workflow_names(db)  # type: ignore[arg-type]
+        known = [c.name for c in reports.started_campaigns(db)] + workflow_names(db)
         raise UsageError(f"no campaign or workflow named {name!r}; {did_you_mean(name, known, otherwise='')}".rstrip())
     summary = _summary(db, name, window)
     states, total, stages, delivery = summary.states, summary.total, summary.stages, summary.delivery
@@ -377,7 +377,7 @@ class WorkflowReport(Figures):
 
 def workflow_report(db: StateDatabase, name: str, window: Window = ALL_TIME) -> WorkflowReport:
     """Runs and each step: how many reached it, its messages, and what people did with them."""
-    info = workflow_info(db, name)  # type: ignore[arg-type]
+    info = workflow_info(db, name)
     if info is None:
         raise UsageError(f"no campaign or workflow named {name!r}")
     runs, first, last = reports.workflow_runs(db, name)
@@ -445,7 +445,7 @@ def overview(db: StateDatabase, window: Window = ALL_TIME) -> list[OverviewRow]:
                 revenue=goal.revenue if goal else None,
             )
         )
-    for name in workflow_names(db):  # type: ignore[arg-type]
+    for name in workflow_names(db):
         report = workflow_report(db, name, window)
         sent = sum(s.sent for s in report.steps)
         delivered = sum(s.delivered for s in report.steps)

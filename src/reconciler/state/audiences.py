@@ -23,7 +23,7 @@ def sample(db: StateDatabase, members: Sql, *, limit: int, columns: Iterable[Sql
     selected = "".join(f", {column.text}" for column in extra)
     params = tuple(p for column in extra for p in column.params)
     return db.conn.execute(
-        f"SELECT c.email{selected} FROM (SELECT id, row_number() OVER () AS position FROM ({members.text})) AS m "
+        f"SELECT c.email{selected} FROM (SELECT id, row_number() OVER () AS position FROM ({members.text}) AS s) AS m "
         "JOIN contacts c ON c.id = m.id ORDER BY m.position LIMIT ?",
         (*params, *members.params, limit),
     ).fetchall()

@@ -166,3 +166,33 @@ def key_removed(db: StateDatabase, document: str) -> str:
     if is_postgres(db):
         return f"(CAST({document} AS jsonb) - CAST(? AS text))::text"
     return f"json_remove({document}, ?)"
+
+
+def json_integers(db: StateDatabase, array: str) -> str:
+    """A subquery of one column, `value`: the integers of the JSON array text `array` (ids), for ``id IN (…)``
+    (PostgreSQL compares no bigint with the text `json_values` gives)."""
+    if is_postgres(db):
+        return f"SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST({array} AS jsonb)) AS j(value)"  # noqa: S608
+    return f"SELECT value FROM json_each({array})"  # noqa: S608
+
+
+def by_bytes(db: StateDatabase, expression: str) -> str:
+    """The text `expression` compared (in an ORDER BY) byte by byte, as SQLite compares text: PostgreSQL's own
+    collation is the database's, which may be a language's (where 'B' comes before 'a' only by chance)."""
+    return f'{expression} COLLATE "C"' if is_postgres(db) else expression
+
+
+def key_string(db: StateDatabase, document: str) -> str:
+    """The value at the key named by `?` (`field_key`) of the JSON object text `document`, as text when it is a
+    string (SQLite's `json_extract`; read it where `key_is_string` holds)."""
+    if is_postgres(db):
+        return f"(CAST({document} AS jsonb) ->> ?)"
+    return f"json_extract({document}, ?)"
+
+
+def key_is_string(db: StateDatabase, document: str) -> str:
+    """A condition: the value at the key named by `?` (`field_key`) of the JSON object text `document` is a
+    string."""
+    if is_postgres(db):
+        return f"jsonb_typeof(CAST({document} AS jsonb) -> ?) = 'string'"
+    return f"json_type({document}, ?) = 'text'"
