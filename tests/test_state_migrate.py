@@ -63,7 +63,11 @@ def test_the_checksum_tells_different_values_apart(one: tuple[Any, ...], other: 
 
 
 def test_the_checksum_reads_each_value_exactly_and_in_any_row_order() -> None:
-    rows = [(1, 0.1, None, b"\x00\xff", "zoë 陈 \ud800 \x00"), (2, math.inf, "null", b"", "{}"), (3, 1e-300, "", None, "")]
+    rows = [
+        (1, 0.1, None, b"\x00\xff", "zoë 陈 \ud800 \x00"),
+        (2, math.inf, "null", b"", "{}"),
+        (3, 1e-300, "", None, ""),
+    ]
     assert row_text(rows[0]) == repr(rows[0])
     assert float(row_text((0.1 + 0.2,))[1:-2]) == 0.1 + 0.2  # the digits read back as the same double
     assert row_text(rows[0]).encode()  # a lone surrogate is escaped: every row can be hashed
@@ -133,7 +137,11 @@ def _tables(db: Any) -> list[str]:
 
 def _contents(db: Any) -> dict[str, list[tuple[Any, ...]]]:
     """Every table's rows, in one order (sorted by their text)."""
-    return {table: sorted(db.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr) for table in _tables(db)}
+    found = {}
+    for table in _tables(db):
+        rows = db.execute(f'SELECT * FROM "{table}"').fetchall()  # noqa: S608 - the names come from the catalog
+        found[table] = sorted(rows, key=repr)
+    return found
 
 
 def _migrate(state: Path, url: str) -> Any:
@@ -178,7 +186,8 @@ def _new_rows_get_new_ids(db: PostgresDatabase) -> None:
     ).fetchall()
     assert len(identities) >= 10
     for table, column in identities:
-        (top,) = db.execute(f'SELECT coalesce(max("{column}"), 0) FROM "{table}"').fetchone()
+        largest_id = f'SELECT coalesce(max("{column}"), 0) FROM "{table}"'  # noqa: S608 - catalog names
+        (top,) = db.execute(largest_id).fetchone()
         (following,) = db.execute("SELECT nextval(pg_get_serial_sequence(?, ?))", (table, column)).fetchone()
         assert following > top, table
 
@@ -324,8 +333,7 @@ def test_rows_postgresql_refuses_stop_the_copy_naming_them(state_file: Path, pos
     assert "break a constraint" in broken.stderr and "workflow_steps" in broken.stderr, broken.stderr
     target = open_postgres(postgres_url)
     try:
-        assert [name for (name,) in target.execute(f"SELECT name FROM {RECORD}")]  # migrated, and nothing more
+        assert target.execute(f"SELECT count(*) FROM {RECORD}").fetchone()[0] > 0  # noqa: S608 - migrated, no more
         assert all(not rows for table, rows in _contents(target).items() if table != RECORD)
     finally:
         target.close()
-

@@ -149,16 +149,21 @@ def copy_state(
 ) -> CopyReport:
     """Copy `source` (a migrated SQLite state) into `target` (a migrated, empty PostgreSQL state) and verify the copy,
     in one transaction that is committed only when every table matches."""
+    import psycopg
+
     tables = _tables(source, target)
     _same_history(source, target)
     run = _Run(target.conn.raw.cursor(), progress or (lambda *_: None))
     started = time.monotonic()
-    with snapshot(source), write(target):
-        _refuse_non_empty(run.cursor, {table.name for table in tables}, target_name)  # again, under the lock
-        _load(source, run, tables)
-        _advance_identities(run.cursor, tables)
-        copied = time.monotonic()
-        _verify(run, tables)
+    try:
+        with snapshot(source), write(target):
+            _refuse_non_empty(run.cursor, {table.name for table in tables}, target_name)  # again, under the lock
+            _load(source, run, tables)
+            _advance_identities(run.cursor, tables)
+            copied = time.monotonic()
+            _verify(run, tables)
+    except psycopg.Error as exc:  # a lock or statement timeout, the connection lost ...
+        raise CopyError(f"{target_name}: the copy stopped ({exc}); rolled back, nothing was written") from exc
     done = time.monotonic()
     report = tuple(CopiedTable(t.name, run.read[t.name].rows, run.read[t.name].hex) for t in tables)
     return CopyReport(report, copied - started, done - copied)
@@ -180,7 +185,10 @@ def _load(source: Database, run: _Run, tables: list[Table]) -> None:
             "state and copy again"
         ) from None
     except psycopg.errors.IntegrityError as exc:
-        raise CopyError(f"the rows copied break a constraint ({exc}): rolled back, nothing was written") from exc
+        raise CopyError(
+            f"the rows copied break a constraint ({exc}): rolled back, nothing was written; correct those rows in the "
+            "SQLite state and copy again"
+        ) from exc
 
 
 def _quoted(name: str) -> str:
