@@ -4,7 +4,7 @@ Errors we raise on purpose are printed as one clear message, never a traceback (
 0 success, 1 the spec or the plan has errors, 2 usage errors.
 """
 
-from reconciler.cli import contacts, journeys, messages, reconcile, reports, workspace
+from reconciler.cli import contacts, journeys, messages, reconcile, reports, state, workspace
 from reconciler.cli.main import main
 
-__all__ = ["contacts", "journeys", "main", "messages", "reconcile", "reports", "workspace"]
+__all__ = ["contacts", "journeys", "main", "messages", "reconcile", "reports", "state", "workspace"]

@@ -53,6 +53,10 @@ CREATE TRIGGER events_json_update BEFORE UPDATE OF properties ON events
     FOR EACH ROW EXECUTE FUNCTION events_json_check();
 """
 
+JSON_COLUMNS = {"contacts": ("fields", "tags"), "events": ("properties",)}
+"""The columns JSON_TRIGGERS check, by table (each table's insert trigger is `<table>_json_insert`): a bulk load
+that disables those triggers checks these columns itself (state/postgres_load.py)."""
+
 RECORD = "_sqlite_migrations"
 _RECORD_TABLE = (
     f"CREATE TABLE IF NOT EXISTS {RECORD} (id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT, applied_at TEXT)"
