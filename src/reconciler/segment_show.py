@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler.errors import ReconcilerError, did_you_mean
 from reconciler.segments import Sql, subscribed_to, workspace_compiler
 from reconciler.spec import DesiredState
 from reconciler.spec.conditions import CONDITION_KEYS, AllCondition, AnyCondition, NotCondition
 from reconciler.state import audiences
+from reconciler.state.postgres import StateDatabase
 
 
 def _describe(node: Any) -> str:
@@ -41,7 +40,7 @@ def _children(node: Any) -> list[Any]:
 
 
 def show(
-    db: Database,
+    db: StateDatabase,
     desired: DesiredState,
     name: str,
     *,
@@ -85,7 +84,7 @@ def _tree(node: Any, depth: int = 1) -> Iterator[tuple[int, Any]]:
 
 
 def _explain_contact(
-    db: Database, desired: DesiredState, name: str, email: str, *, compiler: Any, members: Sql
+    db: StateDatabase, desired: DesiredState, name: str, email: str, *, compiler: Any, members: Sql
 ) -> Iterator[str]:
     segment = desired.segments[name]
     found = audiences.contact_id(db, email)
@@ -109,7 +108,7 @@ def _explain_contact(
         )
 
 
-def _explain_counts(db: Database, desired: DesiredState, name: str, *, compiler: Any) -> Iterator[str]:
+def _explain_counts(db: StateDatabase, desired: DesiredState, name: str, *, compiler: Any) -> Iterator[str]:
     """How many contacts meet each condition on its own (the base lists apply to each)."""
     segment = desired.segments[name]
     base = subscribed_to(segment.lists) if segment.lists else Sql("1")

@@ -13,11 +13,11 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
-from sqlite_utils import Database
 
 from reconciler.errors import UsageError, did_you_mean
 from reconciler.spec.types import format_duration
 from reconciler.state import reports, settings
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.reports import Engaged, Window
 from reconciler.state.workflow_reads import workflow_info, workflow_names
 
@@ -141,7 +141,7 @@ class CampaignReport(Figures):
     goal: GoalFigures | None
 
 
-def _engaged(db: Database, kind: str, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
+def _engaged(db: StateDatabase, kind: str, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
     """Over all time from the counters; within a window from the facts."""
     if window == ALL_TIME:
         return reports.counted_engagement(db, kind, name)
@@ -151,7 +151,7 @@ def _engaged(db: Database, kind: str, name: str, window: Window) -> tuple[Engage
     return Engaged(), {step: counted.engaged for step, counted in steps.items()}
 
 
-def _hours(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def _hours(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     return reports.counted_hours(db, "campaign", name) if window == ALL_TIME else reports.hourly(db, name, window)
 
 
@@ -231,7 +231,7 @@ class _Summary(NamedTuple):
         return _delivery(self.states.get("", {}), self.stages.get("", Engaged())).delivered
 
 
-def _summary(db: Database, name: str, window: Window) -> _Summary:
+def _summary(db: StateDatabase, name: str, window: Window) -> _Summary:
     states = reports.states_by_stage(db, name)
     total, stages = _engaged(db, "campaign", name, window)
     delivery = _delivery(_merged(states), total)
@@ -239,7 +239,7 @@ def _summary(db: Database, name: str, window: Window) -> _Summary:
     return _Summary(states, total, stages, delivery, _rates(delivery, total, people=first.delivered))
 
 
-def campaign_report(db: Database, name: str, window: Window = ALL_TIME) -> CampaignReport:
+def campaign_report(db: StateDatabase, name: str, window: Window = ALL_TIME) -> CampaignReport:
     """Every figure of one campaign."""
     found = reports.campaign(db, name)
     if found is None:
@@ -281,7 +281,7 @@ def _stage(stage: str, states: dict[str, int], engaged: Engaged) -> StageReport:
     )
 
 
-def _previous(db: Database, name: str, started_at: str, window: Window) -> Rates | None:
+def _previous(db: StateDatabase, name: str, started_at: str, window: Window) -> Rates | None:
     """The average of each rate over the campaigns that started before this one (those that have the rate)."""
     earlier = [c for c in reports.started_campaigns(db) if c.started_at < started_at and c.name != name][:PREVIOUS]
     if not earlier or not started_at:
@@ -320,7 +320,7 @@ def _grid(hours: list[tuple[str, int, int]], zone: str) -> list[list[int]]:
     return grid
 
 
-def _goal(db: Database, found: reports.StartedCampaign, delivered: int, window: Window) -> GoalFigures | None:
+def _goal(db: StateDatabase, found: reports.StartedCampaign, delivered: int, window: Window) -> GoalFigures | None:
     """Conversions of the first message's recipients (a stage is a reminder of the same offer); the rate is of
     the first message's deliveries."""
     name, goal, spent = found.name, found.goal, found.cost
@@ -375,7 +375,7 @@ class WorkflowReport(Figures):
     steps: list[StepReport]
 
 
-def workflow_report(db: Database, name: str, window: Window = ALL_TIME) -> WorkflowReport:
+def workflow_report(db: StateDatabase, name: str, window: Window = ALL_TIME) -> WorkflowReport:
     """Runs and each step: how many reached it, its messages, and what people did with them."""
     info = workflow_info(db, name)
     if info is None:
@@ -426,7 +426,7 @@ class OverviewRow(Figures):
     revenue: float | None
 
 
-def overview(db: Database, window: Window = ALL_TIME) -> list[OverviewRow]:
+def overview(db: StateDatabase, window: Window = ALL_TIME) -> list[OverviewRow]:
     """Every campaign that started and every workflow, newest first (a workflow by its last run)."""
     rows = []
     for found in reports.started_campaigns(db):

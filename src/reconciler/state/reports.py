@@ -18,10 +18,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat
-from sqlite_utils import Database
 
 from reconciler.segments import json_path
 from reconciler.spec.documents import Goal
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.rollups import LARGEST_AMOUNT
 
 
@@ -82,7 +82,7 @@ class Engaged:
     """Of those, messages the relay had accepted (a bounce reported later): no longer delivered."""
 
 
-def started_campaigns(db: Database) -> list[StartedCampaign]:
+def started_campaigns(db: StateDatabase) -> list[StartedCampaign]:
     """Every campaign that started sending, newest first."""
     rows = db.conn.execute(
         "SELECT name, started_at, finished_at, spec FROM campaigns WHERE started_at IS NOT NULL "
@@ -91,14 +91,14 @@ def started_campaigns(db: Database) -> list[StartedCampaign]:
     return [_started(*row) for row in rows]
 
 
-def campaign(db: Database, name: str) -> StartedCampaign | None:
+def campaign(db: StateDatabase, name: str) -> StartedCampaign | None:
     row = db.conn.execute(
         "SELECT name, started_at, finished_at, spec FROM campaigns WHERE name = ?", (name,)
     ).fetchone()
     return None if row is None else _started(*row)
 
 
-def states_by_stage(db: Database, name: str) -> dict[str, dict[str, int]]:
+def states_by_stage(db: StateDatabase, name: str) -> dict[str, dict[str, int]]:
     """The campaign's ledger rows by stage ('' is the first message) and state."""
     found: dict[str, dict[str, int]] = defaultdict(dict)
     rows = db.conn.execute(
@@ -132,7 +132,7 @@ def _engaged(row: tuple[object, ...]) -> Engaged:
     return Engaged(*(int(value or 0) for value in row))  # type: ignore[call-overload]
 
 
-def campaign_engagement(db: Database, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
+def campaign_engagement(db: StateDatabase, name: str, window: Window) -> tuple[Engaged, dict[str, Engaged]]:
     """The whole campaign's engagement (each person once across stages) and each stage's."""
     where = "source_kind = 'campaign' AND source = ? AND +at >= ? AND +at < ?"
     params = (name, window.since, window.until)
@@ -147,7 +147,7 @@ def campaign_engagement(db: Database, name: str, window: Window) -> tuple[Engage
     return _engaged(total), {str(row[0] or ""): _engaged(row[1:]) for row in stages}
 
 
-def links(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def links(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(URL, people who clicked it, clicks) of the campaign's links, most people first; people only."""
     rows = db.conn.execute(
         "SELECT detail, count(DISTINCT contact_id), count(*) FROM engagement INDEXED BY engagement_by_source "
@@ -159,7 +159,7 @@ def links(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]
     return [(str(url or ""), int(people), int(clicks)) for url, people, clicks in rows]
 
 
-def ip_countries(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def ip_countries(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(country of the IP, people who opened or clicked from it, opens and clicks) by people, most people first."""
     rows = db.conn.execute(
         "SELECT country, count(DISTINCT contact_id), count(*) FROM engagement INDEXED BY engagement_by_source "
@@ -170,7 +170,7 @@ def ip_countries(db: Database, name: str, window: Window) -> list[tuple[str, int
     return [(str(country), int(people), int(events)) for country, people, events in rows]
 
 
-def hourly(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def hourly(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(hour as YYYY-MM-DDTHH in UTC, opens, clicks) by people, in time order."""
     rows = db.conn.execute(
         "SELECT substr(at, 1, 13), sum(action = 'opened'), sum(action = 'clicked') "
@@ -182,7 +182,7 @@ def hourly(db: Database, name: str, window: Window) -> list[tuple[str, int, int]
     return [(str(hour), int(opens), int(clicks)) for hour, opens, clicks in rows]
 
 
-def countries(db: Database, name: str, window: Window) -> list[tuple[str, int, int]]:
+def countries(db: StateDatabase, name: str, window: Window) -> list[tuple[str, int, int]]:
     """(the contact's country, recipients, people who opened) for the campaign's first message, most first."""
     rows = db.conn.execute(
         "SELECT coalesce(nullif(c.country, ''), '?'), count(*), sum(EXISTS (SELECT 1 FROM engagement g "
@@ -196,7 +196,7 @@ def countries(db: Database, name: str, window: Window) -> list[tuple[str, int, i
 
 
 def conversions(
-    db: Database, name: str, *, event: str, within_seconds: int, value: str | None, window: Window
+    db: StateDatabase, name: str, *, event: str, within_seconds: int, value: str | None, window: Window
 ) -> tuple[int, int, float]:
     """(people who converted, conversions, revenue): events of type `event` from recipients of the campaign's
     first message, after it was sent and within `within_seconds`; revenue sums the numeric `value` property (up to
@@ -245,7 +245,7 @@ class StepCounts:
     on_step: dict[str, int] = field(default_factory=dict)
 
 
-def workflow_runs(db: Database, name: str) -> tuple[dict[str, int], str | None, str | None]:
+def workflow_runs(db: StateDatabase, name: str) -> tuple[dict[str, int], str | None, str | None]:
     """The workflow's runs by state, and when the first and the last one started."""
     states = dict(db.conn.execute("SELECT state, count(*) FROM workflow_runs WHERE workflow = ? GROUP BY 1", (name,)))
     first, last = db.conn.execute(
@@ -254,7 +254,7 @@ def workflow_runs(db: Database, name: str) -> tuple[dict[str, int], str | None, 
     return {str(k): int(v) for k, v in states.items()}, first, last
 
 
-def workflow_steps(db: Database, name: str, window: Window, *, engagement: bool = True) -> dict[str, StepCounts]:
+def workflow_steps(db: StateDatabase, name: str, window: Window, *, engagement: bool = True) -> dict[str, StepCounts]:
     """Each step that runs reached (by step key), with its messages and their engagement (`engagement=False`:
     without, for a caller that reads it from the counters)."""
     entered = dict(
@@ -319,7 +319,7 @@ def _from_metrics(values: dict[str, float]) -> Engaged:
     )
 
 
-def counted_engagement(db: Database, kind: str, name: str) -> tuple[Engaged, dict[str, Engaged]]:
+def counted_engagement(db: StateDatabase, kind: str, name: str) -> tuple[Engaged, dict[str, Engaged]]:
     """As `campaign_engagement` over all time, from the counters: stage '*' holds the people across stages, the
     totals add up the stages."""
     by_stage: dict[str, dict[str, float]] = defaultdict(dict)
@@ -337,7 +337,7 @@ def counted_engagement(db: Database, kind: str, name: str) -> tuple[Engaged, dic
     return _from_metrics({**totals, **across}), {stage: _from_metrics(v) for stage, v in by_stage.items()}
 
 
-def counted_links(db: Database, kind: str, name: str) -> list[tuple[str, int, int]]:
+def counted_links(db: StateDatabase, kind: str, name: str) -> list[tuple[str, int, int]]:
     rows = db.conn.execute(
         "SELECT url, people, clicks FROM report_links WHERE kind = ? AND name = ? ORDER BY 2 DESC, 3 DESC, 1",
         (kind, name),
@@ -345,24 +345,24 @@ def counted_links(db: Database, kind: str, name: str) -> list[tuple[str, int, in
     return [(str(url), int(people), int(clicks)) for url, people, clicks in rows]
 
 
-def counted_hours(db: Database, kind: str, name: str) -> list[tuple[str, int, int]]:
+def counted_hours(db: StateDatabase, kind: str, name: str) -> list[tuple[str, int, int]]:
     rows = db.conn.execute(
         "SELECT hour, opens, clicks FROM report_hours WHERE kind = ? AND name = ? ORDER BY hour", (kind, name)
     )
     return [(str(hour), int(opens), int(clicks)) for hour, opens, clicks in rows]
 
 
-def counted_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
+def counted_countries(db: StateDatabase, name: str) -> list[tuple[str, int, int]]:
     """(the contact's country, recipients, openers), most recipients first."""
     return _by_country(db, name, "recipients", "openers")
 
 
-def counted_ip_countries(db: Database, name: str) -> list[tuple[str, int, int]]:
+def counted_ip_countries(db: StateDatabase, name: str) -> list[tuple[str, int, int]]:
     """(the country of the address, people, opens and clicks), most people first."""
     return _by_country(db, name, "ip_people", "ip_events")
 
 
-def _by_country(db: Database, name: str, first: str, second: str) -> list[tuple[str, int, int]]:
+def _by_country(db: StateDatabase, name: str, first: str, second: str) -> list[tuple[str, int, int]]:
     """The counters `first:CC` and `second:CC` of a campaign, per country, most `first` then `second` first."""
     found: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for metric, value in db.conn.execute(
@@ -375,7 +375,7 @@ def _by_country(db: Database, name: str, first: str, second: str) -> list[tuple[
     return sorted(((c, a, b) for c, (a, b) in found.items()), key=lambda row: (-row[1], -row[2], row[0]))
 
 
-def counted_goal(db: Database, name: str) -> tuple[int, int, float]:
+def counted_goal(db: StateDatabase, name: str) -> tuple[int, int, float]:
     """As `conversions` over all time, from the counters: (people who converted, conversions, revenue)."""
     values = dict(
         db.conn.execute(
@@ -400,7 +400,7 @@ class Recipient:
     unsubscribed: bool
 
 
-def recipients(db: Database, kind: str, name: str, *, limit: int, offset: int = 0) -> list[Recipient]:
+def recipients(db: StateDatabase, kind: str, name: str, *, limit: int, offset: int = 0) -> list[Recipient]:
     """The messages of a campaign (or a workflow) in the order they were queued, `limit` from `offset`."""
     which = "l.source_kind = 'campaign' AND l.source = ?" if kind == "campaign" else "l.workflow = ?"
     rows = db.conn.execute(

@@ -12,10 +12,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from sqlite_utils import Database
 
 from reconciler.spec.workflow import Workflow, step_graph
 from reconciler.state.ledger import Failure
+from reconciler.state.postgres import StateDatabase
 
 OUTCOMES = ("sent", "waiting", "postponed", "failed", "uncertain", "skipped")
 """A workflow message's outcome as status shows it: waiting is queued, deferred for a retry or on the wire."""
@@ -32,12 +32,12 @@ class WorkflowInfo:
     steps: tuple[str, ...]
 
 
-def workflow_names(db: Database) -> list[str]:
+def workflow_names(db: StateDatabase) -> list[str]:
     """Every workflow ever applied, removed ones too (their messages stay)."""
     return [str(row[0]) for row in db.conn.execute("SELECT name FROM workflows ORDER BY name")]
 
 
-def workflow_info(db: Database, name: str) -> WorkflowInfo | None:
+def workflow_info(db: StateDatabase, name: str) -> WorkflowInfo | None:
     row = db.conn.execute("SELECT spec, removed_at FROM workflows WHERE name = ?", (name,)).fetchone()
     if row is None:
         return None
@@ -54,7 +54,7 @@ def _zeros() -> dict[str, int]:
     return dict.fromkeys(OUTCOMES, 0)
 
 
-def messages_by_workflow(db: Database) -> dict[str, dict[str, int]]:
+def messages_by_workflow(db: StateDatabase) -> dict[str, dict[str, int]]:
     """Each workflow's messages by outcome (every outcome, 0 included); workflows without messages are absent."""
     found: dict[str, dict[str, int]] = defaultdict(_zeros)
     for workflow, outcome, count in db.conn.execute(
@@ -66,7 +66,7 @@ def messages_by_workflow(db: Database) -> dict[str, dict[str, int]]:
     return dict(found)
 
 
-def ended_runs(db: Database, workflow: str) -> dict[str, int]:
+def ended_runs(db: StateDatabase, workflow: str) -> dict[str, int]:
     """One workflow's ended runs by outcome ("completed", "exited at stop: already a customer", "exited: purchase"),
     the most frequent first."""
     rows = db.conn.execute(
@@ -77,7 +77,7 @@ def ended_runs(db: Database, workflow: str) -> dict[str, int]:
     return {str(outcome or ""): int(count) for outcome, count in rows}
 
 
-def messages_by_step(db: Database, workflow: str) -> dict[str, dict[str, int]]:
+def messages_by_step(db: StateDatabase, workflow: str) -> dict[str, dict[str, int]]:
     """One workflow's messages by step and outcome."""
     found: dict[str, dict[str, int]] = defaultdict(_zeros)
     for step, outcome, count in db.conn.execute(
@@ -90,7 +90,7 @@ def messages_by_step(db: Database, workflow: str) -> dict[str, dict[str, int]]:
     return dict(found)
 
 
-def workflow_failures(db: Database, workflow: str, *, limit: int) -> list[Failure]:
+def workflow_failures(db: StateDatabase, workflow: str, *, limit: int) -> list[Failure]:
     """A workflow's messages that were not sent, latest first: failed, uncertain, skipped, postponed (with the time
     they wait for) and waiting for a retry. `Failure.stage` is the step."""
     rows = db.conn.execute(
@@ -118,7 +118,7 @@ class RunStory:
     outcome: str | None
 
 
-def run_story(db: Database, run_id: int) -> RunStory:
+def run_story(db: StateDatabase, run_id: int) -> RunStory:
     sends = {
         str(step): (str(state), sent_at, reply)
         for step, state, sent_at, reply in db.conn.execute(
@@ -135,7 +135,7 @@ def run_story(db: Database, run_id: int) -> RunStory:
     return RunStory([(str(s), str(at), str(r)) for s, at, r in history], sends, ended_at, outcome)
 
 
-def last_sent(db: Database, step: str) -> int | None:
+def last_sent(db: StateDatabase, step: str) -> int | None:
     """The ledger id of the last workflow message of `step` that was sent (the one a test's contact opens)."""
     row = db.conn.execute(
         "SELECT id FROM ledger WHERE workflow IS NOT NULL AND stage = ? AND state = 'sent' ORDER BY id DESC", (step,)

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
-from sqlite_utils import Database
 
 from reconciler.segments import Sql, json_path
 from reconciler.spec.documents import Segment
@@ -43,7 +42,7 @@ class StoredWorkflow(BaseModel):
         return self.workflow.category == "transactional"
 
 
-def save_workflow(db: Database, stored: StoredWorkflow, content_hash: str, *, at: str) -> None:
+def save_workflow(db: StateDatabase, stored: StoredWorkflow, content_hash: str, *, at: str) -> None:
     """The one writer of a workflow's record (apply). Its active runs are looked at again on the next pass: a wait
     that was shortened may be over already (waits count from when the run reached the step)."""
     workflow = stored.workflow
@@ -60,11 +59,11 @@ def save_workflow(db: Database, stored: StoredWorkflow, content_hash: str, *, at
     cursor(db, "events", "events")
 
 
-def remove_workflow(db: Database, name: str, *, at: str) -> None:
+def remove_workflow(db: StateDatabase, name: str, *, at: str) -> None:
     db.conn.execute("UPDATE workflows SET removed_at = ? WHERE name = ?", (at, name))
 
 
-def load_workflows(db: Database) -> dict[str, StoredWorkflow]:
+def load_workflows(db: StateDatabase) -> dict[str, StoredWorkflow]:
     """The one reader: every workflow as applied and not removed (a record from before workflows ran, without
     stored content, is left out until the next apply writes it)."""
     return {
@@ -75,7 +74,7 @@ def load_workflows(db: Database) -> dict[str, StoredWorkflow]:
     }
 
 
-def stored_list(db: Database, workflow: str) -> str | None:
+def stored_list(db: StateDatabase, workflow: str) -> str | None:
     """The list a workflow's messages are sent for, from its record (removed or not)."""
     row = db.conn.execute("SELECT runtime FROM workflows WHERE name = ?", (workflow,)).fetchone()
     if row is None or row[0] is None:
@@ -102,7 +101,7 @@ class Run(NamedTuple):
 _RUN_COLUMNS = "id, workflow, contact_id, key, list, step, entered_at, started_at"
 
 
-def due_run_ids(db: Database, workflows: list[str], *, now: str) -> list[int]:
+def due_run_ids(db: StateDatabase, workflows: list[str], *, now: str) -> list[int]:
     """The ids of the active runs of `workflows` due at `now`, in order (read once per pass: paging through the
     due-time index by id would read it again for every page)."""
     rows = db.conn.execute(
@@ -113,7 +112,7 @@ def due_run_ids(db: Database, workflows: list[str], *, now: str) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
-def runs_by_id(db: Database, ids: list[int], *, now: str) -> list[Run]:
+def runs_by_id(db: StateDatabase, ids: list[int], *, now: str) -> list[Run]:
     """Those of the runs `ids` that are still active and due (another process may have moved them meanwhile)."""
     rows = db.conn.execute(
         f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE id IN (SELECT value FROM json_each(?)) "
@@ -124,7 +123,7 @@ def runs_by_id(db: Database, ids: list[int], *, now: str) -> list[Run]:
 
 
 def start_run(
-    db: Database,
+    db: StateDatabase,
     workflow: str,
     contact_id: int,
     *,
@@ -141,10 +140,10 @@ def start_run(
         "revision, trigger) VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (workflow, contact_id, key, list_name, step, at, at, at, revision, trigger),
     )
-    return cursor.lastrowid if cursor.rowcount else None
+    return cursor.lastrowid if cursor.rowcount else None  # type: ignore[union-attr]  # SQLite's until ported
 
 
-def last_run(db: Database, workflow: str, contact_id: int, key: str) -> tuple[str, str] | None:
+def last_run(db: StateDatabase, workflow: str, contact_id: int, key: str) -> tuple[str, str] | None:
     """(state, started_at) of the contact's latest run of `workflow` with `key`: what re-entry rules look at."""
     row = db.conn.execute(
         "SELECT state, started_at FROM workflow_runs WHERE contact_id = ? AND workflow = ? AND key = ? "
@@ -154,7 +153,7 @@ def last_run(db: Database, workflow: str, contact_id: int, key: str) -> tuple[st
     return None if row is None else (str(row[0]), str(row[1]))
 
 
-def has_removed_runs(db: Database) -> bool:
+def has_removed_runs(db: StateDatabase) -> bool:
     """Whether a removed workflow still has active runs."""
     removed = [r[0] for r in db.conn.execute("SELECT name FROM workflows WHERE removed_at IS NOT NULL")]
     # one workflow at a time, each on the index of active runs (the IN list went through the due-time index and
@@ -163,7 +162,7 @@ def has_removed_runs(db: Database) -> bool:
     return any(db.conn.execute(query, (name,)).fetchone()[0] for name in removed)
 
 
-def end_removed(db: Database, *, at: str) -> int:
+def end_removed(db: StateDatabase, *, at: str) -> int:
     """End the active runs of workflows removed from the spec, and skip their waiting messages (history stays)."""
     removed = "(SELECT name FROM workflows WHERE removed_at IS NOT NULL)"
     db.conn.execute(
@@ -178,7 +177,7 @@ def end_removed(db: Database, *, at: str) -> int:
     ).rowcount
 
 
-def exit_runs(db: Database, workflow: str, contact_id: int, *, event: str, at: str) -> int:
+def exit_runs(db: StateDatabase, workflow: str, contact_id: int, *, event: str, at: str) -> int:
     """End a contact's active runs of `workflow` early (their exit event arrived), and skip the workflow's
     messages to them that still wait (held for the morning or by the cap, or retrying): a purchase stops the
     cart reminder that was due at 08:00 too. Returns the runs ended."""
@@ -190,7 +189,7 @@ def exit_runs(db: Database, workflow: str, contact_id: int, *, event: str, at: s
     ).rowcount
 
 
-def skip_waiting(db: Database, workflow: str, contact_id: int, *, event: str, at: str) -> None:
+def skip_waiting(db: StateDatabase, workflow: str, contact_id: int, *, event: str, at: str) -> None:
     """The workflow's messages to the contact that have not gone yet are skipped: their exit event came."""
     db.conn.execute(
         "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ? "
@@ -267,7 +266,7 @@ class StepWrites:
         rows.append(values)
 
 
-def engaged(db: Database, run_id: int, step: str, action: str) -> bool:
+def engaged(db: StateDatabase, run_id: int, step: str, action: str) -> bool:
     """Did a person (not a proxy or scanner) open (or click: a click is an open with images off) or click the
     message of this run's send step?"""
     actions = ("opened", "clicked") if action == "opened" else ("clicked",)
@@ -280,13 +279,13 @@ def engaged(db: Database, run_id: int, step: str, action: str) -> bool:
     return bool(row[0])
 
 
-def event_matches(db: Database, event_id: int, test: Sql) -> bool:
+def event_matches(db: StateDatabase, event_id: int, test: Sql) -> bool:
     """Whether the stored event meets a compiled test of its properties (`e` is the event)."""
     row = db.conn.execute(f"SELECT {test.text} FROM events e WHERE e.id = ?", (*test.params, event_id)).fetchone()
     return bool(row and row[0])
 
 
-def had_event(db: Database, contact_id: int, event: str, *, since: str) -> bool:
+def had_event(db: StateDatabase, contact_id: int, event: str, *, since: str) -> bool:
     """An event of this type for the contact that occurred at or after `since`."""
     row = db.conn.execute(
         "SELECT EXISTS (SELECT 1 FROM events WHERE contact_id = ? AND type = ? AND occurred_at >= ?)",
@@ -298,7 +297,7 @@ def had_event(db: Database, contact_id: int, event: str, *, since: str) -> bool:
 # --- what starts runs ----------------------------------------------------------------------------------------
 
 
-def cursor(db: Database, name: str, table: str) -> int:
+def cursor(db: StateDatabase, name: str, table: str) -> int:
     """How far the runner has read `table` (consent or events); the first time, its end: workflows start with
     what happens from now on, not with the history before them."""
     value = get_meta(db, f"workflows.cursor.{name}")
@@ -309,20 +308,20 @@ def cursor(db: Database, name: str, table: str) -> int:
     return int(row[0])
 
 
-def forget_cursors(db: Database) -> None:
+def forget_cursors(db: StateDatabase) -> None:
     """No workflow is applied: the next one starts from its own beginning, not from where an old one read."""
     if db.conn.execute("SELECT EXISTS (SELECT 1 FROM meta WHERE key LIKE 'workflows.cursor.%')").fetchone()[0]:
         with write(db):
             db.conn.execute("DELETE FROM meta WHERE key LIKE 'workflows.cursor.%'")
 
 
-def has_after(db: Database, table: str, after: int) -> bool:
+def has_after(db: StateDatabase, table: str, after: int) -> bool:
     """Whether `table` (consent or events) has rows past `after`."""
     query = f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id > ?)"
     return bool(db.conn.execute(query, (after,)).fetchone()[0])
 
 
-def set_cursor(db: Database, name: str, value: int) -> None:
+def set_cursor(db: StateDatabase, name: str, value: int) -> None:
     set_meta(db, f"workflows.cursor.{name}", str(value))
 
 
@@ -335,7 +334,7 @@ class Subscribed:
     list_name: str
 
 
-def new_subscriptions(db: Database, *, after: int, limit: int) -> tuple[list[Subscribed], int, bool]:
+def new_subscriptions(db: StateDatabase, *, after: int, limit: int) -> tuple[list[Subscribed], int, bool]:
     """Consent records after `after` that subscribe, resubscribe or confirm, whose subscription is active now
     (a double opt-in subscription counts from its confirmation); with how far that read, and whether it read to
     the end (then up to the newest record of any kind, read in the caller's transaction)."""
@@ -359,7 +358,7 @@ class NewEvent:
     properties: dict[str, Any]
 
 
-def new_events(db: Database, *, after: int, limit: int) -> list[NewEvent]:
+def new_events(db: StateDatabase, *, after: int, limit: int) -> list[NewEvent]:
     rows = db.conn.execute(
         "SELECT id, contact_id, type, occurred_at, properties FROM events WHERE id > ? ORDER BY id LIMIT ?",
         (after, limit),
@@ -380,12 +379,12 @@ def active_by_step(db: StateDatabase) -> dict[str, dict[str, int]]:
     return dict(found)
 
 
-def last_id(db: Database, table: str) -> int:
+def last_id(db: StateDatabase, table: str) -> int:
     """The newest row of `table` (consent or events)."""
     return int(db.conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
 
 
-def next_due(db: Database) -> datetime | None:
+def next_due(db: StateDatabase) -> datetime | None:
     """When the next active run of an active workflow is due (the daemon wakes up then; a paused workflow's runs
     wake nobody)."""
     row = db.conn.execute(
@@ -395,7 +394,7 @@ def next_due(db: Database) -> datetime | None:
     return datetime.fromisoformat(row[0]) if row and row[0] else None
 
 
-def date_candidates(db: Database, field: str, month_days: list[str]) -> list[tuple[int, str, str | None]]:
+def date_candidates(db: StateDatabase, field: str, month_days: list[str]) -> list[tuple[int, str, str | None]]:
     """Contacts whose date field falls on one of `month_days` ("MM-DD"): (id, the stored date, time zone)."""
     path = json_path(field)
     rows = db.conn.execute(
@@ -406,7 +405,7 @@ def date_candidates(db: Database, field: str, month_days: list[str]) -> list[tup
     return [(int(r[0]), str(r[1]), r[2]) for r in rows]
 
 
-def segment_members(db: Database, workflow: str, definition: str) -> tuple[set[int], bool]:
+def segment_members(db: StateDatabase, workflow: str, definition: str) -> tuple[set[int], bool]:
     """Who was in a segment_entered workflow's segment at its last evaluation, and whether there was one of this
     `definition` (a digest of the segment as the trigger reads it): a trigger pointed at another segment, or a
     segment whose conditions changed, starts over like a new workflow, so it does not flood everyone it now
@@ -416,7 +415,9 @@ def segment_members(db: Database, workflow: str, definition: str) -> tuple[set[i
     return {int(r[0]) for r in rows}, seen
 
 
-def note_segment_members(db: Database, workflow: str, definition: str, *, entered: set[int], left: set[int]) -> None:
+def note_segment_members(
+    db: StateDatabase, workflow: str, definition: str, *, entered: set[int], left: set[int]
+) -> None:
     """Inside the caller's write: the members after an evaluation."""
     db.conn.executemany(
         "DELETE FROM workflow_segment_members WHERE workflow = ? AND contact_id = ?", [(workflow, c) for c in left]

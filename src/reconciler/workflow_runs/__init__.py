@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlite_utils import Database
-
 from reconciler.clock import iso
 from reconciler.state import workflows as runs
 from reconciler.state.db import write
+from reconciler.state.postgres import StateDatabase
 from reconciler.workflow_runs.context import Pass, RunReport
 from reconciler.workflow_runs.starts import from_dates, from_events, from_segments, from_subscriptions
 from reconciler.workflow_runs.walk import advance_due
@@ -25,7 +24,7 @@ __all__ = ["RunReport", "run_workflows"]
 log = logging.getLogger(__name__)
 
 
-def run_workflows(db: Database, *, now: datetime) -> RunReport:
+def run_workflows(db: StateDatabase, *, now: datetime) -> RunReport:
     """One pass of every workflow. Writes nothing when nothing happened (an idle daemon does not write)."""
     run_pass = Pass(db, now=now)
     if runs.has_removed_runs(db):

@@ -6,14 +6,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlite_utils import Database
-
 from reconciler.clock import iso
 from reconciler.segments import Compiler
 from reconciler.spec.workflow import StepNode, step_graph
 from reconciler.state import records, settings
 from reconciler.state import workflows as runs
 from reconciler.state.db import get_meta
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.workflows import StoredWorkflow
 
 
@@ -41,7 +40,7 @@ class RunReport:
 class Pass:
     """The workflows as the last good revision stored them, at one moment."""
 
-    def __init__(self, db: Database, *, now: datetime) -> None:
+    def __init__(self, db: StateDatabase, *, now: datetime) -> None:
         self.db, self.now = db, now
         self.stored = runs.load_workflows(db)
         self.active = {name: s for name, s in self.stored.items() if s.workflow.status == "active"}
