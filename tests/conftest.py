@@ -34,9 +34,11 @@ def example(tmp_path: Path) -> Path:
 def reconciler(
     *args: str, cwd: Path, env: dict[str, str] | None = None, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the command as a user would, in a fresh process (`input` on its standard input, as a pipe gives it)."""
-    environment = {**os.environ, "NO_COLOR": "1", **(env or {})}
+    """Run the command as a user would, in a fresh process (`input` on its standard input, as a pipe gives it).
+    The state is the workspace's own unless `env` names one (RECONCILER_STATE of the test run is left out)."""
+    environment = {**os.environ, "NO_COLOR": "1"}
     environment.pop("RECONCILER_STATE", None)
+    environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "reconciler", *args],
         cwd=cwd,

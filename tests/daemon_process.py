@@ -23,8 +23,9 @@ class Daemon:
 
     def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        environment = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-        environment.pop("RECONCILER_STATE", None)
+        environment = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+        environment.pop("RECONCILER_STATE", None)  # the workspace's own state, unless `env` names one
+        environment.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "run", "--port", str(self.port), *args],
             cwd=root,

@@ -86,7 +86,9 @@ async def _pass_that_breaks(dispatcher: Dispatcher, sink: Sink, *, after: int) -
     async def break_it() -> None:
         while len(sink.messages) < after:
             await asyncio.sleep(0.01)
-        dispatcher.db.conn.set_authorizer(_deny_ledger_writes)
+        connection = dispatcher.db.conn
+        assert isinstance(connection, sqlite3.Connection)  # these faults are SQLite's (an authorizer)
+        connection.set_authorizer(_deny_ledger_writes)
 
     breaker = asyncio.create_task(break_it())
     try:
@@ -110,7 +112,7 @@ def test_a_database_error_mid_pass_fails_that_pass_and_the_next_pass_sends_the_r
             dispatcher = Dispatcher(db, root=root, clock=CLOCK)
             try:
                 failure = await _pass_that_breaks(dispatcher, sink, after=100)
-                dispatcher.db.conn.set_authorizer(None)
+                db.conn.set_authorizer(None)
                 await dispatcher.run_pass()
                 return failure
             finally:
@@ -141,7 +143,7 @@ def test_rows_a_live_daemon_left_sending_are_settled_by_its_next_pass_without_a_
             dispatcher = Dispatcher(db, root=root, clock=CLOCK)
             try:
                 await _pass_that_breaks(dispatcher, sink, after=10)
-                dispatcher.db.conn.set_authorizer(None)
+                db.conn.set_authorizer(None)
                 await dispatcher.run_pass()
             finally:
                 await dispatcher.close()

@@ -22,8 +22,9 @@ from sqlite_utils import Database
 import pg_cluster
 from conftest import reconciler
 from reconciler.state import location, postgres_schema, rollups
-from reconciler.state.db import StateError, open_postgres, pending_postgres, state_path, write
+from reconciler.state.db import NoState, get_meta, open_postgres, pending_postgres, set_meta, write
 from reconciler.state.dialect import WRITE_LOCK, to_postgres
+from reconciler.state.engine import open_existing, revive
 from reconciler.state.postgres import PostgresDatabase, StateDatabase, connect
 from reconciler.state.schema import STEPS, migrations
 
@@ -160,38 +161,55 @@ def test_the_state_is_chosen_from_the_option_the_environment_or_the_workspace(
     monkeypatch.setenv(location.ENV, "postgresql://m:hunter2@db/mail")
     assert location.choose(tmp_path).conninfo == "postgresql://m:hunter2@db/mail"
     assert location.choose(tmp_path, "other.db").path == Path("other.db")
-    with pytest.raises(StateError, match=r"^PostgreSQL state \(postgresql://m@db/mail\): not available") as error:
-        state_path(tmp_path)
-    assert "hunter2" not in str(error.value)
 
 
-MESSAGE = (
-    "Error: PostgreSQL state (postgresql://mailer@db.example/mail): not available in this version yet; "
-    "use a SQLite file"
+@pytest.mark.parametrize(
+    ("conninfo", "secret"),
+    [
+        ("postgresql://mailer:hunter2@/mail?host=/nowhere", "hunter2"),
+        ("postgresql:///mail?host=/nowhere&password=s3cr%2Bet", "s3cr+et"),
+        ("postgresql:host=/nowhere password='two words' dbname", "two words"),
+    ],
 )
+def test_a_password_in_a_message_is_scrubbed(conninfo: str, secret: str) -> None:
+    place = location.parse(conninfo)
+    assert place.scrub(f"bad {secret}!") == "bad ***!"
+    assert place.scrub("nothing secret") == "nothing secret"
+
+
+def _unreachable(tmp_path: Path) -> str:
+    """A PostgreSQL URL with a password, at a unix socket folder where no server listens."""
+    return f"postgresql://mailer:hunter2@/mail?host={tmp_path / 'no-server'}"
 
 
 @pytest.mark.parametrize(
     "command",
     [["status"], ["plan"], ["apply"], ["contacts", "export", "ada@example.com"], ["report", "welcome"], ["tick"]],
 )
-def test_every_command_refuses_a_postgresql_state_for_now_without_printing_its_password(
-    example: Path, command: list[str]
+def test_every_command_names_a_server_it_cannot_reach_without_printing_the_password(
+    example: Path, tmp_path: Path, command: list[str]
 ) -> None:
-    done = reconciler("--state", "postgresql://mailer:hunter2@db.example/mail", *command, cwd=example)
+    done = reconciler("--state", _unreachable(tmp_path), *command, cwd=example)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert MESSAGE in done.stderr
+    shown = f"postgresql://mailer@/mail?host={tmp_path / 'no-server'}"
+    assert f"Error: {shown}: cannot connect to the state database: " in done.stderr, done.stderr
+    assert "check that the server runs and can be reached from here" in done.stderr
     assert "hunter2" not in done.stdout + done.stderr
     assert not (example / "postgresql:").exists() and not (example / ".state").exists()
 
 
-def test_the_environment_variable_is_refused_the_same_way(example: Path) -> None:
-    environment = {**os.environ, "NO_COLOR": "1", "RECONCILER_STATE": "postgres://mailer:hunter2@db.example/mail"}
+def test_the_environment_variable_names_the_state_the_same_way(example: Path, tmp_path: Path) -> None:
+    environment = {**os.environ, "NO_COLOR": "1", "RECONCILER_STATE": _unreachable(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "reconciler", "status"], cwd=example, env=environment, capture_output=True, text=True
     )
-    assert done.returncode == 1 and "PostgreSQL state (postgres://mailer@db.example/mail)" in done.stderr
-    assert "hunter2" not in done.stdout + done.stderr
+    assert done.returncode == 1 and "postgresql://mailer@/mail?host=" in done.stderr
+    assert "cannot connect to the state database" in done.stderr and "hunter2" not in done.stdout + done.stderr
+
+
+def test_validate_needs_no_state_even_when_the_server_cannot_be_reached(example: Path, tmp_path: Path) -> None:
+    done = reconciler("--state", _unreachable(tmp_path), "validate", cwd=example)
+    assert done.returncode == 0 and "The workspace is valid." in done.stderr, done.stderr
 
 
 # --- the connection ---------------------------------------------------------------------------------------------
@@ -271,6 +289,40 @@ def test_writers_go_one_at_a_time_and_a_waiting_one_gives_up_cleanly(postgres_ur
     finally:
         impatient.close()
         waiting.close()
+
+
+@pytest.mark.postgresql
+def test_a_lost_connection_fails_its_transaction_cleanly_and_is_made_again(
+    postgres_url: str, pg: PostgresDatabase
+) -> None:
+    import psycopg
+
+    victim = open_postgres(postgres_url)
+    try:
+        (pid,) = victim.execute("SELECT pg_backend_pid()").fetchone()
+        with pytest.raises(psycopg.errors.AdminShutdown), write(victim):  # the server's own error, not ROLLBACK's
+            set_meta(victim, "a", "1")
+            pg.execute("SELECT pg_terminate_backend(?)", (pid,))  # a restart, a failover, a network cut
+            set_meta(victim, "b", "2")
+        assert victim.lost and not victim.conn.in_transaction
+        revive(victim)  # what the daemon's loops do before each pass
+        assert not victim.lost and get_meta(victim, "a") is None  # the cut transaction left nothing
+        with write(victim):
+            set_meta(victim, "c", "3")
+        assert get_meta(pg, "c") == "3"
+    finally:
+        victim.close()
+
+
+@pytest.mark.postgresql
+def test_a_database_no_migration_ran_on_is_no_state_yet(postgres_url: str) -> None:
+    with pytest.raises(NoState, match="no state database here yet"):
+        open_postgres(postgres_url, create=False)
+    assert open_existing(location.parse(postgres_url)) is None
+    open_postgres(postgres_url).close()
+    found = open_existing(location.parse(postgres_url))
+    assert isinstance(found, PostgresDatabase)
+    found.close()
 
 
 # --- one migration history -------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlite_utils import Database
-
 from reconciler.audience import audience_queries, missing_queries
 from reconciler.clock import iso
 from reconciler.field_reads import campaign_reads
@@ -24,6 +22,7 @@ from reconciler.state.conditions import Reason
 from reconciler.state.db import StaleState, audit, claim_serial, write
 from reconciler.state.observe import with_counts
 from reconciler.state.portable import dialect
+from reconciler.state.postgres import StateDatabase
 
 log = logging.getLogger(__name__)
 COUNT_BUDGET = 10.0
@@ -35,7 +34,7 @@ class Applied:
     actions: int = 0
 
 
-def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime) -> Applied:
+def apply_plan(db: StateDatabase, plan: Plan, desired: DesiredState, *, now: datetime) -> Applied:
     """Write every action of `plan`; campaigns with errors keep what they had and say why in their status."""
     at = iso(now)
     result = Applied()
@@ -81,7 +80,7 @@ def apply_plan(db: Database, plan: Plan, desired: DesiredState, *, now: datetime
 
 
 def observe_for(
-    db: Database,
+    db: StateDatabase,
     desired: DesiredState,
     *,
     now: datetime,
@@ -106,7 +105,7 @@ def observe_for(
 
 
 def plan_for(
-    db: Database,
+    db: StateDatabase,
     desired: DesiredState,
     *,
     now: datetime,
@@ -121,7 +120,7 @@ def plan_for(
 
 
 def plan_and_apply(
-    db: Database,
+    db: StateDatabase,
     desired: DesiredState,
     *,
     now: datetime,
@@ -153,7 +152,7 @@ def plan_and_apply(
     raise StaleState("the state kept changing while planning; is another process applying in a loop?")
 
 
-def _apply_action(db: Database, action: Action, *, plan: Plan, at: str) -> None:
+def _apply_action(db: StateDatabase, action: Action, *, plan: Plan, at: str) -> None:
     document = action.document
     if action.kind == "Campaign":
         _apply_campaign(db, action, plan=plan, at=at)
@@ -168,7 +167,7 @@ def _apply_action(db: Database, action: Action, *, plan: Plan, at: str) -> None:
         workflows.save_workflow(db, action.workflow, action.content_hash, at=at)
 
 
-def _apply_campaign(db: Database, action: Action, *, plan: Plan, at: str) -> None:
+def _apply_campaign(db: StateDatabase, action: Action, *, plan: Plan, at: str) -> None:
     name, status = action.name, action.status or "draft"
     if action.op == "confirm":
         campaigns.confirm_late(db, name)

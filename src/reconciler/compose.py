@@ -22,8 +22,6 @@ from datetime import datetime
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from sqlite_utils import Database
-
 from reconciler.errors import ReconcilerError, UsageError, did_you_mean
 from reconciler.i18n import choose_language
 from reconciler.mime import (
@@ -49,6 +47,7 @@ from reconciler.state import settings as runtime_settings
 from reconciler.state.content import MessageContent
 from reconciler.state.ledger import CONFIRMATION_SOURCE, DueRow, Source
 from reconciler.state.pages import StoredPages
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.settings import RuntimeSettings
 from reconciler.templates import (
     MessageTemplate,
@@ -141,7 +140,7 @@ def dkim_key(config: SmtpTransport | OutboxTransport | None) -> DkimKey | None:
     return DkimKey(dkim.domain, dkim.selector, pem.encode())
 
 
-def definition_for(db: Database, source: Source, *, runtime: RuntimeSettings, dkim: bool = True) -> Definition:
+def definition_for(db: StateDatabase, source: Source, *, runtime: RuntimeSettings, dkim: bool = True) -> Definition:
     """A source's definition from the state: its lists, the custom fields, the keys and the Settings applied."""
     lists: Mapping[str, MailingList] = records.lists(db)
     first = source.lists[0] if source.lists else ""
@@ -346,7 +345,7 @@ def preview(definition: Definition, contact: Contact, *, row_id: int = 0) -> Ren
     return Composer(definition).render(row_id, contact)
 
 
-def view_online(db: Database, row_id: int) -> str | None:
+def view_online(db: StateDatabase, row_id: int) -> str | None:
     """A sent campaign message's HTML as its recipient got it, or None when there is no such message."""
     found = ledger.sent_message(db, row_id)
     if found is None:

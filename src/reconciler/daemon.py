@@ -26,7 +26,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify  # watchfiles' documented Rust backend, which awatch wraps
 
@@ -42,7 +41,10 @@ from reconciler.plan import Plan
 from reconciler.sendloop import SendLoop, wait_any
 from reconciler.start import start_due
 from reconciler.state import campaigns, keys, records, workflows
-from reconciler.state.db import GIVING_UP, ConnectionPool
+from reconciler.state.db import GIVING_UP
+from reconciler.state.engine import StatePool, place_of, revive
+from reconciler.state.location import StateLocation
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.records import HEARTBEAT_SECONDS
 from reconciler.workflow_runs import RunReport, run_workflows
 
@@ -75,7 +77,7 @@ class PassResult:
 
 def reconcile_once(
     root: Path,
-    db: Database,
+    db: StateDatabase,
     *,
     now: datetime,
     confirm: Collection[str] = (),
@@ -97,7 +99,7 @@ def reconcile_once(
     return result
 
 
-def log_key_changes(db: Database) -> tuple[str, ...]:
+def log_key_changes(db: StateDatabase) -> tuple[str, ...]:
     """At start: say when links in mail already sent no longer verify because the signing key changed (and when a
     new key signs while the previous ones still verify); the warnings, for /healthz and `status` to keep saying."""
     try:
@@ -112,7 +114,7 @@ def log_key_changes(db: Database) -> tuple[str, ...]:
     return tuple(warnings)
 
 
-def record_invalid(db: Database, revision: str, problems: list[Problem], *, now: datetime) -> None:
+def record_invalid(db: StateDatabase, revision: str, problems: list[Problem], *, now: datetime) -> None:
     """Remember why a revision was refused, for `status` (and /healthz): the first problems, formatted."""
     records.refuse_revision(db, revision, [p.format() for p in problems if p.severity == "error"], at=iso(now))
 
@@ -125,7 +127,7 @@ def _relevant(change: Change, path: str) -> bool:
 class WebOptions:
     """Where the web service listens, and the state database it opens connections of its own to."""
 
-    state: Path
+    state: StateLocation | Path
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
 
@@ -154,7 +156,7 @@ def _listen(web: WebOptions) -> socket.socket:
     return listening
 
 
-def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) -> tuple[Any, Metrics, ConnectionPool]:
+def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) -> tuple[Any, Metrics, StatePool]:
     """uvicorn inside the daemon's event loop: the daemon owns SIGTERM and SIGINT and stops the server itself.
     Imported here, not at the top: `validate` and `plan` start without the web stack."""
     import uvicorn
@@ -181,17 +183,18 @@ def _web_server(web: WebOptions, *, clock: Clock, root: Path, health: Health) ->
 
 async def run(
     root: Path,
-    db: Database,
+    db: StateDatabase,
     *,
     clock: Clock,
     interval: float = 30.0,
-    dispatch_db: Database | None = None,
+    dispatch_db: StateDatabase | None = None,
     web: WebOptions | None = None,
-    state: Path | None = None,
+    state: StateLocation | Path | None = None,
 ) -> None:
     """Watch the workspace and reconcile on every change, and at least every `interval` seconds; send what is due
-    (with `dispatch_db`, a second connection to the same file, in a thread of its own); serve the web service (with
-    `web`); on SIGTERM let messages on the wire finish, start no new ones, and stop."""
+    (with `dispatch_db`, a second connection to the same database, in a thread of its own); serve the web service
+    (with `web`); on SIGTERM let messages on the wire finish, start no new ones, and stop. `state`: where the state
+    is, for the free space beside a SQLite file."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -201,7 +204,7 @@ async def run(
     broken_links = log_key_changes(db)
     health = Health()
     health.stands(broken_links)
-    keeper = _Keeper(health, clock=clock, state=state)
+    keeper = _Keeper(health, clock=clock, state=None if state is None else place_of(state).path)
     server, metrics, pool = (None, None, None)
     if web is not None:
         server, metrics, pool = _web_server(web, clock=clock, root=root, health=health)
@@ -257,11 +260,12 @@ async def run(
 
 
 async def _interrupt_when_stopping(
-    stop: asyncio.Event, connections: list[Database | None], pool: ConnectionPool | None
+    stop: asyncio.Event, connections: list[StateDatabase | None], pool: StatePool | None
 ) -> None:
     """SIGTERM always stops the daemon: STOP_GRACE seconds after it, whatever still waits for the database (a lock
     held by another process, a disk that cannot take the log) is interrupted, so the loops see the stop. A message
-    whose outcome could not be written is found `sending` by the next start and reported uncertain."""
+    whose outcome could not be written is found `sending` by the next start and reported uncertain. (On
+    PostgreSQL, an interrupt cancels the statement running: a wait for the writers' lock, or a slow query.)"""
     await stop.wait()
     await asyncio.sleep(STOP_GRACE)
     log.warning("reconciler: still stopping after %ss; interrupting what waits for the state database", STOP_GRACE)
@@ -277,7 +281,7 @@ async def _interrupt_when_stopping(
 
 async def _reconcile_loop(
     root: Path,
-    db: Database,
+    db: StateDatabase,
     *,
     clock: Clock,
     interval: float,
@@ -295,7 +299,7 @@ async def _reconcile_loop(
         changed.clear()
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(reconcile_once, root, db, now=clock.now(), checked=checked)
+            result = await asyncio.to_thread(_reconcile_pass, root, db, now=clock.now(), checked=checked)
             health.pass_worked("reconcile")
             last_logged = _log_pass(result, last_logged)
             wait = _until_next_start(db, clock, interval)
@@ -311,7 +315,15 @@ async def _reconcile_loop(
         await wait_any((changed, stop), timeout=wait)
 
 
-def _until_next_start(db: Database, clock: Clock, interval: float) -> float:
+def _reconcile_pass(root: Path, db: StateDatabase, *, now: datetime, checked: dict[str, list[Problem]]) -> PassResult:
+    """One pass of the daemon, first making again a PostgreSQL connection the server closed since the last one: a
+    restart or a failover costs the passes until the server answers again (each failure reported), not the
+    daemon."""
+    revive(db)
+    return reconcile_once(root, db, now=now, checked=checked)
+
+
+def _until_next_start(db: StateDatabase, clock: Clock, interval: float) -> float:
     """Until the next campaign starts or a workflow run is due, at most `interval`."""
     moments = [m for m in (campaigns.next_start(db), workflows.next_due(db)) if m is not None]
     if not moments:
@@ -326,7 +338,8 @@ def _debug() -> bool:
 
 class _Keeper:
     """Keeps the daemon's record for `reconciler status` (when its health changes, else every HEARTBEAT_SECONDS)
-    and the free space beside the state database in view."""
+    and the free space beside the state database in view (`state`: its SQLite file; None on PostgreSQL, whose
+    disk is the server's)."""
 
     def __init__(self, health: Health, *, clock: Clock, state: Path | None) -> None:
         self.health, self.clock, self.state = health, clock, state
@@ -335,7 +348,7 @@ class _Keeper:
         self.pruned_at = 0.0
         self.lock = threading.Lock()
 
-    def stopped(self, db: Database) -> None:
+    def stopped(self, db: StateDatabase) -> None:
         """The daemon's last record, on a clean stop: `status` then says it stopped, not that it is well."""
         record = records.DaemonRecord(socket.gethostname(), os.getpid(), iso(self.clock.now()), "stopped", ())
         try:
@@ -343,13 +356,13 @@ class _Keeper:
         except Exception as exc:
             log.warning("could not record that the daemon stopped: %s", exc)
 
-    def after_pass(self, db: Database) -> None:
+    def after_pass(self, db: StateDatabase) -> None:
         """After a pass of either loop (each with its own connection `db`)."""
         with self.lock:
             self._keep(db)
         allocator.trim()  # what a load freed goes back to the system, not to the daemon's high-water mark
 
-    def _prune(self, db: Database) -> None:
+    def _prune(self, db: StateDatabase) -> None:
         if time.monotonic() - self.pruned_at < PRUNE_SECONDS and self.pruned_at:
             return
         self.pruned_at = time.monotonic()
@@ -361,7 +374,7 @@ class _Keeper:
         if any(forgotten.values()):
             log.info("pruned %s", ", ".join(f"{n} {what}" for what, n in forgotten.items() if n))
 
-    def _keep(self, db: Database) -> None:
+    def _keep(self, db: StateDatabase) -> None:
         self._prune(db)
         if self.state is not None:
             with contextlib.suppress(OSError):

@@ -24,8 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from sqlite_utils import Database
-
 from reconciler.audience import TRANSACTIONAL_BLOCKING, blocking_for, is_marketing
 from reconciler.clock import Clock, iso
 from reconciler.compose import CannotPrepare, RenderPool, confirmation_content, definition_for
@@ -37,6 +35,7 @@ from reconciler.start import start_stages
 from reconciler.state import campaigns, dispatchers, keys, ledger, pages, records, settings, workflows
 from reconciler.state.db import keep_cache
 from reconciler.state.ledger import CONFIRMATION_SOURCE, Source
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.settings import RuntimeSettings
 from reconciler.transports import Transport, make_transport
 
@@ -81,7 +80,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        db: Database,
+        db: StateDatabase,
         *,
         root: Path,
         clock: Clock,

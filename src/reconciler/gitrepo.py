@@ -37,13 +37,15 @@ STATE_SIDE_FILES = ("-wal", "-shm", "-journal")
 """What SQLite keeps beside a database file while it is open: they hold the latest writes, as personal as the rest."""
 
 
-def tracked_state(root: Path, state: Path) -> list[Problem]:
+def tracked_state(root: Path, state: Path | None) -> list[Problem]:
     """A warning when git tracks the state (the database, its WAL and shared-memory files, anything in `.state/`):
-    contacts and consent records are personal data, and a repository is copied to every clone. None outside git."""
+    contacts and consent records are personal data, and a repository is copied to every clone. None outside git.
+    `state` is the SQLite file (None: the state is in PostgreSQL, and only `.state/` is looked at)."""
     root = root.resolve()
     candidates = [root / ".state"]
-    state = state.resolve()
-    candidates += [state.with_name(state.name + suffix) for suffix in ("", *STATE_SIDE_FILES)]
+    if state is not None:
+        state = state.resolve()
+        candidates += [state.with_name(state.name + suffix) for suffix in ("", *STATE_SIDE_FILES)]
     inside = sorted({str(path.relative_to(root)) for path in candidates if path.is_relative_to(root)})
     if not inside:
         return []

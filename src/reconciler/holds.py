@@ -9,14 +9,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlite_utils import Database
-
 from reconciler.clock import iso
 from reconciler.plan.when import ago
 from reconciler.spec.contact import FREQUENCIES
 from reconciler.spec.documents import Settings
 from reconciler.state import ledger
 from reconciler.state.ledger import DueRow
+from reconciler.state.postgres import StateDatabase
 
 REMEMBERED = 20_000
 """Contacts whose let-through rows a Holds keeps in mind: a few pages of 1,000, bounded for a campaign of millions."""
@@ -28,7 +27,7 @@ class Holds:
     Rows it lets through count as sent now for the rows after them: one contact can have several rows due at once
     (a run per cart, a message held over a night), and the cap must not see them only once they went out."""
 
-    def __init__(self, db: Database, settings: Settings, *, marketing: bool) -> None:
+    def __init__(self, db: StateDatabase, settings: Settings, *, marketing: bool) -> None:
         self.db = db
         self.quiet = settings.quiet_hours if marketing else None
         self.cap = settings.frequency_cap if marketing else None

@@ -19,8 +19,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler import strictjson
 from reconciler.audience import blocking_for
 from reconciler.clock import iso
@@ -49,6 +47,7 @@ from reconciler.state.contacts import (
     start_import,
 )
 from reconciler.state.db import roll_back_cut_off
+from reconciler.state.postgres import StateDatabase
 from reconciler.words import count
 
 __all__ = ["BATCH_ROWS", "ImportFileError", "ImportInterrupted", "ImportReport", "import_file"]
@@ -178,7 +177,7 @@ class ImportInterrupted(ReconcilerError):
 
 
 def import_file(
-    db: Database,
+    db: StateDatabase,
     desired: DesiredState,
     path: Path,
     *,
@@ -235,7 +234,7 @@ def import_file(
     return report
 
 
-def _finish(db: Database, report: ImportReport, import_id: int, *, at: str, interrupted: bool = False) -> None:
+def _finish(db: StateDatabase, report: ImportReport, import_id: int, *, at: str, interrupted: bool = False) -> None:
     """The import's record, with its figures (an interrupted one: what was saved)."""
     finish_import(
         db,
@@ -261,7 +260,7 @@ def _unconfirmed(double: list[str]) -> ImportFileError:
 
 
 def _import_rows(
-    db: Database,
+    db: StateDatabase,
     report: ImportReport,
     chunks: Iterator[tuple[list[ContactRow], list[BadRow]]],
     *,
@@ -308,7 +307,7 @@ def _import_rows(
             chunks.close()  # stops the worker processes at once when this ends early
 
 
-def _interrupted(db: Database, report: ImportReport, import_id: int | None, *, at: str) -> str:
+def _interrupted(db: StateDatabase, report: ImportReport, import_id: int | None, *, at: str) -> str:
     """What an interrupted import saved, said so that the person knows what to do next."""
     roll_back_cut_off(db)  # Ctrl-C between BEGIN and the batch's own rollback
     if import_id is None:

@@ -16,10 +16,9 @@ from email import policy
 from email.parser import BytesParser
 from typing import Literal
 
-from sqlite_utils import Database
-
 from reconciler.mime import address_tokens, bare_tokens
 from reconciler.state import subscribers
+from reconciler.state.postgres import StateDatabase
 from reconciler.tokens import Signer
 
 HEADER_BYTES = 256 * 1024
@@ -87,7 +86,7 @@ class Outcome:
     lists: tuple[str, ...] = ()
 
 
-def unsubscribe_row(db: Database, row_id: int, *, at: str, via: str) -> Outcome:
+def unsubscribe_row(db: StateDatabase, row_id: int, *, at: str, via: str) -> Outcome:
     """Unsubscribe the contact of a verified token's message from the lists it was sent for, as the one-click
     POST does; the consent record says it came by email and `via` what (`Postmark`, `the local MTA`)."""
     target = subscribers.message_target(db, row_id)

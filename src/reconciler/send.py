@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlite_utils import Database
-
 from reconciler.clock import Clock, iso
 from reconciler.compose import RENDER_BATCH, CannotPrepare, Definition, Message, RenderPool, compose_batch
 from reconciler.holds import Holds
@@ -34,6 +32,7 @@ from reconciler.mime import addr_spec
 from reconciler.plan.when import ago
 from reconciler.state import ledger
 from reconciler.state.ledger import DueRow, Outcome, Source
+from reconciler.state.postgres import StateDatabase
 from reconciler.transports import Delivery, Transport
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class Pending:
 
     outcomes: list[tuple[Outcome, Source]] = field(default_factory=list)
 
-    def flush(self, db: Database) -> None:
+    def flush(self, db: StateDatabase) -> None:
         while self.outcomes:
             outcome, source = self.outcomes[0]
             ledger.record(db, outcome, source=source)
@@ -74,7 +73,7 @@ class Pending:
 class SendRun:
     """What the sender of one definition needs from the pass around it."""
 
-    db: Database
+    db: StateDatabase
     clock: Clock
     ident: str
     stop: asyncio.Event

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from reconciler.clock import Clock, iso
 from reconciler.dispatch import Dispatcher, DispatchReport
 from reconciler.health import Health
 from reconciler.state import ledger
+from reconciler.state.engine import revive
+from reconciler.state.postgres import StateDatabase
 
 log = logging.getLogger(__name__)
 MIN_WAIT = 0.05
@@ -36,14 +36,14 @@ class SendLoop:
 
     def __init__(
         self,
-        db: Database,
+        db: StateDatabase,
         *,
         root: Path,
         clock: Clock,
         interval: float,
         health: Health,
         on_pass: Callable[[float], None] | None = None,
-        after_pass: Callable[[Database], None] | None = None,
+        after_pass: Callable[[StateDatabase], None] | None = None,
     ) -> None:
         self.db, self.root, self.clock, self.interval, self.health = db, root, clock, interval, health
         self.on_pass = on_pass
@@ -101,6 +101,7 @@ class SendLoop:
     async def _one_pass(self, dispatcher: Dispatcher) -> DispatchReport | None:
         started = time.monotonic()
         try:
+            revive(self.db)  # a PostgreSQL connection the server closed since the last pass, made again
             report = await dispatcher.run_pass()
         except Exception as exc:  # a failing database or relay never ends the daemon; the next pass carries on
             self.health.pass_failed("dispatch", str(exc), at=iso(self.clock.now()), started=started)

@@ -12,8 +12,6 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlite_utils import Database
-
 from reconciler.audience import audience_sql, blocking_for
 from reconciler.clock import iso
 from reconciler.plan.when import ago, describe_when, local_due
@@ -25,11 +23,12 @@ from reconciler.state.conditions import Reason
 from reconciler.state.content import StageContent
 from reconciler.state.db import audit, bump_serial, write
 from reconciler.state.portable import dialect
+from reconciler.state.postgres import StateDatabase
 
 log = logging.getLogger(__name__)
 
 
-def start_due(db: Database, *, now: datetime) -> list[str]:
+def start_due(db: StateDatabase, *, now: datetime) -> list[str]:
     """Snapshot the audience of every scheduled campaign whose time has come; returns the names started."""
     at = iso(now)
     started = []
@@ -65,7 +64,7 @@ def start_due(db: Database, *, now: datetime) -> list[str]:
     return started
 
 
-def _snapshot(db: Database, record: CampaignRecord, *, now: datetime, timezone: str) -> int:
+def _snapshot(db: StateDatabase, record: CampaignRecord, *, now: datetime, timezone: str) -> int:
     """The campaign's segments as they were when it was scheduled, evaluated now, into the ledger."""
     audience = record.audience
     definitions = audience.definitions
@@ -102,7 +101,7 @@ def _due_function(send_at: object, *, default_zone: str, at: str) -> Callable[[s
     return lambda zone: at
 
 
-def start_stages(db: Database, *, now: datetime) -> list[str]:
+def start_stages(db: StateDatabase, *, now: datetime) -> list[str]:
     """Queue every follow-up stage whose time has come (`after` from the previous stage's start); returns
     "campaign/stage" for each started."""
     started = []
@@ -126,7 +125,7 @@ def start_stages(db: Database, *, now: datetime) -> list[str]:
     return started
 
 
-def _next_stage(db: Database, campaign: SendingCampaign, *, now: datetime) -> StageContent | None:
+def _next_stage(db: StateDatabase, campaign: SendingCampaign, *, now: datetime) -> StageContent | None:
     """The first stage not started yet, if its time has come."""
     done = campaigns.started_stages(db, campaign.name)
     previous_at = campaign.started_at

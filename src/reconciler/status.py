@@ -8,11 +8,10 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlite_utils import Database
-
 from reconciler.state import observe, workflow_reads, workflows
 from reconciler.state.campaigns import campaign_records
 from reconciler.state.ledger import Failure
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.records import HEARTBEAT_SECONDS, daemon_record, refused_revision, revisions
 from reconciler.words import count
 
@@ -23,7 +22,7 @@ STALE_SECONDS = 2 * HEARTBEAT_SECONDS + 60
 """A daemon record older than this is from a daemon that is not running (a running one writes every 5 minutes)."""
 
 
-def state_problems(db: Database) -> list[str]:
+def state_problems(db: StateDatabase) -> list[str]:
     """What in the state needs an operator, whatever the daemon's loops say: a refused revision in force, campaigns
     that are not Ready. `/healthz` and `status` both show these."""
     refused = refused_revision(db)
@@ -36,7 +35,7 @@ def state_problems(db: Database) -> list[str]:
     return problems
 
 
-def status_report(db: Database) -> dict[str, Any]:
+def status_report(db: StateDatabase) -> dict[str, Any]:
     observed = observe(db, audience=False)
     refused = refused_revision(db)
     last = revisions(db, limit=1)
@@ -116,7 +115,7 @@ def _workflow_lines(runs: dict[str, dict[str, int]], messages: dict[str, dict[st
     return lines
 
 
-def workflow_report(db: Database, name: str) -> dict[str, Any]:
+def workflow_report(db: StateDatabase, name: str) -> dict[str, Any]:
     """`status WORKFLOW`: its status, its ended runs by outcome, and step by step (in the order runs meet them,
     then steps no longer in it) its active runs and its messages by outcome."""
     info = workflow_reads.workflow_info(db, name)
@@ -186,7 +185,7 @@ def _alive(pid: int) -> bool:
 
 def format_status(report: dict[str, Any]) -> str:
     revision = report["revision"]
-    out = []
+    out = [f"State: {report['state']} (PostgreSQL)"] if report.get("engine") == "postgresql" else []
     if revision["applied"]:
         commit = f" (commit {revision['git_commit']})" if revision["git_commit"] else ""
         out.append(f"Applied revision: {revision['applied']}{commit} at {revision['applied_at']}")

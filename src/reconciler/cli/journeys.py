@@ -11,7 +11,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from reconciler.cli.main import address, checked, database, main, state_file, workspace_root
+from reconciler.cli.main import address, checked, existing_database, main, workspace_root
 from reconciler.errors import UsageError
 from reconciler.words import count
 
@@ -114,8 +114,8 @@ def _contact(ctx: click.Context, root: Path, email: str | None, fields: str | No
         raise UsageError("--contact and --fields: give one of them")
     if email:
         found, lists = None, []
-        if state_file(ctx, root).exists():
-            db = database(ctx, root, read_only=True)
+        db = existing_database(ctx, root)
+        if db is not None:
             found = find_contact(db, address(email))
             choices = preferences(db, found.id) if found is not None else None
             lists = [

@@ -21,10 +21,10 @@ from reconciler import __version__
 from reconciler.errors import Problem, ReconcilerError, SpecErrors, UsageError, count_problems
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from reconciler.clock import Clock
     from reconciler.spec import DesiredState
+    from reconciler.state.location import StateLocation
+    from reconciler.state.postgres import StateDatabase
 
 
 class Group(click.Group):
@@ -127,20 +127,30 @@ def workspace_root(ctx: click.Context) -> Path:
     return find_workspace(Path(ctx.obj["workspace"]).resolve())
 
 
-def state_file(ctx: click.Context, root: Path) -> Path:
-    from reconciler.state import state_path
+def state_location(ctx: click.Context, root: Path) -> StateLocation:
+    """Where the state is: `--state`, else RECONCILER_STATE, else `.state/reconciler.db` in the workspace (a SQLite
+    file, or a PostgreSQL database)."""
+    from reconciler.state.location import choose
 
-    return state_path(root, ctx.obj["state"])
+    return choose(root, ctx.obj["state"])
 
 
 def database(
     ctx: click.Context, root: Path, *, create: bool = True, read_only: bool = False, bulk: bool = False
-) -> Database:
+) -> StateDatabase:
     """The state database; `read_only` for commands that only read (they work on a read-only mount too), `bulk`
-    for one that writes a lot at once (an import)."""
-    from reconciler.state import open_db
+    for one that writes a lot at once (an import); `create=False`: an error where there is no state yet."""
+    from reconciler.state.engine import open_state
 
-    return open_db(state_file(ctx, root), create=create, read_only=read_only, bulk=bulk)
+    return open_state(state_location(ctx, root), create=create, read_only=read_only, bulk=bulk)
+
+
+def existing_database(ctx: click.Context, root: Path) -> StateDatabase | None:
+    """The state database opened for reading, or None where there is none yet (a command that works without one:
+    a plan in CI, validate, a test send)."""
+    from reconciler.state.engine import open_existing
+
+    return open_existing(state_location(ctx, root), read_only=True)
 
 
 def checked(root: Path) -> DesiredState:

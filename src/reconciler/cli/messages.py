@@ -11,17 +11,16 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
-from reconciler.cli.main import address, checked, database, main, state_file, workspace_root
+from reconciler.cli.main import address, checked, database, existing_database, main, workspace_root
 from reconciler.errors import ReconcilerError, UsageError
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from reconciler.compose import Definition
     from reconciler.inbound import Outcome
     from reconciler.spec.contact import Contact
     from reconciler.spec.documents import OutboxTransport as OutboxConfig
     from reconciler.spec.documents import SmtpTransport as SmtpConfig
+    from reconciler.state.postgres import StateDatabase
 
 EX_NOUSER = 67
 """sysexits.h: the addressee is unknown. The MTA bounces the message, with our line saying why."""
@@ -54,7 +53,7 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
     root = workspace_root(ctx)
     desired = checked(root)
     assert desired.settings is not None
-    db = database(ctx, root, read_only=True) if state_file(ctx, root).exists() else None
+    db = existing_database(ctx, root)
     if db is not None:
         signer, instance = keys.signer_for(db, desired.settings.signing_key_env), keys.instance_id(db)
     else:
@@ -77,7 +76,7 @@ def render(ctx: click.Context, target: str, contact_email: str | None, output: P
     click.echo(f"Wrote {output} ({len(page.encode()) / 1024:.1f} KB of HTML)", err=True)
 
 
-def _contact(db: Database | None, definition: Definition, email: str | None) -> Contact:
+def _contact(db: StateDatabase | None, definition: Definition, email: str | None) -> Contact:
     """The contact `--contact` names, from the state database; without it, the sample contact."""
     from reconciler.state.contacts import find_contact
     from reconciler.templates import sample_contact
@@ -126,7 +125,7 @@ def send_test(ctx: click.Context, target: str, to: str, contact_email: str | Non
     root = workspace_root(ctx)
     desired = checked(root)
     assert desired.settings is not None
-    db = database(ctx, root, read_only=True) if contact_email and state_file(ctx, root).exists() else None
+    db = existing_database(ctx, root) if contact_email else None
     # the links of a test are signed with a throwaway key (compose_test_send): no key or instance id is read
     definition = workspace_definition(desired, target, signer=Signer(b"unused"), instance="test")
     contact = _contact(db, definition, contact_email)

@@ -17,18 +17,18 @@ from reconciler.cli.main import (
     checked,
     clock,
     database,
+    existing_database,
     main,
     print_problems,
-    state_file,
+    state_location,
     workspace_root,
 )
 from reconciler.errors import UsageError, did_you_mean
 
 if TYPE_CHECKING:
-    from sqlite_utils import Database
-
     from reconciler.clock import Clock
     from reconciler.dispatch import DispatchReport, Progress
+    from reconciler.state.postgres import StateDatabase
 
 
 @main.command()
@@ -84,7 +84,7 @@ def plan(
         from reconciler.state.db import empty_db
 
         desired = checked(root)
-        db = database(ctx, root, read_only=True) if state_file(ctx, root).exists() else empty_db()
+        db = existing_database(ctx, root) or empty_db()
         moment = clock(now).now()
         result = plan_for(db, desired, now=moment, budget=count_budget, git_commit=git_commit(root), confirm=confirm)
         click.echo(render(result, fmt).rstrip("\n"))
@@ -170,7 +170,7 @@ def tick(ctx: click.Context, now: str | None, confirm: tuple[str, ...]) -> None:
     ctx.exit(0 if result.valid and not (result.plan and result.plan.errors) and went_out else 1)
 
 
-async def _dispatch(root: Path, db: Database, moment: Clock) -> DispatchReport:
+async def _dispatch(root: Path, db: StateDatabase, moment: Clock) -> DispatchReport:
     """One dispatch pass with a progress bar per campaign on a terminal (log lines otherwise)."""
     import asyncio
     import signal
@@ -238,11 +238,14 @@ def status(ctx: click.Context, name: str | None, fmt: str, failures: bool, limit
     from reconciler.state.workflow_reads import workflow_names
     from reconciler.status import format_campaign, format_status, format_workflow, status_report, workflow_report
 
-    db = database(ctx, workspace_root(ctx), create=False, read_only=True)
+    root = workspace_root(ctx)
+    db = database(ctx, root, create=False, read_only=True)
     if name is None:
         if failures:
             raise UsageError("--failures needs a campaign or workflow: reconciler status NAME --failures")
-        report = status_report(db)
+        place = state_location(ctx, root)
+        report = {"state": place.display(), "engine": "postgresql" if place.is_postgres else "sqlite"}
+        report |= status_report(db)
         click.echo(json.dumps(report, indent=2) if fmt == "json" else format_status(report))
         return
     campaigns = [record.name for record in campaign_records(db)]
@@ -266,7 +269,7 @@ def status(ctx: click.Context, name: str | None, fmt: str, failures: bool, limit
         )
 
 
-def _failures(db: Database, name: str, *, fmt: str, limit: int, workflow: bool) -> None:
+def _failures(db: StateDatabase, name: str, *, fmt: str, limit: int, workflow: bool) -> None:
     """`status NAME --failures`, for a campaign or a workflow, in one shape."""
     from reconciler.state import ledger
     from reconciler.state.workflow_reads import workflow_failures
@@ -328,9 +331,6 @@ def run(ctx: click.Context, interval: float, host: str, port: int) -> None:
     root = workspace_root(ctx)
     db = database(ctx, root)
     sender = database(ctx, root)  # connections of their own: sending and the web service run beside the reconcile loop
-    web = WebOptions(state_file(ctx, root), host=host, port=port)
-    asyncio.run(
-        run_daemon(
-            root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web, state=state_file(ctx, root)
-        )
-    )
+    place = state_location(ctx, root)
+    web = WebOptions(place, host=host, port=port)
+    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web, state=place))

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from reconciler.cli.main import database, main, state_file, workspace_root
+from reconciler.cli.main import database, main, workspace_root
 from reconciler.errors import UsageError, did_you_mean
 
 
@@ -43,12 +43,17 @@ def report(
     and goal; with a workflow's NAME, its runs and each step (WORKFLOW:STEP: that step alone)."""
     from reconciler.clock import iso, parse_instant
     from reconciler.report import figures, render
+    from reconciler.state.db import NoState
     from reconciler.state.reports import Window, started_campaigns
     from reconciler.state.workflow_reads import workflow_names
 
     root = workspace_root(ctx)
-    if not state_file(ctx, root).exists():
-        raise UsageError("no state database yet: nothing has been sent (run `reconciler apply` or the daemon first)")
+    try:
+        db = database(ctx, root, create=False, read_only=True)
+    except NoState:
+        raise UsageError(
+            "no state database yet: nothing has been sent (run `reconciler apply` or the daemon first)"
+        ) from None
     try:
         window = Window(
             since=iso(parse_instant(since)) if since else "", until=iso(parse_instant(until)) if until else "9999"
@@ -63,7 +68,6 @@ def report(
 
         counted = count_again(database(ctx, root))
         click.echo(f"Counted {counted:,} engagement facts again.", err=True)
-    db = database(ctx, root, read_only=True)
     if per_recipient:
         if name is None:
             raise UsageError("--recipients needs the NAME of a campaign or workflow")

@@ -15,9 +15,10 @@ from reconciler.cli.main import (
     checked,
     clock,
     database,
+    existing_database,
     main,
     print_problems,
-    state_file,
+    state_location,
     workspace_root,
 )
 from reconciler.errors import Problem, UsageError
@@ -54,7 +55,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], fmt: str) -> None:
         desired, found = validate_workspace(root)
         if not any(p.severity == "error" for p in found):
             found += _history_edits(ctx, root, desired)
-        found += tracked_state(root, state_file(ctx, root))
+        found += tracked_state(root, state_location(ctx, root).path)
         if only is not None:
             found += _not_read(root, [p for p in paths if p.is_file()])
         for problem in found:
@@ -98,11 +99,11 @@ def _history_edits(ctx: click.Context, root: Path, desired: DesiredState) -> lis
     from reconciler.plan import history_edits
     from reconciler.state import StateError, observe
 
-    path = state_file(ctx, root)
-    if not path.exists():
-        return []
     try:
-        observed = observe(database(ctx, root, create=False, read_only=True), audience=False)
+        db = existing_database(ctx, root)
+        if db is None:
+            return []
+        observed = observe(db, audience=False)
     except StateError:
         return []  # validate needs no state: one it cannot read only means these warnings are left out
     return history_edits(desired, observed, now=SystemClock().now())

@@ -51,6 +51,13 @@ class StateError(ReconcilerError):
     """The state database cannot be used (unreadable, locked for too long, newer than this program)."""
 
 
+class NoState(StateError):
+    """There is no state database where the location points (a command that only reads was asked first)."""
+
+
+NO_STATE_YET = "no state database here yet (run `reconciler apply` or import contacts first)"
+
+
 def sqlite_memory() -> int | None:
     """Bytes SQLite holds in this process (page caches of every connection, statements, schemas), or None when the
     library cannot be asked. Page caches fill up to their bound (cache_size) as a process reads: /metrics shows this
@@ -84,38 +91,48 @@ def cache_kb(share: float = 1.0) -> int:
     return max(256, int(megabytes * 1024 * share))
 
 
-def keep_cache(db: Database, share: float) -> None:
-    """Let this connection keep `share` of RECONCILER_CACHE_MB as its page cache (the send loop's: a quarter)."""
-    db.conn.execute(f"PRAGMA cache_size = -{cache_kb(share)}")
+def keep_cache(db: StateDatabase, share: float) -> None:
+    """Let this connection keep `share` of RECONCILER_CACHE_MB as its page cache (the send loop's: a quarter). On
+    PostgreSQL the server's shared buffers are the cache: nothing to set."""
+    if isinstance(db, Database):
+        db.conn.execute(f"PRAGMA cache_size = -{cache_kb(share)}")
 
 
-def state_path(workspace: Path, override: Path | str | None = None) -> Path:
-    """`--state`, else `RECONCILER_STATE`, else `.state/reconciler.db` under the workspace: a SQLite file (a
-    PostgreSQL URL is refused, without its password, until the commands can run on it)."""
-    chosen = location.choose(workspace, override)
-    if chosen.path is None:
-        raise StateError(f"PostgreSQL state ({chosen.display()}): not available in this version yet; use a SQLite file")
-    return chosen.path
-
-
-def open_postgres(conninfo: str, *, migrate: bool = True) -> PostgresDatabase:
+def open_postgres(conninfo: str, *, create: bool = True, migrate: bool = True) -> PostgresDatabase:
     """Connect to a PostgreSQL state database (a libpq URL or key=value string) and apply pending migrations,
-    under the writers' lock, so two processes starting at once migrate once (the second finds nothing to do)."""
-    shown = location.parse(conninfo if conninfo.startswith(location.URL_SCHEMES) else "postgresql:" + conninfo)
+    under the writers' lock, so two processes starting at once migrate once (the second finds nothing to do).
+    `create=False`: a database no migration has run on yet is no state (NoState), as a missing SQLite file is."""
+    shown = postgres.located(conninfo)
     import psycopg
 
     try:
         db = postgres.connect(conninfo, lock_timeout_ms=BUSY_TIMEOUT_MS)
     except psycopg.Error as exc:
-        raise StateError(f"{shown.display()}: cannot connect to the state database: {exc}") from None
+        raise unreachable(shown, exc) from None
     try:
+        if not create and not postgres_schema.applied(db, migrations.name):
+            raise NoState(f"{shown.display()}: {NO_STATE_YET}")
         if migrate and pending_postgres(db):
             with write(db):
                 postgres_schema.apply(db, migrations.name, STEPS)
     except psycopg.Error as exc:
         db.close()
-        raise StateError(f"{shown.display()}: cannot bring the state database up to date: {exc}") from exc
+        message = shown.scrub(str(exc).strip())
+        raise StateError(f"{shown.display()}: cannot bring the state database up to date: {message}") from None
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def unreachable(place: location.StateLocation, exc: Exception) -> StateError:
+    """The error for a PostgreSQL state that cannot be connected to: where (without the password), libpq's
+    reason, and what to check."""
+    reason = " ".join(place.scrub(str(exc)).split())
+    return StateError(
+        f"{place.display()}: cannot connect to the state database: {reason} (check that the server runs and can be "
+        "reached from here, and the user, password and database name in --state or RECONCILER_STATE)"
+    )
 
 
 def pending_postgres(db: PostgresDatabase) -> list[str]:
@@ -132,7 +149,7 @@ def open_db(
     often, so hot pages are written once. `read_only`: the command only reads, so a database that cannot be written
     here (a read-only mount, a folder without write permission) is opened read-only instead of refused."""
     if not path.exists() and not create:
-        raise StateError(f"{path}: no state database here yet (run `reconciler apply` or import contacts first)")
+        raise NoState(f"{path}: {NO_STATE_YET}")
     if read_only and path.exists() and not _writable(path):
         return _open_read_only(path)
     new_folder, new_database = not path.parent.exists(), not path.exists()
@@ -228,6 +245,7 @@ class ConnectionPool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.location = location.StateLocation(path=path)
         self.idle: list[tuple[Database, float]] = []
         """Connections not in use, with when they were last given back, the most recently used last: it is taken
         first (LIFO), so light traffic keeps reusing one warm connection, and the others opened for a burst stay
@@ -297,10 +315,17 @@ def write(db: AnyDatabase) -> Iterator[AnyDatabase]:
     try:
         yield db
     except BaseException:
-        db.conn.execute("ROLLBACK")
+        _roll_back(db)
         raise
     else:
         db.conn.execute("COMMIT")
+
+
+def _roll_back(db: StateDatabase) -> None:
+    """End the transaction a failure cut short, if it is still open: SQLite ends some itself (an interrupted
+    write), and a lost PostgreSQL connection took its transaction with it."""
+    if db.conn.in_transaction:
+        db.conn.execute("ROLLBACK")
 
 
 @contextmanager
@@ -320,7 +345,7 @@ def bulk_writes(db: StateDatabase) -> Iterator[None]:
         db.conn.execute(f"PRAGMA wal_autocheckpoint = {before}")
 
 
-def roll_back_cut_off(db: Database) -> None:
+def roll_back_cut_off(db: StateDatabase) -> None:
     """A transaction a signal cut off between its BEGIN and its end (Ctrl-C in an import's batch), rolled back."""
     if db.conn.in_transaction:
         db.conn.execute("ROLLBACK")
@@ -337,7 +362,7 @@ def snapshot(db: AnyDatabase) -> Iterator[AnyDatabase]:
         try:
             yield db
         finally:
-            db.conn.execute("ROLLBACK")
+            _roll_back(db)
         return
     db.conn.execute("PRAGMA query_only = ON")
     try:
@@ -345,7 +370,7 @@ def snapshot(db: AnyDatabase) -> Iterator[AnyDatabase]:
         try:
             yield db
         finally:
-            db.conn.execute("ROLLBACK")
+            _roll_back(db)
     finally:
         db.conn.execute("PRAGMA query_only = OFF")
 

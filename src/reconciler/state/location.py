@@ -48,17 +48,50 @@ class StateLocation:
         pairs = [(key, value) for key, value in _PAIR.findall(self.conninfo) if not _secret(key)]
         return CONNINFO_PREFIX + " ".join(f"{key}={value}" for key, value in pairs)
 
+    def scrub(self, text: str) -> str:
+        """`text` (a driver's error message) with the location's password, wherever it appears, as `***`: a
+        connection string libpq cannot parse is quoted back in its message."""
+        for secret in sorted(self._secrets(), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def _secrets(self) -> set[str]:
+        """The passwords the location holds, as written and as decoded."""
+        if self.conninfo is None:
+            return set()
+        if self.conninfo.startswith(URL_SCHEMES):
+            found = _url_secrets(self.conninfo)
+        else:
+            found = [value for key, value in _PAIR.findall(self.conninfo) if _secret(key)]
+            found += [value[1:-1].replace("\\'", "'").replace("\\\\", "\\") for value in found if value[:1] == "'"]
+        return {text for value in found for text in (value, unquote(value)) if text}
+
+
+def _url_user_end(rest: str) -> int:
+    """Where the user part of a URL (after its `scheme://`) ends, at its `@`; -1 without one (see _display_url)."""
+    slash = rest.find("/")
+    at = (rest if slash < 0 else rest[:slash]).rfind("@")
+    if at < 0 <= slash:
+        path_end = rest.find("?", slash)
+        at = rest.rfind("@", slash, len(rest) if path_end < 0 else path_end)
+    return at
+
+
+def _url_secrets(url: str) -> list[str]:
+    rest = url.partition("://")[2]
+    at = _url_user_end(rest)
+    found = [rest[:at].split(":", 1)[1]] if at >= 0 and ":" in rest[:at] else []
+    query = rest[at + 1 :].partition("?")[2]
+    pairs = [pair.split("=", 1) for pair in query.split("&") if "=" in pair]
+    return found + [value for key, value in pairs if _secret(key)]
+
 
 def _display_url(url: str) -> str:
     """The URL without the password of its user part and without password parameters. As libpq reads it, the
     user part is there when an `@` comes before the first `/`; up to the last such `@` is left out (and up to an
     `@` in the path: a password with an unencoded `/`, which libpq misreads, is not shown either)."""
     scheme, _, rest = url.partition("://")
-    slash = rest.find("/")
-    at = (rest if slash < 0 else rest[:slash]).rfind("@")
-    if at < 0 <= slash:
-        path_end = rest.find("?", slash)
-        at = rest.rfind("@", slash, len(rest) if path_end < 0 else path_end)
+    at = _url_user_end(rest)
     user = rest[:at].split(":", 1)[0] if at >= 0 else ""
     place, _, query = rest[at + 1 :].partition("?")
     kept = [pair for pair in query.split("&") if pair and not _secret(pair.split("=", 1)[0])]

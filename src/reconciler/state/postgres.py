@@ -17,17 +17,22 @@ psycopg is imported when a connection is made, not before: SQLite users do not p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
 from reconciler.state.dialect import to_postgres
+from reconciler.state.location import URL_SCHEMES, StateLocation, parse
 
 if TYPE_CHECKING:
     import psycopg
 
 Params = Sequence[Any] | Mapping[str, Any]
+CONNECT_TIMEOUT = 10
+"""Seconds a connection attempt may take when the location does not say (`connect_timeout`): libpq would wait for
+an unreachable host as long as the system lets it, psycopg 130 s."""
 
 
 def _adapted(params: Params | None) -> Sequence[Any] | Mapping[str, Any]:
@@ -43,25 +48,26 @@ def _adapted(params: Params | None) -> Sequence[Any] | Mapping[str, Any]:
 class PostgresCursor:
     """What a statement returned, read as a sqlite3 cursor is."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Any] | None) -> None:
         self._cursor = cursor
+        """None: a statement that did not run (a ROLLBACK on a lost connection)."""
 
     @property
     def rowcount(self) -> int:
-        return self._cursor.rowcount
+        return -1 if self._cursor is None else self._cursor.rowcount
 
     @property
     def description(self) -> Any:
-        return self._cursor.description
+        return None if self._cursor is None else self._cursor.description
 
     def fetchone(self) -> Any:
-        return self._cursor.fetchone() if self._cursor.description is not None else None
+        return self._cursor.fetchone() if self._cursor is not None and self._cursor.description is not None else None
 
     def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall() if self._cursor.description is not None else []
+        return self._cursor.fetchall() if self._cursor is not None and self._cursor.description is not None else []
 
     def __iter__(self) -> Iterator[Any]:
-        if self._cursor.description is not None:
+        if self._cursor is not None and self._cursor.description is not None:
             yield from self._cursor
 
 
@@ -73,6 +79,8 @@ class PostgresConnection:
 
     def execute(self, sql: str, params: Params | None = None) -> PostgresCursor:
         statements = to_postgres(sql)
+        if self.raw.closed and statements[0].strip().upper() == "ROLLBACK":
+            return PostgresCursor(None)  # the connection was lost, and its transaction with it: nothing to undo
         cursor = self.raw.cursor()
         if len(statements) > 1:  # BEGIN IMMEDIATE: BEGIN, then the writers' lock, which may time out
             cursor.execute(statements[0])
@@ -80,7 +88,8 @@ class PostgresConnection:
                 for statement in statements[1:]:
                     cursor.execute(statement, _adapted(params))
             except BaseException:
-                self.raw.execute("ROLLBACK")  # no half-begun transaction is left behind
+                if not self.raw.closed:
+                    self.raw.execute("ROLLBACK")  # no half-begun transaction is left behind
                 raise
             return PostgresCursor(cursor)
         cursor.execute(statements[0], _adapted(params))
@@ -99,24 +108,51 @@ class PostgresConnection:
 
     @property
     def in_transaction(self) -> bool:
-        import psycopg
+        """In a transaction (not on a lost connection: the server ended its transaction when it went)."""
+        from psycopg.pq import TransactionStatus
 
-        return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        status = self.raw.info.transaction_status
+        return status in (TransactionStatus.ACTIVE, TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
     def interrupt(self) -> None:
         """Cancel the statement running (a wait for the writers' lock), from another thread."""
+        if self.raw.closed:
+            return
         cancel = getattr(self.raw, "cancel_safe", None) or self.raw.cancel  # cancel_safe: psycopg 3.2 and later
-        cancel()
+        with contextlib.suppress(Exception):  # a connection lost meanwhile has nothing running to cancel
+            cancel()
 
     def close(self) -> None:
         self.raw.close()
 
 
 class PostgresDatabase:
-    """The state on PostgreSQL, answering as `sqlite_utils.Database` does for what the state code uses."""
+    """The state on PostgreSQL, answering as `sqlite_utils.Database` does for what the state code uses.
+    `reopen` makes a new connection like this one: `reconnect` uses it after the server closed the connection (a
+    restart, a failover, a network cut), which only the daemon's loops ask for, between passes."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        reopen: Callable[[], psycopg.Connection[Any]] | None = None,
+        *,
+        place: StateLocation | None = None,
+    ) -> None:
         self.conn = PostgresConnection(conn)
+        self.reopen = reopen
+        self.place = place
+        """Where the database is, for messages (shown without its password)."""
+
+    @property
+    def lost(self) -> bool:
+        """The connection is closed: the server ended it, or it broke."""
+        return bool(self.conn.raw.closed)
+
+    def reconnect(self) -> None:
+        """A new connection in place of a lost one (psycopg's error when the server cannot be reached)."""
+        if self.reopen is None:
+            raise RuntimeError("this connection cannot be made again (it belongs to a pool)")
+        self.conn.raw = self.reopen()
 
     def execute(self, sql: str, params: Params | None = None) -> PostgresCursor:
         return self.conn.execute(sql, params)
@@ -139,8 +175,33 @@ StateDatabase = Database | PostgresDatabase
 def connect(conninfo: str, *, lock_timeout_ms: int) -> PostgresDatabase:
     """A connection to `conninfo` (a libpq URL or key=value string), autocommit; a wait for a lock (the writers'
     advisory lock included) fails after `lock_timeout_ms`, as SQLite's busy timeout does."""
+
+    def reopen() -> psycopg.Connection[Any]:
+        return raw_connect(conninfo, lock_timeout_ms=lock_timeout_ms)
+
+    return PostgresDatabase(reopen(), reopen, place=located(conninfo))
+
+
+def located(conninfo: str) -> StateLocation:
+    """The location of a libpq URL or key=value string (as `--state` would name it)."""
+    return parse(conninfo if conninfo.startswith(URL_SCHEMES) else "postgresql:" + conninfo)
+
+
+def connection_options(conninfo: str) -> dict[str, Any]:
+    """What every connection of the state is given besides `conninfo` (which overrides none of what it says):
+    autocommit, the application name `pg_stat_activity` shows, a connect timeout when `conninfo` names none."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    options: dict[str, Any] = {"autocommit": True, "fallback_application_name": "reconciler"}
+    if "connect_timeout" not in conninfo_to_dict(conninfo):
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    return options
+
+
+def raw_connect(conninfo: str, *, lock_timeout_ms: int) -> psycopg.Connection[Any]:
+    """One psycopg connection as the state uses it (`connection_options`, and `lock_timeout`)."""
     import psycopg
 
-    conn = psycopg.connect(conninfo, autocommit=True, fallback_application_name="reconciler")
+    conn = psycopg.connect(conninfo, **connection_options(conninfo))
     conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
-    return PostgresDatabase(conn)
+    return conn

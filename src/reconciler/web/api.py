@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-from sqlite_utils import Database
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -24,6 +23,8 @@ from reconciler.spec.documents import MailingList
 from reconciler.state import records, subscribers
 from reconciler.state import settings as runtime_settings
 from reconciler.state.contacts import ContactRow, finish_import, import_batch, start_import
+from reconciler.state.engine import unavailable_errors
+from reconciler.state.postgres import StateDatabase
 from reconciler.status import state_problems
 from reconciler.strictjson import JsonInputError
 from reconciler.web.context import context, ip
@@ -114,7 +115,7 @@ def _wanted(item: Any, parser: RowParser, lists: Mapping[str, MailingList]) -> _
     return _Wanted(parser.parse(fields), tuple(wanted), consent or None, preconfirmed)
 
 
-def _import_contacts(db: Database, items: list[Any], *, at: str) -> tuple[int, dict[str, Any]]:
+def _import_contacts(db: StateDatabase, items: list[Any], *, at: str) -> tuple[int, dict[str, Any]]:
     lists = records.lists(db)
     parser = RowParser(records.field_types(db), timezone=runtime_settings.load(db).settings.timezone)
     wanted: list[_Wanted] = []
@@ -230,9 +231,13 @@ def _occurred_at(value: Any, *, now: str) -> str:
 async def healthz(request: Request) -> Response:
     """GET /healthz: "ok" (200), or "degraded" (503) with each problem an operator should act on: passes failing,
     a relay that cannot be reached, messages that cannot be prepared, low disk space, a refused revision, campaigns
-    that are not Ready. Point alerting at it; a load balancer wants /livez."""
+    that are not Ready, a state database that cannot be used. Point alerting at it; a load balancer wants /livez."""
     web = context(request)
-    body = await web.read(_health)
+    try:
+        body = await web.read(_health)
+    except unavailable_errors(web.pool.location) as exc:  # the daemon's own view still says what it knows
+        problem = f"the state database cannot be used now: {' '.join(str(exc).split())}"
+        body = {"revision": None, "last_error": None, "problems": [problem]}
     if web.health is not None:
         body["problems"] = list(web.health.report().problems) + body["problems"]
     status = "degraded" if body["problems"] else "ok"
@@ -244,7 +249,7 @@ async def livez(request: Request) -> Response:
     return JSONResponse({"status": "live"})
 
 
-def _health(db: Database) -> dict[str, Any]:
+def _health(db: StateDatabase) -> dict[str, Any]:
     last = records.revisions(db, limit=1)
     refused = records.refused_revision(db)
     return {

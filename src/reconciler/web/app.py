@@ -13,7 +13,6 @@ never stalls the event loop that the dispatcher and every other request share.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +25,8 @@ from starlette.routing import Route
 
 from reconciler.clock import Clock
 from reconciler.health import Health
-from reconciler.state.db import ConnectionPool, StateError
+from reconciler.state.engine import connection_pool, place_of, unavailable_errors
+from reconciler.state.location import StateLocation
 from reconciler.web import api, dashboard, inbound, openapi, pages, plans, reads, tracking, webhooks
 from reconciler.web.context import WebContext, fetch_url
 from reconciler.web.metrics import Metrics
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    state: Path,
+    state: StateLocation | Path,
     *,
     clock: Clock,
     root: Path | None = None,
@@ -44,9 +44,9 @@ def create_app(
     metrics: Metrics | None = None,
     health: Health | None = None,
 ) -> Starlette:
-    """The app over the state database at `state` (connections of its own). `fetch` gets SNS certificates and
-    subscription confirmation URLs."""
-    pool = ConnectionPool(state)
+    """The app over the state database at `state` (a SQLite file or a PostgreSQL database; connections of its
+    own). `fetch` gets SNS certificates and subscription confirmation URLs."""
+    pool = connection_pool(state)
     web = WebContext(pool, clock, root or Path("."), fetch, health)
     metrics = metrics or Metrics(pool)
     writer = tracking.EngagementWriter(web)
@@ -86,7 +86,7 @@ def create_app(
         Route("/api/v1/openapi.json", openapi.openapi, methods=["GET"]),
     ]
     middleware = [Middleware(SecurityMiddleware), Middleware(metrics.middleware)]
-    handlers = {sqlite3.OperationalError: _busy, StateError: _busy}
+    handlers = dict.fromkeys(unavailable_errors(place_of(state)), _busy)
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers=handlers)
     app.state.context = web
     app.state.writer = writer
@@ -95,7 +95,7 @@ def create_app(
 
 
 async def _busy(request: Request, exc: Exception) -> Response:
-    """The state database cannot take the request now (the write lock held too long, a full disk): nothing was
-    changed; the client may try again."""
+    """The state database cannot take the request now (the write lock held too long, a full disk, a PostgreSQL
+    server that cannot be reached): nothing was changed; the client may try again."""
     log.warning("%s %s: the state database is unavailable: %s", request.method, request.url.path, exc)
     return PlainTextResponse("the service is busy; try again in a minute\n", 503, headers={"Retry-After": "60"})

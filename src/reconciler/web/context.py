@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 import anyio
-from sqlite_utils import Database
 from starlette.requests import Request
 
 from reconciler import geoip
@@ -24,7 +23,8 @@ from reconciler.remote_plan import PLAN_TOKEN_ENV
 from reconciler.spec.documents import MailingList
 from reconciler.state import keys, pages, records
 from reconciler.state import settings as runtime_settings
-from reconciler.state.db import ConnectionPool
+from reconciler.state.engine import StatePool
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.settings import RuntimeSettings
 from reconciler.tokens import Purpose, Signer
 from reconciler.web.security import RateLimit
@@ -115,7 +115,7 @@ class Site:
 class WebContext:
     """What every endpoint shares: the database (through worker threads), the clock, the Settings, rate limits."""
 
-    pool: ConnectionPool
+    pool: StatePool
     clock: Clock
     root: Path
     fetch: Callable[[str], bytes]
@@ -136,19 +136,19 @@ class WebContext:
     def __post_init__(self) -> None:
         self.certificates = Certificates(self.fetch)
 
-    async def read(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def read(self, fn: Callable[Concatenate[StateDatabase, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(db, ...)`, which only reads, in a worker thread with a connection of its own (reads never wait for
         the write lock in WAL mode, and never queue behind writes here)."""
         call = functools.partial(self._with_db, fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, limiter=self.readers)
 
-    async def write(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def write(self, fn: Callable[Concatenate[StateDatabase, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(db, ...)`, which writes, in a worker thread with a connection of its own: waiting for the write lock
         stalls neither the event loop nor the reads."""
         call = functools.partial(self._with_db, fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call, limiter=self.writers)
 
-    def _with_db(self, fn: Callable[Concatenate[Database, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def _with_db(self, fn: Callable[Concatenate[StateDatabase, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         with self.pool.connection() as db:
             return fn(db, *args, **kwargs)
 
@@ -185,7 +185,7 @@ class WebContext:
         return locator.country(ip(request))
 
 
-def _read_site(db: Database) -> Site:
+def _read_site(db: StateDatabase) -> Site:
     runtime = runtime_settings.load(db)
     settings = runtime.settings
     token = os.environ.get(settings.api.token_env)

@@ -1,6 +1,7 @@
 """`GET /metrics` in Prometheus' format: messages by outcome, the queue, dispatch passes, HTTP requests, and what
 a leak would show first: the process's resident memory, open descriptors and threads (prometheus_client's process
-collector), the event loop's tasks, and the sizes of the state database and its write-ahead log."""
+collector), the event loop's tasks, and the sizes of the state database and its write-ahead log (on PostgreSQL: the
+database's size on its server)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from reconciler.state.db import ConnectionPool, sqlite_memory
+from reconciler.state.db import sqlite_memory
+from reconciler.state.engine import StatePool, database_bytes
 from reconciler.state.subscribers import sending_counts
 
 App = Callable[
@@ -27,7 +28,7 @@ App = Callable[
 class _LedgerCollector:
     """Read at scrape time from the ledger: nothing to keep in step."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: StatePool) -> None:
         self.pool = pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -45,19 +46,28 @@ class _LedgerCollector:
 
 
 class _StateFilesCollector:
-    """The state database and its write-ahead log, in bytes, as the disk has them now."""
+    """The state database and its write-ahead log, in bytes, as the disk has them now; on PostgreSQL, the size of
+    the database as its server reports it (`reconciler_state_database_bytes`), and no SQLite memory."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, pool: StatePool) -> None:
+        self.pool = pool
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        sizes = GaugeMetricFamily("reconciler_state_file_bytes", "Size of the state files", labels=["file"])
-        for label, path in (("database", self.path), ("wal", self.path.with_name(self.path.name + "-wal"))):
-            with contextlib.suppress(OSError):
-                sizes.add_metric([label], path.stat().st_size)
-        yield sizes
+        path = self.pool.location.path
+        if path is None:
+            with self.pool.connection() as db:
+                size = database_bytes(db)
+            yield GaugeMetricFamily(
+                "reconciler_state_database_bytes", "Size of the PostgreSQL state database on its server", value=size
+            )
+        else:
+            sizes = GaugeMetricFamily("reconciler_state_file_bytes", "Size of the state files", labels=["file"])
+            for label, file in (("database", path), ("wal", path.with_name(path.name + "-wal"))):
+                with contextlib.suppress(OSError):
+                    sizes.add_metric([label], file.stat().st_size)
+            yield sizes
         yield GaugeMetricFamily("reconciler_threads", "Threads of the process", value=threading.active_count())
-        used = sqlite_memory()
+        used = sqlite_memory() if path is not None else None
         if used is not None:
             yield GaugeMetricFamily(
                 "reconciler_sqlite_memory_bytes",
@@ -85,10 +95,10 @@ class _TasksCollector:
 class Metrics:
     """The daemon's metrics; `render` reads the ledger, so it runs in a worker thread."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: StatePool) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_LedgerCollector(pool))
-        self.registry.register(_StateFilesCollector(pool.path))
+        self.registry.register(_StateFilesCollector(pool))
         ProcessCollector(registry=self.registry)
         self.tasks = _TasksCollector()
         self.registry.register(self.tasks)

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlite_utils import Database
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
@@ -24,6 +23,7 @@ from reconciler.spec.documents import MailingList, marketing_lists
 from reconciler.state import pages as page_facts
 from reconciler.state import subscribers
 from reconciler.state.ledger import CONFIRMATION_SOURCE
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.subscribers import MessageTarget
 from reconciler.web.context import Site, context, ip
 from reconciler.web.security import csrf_token, csrf_valid
@@ -94,7 +94,7 @@ async def unsubscribe(request: Request) -> Response:
     return await page(request, "unsubscribe.html", language, done=request.method == "POST", **values)
 
 
-def _unsubscribe(db: Database, row_id: int, *, at: str, source: str, ip: str | None) -> MessageTarget | None:
+def _unsubscribe(db: StateDatabase, row_id: int, *, at: str, source: str, ip: str | None) -> MessageTarget | None:
     target = subscribers.message_target(db, row_id)
     if target is not None:
         subscribers.unsubscribe(db, target, at=at, source=source, ip=ip)
@@ -157,7 +157,9 @@ async def preferences(request: Request) -> Response:
     )
 
 
-def _unsubscribe_all(db: Database, contact_id: int, *, marketing_lists: list[str], at: str, ip: str | None) -> bool:
+def _unsubscribe_all(
+    db: StateDatabase, contact_id: int, *, marketing_lists: list[str], at: str, ip: str | None
+) -> bool:
     if subscribers.preferences(db, contact_id) is None:
         return False
     subscribers.unsubscribe_all(db, contact_id, marketing_lists=marketing_lists, at=at, source="preferences", ip=ip)
@@ -165,7 +167,7 @@ def _unsubscribe_all(db: Database, contact_id: int, *, marketing_lists: list[str
 
 
 def _save(
-    db: Database, contact_id: int, *, lists: dict[str, bool], frequency: str | None, at: str, ip: str | None
+    db: StateDatabase, contact_id: int, *, lists: dict[str, bool], frequency: str | None, at: str, ip: str | None
 ) -> bool:
     if subscribers.preferences(db, contact_id) is None:
         return False
@@ -235,7 +237,7 @@ async def confirm(request: Request) -> Response:
     return await page(request, "confirm.html", language, done=True, **values)
 
 
-def _confirmation(db: Database, row_id: int) -> tuple[MessageTarget, str | None, str | None] | None:
+def _confirmation(db: StateDatabase, row_id: int) -> tuple[MessageTarget, str | None, str | None] | None:
     target = subscribers.message_target(db, row_id)
     if target is None or target.source != CONFIRMATION_SOURCE or not target.lists:
         return None
@@ -253,7 +255,7 @@ async def view(request: Request) -> Response:
     return HTMLResponse(html, headers={"content-security-policy": VIEW_POLICY})
 
 
-def _view(db: Database, row_id: int) -> str | None:
+def _view(db: StateDatabase, row_id: int) -> str | None:
     try:
         return view_online(db, row_id)
     except Exception:  # a message that cannot be rendered again is shown as an invalid link, never a 500

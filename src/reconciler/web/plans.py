@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 import anyio
-from sqlite_utils import Database
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,6 +31,7 @@ from reconciler.plan import FORMATS, Plan, render, render_invalid
 from reconciler.remote_plan import CHANGES_HEADER, ERRORS_HEADER, MAX_COUNT_BUDGET, PLAN_TOKEN_ENV
 from reconciler.spec import DesiredState
 from reconciler.state.db import snapshot
+from reconciler.state.postgres import StateDatabase
 from reconciler.web.api import refused
 from reconciler.web.context import PLANS_AT_ONCE, context, ip
 
@@ -153,6 +153,6 @@ async def _answer(request: Request, body: bytes, asked: PlanOptions) -> Response
     return Response(text, media_type=MEDIA_TYPES[asked.fmt], headers=headers)
 
 
-def _plan(db: Database, desired: DesiredState, *, asked: PlanOptions, now: datetime) -> Plan:
+def _plan(db: StateDatabase, desired: DesiredState, *, asked: PlanOptions, now: datetime) -> Plan:
     with snapshot(db):
         return plan_for(db, desired, now=now, budget=asked.budget, git_commit=asked.git_commit, confirm=asked.confirm)

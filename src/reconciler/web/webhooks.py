@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from sqlite_utils import Database
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from reconciler import strictjson
 from reconciler.rows import normalise_email
 from reconciler.state import subscribers
+from reconciler.state.postgres import StateDatabase
 from reconciler.strictjson import JsonInputError, NonFiniteNumber
 from reconciler.web.context import WebContext, context
 
@@ -274,7 +274,7 @@ def confirm_subscription(web: WebContext, subscribe_url: str | None) -> None:
             raise WebhookPayloadError(f"could not confirm the subscription at SubscribeURL: {exc}") from None
 
 
-def _record(db: Database, provider: str, events: list[ProviderEvent], *, at: str) -> tuple[int, int]:
+def _record(db: StateDatabase, provider: str, events: list[ProviderEvent], *, at: str) -> tuple[int, int]:
     """(recorded, invalid): events for an address that is not one are counted apart, never as repeated."""
     recorded = invalid = 0
     for event in events:
