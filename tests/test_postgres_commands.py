@@ -1,11 +1,7 @@
 """The commands and the daemon on a PostgreSQL state, driven as a user drives them: `RECONCILER_STATE=postgresql://…`
 over a copy of the example workspace, on the session's throwaway cluster (tests/pg_cluster.py), read back with
 psycopg. Also what a user sees when the server cannot be reached or refuses the password (never the password),
-a daemon that loses its connections and gets them back, and SIGTERM ending a wait for the writers' lock.
-
-Until state/workflows.py and the segment compiler's callers run on PostgreSQL (ported separately), the tests that
-send use the example without its workflows; the same flows with them are marked xfail (strict: they fail loudly
-once they pass, so the mark is removed then)."""
+a daemon that loses its connections and gets them back, and SIGTERM ending a wait for the writers' lock."""
 
 from __future__ import annotations
 
@@ -33,10 +29,6 @@ from sending import parse as parse_message
 pytestmark = pytest.mark.postgresql
 
 NOW = "2030-11-26T12:00:00Z"
-WORKFLOWS_NOT_PORTED = (
-    "state/workflows.py (runs started with lastrowid, json_extract in next_due) and the segment compiler's callers "
-    "(segment_show, state/audiences) still run SQLite's SQL: ported by the workflows change"
-)
 
 
 @dataclass
@@ -60,10 +52,6 @@ class Workspace:
         text = path.read_text()
         assert old in text, f"{old!r} not in {relative}"
         path.write_text(text.replace(old, new, 1))
-
-    def without_workflows(self) -> None:
-        for name in ("workflows.yaml", "workflow-tests.yaml"):
-            (self.root / "spec" / name).unlink()
 
     def import_contacts(self, *emails: str) -> None:
         (self.root / "c.csv").write_text("email\n" + "".join(f"{email}\n" for email in emails))
@@ -127,14 +115,7 @@ def test_contacts_are_imported_and_exported_on_postgresql(pg: Workspace) -> None
     assert not (pg.root / ".state/reconciler.db").exists()
 
 
-@pytest.mark.parametrize(
-    "workflows",
-    [False, pytest.param(True, marks=pytest.mark.xfail(reason=WORKFLOWS_NOT_PORTED, strict=True))],
-    ids=["without-workflows", "the-whole-example"],
-)
-def test_a_campaign_goes_out_through_the_outbox_on_postgresql(pg: Workspace, workflows: bool) -> None:
-    if not workflows:
-        pg.without_workflows()
+def test_a_campaign_goes_out_through_the_outbox_on_postgresql(pg: Workspace) -> None:
     pg.import_contacts("ann@example.com", "bob@example.com")
     pg.edit("campaigns/guji-harvest-2030.yaml", "status: draft", "status: scheduled")
     ticked = pg.run("tick", "--now", NOW)
@@ -146,7 +127,6 @@ def test_a_campaign_goes_out_through_the_outbox_on_postgresql(pg: Workspace, wor
     assert "2/2 sent" in pg.run("status").stdout
 
 
-@pytest.mark.xfail(reason=WORKFLOWS_NOT_PORTED, strict=True)
 def test_segments_show_on_postgresql(pg: Workspace) -> None:
     pg.import_contacts("ann@example.com")
     shown = pg.run("segments", "show", "espresso-people", "--contact", "ann@example.com")
@@ -167,7 +147,6 @@ def _healthz(port: int) -> tuple[int, dict[str, Any]]:
 
 def _daemon(pg: Workspace, *args: str) -> Daemon:
     """A daemon on the PostgreSQL state, its campaigns sent whatever the hour (no quiet hours)."""
-    pg.without_workflows()
     pg.edit("spec/settings.yaml", "quiet_hours:", "# quiet_hours:")
     return Daemon(pg.root, *args, env={**pg.env, "RECONCILER_RENDER_PROCESSES": "0"})
 
