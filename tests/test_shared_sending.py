@@ -17,17 +17,19 @@ from typing import Any
 import pytest
 
 from reconciler.check import validate_workspace
-from reconciler.clock import iso
+from reconciler.clock import FixedClock, iso
 from reconciler.daemon import reconcile_once
+from reconciler.dispatch import STALE, Dispatcher
 from reconciler.holds import Holds
 from reconciler.imports import import_file
 from reconciler.ratelimits import SharedRateLimiter
 from reconciler.spec.documents import Rate
-from reconciler.state import ledger, rates, settings
+from reconciler.state import dispatchers, ledger, rates, settings
 from reconciler.state.db import open_postgres, write
 from reconciler.state.ledger import Outcome, Source
 from reconciler.state.sharing import Reservation
 from sending import workspace
+from smtp_sink import Sink, SinkServer
 
 pytestmark = pytest.mark.postgresql
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -122,6 +124,72 @@ def test_two_dispatchers_paging_2000_due_rows_at_once_each_claim_their_own(tmp_p
     assert answers == Counter(claimed=2000)  # the pages did not overlap: no claim found its row taken
     assert _states(connections[0]) == Counter(sent=2000)
     assert connections[0].conn.execute("SELECT count(*) FROM ledger WHERE reserved_by IS NOT NULL").fetchone()[0] == 0
+
+
+def test_two_daemons_dispatching_2000_messages_through_one_relay_send_each_once(
+    tmp_path: Path, connections: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemons' own dispatchers (passes until one sends nothing), each on its connection and event loop, four
+    SMTP connections each, to one relay: every recipient gets exactly one message, and both daemons sent."""
+    monkeypatch.setenv("RECONCILER_RENDER_PROCESSES", "0")
+    monkeypatch.setenv("RECONCILER_SECRET", "test-secret")
+    sent: Counter[str] = Counter()
+    sink = Sink()
+    with SinkServer(sink) as port:
+        root = workspace(tmp_path, port)
+        _due(root, connections[0], 2000)
+
+        def daemon(who: str, db: Any) -> None:
+            async def passes() -> None:
+                dispatcher = Dispatcher(db, root=root, clock=FixedClock(NOW))
+                try:
+                    while (report := await dispatcher.run_pass()).sources and report.count("sent"):
+                        sent[who] += report.count("sent")
+                finally:
+                    await dispatcher.close()
+
+            asyncio.run(passes())
+
+        _together(lambda: daemon("one", connections[1]), lambda: daemon("two", connections[2]))
+    received = sink.received()
+    assert len(received) == 2000 and set(received.values()) == {1}
+    assert sum(sink.data_started.values()) == 2000  # no transaction begun for a row the other daemon sent
+    assert sent["one"] + sent["two"] == 2000 and min(sent.values()) > 100, sent
+    assert _states(connections[0]) == Counter(sent=2000)
+
+
+def test_a_daemon_sending_on_a_clock_of_its_own_is_not_taken_for_gone_by_another(
+    tmp_path: Path, connections: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tick --now` in the past beside a running daemon: the dispatcher registers by the real time, as its heartbeat
+    and the other's recovery go, so the other never settles its messages on the wire as uncertain (nor frees the
+    rows it reserved)."""
+    monkeypatch.setenv("RECONCILER_RENDER_PROCESSES", "0")
+    monkeypatch.setenv("RECONCILER_SECRET", "test-secret")
+    looked: list[Any] = []
+
+    def recovery_of_another_daemon(progress: Any) -> None:
+        stale_before = iso(datetime.now(UTC) - STALE)
+        found = dispatchers.interrupted(
+            connections[2], host="h", alive=lambda pid: True, stale_before=stale_before, own="b"
+        )
+        looked.append(found)
+
+    with SinkServer(Sink()) as port:
+        root = workspace(tmp_path, port)
+        _due(root, connections[0], 20)
+        dispatcher = Dispatcher(
+            connections[1], root=root, clock=FixedClock(NOW), on_progress=recovery_of_another_daemon
+        )
+
+        async def one_pass() -> None:
+            try:
+                await dispatcher.run_pass()
+            finally:
+                await dispatcher.close()
+
+        asyncio.run(one_pass())
+    assert len(looked) == 20 and not any(found.gone or found.rows for found in looked), looked
 
 
 def test_two_dispatchers_claiming_the_same_rows_at_once_claim_each_once(tmp_path: Path, connections: Any) -> None:

@@ -276,6 +276,7 @@ async def _lead(lease_db: StateDatabase, health: Health, changed: asyncio.Event)
 def _send_loop(
     dispatch_db: Database, root: Path, *, clock: Clock, interval: float, health: Health, keeper: _Keeper
 ) -> SendLoop:
+    """The send loop, its record kept by `keeper` after each pass (every daemon sends, leading or not)."""
     return SendLoop(dispatch_db, root=root, clock=clock, interval=interval, health=health, after_pass=keeper.after_pass)
 
 
@@ -426,6 +427,7 @@ class _Keeper:
             with contextlib.suppress(OSError):
                 self.health.disk(shutil.disk_usage(self.state.parent).free)
         if not self.leads():
+            self.written = None  # should it lead again, its record is written at once, over the other's
             return
         report = self.health.report()
         now = (report.status, report.problems)

@@ -164,7 +164,9 @@ class Dispatcher:
         self, sources: list[Source], runtime: RuntimeSettings, now: datetime, report: DispatchReport
     ) -> None:
         """Send each source, registered (with a heartbeat) while rows may be on the wire."""
-        dispatchers.register(self.db, self.ident, host=self.host, pid=self.pid, at=iso(now))
+        # by the real time, as its heartbeat and other daemons' recovery go (not `now`: `tick --now` in the past
+        # beside a running daemon would look gone to it, its messages on the wire settled as uncertain)
+        dispatchers.register(self.db, self.ident, host=self.host, pid=self.pid, at=iso(datetime.now(UTC)))
         beat = asyncio.create_task(self._heartbeat(report))
         try:
             for source in sources:

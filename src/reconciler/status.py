@@ -78,8 +78,9 @@ def status_report(db: Database) -> dict[str, Any]:
 
 
 def daemons(db: Database, *, now: datetime) -> dict[str, Any]:
-    """The daemons beating on this database and the reconcile lease: `processes` (live ones, each with whether it
-    holds the lease) and `lease` (None before any daemon took it)."""
+    """The daemons beating on this database and the reconcile lease: `processes` (those that beat lately, less
+    those on this host whose process has exited; each with whether it holds the lease) and `lease` (None before any
+    daemon took it)."""
     held = lease.read(db)
     holder = held.holder if held is not None and held.expires_at > now.timestamp() else None
     shown = None
@@ -95,10 +96,9 @@ def daemons(db: Database, *, now: datetime) -> dict[str, Any]:
             "taken_at": held.taken_at,
             "renewed_at": held.renewed_at,
         }
-    return {
-        "processes": [{**p.__dict__, "holds_lease": p.id == holder} for p in processes.live(db, now=now)],
-        "lease": shown,
-    }
+    here = socket.gethostname()
+    running = [p for p in processes.live(db, now=now) if p.host != here or _alive(p.pid)]  # not one killed just now
+    return {"processes": [{**p.__dict__, "holds_lease": p.id == holder} for p in running], "lease": shown}
 
 
 def _daemon_lines(report: dict[str, Any]) -> list[str]:
