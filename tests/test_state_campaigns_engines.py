@@ -18,7 +18,7 @@ from reconciler.plan import Plan, make_plan
 from reconciler.samples import sample_csv
 from reconciler.spec import DesiredState
 from reconciler.start import start_due
-from reconciler.state import dispatchers, ledger, observe
+from reconciler.state import campaigns, dispatchers, ledger, observe
 from reconciler.state.campaigns import finish, skip_unsent
 from reconciler.state.db import open_db, open_postgres, write
 from reconciler.state.subscribers import message_target
@@ -197,3 +197,56 @@ def test_rows_a_stopped_dispatcher_left_sending_are_settled(example: Path, state
     progress = observe(state_db).campaigns[GUJI].progress
     assert (progress["uncertain"], progress["sending"]) == (1, 1)
     assert [row[0] for row in state_db.conn.execute("SELECT id FROM dispatchers ORDER BY id")] == ["d2"]
+
+
+def test_a_stage_two_dispatchers_start_at_once_is_started_once(example: Path, state_db: Any, people: int) -> None:
+    """Every daemon's dispatcher starts due stages; the second to get there finds it started (no duplicate row)."""
+    _start_guji(example, state_db)
+    [row] = state_db.conn.execute("SELECT id FROM ledger ORDER BY id LIMIT 1").fetchall()
+    state_db.conn.execute("UPDATE ledger SET state = 'sent' WHERE id = ?", (row[0],))
+    stage: dict[str, Any] = {"only": None, "blocking": (), "content_hash": "h", "revision": "r", "at": AT}
+    assert campaigns.start_stage(state_db, GUJI, "reminder", **stage) == 1
+    assert campaigns.start_stage(state_db, GUJI, "reminder", **stage) is None
+    assert campaigns.started_stages(state_db, GUJI) == {"reminder": AT}
+
+
+class _Meanwhile:
+    """A connection on which `then` runs (another process's work) right after the first statement."""
+
+    def __init__(self, db: Any, then: Any) -> None:
+        self.db, self.then, self.statements = db, then, 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        cursor = self.db.conn.execute(sql, params)
+        self.statements += 1
+        if self.statements == 1:
+            cursor = _Read(cursor.fetchall())
+            self.then()
+        return cursor
+
+
+class _Read(list[Any]):
+    def fetchall(self) -> list[Any]:
+        return list(self)
+
+
+def test_recovery_never_takes_a_row_another_dispatcher_claims_while_it_looks(
+    example: Path, state_db: Any, people: int
+) -> None:
+    """Several daemons recover while the others send: a dispatcher that registers and claims between the recovery's
+    reads is not taken for gone (its row on the wire is not made uncertain)."""
+    _start_guji(example, state_db)
+    now = "2030-11-26T12:00:00Z"
+    [source] = ledger.due_sources(state_db, now=now)
+    [row] = ledger.due_rows(state_db, source, now=now, after_id=0, limit=1)
+
+    def another_dispatcher_starts_sending() -> None:
+        dispatchers.register(state_db, "d2", host="h", pid=2, at=now)
+        claimed = ledger.claim(
+            state_db, row.id, source=source, dispatcher="d2", message_id="<m@x>", blocking=(), at=now, marketing=True
+        )
+        assert claimed == "claimed"
+
+    looking = type("Db", (), {"conn": _Meanwhile(state_db, another_dispatcher_starts_sending)})()
+    found = dispatchers.interrupted(looking, host="h", alive=lambda pid: True, stale_before=AT, own="d1")
+    assert (found.rows, found.gone) == ([], set())

@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from reconciler.clock import Clock, iso
 from reconciler.errors import PermanentError, Problem
 from reconciler.gitrepo import git_commit
 from reconciler.health import Health
+from reconciler.leader import LeaseKeeper
 from reconciler.load import YAML_FOLDERS
 from reconciler.plan import Plan
 from reconciler.sendloop import SendLoop, wait_any
@@ -43,6 +44,7 @@ from reconciler.start import start_due
 from reconciler.state import campaigns, keys, records, workflows
 from reconciler.state.db import GIVING_UP
 from reconciler.state.engine import StatePool, place_of, revive
+from reconciler.state.lease import LeaseLost
 from reconciler.state.location import StateLocation
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.records import HEARTBEAT_SECONDS
@@ -190,11 +192,14 @@ async def run(
     dispatch_db: StateDatabase | None = None,
     web: WebOptions | None = None,
     state: StateLocation | Path | None = None,
+    lease_db: StateDatabase | None = None,
 ) -> None:
     """Watch the workspace and reconcile on every change, and at least every `interval` seconds; send what is due
     (with `dispatch_db`, a second connection to the same database, in a thread of its own); serve the web service
     (with `web`); on SIGTERM let messages on the wire finish, start no new ones, and stop. `state`: where the state
-    is, for the free space beside a SQLite file."""
+    is, for the free space beside a SQLite file. With `lease_db` (a connection of its own), several daemons may
+    share the database: each registers and beats, and only the holder of the reconcile lease applies, starts and
+    runs workflows (`leader`); the others send and serve."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,30 +209,30 @@ async def run(
     broken_links = log_key_changes(db)
     health = Health()
     health.stands(broken_links)
-    keeper = _Keeper(health, clock=clock, state=None if state is None else place_of(state).path)
+    changed = asyncio.Event()
+    leader = await _lead(lease_db, health, changed) if lease_db is not None else None
+    keeper = _Keeper(
+        health,
+        clock=clock,
+        state=None if state is None else place_of(state).path,
+        leads=leader.holding if leader else None,
+    )
     server, metrics, pool = (None, None, None)
     if web is not None:
         server, metrics, pool = _web_server(web, clock=clock, root=root, health=health)
-    watchdog = asyncio.create_task(_interrupt_when_stopping(stop, [db, dispatch_db], pool))
+        if leader is not None:
+            metrics.watch_lease(leader.holding)
+    watchdog = asyncio.create_task(_interrupt_when_stopping(stop, [db, dispatch_db, lease_db], pool))
     sender = None
     if dispatch_db is not None:
-        on_pass = metrics.pass_seconds.observe if metrics is not None else None
-        sender = SendLoop(
-            dispatch_db,
-            root=root,
-            clock=clock,
-            interval=interval,
-            health=health,
-            on_pass=on_pass,
-            after_pass=keeper.after_pass,
-        )
-        sender.start()
+        sender = _send_loop(dispatch_db, root, clock=clock, interval=interval, health=health, keeper=keeper)
         if metrics is not None:
+            sender.on_pass = metrics.pass_seconds.observe
             metrics.watch_loop("send", lambda: sender.loop if sender is not None else None)
+        sender.start()
     if server is not None and web is not None:
         serving = asyncio.create_task(server.serve(sockets=[listening] if listening else None))
         log.info("reconciler: serving %s", web.url)
-    changed = asyncio.Event()
     watcher = _watch(root, changed, stop)
     log.info("reconciler: watching %s for changes (a full pass at least every %ss)", root, f"{interval:g}")
     try:
@@ -241,10 +246,13 @@ async def run(
             stop=stop,
             sender=sender,
             keeper=keeper,
+            leader=leader,
         )
     finally:
         stop.set()
         watcher.cancel()
+        if leader is not None:  # the pass has stopped: a daemon standing by may take over at once
+            await asyncio.to_thread(leader.stop)
         if sender is not None:
             sender.stop()
             await asyncio.to_thread(sender.join)  # in-flight SMTP transactions finish; nothing new starts
@@ -257,6 +265,26 @@ async def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("reconciler: stopped")
+
+
+async def _lead(lease_db: StateDatabase, health: Health, changed: asyncio.Event) -> LeaseKeeper:
+    """The lease's heartbeat started (its first beat done: a lone daemon holds the lease for its first pass); taking
+    the lease over sets `changed`, for the new holder's pass at once."""
+    loop = asyncio.get_running_loop()
+
+    def wake(holding: bool) -> None:
+        loop.call_soon_threadsafe(changed.set)
+
+    leader = LeaseKeeper(lease_db, status=lambda: health.report().status, on_change=wake)
+    await asyncio.to_thread(leader.start)
+    return leader
+
+
+def _send_loop(
+    dispatch_db: StateDatabase, root: Path, *, clock: Clock, interval: float, health: Health, keeper: _Keeper
+) -> SendLoop:
+    """The send loop, its record kept by `keeper` after each pass (every daemon sends, leading or not)."""
+    return SendLoop(dispatch_db, root=root, clock=clock, interval=interval, health=health, after_pass=keeper.after_pass)
 
 
 async def _interrupt_when_stopping(
@@ -290,19 +318,30 @@ async def _reconcile_loop(
     stop: asyncio.Event,
     sender: SendLoop | None,
     keeper: _Keeper,
+    leader: LeaseKeeper | None = None,
 ) -> None:
     """Passes on every change and every `interval`; after a failure, the next pass waits longer (1, 2, 4 ... s up to
-    `interval`), whatever comes due meanwhile."""
+    `interval`), whatever comes due meanwhile. With a `leader`, a pass runs only while this daemon holds the lease
+    (fenced by it); otherwise the loop stands by until the lease is taken (which wakes it) or `interval` passes."""
     last_logged: str | None = None
     checked: dict[str, list[Problem]] = {}
     while not stop.is_set():
         changed.clear()
+        if leader is not None and not leader.holding():
+            health.pass_worked("reconcile")  # standing by is this loop working as it should
+            if sender is not None:  # its first pass waits for this loop's word
+                sender.wake()
+            await wait_any((changed, stop), timeout=interval)
+            continue
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(_reconcile_pass, root, db, now=clock.now(), checked=checked)
+            result = await asyncio.to_thread(_leading_pass, root, db, leader, now=clock.now(), checked=checked)
             health.pass_worked("reconcile")
             last_logged = _log_pass(result, last_logged)
             wait = _until_next_start(db, clock, interval)
+        except LeaseLost as exc:  # another daemon took over while this pass ran: its writes stopped there
+            log.warning("reconcile pass stopped: %s", exc)
+            wait = leader.interval if leader is not None else interval
         except Exception as exc:  # the daemon never dies of one bad pass; the next one tries again
             health.pass_failed("reconcile", str(exc), at=iso(clock.now()), started=started)
             wait = min(interval, 2.0 ** (health.failures("reconcile") - 1))
@@ -315,12 +354,17 @@ async def _reconcile_loop(
         await wait_any((changed, stop), timeout=wait)
 
 
-def _reconcile_pass(root: Path, db: StateDatabase, *, now: datetime, checked: dict[str, list[Problem]]) -> PassResult:
-    """One pass of the daemon, first making again a PostgreSQL connection the server closed since the last one: a
-    restart or a failover costs the passes until the server answers again (each failure reported), not the
-    daemon."""
+def _leading_pass(
+    root: Path, db: StateDatabase, leader: LeaseKeeper | None, *, now: datetime, checked: dict[str, list[Problem]]
+) -> PassResult:
+    """One pass of the daemon, its writes fenced by the lease when there is one (in the worker thread that runs
+    it), first making again a PostgreSQL connection the server closed since the last one: a restart or a failover
+    costs the passes until the server answers again (each failure reported), not the daemon."""
     revive(db)
-    return reconcile_once(root, db, now=now, checked=checked)
+    if leader is None:
+        return reconcile_once(root, db, now=now, checked=checked)
+    with leader.fenced(db):
+        return reconcile_once(root, db, now=now, checked=checked)
 
 
 def _until_next_start(db: StateDatabase, clock: Clock, interval: float) -> float:
@@ -341,8 +385,14 @@ class _Keeper:
     and the free space beside the state database in view (`state`: its SQLite file; None on PostgreSQL, whose
     disk is the server's)."""
 
-    def __init__(self, health: Health, *, clock: Clock, state: Path | None) -> None:
+    def __init__(
+        self, health: Health, *, clock: Clock, state: Path | None, leads: Callable[[], bool] | None = None
+    ) -> None:
         self.health, self.clock, self.state = health, clock, state
+        self.shared = leads is not None
+        self.leads = leads or (lambda: True)
+        """Whether this daemon's record is the one `status` shows: with several daemons, the lease holder's (each
+        process's own health is in its heartbeat, `state.processes`)."""
         self.written: tuple[str, tuple[str, ...]] | None = None
         self.written_at = 0.0
         self.pruned_at = 0.0
@@ -350,11 +400,20 @@ class _Keeper:
 
     def stopped(self, db: StateDatabase) -> None:
         """The daemon's last record, on a clean stop: `status` then says it stopped, not that it is well."""
+        if self.shared and not self._own_record(db):
+            return  # the record is another daemon's: the lease holder's
         record = records.DaemonRecord(socket.gethostname(), os.getpid(), iso(self.clock.now()), "stopped", ())
         try:
             records.save_daemon(db, record)
         except Exception as exc:
             log.warning("could not record that the daemon stopped: %s", exc)
+
+    def _own_record(self, db: StateDatabase) -> bool:
+        try:
+            record = records.daemon_record(db)
+        except Exception:
+            return False
+        return record is not None and (record.host, record.pid) == (socket.gethostname(), os.getpid())
 
     def after_pass(self, db: StateDatabase) -> None:
         """After a pass of either loop (each with its own connection `db`)."""
@@ -379,6 +438,9 @@ class _Keeper:
         if self.state is not None:
             with contextlib.suppress(OSError):
                 self.health.disk(shutil.disk_usage(self.state.parent).free)
+        if not self.leads():
+            self.written = None  # should it lead again, its record is written at once, over the other's
+            return
         report = self.health.report()
         now = (report.status, report.problems)
         if now == self.written and time.monotonic() - self.written_at < HEARTBEAT_SECONDS:

@@ -29,12 +29,14 @@ from reconciler.clock import Clock, iso
 from reconciler.compose import CannotPrepare, RenderPool, confirmation_content, definition_for
 from reconciler.errors import ReconcilerError
 from reconciler.holds import Holds
+from reconciler.ratelimits import SharedRateLimiter
 from reconciler.send import Pending, Progress, SendRun, SourceSender
 from reconciler.spec.documents import OutboxTransport, SmtpTransport
 from reconciler.start import start_stages
 from reconciler.state import campaigns, dispatchers, keys, ledger, pages, records, settings, workflows
 from reconciler.state.db import keep_cache
 from reconciler.state.ledger import CONFIRMATION_SOURCE, Source
+from reconciler.state.portable import is_postgres
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.settings import RuntimeSettings
 from reconciler.transports import Transport, make_transport
@@ -120,7 +122,10 @@ class Dispatcher:
             log.info("transport %s: settings changed; sending through the new ones", name)
             built = None
         if built is None:
-            built = self.built[name] = _Built(make_transport(name, config, root=self.root), config)
+            limiter = None
+            if is_postgres(self.db) and isinstance(config, SmtpTransport):  # daemons sending side by side share it
+                limiter = SharedRateLimiter(self.db, name, config.rate)
+            built = self.built[name] = _Built(make_transport(name, config, root=self.root, limiter=limiter), config)
         return built.transport
 
     async def close(self) -> None:
@@ -158,7 +163,9 @@ class Dispatcher:
         self, sources: list[Source], runtime: RuntimeSettings, now: datetime, report: DispatchReport
     ) -> None:
         """Send each source, registered (with a heartbeat) while rows may be on the wire."""
-        dispatchers.register(self.db, self.ident, host=self.host, pid=self.pid, at=iso(now))
+        # by the real time, as its heartbeat and other daemons' recovery go (not `now`: `tick --now` in the past
+        # beside a running daemon would look gone to it, its messages on the wire settled as uncertain)
+        dispatchers.register(self.db, self.ident, host=self.host, pid=self.pid, at=iso(datetime.now(UTC)))
         beat = asyncio.create_task(self._heartbeat(report))
         try:
             for source in sources:

@@ -16,6 +16,7 @@ from reconciler.spec.documents import Settings
 from reconciler.state import ledger
 from reconciler.state.ledger import DueRow
 from reconciler.state.postgres import StateDatabase
+from reconciler.state.sharing import Cap
 
 REMEMBERED = 20_000
 """Contacts whose let-through rows a Holds keeps in mind: a few pages of 1,000, bounded for a campaign of millions."""
@@ -35,6 +36,9 @@ class Holds:
         self.default_zone = settings.timezone
         self.granted: dict[int, dict[int, str]] = {}
         """Per contact, the rows let through by this object (row id -> when), until the ledger says they went."""
+        self.caps: dict[int, tuple[Cap, ...]] = {}
+        """Per row let through, the limits its claim checks again (`take_caps`): another daemon may send to the same
+        contact meanwhile."""
 
     def check(self, rows: Sequence[DueRow], *, now: datetime) -> set[int]:
         """Postpone the rows that must wait (in the state); returns their ids."""
@@ -42,37 +46,50 @@ class Holds:
             return set()
         postponed: list[tuple[int, str, str]] = []
         for row in rows:
-            held = self._held(row, now)
+            caps = self._caps(row, now)
+            held = self._held(row, now, caps)
             if held is not None:
                 until, why = held
                 postponed.append((row.id, iso(until), f"postponed: {why}"))
-            elif self.cap is not None or row.contact.frequency:
+            elif caps:
                 if len(self.granted) >= REMEMBERED:
                     self.granted.clear()  # rows that many pages back are in the ledger as sent by now
+                    self.caps.clear()  # and claimed: a row without its caps left is claimed on this check alone
                 self.granted.setdefault(row.contact.id, {})[row.id] = iso(now)
+                self.caps[row.id] = caps
         if postponed:
             ledger.postpone(self.db, postponed, at=iso(now))
         return {row_id for row_id, _, _ in postponed}
 
-    def _held(self, row: DueRow, now: datetime) -> tuple[datetime, str] | None:
-        if self.quiet is not None and (until := self._quiet_until(row, now)) is not None:
-            return until, "quiet hours in the contact's time zone"
+    def take_caps(self, row_id: int) -> tuple[Cap, ...]:
+        """The limits the claim of a row let through checks again, inside its transaction (`ledger.claim`)."""
+        return self.caps.pop(row_id, ())
+
+    def _caps(self, row: DueRow, now: datetime) -> tuple[Cap, ...]:
+        """The frequency cap and the contact's own frequency choice, as limits counted back from `now`."""
+        caps = []
         if self.cap is not None:
-            recent = self._recent(row.contact.id, since=now - self.cap.per)
-            if len(recent) >= self.cap.max:
-                until = datetime.fromisoformat(recent[len(recent) - self.cap.max]) + self.cap.per
-                return until, f"frequency cap: at most {self.cap.max} marketing message(s) per {ago(self.cap.per)}"
+            why = f"frequency cap: at most {self.cap.max} marketing message(s) per {ago(self.cap.per)}"
+            caps.append(Cap(iso(now - self.cap.per), self.cap.max, self.cap.per.total_seconds(), why))
         chosen = FREQUENCIES.get(row.contact.frequency or "")
         if chosen is not None:
-            recent = self._recent(row.contact.id, since=now - chosen)
-            if recent:
-                frequency = (row.contact.frequency or "").removesuffix("ly")
-                return datetime.fromisoformat(recent[-1]) + chosen, f"the contact chose at most one email a {frequency}"
+            frequency = (row.contact.frequency or "").removesuffix("ly")
+            why = f"the contact chose at most one email a {frequency}"
+            caps.append(Cap(iso(now - chosen), 1, chosen.total_seconds(), why))
+        return tuple(caps)
+
+    def _held(self, row: DueRow, now: datetime, caps: tuple[Cap, ...]) -> tuple[datetime, str] | None:
+        if self.quiet is not None and (until := self._quiet_until(row, now)) is not None:
+            return until, "quiet hours in the contact's time zone"
+        for cap in caps:
+            recent = self._recent(row.contact.id, since=cap.since)
+            if len(recent) >= cap.most:
+                return datetime.fromisoformat(recent[len(recent) - cap.most]) + timedelta(seconds=cap.per), cap.why
         return None
 
-    def _recent(self, contact_id: int, *, since: datetime) -> list[str]:
+    def _recent(self, contact_id: int, *, since: str) -> list[str]:
         """When the contact's messages went (or were let through to go) after `since`, oldest first."""
-        sent = ledger.recent_sends(self.db, contact_id, since=iso(since))
+        sent = ledger.recent_sends(self.db, contact_id, since=since)
         return sorted({**self.granted.get(contact_id, {}), **sent}.values())
 
     def _quiet_until(self, row: DueRow, now: datetime) -> datetime | None:

@@ -30,9 +30,10 @@ from reconciler.compose import RENDER_BATCH, CannotPrepare, Definition, Message,
 from reconciler.holds import Holds
 from reconciler.mime import addr_spec
 from reconciler.plan.when import ago
-from reconciler.state import ledger
+from reconciler.state import ledger, sharing
 from reconciler.state.ledger import DueRow, Outcome, Source
 from reconciler.state.postgres import StateDatabase
+from reconciler.state.sharing import Reservation
 from reconciler.transports import Delivery, Transport
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,27 @@ class SourceSender:
             compose_batch(self.key, self.definition, [], self.run_.clock.now())
         except Exception as exc:
             raise CannotPrepare(f"cannot prepare the message: {exc}") from exc
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.produce())
-            for _ in range(self.transport.max_connections):
-                group.create_task(self.work())
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.produce())
+                for _ in range(self.transport.max_connections):
+                    group.create_task(self.work())
+        finally:
+            self.release()
         if self.failure is not None:
             raise self.failure
         if self.halt.is_set():
             waiting = self.progress.total - self.progress.done
             log.info("%s: paused; %d message(s) wait", self.source.label, waiting)
         return self.progress
+
+    def release(self) -> None:
+        """The rows of this definition reserved and not claimed (held back, or left when sending stopped) are
+        anyone's again, for the dispatchers of other daemons (PostgreSQL); else their reservation runs out."""
+        try:
+            sharing.release(self.db, [self.run_.ident])
+        except Exception as exc:
+            log.warning("%s: reserved rows not released (%s); their reservation runs out", self.source.label, exc)
 
     def note(self, state: str) -> None:
         self.progress.add(state)
@@ -184,7 +196,8 @@ class SourceSender:
         """Due rows a page at a time, without those held back (quiet hours, caps)."""
         after = 0
         while not self.stopping:
-            rows = ledger.due_rows(self.db, self.source, now=iso(self.now), after_id=after, limit=PAGE)
+            reserve = Reservation(self.run_.ident, iso(self.run_.clock.now()))
+            rows = ledger.due_rows(self.db, self.source, now=iso(self.now), after_id=after, limit=PAGE, reserve=reserve)
             if not rows:
                 return
             after = rows[-1].id
@@ -289,6 +302,9 @@ class SourceSender:
         if claimed[0] == "paused":
             self.halt.set()
             return None
+        if claimed[0] == "held":  # another daemon sent to this contact meanwhile: the row waits, as held rows do
+            self.note("postponed")
+            return None
         if claimed[0] != "claimed":
             self.note(claimed[0])
             return None
@@ -307,6 +323,7 @@ class SourceSender:
             marketing=self.holds.marketing,
             at=iso(self.run_.clock.now()),
             previous=previous,
+            caps=self.holds.take_caps(message.row_id),
         )
 
 

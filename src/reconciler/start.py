@@ -120,6 +120,8 @@ def start_stages(db: StateDatabase, *, now: datetime) -> list[str]:
             revision=campaign.revision,
             at=iso(now),
         )
+        if count is None:  # another daemon's dispatcher started it just now
+            continue
         log.info("Campaign %s: stage %s started, %d recipients", campaign.name, stage.name, count)
         started.append(f"{campaign.name}/{stage.name}")
     return started

@@ -8,7 +8,7 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.state import observe, workflow_reads, workflows
+from reconciler.state import lease, observe, processes, workflow_reads, workflows
 from reconciler.state.campaigns import campaign_records
 from reconciler.state.ledger import Failure
 from reconciler.state.postgres import StateDatabase
@@ -48,6 +48,7 @@ def status_report(db: StateDatabase) -> dict[str, Any]:
         },
         "last_error": refused.as_dict() if refused else None,
         "daemon": {**daemon.__dict__, "problems": list(daemon.problems)} if daemon else None,
+        **daemons(db, now=datetime.now(UTC)),
         "problems": state_problems(db),
         "contacts": observed.contacts,
         "campaigns": [
@@ -73,6 +74,49 @@ def status_report(db: StateDatabase) -> dict[str, Any]:
         "workflow_messages": workflow_reads.messages_by_workflow(db),
         "lists": sorted(name for name, record in observed.lists.items() if not record.removed_at),
     }
+
+
+def daemons(db: StateDatabase, *, now: datetime) -> dict[str, Any]:
+    """The daemons beating on this database and the reconcile lease: `processes` (those that beat lately, less
+    those on this host whose process has exited; each with whether it holds the lease) and `lease` (None before any
+    daemon took it)."""
+    held = lease.read(db)
+    holder = held.holder if held is not None and held.expires_at > now.timestamp() else None
+    shown = None
+    if held is not None:
+        expires = datetime.fromtimestamp(held.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        shown = {
+            "holder": held.holder,
+            "host": held.host,
+            "pid": held.pid,
+            "generation": held.generation,
+            "expires_at": expires if held.holder else None,
+            "expired": held.holder is not None and holder is None,
+            "taken_at": held.taken_at,
+            "renewed_at": held.renewed_at,
+        }
+    here = socket.gethostname()
+    running = [p for p in processes.live(db, now=now) if p.host != here or _alive(p.pid)]  # not one killed just now
+    return {"processes": [{**p.__dict__, "holds_lease": p.id == holder} for p in running], "lease": shown}
+
+
+def _daemon_lines(report: dict[str, Any]) -> list[str]:
+    """Each daemon beating on the database, and which one applies (the lease holder), when there is any."""
+    running, held = report["processes"], report["lease"]
+    if not running and (held is None or held["holder"] is None):
+        return []
+    out = [f"Processes: {count(len(running), 'daemon')} running; the lease holder applies, starts and runs workflows"]
+    for process in running:
+        lead = f", holds the lease (until {held['expires_at']})" if process["holds_lease"] else ""
+        where = f"{process['host']} (pid {process['pid']}, {process['role']})"
+        out.append(f"  {where}: {process['status']}, heard from at {process['heartbeat_at']}{lead}")
+    if held is not None and held["holder"] and not any(p["holds_lease"] for p in running):
+        where = f"{held['host']} (pid {held['pid']})"
+        if held["expired"]:
+            out.append(f"  lease: expired at {held['expires_at']}, last held by {where}: the next daemon takes it")
+        else:
+            out.append(f"  lease: held by {where} until {held['expires_at']}, not heard from")
+    return out
 
 
 def _breakdown(progress: dict[str, int]) -> str:
@@ -195,6 +239,7 @@ def format_status(report: dict[str, Any]) -> str:
     if daemon:
         out.append(_daemon_line(daemon, degraded=bool(report["problems"])))
         out += [f"  {problem}" for problem in daemon["problems"]]
+    out += _daemon_lines(report)
     if error:
         out.append(
             f"Last error: revision {error['revision']} has {error['count']} error(s) since {error['since']}; "

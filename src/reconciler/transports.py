@@ -138,6 +138,13 @@ class Breaker:
         return self.down and time.monotonic() >= self.next_probe
 
 
+class Limiter(Protocol):
+    """What a transport waits on before each message: `RateLimiter` here, or buckets shared by every daemon on one
+    state database (`ratelimits.SharedRateLimiter`)."""
+
+    async def acquire(self) -> None: ...
+
+
 class RateLimiter:
     """Token buckets (per second, minute, hour, day): every message of every campaign on a transport takes one."""
 
@@ -206,14 +213,14 @@ class SmtpTransport:
     """A pool of up to `max_connections` SMTP sessions, reused (RSET after a failure) and renewed every
     MESSAGES_PER_CONNECTION messages. STARTTLS/TLS verify the server's certificate (the system's CAs, or `ca_file`)."""
 
-    def __init__(self, name: str, config: spec.SmtpTransport) -> None:
+    def __init__(self, name: str, config: spec.SmtpTransport, *, limiter: Limiter | None = None) -> None:
         self.name = name
         self.host, self.port, self.security = config.host, config.port, config.security
         self.username, self.password_env, self.ca_file = config.username, config.password_env, config.ca_file
         self.max_connections, self.timeout = config.max_connections, config.timeout
         self.on_uncertain: Literal["skip", "resend"] = config.on_uncertain
         self.retry_for = config.retry_for
-        self.limiter = RateLimiter.from_rate(config.rate)
+        self.limiter: Limiter = limiter or RateLimiter.from_rate(config.rate)
         self._idle: list[_Connection] = []
         self._tls: ssl.SSLContext | None = None
         self._slots = asyncio.Semaphore(self.max_connections)
@@ -448,8 +455,11 @@ class MemoryTransport:
         return None
 
 
-def make_transport(name: str, config: spec.SmtpTransport | spec.OutboxTransport, *, root: Path) -> Transport:
-    """The transport Settings `transports.<name>` describes (as kept at the last good revision)."""
+def make_transport(
+    name: str, config: spec.SmtpTransport | spec.OutboxTransport, *, root: Path, limiter: Limiter | None = None
+) -> Transport:
+    """The transport Settings `transports.<name>` describes (as kept at the last good revision); `limiter` instead
+    of the buckets in memory its `rate` gives."""
     if isinstance(config, spec.SmtpTransport):
-        return SmtpTransport(name, config)
+        return SmtpTransport(name, config, limiter=limiter)
     return OutboxTransport(name, root / config.path)

@@ -331,6 +331,11 @@ def run(ctx: click.Context, interval: float, host: str, port: int) -> None:
     root = workspace_root(ctx)
     db = database(ctx, root)
     sender = database(ctx, root)  # connections of their own: sending and the web service run beside the reconcile loop
+    lease = database(ctx, root)  # and the heartbeat that holds (or waits for) the lease
     place = state_location(ctx, root)
     web = WebOptions(place, host=host, port=port)
-    asyncio.run(run_daemon(root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web, state=place))
+    asyncio.run(
+        run_daemon(
+            root, db, clock=SystemClock(), interval=interval, dispatch_db=sender, web=web, state=place, lease_db=lease
+        )
+    )

@@ -359,9 +359,10 @@ def start_stage(
     content_hash: str,
     revision: str,
     at: str,
-) -> int:
+) -> int | None:
     """Queue a follow-up stage for everyone the first message reached (every stage goes to the same audience),
-    filtered by their human opens or clicks of any message of the campaign so far (`only`)."""
+    filtered by their human opens or clicks of any message of the campaign so far (`only`). None when it was
+    started already (by the dispatcher of another daemon, between its look and this write)."""
     engaged = {
         "opened": "EXISTS (SELECT 1 FROM engagement e WHERE e.contact_id = p.contact_id AND e.source_kind = "
         "'campaign' AND e.source = p.source AND e.action IN ('opened', 'clicked') AND e.machine = 0)",
@@ -374,6 +375,8 @@ def start_stage(
         if only.startswith("not_"):
             condition = f"NOT {condition}"
     with write(db):
+        if db.conn.execute("SELECT 1 FROM campaign_stages WHERE campaign = ? AND stage = ?", (name, stage)).fetchone():
+            return None
         inserted = db.conn.execute(
             "INSERT OR IGNORE INTO ledger (source_kind, source, stage, contact_id, state, due_at, content_hash, "
             "revision, created_at, updated_at) SELECT 'campaign', p.source, ?, p.contact_id, 'queued', ?, ?, ?, ?, ? "

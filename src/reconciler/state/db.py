@@ -92,10 +92,11 @@ def cache_kb(share: float = 1.0) -> int:
 
 
 def keep_cache(db: StateDatabase, share: float) -> None:
-    """Let this connection keep `share` of RECONCILER_CACHE_MB as its page cache (the send loop's: a quarter). On
-    PostgreSQL the server's shared buffers are the cache: nothing to set."""
-    if isinstance(db, Database):
-        db.conn.execute(f"PRAGMA cache_size = -{cache_kb(share)}")
+    """Let this connection keep `share` of RECONCILER_CACHE_MB as its page cache (the send loop's: a quarter).
+    PostgreSQL: nothing (its server keeps one cache for every connection)."""
+    if isinstance(db, PostgresDatabase):
+        return
+    db.conn.execute(f"PRAGMA cache_size = -{cache_kb(share)}")
 
 
 def open_postgres(conninfo: str, *, create: bool = True, migrate: bool = True) -> PostgresDatabase:
@@ -312,8 +313,37 @@ def write(db: AnyDatabase) -> Iterator[AnyDatabase]:
         yield db
         return
     _begin(db)
-    try:
+    with _transaction(db):
         yield db
+
+
+@contextmanager
+def write_rows(db: AnyDatabase) -> Iterator[AnyDatabase]:
+    """A write transaction that changes only rows it locks itself (``SELECT … FOR UPDATE``), such as a dispatcher's
+    claim of one ledger row: on PostgreSQL it does not take the writers' lock, so dispatchers of several daemons
+    claim at once instead of queueing behind each other (or behind an apply); what it writes must not need
+    that lock (no counters, no rows of other tables that other writers update). On SQLite, one writer at a time
+    anyway: `write`."""
+    if not isinstance(db, PostgresDatabase):
+        with write(db):
+            yield db
+        return
+    if db.conn.in_transaction:
+        yield db
+        return
+    db.conn.execute("BEGIN")
+    with _transaction(db):
+        yield db
+
+
+@contextmanager
+def _transaction(db: StateDatabase) -> Iterator[None]:
+    """The rest of a transaction just begun: the connection's fence first (`fenced`), then commit or roll back."""
+    try:
+        fence = _FENCES.get(id(db.conn))
+        if fence is not None:
+            fence(db)
+        yield
     except BaseException:
         _roll_back(db)
         raise
@@ -326,6 +356,25 @@ def _roll_back(db: StateDatabase) -> None:
     write), and a lost PostgreSQL connection took its transaction with it."""
     if db.conn.in_transaction:
         db.conn.execute("ROLLBACK")
+
+
+_FENCES: dict[int, Callable[[StateDatabase], None]] = {}
+"""The fence of each connection that has one (by the connection's id, for as long as `fenced` is entered)."""
+
+
+@contextmanager
+def fenced(db: StateDatabase, check: Callable[[StateDatabase], None]) -> Iterator[None]:
+    """Every write transaction on `db` begun inside runs `check` first, holding the write lock: the lease
+    holder's pass refuses to write once another process took the lease over (`check` raises), so a holder that
+    stalled past its lease never writes beside the new one."""
+    key = id(db.conn)
+    if key in _FENCES:
+        raise RuntimeError("this connection is fenced already")
+    _FENCES[key] = check
+    try:
+        yield
+    finally:
+        del _FENCES[key]
 
 
 @contextmanager

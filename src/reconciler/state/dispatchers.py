@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from reconciler.state import sharing
 from reconciler.state.content import load_content
 from reconciler.state.db import write
 from reconciler.state.postgres import StateDatabase
@@ -56,7 +57,15 @@ def unregister(db: StateDatabase, ident: str) -> None:
 def interrupted(db: StateDatabase, *, host: str, alive: Callable[[int], bool], stale_before: str, own: str) -> Recovery:
     """`sending` rows whose dispatcher is gone (its process on this host is dead, or its heartbeat went stale) or is
     `own`: the caller, which has nothing on the wire when its pass begins, so its `sending` rows are leftovers of an
-    earlier pass that failed."""
+    earlier pass that failed.
+
+    The rows are read before the registrations: a dispatcher registers before it claims, so one that claimed a row
+    read here is registered when the registrations are read, unless it has stopped (several daemons recover side
+    by side, each while the others send)."""
+    rows = db.conn.execute(
+        "SELECT l.id, l.claimed_by, c.content FROM ledger l "
+        "LEFT JOIN campaigns c ON l.source_kind = 'campaign' AND c.name = l.source WHERE l.state = 'sending'"
+    ).fetchall()
     registered = db.conn.execute("SELECT id, host, pid, heartbeat_at FROM dispatchers").fetchall()
     gone = {
         ident
@@ -64,10 +73,6 @@ def interrupted(db: StateDatabase, *, host: str, alive: Callable[[int], bool], s
         if heartbeat_at < stale_before or (dispatcher_host == host and not alive(pid))
     }
     live = {ident for ident, *_ in registered} - gone - {own}
-    rows = db.conn.execute(
-        "SELECT l.id, l.claimed_by, c.content FROM ledger l "
-        "LEFT JOIN campaigns c ON l.source_kind = 'campaign' AND c.name = l.source WHERE l.state = 'sending'"
-    )
     found = [
         Interrupted(row_id, load_content(content).transport if content else None)
         for row_id, claimed_by, content in rows
@@ -81,7 +86,7 @@ def settle_interrupted(
 ) -> None:
     """Rows cut off on the wire are `uncertain`, or queued again (same Message-ID) where the transport says
     `on_uncertain: resend`; the registrations of dispatchers that are gone are forgotten (never one that is alive:
-    its rows would look abandoned)."""
+    its rows would look abandoned), and the rows they reserved are anyone's again."""
     settle = [
         (uncertain, "uncertain", "interrupted during the SMTP transaction (the process stopped); not sent again"),
         (
@@ -97,4 +102,6 @@ def settle_interrupted(
                 "WHERE id = ? AND state = 'sending'",
                 [(state, at, reply, row_id) for row_id in rows],
             )
-        db.conn.executemany("DELETE FROM dispatchers WHERE id = ?", [(ident,) for ident in forget])
+        forgotten = list(forget)
+        sharing.release(db, forgotten)
+        db.conn.executemany("DELETE FROM dispatchers WHERE id = ?", [(ident,) for ident in forgotten])

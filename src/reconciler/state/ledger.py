@@ -25,9 +25,10 @@ from reconciler.state.campaigns import load_audience
 from reconciler.state.conditions import Reason
 from reconciler.state.contacts import CONTACT_COLUMNS, contact_from_row
 from reconciler.state.content import MessageContent, load_content
-from reconciler.state.db import audit, write
-from reconciler.state.portable import json_key, json_values
+from reconciler.state.db import audit, write, write_rows
+from reconciler.state.portable import is_postgres, json_key, json_values
 from reconciler.state.postgres import StateDatabase
+from reconciler.state.sharing import Cap, Reservation, held, reserved
 from reconciler.state.suppressions import suppress
 
 POLICY_PAUSE_MIN = 20
@@ -102,6 +103,12 @@ class Outcome:
     soft: bool = False
     """A soft bounce (mailbox full), recorded as engagement without suppressing."""
 
+    @property
+    def plain(self) -> bool:
+        """Written to its own row alone (no suppression, engagement or campaign counter): a claim carrying it needs
+        no writers' lock on PostgreSQL (`write_rows`)."""
+        return not (self.suppress or self.soft or self.policy)
+
 
 def backoff(attempts: int, *, jitter: float) -> timedelta:
     """5 min × 2^(n-1), capped at 2 h, times a random factor in [0.8, 1.2) so retries do not arrive in a herd."""
@@ -162,16 +169,30 @@ def due_confirmations(db: StateDatabase, *, now: str) -> list[tuple[str, int]]:
     ]
 
 
-def due_rows(db: StateDatabase, source: Source, *, now: str, after_id: int, limit: int) -> list[DueRow]:
-    """The next page of due rows of `source` (by id), with their contacts."""
+def due_rows(
+    db: StateDatabase,
+    source: Source,
+    *,
+    now: str,
+    after_id: int,
+    limit: int,
+    reserve: Reservation | None = None,
+) -> list[DueRow]:
+    """The next page of due rows of `source` (by id), with their contacts. With `reserve` on PostgreSQL, where the
+    dispatchers of several daemons send at once, the page is reserved for `reserve.dispatcher` (`sharing.reserved`)."""
     # a workflow's rows are one per run (the row's source), found by their workflow
     which = "l.workflow = ?" if source.kind == "workflow" and source.name != CONFIRMATION_SOURCE else "l.source = ?"
+    due = (
+        f"l.source_kind = ? AND {which} AND l.stage = ? AND l.state IN ('queued', 'deferred') "
+        "AND coalesce(l.next_attempt_at, l.due_at) <= ? AND l.id > ?"
+    )
+    params = (source.kind, source.name, source.stage, now, after_id)
+    if reserve is not None and is_postgres(db):
+        return [DueRow(row[0], row[1], row[2], row[3], row[4:]) for row in reserved(db, due, params, reserve, limit)]
     rows = db.conn.execute(
         f"SELECT l.id, l.attempts, l.message_id, l.first_attempt_at, {CONTACT_COLUMNS} "
-        f"FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE l.source_kind = ? AND {which} "
-        "AND l.stage = ? AND l.state IN ('queued', 'deferred') "
-        "AND coalesce(l.next_attempt_at, l.due_at) <= ? AND l.id > ? ORDER BY l.id LIMIT ?",
-        (source.kind, source.name, source.stage, now, after_id, limit),
+        f"FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE {due} ORDER BY l.id LIMIT ?",
+        (*params, limit),
     )
     return [DueRow(row[0], row[1], row[2], row[3], row[4:]) for row in rows]
 
@@ -236,19 +257,27 @@ def claim(
     marketing: bool,
     at: str,
     previous: Outcome | None = None,
+    caps: Sequence[Cap] = (),
 ) -> str:
     """In one transaction: write `previous`, then claim `row_id` for sending (`marketing`: whether the message
     counts toward the contact's marketing limits). Returns "claimed", "skipped" (the
-    contact unsubscribed, bounced or complained meanwhile), "paused" (its campaign stopped) or "taken" (another
-    process has it, or it is no longer due)."""
-    with write(db):
+    contact unsubscribed, bounced or complained meanwhile), "paused" (its campaign stopped), "held" (`caps`: the
+    contact's messages sent or being sent by now, by any process, reach a limit; the row waits) or "taken"
+    (another process has it, or it is no longer due).
+
+    On PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED`` (a row another transaction holds is "taken",
+    without waiting), and a claim whose `previous` is `plain` takes no writers' lock (`write_rows`): the
+    dispatchers of several daemons claim side by side."""
+    light = previous is None or previous.plain
+    with write_rows(db) if light else write(db):
         if _paused_after(db, previous, source=source):
             return "paused"
         row = db.conn.execute(
             "SELECT l.state, l.contact_id, p.reason, EXISTS (SELECT 1 FROM subscriptions s WHERE "
             f"s.contact_id = l.contact_id AND s.status = ? AND s.list IN ({json_values(db, '?')})) "
             "FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id "
-            "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE l.id = ?",
+            "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE l.id = ?"
+            + (" FOR UPDATE OF l SKIP LOCKED" if is_postgres(db) else ""),
             (source.requires, json.dumps(list(source.lists)), row_id),
         ).fetchone()
         if row is None or row[0] not in ("queued", "deferred"):
@@ -269,12 +298,16 @@ def claim(
             why = _not_on_list(db, contact_id, source.lists)
         if why:
             db.conn.execute(
-                "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ? WHERE id = ?", (why, at, row_id)
+                "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ?, reserved_by = NULL WHERE id = ?",
+                (why, at, row_id),
             )
             return "skipped"
+        if caps and held(db, row_id, contact_id, caps, at=at):
+            return "held"
         db.conn.execute(
             "UPDATE ledger SET state = 'sending', claimed_by = ?, attempts = attempts + 1, message_id = ?, "
-            "first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ?, marketing = ? WHERE id = ?",
+            "first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ?, marketing = ?, reserved_by = NULL, "
+            "reserved_until = NULL WHERE id = ?",
             (dispatcher, message_id, at, at, int(marketing), row_id),
         )
         return "claimed"
@@ -297,7 +330,7 @@ def refused(db: StateDatabase, outcome: Outcome, *, source: Source, previous: Ou
     """The server refused a message before DATA (or during it), so it was never claimed: write its outcome as an
     attempt (unless another process took the row meanwhile), together with `previous`. Returns "recorded", or
     "paused" when its campaign stopped sending meanwhile (the refusal is then not counted)."""
-    with write(db):
+    with write(db):  # two rows that may each be waited for: with the writers' lock, never a deadlock
         if _paused_after(db, previous, source=source):
             return "paused"
         attempted = db.conn.execute(
@@ -325,7 +358,7 @@ def _sending(db: StateDatabase, campaign: str) -> bool:
 
 def record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
     """Write one outcome on its own (the last message of a connection, or a message that failed to render)."""
-    with write(db):
+    with write_rows(db) if outcome.plain else write(db):
         _record(db, outcome, source=source)
 
 

@@ -6,37 +6,21 @@ same schema by applying the ones it lacks. Each runs in a transaction together w
 
 Each is written once for both engines: DDL in SQLite's words (`dialect.to_postgres` gives it PostgreSQL's types),
 data work in SQL both accept; where they differ, a branch on `isinstance(db, PostgresDatabase)`, PostgreSQL's side
-in state/postgres_schema.py. tests/test_postgres_state.py compares the schemas both engines reach.
+in state/postgres_schema.py. tests/test_postgres_state.py compares the schemas both engines reach. The history goes
+on in state/schema_continued.py; `state/migrating` registers them.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import sqlite3
-from collections.abc import Callable
-
-from sqlite_utils.migrations import Migrations
 
 from reconciler.state import postgres_schema, rollups, schema_initial, upgrades
+from reconciler.state.migrating import STEPS, migration, migrations
+from reconciler.state.migrating import run_script as _run_script
 from reconciler.state.postgres import PostgresDatabase, StateDatabase
 
-migrations = Migrations("reconciler")
-"""The history as sqlite-utils applies it to SQLite databases."""
-Step = Callable[[StateDatabase], None]
-STEPS: list[tuple[str, Step]] = []
-"""The same history, in the same order, as `postgres_schema.apply` applies it to PostgreSQL databases."""
-
-
-def migration(name: str) -> Callable[[Step], Step]:
-    """Register a migration under `name` for both engines (one declaration, one list of names)."""
-
-    def register(step: Step) -> Step:
-        migrations(name=name)(step)
-        STEPS.append((name, step))
-        return step
-
-    return register
+__all__ = ["STEPS", "migrations"]
 
 
 @migration("0001_initial")
@@ -345,13 +329,6 @@ def _workflow_step_ids(db: StateDatabase) -> None:
     )
 
 
-def _run_script(db: StateDatabase, script: str) -> None:
-    """Statement by statement: `executescript` would commit the migration's transaction half-way."""
-    statement = ""
-    for line in script.splitlines(keepends=True):
-        statement += line
-        if sqlite3.complete_statement(statement):
-            db.conn.execute(statement)
-            statement = ""
-    if statement.strip():
-        raise ValueError(f"incomplete SQL statement in a migration: {statement.strip()[:60]}")
+# The history goes on in state/schema_continued.py (a module stays under 500 lines), imported last so that its
+# migrations come after these ones.
+from reconciler.state import schema_continued  # noqa: E402, F401

@@ -10,6 +10,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
@@ -19,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from reconciler.state.db import sqlite_memory
 from reconciler.state.engine import StatePool, database_bytes
 from reconciler.state.subscribers import sending_counts
+from reconciler.status import daemons
 
 App = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
@@ -43,6 +45,42 @@ class _LedgerCollector:
             "Messages waiting to be sent (queued or deferred)",
             value=counts.get("queued", 0) + counts.get("deferred", 0),
         )
+
+
+class _DaemonsCollector:
+    """The daemons beating on the state database and the lease holder, read at scrape time (`status.daemons`);
+    with `holding` (set by the daemon), whether this process holds the lease."""
+
+    def __init__(self, pool: StatePool) -> None:
+        self.pool = pool
+        self.holding: Callable[[], bool] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.pool.connection() as db:
+            found = daemons(db, now=datetime.now(UTC))
+        running = found["processes"]
+        yield GaugeMetricFamily("reconciler_daemons", "Daemons beating on the state database", value=len(running))
+        labels = ["process", "host", "pid"]
+        heard = GaugeMetricFamily(
+            "reconciler_daemon_heartbeat_timestamp_seconds", "When each daemon last beat", labels=labels
+        )
+        holder = GaugeMetricFamily(
+            "reconciler_lease_holder", "1 for the daemon holding the reconcile lease (applies, starts)", labels=labels
+        )
+        for process in running:
+            values = [process["id"], process["host"], str(process["pid"])]
+            heard.add_metric(values, datetime.fromisoformat(process["heartbeat_at"]).timestamp())
+            holder.add_metric(values, 1 if process["holds_lease"] else 0)
+        yield heard
+        yield holder
+        held = found["lease"]
+        yield GaugeMetricFamily(
+            "reconciler_lease_generation", "Changes of lease holder so far", value=held["generation"] if held else 0
+        )
+        if self.holding is not None:
+            yield GaugeMetricFamily(
+                "reconciler_lease_held", "1 when this process holds the reconcile lease", value=int(self.holding())
+            )
 
 
 class _StateFilesCollector:
@@ -98,6 +136,8 @@ class Metrics:
     def __init__(self, pool: StatePool) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_LedgerCollector(pool))
+        self.daemons = _DaemonsCollector(pool)
+        self.registry.register(self.daemons)
         self.registry.register(_StateFilesCollector(pool))
         ProcessCollector(registry=self.registry)
         self.tasks = _TasksCollector()
@@ -118,6 +158,10 @@ class Metrics:
     def watch_loop(self, name: str, find: Callable[[], asyncio.AbstractEventLoop | None]) -> None:
         """Count the tasks of the loop `find` returns (None while that loop is not running) at every scrape."""
         self.tasks.loops[name] = find
+
+    def watch_lease(self, holding: Callable[[], bool]) -> None:
+        """Say at every scrape whether this process holds the lease (`leader.LeaseKeeper.holding`)."""
+        self.daemons.holding = holding
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

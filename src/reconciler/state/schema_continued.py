@@ -1,0 +1,48 @@
+"""The state database's schema, continued from `state/schema.py` (same rules: append only, one history for both
+engines, DDL in SQLite's words). Imported at the end of that module, so these migrations come after its own."""
+
+from __future__ import annotations
+
+from reconciler.state import schema  # noqa: F401 (its migrations first, whichever module is imported first)
+from reconciler.state.migrating import migration, run_script
+from reconciler.state.postgres import StateDatabase
+
+
+@migration("0015_several_daemons")
+def _several_daemons(db: StateDatabase) -> None:
+    """Several daemons on one database: each process and its heartbeat; the lease (one holder at a time applies,
+    starts and runs workflows; `generation` fences a holder that lost it); a page of due rows reserved by the
+    dispatcher sending it; the rate limits of each transport, shared by every process sending through it."""
+    run_script(
+        db,
+        """
+        CREATE TABLE processes (
+            id TEXT PRIMARY KEY,                      -- host:pid:random, one per running daemon
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL,
+            status TEXT NOT NULL                      -- its health at its last beat: ok | degraded
+        ) WITHOUT ROWID;
+        CREATE TABLE leases (
+            name TEXT PRIMARY KEY,                    -- 'reconcile'
+            holder TEXT,                              -- a process id; NULL when free
+            host TEXT, pid INTEGER,
+            generation INTEGER NOT NULL,              -- one more at every change of holder
+            expires_at REAL NOT NULL,                 -- seconds since the epoch, by the holder's clock
+            taken_at TEXT NOT NULL,
+            renewed_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        ALTER TABLE ledger ADD COLUMN reserved_by TEXT;      -- the dispatcher that took this row into its page
+        ALTER TABLE ledger ADD COLUMN reserved_until TEXT;
+        CREATE INDEX ledger_reserved ON ledger(reserved_by) WHERE reserved_by IS NOT NULL;
+        CREATE TABLE send_rates (
+            transport TEXT NOT NULL,
+            period REAL NOT NULL,                     -- the bucket's period in seconds: 1, 60, 3600, 86400
+            tokens REAL NOT NULL,
+            at REAL NOT NULL,                         -- when `tokens` was counted, seconds since the epoch
+            PRIMARY KEY (transport, period)
+        ) WITHOUT ROWID;
+        """,
+    )
