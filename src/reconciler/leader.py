@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 from reconciler.state import lease, processes
 from reconciler.state.db import fenced
+from reconciler.state.engine import revive
 from reconciler.state.lease import Held, Lease, LeaseLost
 from reconciler.state.postgres import StateDatabase
 
@@ -135,6 +136,7 @@ class LeaseKeeper:
         logged once; the lease then runs out on its own."""
         now = self.clock()
         try:
+            revive(self.db)  # a PostgreSQL connection the server closed (a restart, a failover) is made again
             processes.beat(self.db, self.process, at=datetime.fromtimestamp(now, UTC), status=self.status())
             got = lease.acquire(self.db, self.ident, host=self.host, pid=self.pid, now=now, ttl=self.ttl, alive=_alive)
         except Exception as exc:
