@@ -77,8 +77,10 @@ def binaries() -> Path:
 class Cluster:
     """One running server; `database()` makes a fresh empty database and returns its URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
         self.bin = binaries()
+        self.settings = {**SETTINGS, **(settings or {})}
+        """postgresql.conf's lines: the tests' SETTINGS, with what the caller changes (bench/scale.py: more memory)."""
         self.folder = Path(tempfile.mkdtemp(prefix="reconciler-pg-"))
         self.data = self.folder / "data"
         self.log = self.folder / "server.log"
@@ -112,7 +114,7 @@ class Cluster:
             "--no-sync",
             "--no-instructions",
         )
-        settings = {**SETTINGS, "unix_socket_directories": f"'{self.folder}'"}
+        settings = {**self.settings, "unix_socket_directories": f"'{self.folder}'"}
         with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
         self.watchdog = subprocess.Popen(
