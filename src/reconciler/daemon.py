@@ -211,12 +211,8 @@ async def run(
     health.stands(broken_links)
     changed = asyncio.Event()
     leader = await _lead(lease_db, health, changed) if lease_db is not None else None
-    keeper = _Keeper(
-        health,
-        clock=clock,
-        state=None if state is None else place_of(state).path,
-        leads=leader.holding if leader else None,
-    )
+    where = None if state is None else place_of(state).path
+    keeper = _Keeper(health, clock=clock, state=where, leads=leader.holding if leader else None)
     server, metrics, pool = (None, None, None)
     if web is not None:
         server, metrics, pool = _web_server(web, clock=clock, root=root, health=health)

@@ -265,21 +265,19 @@ def claim(
     contact's messages sent or being sent by now, by any process, reach a limit; the row waits) or "taken"
     (another process has it, or it is no longer due).
 
-    On PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED`` (a row another transaction holds is "taken",
-    without waiting), and a claim whose `previous` is `plain` takes no writers' lock (`write_rows`): the
-    dispatchers of several daemons claim side by side."""
+    On PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED`` (a row another transaction holds is
+    "taken", without waiting; but a row of this dispatcher's own reserved page is waited for: only another's page
+    being reserved can hold it, for a moment), and a claim whose `previous` is `plain` takes no writers' lock
+    (`write_rows`): the dispatchers of several daemons claim side by side."""
     light = previous is None or previous.plain
     with write_rows(db) if light else write(db):
         if _paused_after(db, previous, source=source):
             return "paused"
-        row = db.conn.execute(
-            "SELECT l.state, l.contact_id, p.reason, EXISTS (SELECT 1 FROM subscriptions s WHERE "
-            f"s.contact_id = l.contact_id AND s.status = ? AND s.list IN ({json_values(db, '?')})) "
-            "FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id "
-            "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE l.id = ?"
-            + (" FOR UPDATE OF l SKIP LOCKED" if is_postgres(db) else ""),
-            (source.requires, json.dumps(list(source.lists)), row_id),
-        ).fetchone()
+        row = _claimed_row(db, row_id, source, lock=" FOR UPDATE OF l SKIP LOCKED" if is_postgres(db) else "")
+        if row is None and is_postgres(db) and _reserved_by(db, row_id) == dispatcher:
+            # this dispatcher's own page: what locked the row was another's page being reserved, whose statement
+            # saw the row before this reservation and let it go as soon as it found it reserved; wait for that
+            row = _claimed_row(db, row_id, source, lock=" FOR UPDATE OF l")
         if row is None or row[0] not in ("queued", "deferred"):
             return "taken"
         _, contact_id, suppressed, subscribed = row
@@ -341,6 +339,22 @@ def refused(db: StateDatabase, outcome: Outcome, *, source: Source, previous: Ou
         if attempted:
             _record(db, outcome, source=source)
     return "recorded"
+
+
+def _claimed_row(db: StateDatabase, row_id: int, source: Source, *, lock: str) -> Any:
+    """The row's state, contact, suppression and whether the contact is on the source's lists, `lock`ed."""
+    return db.conn.execute(
+        "SELECT l.state, l.contact_id, p.reason, EXISTS (SELECT 1 FROM subscriptions s WHERE "
+        f"s.contact_id = l.contact_id AND s.status = ? AND s.list IN ({json_values(db, '?')})) "
+        "FROM ledger l LEFT JOIN contacts c ON c.id = l.contact_id "
+        "LEFT JOIN suppressions p ON p.email_hash = c.email_hash WHERE l.id = ?" + lock,
+        (source.requires, json.dumps(list(source.lists)), row_id),
+    ).fetchone()
+
+
+def _reserved_by(db: StateDatabase, row_id: int) -> str | None:
+    row = db.conn.execute("SELECT reserved_by FROM ledger WHERE id = ?", (row_id,)).fetchone()
+    return None if row is None else row[0]
 
 
 def _paused_after(db: StateDatabase, previous: Outcome | None, *, source: Source) -> bool:
