@@ -22,7 +22,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from reconciler.jsonsql import SQLITE, Dialect
-from reconciler.jsonsql import json_path as json_path
 from reconciler.spec.conditions import (
     AllCondition,
     AnyCondition,
@@ -44,6 +43,18 @@ from reconciler.spec.workspace import DesiredState
 
 COLUMNS = {name: f"c.{name}" for name in BUILTIN_FIELDS}
 """Built-in fields and the columns holding them (constants: the only identifiers that reach SQL text)."""
+KINDS = {
+    "number": "number",
+    "integer": "number",
+    "boolean": "boolean",
+    "string": "string",
+    "date": "string",
+    "datetime": "string",
+    "list": "array",
+}
+"""The JSON type (the `kind` of a typed row, state/typed_values.py) a value of each declared type is stored as."""
+VALUE_COLUMNS = {"number": "number", "boolean": "number", "string": "text", "array": "text"}
+"""The column of a typed row that holds a value of each kind."""
 
 
 @dataclass(frozen=True)
@@ -145,16 +156,71 @@ class Compiler:
         raise TypeError(f"not a segment condition: {type(node).__name__}")
 
     def value(self, field: str) -> Sql:
-        """The SQL value of a field for contact `alias`."""
+        """The SQL value of a field of the contact ``c``: a built-in's column, or a custom field's typed row (NULL when
+        the contact has none of the field's declared type)."""
+        type_ = self.types.get(field, "string")
         if field in COLUMNS:
-            return Sql(self.dialect.column(COLUMNS[field], self.types[field]))
-        text, params = self.dialect.field("c.fields", field, self.types.get(field, "string"))
-        return Sql(text, params, cost=1)
+            return Sql(self.dialect.column(COLUMNS[field], type_))
+        kind = KINDS[type_]
+        read = (
+            f"(SELECT v.{VALUE_COLUMNS[kind]} FROM contact_values v WHERE v.contact_id = c.id AND v.field = ? "
+            "AND v.kind = ?)"
+        )
+        return Sql(self.dialect.column(read, type_), (field, kind), cost=1)
 
     def field(self, node: FieldCondition) -> Sql:
-        value = self.value(node.field)
-        test = self.compare(value, self.types[node.field], node)
-        return Sql(test.text, test.params, value.cost)
+        type_ = self.types[node.field]
+        if node.field in COLUMNS or type_ == "list":
+            value = self.value(node.field)
+            test = self.compare(value, type_, node)
+            return Sql(test.text, test.params, value.cost)
+        kind = KINDS[type_]
+        return self.typed(
+            node,
+            type_,
+            f"c.id IN (SELECT v.contact_id FROM contact_values v WHERE v.field = ? AND v.kind = ?{{test}})",
+            (node.field, kind),
+            self.dialect.column(f"v.{VALUE_COLUMNS[kind]}", type_),
+        )
+
+    def typed(self, node: Operators, type_: str, rows: str, params: tuple[Any, ...], column: str) -> Sql:
+        """A condition on a typed value as a probe into the rows `rows` that hold it (`{test}`: where the test of
+        `column` goes): the rows that meet the node's operator, found through the index on (name, kind, value). A
+        negated operator (`ne`, `not_in`, `exists: false`) is the negation of the rows that meet the positive one."""
+        op, operand = node.operator, node.operand
+        if op == "exists":
+            present = Sql(rows.format(test=""), params)
+            return present if operand else Sql(f"(NOT {present.text})", present.params)
+        if op in ("ne", "not_in"):
+            positive = Operators.model_validate({"eq" if op == "ne" else "in": operand})
+            inner = self.typed(positive, type_, rows, params, column)
+            return Sql(f"(NOT {inner.text})", inner.params, inner.cost)
+        test = self.bare(column, type_, node)
+        return Sql(rows.format(test=f" AND {test.text}"), params + test.params)
+
+    def bare(self, v: str, type_: str, node: Operators) -> Sql:
+        """The node's (positive) operator on the typed column `v`, without the NULL handling of `compare`: a row is
+        only there when the value is, and a range test stays one the index answers."""
+        op, operand = node.operator, node.operand
+        mark = self.dialect.typed_parameter(type_)
+        if op == "eq":
+            return Sql(f"{v} = {mark}", (self.operand(operand, type_),))
+        if op == "in":
+            values = [self.operand(o, type_) for o in operand]
+            return Sql(self.dialect.one_of(v, type_), (json.dumps(values),))
+        if op in ("gt", "gte", "lt", "lte", "before", "after"):
+            sign = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "before": "<", "after": ">"}[op]
+            bound = self.bound(operand, type_) if op in ("before", "after") else self.operand(operand, type_)
+            return Sql(f"{v} {sign} {mark}", (bound,))
+        if op == "within":
+            assert isinstance(operand, timedelta)
+            start, end = self.instant(self.now - operand, type_), self.instant(self.now, type_)
+            return Sql(f"{v} >= {mark} AND {v} <= {mark}", (start, end))
+        if op == "contains":
+            return Sql(self.dialect.contains_text(v), (str(operand),))
+        if op == "starts_with":
+            return Sql(f"substr({v}, 1, ?) = ?", (len(operand), operand))
+        raise ValueError(f"operator {op} does not apply to a {type_} field")
 
     def compare(self, value: Sql, type_: str, node: Operators) -> Sql:
         """Apply the node's one operator to `value`, a field of type `type_`."""
@@ -245,29 +311,45 @@ class Compiler:
         if node.count is not None:
             tests += [_bound("count(*)", (), op, limit) for op, limit in node.count.bounds().items()]
             zero_ok &= _holds(0, node.count.bounds())
-        if node.sum is not None:
-            total, path = self.dialect.number_sum("e.properties", node.sum.property)
-            tests += [_bound(total, path, op, limit) for op, limit in node.sum.bounds().items()]
+        joined = ""
+        if node.sum is not None:  # the summed property's number, where the event has one
+            joined = " LEFT JOIN event_values s ON s.event_id = e.id AND s.name = ? AND s.kind = 'number'"
+            params = (node.sum.property, *params)
+            total = "coalesce(sum(s.number), 0)"
+            tests += [_bound(total, (), op, limit) for op, limit in node.sum.bounds().items()]
             zero_ok &= _holds(0, node.sum.bounds())
         having = join_sql(" AND ", tests)
         # "+" keeps SQLite from walking events in contact order to group them (it then reads every event's row);
         # the type-and-time index plus a sort is several times faster when a sum has to read properties
         key = f"{self.dialect.number_group_hint}e.contact_id" if node.sum is not None else "e.contact_id"
-        grouped = f"SELECT e.contact_id FROM events e WHERE {where} GROUP BY {key} HAVING"
+        grouped = f"SELECT e.contact_id FROM events e{joined} WHERE {where} GROUP BY {key} HAVING"
         if zero_ok:
             return Sql(f"c.id NOT IN ({grouped} NOT {having.text})", params + having.params)
         return Sql(f"c.id IN ({grouped} {having.text})", params + having.params)
 
     def property(self, prop: PropertyCondition) -> Sql:
-        """A test of one property of the event `e` (segments' event conditions, workflows' event triggers).
+        """A test of one property of the event `e` (segments' event conditions, workflows' event triggers), read from
+        its typed row (`event_values`).
 
         A value of another JSON type than the condition compares counts as missing: SQLite orders any text above
-        any number, so `gte: 100` would otherwise match "abc", "5" or [500]."""
+        any number, so `gte: 100` would otherwise match "abc", "5" or [500]. An `in` whose operands are of several
+        types matches a value equal to one of its own type."""
+        rows = "EXISTS (SELECT 1 FROM event_values p WHERE p.event_id = e.id AND p.name = ?{test})"
         if prop.operator == "exists":
-            return self.compare(Sql(*self.dialect.present("e.properties", prop.name)), _type_of(prop), prop)
-        return self.compare(
-            Sql(*self.dialect.typed("e.properties", prop.name, _json_types(prop))), _type_of(prop), prop
-        )
+            return self.typed(prop, "string", rows, (prop.name,), "")
+        if prop.operator in ("in", "not_in"):
+            groups: dict[str, list[Any]] = {}
+            for operand in prop.operand:
+                groups.setdefault(_scalar_type(operand), []).append(operand)
+            if len(groups) > 1:
+                parts = [self.property(PropertyCondition.model_validate({"name": prop.name, "in": values}))
+                         for values in groups.values()]
+                either = join_sql(" OR ", parts)
+                return Sql(f"(NOT {either.text})", either.params) if prop.operator == "not_in" else either
+        type_ = _type_of(prop)
+        kind = KINDS[type_]
+        column = self.dialect.column(f"p.{VALUE_COLUMNS[kind]}", type_)
+        return self.typed(prop, type_, rows.replace("{test}", " AND p.kind = ?{test}"), (prop.name, kind), column)
 
     def engaged(self, node: EngagedCondition) -> Sql:
         engaged = node.engaged
@@ -362,24 +444,6 @@ def _scalar_type(value: Any) -> str:
     if isinstance(value, int | float):
         return "number"
     return "string"
-
-
-JSON_TYPES = {
-    "number": ("integer", "real"),
-    "string": ("text",),
-    "datetime": ("text",),
-    "boolean": ("true", "false"),
-}
-"""The JSON types (as SQLite's json_type names them) of event properties that a comparison of each type can match."""
-
-
-def _json_types(node: Operators) -> tuple[str, ...]:
-    """The JSON types a property may have to meet `node`: those of its operand (of each item, for `in`)."""
-    if node.operator in ("before", "after", "within"):
-        return JSON_TYPES["datetime"]
-    operand = node.operand
-    samples = operand if isinstance(operand, list) else [operand]
-    return tuple(dict.fromkeys(kind for sample in samples for kind in JSON_TYPES[_scalar_type(sample)]))
 
 
 def workspace_compiler(desired: DesiredState, *, now: datetime, dialect: Dialect = SQLITE) -> Compiler:

@@ -4,6 +4,7 @@ engines, DDL in SQLite's words). Imported at the end of that module, so these mi
 from __future__ import annotations
 
 from reconciler.state import schema  # noqa: F401 (its migrations first, whichever module is imported first)
+from reconciler.state import typed_values
 from reconciler.state.migrating import migration, run_script
 from reconciler.state.postgres import StateDatabase
 
@@ -46,3 +47,11 @@ def _several_daemons(db: StateDatabase) -> None:
         ) WITHOUT ROWID;
         """,
     )
+
+
+@migration("0016_typed_values")
+def _typed_values(db: StateDatabase) -> None:
+    """Contact fields and event properties typed beside their JSON (`contact_values`, `event_values`), written by
+    triggers and filled here from every contact and event: segment conditions read indexed columns instead of
+    parsing each contact's JSON (state/typed_values.py)."""
+    typed_values.create(db)

@@ -1,0 +1,139 @@
+"""Contact fields and event properties kept typed beside their JSON, so that a segment condition on them reads an
+indexed column instead of parsing a contact's or event's JSON (the migration `0016_typed_values`).
+
+`contact_values` holds one row per custom field a contact has (JSON null is no row), `event_values` one per property
+an event has. A row says the value's JSON type, `kind` (`string`, `number`, `boolean`, `array`, `object`: the same
+words on both engines, so a state copied from SQLite to PostgreSQL reads the same), and the value itself: strings in
+`text` (byte order on both engines), numbers in `number` (booleans as 1 and 0, as SQLite's JSON functions give them),
+a contact's arrays as their JSON text in `text` (list fields). Field names and property names are values in these
+tables, never identifiers: no DDL is made from a workspace's names.
+
+The database writes them itself, with triggers on `contacts` and `events`: every writer of a contact's fields or an
+event (imports, the web service and API, workflow steps, erasure, a bulk load in SQL) keeps them in step without
+knowing about them, and none can forget. On SQLite a row trigger per contact; on PostgreSQL a statement trigger
+reading the statement's rows as a whole (a transition table), so a batch of 10,000 contacts costs one `INSERT ...
+SELECT`. `state migrate` copies the tables as they are, with the triggers set aside (state/postgres_load.py).
+"""
+
+from __future__ import annotations
+
+from reconciler.state.migrating import run_script
+from reconciler.state.postgres import PostgresDatabase, StateDatabase
+
+TABLES_SQLITE = """
+CREATE TABLE contact_values (
+    contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    field TEXT NOT NULL,
+    kind TEXT NOT NULL,                       -- string | number | boolean | array | object
+    text TEXT,                                -- a string; an array's JSON text
+    number NUMERIC,                           -- a number; a boolean as 1 or 0
+    PRIMARY KEY (contact_id, field)
+) WITHOUT ROWID;
+CREATE INDEX contact_values_by_number ON contact_values(field, kind, number, contact_id);
+CREATE INDEX contact_values_by_text ON contact_values(field, kind, text, contact_id);
+CREATE TABLE event_values (
+    event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT,
+    number NUMERIC,
+    PRIMARY KEY (event_id, name)
+) WITHOUT ROWID;
+"""
+TABLES_POSTGRES = TABLES_SQLITE.replace("text TEXT,", 'text TEXT COLLATE "C",')
+"""The same tables; text in byte order, as SQLite compares it (and the compiler reads it)."""
+
+_KIND_SQLITE = (
+    "CASE j.type WHEN 'text' THEN 'string' WHEN 'integer' THEN 'number' WHEN 'real' THEN 'number' "
+    "WHEN 'true' THEN 'boolean' WHEN 'false' THEN 'boolean' ELSE j.type END"
+)
+
+
+def _rows_sqlite(rows: str, owner: str, document: str, *, arrays: bool) -> str:
+    """SELECT of the typed rows of the JSON object text `document` of the row `owner` (`rows`: what it is read
+    from, or '' in a row trigger)."""
+    text_types = "'text', 'array'" if arrays else "'text'"
+    return (
+        f"SELECT {owner}, j.key, {_KIND_SQLITE}, CASE WHEN j.type IN ({text_types}) THEN j.value END, "
+        "CASE WHEN j.type IN ('integer', 'real', 'true', 'false') THEN j.value END "
+        f"FROM {rows}json_each({document}) AS j WHERE j.type <> 'null'"
+    )
+
+
+def _trigger_sqlite(table: str, values: str, columns: str, document: str, *, arrays: bool) -> str:
+    key = columns.split(",")[0]
+    insert = (
+        f"INSERT OR IGNORE INTO {values} ({columns}, kind, text, number) "
+        f"{_rows_sqlite('', 'NEW.id', f'NEW.{document}', arrays=arrays)};"
+    )
+    return f"""
+CREATE TRIGGER {values}_insert AFTER INSERT ON {table} BEGIN
+    {insert}
+END;
+CREATE TRIGGER {values}_update AFTER UPDATE OF {document} ON {table} WHEN OLD.{document} IS NOT NEW.{document}
+BEGIN
+    DELETE FROM {values} WHERE {key} = NEW.id;
+    {insert}
+END;
+"""
+
+
+def _rows_postgres(rows: str, owner: str, document: str, *, arrays: bool) -> str:
+    """PostgreSQL's SELECT of the same rows (jsonb_typeof's words are the kinds)."""
+    array_text = "WHEN 'array' THEN j.value::text " if arrays else ""
+    return (
+        f"SELECT {owner}, j.key, jsonb_typeof(j.value), "
+        f"CASE jsonb_typeof(j.value) WHEN 'string' THEN j.value #>> '{{}}' {array_text}END, "
+        "CASE jsonb_typeof(j.value) WHEN 'number' THEN CAST(j.value #>> '{}' AS numeric) "
+        "WHEN 'boolean' THEN CASE WHEN j.value = 'true'::jsonb THEN 1 ELSE 0 END END "
+        f"FROM {rows}jsonb_each(CAST({document} AS jsonb)) AS j WHERE jsonb_typeof(j.value) <> 'null'"
+    )
+
+
+def _trigger_postgres(table: str, values: str, columns: str, document: str, *, arrays: bool) -> str:
+    """A statement trigger's function and triggers: the typed rows of the statement's new rows (`added`), those of
+    an update's rows whose JSON changed (`before`: the old rows) made again."""
+    key = columns.split(",")[0]
+    insert = f"INSERT INTO {values} ({columns}, kind, text, number) "
+    changed = f"added a JOIN before b ON b.id = a.id AND a.{document} IS DISTINCT FROM b.{document}, "
+    return f"""
+CREATE FUNCTION {values}_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        DELETE FROM {values} v USING added a JOIN before b ON b.id = a.id
+            WHERE v.{key} = a.id AND a.{document} IS DISTINCT FROM b.{document};
+        {insert}{_rows_postgres(changed, "a.id", f"a.{document}", arrays=arrays)};
+    ELSE
+        {insert}{_rows_postgres("added a, ", "a.id", f"a.{document}", arrays=arrays)};
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER {values}_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION {values}_write();
+CREATE TRIGGER {values}_update AFTER UPDATE ON {table} REFERENCING OLD TABLE AS before NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION {values}_write();
+"""
+
+
+_WRITTEN = (
+    ("contacts", "contact_values", "contact_id, field", "fields", True),
+    ("events", "event_values", "event_id, name", "properties", False),
+)
+TRIGGERS = {table: (f"{values}_insert", f"{values}_update") for table, values, _, _, _ in _WRITTEN}
+"""The triggers that write the typed rows, by table: a bulk load that copies the typed rows too sets them aside."""
+
+
+def create(db: StateDatabase) -> None:
+    """The tables and their triggers, filled from the JSON of every contact and event there is."""
+    postgres = isinstance(db, PostgresDatabase)
+    rows, trigger = (_rows_postgres, _trigger_postgres) if postgres else (_rows_sqlite, _trigger_sqlite)
+    run_script(db, TABLES_POSTGRES if postgres else TABLES_SQLITE)
+    for table, values, columns, document, arrays in _WRITTEN:
+        alias = table[0]
+        select = rows(f"{table} {alias}, ", f"{alias}.id", f"{alias}.{document}", arrays=arrays)
+        db.conn.execute(f"INSERT INTO {values} ({columns}, kind, text, number) {select}")
+        script = trigger(table, values, columns, document, arrays=arrays)
+        if isinstance(db, PostgresDatabase):
+            db.conn.run_script(script)
+        else:
+            run_script(db, script)
