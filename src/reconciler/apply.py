@@ -9,18 +9,17 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from reconciler.audience import audience_queries, missing_queries
+from reconciler.audience import counting
 from reconciler.clock import iso
 from reconciler.field_reads import campaign_reads
 from reconciler.pages import stored_pages
 from reconciler.plan import Action, Plan, make_plan
-from reconciler.segments import segment_queries
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import CustomField, MailingList
 from reconciler.state import ObservedState, campaigns, observe, pages, records, settings, workflows
 from reconciler.state.conditions import Reason
+from reconciler.state.counting import with_counts
 from reconciler.state.db import StaleState, audit, claim_serial, write
-from reconciler.state.observe import with_counts
 from reconciler.state.portable import dialect
 from reconciler.state.postgres import StateDatabase
 
@@ -90,18 +89,12 @@ def observe_for(
     budget: float | None = None,
 ) -> ObservedState:
     """The observed state (read now unless given) with the counts a plan shows: the segment audiences of `campaigns`
-    (all when None) first, then every segment's size, then who lacks a field a message reads without a default;
-    counting stops after `budget` seconds (a scan each)."""
+    (all when None), every segment's size (`segments`), who lacks a field a message reads without a default; each
+    segment evaluated once, the segments audiences use first; counting stops after `budget` seconds."""
     deadline = None if budget is None else time.monotonic() + budget
     reads = {name: fields for name, fields in campaign_reads(desired).items() if campaigns is None or name in campaigns}
-    return with_counts(
-        db,
-        observed or observe(db),
-        audiences=audience_queries(desired, now=now, campaigns=campaigns, dialect=dialect(db)),
-        segments=segment_queries(desired, now=now, dialect=dialect(db)) if segments else {},
-        missing=missing_queries(desired, now=now, reads=reads, dialect=dialect(db)),
-        deadline=deadline,
-    )
+    wanted = counting(desired, now=now, campaigns=campaigns, sizes=segments, reads=reads, dialect=dialect(db))
+    return with_counts(db, observed or observe(db), wanted, deadline=deadline)
 
 
 def plan_for(

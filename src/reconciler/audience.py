@@ -111,54 +111,93 @@ def blocking_for(lists: Mapping[str, MailingList], names: Sequence[str]) -> tupl
     return MARKETING_BLOCKING if is_marketing(lists, names) else TRANSACTIONAL_BLOCKING
 
 
-def _campaign_sql(
-    compiler: Compiler, desired: DesiredState, parts: tuple[list[str], list[str], list[str], list[str]]
-) -> AudienceSql:
-    """A campaign's audience as the workspace says it (`campaign_audience_parts`), with the suppressions its lists'
-    kind of mail honours."""
-    lists, exclude_lists, segments, exclude_segments = parts
-    return audience_sql(
-        compiler,
-        lists=lists,
-        exclude_lists=exclude_lists,
-        segments=segments,
-        exclude_segments=exclude_segments,
-        blocking=blocking_for(desired.lists, lists),
-    )
+@dataclass(frozen=True)
+class Audience:
+    """A campaign audience as `plan` counts it: the list rules (`list_reason`) over each contact's subscriptions and
+    suppression, then its segments and excluded segments as sets of contacts, each segment evaluated once."""
+
+    lists: tuple[str, ...]
+    exclude_lists: tuple[str, ...]
+    segments: tuple[str, ...]
+    exclude_segments: tuple[str, ...]
+    blocking: tuple[str, ...]
 
 
-def audience_queries(
-    desired: DesiredState, *, now: datetime, campaigns: Collection[str] | None = None, dialect: Dialect = SQLITE
-) -> dict[str, AudienceSql]:
-    """One query per distinct campaign audience that uses segments (list-only audiences are counted without SQL),
-    for every campaign or only the named ones, in the order given."""
+@dataclass(frozen=True)
+class Counting:
+    """Everything a plan counts, as SQL that does not run yet: each segment's members (once each, whatever uses
+    them), the segment audiences of campaigns by `audience_key`, and for each (campaign, field) a message reads
+    without a default, the test that a contact lacks the field."""
+
+    members: Mapping[str, Sql]
+    """Every segment whose members are needed: those whose size is shown, those audiences use."""
+    sizes: tuple[str, ...]
+    audiences: Mapping[str, Audience]
+    missing: Mapping[tuple[str, str], tuple[str, Sql]]
+    """(campaign, field) -> (the campaign's audience key, the test that the contact ``c`` lacks the field)."""
+
+
+def counting(
+    desired: DesiredState,
+    *,
+    now: datetime,
+    campaigns: Collection[str] | None = None,
+    sizes: bool = True,
+    reads: Mapping[str, Sequence[str]] | None = None,
+    dialect: Dialect = SQLITE,
+) -> Counting:
+    """What a plan counts: every segment's size (`sizes`), the audiences of every campaign that uses segments (or
+    of the named `campaigns`, in the order given), and who lacks a field a campaign's messages read (`reads`:
+    campaign -> fields)."""
     compiler = workspace_compiler(desired, now=now, dialect=dialect)
-    queries: dict[str, AudienceSql] = {}
     names = list(desired.campaigns) if campaigns is None else [n for n in campaigns if n in desired.campaigns]
+    audiences: dict[str, Audience] = {}
+    keys: dict[str, str] = {}
     for campaign in (desired.campaigns[name] for name in names):
         parts = campaign_audience_parts(campaign)
-        _, _, segments, exclude_segments = parts
-        if not (segments or exclude_segments):
-            continue
-        key = audience_key(*parts)
-        if key not in queries:
-            queries[key] = _campaign_sql(compiler, desired, parts)
-    return queries
+        lists, exclude_lists, segments, exclude_segments = parts
+        keys[campaign.name] = key = audience_key(*parts)
+        audiences[key] = Audience(
+            tuple(lists),
+            tuple(exclude_lists),
+            tuple(segments),
+            tuple(exclude_segments),
+            blocking_for(desired.lists, lists),
+        )
+    missing: dict[tuple[str, str], tuple[str, Sql]] = {}
+    for name, fields in (reads or {}).items():
+        if name in keys:
+            for field in fields:
+                value = compiler.value(field)
+                missing[(name, field)] = (keys[name], Sql(f"({value.text}) IS NULL", value.params))
+    used = {key for key, _ in missing.values()}
+    audiences = {key: a for key, a in audiences.items() if a.segments or a.exclude_segments or key in used}
+    wanted = set(desired.segments) if sizes else set()
+    wanted |= {name for a in audiences.values() for name in (*a.segments, *a.exclude_segments)}
+    members = {name: compiler.members(name) for name in sorted(wanted) if name in desired.segments}
+    return Counting(members, tuple(sorted(desired.segments)) if sizes else (), audiences, missing)
 
 
-def missing_queries(
-    desired: DesiredState, *, now: datetime, reads: Mapping[str, Sequence[str]], dialect: Dialect = SQLITE
-) -> dict[tuple[str, str], tuple[Sql, Sql]]:
-    """For each (campaign, field) its messages read without a default: the campaign's recipients, and the test that
-    a contact lacks the field (their message would fail)."""
-    compiler = workspace_compiler(desired, now=now, dialect=dialect)
-    queries: dict[tuple[str, str], tuple[Sql, Sql]] = {}
-    for name, fields in reads.items():
-        campaign = desired.campaigns.get(name)
-        if campaign is None:
-            continue
-        query = _campaign_sql(compiler, desired, campaign_audience_parts(campaign))
-        for field in fields:
-            value = compiler.value(field)
-            queries[(name, field)] = (query.recipients, Sql(f"({value.text}) IS NULL", value.params))
-    return queries
+def list_reason(
+    subscribed: Collection[str],
+    unsubscribed: Collection[str],
+    pending: Collection[str],
+    suppression: str | None,
+    audience: Audience,
+) -> str | None:
+    """Why a contact with these subscriptions and suppression is not a recipient of `audience` by its list rules
+    (the order `audience_sql` tests them in), '' when they are, None when they are not on its lists at all."""
+    wanted = set(audience.lists)
+    if (
+        not wanted.intersection(subscribed)
+        and not wanted.intersection(unsubscribed)
+        and not wanted.intersection(pending)
+    ):
+        return None
+    if suppression is not None and suppression in audience.blocking:
+        return suppression
+    if not wanted.intersection(subscribed):
+        return "awaiting confirmation" if wanted.intersection(pending) else "unsubscribed"
+    if set(audience.exclude_lists).intersection(subscribed):
+        return "excluded list"
+    return ""

@@ -116,5 +116,6 @@ class PostgresDialect(Dialect):
     def contains_text(self, value: str) -> str:
         return f"strpos({value}, ?) > 0"
 
+
 SQLITE = Dialect()
 POSTGRESQL = PostgresDialect()

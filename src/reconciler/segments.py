@@ -178,7 +178,7 @@ class Compiler:
         return self.typed(
             node,
             type_,
-            f"c.id IN (SELECT v.contact_id FROM contact_values v WHERE v.field = ? AND v.kind = ?{{test}})",
+            "c.id IN (SELECT v.contact_id FROM contact_values v WHERE v.field = ? AND v.kind = ?{test})",
             (node.field, kind),
             self.dialect.column(f"v.{VALUE_COLUMNS[kind]}", type_),
         )
@@ -342,8 +342,10 @@ class Compiler:
             for operand in prop.operand:
                 groups.setdefault(_scalar_type(operand), []).append(operand)
             if len(groups) > 1:
-                parts = [self.property(PropertyCondition.model_validate({"name": prop.name, "in": values}))
-                         for values in groups.values()]
+                parts = [
+                    self.property(PropertyCondition.model_validate({"name": prop.name, "in": values}))
+                    for values in groups.values()
+                ]
                 either = join_sql(" OR ", parts)
                 return Sql(f"(NOT {either.text})", either.params) if prop.operator == "not_in" else either
         type_ = _type_of(prop)

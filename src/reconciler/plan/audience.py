@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from reconciler.audience import MARKETING_BLOCKING, audience_key, blocking_for, campaign_audience_parts
+from reconciler.audience import (
+    MARKETING_BLOCKING,
+    Audience,
+    audience_key,
+    blocking_for,
+    campaign_audience_parts,
+    list_reason,
+)
 from reconciler.segments import segment_closure
 from reconciler.spec import DesiredState
 from reconciler.spec.documents import Campaign
@@ -64,23 +71,15 @@ def count_audience(
 ) -> AudienceCount:
     """Subscribed members of any of `lists`, minus people suppressed for a `blocking` reason and members of
     `exclude_lists` (the rules of `audience.audience_sql`, which the snapshot runs)."""
-    wanted, unwanted = frozenset(lists), frozenset(exclude_lists)
+    rules = Audience(tuple(lists), tuple(exclude_lists), (), (), tuple(blocking))
     recipients = 0
     excluded: dict[str, int] = {}
     for signature, count in histogram.items():
-        if not (signature.subscribed | signature.unsubscribed | signature.pending) & wanted:
-            continue
-        why: str
-        if signature.suppression is not None and signature.suppression in blocking:
-            why = signature.suppression
-        elif not signature.subscribed & wanted:
-            why = "awaiting confirmation" if signature.pending & wanted else "unsubscribed"
-        elif signature.subscribed & unwanted:
-            why = "excluded list"
-        else:
+        why = list_reason(signature.subscribed, signature.unsubscribed, signature.pending, signature.suppression, rules)
+        if why == "":
             recipients += count
-            continue
-        excluded[why] = excluded.get(why, 0) + count
+        elif why is not None:
+            excluded[why] = excluded.get(why, 0) + count
     return AudienceCount(recipients, excluded)
 
 

@@ -60,3 +60,8 @@ def count_where(db: StateDatabase, recipients: Sql, condition: Sql) -> int:
         (*recipients.params, *condition.params),
     ).fetchone()
     return int(row[0])
+
+
+def lacking(db: StateDatabase, test: Sql) -> list[int]:
+    """The contacts that meet `test` (that they lack a field), every one of them."""
+    return [row[0] for row in db.conn.execute(f"SELECT c.id FROM contacts c WHERE {test.text}", test.params)]

@@ -8,18 +8,15 @@ signatures.
 
 from __future__ import annotations
 
-import time
+import json
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.audience import AudienceSql
-from reconciler.segments import Sql
-from reconciler.state import audiences as run
 from reconciler.state.campaigns import CampaignRecord, campaign_records
 from reconciler.state.db import get_meta
-from reconciler.state.portable import unit_separated
+from reconciler.state.portable import json_integers, unit_separated
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.records import ListRecord, field_types, list_records
 from reconciler.state.workflows import active_by_step
@@ -82,59 +79,18 @@ def observe(db: StateDatabase, *, audience: bool = True, runs: bool = True) -> O
     )
 
 
-def with_counts(
-    db: StateDatabase,
-    observed: ObservedState,
-    *,
-    audiences: Mapping[str, AudienceSql],
-    segments: Mapping[str, Sql],
-    missing: Mapping[tuple[str, str], tuple[Sql, Sql]] | None = None,
-    deadline: float | None = None,
-) -> ObservedState:
-    """`observed` plus the counts of compiled campaign `audiences` and `segments`, each a query of its own.
-
-    Counting stops at `deadline` (time.monotonic()); what was not counted by then is absent, and the plan says so.
-    """
-    audience_counts = dict(observed.audience_counts)
-    segment_counts = dict(observed.segment_counts)
-    for key, query in audiences.items():
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        audience_counts[key] = run.audience_reasons(db, candidates=query.candidates, reason=query.reason)
-    for name, members in segments.items():
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        segment_counts[name] = run.count(db, members)
-    missing_counts = dict(observed.missing_counts)
-    for pair, (recipients, lacking) in (missing or {}).items():
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        missing_counts[pair] = run.count_where(db, recipients, lacking)
-    return replace(
-        observed, audience_counts=audience_counts, segment_counts=segment_counts, missing_counts=missing_counts
-    )
-
-
 def audience_histogram(db: StateDatabase) -> dict[Signature, int]:
     """Contacts with at least one subscription, counted by signature.
 
     Each list is a bit, so a contact's signature is three integers summed by SQLite (much cheaper than strings),
     and the few suppressed contacts are counted apart instead of joining every contact to the suppressions.
     """
-    lists = [row[0] for row in db.conn.execute("SELECT DISTINCT list FROM subscriptions ORDER BY list")]
+    lists = _lists(db)
     if not lists:
         return {}
     if len(lists) > 62:
         return _histogram_by_names(db)
-    bit = "CASE list " + " ".join("WHEN ? THEN ?" for _ in lists) + " ELSE 0 END"
-    params: list[Any] = [value for index, name in enumerate(lists) for value in (name, 1 << index)]
-    signatures = f"""
-        SELECT contact_id,
-               sum(CASE WHEN status = 'subscribed' THEN bit ELSE 0 END) AS s,
-               sum(CASE WHEN status = 'unsubscribed' THEN bit ELSE 0 END) AS u,
-               sum(CASE WHEN status = 'pending' THEN bit ELSE 0 END) AS p
-        FROM (SELECT contact_id, status, {bit} AS bit FROM subscriptions %s) AS b GROUP BY contact_id
-    """  # noqa: S608 - only "?" placeholders and constant SQL are interpolated
+    signatures, params = _masks(lists)
     everyone = db.conn.execute(f"SELECT s, u, p, count(*) FROM ({signatures % ''}) AS m GROUP BY 1, 2, 3", params)  # noqa: S608
     counts: Counter[tuple[int, int, int, str | None]] = Counter()
     for s, u, p, count in everyone:  # int(): PostgreSQL's sum of integers is a numeric (a Decimal)
@@ -149,10 +105,88 @@ def audience_histogram(db: StateDatabase) -> dict[Signature, int]:
         counts[(int(s), int(u), int(p), None)] -= count
         counts[(int(s), int(u), int(p), reason)] += count
 
+    return {_signature(lists, key): n for key, n in counts.items() if n}
+
+
+def _lists(db: StateDatabase) -> list[str]:
+    return [row[0] for row in db.conn.execute("SELECT DISTINCT list FROM subscriptions ORDER BY list")]
+
+
+def _masks(lists: list[str]) -> tuple[str, list[Any]]:
+    """A query of each contact's subscriptions as three bit masks (subscribed, unsubscribed, pending), one bit per
+    list of `lists`, with a `%s` for a WHERE clause over `contact_id`, and its parameters."""
+    bit = "CASE list " + " ".join("WHEN ? THEN ?" for _ in lists) + " ELSE 0 END"
+    params: list[Any] = [value for index, name in enumerate(lists) for value in (name, 1 << index)]
+    signatures = f"""
+        SELECT contact_id,
+               sum(CASE WHEN status = 'subscribed' THEN bit ELSE 0 END) AS s,
+               sum(CASE WHEN status = 'unsubscribed' THEN bit ELSE 0 END) AS u,
+               sum(CASE WHEN status = 'pending' THEN bit ELSE 0 END) AS p
+        FROM (SELECT contact_id, status, {bit} AS bit FROM subscriptions %s) AS b GROUP BY contact_id
+    """  # noqa: S608 - only "?" placeholders and constant SQL are interpolated
+    return signatures, params
+
+
+def _signature(lists: list[str], key: tuple[int, int, int, str | None]) -> Signature:
     def names(mask: int) -> frozenset[str]:
         return frozenset(name for index, name in enumerate(lists) if mask >> index & 1)
 
-    return {Signature(names(s), names(u), names(p), reason): n for (s, u, p, reason), n in counts.items() if n}
+    s, u, p, reason = key
+    return Signature(names(s), names(u), names(p), reason)
+
+
+Key = tuple[int, int, int, str | None]
+
+
+def signatures(db: StateDatabase, contacts: set[int]) -> tuple[dict[int, Key], dict[Key, Signature]]:
+    """The signature of each of `contacts` that has a subscription, as a key into the signatures found (contacts
+    share a few hundred): read in one query, or for everyone when they are many of them."""
+    lists = _lists(db)
+    if not lists:
+        return {}, {}
+    if len(lists) > 62:
+        return _signatures_by_names(db, contacts)
+    query, params = _masks(lists)
+    everyone = len(contacts) > 100_000
+    where = "" if everyone else f"WHERE contact_id IN ({json_integers(db, '?')})"
+    chosen = () if everyone else (json.dumps(sorted(contacts)),)
+    keys: dict[int, Key] = {}
+    for contact, s, u, p in db.conn.execute(query % where, (*params, *chosen)):
+        keys[contact] = (int(s), int(u), int(p), None)
+    suppressed = db.conn.execute(
+        "SELECT c.id, p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash"  # noqa: S608 - constant SQL
+        + ("" if everyone else f" WHERE c.id IN ({json_integers(db, '?')})"),
+        chosen,
+    )
+    for contact, reason in suppressed:
+        if contact in keys:
+            keys[contact] = (*keys[contact][:3], reason)
+    kinds = {key: _signature(lists, key) for key in set(keys.values())}
+    return keys, kinds
+
+
+def _signatures_by_names(db: StateDatabase, contacts: set[int]) -> tuple[dict[int, Key], dict[Key, Signature]]:
+    """The same for workspaces with more lists than an integer has bits: each list's own bit, in Python."""
+    lists = _lists(db)
+    index = {name: i for i, name in enumerate(lists)}
+    status = {"subscribed": 0, "unsubscribed": 1, "pending": 2}
+    masks: dict[int, list[int]] = {}
+    rows = db.conn.execute(
+        f"SELECT contact_id, list, status FROM subscriptions WHERE contact_id IN ({json_integers(db, '?')})",  # noqa: S608
+        (json.dumps(sorted(contacts)),),
+    )
+    for contact, name, state in rows:
+        masks.setdefault(contact, [0, 0, 0])[status[state]] |= 1 << index[name]
+    keys: dict[int, Key] = {contact: (s, u, p, None) for contact, (s, u, p) in masks.items()}
+    suppressed = db.conn.execute(
+        "SELECT c.id, p.reason FROM suppressions p JOIN contacts c ON c.email_hash = p.email_hash "  # noqa: S608 - constant SQL
+        f"WHERE c.id IN ({json_integers(db, '?')})",
+        (json.dumps(sorted(contacts)),),
+    )
+    for contact, reason in suppressed:
+        if contact in keys:
+            keys[contact] = (*keys[contact][:3], reason)
+    return keys, {key: _signature(lists, key) for key in set(keys.values())}
 
 
 _STATUSES = ("subscribed", "unsubscribed", "pending")

@@ -3,8 +3,10 @@ engines, DDL in SQLite's words). Imported at the end of that module, so these mi
 
 from __future__ import annotations
 
-from reconciler.state import schema  # noqa: F401 (its migrations first, whichever module is imported first)
-from reconciler.state import typed_values
+from reconciler.state import (
+    schema,  # noqa: F401 (its migrations first, whichever module is imported first)
+    typed_values,
+)
 from reconciler.state.migrating import migration, run_script
 from reconciler.state.postgres import StateDatabase
 

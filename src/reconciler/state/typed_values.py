@@ -54,7 +54,7 @@ def _rows_sqlite(rows: str, owner: str, document: str, *, arrays: bool) -> str:
     from, or '' in a row trigger)."""
     text_types = "'text', 'array'" if arrays else "'text'"
     return (
-        f"SELECT {owner}, j.key, {_KIND_SQLITE}, CASE WHEN j.type IN ({text_types}) THEN j.value END, "
+        f"SELECT {owner}, j.key, {_KIND_SQLITE}, CASE WHEN j.type IN ({text_types}) THEN j.value END, "  # noqa: S608 - constant SQL
         "CASE WHEN j.type IN ('integer', 'real', 'true', 'false') THEN j.value END "
         f"FROM {rows}json_each({document}) AS j WHERE j.type <> 'null'"
     )
@@ -75,14 +75,14 @@ BEGIN
     DELETE FROM {values} WHERE {key} = NEW.id;
     {insert}
 END;
-"""
+"""  # noqa: S608 - constant SQL
 
 
 def _rows_postgres(rows: str, owner: str, document: str, *, arrays: bool) -> str:
     """PostgreSQL's SELECT of the same rows (jsonb_typeof's words are the kinds)."""
     array_text = "WHEN 'array' THEN j.value::text " if arrays else ""
     return (
-        f"SELECT {owner}, j.key, jsonb_typeof(j.value), "
+        f"SELECT {owner}, j.key, jsonb_typeof(j.value), "  # noqa: S608 - constant SQL
         f"CASE jsonb_typeof(j.value) WHEN 'string' THEN j.value #>> '{{}}' {array_text}END, "
         "CASE jsonb_typeof(j.value) WHEN 'number' THEN CAST(j.value #>> '{}' AS numeric) "
         "WHEN 'boolean' THEN CASE WHEN j.value = 'true'::jsonb THEN 1 ELSE 0 END END "
@@ -112,7 +112,7 @@ CREATE TRIGGER {values}_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS 
     FOR EACH STATEMENT EXECUTE FUNCTION {values}_write();
 CREATE TRIGGER {values}_update AFTER UPDATE ON {table} REFERENCING OLD TABLE AS before NEW TABLE AS added
     FOR EACH STATEMENT EXECUTE FUNCTION {values}_write();
-"""
+"""  # noqa: S608 - constant SQL
 
 
 _WRITTEN = (
