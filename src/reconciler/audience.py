@@ -129,7 +129,8 @@ class Counting:
     them), the segment audiences of campaigns by `audience_key`, and for each (campaign, field) a message reads
     without a default, the test that a contact lacks the field."""
 
-    members: Mapping[str, Sql]
+    compiler: Compiler
+    members: tuple[str, ...]
     """Every segment whose members are needed: those whose size is shown, those audiences use."""
     sizes: tuple[str, ...]
     audiences: Mapping[str, Audience]
@@ -174,8 +175,8 @@ def counting(
     audiences = {key: a for key, a in audiences.items() if a.segments or a.exclude_segments or key in used}
     wanted = set(desired.segments) if sizes else set()
     wanted |= {name for a in audiences.values() for name in (*a.segments, *a.exclude_segments)}
-    members = {name: compiler.members(name) for name in sorted(wanted) if name in desired.segments}
-    return Counting(members, tuple(sorted(desired.segments)) if sizes else (), audiences, missing)
+    members = tuple(name for name in sorted(wanted) if name in desired.segments)
+    return Counting(compiler, members, tuple(sorted(desired.segments)) if sizes else (), audiences, missing)
 
 
 def list_reason(

@@ -12,6 +12,7 @@ JSON of fields, tags and event properties is read through jsonb with typed casts
 
 from __future__ import annotations
 
+import copy
 import json
 import operator
 import re
@@ -91,6 +92,15 @@ class Compiler:
         self.types = {**BUILTIN_FIELDS, **field_types}
         self.now = now.astimezone(UTC)
         self.zone = ZoneInfo(timezone)
+        self.probes = False
+        """Every condition a probe of the contact ``c``'s own rows (indexes by contact) instead of a set computed
+        once: for testing a few contacts (state/segment_sets.py), where building each set would cost more."""
+
+    def probing(self) -> Compiler:
+        """This compiler writing probes (`probes`)."""
+        other = copy.copy(self)
+        other.probes = True
+        return other
 
     # --- segments -----------------------------------------------------------------------------------------------
 
@@ -114,15 +124,28 @@ class Compiler:
         """The segment's condition and list base, without top-N."""
         where = self.condition(segment.where) if segment.where is not None else TRUE
         if segment.lists:
-            where = subscribed_to(segment.lists, dialect=self.dialect) & where
+            where = self.subscribed(segment.lists) & where
         return where
+
+    def subscribed(self, lists: Sequence[str]) -> Sql:
+        """The contact is subscribed to any of `lists`."""
+        if not self.probes:
+            return subscribed_to(lists, dialect=self.dialect)
+        return Sql(
+            "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.list IN "
+            f"({self.dialect.json_values('?')}) AND s.status = 'subscribed')",
+            (json.dumps(sorted(lists)),),
+            cost=1,
+        )
 
     def membership(self, name: str) -> Sql:
         """A boolean expression: the contact ``c`` is a member of segment `name`."""
         segment = self.segments[name]
         if segment.limit is None:
             return self.base(segment)
-        members = self.members(name)
+        sets = copy.copy(self)
+        sets.probes = False  # a top-N is computed once, whoever asks
+        members = sets.members(name)
         return Sql(f"(c.id IN (SELECT id FROM ({members.text}) AS m))", members.params)
 
     # --- conditions -------------------------------------------------------------------------------------------------
@@ -146,11 +169,11 @@ class Compiler:
         if isinstance(node, TagCondition):
             return Sql(self.dialect.has_string("c.tags"), (node.tag,), cost=1)
         if isinstance(node, ListCondition):
-            return subscribed_to([node.list], dialect=self.dialect)
+            return self.subscribed([node.list])
         if isinstance(node, InSegmentCondition):
             return self.membership(node.in_segment)
         if isinstance(node, EventCondition):
-            return self.event(node)
+            return self.event(node, correlated=self.probes)
         if isinstance(node, EngagedCondition):
             return self.engaged(node)
         raise TypeError(f"not a segment condition: {type(node).__name__}")
@@ -170,7 +193,7 @@ class Compiler:
 
     def field(self, node: FieldCondition) -> Sql:
         type_ = self.types[node.field]
-        if node.field in COLUMNS or type_ == "list":
+        if node.field in COLUMNS or type_ == "list" or self.probes:
             value = self.value(node.field)
             test = self.compare(value, type_, node)
             return Sql(test.text, test.params, value.cost)
@@ -322,6 +345,10 @@ class Compiler:
         # "+" keeps SQLite from walking events in contact order to group them (it then reads every event's row);
         # the type-and-time index plus a sort is several times faster when a sum has to read properties
         key = f"{self.dialect.number_group_hint}e.contact_id" if node.sum is not None else "e.contact_id"
+        if correlated:  # one aggregate over the contact's own events: no row when the bounds do not hold
+            own = f"SELECT count(*) FROM events e{joined} WHERE e.contact_id = c.id AND {where}"
+            probe = f"EXISTS ({own} HAVING {having.text})"
+            return Sql(probe, params + having.params, cost=1)
         grouped = f"SELECT e.contact_id FROM events e{joined} WHERE {where} GROUP BY {key} HAVING"
         if zero_ok:
             return Sql(f"c.id NOT IN ({grouped} NOT {having.text})", params + having.params)
@@ -377,6 +404,9 @@ class Compiler:
         if engaged.within is not None:
             where += f" AND {alias}.{at} >= ?"
             params += (self.instant(self.now - engaged.within, "datetime"),)
+        if self.probes:
+            probe = f"EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.contact_id = c.id AND {where})"
+            return Sql(probe, params, cost=1)
         return Sql(f"c.id IN (SELECT {alias}.contact_id FROM {table} {alias} WHERE {where})", params)
 
 

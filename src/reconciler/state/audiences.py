@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from reconciler.segments import Sql
+from reconciler.state.portable import json_integers
 from reconciler.state.postgres import StateDatabase
 
 
@@ -62,6 +64,13 @@ def count_where(db: StateDatabase, recipients: Sql, condition: Sql) -> int:
     return int(row[0])
 
 
-def lacking(db: StateDatabase, test: Sql) -> list[int]:
-    """The contacts that meet `test` (that they lack a field), every one of them."""
-    return [row[0] for row in db.conn.execute(f"SELECT c.id FROM contacts c WHERE {test.text}", test.params)]
+def lacking(db: StateDatabase, test: Sql, among: Collection[int] | None = None) -> list[int]:
+    """The contacts that meet `test` (that they lack a field): every one of them, or those of `among`."""
+    if among is None:
+        rows = db.conn.execute(f"SELECT c.id FROM contacts c WHERE {test.text}", test.params)
+    else:
+        chosen = f"c.id IN ({json_integers(db, '?')}) AND "
+        rows = db.conn.execute(
+            f"SELECT c.id FROM contacts c WHERE {chosen}{test.text}", (json.dumps(sorted(among)), *test.params)
+        )
+    return [row[0] for row in rows]

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 
 from reconciler.audience import Audience, Counting, list_reason
+from reconciler.segments import Sql
 from reconciler.state import audiences as run
 from reconciler.state.observe import ObservedState, Signature, signatures
 from reconciler.state.postgres import StateDatabase
+from reconciler.state.segment_sets import SegmentSets
 
 Key = tuple[int, int, int, str | None]
 """A contact's subscriptions as bit masks (subscribed, unsubscribed, pending) and their suppression."""
@@ -39,19 +41,14 @@ def with_counts(
         return deadline is None or time.monotonic() <= deadline
 
     used = [name for a in counting.audiences.values() for name in (*a.segments, *a.exclude_segments)]
+    sets = SegmentSets(db, counting.compiler)
     members: dict[str, frozenset[int]] = {}
-    for name in dict.fromkeys(used):
+    for name in dict.fromkeys([*used, *counting.sizes]):
         if name in counting.members and in_time():
-            members[name] = frozenset(run.member_ids(db, counting.members[name]))
+            members[name] = frozenset(sets.members(name))
     sizes = {name: len(found) for name, found in members.items() if name in counting.sizes}
-    for name in counting.sizes:
-        if name not in sizes and name in counting.members and in_time():
-            sizes[name] = run.count(db, counting.members[name])
-    lacking: dict[tuple[str, tuple[object, ...]], frozenset[int]] = {}
-    for _, test in counting.missing.values():
-        if (test.text, test.params) not in lacking and in_time():
-            lacking[(test.text, test.params)] = frozenset(run.lacking(db, test))
-    counter = _Counter(db, observed.audience, [*members.values(), *lacking.values()])
+    lacking = _lacking(db, counting, members, in_time)
+    counter = _Counter(db, observed.audience, [*(members[n] for n in used if n in members), *lacking.values()])
     audience_counts = dict(observed.audience_counts)
     for key, audience in counting.audiences.items():
         if (audience.segments or audience.exclude_segments) and _known(audience, members):
@@ -67,6 +64,32 @@ def with_counts(
         segment_counts={**observed.segment_counts, **sizes},
         missing_counts=missing_counts,
     )
+
+
+def _lacking(
+    db: StateDatabase, counting: Counting, members: Mapping[str, frozenset[int]], in_time: Callable[[], bool]
+) -> dict[tuple[str, tuple[object, ...]], frozenset[int]]:
+    """Who lacks each field a campaign's messages read, by its test: among the members of the campaigns' segments
+    (their recipients are among them), or among every contact for a campaign without segments."""
+    among: dict[tuple[str, tuple[object, ...]], set[int] | None] = {}
+    tests: dict[tuple[str, tuple[object, ...]], Sql] = {}
+    for key, test in counting.missing.values():
+        audience = counting.audiences[key]
+        which = (test.text, test.params)
+        tests[which] = test
+        if not _known(audience, members):
+            continue
+        chosen = _union(members, audience.segments)
+        so_far = among.setdefault(which, set())
+        if chosen is None or so_far is None:
+            among[which] = None
+        else:
+            so_far.update(chosen)
+    found: dict[tuple[str, tuple[object, ...]], frozenset[int]] = {}
+    for which, contacts in among.items():
+        if in_time():
+            found[which] = frozenset(run.lacking(db, tests[which], contacts))
+    return found
 
 
 def _known(audience: Audience, members: Mapping[str, frozenset[int]]) -> bool:
