@@ -160,7 +160,8 @@ def test_a_sqlite_state_is_copied_verified_and_ready_for_new_rows(state_file: Pa
             assert len(found[table]) == len(rows), table
             assert f"  {table} " in migrated.stdout and "verified" in migrated.stdout
         assert found == expected  # every value of every row, floats, JSON text and NULLs included
-        for table in ("contacts", "ledger", "events", "engagement", "report_counts", "consent", "suppressions"):
+        tables = ("contacts", "ledger", "events", "engagement", "report_counts", "consent", "suppressions")
+        for table in (*tables, "contact_values", "event_values"):
             assert found[table], f"the state made for the test has no {table}"
         assert "Zoë" in {row[3] for row in found["contacts"]}
         assert {row[4] for row in found["report_counts"]} & {19.99}  # the revenue counted, as REAL, exactly
@@ -180,6 +181,8 @@ def _new_rows_get_new_ids(db: PostgresDatabase) -> None:
     assert import_batch(db, rows, import_id=import_id, at=NOW, source="import:later.csv", consent_text=None).created
     (dora,) = db.execute("SELECT id FROM contacts WHERE email = 'dora@example.com'").fetchone()
     assert dora == largest + 1
+    typed = db.execute("SELECT field, kind, number FROM contact_values WHERE contact_id = ?", (dora,)).fetchall()
+    assert [(field, kind, float(number)) for field, kind, number in typed] == [("total_spend", "number", 0.5)]
     identities = db.execute(
         "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
         "AND is_identity = 'YES'"
@@ -211,14 +214,15 @@ def _catalog(db: PostgresDatabase) -> dict[str, set[tuple[Any, ...]]]:
 def test_the_copy_has_the_schema_a_new_state_has(
     state_file: Path, postgres_url: str, postgres_cluster: pg_cluster.Cluster
 ) -> None:
-    """The indexes, keys and JSON triggers set aside during the load are all back, as the migrations made them."""
+    """The indexes, keys, JSON and typed-value triggers set aside during the load are all back, as the migrations
+    made them."""
     assert _migrate(state_file, postgres_url).returncode == 0
     fresh_url = postgres_cluster.database()
     try:
         copied, fresh = open_postgres(postgres_url), open_postgres(fresh_url)
         try:
             expected = _catalog(fresh)
-            assert len(expected["indexes"]) >= 30 and len(expected["triggers"]) == 4
+            assert len(expected["indexes"]) >= 30 and len(expected["triggers"]) == 8  # JSON checks, typed values
             assert _catalog(copied) == expected
             with pytest.raises(Exception, match="not valid JSON"), write(copied):
                 copied.execute("UPDATE contacts SET fields = 'not json' WHERE id = 1")

@@ -90,7 +90,7 @@ class PostgresDialect(Dialect):
         return column
 
     def typed_parameter(self, type_: str) -> str:
-        return "CAST(? AS numeric)" if _SQL_TYPES.get(type_, "text") in ("numeric", "integer") else "?"
+        return "CAST(? AS double precision)" if _SQL_TYPES.get(type_, "text") in ("numeric", "integer") else "?"
 
     def has_string(self, array: str) -> str:
         return f"jsonb_exists(CAST({array} AS jsonb), CAST(? AS text))"

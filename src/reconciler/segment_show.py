@@ -73,9 +73,14 @@ def show(
         if rows:
             lines += ["", f"First {len(rows)} member{'s' * (len(rows) != 1)}:"]
             for row in rows:
-                extra = f"  {segment.order_by.field}={row[1]}" if order and segment.order_by else ""
+                extra = f"  {segment.order_by.field}={_shown(row[1])}" if order and segment.order_by else ""
                 lines.append(f"  {row[0]}{extra}")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> Any:
+    """A value as the contact's JSON has it: typed numbers are kept as doubles, so a whole one shows without `.0`."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _tree(node: Any, depth: int = 1) -> Iterator[tuple[int, Any]]:

@@ -4,7 +4,8 @@ indexed column instead of parsing a contact's or event's JSON (the migration `00
 `contact_values` holds one row per custom field a contact has (JSON null is no row), `event_values` one per property
 an event has. A row says the value's JSON type, `kind` (`string`, `number`, `boolean`, `array`, `object`: the same
 words on both engines, so a state copied from SQLite to PostgreSQL reads the same), and the value itself: strings in
-`text` (byte order on both engines), numbers in `number` (booleans as 1 and 0, as SQLite's JSON functions give them),
+`text` (byte order on both engines), numbers in `number` as doubles (booleans as 1 and 0; REAL, which both engines
+give back as the same float, so that `state migrate` copies and verifies them as they are),
 a contact's arrays as their JSON text in `text` (list fields). Field names and property names are values in these
 tables, never identifiers: no DDL is made from a workspace's names.
 
@@ -26,17 +27,17 @@ CREATE TABLE contact_values (
     field TEXT NOT NULL,
     kind TEXT NOT NULL,                       -- string | number | boolean | array | object
     text TEXT,                                -- a string; an array's JSON text
-    number NUMERIC,                           -- a number; a boolean as 1 or 0
+    number REAL,                              -- a number; a boolean as 1 or 0
     PRIMARY KEY (contact_id, field)
 ) WITHOUT ROWID;
-CREATE INDEX contact_values_by_number ON contact_values(field, kind, number, contact_id);
-CREATE INDEX contact_values_by_text ON contact_values(field, kind, text, contact_id);
+CREATE INDEX contact_values_by_number ON contact_values(field, kind, number, contact_id) WHERE number IS NOT NULL;
+CREATE INDEX contact_values_by_text ON contact_values(field, kind, text, contact_id) WHERE text IS NOT NULL;
 CREATE TABLE event_values (
     event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
     kind TEXT NOT NULL,
     text TEXT,
-    number NUMERIC,
+    number REAL,
     PRIMARY KEY (event_id, name)
 ) WITHOUT ROWID;
 """
@@ -84,7 +85,7 @@ def _rows_postgres(rows: str, owner: str, document: str, *, arrays: bool) -> str
     return (
         f"SELECT {owner}, j.key, jsonb_typeof(j.value), "  # noqa: S608 - constant SQL
         f"CASE jsonb_typeof(j.value) WHEN 'string' THEN j.value #>> '{{}}' {array_text}END, "
-        "CASE jsonb_typeof(j.value) WHEN 'number' THEN CAST(j.value #>> '{}' AS numeric) "
+        "CASE jsonb_typeof(j.value) WHEN 'number' THEN CAST(j.value #>> '{}' AS double precision) "
         "WHEN 'boolean' THEN CASE WHEN j.value = 'true'::jsonb THEN 1 ELSE 0 END END "
         f"FROM {rows}jsonb_each(CAST({document} AS jsonb)) AS j WHERE jsonb_typeof(j.value) <> 'null'"
     )
