@@ -100,5 +100,5 @@ def test_sets_select_what_the_reference_and_the_snapshot_sql_select(
     if chosen or excluded:
         reasons = run.audience_reasons(db, candidates=query.candidates, reason=query.reason)
         assert counted.audience_counts[key] == {why: n for why, n in reasons.items() if n}, context
-    assert counted.missing_counts[("c", "spend")] == run.count_where(db, query.recipients, lacking), context
+    assert counted.missing_counts["c"]["spend"] == run.count_where(db, query.recipients, lacking), context
     assert counted.segment_counts == {name: len(world.members(name)) for name in documents}, context

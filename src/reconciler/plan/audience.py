@@ -86,7 +86,7 @@ def count_audience(
 def campaign_audience(desired: DesiredState, campaign: Campaign, observed: ObservedState) -> AudienceCount:
     """The campaign's audience now: from the membership histogram, or for segments from their counted query; with
     who lacks a field its messages read without a default, where that was counted."""
-    missing = {f: n for (name, f), n in observed.missing_counts.items() if name == campaign.name}
+    missing = observed.missing_counts.get(campaign.name, {})
     return replace(_audience(desired, campaign, observed), missing=missing)
 
 

@@ -53,11 +53,12 @@ def with_counts(
     for key, audience in counting.audiences.items():
         if (audience.segments or audience.exclude_segments) and _known(audience, members):
             audience_counts[key] = counter.audience(audience, members)
-    missing_counts = dict(observed.missing_counts)
-    for pair, (key, test) in counting.missing.items():
+    missing_counts = {name: dict(fields) for name, fields in observed.missing_counts.items()}
+    for (name, field), (key, test) in counting.missing.items():
         audience = counting.audiences[key]
         if (test.text, test.params) in lacking and _known(audience, members):
-            missing_counts[pair] = counter.recipients(audience, members, lacking[(test.text, test.params)])
+            found = counter.recipients(audience, members, lacking[(test.text, test.params)])
+            missing_counts.setdefault(name, {})[field] = found
     return replace(
         observed,
         audience_counts=audience_counts,

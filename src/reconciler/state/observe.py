@@ -50,8 +50,8 @@ class ObservedState:
     segment_counts: Mapping[str, int] = field(default_factory=dict)
     last_counts: Mapping[str, int] = field(default_factory=dict)
     """Counts recorded at the last apply ("Segment x", "Campaign y"), for the change since then."""
-    missing_counts: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    """(campaign, field) -> recipients who lack a field its messages read without a default."""
+    missing_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Campaign -> field -> recipients who lack a field its messages read without a default."""
     runs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     """Workflow -> step -> active runs on it (what an edit of the workflow does to them)."""
 

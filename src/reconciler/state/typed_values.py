@@ -11,9 +11,8 @@ tables, never identifiers: no DDL is made from a workspace's names.
 
 The database writes them itself, with triggers on `contacts` and `events`: every writer of a contact's fields or an
 event (imports, the web service and API, workflow steps, erasure, a bulk load in SQL) keeps them in step without
-knowing about them, and none can forget. On SQLite a row trigger per contact; on PostgreSQL a statement trigger
-reading the statement's rows as a whole (a transition table), so a batch of 10,000 contacts costs one `INSERT ...
-SELECT`. `state migrate` copies the tables as they are, with the triggers set aside (state/postgres_load.py).
+knowing about them, and none can forget: a row trigger on each engine (a plpgsql function on PostgreSQL).
+`state migrate` copies the tables as they are, with the triggers set aside (state/postgres_load.py).
 """
 
 from __future__ import annotations
@@ -92,27 +91,25 @@ def _rows_postgres(rows: str, owner: str, document: str, *, arrays: bool) -> str
 
 
 def _trigger_postgres(table: str, values: str, columns: str, document: str, *, arrays: bool) -> str:
-    """A statement trigger's function and triggers: the typed rows of the statement's new rows (`added`), those of
-    an update's rows whose JSON changed (`before`: the old rows) made again."""
+    """A row trigger's function and triggers: the typed rows of a new row, made again when an update changed its
+    JSON (the writers upsert a row per statement, so a statement trigger would run as often, at more cost)."""
     key = columns.split(",")[0]
-    insert = f"INSERT INTO {values} ({columns}, kind, text, number) "
-    changed = f"added a JOIN before b ON b.id = a.id AND a.{document} IS DISTINCT FROM b.{document}, "
     return f"""
 CREATE FUNCTION {values}_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        DELETE FROM {values} v USING added a JOIN before b ON b.id = a.id
-            WHERE v.{key} = a.id AND a.{document} IS DISTINCT FROM b.{document};
-        {insert}{_rows_postgres(changed, "a.id", f"a.{document}", arrays=arrays)};
-    ELSE
-        {insert}{_rows_postgres("added a, ", "a.id", f"a.{document}", arrays=arrays)};
+        IF NEW.{document} IS NOT DISTINCT FROM OLD.{document} THEN
+            RETURN NULL;
+        END IF;
+        DELETE FROM {values} WHERE {key} = NEW.id;
     END IF;
+    INSERT INTO {values} ({columns}, kind, text, number)
+        {_rows_postgres("", "NEW.id", f"NEW.{document}", arrays=arrays)}
+        ON CONFLICT DO NOTHING;
     RETURN NULL;
 END $$;
-CREATE TRIGGER {values}_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION {values}_write();
-CREATE TRIGGER {values}_update AFTER UPDATE ON {table} REFERENCING OLD TABLE AS before NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION {values}_write();
+CREATE TRIGGER {values}_insert AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {values}_write();
+CREATE TRIGGER {values}_update AFTER UPDATE OF {document} ON {table} FOR EACH ROW EXECUTE FUNCTION {values}_write();
 """  # noqa: S608 - constant SQL
 
 
