@@ -6,8 +6,13 @@ NULL: a missing value makes a comparison false, and `not` flips it (two-valued l
 date-times UTC ``YYYY-MM-DDTHH:MM:SSZ``); bounds written as a date mean the start of that day in the workspace's
 time zone; relative bounds (``30d``) are measured from the `now` the compiler is given.
 
-The compiler writes the SQL of one engine, its `dialect` (`jsonsql`: SQLite by default, or PostgreSQL, where the
-JSON of fields, tags and event properties is read through jsonb with typed casts). A condition is a boolean on both.
+Custom fields and event properties are read from their typed rows (`contact_values`, `event_values`:
+state/typed_values.py), never parsed out of JSON per contact: a condition on a field is the set of rows of that
+field and kind whose value meets it, found through the index on (field, kind, value); a value of another JSON type
+than the field is declared with counts as missing, on both engines. Field and property names are parameters there.
+
+The compiler writes the SQL of one engine, its `dialect` (`jsonsql`: SQLite by default, or PostgreSQL, where tags
+and list fields are read through jsonb). A condition is a boolean on both.
 """
 
 from __future__ import annotations
