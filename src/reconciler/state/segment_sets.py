@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from reconciler.segments import Compiler, Sql
+from reconciler.segments import COLUMNS, KINDS, VALUE_COLUMNS, Compiler, Sql
 from reconciler.spec.conditions import (
     AllCondition,
     AnyCondition,
@@ -114,16 +114,22 @@ class SegmentSets:
         return self.everyone
 
     def _values(self, field: str, ids: list[int]) -> dict[int, Any]:
-        """The order field's value of each of `ids` (None where missing), as the compiler reads it."""
-        value = self.compiler.value(field)
-        if len(ids) > FEW:
-            rows = self.db.conn.execute(f"SELECT c.id, {value.text} FROM contacts c", value.params)  # noqa: S608
+        """The order field's value of each of `ids` (absent where missing), as the compiler reads it: a custom
+        field's straight from its typed rows, a built-in's from the contacts."""
+        type_ = self.compiler.types.get(field, "string")
+        if field in COLUMNS or type_ == "list":
+            value = self.compiler.value(field)
+            select, params = f"SELECT c.id, {value.text} FROM contacts c", value.params  # noqa: S608 - compiled SQL
+            chosen = " WHERE c.id IN ({})"
         else:
-            rows = self.db.conn.execute(
-                f"SELECT c.id, {value.text} FROM contacts c WHERE c.id IN ({json_integers(self.db, '?')})",  # noqa: S608
-                (*value.params, *_ids(ids)),
-            )
-        return dict(rows.fetchall())
+            kind = KINDS[type_]
+            column = f"v.{VALUE_COLUMNS[kind]}"
+            select = f"SELECT v.contact_id, {column} FROM contact_values v WHERE v.field = ? AND v.kind = ?"  # noqa: S608
+            params, chosen = (field, kind), " AND v.contact_id IN ({})"
+        if len(ids) <= FEW:
+            select += chosen.format(json_integers(self.db, "?"))
+            params = (*params, *_ids(ids))
+        return dict(self.db.conn.execute(select, params).fetchall())
 
 
 def _ids(ids: Iterable[int]) -> tuple[str]:
