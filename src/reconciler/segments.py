@@ -49,15 +49,8 @@ from reconciler.spec.workspace import DesiredState
 
 COLUMNS = {name: f"c.{name}" for name in BUILTIN_FIELDS}
 """Built-in fields and the columns holding them (constants: the only identifiers that reach SQL text)."""
-KINDS = {
-    "number": "number",
-    "integer": "number",
-    "boolean": "boolean",
-    "string": "string",
-    "date": "string",
-    "datetime": "string",
-    "list": "array",
-}
+KINDS = {"number": "number", "integer": "number", "boolean": "boolean", "list": "array"}
+KINDS |= dict.fromkeys(("string", "date", "datetime"), "string")
 """The JSON type (the `kind` of a typed row, state/typed_values.py) a value of each declared type is stored as."""
 VALUE_COLUMNS = {"number": "number", "boolean": "number", "string": "text", "array": "text"}
 """The column of a typed row that holds a value of each kind."""
@@ -450,16 +443,11 @@ def _bound(expression: str, params: tuple[Any, ...], op: str, limit: float) -> S
     return Sql(f"({expression} {sign} ?)", (*params, limit))
 
 
+_CHECKS = dict(eq=operator.eq, ne=operator.ne, gt=operator.gt, gte=operator.ge, lt=operator.lt, lte=operator.le)
+
+
 def _holds(value: float, bounds: Mapping[str, float]) -> bool:
-    checks = {
-        "eq": operator.eq,
-        "ne": operator.ne,
-        "gt": operator.gt,
-        "gte": operator.ge,
-        "lt": operator.lt,
-        "lte": operator.le,
-    }
-    return all(bool(checks[op](value, limit)) for op, limit in bounds.items())
+    return all(bool(_CHECKS[op](value, limit)) for op, limit in bounds.items())
 
 
 def _plain(value: Any) -> Any:
