@@ -1,0 +1,64 @@
+"""The typed rows of fields and properties (state/typed_values.py): the migration fills them from what a state held
+before it, and the triggers keep them in step with every later write, on both engines."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from reconciler.state.postgres import connect
+from test_postgres_state import migrate, sqlite_state
+
+AT = "2026-11-24T12:00:00Z"
+CONTACT = "INSERT INTO contacts(id, email, email_hash, fields, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+FIELDS = {"spend": 150, "ratio": 2.5, "roast": "dark", "vip": True, "new": False, "tags": ["a", "b"], "gone": None}
+
+
+def _rows(db: Any, table: str) -> set[tuple[Any, ...]]:
+    key = "contact_id, field" if table == "contact_values" else "event_id, name"
+    rows = db.conn.execute(f"SELECT {key}, kind, text, number FROM {table}")  # noqa: S608 - constant names
+    return {(a, b, kind, text, None if number is None else float(number)) for a, b, kind, text, number in rows}
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_values_written_before_the_migration_are_typed_and_later_writes_follow(
+    request: pytest.FixtureRequest, engine: str
+) -> None:
+    db: Any = (
+        sqlite_state()
+        if engine == "sqlite"
+        else connect(request.getfixturevalue("postgres_url"), lock_timeout_ms=30_000)
+    )
+    try:
+        migrate(db, before="0016_typed_values")
+        db.conn.execute(CONTACT, (1, "a@x", "h", json.dumps(FIELDS), AT, AT))
+        db.conn.execute(
+            "INSERT INTO events(id, contact_id, type, occurred_at, properties) VALUES (1, 1, 'purchase', ?, ?)",
+            (AT, json.dumps({"amount": 10, "sku": "A1", "lines": [1]})),
+        )
+        migrate(db)
+        assert _rows(db, "contact_values") == {
+            (1, "spend", "number", None, 150.0),
+            (1, "ratio", "number", None, 2.5),
+            (1, "roast", "string", "dark", None),
+            (1, "vip", "boolean", None, 1.0),
+            (1, "new", "boolean", None, 0.0),
+            (1, "tags", "array", json.dumps(["a", "b"], separators=(",", ":")) if engine == "sqlite" else '["a", "b"]',
+             None),
+        }  # fmt: skip
+        assert _rows(db, "event_values") == {
+            (1, "amount", "number", None, 10.0),
+            (1, "sku", "string", "A1", None),
+            (1, "lines", "array", None, None),
+        }
+        db.conn.execute("UPDATE contacts SET fields = ? WHERE id = 1", (json.dumps({"spend": 7}),))
+        db.conn.execute("UPDATE contacts SET first_name = 'Ann' WHERE id = 1")  # the fields as they were
+        db.conn.execute(CONTACT, (2, "b@x", "i", '{"roast": "light"}', AT, AT))
+        assert _rows(db, "contact_values") == {(1, "spend", "number", None, 7.0), (2, "roast", "string", "light", None)}
+        db.conn.execute("DELETE FROM contacts WHERE id = 1")
+        assert _rows(db, "contact_values") == {(2, "roast", "string", "light", None)}
+        assert _rows(db, "event_values") == set()
+    finally:
+        db.close()
