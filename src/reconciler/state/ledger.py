@@ -28,7 +28,17 @@ from reconciler.state.content import MessageContent, load_content
 from reconciler.state.db import audit, write, write_rows
 from reconciler.state.portable import is_postgres, json_key, json_values
 from reconciler.state.postgres import StateDatabase
-from reconciler.state.sharing import Cap, Reservation, held, reserved
+from reconciler.state.sharing import (
+    RECORD_OUTCOME,
+    Cap,
+    Claim,
+    Reservation,
+    at_once,
+    claim_at_once,
+    held,
+    outcome_params,
+    reserved,
+)
 from reconciler.state.suppressions import suppress
 
 POLICY_PAUSE_MIN = 20
@@ -268,8 +278,26 @@ def claim(
     On PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED`` (a row another transaction holds is
     "taken", without waiting; but a row of this dispatcher's own reserved page is waited for: only another's page
     being reserved can hold it, for a moment), and a claim whose `previous` is `plain` takes no writers' lock
-    (`write_rows`): the dispatchers of several daemons claim side by side."""
+    (`write_rows`): the dispatchers of several daemons claim side by side. There a claim without `caps` is first
+    tried in one statement (`sharing.claim_at_once`), and only when that does not claim the row is it found out
+    why below."""
     light = previous is None or previous.plain
+    if light and not caps and at_once(db) and (previous is None or previous.row_id != row_id):
+        usual = Claim(
+            row_id,
+            dispatcher,
+            message_id,
+            at,
+            marketing,
+            source.kind,
+            source.name,
+            source.requires,
+            json.dumps(list(source.lists)),
+            json.dumps(list(blocking)),
+        )
+        if claim_at_once(db, usual, None if previous is None else _outcome_params(previous)):
+            return "claimed"
+        previous = None  # written: what stood in the way is found out below
     with write_rows(db) if light else write(db):
         if _paused_after(db, previous, source=source):
             return "paused"
@@ -377,19 +405,7 @@ def record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
 
 
 def _record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
-    db.conn.execute(
-        "UPDATE ledger SET state = ?, last_reply = ?, updated_at = ?, next_attempt_at = ?, claimed_by = NULL, "
-        "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
-        (
-            outcome.state,
-            outcome.reply[:500],
-            outcome.at,
-            outcome.next_attempt_at,
-            outcome.state,
-            outcome.at,
-            outcome.row_id,
-        ),
-    )
+    db.conn.execute(RECORD_OUTCOME, _outcome_params(outcome))
     if outcome.suppress or outcome.soft:
         if outcome.suppress:
             hashed = db.conn.execute(
@@ -402,6 +418,10 @@ def _record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
         engagement.record(db, [engagement.Engagement(outcome.row_id, "bounced", outcome.at, detail=detail)])
     if outcome.policy and source.kind == "campaign":
         _count_policy_failure(db, source.name, reply=outcome.reply, at=outcome.at)
+
+
+def _outcome_params(outcome: Outcome) -> tuple[Any, ...]:
+    return outcome_params(outcome.state, outcome.reply, outcome.at, outcome.next_attempt_at, outcome.row_id)
 
 
 def _count_policy_failure(db: StateDatabase, name: str, *, reply: str, at: str) -> None:
