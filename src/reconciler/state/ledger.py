@@ -130,13 +130,15 @@ def backoff(attempts: int, *, jitter: float) -> timedelta:
 
 
 def due_sources(db: StateDatabase, *, now: str) -> list[Source]:
-    """Every started, unpaused campaign stage with rows due at `now`."""
+    """Every started, unpaused campaign stage with rows due at `now`. The rows are counted before the campaign's
+    content is joined: grouping rows that carry it made SQLite sort a copy of the content (tens of KB) per waiting
+    row, 80 s before the first message of a 1,000,000-recipient send."""
     sources = []
     for name, stage, content, audience, due in db.conn.execute(
-        "SELECT c.name, l.stage, c.content, c.audience, count(*) FROM campaigns c "
-        "JOIN ledger l ON l.source_kind = 'campaign' AND l.source = c.name "
-        "WHERE c.status = 'sending' AND l.state IN ('queued', 'deferred') "
-        "AND coalesce(l.next_attempt_at, l.due_at) <= ? GROUP BY c.name, l.stage ORDER BY c.started_at, c.name",
+        "SELECT c.name, w.stage, c.content, c.audience, w.due FROM campaigns c JOIN (SELECT l.source, l.stage, "
+        "count(*) AS due FROM campaigns s JOIN ledger l ON l.source_kind = 'campaign' AND l.source = s.name "
+        "WHERE s.status = 'sending' AND l.state IN ('queued', 'deferred') AND coalesce(l.next_attempt_at, l.due_at) "
+        "<= ? GROUP BY l.source, l.stage) w ON w.source = c.name ORDER BY c.started_at, c.name, w.stage",
         (now,),
     ):
         lists = load_audience(audience).lists
