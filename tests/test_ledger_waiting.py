@@ -1,5 +1,5 @@
 """Finding the next page of due rows costs the same after a million rows sent as at the first (migration
-0017_ledger_waiting), on both engines (the `state_db` fixture): the page query reads the partial indexes of waiting
+0016_ledger_waiting), on both engines (the `state_db` fixture): the page query reads the partial indexes of waiting
 rows, in id order, instead of every row of the campaign or workflow step and a sort; and it still finds every
 waiting row, in order, past the rows sent and those not due yet."""
 

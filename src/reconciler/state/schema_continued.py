@@ -48,7 +48,7 @@ def _several_daemons(db: StateDatabase) -> None:
     )
 
 
-@migration("0017_ledger_waiting")
+@migration("0016_ledger_waiting")
 def _ledger_waiting(db: StateDatabase) -> None:
     """The rows still to send, indexed apart from those sent: the next page of a message definition's due rows is
     found by descending to the last id read, in id order, without passing over (or sorting) every other waiting row
