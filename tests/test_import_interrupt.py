@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import state_helpers
 from conftest import reconciler, wait_for
 
 ROWS = 150_000
@@ -20,6 +21,8 @@ ROWS = 150_000
 
 
 def _count(root: Path, sql: str) -> int:
+    if state_helpers.on_postgres():
+        return int(state_helpers.query(root, sql)[0][0])
     try:
         with sqlite3.connect(f"file:{root / '.state/reconciler.db'}?mode=ro", uri=True) as db:
             return int(db.execute(sql).fetchone()[0])

@@ -7,7 +7,7 @@ reports uncertain, and an uncertain one is one whose body went on the wire."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,6 +24,7 @@ from conftest import reconciler, wait_for
 from daemon_process import Daemon, sending_daemon
 from sending import import_contacts, ledger, parse, query, workspace
 from smtp_sink import Sink, SinkServer, free_port
+from state_helpers import state_env
 
 RUNS = 5_000
 CONNECTIONS = 2
@@ -77,11 +78,9 @@ def test_five_thousand_runs_through_four_kills_do_each_step_once(tmp_path: Path,
     emails = import_contacts(root, RUNS)
     assert reconciler("apply", cwd=root).returncode == 0  # the workflow exists before anyone joins
     _post_events(root, emails)
-    state = root / ".state/reconciler.db"
 
     def steps_done() -> int:
-        with sqlite3.connect(state, timeout=30) as db:
-            return int(db.execute("SELECT count(*) FROM workflow_steps").fetchone()[0])
+        return int(str(query(root, "SELECT count(*) FROM workflow_steps")[0][0]))
 
     kills = []
     with SinkServer(sink, port=port):
@@ -136,9 +135,10 @@ def _post_events(root: Path, emails: list[str]) -> None:
         """
         import sys
         from pathlib import Path
-        from reconciler.state.db import open_db
+        from reconciler.state.engine import open_state
+        from reconciler.state.location import choose
         from reconciler.state.subscribers import insert_events
-        db = open_db(Path(".state/reconciler.db"))
+        db = open_state(choose(Path(".")))  # RECONCILER_STATE, else the workspace's own
         emails = sys.stdin.read().split()
         for start in range(0, len(emails), 1000):
             batch = [(e, "joined", "2026-11-24T10:00:00Z", {}, f"joined-{e}") for e in emails[start : start + 1000]]
@@ -146,7 +146,13 @@ def _post_events(root: Path, emails: list[str]) -> None:
         """
     )
     subprocess.run(
-        [sys.executable, "-c", script], cwd=root, input="\n".join(emails), text=True, check=True, timeout=120
+        [sys.executable, "-c", script],
+        cwd=root,
+        env={**os.environ, **state_env()},
+        input="\n".join(emails),
+        text=True,
+        check=True,
+        timeout=120,
     )
 
 
