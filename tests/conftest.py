@@ -121,7 +121,8 @@ def state_template(postgres_cluster: pg_cluster.Cluster) -> str:
 def engine_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """On the PostgreSQL pass (RECONCILER_TEST_ENGINE=postgresql), a fresh migrated database of the test's own is
     its state: RECONCILER_STATE for the commands and daemons it starts, `state_helpers.place` for what it opens
-    itself. Nothing on the SQLite pass."""
+    itself; marked `empty_state`, a database no migration has run on, as a SQLite file not made yet. Nothing on
+    the SQLite pass."""
     if not state_helpers.on_postgres():
         yield
         state_helpers.close_opened()
@@ -133,7 +134,8 @@ def engine_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         state_helpers.close_opened()
         return
     cluster: pg_cluster.Cluster = request.getfixturevalue("postgres_cluster")
-    url = cluster.database(template=request.getfixturevalue("state_template"))
+    empty = request.node.get_closest_marker("empty_state") is not None
+    url = cluster.database() if empty else cluster.database(template=request.getfixturevalue("state_template"))
     state_helpers.current_url = url
     monkeypatch.setenv("RECONCILER_STATE", url)
     try:

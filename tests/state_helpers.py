@@ -132,33 +132,27 @@ BEGIN
   IF EXISTS (SELECT 1 FROM test_refused WHERE tbl IN (TG_TABLE_NAME, '*') AND (TG_OP <> 'DELETE' OR deletes = 1)) THEN
     RAISE EXCEPTION 'not authorized: the test refuses this write to %', TG_TABLE_NAME;
   END IF;
-  RETURN NULL;
+  RETURN COALESCE(NEW, OLD);
 END $$;
 """
 
 
 class RefusedWrites:
     """Writes the state database refuses while a test says so, as a failing disk or a broken database would: on
-    SQLite through the connection's authorizer (that connection only), on PostgreSQL through a trigger on every
-    table that raises while a row of `test_refused` names it (every connection; switched from a connection of
-    its own, so that it takes effect at once, whatever the code under test holds)."""
+    SQLite through the connection's authorizer (that connection only; a statement is refused as it is prepared), on
+    PostgreSQL through a trigger on each row of every table that raises while a row of `test_refused` names it
+    (every connection; switched from a connection of its own, so that it takes effect at once, whatever the code
+    under test holds)."""
 
     def __init__(self, db: StateDatabase) -> None:
         self.db = db
         if isinstance(db, Database):
             return
         db.conn.run_script(REFUSE)
-        tables = [
-            str(row[0])
-            for row in db.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
-                "AND table_type = 'BASE TABLE' AND table_name <> 'test_refused'"
-            )
-        ]
-        for table in tables:
+        for table in _tables(db):
             db.conn.run_script(
                 f'CREATE TRIGGER test_refuse BEFORE INSERT OR UPDATE OR DELETE ON "{table}" '
-                "FOR EACH STATEMENT EXECUTE FUNCTION test_refuse()"
+                "FOR EACH ROW EXECUTE FUNCTION test_refuse()"
             )
 
     def refuse(self, table: str | None = None, *, deletes: bool = False) -> None:
@@ -176,6 +170,49 @@ class RefusedWrites:
             return
         with connected_to(self.db) as switch:
             switch.execute("DELETE FROM test_refused")
+
+
+COUNT = """
+CREATE TABLE test_writes (n bigint NOT NULL);
+INSERT INTO test_writes (n) VALUES (0);
+CREATE FUNCTION test_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE test_writes SET n = n + 1;
+  RETURN NULL;
+END $$;
+"""
+
+
+class RowWrites:
+    """How many rows have been inserted, updated or deleted so far: SQLite's `total_changes` of the connection;
+    on PostgreSQL, a count a trigger on each table keeps (every connection's writes)."""
+
+    def __init__(self, db: StateDatabase) -> None:
+        self.db = db
+        if isinstance(db, Database):
+            return
+        db.conn.run_script(COUNT)
+        for table in _tables(db):
+            db.conn.run_script(
+                f'CREATE TRIGGER test_count AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
+                "FOR EACH ROW EXECUTE FUNCTION test_count()"
+            )
+
+    def count(self) -> int:
+        if isinstance(self.db, Database):
+            return self.db.conn.total_changes
+        return int(self.db.execute("SELECT n FROM test_writes").fetchone()[0])
+
+
+def _tables(db: PostgresDatabase) -> list[str]:
+    """The state's tables (not the tests' own, `test_…`)."""
+    return [
+        str(row[0])
+        for row in db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'test\\_%'"
+        )
+    ]
 
 
 def _deny(table: str | None, deletes: bool, action: int, name: str | None, *_: object) -> int:

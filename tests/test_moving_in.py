@@ -106,9 +106,8 @@ def test_a_semicolon_file_from_excel_imports_and_says_how_it_was_read(example: P
     tabs = reconciler("contacts", "import", "tabs.csv", cwd=example)
     assert tabs.returncode == 0 and "tabs.csv: tab-separated" in tabs.stdout, tabs.stderr
     with connected(example) as db:
-        assert db.execute(
-            "SELECT email, first_name, json_extract(fields, '$.orders_count') FROM contacts"
-        ).fetchall() == [
+        rows = db.execute("SELECT email, first_name, fields FROM contacts ORDER BY email").fetchall()
+        assert [(email, name, json.loads(fields).get("orders_count")) for email, name, fields in rows] == [
             ("ann@example.com", "Änne", 3),
             ("bob@example.com", "Bob", 1),
             ("cy@example.com", "Cy", None),
@@ -131,9 +130,8 @@ def test_map_renames_columns_and_refuses_what_names_nothing(example: Path) -> No
     result = reconciler("contacts", "import", "people.csv", *args, cwd=example)
     assert result.returncode == 0, result.stderr
     with connected(example) as db:
-        assert db.execute("SELECT first_name, json_extract(fields, '$.orders_count') FROM contacts").fetchall() == [
-            ("Ann", 4)
-        ]
+        rows = db.execute("SELECT first_name, fields FROM contacts").fetchall()
+        assert [(name, json.loads(fields).get("orders_count")) for name, fields in rows] == [("Ann", 4)]
     typo = reconciler("contacts", "import", "people.csv", *args[:4], "--map", "Bestellungen=order_count", cwd=example)
     assert typo.returncode == 1 and "unknown field 'order_count' (did you mean 'orders_count'?)" in typo.stderr
     missing = reconciler("contacts", "import", "people.csv", *args, "--map", "Nachname=last_name", cwd=example)
