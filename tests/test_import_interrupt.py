@@ -36,7 +36,7 @@ def _big_import(example: Path) -> tuple[list[str], subprocess.Popen[str]]:
     (example / "big.csv").write_text("\n".join(lines) + "\n")
     command = [sys.executable, "-m", "reconciler", "contacts", "import", "big.csv", "--list", "offers"]
     command += ["--consent", "shop checkout v2"]
-    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}, **state_helpers.state_env()}
     process = subprocess.Popen(
         command, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
