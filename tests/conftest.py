@@ -183,6 +183,20 @@ def _why_not_on_postgres(item: pytest.Item) -> str | None:
     return None
 
 
+MARKERS = (
+    "sqlite_only(reason): about the SQLite state file itself; the PostgreSQL pass (RECONCILER_TEST_ENGINE=postgresql) "
+    "skips it",
+    "no_state: uses no state database; the PostgreSQL pass skips it",
+    "empty_state: on the PostgreSQL pass, the test's database starts with no migration run (as a SQLite file not "
+    "made yet)",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the PostgreSQL pass, only the tests that use a state run; all are skipped, saying why, where PostgreSQL
     is not installed (a laptop), unless RECONCILER_TEST_POSTGRES=1 (CI), where that stops the run."""
