@@ -258,6 +258,25 @@ def postpone(db: StateDatabase, rows: Iterable[tuple[int, str, str]], *, at: str
 # --- claim and outcome ---------------------------------------------------------------------------------------
 
 
+def _not_sendable(db: StateDatabase, row: tuple[Any, ...], source: Source, blocking: Sequence[str]) -> str | None:
+    """Why the claimed row's message may no longer go out (the contact erased, suppressed or gone from the lists
+    since the rows were made), or None."""
+    _, contact_id, suppressed, subscribed = row
+    if contact_id is None:
+        return "the contact was erased before sending"
+    if suppressed in blocking:
+        return f"not sent: the address is suppressed ({suppressed}) since the campaign started"
+    if source.requires == "none" or subscribed:
+        return None
+    if source.requires == "pending":
+        return "not sent: the subscription is no longer waiting for confirmation"
+    if source.kind == "campaign":
+        return "not sent: the contact unsubscribed from the campaign's lists before their message went out"
+    return _not_on_list(
+        db, contact_id, source.lists
+    )  # a run starts for anyone its trigger names; a step needs the list
+
+
 def claim(
     db: StateDatabase,
     row_id: int,
@@ -310,21 +329,8 @@ def claim(
             row = _claimed_row(db, row_id, source, lock=" FOR UPDATE OF l")
         if row is None or row[0] not in ("queued", "deferred"):
             return "taken"
-        _, contact_id, suppressed, subscribed = row
-        why = None
-        if contact_id is None:
-            why = "the contact was erased before sending"
-        elif suppressed in blocking:
-            why = f"not sent: the address is suppressed ({suppressed}) since the campaign started"
-        elif source.requires == "none":
-            pass
-        elif not subscribed and source.requires == "pending":
-            why = "not sent: the subscription is no longer waiting for confirmation"
-        elif not subscribed and source.kind == "campaign":
-            why = "not sent: the contact unsubscribed from the campaign's lists before their message went out"
-        elif not subscribed:  # a run starts for anyone its trigger names; a marketing step needs the list
-            why = _not_on_list(db, contact_id, source.lists)
-        if why:
+        contact_id = row[1]
+        if why := _not_sendable(db, row, source, blocking):
             db.conn.execute(
                 "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ?, reserved_by = NULL WHERE id = ?",
                 (why, at, row_id),
