@@ -7,7 +7,14 @@ SKIP LOCKED, a claim per row, render, MIME, SMTP, the outcome recorded. The camp
 personalised, tracked links; 8 connections per daemon), started before the clock runs; the processes are made
 ready first and then let go at once; the rate is every message sent over the time from the first start to the last
 end. The database is a throwaway cluster (tests/pg_cluster.py: a unix socket, fsync off), a fresh database for
-each run. Prints both rates and their ratio (target >= 1.6). BENCH_DAEMONS_RECIPIENTS overrides the audience size.
+each run. Each process starts its render process before the go (a daemon's lives from pass to pass).
+
+Prints both rates, the messages each daemon sent, and their ratio (target >= 1.6); and, from /proc and
+pg_stat_activity (bench/_usage.py), what limits them: the CPU each kind of process used per message, the cores used
+of the machine's (and by other work on it), and the share of the time PostgreSQL's sessions waited for a lock. On a
+machine whose cores one daemon, its render process, PostgreSQL and smtp-sink already fill, two daemons cannot send
+much faster: the bench then says how fast they could at most (the cores over the CPU a message costs).
+BENCH_DAEMONS_RECIPIENTS overrides the audience size.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -24,9 +32,11 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import pg_cluster  # noqa: E402 (tests/pg_cluster.py)
 import send  # noqa: E402 (bench/send.py: its workspace, contacts and sink)
+from _usage import GROUPS, Usage, Used  # noqa: E402 (bench/_usage.py: not a benchmark of its own)
 
 RECIPIENTS = int(os.environ.get("BENCH_DAEMONS_RECIPIENTS", "50000"))
 TARGET = 1.6
+CORES = os.cpu_count() or 1
 
 START = """
 import sys
@@ -41,6 +51,7 @@ PASS = """
 import asyncio, json, sys, time
 from pathlib import Path
 from reconciler.clock import FixedClock, parse_instant
+from reconciler.compose import RENDER_POOL_MIN
 from reconciler.dispatch import Dispatcher
 from reconciler.state.db import open_postgres
 
@@ -49,6 +60,9 @@ db = open_postgres(url, migrate=False)
 
 async def main():
     dispatcher = Dispatcher(db, root=root, clock=FixedClock(parse_instant(now)))
+    render = dispatcher.run.pool.for_send(RENDER_POOL_MIN)
+    if render is not None:  # started now, not on the clock: a daemon's render process lives from pass to pass
+        render.submit(int).result()
     print("ready", flush=True)
     sys.stdin.readline()  # the go, given to every process at once
     started = time.time()
@@ -77,9 +91,21 @@ def prepared(cluster: pg_cluster.Cluster, root: Path, port: int) -> str:
     return url
 
 
-def dispatch(root: Path, url: str, daemons: int) -> tuple[int, float]:
-    """`daemons` processes, each one dispatch pass, let go together: (messages sent, seconds first start to last
-    end)."""
+@dataclass
+class Run:
+    sent: list[int]
+    """Messages each daemon sent."""
+    seconds: float
+    """From the first start to the last end."""
+    used: Used
+
+    @property
+    def rate(self) -> float:
+        return sum(self.sent) / self.seconds
+
+
+def dispatch(root: Path, url: str, daemons: int, *, sink: int, server: Path) -> Run:
+    """`daemons` processes, each one dispatch pass, let go together, and what they used meanwhile."""
     env = {**os.environ, "NO_COLOR": "1", "RECONCILER_SECRET": "bench-secret"}
     processes = [
         subprocess.Popen(
@@ -94,6 +120,8 @@ def dispatch(root: Path, url: str, daemons: int) -> tuple[int, float]:
     ]
     for process in processes:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    usage = Usage(daemons=[p.pid for p in processes], sink=sink, server_folder=server, url=url)
+    usage.start()
     for process in processes:
         assert process.stdin is not None
         process.stdin.write("go\n")
@@ -104,8 +132,50 @@ def dispatch(root: Path, url: str, daemons: int) -> tuple[int, float]:
         if process.returncode != 0:
             sys.exit(f"a dispatch process failed ({process.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
-    sent = sum(int(r["sent"]) for r in results)
-    return sent, max(float(r["ended"]) for r in results) - min(float(r["started"]) for r in results)
+    used = usage.stop()
+    seconds = max(float(r["ended"]) for r in results) - min(float(r["started"]) for r in results)
+    return Run([int(r["sent"]) for r in results], seconds, used)
+
+
+def describe(daemons: int, run: Run) -> None:
+    sent, used = sum(run.sent), run.used
+    each = " + ".join(f"{n:,}" for n in run.sent)
+    print(
+        f"{daemons} daemon{'s' if daemons > 1 else ''}: {sent:,} messages ({each}) in {run.seconds:.1f} s = "
+        f"{run.rate:,.0f} msgs/s ({send.CONNECTIONS} connections each)"
+    )
+    if not used.seconds:
+        return
+    costs = ", ".join(f"{group} {used.per_message(group, sent):.2f}" for group in GROUPS)
+    total = sum(used.per_message(group, sent) for group in GROUPS)
+    print(
+        f"  CPU per message (ms): {costs} = {total:.2f}; cores used {used.cores(*GROUPS):.2f} of {CORES}, "
+        f"by other work on the machine {used.cores('others'):.2f}; PostgreSQL sessions waiting for a lock "
+        f"{used.share('lock'):.1%} of the time, running {used.share('active'):.1%}"
+    )
+
+
+def limits(one: Run, two: Run) -> str:
+    """What keeps two daemons from sending twice as fast as one, from what the runs used."""
+    if not two.used.seconds:
+        return "(no /proc: not measured)"
+    if two.used.share("lock") > 0.1:
+        return f"locks: PostgreSQL's sessions waited for one {two.used.share('lock'):.0%} of the time"
+    cost = sum(two.used.cpu[group] for group in GROUPS) / sum(two.sent)
+    most = CORES / cost
+    cpu = (
+        f"the CPU: a message costs {1000 * cost:.2f} ms of CPU over the daemons, their render processes, PostgreSQL "
+        f"and smtp-sink, so {CORES} cores send at most {most:,.0f} msgs/s = {most / one.rate:.2f}x one daemon's rate"
+    )
+    others = max(one.used.cores("others"), two.used.cores("others"))
+    if others > 0.25 * CORES:
+        return (
+            f"{cpu}; but other work used up to {others:.2f} of the {CORES} cores meanwhile: the rates are the shares "
+            "the scheduler gave, run again on an idle machine"
+        )
+    if most / one.rate < TARGET:
+        return f"{cpu}, whose run kept {one.used.cores(*GROUPS):.2f} of {CORES} cores busy"
+    return f"neither the CPU nor locks (the cores allow {most / one.rate:.2f}x): each daemon's own latency"
 
 
 def main() -> None:
@@ -117,23 +187,20 @@ def main() -> None:
     sink = send.start_sink(port)
     cluster.start()
     try:
-        rates = {}
+        runs = {}
         with tempfile.TemporaryDirectory(prefix="bench-daemons-") as folder:
             for daemons in (1, 2):
                 root = Path(folder) / f"daemons-{daemons}"
                 url = prepared(cluster, root, port)
-                sent, seconds = dispatch(root, url, daemons)
-                rates[daemons] = sent / seconds
+                runs[daemons] = dispatch(root, url, daemons, sink=sink.pid, server=cluster.folder)
                 cluster.drop(url)
-                print(
-                    f"{daemons} daemon{'s' if daemons > 1 else ''}: {sent:,} messages in {seconds:.1f} s = "
-                    f"{rates[daemons]:,.0f} msgs/s ({send.CONNECTIONS} connections each)"
-                )
+                describe(daemons, runs[daemons])
     finally:
         cluster.stop()
         sink.terminate()
         sink.wait()
-    print(f"ratio two daemons/one: {rates[2] / rates[1]:.2f} (target >= {TARGET}; {os.cpu_count()} CPUs)")
+    print(f"ratio two daemons/one: {runs[2].rate / runs[1].rate:.2f} (target >= {TARGET}; {CORES} CPUs)")
+    print(f"limited by {limits(runs[1], runs[2])}")
 
 
 if __name__ == "__main__":

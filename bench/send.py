@@ -1,16 +1,20 @@
-"""Send rate of a 100,000-recipient campaign through the SMTP transport, against a bare SMTP client.
+"""Send rate of a 100,000-recipient campaign through the SMTP transport, against a bare SMTP client, on each engine.
 
 The sink is Postfix's `smtp-sink` test program on loopback (Debian package `postfix`; only the test program runs,
 never the mail server): aiosmtpd tops out near 1,000 messages/s and would hide our speed. The campaign is a ~20 KB
 MJML newsletter with 10 personalised fields and 5 tracked links. Measured in the same run:
 
 - ours: a fresh process that starts the campaign (the audience snapshot) and runs one dispatch pass: claim per
-  row, render, build the MIME bytes, send, record the outcome;
+  row, render, build the MIME bytes, send, record the outcome; on a SQLite file, then on a database in a
+  throwaway PostgreSQL cluster (tests/pg_cluster.py; skipped where PostgreSQL is not installed);
 - baseline: a bare aiosmtplib client sending one pre-built message's bytes with `sendmail` over the same number
   of connections to the same sink.
 
-Prints messages/s for both, their ratio (target ≥ 0.6), and our peak RSS for the full and a fifth of the
-audience (target < 200 MB and not growing with the audience). BENCH_SEND_RECIPIENTS overrides the audience size.
+Prints messages/s for both, their ratio (target >= 0.6), the rates of the first and of the last tenth of the
+messages (a per-message cost that grows with the ledger shows as a last tenth slower than the first), and our peak
+RSS for the full and a fifth of the audience (target < 200 MB and not growing with the audience).
+BENCH_SEND_RECIPIENTS overrides the audience size (the large-sender figure: 1,000,000, whose ratio should be within
+10% of 100,000's); BENCH_SEND_ENGINES=sqlite or =postgresql runs one engine.
 """
 
 from __future__ import annotations
@@ -24,10 +28,19 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import pg_cluster  # tests/pg_cluster.py: the tests' throwaway cluster
 
 RECIPIENTS = int(os.environ.get("BENCH_SEND_RECIPIENTS", "100000"))
 CONNECTIONS = 8
+CLUSTER = {"shared_buffers": "'1GB'", "work_mem": "'64MB'", "max_wal_size": "'8GB'", "checkpoint_timeout": "'30min'"}
+"""A server sized as a small production one (as bench/scale.py's), not as the tests' (32 MB of shared buffers)."""
 NOW = "2026-11-24T10:00:00Z"
 FIELDS = [
     ("city", "string"),
@@ -83,18 +96,28 @@ from reconciler.start import start_due
 from reconciler.clock import FixedClock, parse_instant
 from reconciler.dispatch import Dispatcher
 from reconciler.state import open_db
+from reconciler.state.db import open_postgres
 
-root = Path(sys.argv[1])
-db = open_db(root / ".state/reconciler.db")
-clock = FixedClock(parse_instant(sys.argv[2]))
+root, now, state = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+db = open_postgres(state, migrate=False) if state.startswith("postgresql:") else open_db(Path(state))
+clock = FixedClock(parse_instant(now))
 start_due(db, now=clock.now())
 
 def peak_mb(status):  # VmHWM: this process's own peak (ru_maxrss would count the parent's pages from before exec)
     line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
 
+marks = []  # (messages handled, when): the first, then at each tenth of the audience
+
+def progress(p):
+    if p.done == 1 or p.total >= 10 and p.done % (p.total // 10) == 0:
+        marks.append((p.done, time.perf_counter()))
+
+def rate(first, last):
+    return (last[0] - first[0]) / (last[1] - first[1]) if last[1] > first[1] else 0.0
+
 async def main():
-    dispatcher = Dispatcher(db, root=root, clock=clock)
+    dispatcher = Dispatcher(db, root=root, clock=clock, on_progress=progress)
     started = time.perf_counter()
     report = await dispatcher.run_pass()
     elapsed = time.perf_counter() - started
@@ -105,8 +128,9 @@ async def main():
 
 report, elapsed, render = asyncio.run(main())
 sent = report.count("sent")
+tenths = [rate(marks[0], marks[1]), rate(marks[-2], marks[-1])] if len(marks) >= 3 else [0.0, 0.0]
 print(json.dumps({"sent": sent, "seconds": elapsed, "rss_mb": peak_mb(Path("/proc/self/status").read_text()),
-                  "render_rss_mb": render,
+                  "render_rss_mb": render, "first_tenth": tenths[0], "last_tenth": tenths[1],
                   "outcomes": {p.source: p.outcomes for p in report.sources}}))
 """
 
@@ -184,11 +208,13 @@ def write_contacts(path: Path, count: int) -> None:
             )
 
 
-def ours(root: Path, count: int) -> dict[str, object]:
+def ours(root: Path, count: int, state: str | None) -> dict[str, Any]:
+    """One engine's send of `count` recipients in a fresh process: on `state` (a PostgreSQL URL), else on the
+    workspace's SQLite file."""
     import json
 
     write_contacts(root / "contacts.csv", count)
-    env = {**os.environ, "NO_COLOR": "1"}
+    env = engine_env(state)
     for args in (
         ["contacts", "import", "contacts.csv", "--list", "news", "--consent", "bench"],
         ["apply", "--now", NOW],
@@ -201,10 +227,23 @@ def ours(root: Path, count: int) -> dict[str, object]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+    target = state or str(root / ".state" / "reconciler.db")
     result = subprocess.run(
-        [sys.executable, "-c", SEND, str(root), NOW], cwd=root, env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", SEND, str(root), NOW, target],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def engine_env(state: str | None) -> dict[str, str]:
+    env = {**os.environ, "NO_COLOR": "1"}
+    if state is not None:
+        env.update(RECONCILER_STATE=state, RECONCILER_SECRET="bench-secret")
+    return env
 
 
 async def baseline(port: int, data: bytes, count: int) -> float:
@@ -232,47 +271,83 @@ async def baseline(port: int, data: bytes, count: int) -> float:
     return time.perf_counter() - started
 
 
-def sample_message(root: Path) -> bytes:
+def sample_message(root: Path, state: str | None) -> bytes:
     """One of our messages, as bytes, for the baseline to send: the same size on the wire."""
     out = root / "sample.eml"
     subprocess.run(
         [sys.executable, "-m", "reconciler", "render", "monthly", "--contact", "reader1@bench.example", "-o", str(out)],
         cwd=root,
+        env=engine_env(state),
         check=True,
         stdout=subprocess.DEVNULL,
     )
     return out.read_bytes()
 
 
+@contextmanager
+def engines() -> Iterator[list[tuple[str, Callable[[], str | None]]]]:
+    """Each engine to run, as (label, a new state for one send): None for the workspace's SQLite file, or a new
+    database's URL in a throwaway PostgreSQL cluster where PostgreSQL is installed (stopped on the way out)."""
+    wanted = os.environ.get("BENCH_SEND_ENGINES", "sqlite,postgresql").split(",")
+    runs: list[tuple[str, Callable[[], str | None]]] = [("SQLite", lambda: None)] if "sqlite" in wanted else []
+    cluster = None
+    if "postgresql" in wanted:
+        try:
+            cluster = pg_cluster.Cluster(CLUSTER)
+            cluster.start()
+            runs.append(("PostgreSQL", cluster.database))
+        except pg_cluster.NotInstalled as exc:
+            print(f"-- PostgreSQL: skipped: {exc}")
+    try:
+        yield runs
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def report(label: str, small: dict[str, Any], full: dict[str, Any], base_rate: float) -> None:
+    rate = float(full["sent"]) / float(full["seconds"])
+    first, last = float(full["first_tenth"]), float(full["last_tenth"])
+    print(f"{label}:")
+    print(f"  ours: {full['sent']:,} messages in {full['seconds']:.1f} s = {rate:,.0f} msgs/s ({full['outcomes']})")
+    print(f"  ratio ours/baseline: {rate / base_rate:.2f} (target >= 0.6)")
+    print(
+        f"  first tenth {first:,.0f} msgs/s, last tenth {last:,.0f} msgs/s: last/first "
+        f"{last / first if first else 0:.2f} (target: flat, a message costing the same at the end as at the start)"
+    )
+    print(
+        f"  peak RSS: {full['rss_mb']:.0f} MB (+ render process {full['render_rss_mb']:.0f} MB) for "
+        f"{RECIPIENTS:,} recipients; {small['rss_mb']:.0f} MB (+ {small['render_rss_mb']:.0f} MB) for "
+        f"{RECIPIENTS // 5:,} (target < 200 MB, flat)",
+        flush=True,
+    )
+
+
 def main() -> None:
     port = free_port()
     sink = start_sink(port)
+    results: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    data = b""
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-send-") as folder:
-            small_root, full_root = Path(folder) / "small", Path(folder) / "full"
-            for root in (small_root, full_root):
-                write_workspace(root, port)
-            small = ours(small_root, RECIPIENTS // 5)
-            full = ours(full_root, RECIPIENTS)
-            data = sample_message(full_root)
+        with tempfile.TemporaryDirectory(prefix="bench-send-") as folder, engines() as runs:
+            for label, new_state in runs:
+                small_root, full_root = Path(folder) / label / "small", Path(folder) / label / "full"
+                for root in (small_root, full_root):
+                    write_workspace(root, port)
+                small = ours(small_root, RECIPIENTS // 5, new_state())
+                state = new_state()
+                full = ours(full_root, RECIPIENTS, state)
+                data = data or sample_message(full_root, state)
+                results.append((label, small, full))
             seconds = asyncio.run(baseline(port, data, RECIPIENTS))
     finally:
         sink.terminate()
         sink.wait()
-    ours_rate = float(full["sent"]) / float(full["seconds"])  # type: ignore[arg-type]
     base_rate = RECIPIENTS / seconds
     print(f"message size: {len(data) / 1024:.1f} KB, {CONNECTIONS} connections, sink: smtp-sink on loopback")
-    print(
-        f"ours:     {full['sent']:,} messages in {full['seconds']:.1f} s = {ours_rate:,.0f} msgs/s "
-        f"(outcomes {full['outcomes']})"
-    )
     print(f"baseline: {RECIPIENTS:,} messages in {seconds:.1f} s = {base_rate:,.0f} msgs/s (bare aiosmtplib sendmail)")
-    print(f"ratio ours/baseline: {ours_rate / base_rate:.2f} (target >= 0.6)")
-    print(
-        f"peak RSS: {full['rss_mb']:.0f} MB (+ render process {full['render_rss_mb']:.0f} MB) for "
-        f"{RECIPIENTS:,} recipients; {small['rss_mb']:.0f} MB (+ {small['render_rss_mb']:.0f} MB) for "
-        f"{RECIPIENTS // 5:,} (target < 200 MB, flat)"
-    )
+    for label, small, full in results:
+        report(label, small, full, base_rate)
 
 
 if __name__ == "__main__":

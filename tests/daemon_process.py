@@ -12,6 +12,7 @@ from types import TracebackType
 
 from conftest import wait_for
 from smtp_sink import free_port
+from state_helpers import state_env
 
 WATCHING = "reconciler: watching"  # logged once the file watcher is in place, before the first pass
 
@@ -24,7 +25,8 @@ class Daemon:
     def __init__(self, root: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         environment = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-        environment.pop("RECONCILER_STATE", None)  # the workspace's own state, unless `env` names one
+        environment.pop("RECONCILER_STATE", None)  # the test's state (state_helpers), unless `env` names one
+        environment.update(state_env())
         environment.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "run", "--port", str(self.port), *args],

@@ -20,10 +20,11 @@ from reconciler.clock import FixedClock, parse_instant
 from reconciler.daemon import PassResult, reconcile_once
 from reconciler.dispatch import Dispatcher
 from reconciler.state import engagement
-from reconciler.state.db import open_db, write
+from reconciler.state.db import write
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.subscribers import change_subscriptions, contact_for, insert_events, unsubscribe_all
 from smtp_sink import Sink
+from state_helpers import open_state
 
 SETTINGS = """
 kind: Settings
@@ -101,7 +102,7 @@ class Journey:
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
             (root / relative).write_text(text.lstrip("\n"), encoding="utf-8")
         self.write_workflows(workflows)
-        self.db: Any = db if db is not None else open_db(root / ".state/reconciler.db")
+        self.db: Any = db if db is not None else open_state(root)
 
     def write_workflows(self, text: str) -> None:
         (self.root / "spec/workflows.yaml").write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")

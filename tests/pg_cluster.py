@@ -152,11 +152,15 @@ class Cluster:
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(sql)
 
-    def database(self, *, icu_locale: str | None = None) -> str:
+    def database(self, *, icu_locale: str | None = None, template: str | None = None) -> str:
         """A new empty database; its URL. `icu_locale` (such as "en-US"): its collation is that language's, by
-        ICU, instead of the cluster's C."""
+        ICU, instead of the cluster's C. `template`: a copy of that database (by name) instead."""
         name = "t_" + uuid.uuid4().hex[:16]
-        if icu_locale is None:
+        if template is not None:
+            if not re.fullmatch(r"t_[0-9a-f]{16}", template):
+                raise ValueError(f"not a database of this cluster: {template!r}")
+            self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        elif icu_locale is None:
             self._admin(f'CREATE DATABASE "{name}"')
         else:
             if not re.fullmatch(r"[A-Za-z0-9-]+", icu_locale):
@@ -165,5 +169,10 @@ class Cluster:
         return self.url(name)
 
     def drop(self, url: str) -> None:
-        name = url.split("?", 1)[0].rsplit("/", 1)[1]
+        name = name_of(url)
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def name_of(url: str) -> str:
+    """The database name in a URL `Cluster.url` made."""
+    return url.split("?", 1)[0].rsplit("/", 1)[1]

@@ -6,12 +6,12 @@ import email
 import email.message
 import email.policy
 import hashlib
-import sqlite3
 import subprocess
 import textwrap
 from collections import Counter
 from pathlib import Path
 
+import state_helpers
 from conftest import reconciler
 
 NOW = "2026-11-24T10:00:00Z"
@@ -118,13 +118,13 @@ def tick(root: Path, now: str = NOW, *extra: str) -> subprocess.CompletedProcess
 
 
 def ledger(root: Path) -> Counter[str]:
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
-        return Counter(dict(db.execute("SELECT state, count(*) FROM ledger GROUP BY state").fetchall()))
+    rows = query(root, "SELECT state, count(*) FROM ledger GROUP BY state")
+    return Counter({str(state): int(str(count)) for state, count in rows})
 
 
 def query(root: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
-        return db.execute(sql, params).fetchall()
+    """One statement's rows on the workspace's state, on the engine of the test run (state_helpers.query)."""
+    return state_helpers.query(root, sql, *params)
 
 
 def pairs(root: Path, sql: str, *params: object) -> dict[str, str]:

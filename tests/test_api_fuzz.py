@@ -20,6 +20,7 @@ from schemathesis.core.result import Ok
 
 from reconciler.clock import SystemClock
 from reconciler.web import create_app
+from state_helpers import place
 from test_web_input import BEARER, TOKEN, applied, error_log  # noqa: F401 - `applied` is a fixture
 from web_server import WebServer
 
@@ -78,7 +79,7 @@ def _no_fetching(url: str) -> bytes:
 
 
 def test_the_description_names_every_route_with_its_methods(applied: Path) -> None:  # noqa: F811
-    app = create_app(applied / ".state/reconciler.db", clock=SystemClock(), root=applied)
+    app = create_app(place(applied), clock=SystemClock(), root=applied)
     routes = {route.path: set(route.methods) - {"HEAD"} for route in app.routes}  # type: ignore[attr-defined]
     with WebServer(applied) as base:
         described = httpx.get(f"{base}/api/v1/openapi.json").json()

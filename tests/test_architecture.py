@@ -12,6 +12,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 PACKAGE = REPO / "src" / "reconciler"
 MAP = (REPO / "docs" / "architecture.md").read_text()
 MAX_MODULE_LINES = 500

@@ -17,6 +17,8 @@ from click.testing import CliRunner
 
 from reconciler.cli import main
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 HERE = Path(__file__).resolve().parent / "workspaces"
 CASES = sorted(p for p in (HERE / "broken").iterdir() if p.is_dir())
 META = ("expect.txt", "remove.txt")

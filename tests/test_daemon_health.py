@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -26,22 +25,16 @@ from reconciler.clock import SystemClock
 from reconciler.daemon import WebOptions, reconcile_once, run
 from reconciler.health import Health
 from reconciler.sendloop import SendLoop
-from reconciler.state import open_db
 from sending import import_contacts, ledger, parse, workspace
 from smtp_sink import Sink, SinkServer, free_port
-
-
-def _deny_campaign_writes(action: int, table: str | None, *_: object) -> int:
-    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT) and table == "campaigns":
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
+from state_helpers import RefusedWrites, connected, exists, on_postgres, open_state, place
 
 
 def test_failing_passes_make_healthz_degraded_and_back_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = workspace(tmp_path, 2525)
-    state = root / ".state/reconciler.db"
-    db = open_db(state)
-    db.conn.set_authorizer(_deny_campaign_writes)  # every pass fails when it applies the campaign
+    state = place(root)
+    db = open_state(root)
+    RefusedWrites(db).refuse("campaigns")  # every pass fails when it applies the campaign
     port = free_port()
     caplog.set_level(logging.ERROR, logger="reconciler.daemon")
 
@@ -97,7 +90,7 @@ def test_a_write_lock_held_elsewhere_stalls_neither_the_web_service_nor_the_daem
             # a round with an answer slower than 100 ms is measured again (three rounds at most): a hiccup of a busy
             # machine does not come back, while waiting for the lock on the event loop (seconds) does every round
             for _ in range(3):
-                times = _answers(root / ".state/reconciler.db", daemon.port, paths, hold=4.0)
+                times = _answers(root, daemon.port, paths, hold=4.0)
                 rounds.append({path[:3]: _summary(took) for path, took in times.items()})
                 if max(max(took) for took in times.values()) < 0.1:
                     break
@@ -120,16 +113,16 @@ def _summary(took: list[float]) -> str:
     return f"{len(ordered)} answers, median {median * 1000:.1f} ms, slowest {slowest * 1000:.1f} ms"
 
 
-def _answers(state: Path, port: int, paths: list[str], *, hold: float) -> dict[str, list[float]]:
+def _answers(root: Path, port: int, paths: list[str], *, hold: float) -> dict[str, list[float]]:
     """Hold the write lock in another connection for `hold` seconds; meanwhile time each path, again and again."""
     locked, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with sqlite3.connect(state, isolation_level=None) as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with connected(root) as db:
+            db.conn.execute("BEGIN IMMEDIATE")  # on PostgreSQL, the writers' advisory lock
             locked.set()
             release.wait(hold)
-            conn.execute("COMMIT")
+            db.conn.execute("COMMIT")
 
     thread = threading.Thread(target=holder)
     thread.start()
@@ -178,19 +171,12 @@ def test_a_missing_secret_holds_the_campaign_and_says_which(tmp_path: Path) -> N
     assert ledger(root) == {"queued": 3}
 
 
-def _deny_registration(action: int, table: str | None, *_: object) -> int:
-    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT) and table == "dispatchers":
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
 def test_failed_send_passes_wait_as_long_as_the_log_says(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = workspace(tmp_path, free_port())
     import_contacts(root, 3)
-    state = root / ".state/reconciler.db"
-    reconcile_once(root, open_db(state), now=SystemClock().now())  # the campaign starts: 3 rows due
-    sending = open_db(state)
-    sending.conn.set_authorizer(_deny_registration)  # every send pass fails as it registers
+    reconcile_once(root, open_state(root), now=SystemClock().now())  # the campaign starts: 3 rows due
+    sending = open_state(root)
+    RefusedWrites(sending).refuse("dispatchers")  # every send pass fails as it registers
     caplog.set_level(logging.ERROR, logger="reconciler.sendloop")
     loop = SendLoop(sending, root=root, clock=SystemClock(), interval=30, health=Health())
     loop.start()
@@ -216,10 +202,9 @@ def test_a_lock_held_elsewhere_is_reported_within_a_minute_and_sigterm_still_sto
 ) -> None:
     daemons.append(Daemon(example, "--interval", "3600"))
     daemon = daemons[-1]
-    state = example / ".state/reconciler.db"
-    wait_for(lambda: state.exists() and _healthz(daemon.port)[0] == 200, "the first pass", 120)
-    holder = sqlite3.connect(state, timeout=60, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock for minutes
+    wait_for(lambda: exists(example) and _healthz(daemon.port)[0] == 200, "the first pass", 120)
+    holder = open_state(example)
+    holder.conn.execute("BEGIN IMMEDIATE")  # another process holds the write lock for minutes
     try:
         guji = example / "campaigns/guji-harvest-2030.yaml"
         guji.write_text(guji.read_text().replace("status: draft", "status: paused"))  # a pass that must write
@@ -227,13 +212,13 @@ def test_a_lock_held_elsewhere_is_reported_within_a_minute_and_sigterm_still_sto
         wait_for(lambda: _healthz(daemon.port)[0] == 503, "/healthz to say degraded", 90, every=0.5)
         reported = time.monotonic() - started
         problems = " ".join(_healthz(daemon.port)[1]["problems"])
-        assert "database is locked" in problems, problems
+        assert ("lock timeout" if on_postgres() else "database is locked") in problems, problems
         daemon.process.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
         daemon.process.wait(60)  # the lock is still held: only the watchdog's interrupts let it stop
         stopped = time.monotonic() - stopping
     finally:
-        holder.execute("ROLLBACK")
+        holder.conn.execute("ROLLBACK")
         holder.close()
     print(f"lock reported after {reported:.0f} s; SIGTERM to exit {stopped:.0f} s")
     assert reported < 75  # one pass waits out the 30 s busy timeout; three of them took about 95 s

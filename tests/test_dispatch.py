@@ -7,7 +7,6 @@ file, and runs `reconciler tick` (or `run`) as a user would; assertions count wh
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from conftest import reconciler
 from dkim_keys import KEY_ENV, dkim_key, sign_with_dkim
 from sending import LATER, MUCH_LATER, NOW, body, bucket, import_contacts, ledger, pairs, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer
+from state_helpers import connected, open_state
 
 
 def test_every_recipient_of_2000_gets_exactly_one_message_that_parses_cleanly(tmp_path: Path) -> None:
@@ -136,12 +136,11 @@ def test_many_policy_rejections_pause_the_campaign_until_confirmed(tmp_path: Pat
 
 
 def test_an_unsubscribe_recorded_mid_send_stops_that_contacts_message(tmp_path: Path) -> None:
-    database = tmp_path / ".state/reconciler.db"
     done = threading.Event()
 
     def unsubscribe_late_contact(rcpt: str, data: bytes) -> None:
         if rcpt == "person10@example.net" and not done.is_set():
-            with sqlite3.connect(database, timeout=30) as db:  # what the web service will record
+            with connected(tmp_path) as db:  # what the web service will record
                 db.execute(
                     "UPDATE subscriptions SET status = 'unsubscribed' WHERE contact_id = "
                     "(SELECT id FROM contacts WHERE email = 'person1500@example.net')"
@@ -244,7 +243,7 @@ def test_a_contact_whose_data_cannot_go_in_a_header_fails_alone(tmp_path: Path) 
         )
         imported = reconciler("contacts", "import", "c.jsonl", "--list", "news", cwd=root)
         assert imported.returncode == 1 and "c.jsonl:2: first_name" in imported.stderr  # refused at import now
-        with sqlite3.connect(root / ".state/reconciler.db") as db:  # as an older version stored it
+        with connected(root) as db:  # as an older version stored it
             db.execute(
                 "INSERT INTO contacts(email, email_hash, first_name, created_at, updated_at) VALUES "
                 "('bad@example.net', 'h-bad', 'Evil\r\nBcc: victim@example.org', '2026-11-01', '2026-11-01')"
@@ -282,8 +281,8 @@ def test_stages_follow_after_their_delay_to_those_who_did_or_did_not_open(tmp_pa
         tick(root, "2026-11-24T10:00:00Z")
         assert len(sink.messages) == 10
         opened = ["person1@example.net", "person2@example.net"]
-        with sqlite3.connect(root / ".state/reconciler.db") as db:  # what the tracking pixel will record
-            db.executemany(
+        with connected(root) as db:  # what the tracking pixel will record
+            db.conn.executemany(
                 "INSERT INTO engagement (ledger_id, contact_id, source_kind, source, stage, action, machine, at) "
                 "SELECT l.id, l.contact_id, 'campaign', 'hello', '', 'opened', 0, '2026-11-24T11:00:00Z' "
                 "FROM ledger l JOIN contacts c ON c.id = l.contact_id WHERE c.email = ?",
@@ -350,7 +349,7 @@ def test_the_outbox_writes_one_eml_per_message_and_resends_after_a_crash(tmp_pat
     assert len(files) == 5
     for path in files:
         parse(path.read_bytes())
-    with sqlite3.connect(root / ".state/reconciler.db") as db:  # as a process killed while writing leaves it
+    with connected(root) as db:  # as a process killed while writing leaves it
         db.execute("UPDATE ledger SET state = 'sending', claimed_by = 'gone:1:x' WHERE id = 1")
         db.execute("UPDATE campaigns SET status = 'sending', finished_at = NULL")
     result = tick(root, LATER)
@@ -462,7 +461,7 @@ def test_a_contact_who_chose_weekly_gets_at_most_one_marketing_email_a_week(tmp_
         root = workspace(tmp_path, port)
         import_contacts(root, 2)
         tick(root)
-        with sqlite3.connect(root / ".state/reconciler.db") as db:  # as the preference page records it
+        with connected(root) as db:  # as the preference page records it
             db.execute("UPDATE contacts SET frequency = 'weekly' WHERE email = 'person0@example.net'")
         second = root / "campaigns/second.yaml"
         second.write_text((root / "campaigns/hello.yaml").read_text().replace("name: hello", "name: second"))
@@ -487,7 +486,7 @@ def test_a_receipt_campaign_makes_no_marketing_campaign_wait_for_a_weekly_contac
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port)
         import_contacts(root, 1, lists=("news", "receipts"))
-        with sqlite3.connect(root / ".state/reconciler.db") as db:  # as the preference page records it
+        with connected(root) as db:  # as the preference page records it
             db.execute("UPDATE contacts SET frequency = 'weekly'")
         hello = root / "campaigns/hello.yaml"
         marketing = hello.read_text()
@@ -510,7 +509,6 @@ def test_dispatch_in_process_with_the_memory_transport(tmp_path: Path) -> None:
     from reconciler.clock import FixedClock, parse_instant
     from reconciler.daemon import reconcile_once
     from reconciler.dispatch import Dispatcher
-    from reconciler.state import open_db
     from reconciler.transports import Delivery, MemoryTransport
 
     root = workspace(tmp_path, 1)
@@ -521,7 +519,7 @@ def test_dispatch_in_process_with_the_memory_transport(tmp_path: Path) -> None:
     }
     memory = MemoryTransport(reply=lambda rcpt, data: replies.get(rcpt, Delivery("sent", "250 ok", 250)))
     clock = FixedClock(parse_instant(NOW))
-    db = open_db(root / ".state/reconciler.db")
+    db = open_state(root)
     assert reconcile_once(root, db, now=clock.now()).started == ["hello"]
     report = asyncio.run(Dispatcher(db, root=root, clock=clock, transports={"sink": memory}).run_pass())
     db.conn.close()

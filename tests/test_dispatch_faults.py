@@ -11,7 +11,6 @@ import asyncio
 import io
 import os
 import socket
-import sqlite3
 import sys
 import threading
 import traceback
@@ -26,12 +25,13 @@ import pytest
 from reconciler.clock import FixedClock, SystemClock, iso, parse_instant
 from reconciler.daemon import reconcile_once
 from reconciler.dispatch import Dispatcher, DispatchFailed, DispatchReport
-from reconciler.state import dispatchers, open_db
+from reconciler.state import dispatchers
 from reconciler.state import ledger as state_ledger
 from reconciler.state.contacts import erase_contact
 from reconciler.transports import Delivery, MemoryTransport
 from sending import NOW, import_contacts, ledger, query, workspace
 from smtp_sink import Sink, SinkServer
+from state_helpers import RefusedWrites, open_state
 
 CLOCK = FixedClock(parse_instant(NOW))
 T = TypeVar("T")
@@ -74,21 +74,15 @@ def bounded(scenario: Callable[[], Awaitable[T]], *, within: float = BOUND) -> T
     return results[0]
 
 
-def _deny_ledger_writes(action: int, table: str | None, *_: object) -> int:
-    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT) and table == "ledger":
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
-async def _pass_that_breaks(dispatcher: Dispatcher, sink: Sink, *, after: int) -> BaseException | None:
+async def _pass_that_breaks(
+    dispatcher: Dispatcher, sink: Sink, refused: RefusedWrites, *, after: int
+) -> BaseException | None:
     """Run a pass; once `after` messages arrived, the database refuses every ledger write."""
 
     async def break_it() -> None:
         while len(sink.messages) < after:
             await asyncio.sleep(0.01)
-        connection = dispatcher.db.conn
-        assert isinstance(connection, sqlite3.Connection)  # these faults are SQLite's (an authorizer)
-        connection.set_authorizer(_deny_ledger_writes)
+        refused.refuse("ledger")
 
     breaker = asyncio.create_task(break_it())
     try:
@@ -105,14 +99,15 @@ def test_a_database_error_mid_pass_fails_that_pass_and_the_next_pass_sends_the_r
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port, connections=4)
         emails = import_contacts(root, 400)
-        db = open_db(root / ".state/reconciler.db")
+        db = open_state(root)
+        refused = RefusedWrites(db)
         assert reconcile_once(root, db, now=CLOCK.now()).started == ["hello"]
 
         async def scenario() -> BaseException | None:
             dispatcher = Dispatcher(db, root=root, clock=CLOCK)
             try:
-                failure = await _pass_that_breaks(dispatcher, sink, after=100)
-                db.conn.set_authorizer(None)
+                failure = await _pass_that_breaks(dispatcher, sink, refused, after=100)
+                refused.allow()
                 await dispatcher.run_pass()
                 return failure
             finally:
@@ -136,14 +131,15 @@ def test_rows_a_live_daemon_left_sending_are_settled_by_its_next_pass_without_a_
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port, connections=2)
         import_contacts(root, 50)
-        db = open_db(root / ".state/reconciler.db")
+        db = open_state(root)
+        refused = RefusedWrites(db)
         reconcile_once(root, db, now=CLOCK.now())
 
         async def scenario() -> None:
             dispatcher = Dispatcher(db, root=root, clock=CLOCK)
             try:
-                await _pass_that_breaks(dispatcher, sink, after=10)
-                db.conn.set_authorizer(None)
+                await _pass_that_breaks(dispatcher, sink, refused, after=10)
+                refused.allow()
                 await dispatcher.run_pass()
             finally:
                 await dispatcher.close()
@@ -152,12 +148,6 @@ def test_rows_a_live_daemon_left_sending_are_settled_by_its_next_pass_without_a_
     assert not ledger(root)["sending"]
     assert ledger(root)["sent"] + ledger(root)["uncertain"] == 50
     assert max(sink.received().values()) == 1
-
-
-def _deny_all_writes(action: int, table: str | None, *_: object) -> int:
-    if action in (sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_DELETE) and table is not None:
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
 
 
 def test_a_row_its_own_failed_pass_left_sending_with_no_outcome_kept_is_settled_by_the_next_pass(
@@ -169,14 +159,15 @@ def test_a_row_its_own_failed_pass_left_sending_with_no_outcome_kept_is_settled_
     pass. Only the rule that a dispatcher's own `sending` rows are leftovers of its earlier pass settles it."""
     root = workspace(tmp_path, 1)  # the memory transport below stands in for the relay
     import_contacts(root, 6)
-    db = open_db(root / ".state/reconciler.db")
+    db = open_state(root)
+    refused = RefusedWrites(db)
     reconcile_once(root, db, now=CLOCK.now())
     tries: list[str] = []
 
     def reply(recipient: str, data: bytes) -> Delivery:
         tries.append(recipient)
         if len(tries) == 3:
-            db.conn.set_authorizer(_deny_all_writes)
+            refused.refuse(deletes=True)
             raise OSError("the process lost its footing right after the body went out")
         return Delivery("sent", "250 ok", 250)
 
@@ -192,7 +183,7 @@ def test_a_row_its_own_failed_pass_left_sending_with_no_outcome_kept_is_settled_
                 failure: BaseException | None = exc
             else:
                 failure = None
-            db.conn.set_authorizer(None)
+            refused.allow()
             stuck = left_sending(root)
             kept = {outcome.row_id for outcome, _ in dispatcher.run.pending.outcomes}
             registered = {str(row[0]) for row in db.conn.execute("SELECT id FROM dispatchers")}
@@ -217,7 +208,7 @@ def left_sending(root: Path) -> set[int]:
 
 def test_recovery_in_another_process_leaves_a_live_dispatchers_registration_alone(tmp_path: Path) -> None:
     root = workspace(tmp_path, 1)  # no server needed: no message is sent
-    db = open_db(root / ".state/reconciler.db")
+    db = open_state(root)
     host = socket.gethostname()
     live = f"{host}:{os.getpid()}:live"  # another dispatcher of a running process, which beat 5 s ago
     dispatchers.register(db, live, host=host, pid=os.getpid(), at=iso(datetime.now(UTC) - timedelta(seconds=5)))
@@ -237,7 +228,7 @@ def test_an_erased_contacts_waiting_message_is_skipped_and_the_campaign_finishes
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port)
         import_contacts(root, 3)
-        db = open_db(root / ".state/reconciler.db")
+        db = open_state(root)
         reconcile_once(root, db, now=CLOCK.now())
         erase_contact(db, "person1@example.net", at="2026-11-24T10:00:00Z")
 

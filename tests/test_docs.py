@@ -17,6 +17,8 @@ from reconciler.cli import main
 from reconciler.spec import KINDS
 from reconciler.yamlnodes import parse_documents
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 README = (REPO / "README.md").read_text()
 SPEC_DOC = (REPO / "docs" / "spec-language.md").read_text()
 

@@ -19,6 +19,8 @@ from daemon_process import WATCHING, Daemon, sending_daemon
 from sending import import_contacts, ledger, workspace
 from smtp_sink import Sink, SinkServer
 
+pytestmark = pytest.mark.sqlite_only("a full disk under the state file")
+
 RECIPIENTS = 400
 
 

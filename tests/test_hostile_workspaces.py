@@ -44,12 +44,14 @@ def test_yaml_nested_too_deep_is_a_located_problem_not_a_crash(base: Path, where
     _assert_refused(reconciler("tick", cwd=base), f"spec/deep.yaml:{line}:", "nested deeper than 64 levels")
 
 
+@pytest.mark.no_state
 def test_aliases_that_nest_deeper_than_the_limit_are_refused(base: Path) -> None:
     lines = ["a0: &a0 [1]"] + [f"a{n}: &a{n} [[[[[[[[[[*a{n - 1}]]]]]]]]]]" for n in range(1, 12)]
     (base / "spec" / "aliases.yaml").write_text("kind: Segment\nname: aliased\n" + "\n".join(lines) + "\n")
     _assert_refused(reconciler("validate", cwd=base), "spec/aliases.yaml:", "nested deeper than 64 levels")
 
 
+@pytest.mark.no_state
 def test_a_deep_but_reasonable_condition_still_validates(base: Path) -> None:
     condition = "{not: " * 30 + "{field: spend, gt: 1}" + "}" * 30
     (base / "spec" / "nested.yaml").write_text(f"kind: Segment\nname: nested\nwhere: {condition}\n")
@@ -57,6 +59,7 @@ def test_a_deep_but_reasonable_condition_still_validates(base: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.no_state
 def test_the_example_workspace_needs_no_more_than_the_limit() -> None:
     result = reconciler("validate", cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -68,6 +71,7 @@ def _launch_with(root: Path, expression: str) -> None:
     template.write_text(text)
 
 
+@pytest.mark.no_state
 @pytest.mark.parametrize(
     ("expression", "words"),
     [
@@ -113,6 +117,7 @@ def test_a_template_that_would_render_without_bound_is_a_located_problem(
     _assert_refused(result, "templates/news/launch.mjml:6:", words)
 
 
+@pytest.mark.no_state
 def test_links_out_of_the_workspace_are_refused(base: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     (outside / "partials").mkdir(parents=True)
@@ -165,6 +170,7 @@ def test_at_send_time_a_render_past_the_bounds_fails_that_contact_alone(tmp_path
     assert state == "failed" and "characters" in str(reply), reply
 
 
+@pytest.mark.no_state
 def test_segments_nested_through_in_segment_beyond_the_limit_are_a_problem(base: Path) -> None:
     chain = "".join(f"---\nkind: Segment\nname: s{n}\nwhere: {{in_segment: s{n + 1}}}\n" for n in range(3000))
     (base / "spec" / "chain.yaml").write_text(chain + "---\nkind: Segment\nname: s3000\nwhere: {field: spend, gt: 1}\n")

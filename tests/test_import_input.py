@@ -5,12 +5,12 @@ message with its line, and a file that cannot be read as a whole writes nothing.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from conftest import reconciler
+from state_helpers import connected, exists, query
 
 HEADER = "email,first_name,orders_count\n"
 
@@ -26,11 +26,9 @@ def _import(example: Path, name: str, data: bytes, *args: str) -> tuple[int, str
 
 
 def _count(example: Path, sql: str = "SELECT count(*) FROM contacts") -> int:
-    path = example / ".state/reconciler.db"
-    if not path.exists():
+    if not exists(example):
         return 0
-    with sqlite3.connect(path) as db:
-        return int(db.execute(sql).fetchone()[0])
+    return int(query(example, sql)[0][0])
 
 
 def test_a_latin_1_file_names_its_first_bad_line_and_writes_nothing(example: Path) -> None:
@@ -58,7 +56,7 @@ def test_files_with_a_byte_order_mark_are_read_in_their_encoding(example: Path, 
     code, out, err = _import(example, "people.csv", data)
     assert code == 0, err
     assert "3 new" in out
-    with sqlite3.connect(example / ".state/reconciler.db") as db:
+    with connected(example) as db:
         assert db.execute("SELECT first_name FROM contacts WHERE email = 'zoe@example.com'").fetchone() == ("Zoë",)
 
 
@@ -119,7 +117,7 @@ def test_a_double_opt_in_list_needs_preconfirmed_and_the_consent_says_so(example
     assert code == 0, err
     assert "6 subscriptions added" in out
     actions = "SELECT list, action, count(*) FROM consent GROUP BY 1, 2 ORDER BY 1"
-    with sqlite3.connect(example / ".state/reconciler.db") as db:
+    with connected(example) as db:
         assert db.execute(actions).fetchall() == [("newsletter", "preconfirmed", 3), ("offers", "subscribe", 3)]
 
 

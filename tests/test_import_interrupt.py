@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import state_helpers
 from conftest import reconciler, wait_for
 
 ROWS = 150_000
@@ -20,6 +21,8 @@ ROWS = 150_000
 
 
 def _count(root: Path, sql: str) -> int:
+    if state_helpers.on_postgres():
+        return int(state_helpers.query(root, sql)[0][0])
     try:
         with sqlite3.connect(f"file:{root / '.state/reconciler.db'}?mode=ro", uri=True) as db:
             return int(db.execute(sql).fetchone()[0])
@@ -33,7 +36,7 @@ def _big_import(example: Path) -> tuple[list[str], subprocess.Popen[str]]:
     (example / "big.csv").write_text("\n".join(lines) + "\n")
     command = [sys.executable, "-m", "reconciler", "contacts", "import", "big.csv", "--list", "offers"]
     command += ["--consent", "shop checkout v2"]
-    env = {k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"}, **state_helpers.state_env()}
     process = subprocess.Popen(
         command, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

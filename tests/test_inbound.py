@@ -194,6 +194,7 @@ def test_a_pipe_without_the_signing_key_defers_the_message_instead_of_bouncing_i
     assert pipe(tmp_path, data, "--recipient", address)[0] == 0
 
 
+@pytest.mark.empty_state
 def test_a_missing_state_database_defers_the_message(tmp_path: Path) -> None:
     workspace(tmp_path, 25)
     status, said = pipe(tmp_path, as_gmail_sends_it(MAILBOX, "unsubscribe").as_bytes())

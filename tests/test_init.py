@@ -50,6 +50,7 @@ def _digest(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.no_state
 def test_init_lists_what_it_wrote_and_the_next_commands(tmp_path: Path) -> None:
     result = reconciler("init", "my-email", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -63,6 +64,7 @@ def test_init_lists_what_it_wrote_and_the_next_commands(tmp_path: Path) -> None:
     assert steps[2].startswith("reconciler plan ")
 
 
+@pytest.mark.no_state
 def test_validate_names_exactly_the_placeholders_until_they_are_filled_in(tmp_path: Path) -> None:
     root = _init(tmp_path, "my-email")
     before = reconciler("validate", cwd=root)
@@ -125,6 +127,7 @@ def _documents(root: Path) -> list[tuple[str, Any]]:
     return found
 
 
+@pytest.mark.no_state
 def test_vs_code_is_pointed_at_the_schema_reconciler_prints(tmp_path: Path) -> None:
     root = _init(tmp_path, "my-email")
     settings = json.loads((root / ".vscode" / "settings.json").read_text())
@@ -138,6 +141,7 @@ def test_vs_code_is_pointed_at_the_schema_reconciler_prints(tmp_path: Path) -> N
         assert [e.message for e in validator.iter_errors(document)] == [], where
 
 
+@pytest.mark.no_state
 def test_init_in_the_current_folder_keeps_other_files_and_adds_state_to_gitignore(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     (tmp_path / "README.md").write_text("# Our email\n")
@@ -151,6 +155,7 @@ def test_init_in_the_current_folder_keeps_other_files_and_adds_state_to_gitignor
     assert (tmp_path / "spec" / "settings.yaml").is_file()
 
 
+@pytest.mark.no_state
 def test_init_never_writes_over_a_workspace(tmp_path: Path) -> None:
     root = _init(tmp_path, "my-email")
     _fill_in(root)
@@ -163,6 +168,7 @@ def test_init_never_writes_over_a_workspace(tmp_path: Path) -> None:
     assert _digest(root) == before
 
 
+@pytest.mark.no_state
 def test_init_refuses_when_one_file_it_would_write_exists(tmp_path: Path) -> None:
     (tmp_path / ".vscode").mkdir()
     (tmp_path / ".vscode" / "settings.json").write_text('{"editor.tabSize": 2}\n')
@@ -172,6 +178,7 @@ def test_init_refuses_when_one_file_it_would_write_exists(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.rglob("*")) == [".vscode", "settings.json"]
 
 
+@pytest.mark.no_state
 @pytest.mark.skipif(os.name != "posix", reason="symbolic links")
 def test_init_does_not_follow_a_link_out_of_the_folder(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
@@ -184,6 +191,7 @@ def test_init_does_not_follow_a_link_out_of_the_folder(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.no_state
 def test_init_refuses_a_folder_of_its_own_that_is_a_broken_link_and_writes_nothing(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     root.mkdir()
@@ -193,6 +201,7 @@ def test_init_refuses_a_folder_of_its_own_that_is_a_broken_link_and_writes_nothi
     assert sorted(p.name for p in root.iterdir()) == [".vscode"]
 
 
+@pytest.mark.no_state
 def test_init_on_a_file_says_it_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     result = reconciler("init", "notes.txt", cwd=tmp_path)
@@ -200,6 +209,7 @@ def test_init_on_a_file_says_it_is_a_file(tmp_path: Path) -> None:
     assert result.stderr.startswith("Error: notes.txt is a file, not a folder")
 
 
+@pytest.mark.no_state
 def test_the_skeleton_is_shipped_as_package_data() -> None:
     import tomllib
 

@@ -4,12 +4,12 @@ in and never counted in an audience."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from conftest import reconciler
 from sending import parse, tick, workspace
 from smtp_sink import Sink, SinkServer
+from state_helpers import connected
 
 
 def test_an_idn_domain_is_sent_as_punycode_and_stored_as_written(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_an_idn_domain_is_sent_as_punycode_and_stored_as_written(tmp_path: Path)
     assert sorted(rcpt for rcpt, _ in sink.messages) == ["ada@xn--bcher-kva.example", "bob@xn--bcher-kva.example"]
     for rcpt, data in sink.messages:
         assert str(parse(data)["To"]).endswith(f"<{rcpt}>")
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
+    with connected(root) as db:
         stored = sorted(email for (email,) in db.execute("SELECT email FROM contacts"))
         states = db.execute("SELECT state, count(*) FROM ledger GROUP BY 1").fetchall()
     assert stored == ["ada@bücher.example", "bob@bücher.example"]
@@ -39,7 +39,7 @@ def test_a_local_part_beyond_ascii_an_older_version_stored_fails_once_with_the_r
         root = workspace(tmp_path, port)
         (root / "c.csv").write_text("email\nada@example.org\n", encoding="utf-8")
         assert reconciler("contacts", "import", "c.csv", "--list", "news", cwd=root).returncode == 0
-        with sqlite3.connect(root / ".state/reconciler.db") as db:  # as an older version stored it
+        with connected(root) as db:  # as an older version stored it
             db.execute(
                 "INSERT INTO contacts(email, email_hash, created_at, updated_at) "
                 "VALUES ('zoë@example.org', 'h-zoe', '2026-11-01', '2026-11-01')"
@@ -59,12 +59,12 @@ def test_a_local_part_beyond_ascii_an_older_version_stored_fails_once_with_the_r
     assert state == "failed" and "SMTPUTF8" in str(reply), first
     assert int(str(attempts)) <= 1 and next_attempt_at is None, first
     assert later == first  # not tried again
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
+    with connected(root) as db:
         assert db.execute("SELECT status FROM campaigns WHERE name = 'hello'").fetchone() == ("sent",)
 
 
 def _row_of(root: Path, email: str) -> tuple[object, ...]:
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
+    with connected(root) as db:
         row = db.execute(
             "SELECT l.state, l.last_reply, l.attempts, l.next_attempt_at FROM ledger l "
             "JOIN contacts c ON c.id = l.contact_id WHERE c.email = ?",

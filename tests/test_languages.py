@@ -4,7 +4,6 @@ else the list's language, else the browser's; and a workspace can replace each w
 from __future__ import annotations
 
 import re
-import sqlite3
 import textwrap
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,6 +17,7 @@ from babel.dates import format_date
 from conftest import reconciler
 from sending import body, parse, tick, workspace
 from smtp_sink import Sink, SinkServer, free_port
+from state_helpers import connected
 from test_web import subscriptions, unsubscribe_url
 from web_server import WebServer
 
@@ -110,7 +110,7 @@ def test_pages_speak_the_contacts_locale_then_the_lists_language_then_the_browse
 
 def test_the_preference_page_writes_dates_as_the_subscriber_does(site: tuple[Path, Sink, str, int]) -> None:
     root, sink, _base, port = site
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
+    with connected(root) as db:
         (since,) = db.execute(
             "SELECT s.updated_at FROM subscriptions s JOIN contacts c ON c.id = s.contact_id WHERE c.email = ?",
             ("joao@example.com.br",),
@@ -260,7 +260,7 @@ def test_the_german_preference_page_in_chromium(site: tuple[Path, Sink, str, int
         browser.close()
     assert urlsplit(url).path.startswith("/u/")
     assert (artifacts / "preferences-de.png").stat().st_size > 1000
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
+    with connected(root) as db:
         assert db.execute("SELECT frequency FROM contacts WHERE email = 'anna@example.at'").fetchone() == ("monthly",)
 
 

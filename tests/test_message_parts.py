@@ -15,6 +15,8 @@ from reconciler.tokens import Signer
 from reconciler.transports import classify, dot_stuff
 from sending import body
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 SKELETON = Skeleton(
     from_="Sklep Łąka <news@example.com>",
     reply_to="help@example.com",

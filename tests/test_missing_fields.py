@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, reconciler
 from sending import import_contacts, workspace
 
@@ -27,6 +29,7 @@ def _workspace_reading_city(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.no_state
 def test_validate_warns_where_a_field_is_read_without_a_default(tmp_path: Path) -> None:
     root = _workspace_reading_city(tmp_path)
     result = reconciler("validate", cwd=root)
@@ -57,6 +60,7 @@ def test_render_for_a_contact_without_the_field_says_why(tmp_path: Path) -> None
     assert "city" in result.stderr and "no.city@example.net" in result.stderr
 
 
+@pytest.mark.no_state
 def test_the_example_workspace_reads_every_optional_field_with_a_default() -> None:
     result = reconciler("validate", cwd=REPO)
     assert result.returncode == 0 and "warning" not in result.stdout, result.stdout

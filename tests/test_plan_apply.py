@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlite_utils import Database
 
 from conftest import reconciler
 from reconciler.apply import apply_plan, observe_for
@@ -22,9 +21,10 @@ from reconciler.plan import Plan, as_json, as_markdown, as_text, make_plan
 from reconciler.samples import sample_csv
 from reconciler.spec import DesiredState
 from reconciler.start import start_due
-from reconciler.state import observe, open_db
+from reconciler.state import observe
 from reconciler.state.observe import _histogram_by_names, audience_histogram
-from state_helpers import set_status, suppress_address
+from reconciler.state.postgres import StateDatabase
+from state_helpers import dump, open_state, set_status, suppress_address
 
 NOW = datetime(2030, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -36,12 +36,12 @@ def _desired(root: Path) -> DesiredState:
     return desired
 
 
-def _plan(root: Path, db: Database, now: datetime = NOW, *, confirm: Collection[str] = ()) -> Plan:
+def _plan(root: Path, db: StateDatabase, now: datetime = NOW, *, confirm: Collection[str] = ()) -> Plan:
     desired = _desired(root)
     return make_plan(desired, observe_for(db, desired, now=now), now=now, confirm=confirm)
 
 
-def _apply(root: Path, db: Database, now: datetime = NOW, *, confirm: Collection[str] = ()) -> Plan:
+def _apply(root: Path, db: StateDatabase, now: datetime = NOW, *, confirm: Collection[str] = ()) -> Plan:
     plan = _plan(root, db, now, confirm=confirm)
     apply_plan(db, plan, _desired(root), now=now)
     return plan
@@ -58,10 +58,10 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 @pytest.fixture
-def db(example: Path) -> Database:
+def db(example: Path) -> StateDatabase:
     """The example's state with 300 made-up contacts on newsletter and offers, a few of them opted out."""
     (example / "contacts.csv").write_text("".join(sample_csv(300, seed=1)))
-    database = open_db(example / ".state" / "reconciler.db")
+    database = open_state(example)
     import_file(
         database,
         _desired(example),
@@ -80,7 +80,7 @@ def db(example: Path) -> Database:
 
 
 def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_count(example: Path) -> None:
-    db = open_db(example / "state.db")
+    db = open_state(example)
     plan = _plan(example, db)
     assert _ops(plan) == {
         "black-friday-2030": "schedule",
@@ -99,7 +99,7 @@ def test_plan_of_the_example_on_an_empty_state_lists_each_campaign_with_its_coun
     assert "Segments:\n  espresso-people   0 members\n" in text
 
 
-def test_counts_exclude_unsubscribed_and_bounced_contacts(example: Path, db: Database) -> None:
+def test_counts_exclude_unsubscribed_and_bounced_contacts(example: Path, db: StateDatabase) -> None:
     plan = _plan(example, db)
     total = db.conn.execute("SELECT count(*) FROM contacts").fetchone()[0]
     guji = plan.audiences["guji-harvest-2030"]  # newsletter only
@@ -109,17 +109,17 @@ def test_counts_exclude_unsubscribed_and_bounced_contacts(example: Path, db: Dat
     assert f"→ {total - 5:,} recipients; excluded: unsubscribed 3, bounced 2" in as_text(plan)
 
 
-def test_applying_twice_changes_nothing_the_second_time(example: Path, db: Database) -> None:
+def test_applying_twice_changes_nothing_the_second_time(example: Path, db: StateDatabase) -> None:
     first = _apply(example, db)
     assert first.has_changes
-    dump = list(db.iterdump())
+    before = dump(example)
     second = _apply(example, db, NOW + timedelta(minutes=5))
     assert not second.has_changes
     assert "No changes: the state matches the workspace." in as_text(second)
-    assert list(db.iterdump()) == dump
+    assert dump(example) == before
 
 
-def test_the_plan_formats_carry_the_same_actions(example: Path, db: Database) -> None:
+def test_the_plan_formats_carry_the_same_actions(example: Path, db: StateDatabase) -> None:
     plan = _plan(example, db)
     data = json.loads(as_json(plan))
     assert [(a["kind"], a["name"], a["op"]) for a in data["actions"]] == [(a.kind, a.name, a.op) for a in plan.actions]
@@ -128,7 +128,7 @@ def test_the_plan_formats_carry_the_same_actions(example: Path, db: Database) ->
     assert "| + | `Campaign black-friday-2030` | schedule for Fri 2030-11-29 08:00 +01:00 (07:00 UTC) |" in markdown
 
 
-def test_editing_pausing_cancelling_and_deleting_campaign_files(example: Path, db: Database) -> None:
+def test_editing_pausing_cancelling_and_deleting_campaign_files(example: Path, db: StateDatabase) -> None:
     _apply(example, db)
     friday = example / "campaigns" / "black-friday-2030.yaml"
     _edit(friday, "25% off everything until Sunday", "30% off everything until Sunday")
@@ -157,7 +157,7 @@ def test_editing_pausing_cancelling_and_deleting_campaign_files(example: Path, d
     assert "schedule for now" in as_text(plan)
 
 
-def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(example: Path, db: Database) -> None:
+def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(example: Path, db: StateDatabase) -> None:
     guji = example / "campaigns" / "guji-harvest-2030.yaml"
     _edit(guji, "status: draft", "status: scheduled")
     _apply(example, db)
@@ -200,7 +200,7 @@ def test_a_started_campaign_is_frozen_but_can_be_paused_resumed_and_cancelled(ex
     assert observe(db).campaigns["guji-harvest-2030"].status == "cancelled"
 
 
-def test_a_schedule_past_the_grace_period_waits_for_confirmation(example: Path, db: Database) -> None:
+def test_a_schedule_past_the_grace_period_waits_for_confirmation(example: Path, db: StateDatabase) -> None:
     friday = example / "campaigns" / "black-friday-2030.yaml"
     _edit(friday, "  exclude: {segments: [recent-buyers]}\n", "")
     late = datetime(2030, 11, 30, 12, 0, tzinfo=UTC)  # a day after send_at
@@ -216,7 +216,9 @@ def test_a_schedule_past_the_grace_period_waits_for_confirmation(example: Path, 
     assert start_due(db, now=late) == ["black-friday-2030"]
 
 
-def test_a_schedule_within_the_grace_period_starts_and_local_times_are_per_contact(example: Path, db: Database) -> None:
+def test_a_schedule_within_the_grace_period_starts_and_local_times_are_per_contact(
+    example: Path, db: StateDatabase
+) -> None:
     gift = example / "campaigns" / "holiday-gift-guide-2030.yaml"
     _edit(gift, "  exclude: {segments: [recent-buyers]}\n", "")
     _apply(example, db)
@@ -232,7 +234,9 @@ def test_a_schedule_within_the_grace_period_starts_and_local_times_are_per_conta
     assert due["America/Los_Angeles"] == "2030-12-16T17:00:00Z"
 
 
-def test_segments_are_counted_in_the_plan_and_evaluated_when_the_campaign_starts(example: Path, db: Database) -> None:
+def test_segments_are_counted_in_the_plan_and_evaluated_when_the_campaign_starts(
+    example: Path, db: StateDatabase
+) -> None:
     buyers = [row[0] for row in db.conn.execute("SELECT id FROM contacts ORDER BY id DESC LIMIT 4")]
     for days_ago, contact in zip((1, 5, 13, 20), buyers, strict=True):  # recent-buyers: a purchase within 14 days
         db.conn.execute(
@@ -253,7 +257,7 @@ def test_segments_are_counted_in_the_plan_and_evaluated_when_the_campaign_starts
     assert set(buyers[:3]).isdisjoint(queued) and buyers[3] in queued  # 20 days ago is not recent
 
 
-def test_a_changed_segment_updates_a_scheduled_campaign_but_not_a_started_one(example: Path, db: Database) -> None:
+def test_a_changed_segment_updates_a_scheduled_campaign_but_not_a_started_one(example: Path, db: StateDatabase) -> None:
     _apply(example, db)
     segments = example / "spec" / "segments.yaml"
     _edit(segments, "within: 14d", "within: 10d")
@@ -268,7 +272,7 @@ def test_a_changed_segment_updates_a_scheduled_campaign_but_not_a_started_one(ex
     assert [a.name for a in plan.actions] == ["holiday-gift-guide-2030"] and not plan.errors
 
 
-def test_a_revision_with_errors_leaves_the_last_good_one_in_force(example: Path, db: Database) -> None:
+def test_a_revision_with_errors_leaves_the_last_good_one_in_force(example: Path, db: StateDatabase) -> None:
     guji = example / "campaigns" / "guji-harvest-2030.yaml"
     _edit(guji, "status: draft", "status: scheduled")
     _edit(guji, "\nsend_at: now", "\nsend_at: 2030-11-27T10:00:00Z")
@@ -317,7 +321,7 @@ def test_tick_applies_and_starts_what_is_due(example: Path) -> None:
     assert "2 recipients" in reconciler("status", cwd=example).stdout
 
 
-def test_the_fast_signature_count_agrees_with_the_plain_one(db: Database) -> None:
+def test_the_fast_signature_count_agrees_with_the_plain_one(db: StateDatabase) -> None:
     suppress_address(
         db, "nobody@example.com", "complained", at="2030-11-26T11:00:00Z"
     )  # a suppression without a contact
@@ -336,12 +340,12 @@ def test_two_ticks_at_once_start_a_campaign_once(example: Path) -> None:
         ticks = list(pool.map(lambda _: reconciler("tick", "--now", "2030-11-26T12:00:00Z", cwd=example), range(3)))
     assert [tick.returncode for tick in ticks] == [0, 0, 0], [tick.stdout + tick.stderr for tick in ticks]
     assert sum("guji-harvest-2030: started" in tick.stdout for tick in ticks) == 1
-    db = open_db(example / ".state" / "reconciler.db")
+    db = open_state(example)
     assert db.conn.execute("SELECT count(*), count(DISTINCT contact_id) FROM ledger").fetchone() == (200, 200)
     assert db.conn.execute("SELECT count(*) FROM revisions").fetchone()[0] == 1
 
 
-def test_the_plan_shows_segment_sizes_and_the_change_since_the_last_apply(example: Path, db: Database) -> None:
+def test_the_plan_shows_segment_sizes_and_the_change_since_the_last_apply(example: Path, db: StateDatabase) -> None:
     _apply(example, db)
     before = _plan(example, db).segment_counts["espresso-people"]
     (example / "more.csv").write_text("email,brew_method\nnew1@example.com,espresso\nnew2@example.com,moka\n")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from conftest import reconciler
@@ -23,18 +24,18 @@ from production import API_TOKEN, APPLIED_AT, PLAN_TOKEN, production, pull_reque
 from reconciler.archive import MAX_MEMBERS, pack
 from reconciler.clock import SystemClock
 from reconciler.remote_plan import PLAN_TOKEN_ENV
-from reconciler.state import open_db
 from reconciler.state.db import snapshot
 from reconciler.web import create_app
 from reconciler.web.context import PLANS_AT_ONCE
 from reconciler.web.openapi import description
+from state_helpers import connected, dump, open_state, place, state_arg
 from web_server import WebServer
 
 PLANNER = {"authorization": f"Bearer {PLAN_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def prod(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def prod(tmp_path_factory: pytest.TempPathFactory, module_state: None) -> Path:
     return production(tmp_path_factory.mktemp("production"))
 
 
@@ -61,11 +62,6 @@ def post_plan(base: str, body: bytes, headers: dict[str, str] | None = None, **p
     )
 
 
-def dump(root: Path) -> list[str]:
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
-        return list(db.iterdump())
-
-
 def remote_plan(pr: Path, base: str, *args: str) -> tuple[int, str, str]:
     done = reconciler("plan", "--remote", base, *args, cwd=pr, env={PLAN_TOKEN_ENV: PLAN_TOKEN})
     return done.returncode, done.stdout, done.stderr
@@ -75,7 +71,7 @@ def test_a_remote_plan_is_the_plan_a_local_plan_of_the_same_files_and_state_prin
     prod: Path, served: str, pr: Path
 ) -> None:
     status, remote, errors = remote_plan(pr, served, "--now", APPLIED_AT, "--detailed-exitcode")
-    state = str(prod / ".state/reconciler.db")
+    state = state_arg(prod)
     local = reconciler("--state", state, "plan", "--now", APPLIED_AT, "--detailed-exitcode", cwd=pr)
     assert (status, remote) == (local.returncode, local.stdout), errors
     assert status == 2
@@ -122,15 +118,16 @@ def test_planning_changes_nothing_in_the_state(prod: Path, served: str, pr: Path
 
 
 def test_a_connection_in_a_snapshot_cannot_write(prod: Path, tmp_path: Path) -> None:
-    db = open_db(tmp_path / "state.db")
-    with snapshot(db), pytest.raises(sqlite3.OperationalError, match="readonly"):
+    db = open_state(tmp_path)
+    refused = (sqlite3.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+    with snapshot(db), pytest.raises(refused, match=r"readonly|read-only"):
         db.conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
     db.conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")  # writable again afterwards
     db.close()
 
 
 def test_a_plan_holds_no_contact(prod: Path, served: str, pr: Path) -> None:
-    with sqlite3.connect(prod / ".state/reconciler.db") as db:
+    with connected(prod) as db:
         emails = [row[0] for row in db.execute("SELECT email FROM contacts")]
     assert len(emails) == 490
     body, _ = pack(pr)
@@ -277,7 +274,7 @@ def test_bad_options_are_named(served: str, pr: Path) -> None:
 
 
 def test_plans_beyond_those_being_made_are_answered_429(prod: Path, pr: Path) -> None:
-    app = create_app(prod / ".state/reconciler.db", clock=SystemClock(), root=prod)
+    app = create_app(place(prod), clock=SystemClock(), root=prod)
     plans = app.state.context.plans
     body, _ = pack(pr)
 

@@ -28,6 +28,8 @@ from reconciler.state.engine import open_existing, revive
 from reconciler.state.postgres import PostgresDatabase, StateDatabase, connect
 from reconciler.state.schema import STEPS, migrations
 
+pytestmark = pytest.mark.no_state  # about PostgreSQL itself, on databases of its own: the SQLite pass runs it
+
 LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 
 

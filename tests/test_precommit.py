@@ -17,6 +17,8 @@ import pytest
 from conftest import REPO, reconciler
 from reconciler.yamlnodes import parse_documents
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 MANIFEST = REPO / ".pre-commit-hooks.yaml"
 AUTHOR = ["-c", "user.name=Hook Test", "-c", "user.email=hook@example.com"]
 OFFLINE = (

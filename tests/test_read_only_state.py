@@ -22,9 +22,12 @@ def _unshare_works() -> bool:
     return probe.returncode == 0
 
 
-pytestmark = pytest.mark.skipif(
-    not _unshare_works(), reason="needs root and unshare -m for a read-only bind mount (CI runs as root)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not _unshare_works(), reason="needs root and unshare -m for a read-only bind mount (CI runs as root)"
+    ),
+    pytest.mark.sqlite_only("a state file on a read-only mount"),
+]
 
 
 def read_only(folder: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -81,6 +81,7 @@ def _check(block: list[Command], root: Path, env: dict[str, str], *, port: int |
     return [failure for command, output in outputs if (failure := mismatch(command, output, where="README.md"))]
 
 
+@pytest.mark.sqlite_only("the README's tour shows the default state, a SQLite file (`status` names a PostgreSQL one)")
 def test_the_readme_console_transcripts_print_what_they_show(example: Path) -> None:
     env = _environment()
     _git_checkout(example, env)
@@ -91,6 +92,7 @@ def test_the_readme_console_transcripts_print_what_they_show(example: Path) -> N
         pytest.fail("\n\n".join(failures), pytrace=False)
 
 
+@pytest.mark.no_state
 def test_transcripts_are_read_and_compared_as_documented() -> None:
     markdown = "```console\n$ a \\\n    --b\nout 1\n  ...\nout 9\n$ c\n```\n```\n$ not a console block\n```\n"
     (block,) = console_blocks(markdown)

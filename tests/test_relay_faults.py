@@ -14,9 +14,9 @@ from daemon_process import Daemon, sending_daemon
 from reconciler.clock import FixedClock, parse_instant
 from reconciler.daemon import reconcile_once
 from reconciler.dispatch import Dispatcher
-from reconciler.state import open_db
 from sending import NOW, import_contacts, ledger, query, workspace
 from smtp_sink import Sink, SinkServer, free_port
+from state_helpers import open_state
 
 
 def second_campaign(root: Path, name: str = "second") -> None:
@@ -49,7 +49,7 @@ def test_connections_the_relay_closed_while_idle_are_replaced_without_deferring_
     with SinkServer(sink, timeout=1) as port:  # the relay ends sessions idle for a second
         root = workspace(tmp_path, port, connections=4)
         import_contacts(root, 40)
-        db = open_db(root / ".state/reconciler.db")
+        db = open_state(root)
 
         async def scenario() -> None:
             dispatcher = Dispatcher(db, root=root, clock=clock)
@@ -82,7 +82,7 @@ def test_a_pooled_connection_the_relay_closes_as_it_is_reused_is_replaced_within
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port, connections=1)
         import_contacts(root, 5)
-        db = open_db(root / ".state/reconciler.db")
+        db = open_state(root)
 
         async def scenario() -> None:
             dispatcher = Dispatcher(db, root=root, clock=clock)
@@ -138,7 +138,7 @@ def test_connections_greet_with_the_machines_name_looked_up_once(tmp_path: Path)
     with SinkServer(sink) as port:
         root = workspace(tmp_path, port, connections=8)
         import_contacts(root, 80)
-        db = open_db(root / ".state/reconciler.db")
+        db = open_state(root)
 
         async def scenario() -> set[str]:
             dispatcher = Dispatcher(db, root=root, clock=clock)

@@ -175,7 +175,6 @@ def test_the_counters_agree_with_the_facts_and_a_rebuild_gives_the_same(seeded: 
     workflow = report(seeded, "hello")
     assert workflow == report(seeded, "hello", "--since", "2000-01-01T00:00:00Z")
     seeded.db.conn.execute("DELETE FROM report_counts")  # counters lost: a rebuild brings them back
-    seeded.db.conn.commit()
     rebuilt = reconciler("report", "launch", "--rebuild", "--format", "json", cwd=seeded.root)
     assert rebuilt.returncode == 0 and "Counted 11 engagement facts again" in rebuilt.stderr
     assert json.loads(rebuilt.stdout) == counted

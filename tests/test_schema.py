@@ -11,6 +11,8 @@ from conftest import REPO
 from reconciler.spec.schema import json_schema
 from reconciler.yamlnodes import parse_documents
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 
 def documents() -> list[tuple[str, Any]]:
     found = []

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 from collections import Counter
-from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from conftest import reconciler
 from dkim_keys import KEY_ENV, dkim_key, sign_with_dkim
 from sending import body, import_contacts, ledger, parse, query, workspace
 from smtp_sink import Sink, SinkServer
+from state_helpers import dump
 from web_server import WebServer
 
 TO = "reviewer@example.org"
@@ -28,8 +27,7 @@ TO = "reviewer@example.org"
 
 def content_digest(root: Path) -> str:
     """Everything the state database holds, as SQL text, hashed: equal digests, equal content."""
-    with closing(sqlite3.connect(root / ".state/reconciler.db")) as db:
-        return hashlib.sha256("\n".join(db.iterdump()).encode()).hexdigest()
+    return hashlib.sha256("\n".join(dump(root)).encode()).hexdigest()
 
 
 def with_page_links(root: Path) -> None:

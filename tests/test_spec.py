@@ -16,6 +16,8 @@ from reconciler.spec.documents import LocalSendTime
 from reconciler.spec.types import format_duration, parse_duration
 from reconciler.spec.workflow import IfStep, SendStep, WaitUntilStep, walk_steps
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 
 def campaign(**fields: Any) -> Campaign:
     base: dict[str, Any] = {

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import reconciler
+
+pytestmark = pytest.mark.sqlite_only("the state file kept out of git")
 
 
 def _git(root: Path, *args: str) -> str:

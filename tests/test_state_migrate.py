@@ -24,6 +24,8 @@ from reconciler.state.postgres_schema import RECORD
 from reconciler.state.subscribers import insert_events
 from reconciler.state.transfer import Checksum, row_text
 
+pytestmark = pytest.mark.sqlite_only("`state migrate` copies a SQLite file (its PostgreSQL side: in the SQLite pass)")
+
 NOW = "2030-11-26T12:00:00Z"
 BOUGHT = "2030-11-27T09:30:00Z"
 PEOPLE = """email,first_name,last_name,total_spend,orders_count,favourite_roast,wholesale

@@ -13,6 +13,8 @@ from sqlite_utils import Database
 from conftest import REPO, reconciler
 from reconciler.state.schema import migrations
 
+pytestmark = pytest.mark.sqlite_only("SQLite files of older versions, migrated in place")
+
 OLD_SETTINGS = {
     "settings.timezone": "Europe/Warsaw",
     "settings.schedule_grace": "21600",

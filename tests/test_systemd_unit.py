@@ -14,6 +14,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 UNIT = REPO / "deploy" / "reconciler.service"
 SECTION = re.compile(r"^\[[A-Za-z]+\]$")
 

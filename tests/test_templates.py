@@ -8,6 +8,8 @@ from jinja2.exceptions import SecurityError
 from reconciler.spec import TemplateFile
 from reconciler.templates import StrictFields, TemplateFailure, TemplateSet, _compile_mjml, protect, render_text
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 LAYOUT = """<mjml><mj-body>
 {% block content %}{% endblock %}
 {% include "partials/footer.mjml" %}

@@ -32,7 +32,7 @@ def test_values_written_before_the_migration_are_typed_and_later_writes_follow(
         else connect(request.getfixturevalue("postgres_url"), lock_timeout_ms=30_000)
     )
     try:
-        migrate(db, before="0016_typed_values")
+        migrate(db, before="0017_typed_values")
         db.conn.execute(CONTACT, (1, "a@x", "h", json.dumps(FIELDS), AT, AT))
         db.conn.execute(
             "INSERT INTO events(id, contact_id, type, occurred_at, properties) VALUES (1, 1, 'purchase', ?, ?)",

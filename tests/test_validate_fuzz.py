@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from conftest import EXAMPLE_FOLDERS, REPO
 from reconciler.cli import main
 
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
+
 YAML_PIECES = [
     ":",
     ": ",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +17,7 @@ from conftest import reconciler, wait_for
 from sending import LATER, NOW, body, import_contacts, ledger, pairs, parse, query, tick, workspace
 from smtp_sink import Sink, SinkServer, free_port
 from sns import CERT_URL, sns_key_and_certificate, sns_message
+from state_helpers import connected
 from web_server import WebServer
 
 TOKEN = "test-api-token"
@@ -156,7 +156,7 @@ def test_preference_page_in_chromium(site: tuple[Path, Sink, str, int]) -> None:
 def test_preference_form_needs_its_csrf_field_and_our_origin(site: tuple[Path, Sink, str, int]) -> None:
     root, sink, _base, port = site
     rcpt = "person6@example.net"
-    with sqlite3.connect(root / ".state/reconciler.db") as db:
+    with connected(root) as db:
         contact_id = db.execute("SELECT id FROM contacts WHERE email = ?", (rcpt,)).fetchone()[0]
     with WebServer(root, port=port) as server_base, httpx.Client() as client:
         page = client.get(unsubscribe_url(next(d for r, d in sink.messages if r == rcpt)))

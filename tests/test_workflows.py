@@ -561,7 +561,7 @@ def steps_at(j: Journey, email: str) -> list[tuple[str, str, str]]:
     """(step, when, result) of everything the contact's runs did, in order."""
     rows = j.db.conn.execute(
         "SELECT s.step, s.at, s.result FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id "
-        "JOIN contacts c ON c.id = r.contact_id WHERE c.email = ? ORDER BY s.rowid",
+        "JOIN contacts c ON c.id = r.contact_id WHERE c.email = ? ORDER BY s.id",
         (email,),
     )
     return [(str(a), str(b), str(c)) for a, b, c in rows]

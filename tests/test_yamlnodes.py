@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from reconciler.yamlnodes import parse_documents
+
+pytestmark = pytest.mark.no_state  # the PostgreSQL pass of the suite leaves it out
 
 
 def one(text: str) -> object:

@@ -10,17 +10,17 @@ from pathlib import Path
 import uvicorn
 
 from reconciler.clock import SystemClock
-from reconciler.state import open_db
 from reconciler.web import create_app
 from smtp_sink import free_port
+from state_helpers import open_state, place
 
 
 class WebServer:
     """`with WebServer(root) as base:` serves the workspace's state database at `base` (http://127.0.0.1:PORT)."""
 
     def __init__(self, root: Path, *, port: int | None = None, fetch: Callable[[str], bytes] | None = None) -> None:
-        state = root / ".state/reconciler.db"
-        open_db(state).conn.close()  # created and migrated, as `reconciler run` does before serving
+        state = place(root)
+        open_state(root).close()  # created and migrated, as `reconciler run` does before serving
         clock = SystemClock()
         self.app = (
             create_app(state, clock=clock, root=root, fetch=fetch)

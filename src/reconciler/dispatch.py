@@ -33,7 +33,7 @@ from reconciler.ratelimits import SharedRateLimiter
 from reconciler.send import Pending, Progress, SendRun, SourceSender
 from reconciler.spec.documents import OutboxTransport, SmtpTransport
 from reconciler.start import start_stages
-from reconciler.state import campaigns, dispatchers, keys, ledger, pages, records, settings, workflows
+from reconciler.state import campaigns, dispatchers, keys, ledger, pages, processes, records, settings, workflows
 from reconciler.state.db import keep_cache
 from reconciler.state.ledger import CONFIRMATION_SOURCE, Source
 from reconciler.state.portable import is_postgres
@@ -299,7 +299,11 @@ class Dispatcher:
         earlier pass that failed: uncertain, or queued again where the transport says `on_uncertain: resend`.
         Returns how many became uncertain."""
         found = dispatchers.interrupted(
-            self.db, host=self.host, alive=_alive, stale_before=iso(datetime.now(UTC) - STALE), own=self.ident
+            self.db,
+            host=self.host,
+            alive=processes.pid_alive,
+            stale_before=iso(datetime.now(UTC) - STALE),
+            own=self.ident,
         )
         uncertain: list[int] = []
         resend: list[int] = []
@@ -333,13 +337,3 @@ class Dispatcher:
                 log.info("Campaign %s: finished (%s)", campaign.name, summary)
                 finished.append(campaign.name)
         return finished
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

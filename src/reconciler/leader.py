@@ -38,16 +38,6 @@ BEAT = 2.5
 """Seconds between beats: each renews the lease (or tries to take it) and the process's heartbeat."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        return True
-    return True
-
-
 class LeaseKeeper:
     """`start()` it once, `stop()` it last (it lets the lease go for the next daemon); `holding()` and `fenced()`
     from any thread."""
@@ -138,7 +128,9 @@ class LeaseKeeper:
         try:
             revive(self.db)  # a PostgreSQL connection the server closed (a restart, a failover) is made again
             processes.beat(self.db, self.process, at=datetime.fromtimestamp(now, UTC), status=self.status())
-            got = lease.acquire(self.db, self.ident, host=self.host, pid=self.pid, now=now, ttl=self.ttl, alive=_alive)
+            got = lease.acquire(
+                self.db, self.ident, host=self.host, pid=self.pid, now=now, ttl=self.ttl, alive=processes.pid_alive
+            )
         except Exception as exc:
             if not self.failing:
                 log.warning("lease and heartbeat not written (%s); trying again every %ss", exc, f"{self.interval:g}")

@@ -20,7 +20,6 @@ from reconciler.state import rates
 from reconciler.state.postgres import StateDatabase
 
 log = logging.getLogger(__name__)
-PERIODS = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
 SPARE_FOR = 1.0
 """Seconds that tokens taken ahead may wait to be spent."""
 MAX_WAIT = 1.0
@@ -34,7 +33,7 @@ class SharedRateLimiter:
         self, db: StateDatabase, transport: str, rate: Rate, *, clock: Callable[[], float] = time.time
     ) -> None:
         self.db, self.transport, self.clock = db, transport, clock
-        self.limits = [(limit, period) for key, period in PERIODS.items() if (limit := getattr(rate, key))]
+        self.limits = rate.limits()
         tightest = min((limit / period for limit, period in self.limits), default=0.0)
         self.batch = max(1, int(tightest / 10))
         self.spare = 0

@@ -3,7 +3,6 @@ workflows' runs and what became of their messages)."""
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import UTC, datetime
 from typing import Any
@@ -96,7 +95,9 @@ def daemons(db: StateDatabase, *, now: datetime) -> dict[str, Any]:
             "renewed_at": held.renewed_at,
         }
     here = socket.gethostname()
-    running = [p for p in processes.live(db, now=now) if p.host != here or _alive(p.pid)]  # not one killed just now
+    running = [
+        p for p in processes.live(db, now=now) if p.host != here or processes.pid_alive(p.pid)
+    ]  # not one killed just now
     return {"processes": [{**p.__dict__, "holds_lease": p.id == holder} for p in running], "lease": shown}
 
 
@@ -209,22 +210,12 @@ def _daemon_line(daemon: dict[str, Any], *, degraded: bool) -> str:
     if daemon["status"] == "stopped":
         return f"Daemon: stopped at {seen} {where}"
     silent = (datetime.now(UTC) - datetime.fromisoformat(seen)).total_seconds()
-    if daemon["host"] == socket.gethostname() and not _alive(int(daemon["pid"])):
+    if daemon["host"] == socket.gethostname() and not processes.pid_alive(int(daemon["pid"])):
         return f"Daemon: not running (pid {daemon['pid']} on this host has exited; last heard from at {seen})"
     if silent > STALE_SECONDS:
         return f"Daemon: not heard from since {seen} ({int(silent // 60)} min ago) {where}: is it running?"
     state = "degraded" if degraded else daemon["status"]
     return f"Daemon: {state} at {seen} {where}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        return True
-    return True
 
 
 def format_status(report: dict[str, Any]) -> str:

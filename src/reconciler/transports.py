@@ -155,8 +155,7 @@ class RateLimiter:
 
     @classmethod
     def from_rate(cls, rate: spec.Rate) -> RateLimiter:
-        periods = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
-        return cls([(limit, p) for k, p in periods.items() if (limit := getattr(rate, k))])
+        return cls(rate.limits())
 
     async def acquire(self) -> None:
         if not self.buckets:

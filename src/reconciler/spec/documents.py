@@ -88,6 +88,11 @@ class Rate(Model):
     per_day: PositiveInt | None = None
     """At most this many messages a day."""
 
+    def limits(self) -> list[tuple[int, float]]:
+        """Each limit set, as (messages, seconds): what a token bucket, in memory or shared, is made of."""
+        periods = {"per_second": 1.0, "per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
+        return [(limit, seconds) for key, seconds in periods.items() if (limit := getattr(self, key))]
+
 
 class Dkim(Model):
     """DKIM signing; the signature covers the unsubscribe headers."""

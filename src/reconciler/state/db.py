@@ -362,6 +362,12 @@ _FENCES: dict[int, Callable[[StateDatabase], None]] = {}
 """The fence of each connection that has one (by the connection's id, for as long as `fenced` is entered)."""
 
 
+def is_fenced(db: StateDatabase) -> bool:
+    """Whether the connection's write transactions check a fence (`fenced`): a write that is a statement on its
+    own, outside `write`/`write_rows`, would go past it."""
+    return id(db.conn) in _FENCES
+
+
 @contextmanager
 def fenced(db: StateDatabase, check: Callable[[StateDatabase], None]) -> Iterator[None]:
     """Every write transaction on `db` begun inside runs `check` first, holding the write lock: the lease

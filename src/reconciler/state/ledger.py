@@ -28,7 +28,17 @@ from reconciler.state.content import MessageContent, load_content
 from reconciler.state.db import audit, write, write_rows
 from reconciler.state.portable import is_postgres, json_key, json_values
 from reconciler.state.postgres import StateDatabase
-from reconciler.state.sharing import Cap, Reservation, held, reserved
+from reconciler.state.sharing import (
+    RECORD_OUTCOME,
+    Cap,
+    Claim,
+    Reservation,
+    at_once,
+    claim_at_once,
+    held,
+    outcome_params,
+    reserved,
+)
 from reconciler.state.suppressions import suppress
 
 POLICY_PAUSE_MIN = 20
@@ -120,13 +130,15 @@ def backoff(attempts: int, *, jitter: float) -> timedelta:
 
 
 def due_sources(db: StateDatabase, *, now: str) -> list[Source]:
-    """Every started, unpaused campaign stage with rows due at `now`."""
+    """Every started, unpaused campaign stage with rows due at `now`. The rows are counted before the campaign's
+    content is joined: grouping rows that carry it made SQLite sort a copy of the content (tens of KB) per waiting
+    row, 80 s before the first message of a 1,000,000-recipient send."""
     sources = []
     for name, stage, content, audience, due in db.conn.execute(
-        "SELECT c.name, l.stage, c.content, c.audience, count(*) FROM campaigns c "
-        "JOIN ledger l ON l.source_kind = 'campaign' AND l.source = c.name "
-        "WHERE c.status = 'sending' AND l.state IN ('queued', 'deferred') "
-        "AND coalesce(l.next_attempt_at, l.due_at) <= ? GROUP BY c.name, l.stage ORDER BY c.started_at, c.name",
+        "SELECT c.name, w.stage, c.content, c.audience, w.due FROM campaigns c JOIN (SELECT l.source, l.stage, "
+        "count(*) AS due FROM campaigns s JOIN ledger l ON l.source_kind = 'campaign' AND l.source = s.name "
+        "WHERE s.status = 'sending' AND l.state IN ('queued', 'deferred') AND coalesce(l.next_attempt_at, l.due_at) "
+        "<= ? GROUP BY l.source, l.stage) w ON w.source = c.name ORDER BY c.started_at, c.name, w.stage",
         (now,),
     ):
         lists = load_audience(audience).lists
@@ -246,6 +258,25 @@ def postpone(db: StateDatabase, rows: Iterable[tuple[int, str, str]], *, at: str
 # --- claim and outcome ---------------------------------------------------------------------------------------
 
 
+def _not_sendable(db: StateDatabase, row: tuple[Any, ...], source: Source, blocking: Sequence[str]) -> str | None:
+    """Why the claimed row's message may no longer go out (the contact erased, suppressed or gone from the lists
+    since the rows were made), or None."""
+    _, contact_id, suppressed, subscribed = row
+    if contact_id is None:
+        return "the contact was erased before sending"
+    if suppressed in blocking:
+        return f"not sent: the address is suppressed ({suppressed}) since the campaign started"
+    if source.requires == "none" or subscribed:
+        return None
+    if source.requires == "pending":
+        return "not sent: the subscription is no longer waiting for confirmation"
+    if source.kind == "campaign":
+        return "not sent: the contact unsubscribed from the campaign's lists before their message went out"
+    return _not_on_list(
+        db, contact_id, source.lists
+    )  # a run starts for anyone its trigger names; a step needs the list
+
+
 def claim(
     db: StateDatabase,
     row_id: int,
@@ -268,8 +299,26 @@ def claim(
     On PostgreSQL the row is locked with ``FOR UPDATE SKIP LOCKED`` (a row another transaction holds is
     "taken", without waiting; but a row of this dispatcher's own reserved page is waited for: only another's page
     being reserved can hold it, for a moment), and a claim whose `previous` is `plain` takes no writers' lock
-    (`write_rows`): the dispatchers of several daemons claim side by side."""
+    (`write_rows`): the dispatchers of several daemons claim side by side. There a claim without `caps` is first
+    tried in one statement (`sharing.claim_at_once`), and only when that does not claim the row is it found out
+    why below."""
     light = previous is None or previous.plain
+    if light and not caps and at_once(db) and (previous is None or previous.row_id != row_id):
+        usual = Claim(
+            row_id,
+            dispatcher,
+            message_id,
+            at,
+            marketing,
+            source.kind,
+            source.name,
+            source.requires,
+            json.dumps(list(source.lists)),
+            json.dumps(list(blocking)),
+        )
+        if claim_at_once(db, usual, None if previous is None else _outcome_params(previous)):
+            return "claimed"
+        previous = None  # written: what stood in the way is found out below
     with write_rows(db) if light else write(db):
         if _paused_after(db, previous, source=source):
             return "paused"
@@ -280,21 +329,8 @@ def claim(
             row = _claimed_row(db, row_id, source, lock=" FOR UPDATE OF l")
         if row is None or row[0] not in ("queued", "deferred"):
             return "taken"
-        _, contact_id, suppressed, subscribed = row
-        why = None
-        if contact_id is None:
-            why = "the contact was erased before sending"
-        elif suppressed in blocking:
-            why = f"not sent: the address is suppressed ({suppressed}) since the campaign started"
-        elif source.requires == "none":
-            pass
-        elif not subscribed and source.requires == "pending":
-            why = "not sent: the subscription is no longer waiting for confirmation"
-        elif not subscribed and source.kind == "campaign":
-            why = "not sent: the contact unsubscribed from the campaign's lists before their message went out"
-        elif not subscribed:  # a run starts for anyone its trigger names; a marketing step needs the list
-            why = _not_on_list(db, contact_id, source.lists)
-        if why:
+        contact_id = row[1]
+        if why := _not_sendable(db, row, source, blocking):
             db.conn.execute(
                 "UPDATE ledger SET state = 'skipped', last_reply = ?, updated_at = ?, reserved_by = NULL WHERE id = ?",
                 (why, at, row_id),
@@ -377,19 +413,7 @@ def record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
 
 
 def _record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
-    db.conn.execute(
-        "UPDATE ledger SET state = ?, last_reply = ?, updated_at = ?, next_attempt_at = ?, claimed_by = NULL, "
-        "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END WHERE id = ?",
-        (
-            outcome.state,
-            outcome.reply[:500],
-            outcome.at,
-            outcome.next_attempt_at,
-            outcome.state,
-            outcome.at,
-            outcome.row_id,
-        ),
-    )
+    db.conn.execute(RECORD_OUTCOME, _outcome_params(outcome))
     if outcome.suppress or outcome.soft:
         if outcome.suppress:
             hashed = db.conn.execute(
@@ -402,6 +426,10 @@ def _record(db: StateDatabase, outcome: Outcome, *, source: Source) -> None:
         engagement.record(db, [engagement.Engagement(outcome.row_id, "bounced", outcome.at, detail=detail)])
     if outcome.policy and source.kind == "campaign":
         _count_policy_failure(db, source.name, reply=outcome.reply, at=outcome.at)
+
+
+def _outcome_params(outcome: Outcome) -> tuple[Any, ...]:
+    return outcome_params(outcome.state, outcome.reply, outcome.at, outcome.next_attempt_at, outcome.row_id)
 
 
 def _count_policy_failure(db: StateDatabase, name: str, *, reply: str, at: str) -> None:

@@ -8,6 +8,7 @@ process writes only its own row), so a beat is never kept waiting by a long appl
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,6 +17,18 @@ from reconciler.state.postgres import StateDatabase
 SILENT = timedelta(seconds=30)
 """A process that has not beaten for this long is not counted as running."""
 FORGOTTEN = timedelta(days=1)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still exists: a daemon killed here is known gone at once, without waiting
+    for its heartbeat to fall silent."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,25 @@ def _several_daemons(db: StateDatabase) -> None:
     )
 
 
-@migration("0016_typed_values")
+@migration("0016_ledger_waiting")
+def _ledger_waiting(db: StateDatabase) -> None:
+    """The rows still to send, indexed apart from those sent: the next page of a message definition's due rows is
+    found by descending to the last id read, in id order, without passing over (or sorting) every other waiting row
+    of the audience and every row already sent. Without it a page read the whole waiting remainder of a campaign
+    and sorted it (1.4 s per page at the start of a 1,000,000-recipient send), so sending slowed with the audience;
+    a workflow step's page read every message the step ever sent. A claimed row leaves these indexes, so they hold
+    only what is waiting, however long the ledger's history."""
+    run_script(
+        db,
+        """
+        CREATE INDEX ledger_waiting ON ledger(source_kind, source, stage, id) WHERE state IN ('queued', 'deferred');
+        CREATE INDEX ledger_waiting_steps ON ledger(workflow, stage, id)
+            WHERE state IN ('queued', 'deferred') AND workflow IS NOT NULL;
+        """,
+    )
+
+
+@migration("0017_typed_values")
 def _typed_values(db: StateDatabase) -> None:
     """Contact fields and event properties typed beside their JSON (`contact_values`, `event_values`), written by
     triggers and filled here from every contact and event: segment conditions read indexed columns instead of

@@ -1,5 +1,5 @@
 """Contact fields and event properties kept typed beside their JSON, so that a segment condition on them reads an
-indexed column instead of parsing a contact's or event's JSON (the migration `0016_typed_values`).
+indexed column instead of parsing a contact's or event's JSON (the migration `0017_typed_values`).
 
 `contact_values` holds one row per custom field a contact has (JSON null is no row), `event_values` one per property
 an event has. A row says the value's JSON type, `kind` (`string`, `number`, `boolean`, `array`, `object`: the same
