@@ -131,6 +131,7 @@ BAD_CONTACTS = [
     ({"email": "a@example.org", "tags": {"a": 1}}, "tags"),
     ({"email": "a@example.org", "tags": [["a"]]}, "tags"),
     ({"email": "a@example.org", "city": {"name": "x"}}, "city"),
+    ({"email": "a@example.org", "city": "Ber\x00lin"}, "city"),
     ({"email": "a@example.org", "orders_count": 1e300}, "orders_count"),
     ({"email": "a@example.org", "orders_count": 10**30}, "orders_count"),
     ({"email": "a@example.org", "consent": {"text": "yes"}}, "consent"),
