@@ -137,6 +137,17 @@ END $$;
 """
 
 
+def _trigger_every_table(db: PostgresDatabase, script: str, function: str, when: str) -> None:
+    """`script` (which creates the trigger function `function`) run, then that function made a row trigger of every
+    table of the PostgreSQL state, run `when` ("BEFORE", "AFTER") each insert, update and delete."""
+    db.conn.run_script(script)
+    for table in _tables(db):
+        db.conn.run_script(
+            f'CREATE TRIGGER {function} {when} INSERT OR UPDATE OR DELETE ON "{table}" '
+            f"FOR EACH ROW EXECUTE FUNCTION {function}()"
+        )
+
+
 class RefusedWrites:
     """Writes the state database refuses while a test says so, as a failing disk or a broken database would: on
     SQLite through the connection's authorizer (that connection only; a statement is refused as it is prepared), on
@@ -148,12 +159,7 @@ class RefusedWrites:
         self.db = db
         if isinstance(db, Database):
             return
-        db.conn.run_script(REFUSE)
-        for table in _tables(db):
-            db.conn.run_script(
-                f'CREATE TRIGGER test_refuse BEFORE INSERT OR UPDATE OR DELETE ON "{table}" '
-                "FOR EACH ROW EXECUTE FUNCTION test_refuse()"
-            )
+        _trigger_every_table(db, REFUSE, "test_refuse", "BEFORE")
 
     def refuse(self, table: str | None = None, *, deletes: bool = False) -> None:
         """From now on, inserts and updates of `table` (None: of every table; `deletes`: deletes too) fail."""
@@ -191,12 +197,7 @@ class RowWrites:
         self.db = db
         if isinstance(db, Database):
             return
-        db.conn.run_script(COUNT)
-        for table in _tables(db):
-            db.conn.run_script(
-                f'CREATE TRIGGER test_count AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
-                "FOR EACH ROW EXECUTE FUNCTION test_count()"
-            )
+        _trigger_every_table(db, COUNT, "test_count", "AFTER")
 
     def count(self) -> int:
         if isinstance(self.db, Database):

@@ -197,6 +197,8 @@ def _event(item: Any, *, now: str) -> tuple[str, str, str, dict[str, Any], str |
         properties = {}
     if not isinstance(properties, dict):
         raise ValueError("properties: expected an object")
+    if _holds_nul(properties):
+        raise ValueError("properties: no key or text may hold a NUL character (\\u0000)")
     external = item.get("id")
     if isinstance(external, bool) or not isinstance(external, str | int | None):
         raise ValueError("id: expected text or a whole number")
@@ -207,6 +209,18 @@ def _event(item: Any, *, now: str) -> tuple[str, str, str, dict[str, Any], str |
     except ValueError as exc:
         raise ValueError(f"email: {exc}") from None
     return email, kind, when, properties, None if external is None else str(external)
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL character is in any key or text of `value`: PostgreSQL's JSON cannot hold one, so an event
+    carrying it is refused on both engines, before anything is stored."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _occurred_at(value: Any, *, now: str) -> str:
