@@ -10,8 +10,8 @@ Per engine:
   bench/validate.py's), in a fresh process, into an empty state, subscribing everyone to one list. Baseline: a bare
   `executemany` of the same rows into a plain table of the same database (the inserts no import can skip).
 - the rest of the state in SQL (`add_activity`: subscriptions, suppressions, events, engagement), the one place to
-  change when the storage of fields or event properties changes. The typed rows of fields and properties
-  (`contact_values`, `event_values`) are written by the database's own triggers, as for every writer of the product.
+  change when the storage of fields or event properties changes. On PostgreSQL the typed rows of fields and
+  properties (`contact_values`, `event_values`) are written by the database's own triggers, as for every writer.
 - segment counts: every segment of the example workspace and bench/segments.py's harder ones, through the compiler
   (what `plan` and `segments show` run). Baselines: an indexed count and a full scan reading one JSON field.
   Targets: the slowest under 1 s at 1M contacts (both engines), under 5 s at 10M (PostgreSQL).

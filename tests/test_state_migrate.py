@@ -23,6 +23,7 @@ from reconciler.state.postgres import PostgresDatabase
 from reconciler.state.postgres_schema import RECORD
 from reconciler.state.subscribers import insert_events
 from reconciler.state.transfer import Checksum, row_text
+from reconciler.state.typed_values import TYPED_TABLES
 
 pytestmark = pytest.mark.sqlite_only("`state migrate` copies a SQLite file (its PostgreSQL side: in the SQLite pass)")
 
@@ -157,14 +158,23 @@ def test_a_sqlite_state_is_copied_verified_and_ready_for_new_rows(state_file: Pa
     source, target = sqlite3.connect(state_file), open_postgres(postgres_url)
     try:
         expected, found = _contents(source), _contents(target)
+        typed = {table: found.pop(table) for table in TYPED_TABLES}  # PostgreSQL's alone: filled, not copied
         assert sorted(found) == sorted(expected)
         for table, rows in expected.items():
             assert len(found[table]) == len(rows), table
             assert f"  {table} " in migrated.stdout and "verified" in migrated.stdout
         assert found == expected  # every value of every row, floats, JSON text and NULLs included
-        tables = ("contacts", "ledger", "events", "engagement", "report_counts", "consent", "suppressions")
-        for table in (*tables, "contact_values", "event_values"):
+        for table in ("contacts", "ledger", "events", "engagement", "report_counts", "consent", "suppressions"):
             assert found[table], f"the state made for the test has no {table}"
+        for table, values, document in (
+            ("contacts", "contact_values", "fields"),
+            ("events", "event_values", "properties"),
+        ):
+            (present,) = target.execute(
+                f"SELECT count(*) FROM {table} t, jsonb_each(CAST(t.{document} AS jsonb)) AS j "  # noqa: S608
+                "WHERE jsonb_typeof(j.value) <> 'null'"
+            ).fetchone()
+            assert len(typed[values]) == present > 0, values  # every non-null field and property, typed
         assert "Zoë" in {row[3] for row in found["contacts"]}
         assert {row[4] for row in found["report_counts"]} & {19.99}  # the revenue counted, as REAL, exactly
         _new_rows_get_new_ids(target)

@@ -1,10 +1,15 @@
-"""How each state engine reads the JSON the state keeps in text columns (a contact's tags, a list field's value,
-the arrays of conditions' operands) and the typed rows of fields and properties, as the fragments the segment
-compiler and the state's queries put together.
+"""How each state engine reads the JSON the state keeps in text columns (a contact's fields and tags, an event's
+properties, the arrays of conditions' operands), as the fragments the segment compiler and the state's queries put
+together.
 
-`SQLITE` gives SQLite's `json_each` and `json_extract`; `POSTGRESQL` gives jsonb's: `jsonb_exists`, containment
-(`@>`), never the `?` operator (it is a placeholder). Text is compared byte by byte on both (``COLLATE "C"`` on
-PostgreSQL, as SQLite compares it), numbers as `numeric`, booleans as the integers 1 and 0.
+`SQLITE` gives SQLite's `json_extract`, `json_each` and `json_type`: a condition on a custom field or an event
+property reads the contact's or event's JSON, which SQLite parses fast (its JSON functions are in C, and a scan of
+a million contacts' fields is under a second), and keeps no typed copy, so imports write one row per contact.
+`POSTGRESQL` reads fields and properties from their typed rows instead (`typed_rows`: `contact_values`,
+`event_values`, state/typed_values.py), since parsing jsonb per row there is several times slower, and gives
+jsonb's `jsonb_exists` and containment (`@>`) for tags and lists, never the `?` operator (it is a placeholder).
+Text is compared byte by byte on both (``COLLATE "C"`` on PostgreSQL, as SQLite compares it), numbers as numbers,
+booleans as the integers 1 and 0.
 
 Every name and value is a parameter; the only text a caller passes in is SQL of its own (a column, a placeholder,
 a fragment from here). Each method returns (text, parameters).
@@ -29,6 +34,9 @@ class Dialect:
     name = "sqlite"
     number_group_hint = "+"
     """Prefixed to the grouping key of an event `sum`: keeps SQLite from walking events in contact order."""
+    typed_rows = False
+    """Custom fields and event properties are read from their typed rows (else from the JSON, by the four methods
+    below, which only SQLite has)."""
 
     def json_values(self, array: str) -> str:
         """A subquery of one column, `value`: the elements of the JSON array text `array` (strings as text)."""
@@ -42,6 +50,28 @@ class Dialect:
     def typed_parameter(self, type_: str) -> str:
         """A placeholder for a value compared with a typed row's column of type `type_`, so that its index is used."""
         return "?"
+
+    def field(self, document: str, name: str, type_: str) -> Fragment:
+        """The value of key `name` of the JSON object text `document`, a field of type `type_`."""
+        return f"json_extract({document}, ?)", (json_path(name),)
+
+    def present(self, document: str, name: str) -> Fragment:
+        """The value of key `name`, of any type: NULL when missing or JSON null."""
+        return f"json_extract({document}, ?)", (json_path(name),)
+
+    def typed(self, document: str, name: str, kinds: tuple[str, ...]) -> Fragment:
+        """The value of key `name` when its JSON type is one of `kinds` (as `json_type` names them), else NULL."""
+        marks = ", ".join("?" * len(kinds))
+        path = json_path(name)
+        return f"(CASE WHEN json_type({document}, ?) IN ({marks}) THEN json_extract({document}, ?) END)", (
+            path,
+            *kinds,
+            path,
+        )
+
+    def number_sum(self, document: str, name: str) -> Fragment:
+        """The sum over a group of the numbers at key `name`, 0 when there is none."""
+        return f"coalesce(sum(json_extract({document}, ?)), 0)", (json_path(name),)
 
     def has_string(self, array: str) -> str:
         """The JSON array text `array` has the string `?` (a contact's tags)."""
@@ -78,6 +108,7 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     number_group_hint = ""
+    typed_rows = True
 
     def json_values(self, array: str) -> str:
         return f"SELECT value FROM jsonb_array_elements_text(CAST({array} AS jsonb)) AS j(value)"

@@ -71,7 +71,8 @@ def _ledger_waiting(db: StateDatabase) -> None:
 
 @migration("0017_typed_values")
 def _typed_values(db: StateDatabase) -> None:
-    """Contact fields and event properties typed beside their JSON (`contact_values`, `event_values`), written by
-    triggers and filled here from every contact and event: segment conditions read indexed columns instead of
-    parsing each contact's JSON (state/typed_values.py)."""
+    """On PostgreSQL, contact fields and event properties typed beside their JSON (`contact_values`,
+    `event_values`), written by triggers and filled here from every contact and event: segment conditions read
+    indexed columns instead of parsing each contact's jsonb (state/typed_values.py). On SQLite, nothing: its
+    conditions read the JSON, faster there, and imports write nothing more."""
     typed_values.create(db)

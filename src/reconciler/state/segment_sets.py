@@ -115,9 +115,9 @@ class SegmentSets:
 
     def _values(self, field: str, ids: list[int]) -> dict[int, Any]:
         """The order field's value of each of `ids` (absent where missing), as the compiler reads it: a custom
-        field's straight from its typed rows, a built-in's from the contacts."""
+        field's straight from its typed rows where the engine keeps them, else from the contacts."""
         type_ = self.compiler.types.get(field, "string")
-        if field in COLUMNS or type_ == "list":
+        if field in COLUMNS or type_ == "list" or not self.compiler.dialect.typed_rows:
             value = self.compiler.value(field)
             select, params = f"SELECT c.id, {value.text} FROM contacts c", value.params  # noqa: S608 - compiled SQL
             chosen = " WHERE c.id IN ({})"

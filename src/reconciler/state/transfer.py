@@ -11,6 +11,8 @@ read transaction on SQLite (one moment of the source, even with a daemon writing
 - every table is copied in foreign-key order (parents first) with COPY in binary format, in batches, each value as
   the Python value SQLite gives (INTEGER, REAL, TEXT, BLOB: BIGINT, DOUBLE PRECISION, TEXT, BYTEA there), ids
   included; the migration record is replaced by the source's, so the copy carries its history;
+- the typed rows of fields and properties, which only PostgreSQL keeps (state/typed_values.py), are written from
+  the contacts and events copied, in one statement each, not copied;
 - each identity sequence is moved past the largest id copied, so new rows get fresh ids;
 - each table is read back from PostgreSQL and compared with what was read from SQLite: its number of rows, and a
   checksum of every value of every row (`Checksum`). Any difference, or any error on the way, rolls everything
@@ -32,6 +34,7 @@ from reconciler.state.db import StateError, open_postgres, snapshot, write
 from reconciler.state.postgres import PostgresDatabase
 from reconciler.state.postgres_load import InvalidJson, set_aside
 from reconciler.state.postgres_schema import RECORD
+from reconciler.state.typed_values import TYPED_TABLES, fill
 
 if TYPE_CHECKING:
     import psycopg
@@ -134,7 +137,7 @@ def copy_into(source: Database, conninfo: str, *, target_name: str, progress: Pr
     messages (without its password)."""
     target = open_postgres(conninfo, migrate=False)
     try:
-        _refuse_non_empty(target.conn.raw.cursor(), set(_sqlite_tables(source)), target_name)
+        _refuse_non_empty(target.conn.raw.cursor(), set(_sqlite_tables(source)) | set(TYPED_TABLES), target_name)
     finally:
         target.close()
     target = open_postgres(conninfo)
@@ -157,7 +160,7 @@ def copy_state(
     started = time.monotonic()
     try:
         with snapshot(source), write(target):
-            _refuse_non_empty(run.cursor, {table.name for table in tables}, target_name)  # again, under the lock
+            _refuse_non_empty(run.cursor, {t.name for t in tables} | set(TYPED_TABLES), target_name)  # under the lock
             _load(source, run, tables)
             _advance_identities(run.cursor, tables)
             copied = time.monotonic()
@@ -178,6 +181,7 @@ def _load(source: Database, run: _Run, tables: list[Table]) -> None:
         with set_aside(run.cursor):
             for table in tables:
                 run.read[table.name] = _copy_table(source, run, table)
+            fill(run.cursor)
     except InvalidJson as exc:
         raise CopyError(
             f"table {exc.table}: JSON that PostgreSQL does not read (rows {', '.join(map(str, exc.ids))}; a \\u0000 "
@@ -207,7 +211,7 @@ def _sqlite_tables(source: Database) -> dict[str, list[str]]:
 
 def _tables(source: Database, target: PostgresDatabase) -> list[Table]:
     """The tables to copy, parents before the tables whose foreign keys point at them; refused unless both
-    databases have the same tables with the same columns."""
+    databases have the same tables with the same columns (but PostgreSQL's typed rows, filled instead)."""
     sqlite_tables = _sqlite_tables(source)
     postgres_tables: dict[str, list[tuple[str, str, bool]]] = {}
     for table, column, kind, identity in target.conn.raw.execute(
@@ -216,7 +220,8 @@ def _tables(source: Database, target: PostgresDatabase) -> list[Table]:
         "WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, "
         "c.ordinal_position"
     ):
-        postgres_tables.setdefault(table, []).append((column, kind, identity))
+        if table not in TYPED_TABLES:
+            postgres_tables.setdefault(table, []).append((column, kind, identity))
     only_sqlite, only_postgres = (
         sorted(set(sqlite_tables) - set(postgres_tables)),
         sorted(set(postgres_tables) - set(sqlite_tables)),
