@@ -483,12 +483,7 @@ def _scalar_type(value: Any) -> str:
     return "string"
 
 
-JSON_TYPES = {
-    "number": ("integer", "real"),
-    "string": ("text",),
-    "datetime": ("text",),
-    "boolean": ("true", "false"),
-}
+JSON_TYPES = {"number": ("integer", "real"), "string": ("text",), "datetime": ("text",), "boolean": ("true", "false")}
 """The JSON types (as SQLite's json_type names them) of event properties that a comparison of each type can match."""
 
 

@@ -34,7 +34,7 @@ from reconciler.state.db import StateError, open_postgres, snapshot, write
 from reconciler.state.postgres import PostgresDatabase
 from reconciler.state.postgres_load import InvalidJson, set_aside
 from reconciler.state.postgres_schema import RECORD
-from reconciler.state.typed_values import TYPED_TABLES, fill
+from reconciler.state.typed_values import TYPED_TABLES
 
 if TYPE_CHECKING:
     import psycopg
@@ -181,7 +181,6 @@ def _load(source: Database, run: _Run, tables: list[Table]) -> None:
         with set_aside(run.cursor):
             for table in tables:
                 run.read[table.name] = _copy_table(source, run, table)
-            fill(run.cursor)
     except InvalidJson as exc:
         raise CopyError(
             f"table {exc.table}: JSON that PostgreSQL does not read (rows {', '.join(map(str, exc.ids))}; a \\u0000 "
