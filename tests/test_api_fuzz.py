@@ -176,7 +176,15 @@ def test_no_route_answers_5xx_or_logs_a_traceback(applied: Path) -> None:  # noq
             cases = _cases(operation, valid.get(operation.path), confused)
             examples = 4 * EXAMPLES if operation.path.startswith("/api/v1/") else EXAMPLES
 
-            @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                # the same requests every run, so that the answers checked below do not depend on luck; set
+                # RECONCILER_FUZZ_RANDOM=1 for new ones each run (how a NUL in event properties was found)
+                derandomize=not os.environ.get("RECONCILER_FUZZ_RANDOM"),
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=cases, authorized=st.booleans())
             def request(case: schemathesis.Case[Any], authorized: bool) -> None:
                 # requests with the token come from an address of their own: the wrong tokens of the others soon

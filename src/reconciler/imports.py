@@ -207,7 +207,7 @@ def import_file(
     import_id: int | None = None
     chunks: Generator[tuple[list[ContactRow], list[BadRow]]] | None = None
     try:
-        with open_rows(path, fields=parser.fields, maps=mapped) as (columns, rows):
+        with _interrupts_noted() as noted, open_rows(path, fields=parser.fields, maps=mapped) as (columns, rows):
             if double and not preconfirmed and STATUS_WORDS.get(columns.implied_status or "") is None:
                 raise _unconfirmed(double)
             report.notes = list(columns.notes)
@@ -224,6 +224,7 @@ def import_file(
                 consent_text=consent_text,
                 preconfirmed=double,
                 progress=progress,
+                noted=noted,
             )
     except KeyboardInterrupt:
         _ignore_further_interrupts()  # an impatient second Ctrl-C must not cut the cleanup short
@@ -271,8 +272,10 @@ def _import_rows(
     consent_text: str | None,
     preconfirmed: list[str],
     progress: Callable[[int], None] | None,
+    noted: list[int],
 ) -> None:
-    """Write the parsed rows in batches of BATCH_ROWS, each one transaction."""
+    """Write the parsed rows in batches of BATCH_ROWS, each one transaction. A Ctrl-C that `noted` holds but that
+    raised nothing here (Python drops an exception raised in a finalizer) stops the import after the batch."""
     batch: list[ContactRow] = []
 
     def flush() -> None:
@@ -292,6 +295,8 @@ def _import_rows(
         batch.clear()
         if progress:
             progress(report.rows)
+        if noted:
+            raise KeyboardInterrupt
 
     try:
         for parsed, bad in chunks:
@@ -319,6 +324,28 @@ def _interrupted(db: StateDatabase, report: ImportReport, import_id: int | None,
         "and nothing of the rows after them (a batch cut off while being written is rolled back). Running the same "
         "command again is safe: rows already imported are updated, not duplicated, and nobody is subscribed twice"
     )
+
+
+@contextmanager
+def _interrupts_noted() -> Iterator[list[int]]:
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is, as by default, and is also noted in the list
+    yielded: when it lands in a finalizer (a connection's or a pipe's `__del__`), Python prints the exception and
+    drops it, and the import would go on to the end as if nobody had asked it to stop."""
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        noted.append(signum)
+        if len(noted) == 1:  # an impatient second Ctrl-C must not cut the cleanup short
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN if noted else previous)
 
 
 def _ignore_further_interrupts() -> None:

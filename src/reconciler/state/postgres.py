@@ -114,6 +114,15 @@ class PostgresConnection:
         status = self.raw.info.transaction_status
         return status in (TransactionStatus.ACTIVE, TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
+    @property
+    def mid_statement(self) -> bool:
+        """A statement sent and its answer not read (a signal cut it off inside psycopg, which cancels only a
+        statement it is waiting on): the connection refuses any other command ("another command is already in
+        progress")."""
+        from psycopg.pq import TransactionStatus
+
+        return bool(self.raw.info.transaction_status == TransactionStatus.ACTIVE)
+
     def interrupt(self) -> None:
         """Cancel the statement running (a wait for the writers' lock), from another thread."""
         if self.raw.closed:
