@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from reconciler.state.contacts import ContactRow, import_batch, start_import
+from reconciler.state.db import open_postgres, write
 from reconciler.state.postgres import connect
 from test_postgres_state import migrate, sqlite_state
 
@@ -65,5 +67,36 @@ def test_values_written_before_the_migration_are_typed_and_later_writes_follow(p
         db.conn.execute("DELETE FROM contacts WHERE id = 1")
         assert _rows(db, "contact_values") == {(2, "roast", "string", "light", None)}
         assert _rows(db, "event_values") == set()
+    finally:
+        db.close()
+
+
+@pytest.mark.postgresql
+def test_an_import_batch_writes_the_typed_rows_of_its_contacts_at_once(postgres_url: str) -> None:
+    """An import's batch leaves the triggers out (`typed_values.later`) and writes its contacts' typed rows after its
+    upserts: new contacts, updated ones (their fields merged), and nobody else's; later writes use the triggers."""
+    db = open_postgres(postgres_url)
+    try:
+        with write(db):
+            db.conn.execute(CONTACT, (90, "other@x", "o", '{"roast": "dark"}', AT, AT))
+        first = start_import(db, file="a.csv", at=AT)
+        rows = [
+            ContactRow.build("ann@x", {}, [], {"spend": 150, "roast": "light"}),
+            ContactRow.build("bob@x", {}, [], {"vip": True}),
+        ]
+        import_batch(db, rows, import_id=first, at=AT, source="import:a.csv", consent_text=None)
+        again = start_import(db, file="b.csv", at=AT)
+        changed = [ContactRow.build("ann@x", {}, [], {"spend": 7}), ContactRow.build("bob@x", {}, [], {})]
+        import_batch(db, changed, import_id=again, at=AT, source="import:b.csv", consent_text=None)
+        ids = dict(db.conn.execute("SELECT email, id FROM contacts").fetchall())
+        assert _rows(db, "contact_values") == {
+            (ids["ann@x"], "spend", "number", None, 7.0),
+            (ids["ann@x"], "roast", "string", "light", None),
+            (ids["bob@x"], "vip", "boolean", None, 1.0),
+            (90, "roast", "string", "dark", None),
+        }
+        with write(db):  # the batch's setting ended with it: the triggers write again
+            db.conn.execute("UPDATE contacts SET fields = '{}' WHERE id = ?", (ids["bob@x"],))
+        assert (ids["bob@x"], "vip", "boolean", None, 1.0) not in _rows(db, "contact_values")
     finally:
         db.close()

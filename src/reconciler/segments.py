@@ -107,17 +107,27 @@ class Compiler:
         """``SELECT c.id FROM contacts c ...``: the segment's members, top-N applied."""
         segment = self.segments[name]
         where = self.base(segment)
-        order = ""
+        order, joined = "", Sql("")
         params = where.params
         if segment.order_by is not None:
-            value = self.value(segment.order_by.field)
+            joined, value = self.order_value(segment.order_by.field)
             direction = "DESC" if segment.order_by.direction == "desc" else "ASC"
             order = f" ORDER BY ({value.text}) IS NULL, {value.text} {direction}, c.id"
-            params += value.params + value.params
+            params = joined.params + params + value.params + value.params
         if segment.limit is not None:
             order += " LIMIT ?"
             params += (segment.limit,)
-        return Sql(f"SELECT c.id FROM contacts c WHERE {where.text}{order}", params)
+        return Sql(f"SELECT c.id FROM contacts c{joined.text} WHERE {where.text}{order}", params)
+
+    def order_value(self, field: str) -> tuple[Sql, Sql]:
+        """A join for the order field and its value: a typed row's joined once (PostgreSQL), not looked up twice per
+        contact as the value of a subquery; any other field's value (no join)."""
+        type_ = self.types.get(field, "string")
+        if not self.dialect.typed_rows or field in COLUMNS or type_ == "list":
+            return Sql(""), self.value(field)
+        kind = KINDS[type_]
+        joined = " LEFT JOIN contact_values o ON o.contact_id = c.id AND o.field = ? AND o.kind = ?"
+        return Sql(joined, (field, kind)), Sql(self.dialect.column(f"o.{VALUE_COLUMNS[kind]}", type_))
 
     def base(self, segment: Segment) -> Sql:
         """The segment's condition and list base, without top-N."""

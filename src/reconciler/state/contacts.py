@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler import strictjson
 from reconciler.spec.contact import TEXT_FIELDS, Contact
-from reconciler.state import rollups
+from reconciler.state import rollups, typed_values
 from reconciler.state.db import audit, write
 from reconciler.state.portable import (
     field_key,
@@ -204,7 +204,8 @@ def import_batch(
                     import_id,
                 )
             )
-        db.conn.executemany(_upsert(db), values)
+        with typed_values.later(db, json.dumps([value[0] for value in values])):
+            db.conn.executemany(_upsert(db), values)
         _keep_evidence(db, rows)
         emails = json.dumps(sorted(email for email in seen if status[email] is None))
         lists = list(lists)

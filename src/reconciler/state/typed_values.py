@@ -21,6 +21,8 @@ a SQLite state, which has none of these, with the triggers set aside, then write
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from reconciler.state.migrating import run_script
@@ -65,6 +67,10 @@ def _rows_postgres(rows: str, owner: str, document: str, *, arrays: bool) -> str
     )
 
 
+LATER = "reconciler.typed_later"
+"""A setting local to a transaction: while it is 'on', the triggers leave the typed rows to the writer (`later`)."""
+
+
 def _trigger_postgres(table: str, values: str, columns: str, document: str, *, arrays: bool) -> str:
     """A row trigger's function and triggers: the typed rows of a new row, made again when an update changed its
     JSON (the writers upsert a row per statement, so a statement trigger would run as often, at more cost)."""
@@ -72,6 +78,9 @@ def _trigger_postgres(table: str, values: str, columns: str, document: str, *, a
     return f"""
 CREATE FUNCTION {values}_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('{LATER}', true) = 'on' THEN
+        RETURN NULL;  -- this transaction writes them after its statement, for a whole batch at once (`later`)
+    END IF;
     IF TG_OP = 'UPDATE' THEN
         IF NEW.{document} IS NOT DISTINCT FROM OLD.{document} THEN
             RETURN NULL;
@@ -116,3 +125,22 @@ def fill(cursor: psycopg.Cursor[Any]) -> None:
         alias = table[0]
         select = _rows_postgres(f"{table} {alias}, ", f"{alias}.id", f"{alias}.{document}", arrays=arrays)
         cursor.execute(f"INSERT INTO {values} ({columns}, kind, text, number) {select}")
+
+
+@contextmanager
+def later(db: StateDatabase, emails: str) -> Iterator[None]:
+    """Inside a write: the contacts written meanwhile, those of `emails` (a JSON array text), get their typed rows
+    at the end, in two statements for them all, instead of from a trigger per row (an import's batch: the trigger
+    made PostgreSQL's imports about twice as slow). Nothing on SQLite."""
+    if not isinstance(db, PostgresDatabase):
+        yield
+        return
+    db.conn.execute("SELECT set_config(?, 'on', true)", (LATER,))
+    yield
+    db.conn.execute("SELECT set_config(?, 'off', true)", (LATER,))
+    chosen = "c.email IN (SELECT value FROM jsonb_array_elements_text(CAST(? AS jsonb)) AS e(value))"
+    gone = f"DELETE FROM contact_values v USING contacts c WHERE v.contact_id = c.id AND {chosen}"  # noqa: S608
+    db.conn.execute(gone, (emails,))
+    _, values, columns, document, arrays = _WRITTEN[0]
+    select = _rows_postgres("contacts c, ", "c.id", f"c.{document}", arrays=arrays)
+    db.conn.execute(f"INSERT INTO {values} ({columns}, kind, text, number) {select} AND {chosen}", (emails,))
