@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from reconciler.jsonsql import SQLITE, Dialect
+from reconciler.segment_operands import holds, json_types, plain, scalar_type, type_of
 from reconciler.spec.conditions import (
     AllCondition,
     AnyCondition,
@@ -274,9 +274,9 @@ class Compiler:
             return Sql(f"(NOT {inner.text})", inner.params)
         if type_ == "list":
             if op in ("eq", "contains"):
-                return Sql(*self.dialect.list_has(v, vp, _plain(operand)))
+                return Sql(*self.dialect.list_has(v, vp, plain(operand)))
             if op == "in":
-                return Sql(*self.dialect.list_has_any(v, vp, [_plain(o) for o in operand]))
+                return Sql(*self.dialect.list_has_any(v, vp, [plain(o) for o in operand]))
         if op == "eq":
             return Sql(f"coalesce({v} = ?, FALSE)", (*vp, self.operand(operand, type_)))
         if op == "in":
@@ -345,7 +345,7 @@ class Compiler:
         zero_ok = True  # does a contact without any matching event meet the bounds?
         if node.count is not None:
             tests += [_bound("count(*)", (), op, limit) for op, limit in node.count.bounds().items()]
-            zero_ok &= _holds(0, node.count.bounds())
+            zero_ok &= holds(0, node.count.bounds())
         joined = ""
         if node.sum is not None and self.dialect.typed_rows:  # the summed property's number, where there is one
             joined = " LEFT JOIN event_values s ON s.event_id = e.id AND s.name = ? AND s.kind = 'number'"
@@ -355,7 +355,7 @@ class Compiler:
             total, path = self.dialect.number_sum("e.properties", node.sum.property)
             tests += [_bound(total, path, op, limit) for op, limit in node.sum.bounds().items()]
         if node.sum is not None:
-            zero_ok &= _holds(0, node.sum.bounds())
+            zero_ok &= holds(0, node.sum.bounds())
         having = join_sql(" AND ", tests)
         # "+" keeps SQLite from walking events in contact order to group them (it then reads every event's row);
         # the type-and-time index plus a sort is several times faster when a sum has to read properties
@@ -378,16 +378,16 @@ class Compiler:
         types matches a value equal to one of its own type."""
         if not self.dialect.typed_rows:
             if prop.operator == "exists":
-                return self.compare(Sql(*self.dialect.present("e.properties", prop.name)), _type_of(prop), prop)
-            found = self.dialect.typed("e.properties", prop.name, _json_types(prop))
-            return self.compare(Sql(*found), _type_of(prop), prop)
+                return self.compare(Sql(*self.dialect.present("e.properties", prop.name)), type_of(prop), prop)
+            found = self.dialect.typed("e.properties", prop.name, json_types(prop))
+            return self.compare(Sql(*found), type_of(prop), prop)
         rows = "EXISTS (SELECT 1 FROM event_values p WHERE p.event_id = e.id AND p.name = ?{test})"
         if prop.operator == "exists":
             return self.typed(prop, "string", rows, (prop.name,), "")
         if prop.operator in ("in", "not_in"):
             groups: dict[str, list[Any]] = {}
             for operand in prop.operand:
-                groups.setdefault(_scalar_type(operand), []).append(operand)
+                groups.setdefault(scalar_type(operand), []).append(operand)
             if len(groups) > 1:
                 parts = [
                     self.property(PropertyCondition.model_validate({"name": prop.name, "in": values}))
@@ -395,7 +395,7 @@ class Compiler:
                 ]
                 either = join_sql(" OR ", parts)
                 return Sql(f"(NOT {either.text})", either.params) if prop.operator == "not_in" else either
-        type_ = _type_of(prop)
+        type_ = type_of(prop)
         kind = KINDS[type_]
         column = self.dialect.column(f"p.{VALUE_COLUMNS[kind]}", type_)
         return self.typed(prop, type_, rows.replace("{test}", " AND p.kind = ?{test}"), (prop.name, kind), column)
@@ -463,47 +463,6 @@ def _balanced(glue: str, texts: list[str]) -> str:
 def _bound(expression: str, params: tuple[Any, ...], op: str, limit: float) -> Sql:
     sign = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
     return Sql(f"({expression} {sign} ?)", (*params, limit))
-
-
-_CHECKS = dict(eq=operator.eq, ne=operator.ne, gt=operator.gt, gte=operator.ge, lt=operator.lt, lte=operator.le)
-
-
-def _holds(value: float, bounds: Mapping[str, float]) -> bool:
-    return all(bool(_CHECKS[op](value, limit)) for op, limit in bounds.items())
-
-
-def _plain(value: Any) -> Any:
-    return int(value) if isinstance(value, bool) else value
-
-
-def _type_of(node: Operators) -> str:
-    """The type an event property is compared as, from its operand (event properties are not declared)."""
-    operand = node.operand
-    sample = operand[0] if isinstance(operand, list) and operand else operand
-    if node.operator in ("before", "after", "within"):
-        return "datetime"
-    return _scalar_type(sample)
-
-
-def _scalar_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return "string"
-
-
-JSON_TYPES = {"number": ("integer", "real"), "string": ("text",), "datetime": ("text",), "boolean": ("true", "false")}
-"""The JSON types (as SQLite's json_type names them) of event properties that a comparison of each type can match."""
-
-
-def _json_types(node: Operators) -> tuple[str, ...]:
-    """The JSON types a property may have to meet `node`: those of its operand (of each item, for `in`)."""
-    if node.operator in ("before", "after", "within"):
-        return JSON_TYPES["datetime"]
-    operand = node.operand
-    samples = operand if isinstance(operand, list) else [operand]
-    return tuple(dict.fromkeys(kind for sample in samples for kind in JSON_TYPES[_scalar_type(sample)]))
 
 
 def workspace_compiler(desired: DesiredState, *, now: datetime, dialect: Dialect = SQLITE) -> Compiler:
