@@ -11,8 +11,10 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,6 +113,15 @@ def test_ctrl_c_twice_still_stops_the_import_at_once(example: Path) -> None:
     assert not any("Traceback" in line for line in said), said
 
 
+def _import_in_process(example: Path, db: Any, progress: Callable[[int], None]) -> None:
+    """`import_file` of three batches of new addresses, calling `progress` after each batch."""
+    desired, problems = load_workspace(example)
+    assert not problems
+    (example / "big.csv").write_text("email\n" + "".join(f"person{n}@example.com\n" for n in range(3 * BATCH_ROWS)))
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    import_file(db, desired, example / "big.csv", lists=["offers"], consent_text=None, now=now, progress=progress)
+
+
 class _SignalsInItsFinalizer:
     """An object whose `__del__` takes Ctrl-C, as a connection's or a pipe's finalizer may when the signal lands
     while the collector runs it: Python prints the KeyboardInterrupt raised there and drops it."""
@@ -123,11 +134,7 @@ class _SignalsInItsFinalizer:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped KeyboardInterrupt
 def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_import_after_the_batch(example: Path) -> None:
     """A KeyboardInterrupt dropped in a finalizer let the import run to its end, exit 0, as if nobody had pressed
-    Ctrl-C (a rare timing, seen once in CI on a slow machine as an import that never said it stopped)."""
-    desired, problems = load_workspace(example)
-    assert not problems
-    rows = 3 * BATCH_ROWS
-    (example / "big.csv").write_text("email\n" + "".join(f"person{n}@example.com\n" for n in range(rows)))
+    Ctrl-C (a rare timing: the collector runs finalizers at any moment)."""
     db = state_helpers.open_state(example)
 
     def ctrl_c_in_a_finalizer(done: int) -> None:
@@ -135,15 +142,7 @@ def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_import_after_the_batch
             _SignalsInItsFinalizer()  # collected at once, its finalizer runs here
 
     with pytest.raises(ImportInterrupted, match="Running the same command again is safe"):
-        import_file(
-            db,
-            desired,
-            example / "big.csv",
-            lists=["offers"],
-            consent_text=None,
-            now=datetime(2026, 12, 3, tzinfo=UTC),
-            progress=ctrl_c_in_a_finalizer,
-        )
+        _import_in_process(example, db, ctrl_c_in_a_finalizer)
     assert _count(example, "SELECT count(*) FROM contacts") == BATCH_ROWS  # the batch written, none after it
 
 
@@ -152,9 +151,6 @@ def test_ctrl_c_that_cuts_a_statement_off_half_way_on_postgresql_still_says_what
     """Ctrl-C inside psycopg between sending a statement and reading its answer left the connection refusing every
     other command: the import ended in "unexpected OperationalError: another command is already in progress"
     instead of saying what was saved (seen in CI as an import that never said it stopped)."""
-    desired, problems = load_workspace(example)
-    assert not problems
-    (example / "big.csv").write_text("email\n" + "".join(f"person{n}@example.com\n" for n in range(3 * BATCH_ROWS)))
     db = state_helpers.open_state(example)
     assert isinstance(db, PostgresDatabase)
 
@@ -164,13 +160,5 @@ def test_ctrl_c_that_cuts_a_statement_off_half_way_on_postgresql_still_says_what
             raise KeyboardInterrupt
 
     with pytest.raises(ImportInterrupted, match=f"{2 * BATCH_ROWS:,} contacts of it were saved"):
-        import_file(
-            db,
-            desired,
-            example / "big.csv",
-            lists=["offers"],
-            consent_text=None,
-            now=datetime(2026, 12, 3, tzinfo=UTC),
-            progress=ctrl_c_half_way_through_a_statement,
-        )
+        _import_in_process(example, db, ctrl_c_half_way_through_a_statement)
     assert _count(example, "SELECT count(*) FROM imports WHERE finished_at IS NULL") == 1
