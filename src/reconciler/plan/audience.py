@@ -15,7 +15,6 @@ from reconciler.audience import (
     audience_key,
     blocking_for,
     campaign_audience_parts,
-    list_reason,
 )
 from reconciler.segments import segment_closure
 from reconciler.spec import DesiredState
@@ -75,7 +74,7 @@ def count_audience(
     recipients = 0
     excluded: dict[str, int] = {}
     for signature, count in histogram.items():
-        why = list_reason(signature.subscribed, signature.unsubscribed, signature.pending, signature.suppression, rules)
+        why = signature.reason(rules)
         if why == "":
             recipients += count
         elif why is not None:

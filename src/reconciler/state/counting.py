@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 
-from reconciler.audience import Audience, Counting, list_reason
+from reconciler.audience import Audience, Counting
 from reconciler.segments import Sql
 from reconciler.state import audiences as run
 from reconciler.state.observe import ObservedState, Signature, signatures
@@ -108,15 +108,9 @@ class _Counter:
 
     def reason(self, audience: Audience, key: Key | None) -> str | None:
         """The list rules' reason for a kind of contact (None: not on the audience's lists)."""
-        found = self.reasons.get((audience, key), "?")
-        if found == "?":
-            if key is None:
-                found = None
-            else:
-                s = self.kinds[key]
-                found = list_reason(s.subscribed, s.unsubscribed, s.pending, s.suppression, audience)
-            self.reasons[(audience, key)] = found
-        return found
+        if (audience, key) not in self.reasons:
+            self.reasons[(audience, key)] = None if key is None else self.kinds[key].reason(audience)
+        return self.reasons[(audience, key)]
 
     def recipients(self, audience: Audience, members: Mapping[str, frozenset[int]], among: frozenset[int]) -> int:
         """How many of `among` are recipients of `audience`."""
@@ -131,8 +125,7 @@ class _Counter:
         """Candidates by the first reason that keeps each out ('' = a recipient), as `audience_sql` counts them."""
         counts: Counter[str] = Counter()
         for signature, n in self.histogram.items():
-            why = list_reason(signature.subscribed, signature.unsubscribed, signature.pending, signature.suppression,
-                              audience)  # fmt: skip
+            why = signature.reason(audience)
             if why is not None:
                 counts[why] += n
         by_lists = counts.pop("", 0)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.audience import Audience, list_reason
 from reconciler.state.campaigns import CampaignRecord, campaign_records
 from reconciler.state.db import get_meta
 from reconciler.state.portable import json_integers, unit_separated
@@ -30,6 +31,11 @@ class Signature:
     unsubscribed: frozenset[str]
     pending: frozenset[str]
     suppression: str | None
+
+    def reason(self, audience: Audience) -> str | None:
+        """Why this kind of contact is not a recipient of `audience` by its list rules ('' when it is, None when it
+        is not on its lists): `audience.list_reason`."""
+        return list_reason(self.subscribed, self.unsubscribed, self.pending, self.suppression, audience)
 
 
 @dataclass(frozen=True)
