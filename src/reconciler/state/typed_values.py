@@ -123,10 +123,16 @@ def create(db: StateDatabase) -> None:
 def fill(cursor: psycopg.Cursor[Any]) -> None:
     """The typed rows of every contact and event there is, written in one statement per table (the migration, and
     `state migrate` after its copy, whose source, a SQLite state, has none)."""
-    for table, values, columns, document, arrays in _WRITTEN:
-        alias = table[0]
-        select = _rows_postgres(f"{table} {alias}, ", f"{alias}.id", f"{alias}.{document}", arrays=arrays)
-        cursor.execute(f"INSERT INTO {values} ({columns}, kind, text, number) {select}")
+    for written in _WRITTEN:
+        cursor.execute(_insert(*written))
+
+
+def _insert(table: str, values: str, columns: str, document: str, arrays: bool, where: str = "") -> str:
+    """The INSERT of the typed rows of every row of `table` (that meets `where`, a condition on its alias, the
+    table's initial)."""
+    alias = table[0]
+    select = _rows_postgres(f"{table} {alias}, ", f"{alias}.id", f"{alias}.{document}", arrays=arrays)
+    return f"INSERT INTO {values} ({columns}, kind, text, number) {select}{f' AND {where}' if where else ''}"
 
 
 @contextmanager
@@ -143,6 +149,4 @@ def later(db: StateDatabase, emails: str) -> Iterator[None]:
     chosen = "c.email IN (SELECT value FROM jsonb_array_elements_text(CAST(? AS jsonb)) AS e(value))"
     gone = f"DELETE FROM contact_values v USING contacts c WHERE v.contact_id = c.id AND {chosen}"  # noqa: S608
     db.conn.execute(gone, (emails,))
-    _, values, columns, document, arrays = _WRITTEN[0]
-    select = _rows_postgres("contacts c, ", "c.id", f"c.{document}", arrays=arrays)
-    db.conn.execute(f"INSERT INTO {values} ({columns}, kind, text, number) {select} AND {chosen}", (emails,))
+    db.conn.execute(_insert(*_WRITTEN[0], where=chosen), (emails,))
