@@ -18,16 +18,38 @@ from hypothesis import strategies as st
 from reconciler.audience import MARKETING_BLOCKING, Audience, Counting, audience_key, audience_sql
 from reconciler.segments import Compiler, Sql
 from reconciler.spec.documents import Segment
-from reconciler.state import audiences as run
 from reconciler.state.audiences import member_ids
 from reconciler.state.counting import with_counts
 from reconciler.state.observe import observe
 from reconciler.state.portable import dialect
+from reconciler.state.postgres import StateDatabase
 from reconciler.state.segment_sets import SegmentSets
 from segment_reference import Person, World
 from test_segments_property import ALL_TYPES, LISTS, NOW, TYPES, _store, people, segments
 
 REASONS = ("bounced", "complained", "unsubscribed")
+
+
+def _audience_reasons(db: StateDatabase, *, candidates: Sql, reason: Sql) -> dict[str, int]:
+    """Candidates counted by the first reason that keeps each out ('' = a recipient), in SQL as `audience_sql`
+    writes it: the reference the counts made in Python are held to."""
+    rows = db.conn.execute(
+        f"SELECT {reason.text} AS why, count(*) FROM contacts c "  # noqa: S608 - compiled SQL, values as parameters
+        "LEFT JOIN suppressions p ON p.email_hash = c.email_hash "
+        f"WHERE {candidates.text} GROUP BY why",
+        (*reason.params, *candidates.params),
+    )
+    return {str(why): int(n) for why, n in rows}
+
+
+def _count_where(db: StateDatabase, recipients: Sql, condition: Sql) -> int:
+    """How many of an audience's recipients meet `condition` (lack a field), in SQL: the reference."""
+    row = db.conn.execute(
+        "SELECT count(*) FROM contacts c LEFT JOIN suppressions p ON p.email_hash = c.email_hash "  # noqa: S608
+        f"WHERE {recipients.text} AND {condition.text}",
+        (*recipients.params, *condition.params),
+    ).fetchone()
+    return int(row[0])
 
 
 def _suppress(db: Any, found: list[Person], reasons: list[str | None]) -> None:
@@ -98,7 +120,7 @@ def test_sets_select_what_the_reference_and_the_snapshot_sql_select(
         blocking=MARKETING_BLOCKING,
     )
     if chosen or excluded:
-        reasons = run.audience_reasons(db, candidates=query.candidates, reason=query.reason)
+        reasons = _audience_reasons(db, candidates=query.candidates, reason=query.reason)
         assert counted.audience_counts[key] == {why: n for why, n in reasons.items() if n}, context
-    assert counted.missing_counts["c"]["spend"] == run.count_where(db, query.recipients, lacking), context
+    assert counted.missing_counts["c"]["spend"] == _count_where(db, query.recipients, lacking), context
     assert counted.segment_counts == {name: len(world.members(name)) for name in documents}, context

@@ -43,27 +43,6 @@ def contact_id(db: StateDatabase, email: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def audience_reasons(db: StateDatabase, *, candidates: Sql, reason: Sql) -> dict[str, int]:
-    """Candidates counted by the first reason that keeps each out ('' = a recipient)."""
-    rows = db.conn.execute(
-        f"SELECT {reason.text} AS why, count(*) FROM contacts c "
-        "LEFT JOIN suppressions p ON p.email_hash = c.email_hash "
-        f"WHERE {candidates.text} GROUP BY why",
-        (*reason.params, *candidates.params),
-    )
-    return {str(why): int(n) for why, n in rows}
-
-
-def count_where(db: StateDatabase, recipients: Sql, condition: Sql) -> int:
-    """How many of an audience's recipients meet `condition` (e.g. lack a field)."""
-    row = db.conn.execute(
-        "SELECT count(*) FROM contacts c LEFT JOIN suppressions p ON p.email_hash = c.email_hash "
-        f"WHERE {recipients.text} AND {condition.text}",
-        (*recipients.params, *condition.params),
-    ).fetchone()
-    return int(row[0])
-
-
 def lacking(db: StateDatabase, test: Sql, among: Collection[int] | None = None) -> list[int]:
     """The contacts that meet `test` (that they lack a field): every one of them, or those of `among`."""
     if among is None:
