@@ -404,8 +404,9 @@ def roll_back_cut_off(db: StateDatabase) -> None:
     """A transaction a signal cut off between its BEGIN and its end (Ctrl-C in an import's batch), rolled back.
     On PostgreSQL the signal may also have cut a statement off half-way, between sending it and reading its answer
     (psycopg cancels only the statement it is waiting on): that connection takes no other command, so it is closed
-    (the server rolls its transaction back) and a new one opened."""
-    if isinstance(db, PostgresDatabase) and db.conn.mid_statement and db.reopen is not None:
+    (the server rolls its transaction back; the write's own ROLLBACK may have closed it already) and a new one
+    opened."""
+    if isinstance(db, PostgresDatabase) and (db.lost or db.conn.mid_statement) and db.reopen is not None:
         db.conn.close()
         db.reconnect()
         return

@@ -45,6 +45,21 @@ def _adapted(params: Params | None) -> Sequence[Any] | Mapping[str, Any]:
     return tuple(int(value) if isinstance(value, bool) else value for value in params)
 
 
+@contextlib.contextmanager
+def _ctrl_c_kept() -> Iterator[None]:
+    """Ctrl-C as KeyboardInterrupt even when it lands while psycopg ends a pipeline (executemany sends its rows in
+    one): psycopg then raises "cannot exit pipeline mode while busy" in its place, and an interrupted import would
+    say "unexpected OperationalError" instead of what it saved."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as error:
+        if isinstance(error.__context__, KeyboardInterrupt):
+            raise error.__context__ from None
+        raise
+
+
 class PostgresCursor:
     """What a statement returned, read as a sqlite3 cursor is."""
 
@@ -79,8 +94,13 @@ class PostgresConnection:
 
     def execute(self, sql: str, params: Params | None = None) -> PostgresCursor:
         statements = to_postgres(sql)
-        if self.raw.closed and statements[0].strip().upper() == "ROLLBACK":
+        if statements[0].strip().upper() == "ROLLBACK" and (self.raw.closed or self.mid_statement):
+            self.raw.close()  # a statement cut off takes no ROLLBACK: the server ends the transaction as it goes
             return PostgresCursor(None)  # the connection was lost, and its transaction with it: nothing to undo
+        with _ctrl_c_kept():
+            return self._execute(statements, params)
+
+    def _execute(self, statements: tuple[str, ...], params: Params | None) -> PostgresCursor:
         cursor = self.raw.cursor()
         if len(statements) > 1:  # BEGIN IMMEDIATE: BEGIN, then the writers' lock, which may time out
             cursor.execute(statements[0])
@@ -98,7 +118,8 @@ class PostgresConnection:
     def executemany(self, sql: str, rows: Iterable[Params]) -> PostgresCursor:
         (statement,) = to_postgres(sql)
         cursor = self.raw.cursor()
-        cursor.executemany(statement, [_adapted(row) for row in rows])
+        with _ctrl_c_kept():
+            cursor.executemany(statement, [_adapted(row) for row in rows])
         return PostgresCursor(cursor)
 
     def run_script(self, script: str) -> None:
@@ -117,11 +138,14 @@ class PostgresConnection:
     @property
     def mid_statement(self) -> bool:
         """A statement sent and its answer not read (a signal cut it off inside psycopg, which cancels only a
-        statement it is waiting on): the connection refuses any other command ("another command is already in
-        progress")."""
-        from psycopg.pq import TransactionStatus
+        statement it is waiting on), or executemany's pipeline left open by it: the connection refuses any other
+        command ("another command is already in progress", "not allowed in pipeline mode")."""
+        from psycopg.pq import PipelineStatus, TransactionStatus
 
-        return bool(self.raw.info.transaction_status == TransactionStatus.ACTIVE)
+        if self.raw.closed:
+            return False
+        in_pipeline = self.raw.pgconn.pipeline_status != PipelineStatus.OFF  # executemany's, left by the signal
+        return in_pipeline or self.raw.info.transaction_status == TransactionStatus.ACTIVE
 
     def interrupt(self) -> None:
         """Cancel the statement running (a wait for the writers' lock), from another thread."""
