@@ -10,17 +10,28 @@ from pathlib import Path
 import uvicorn
 
 from reconciler.clock import SystemClock
+from reconciler.state.location import StateLocation
 from reconciler.web import create_app
 from smtp_sink import free_port
 from state_helpers import open_state, place
 
 
 class WebServer:
-    """`with WebServer(root) as base:` serves the workspace's state database at `base` (http://127.0.0.1:PORT)."""
+    """`with WebServer(root) as base:` serves the workspace's state database at `base` (http://127.0.0.1:PORT).
+    Several may serve one PostgreSQL state at once, as daemons behind a load balancer do."""
 
-    def __init__(self, root: Path, *, port: int | None = None, fetch: Callable[[str], bytes] | None = None) -> None:
-        state = place(root)
-        open_state(root).close()  # created and migrated, as `reconciler run` does before serving
+    def __init__(
+        self,
+        root: Path,
+        *,
+        port: int | None = None,
+        fetch: Callable[[str], bytes] | None = None,
+        state: StateLocation | None = None,
+    ) -> None:
+        """`state`: serve that state (created and migrated already) instead of the workspace's."""
+        if state is None:
+            state = place(root)
+            open_state(root).close()  # created and migrated, as `reconciler run` does before serving
         clock = SystemClock()
         self.app = (
             create_app(state, clock=clock, root=root, fetch=fetch)

@@ -76,3 +76,29 @@ def _typed_values(db: StateDatabase) -> None:
     indexed columns instead of parsing each contact's jsonb (state/typed_values.py). On SQLite, nothing: its
     conditions read the JSON, faster there, and imports write nothing more."""
     typed_values.create(db)
+
+
+@migration("0018_web_limits")
+def _web_limits(db: StateDatabase) -> None:
+    """The web service's rate limits (sign-in attempts, wrong tokens, subscribe-form posts) and the dashboard
+    sessions signed out, kept where every daemon serving HTTP from one PostgreSQL database sees them
+    (state/web_limits.py). Made on SQLite too, one schema for both engines (`state migrate` copies table for table),
+    where they stay empty: one daemon serves from a file, and keeps them in memory."""
+    run_script(
+        db,
+        """
+        CREATE TABLE web_limits (
+            name TEXT NOT NULL,                       -- the limit: sign_ins, wrong_tokens, per_ip, ...
+            key TEXT NOT NULL,                        -- what it counts for: a client address, an email address
+            events TEXT NOT NULL,                     -- JSON array: the times of the events in the window
+            expires_at REAL NOT NULL,                 -- when the last of them leaves it (seconds since the epoch)
+            PRIMARY KEY (name, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX web_limits_expiry ON web_limits(expires_at);
+        CREATE TABLE signed_out (
+            session TEXT PRIMARY KEY,                 -- SHA-256 of the session cookie, never the cookie itself
+            expires_at REAL NOT NULL                  -- when the session would have expired anyway
+        ) WITHOUT ROWID;
+        CREATE INDEX signed_out_expiry ON signed_out(expires_at);
+        """,
+    )

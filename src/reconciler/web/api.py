@@ -48,20 +48,21 @@ def unauthorized() -> Response:
 async def refused(request: Request, *, plan: bool = False) -> Response | None:
     """None when the request carries the API token (`plan`: the plan token); else 401, or 429 once its address sent
     too many wrong ones (then even the right token waits: a guesser must not learn when it found it); wrong plan
-    tokens and wrong API tokens are counted apart."""
+    tokens and wrong API tokens are counted apart. A wrong token is counted in the same step that checks the limit
+    (one transaction where daemons share it), so wrong tokens sent all at once cannot all pass a look made before
+    any was counted; a right one only looks."""
     web, who = context(request), ip(request) or "?"
-    limit = web.wrong_plan_tokens if plan else web.wrong_tokens  # a CI runner's stale plan token locks out only plans
-    wait = limit.retry_after(who, count=False)
+    limits = web.limits
+    limit = limits.wrong_plan_tokens if plan else limits.wrong_tokens  # a CI runner's stale plan token: only plans
+    right = await authorized(request, plan=plan)
+    wait = await limit.retry_after(who, count=not right)
     if wait:
         return JSONResponse(
             {"error": f"too many requests without the right token; try again in {wait} s"},
             429,
             headers={"Retry-After": str(wait)},
         )
-    if await authorized(request, plan=plan):
-        return None
-    limit.retry_after(who)
-    return unauthorized()
+    return None if right else unauthorized()
 
 
 async def authorized_json(request: Request) -> object:

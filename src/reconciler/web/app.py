@@ -27,7 +27,7 @@ from reconciler.clock import Clock
 from reconciler.health import Health
 from reconciler.state.engine import connection_pool, place_of, unavailable_errors
 from reconciler.state.location import StateLocation
-from reconciler.web import api, dashboard, inbound, openapi, pages, plans, reads, tracking, webhooks
+from reconciler.web import api, dashboard, inbound, limits, openapi, pages, plans, reads, tracking, webhooks
 from reconciler.web.context import WebContext, fetch_url
 from reconciler.web.metrics import Metrics
 from reconciler.web.security import SecurityMiddleware
@@ -48,6 +48,8 @@ def create_app(
     own). `fetch` gets SNS certificates and subscription confirmation URLs."""
     pool = connection_pool(state)
     web = WebContext(pool, clock, root or Path("."), fetch, health)
+    if place_of(state).is_postgres:  # daemons behind one load balancer count together; SQLite's stay in memory
+        web.limits = limits.in_database(web)
     metrics = metrics or Metrics(pool)
     writer = tracking.EngagementWriter(web)
 

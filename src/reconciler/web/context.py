@@ -1,5 +1,5 @@
 """What every endpoint of the web service shares: the state database through worker threads, the clock, the
-Settings of the last good revision (with the signing key), and the rate limits of the subscribe form."""
+Settings of the last good revision (with the signing key), and the rate limits (`web.limits`)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from reconciler.state.engine import StatePool
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.settings import RuntimeSettings
 from reconciler.tokens import Purpose, Signer
+from reconciler.web.limits import WebLimits, in_memory
 from reconciler.web.security import RateLimit
 
 P = ParamSpec("P")
@@ -123,11 +124,9 @@ class WebContext:
     """The daemon's view of itself (None when the app runs without a daemon, as in tests of the pages)."""
     readers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
     writers: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(DB_THREADS))
-    per_ip: RateLimit = field(default_factory=lambda: RateLimit(10, 600.0))
-    per_address: RateLimit = field(default_factory=lambda: RateLimit(3, 3600.0))
-    wrong_tokens: RateLimit = field(default_factory=lambda: RateLimit(20, 600.0))
-    wrong_plan_tokens: RateLimit = field(default_factory=lambda: RateLimit(20, 600.0))
-    """Requests with a missing or wrong bearer token, per address: more in 10 minutes get 429 (guessing stops)."""
+    limits: WebLimits = field(default_factory=in_memory)
+    """The rate limits (subscribe form, wrong tokens, sign-ins) and signed-out sessions: in memory, or in the
+    PostgreSQL state shared by every daemon (`create_app` chooses by engine)."""
     plans: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(PLANS_AT_ONCE))
     """Plans being made (each reads every file of a workspace and counts audiences): more at once get 429."""
     site_cache: Site | None = None

@@ -27,7 +27,6 @@ from reconciler.report import figures
 from reconciler.report.html import campaign_html, overview_html, workflow_html
 from reconciler.web.context import Site, context, ip
 from reconciler.web.pages import same_origin
-from reconciler.web.security import RateLimit
 
 COOKIE = "reconciler_session"
 NONCE_BITS = 32
@@ -38,8 +37,6 @@ FRESH_FOR = 10.0
 KEPT = 64
 """Rendered pages kept at most (the least recently made go first)."""
 SESSION_HOURS = 12
-SIGN_INS = (10, 600.0)
-"""Sign-in attempts per address in ten minutes: a token cannot be guessed at speed."""
 
 SIGN_IN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>Sign in · reconciler</title>
@@ -56,15 +53,26 @@ def _bound(site: Site) -> str:
     return hashlib.sha256((site.api_token or "").encode()).hexdigest()[:16]
 
 
-def _signed_in(request: Request, site: Site) -> bool:
-    session = request.cookies.get(COOKIE, "")
-    if not site.api_token or not session or session in _state(request).signed_out:
-        return False
+def _expiry(session: str, site: Site) -> float | None:
+    """When the session (its cookie) expires, seconds since the epoch; None when it is no session (no API token,
+    a cookie not signed with the key, bound to another token, or expired)."""
+    if not site.api_token or not session:
+        return None
     ident = site.signer.verify("session", session, _bound(site))
     if ident is None:
-        return False
+        return None
     issued = ident >> NONCE_BITS
-    return 0 <= time.time() / 60 - issued <= SESSION_HOURS * 60
+    if not 0 <= time.time() / 60 - issued <= SESSION_HOURS * 60:
+        return None
+    return float(issued * 60 + SESSION_HOURS * 3600)
+
+
+async def _signed_in(request: Request, site: Site) -> bool:
+    """The request's cookie is a session, and not one signed out (on any daemon, where they share PostgreSQL)."""
+    session = request.cookies.get(COOKIE, "")
+    if _expiry(session, site) is None:
+        return False
+    return not await context(request).limits.sessions.signed_out(session)
 
 
 async def sign_in(request: Request) -> Response:
@@ -75,14 +83,16 @@ async def sign_in(request: Request) -> Response:
         return _form("")
     if not same_origin(request, site.runtime.public_url):
         return _form("This form must be sent from this site's own page.", 403)
-    attempts, who = _state(request).sign_ins, ip(request) or "?"
-    wait = attempts.retry_after(who)  # counted before the form is read: requests at once cannot all slip through
+    attempts, who = web.limits.sign_ins, ip(request) or "?"
+    wait = await attempts.retry_after(who)  # counted before the form is read: requests at once cannot all slip through
     if wait:
-        return _form(f"Too many wrong tokens; try again in {wait} s.", 429)
+        too_many = _form(f"Too many wrong tokens; try again in {wait} s.", 429)
+        too_many.headers["Retry-After"] = str(wait)
+        return too_many
     token = str((await request.form()).get("token", ""))
     if not site.api_token or not hmac.compare_digest(token.encode(), site.api_token.encode()):
         return _form("That is not the API token.", 401)
-    attempts.refund(who)  # only wrong tokens count
+    await attempts.refund(who)  # only wrong tokens count
     response = RedirectResponse("/dashboard", 303)
     secure = urlsplit(site.runtime.settings.public_url).scheme == "https"
     ident = (int(time.time() // 60) << NONCE_BITS) | secrets.randbits(NONCE_BITS)  # each sign-in a session of its own
@@ -99,13 +109,17 @@ def _form(message: str, status: int = 200) -> HTMLResponse:
 
 
 async def sign_out(request: Request) -> Response:
-    """End the session: its cookie is cleared, and refused from now on should it be sent again (until the daemon
-    restarts; a new API token ends every session for good)."""
-    if not same_origin(request, (await context(request).site()).runtime.public_url):
+    """End the session: its cookie is cleared, and refused from now on should it be sent again, until it would
+    have expired (on SQLite, until the daemon restarts; on PostgreSQL by every daemon, kept in the database; a new
+    API token ends every session for good). A cookie that is no session is not kept."""
+    web = context(request)
+    site = await web.site()
+    if not same_origin(request, site.runtime.public_url):
         return _form("This form must be sent from this site's own page.", 403)
     session = request.cookies.get(COOKIE, "")
-    if session:
-        _state(request).sign_out(session)
+    expires_at = _expiry(session, site)
+    if expires_at is not None:
+        await web.limits.sessions.sign_out(session, expires_at=expires_at)
     response = RedirectResponse("/dashboard/sign-in", 303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -135,38 +149,20 @@ class _Pages:
             return made[1]
 
 
-class _Dashboard:
-    """What the dashboard keeps in memory, per app: rendered pages and the sign-in attempts."""
-
-    def __init__(self) -> None:
-        self.pages = _Pages()
-        self.sign_ins = RateLimit(*SIGN_INS)
-        self.signed_out: dict[str, float] = {}
-        """Sessions ended by signing out, until they would have expired anyway."""
-
-    def sign_out(self, session: str) -> None:
-        now = time.monotonic()
-        self.signed_out = {s: t for s, t in self.signed_out.items() if t > now}
-        if len(self.signed_out) < 100_000:
-            self.signed_out[session] = now + SESSION_HOURS * 3600
-
-
-def _state(request: Request) -> _Dashboard:
-    state = request.app.state
-    if not hasattr(state, "dashboard"):
-        state.dashboard = _Dashboard()
-    found: _Dashboard = state.dashboard
-    return found
-
-
 def _pages(request: Request) -> _Pages:
-    return _state(request).pages
+    """The rendered pages of this app (each daemon renders its own; the sign-ins and sessions are in
+    `WebContext.limits`)."""
+    state = request.app.state
+    if not hasattr(state, "dashboard_pages"):
+        state.dashboard_pages = _Pages()
+    found: _Pages = state.dashboard_pages
+    return found
 
 
 async def overview(request: Request) -> Response:
     """GET /dashboard: every campaign and workflow."""
     web = context(request)
-    if not _signed_in(request, await web.site()):
+    if not await _signed_in(request, await web.site()):
         return RedirectResponse("/dashboard/sign-in", 303)
 
     async def render() -> str:
@@ -179,7 +175,7 @@ async def overview(request: Request) -> Response:
 async def report(request: Request) -> Response:
     """GET /dashboard/campaigns/{name} and /dashboard/workflows/{name}: one report."""
     web = context(request)
-    if not _signed_in(request, await web.site()):
+    if not await _signed_in(request, await web.site()):
         return RedirectResponse("/dashboard/sign-in", 303)
     name, kind = request.path_params["name"], request.path_params["kind"]
 

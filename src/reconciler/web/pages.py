@@ -178,7 +178,7 @@ def _save(
 async def subscribe(request: Request) -> Response:
     web = context(request)
     site = await web.site()
-    wait = web.per_ip.retry_after(ip(request) or "unknown")
+    wait = await web.limits.per_ip.retry_after(ip(request) or "unknown")
     if wait:
         return too_many(request, site, wait)
     form = await request.form()
@@ -191,7 +191,7 @@ async def subscribe(request: Request) -> Response:
         email = normalise_email(str(form.get("email", "")))
     except ValueError as exc:
         return PlainTextResponse(f"email: {exc}\n", 422)
-    wait = web.per_address.retry_after(email)
+    wait = await web.limits.per_address.retry_after(email)
     if wait:
         return too_many(request, site, wait)
     unknown = [n for n in wanted if n not in lists or lists[n].visibility != "public"]
