@@ -114,20 +114,20 @@ def test_subscribe_form_posts_on_two_daemons_are_limited_together(two: tuple[str
 
 
 def test_a_limit_counts_looks_and_takes_back_on_both_engines(state_db: Any) -> None:
-    limit = {"limit": 3, "window": 100.0}
-    assert [web_limits.take(state_db, "sign_ins", "198.51.100.7", now=1000.0 + n, **limit) for n in range(4)] == [
-        0,
-        0,
-        0,
-        97,
-    ]
-    assert web_limits.wait(state_db, "sign_ins", "198.51.100.7", now=1050.0, **limit) == 50
-    assert web_limits.wait(state_db, "sign_ins", "198.51.100.8", now=1050.0, **limit) == 0  # another address
-    assert web_limits.wait(state_db, "per_ip", "198.51.100.7", now=1050.0, **limit) == 0  # another limit
-    assert web_limits.wait(state_db, "sign_ins", "198.51.100.7", now=1100.0, **limit) == 0  # the first left
+    def take(key: str, now: float, name: str = "sign_ins") -> int:
+        return web_limits.take(state_db, name, key, limit=3, window=100.0, now=now)
+
+    def wait(key: str, now: float, name: str = "sign_ins") -> int:
+        return web_limits.wait(state_db, name, key, limit=3, window=100.0, now=now)
+
+    assert [take("198.51.100.7", 1000.0 + n) for n in range(4)] == [0, 0, 0, 97]
+    assert wait("198.51.100.7", 1050.0) == 50
+    assert wait("198.51.100.8", 1050.0) == 0  # another address
+    assert wait("198.51.100.7", 1050.0, "per_ip") == 0  # another limit
+    assert wait("198.51.100.7", 1100.0) == 0  # the first event left the window
     web_limits.refund(state_db, "sign_ins", "198.51.100.7", window=100.0, now=1050.0)
-    assert web_limits.take(state_db, "sign_ins", "198.51.100.7", now=1050.0, **limit) == 0
-    assert web_limits.take(state_db, "sign_ins", "198.51.100.7", now=1050.0, **limit) == 50
+    assert take("198.51.100.7", 1050.0) == 0
+    assert take("198.51.100.7", 1050.0) == 50
 
 
 def test_rows_that_hold_nothing_are_pruned_a_batch_at_a_time_on_both_engines(state_db: Any) -> None:
