@@ -58,9 +58,7 @@ def wait(db: StateDatabase, name: str, key: str, *, limit: int, window: float, n
 def refund(db: StateDatabase, name: str, key: str, *, window: float, now: float) -> None:
     """Take back the last event counted for `key` (it turned out not to be one that counts)."""
     with write_rows(db):
-        locked = _EVENTS + (" FOR UPDATE" if is_postgres(db) else "")
-        if db.conn.execute(locked, (name, key)).fetchone() is None:
-            return
+        db.conn.execute(_LOCK, (name, key, now))  # locked as `take` locks it (a row made here holds nothing)
         events = _in_window(db, name, key, window=window, now=now)
         if events:
             events.pop()
