@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -26,6 +26,7 @@ from sqlite_utils import Database
 from reconciler.state.db import write
 from reconciler.state.engine import open_state as _open_state
 from reconciler.state.location import ENV, StateLocation
+from reconciler.state.portable import is_postgres
 from reconciler.state.postgres import PostgresDatabase, StateDatabase, connect
 from reconciler.state.subscribers import Status, change_subscriptions
 from reconciler.state.suppressions import SuppressionReason, email_hash, suppress
@@ -244,3 +245,20 @@ def set_status(db: StateDatabase, email: str, list_name: str, status: Status, *,
 def suppress_address(db: StateDatabase, email: str, reason: SuppressionReason, *, at: str = AT) -> None:
     with write(db):
         suppress(db, email_hash(email), reason, at=at)
+
+
+def recorded_statements(db: Any) -> tuple[list[tuple[str, Any]], Callable[[], None]]:
+    """The statements `db` runs from now on, with their parameters (SQLite: as run, values in the text), and how
+    to stop recording them."""
+    seen: list[tuple[str, Any]] = []
+    if is_postgres(db):
+        execute = db.conn.execute
+
+        def recording(sql: str, params: Any = None) -> Any:
+            seen.append((sql, params))
+            return execute(sql, params)
+
+        db.conn.execute = recording
+        return seen, lambda: setattr(db.conn, "execute", execute)
+    db.conn.set_trace_callback(lambda sql: seen.append((sql, None)))
+    return seen, lambda: db.conn.set_trace_callback(None)

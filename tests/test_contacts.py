@@ -114,7 +114,9 @@ def test_an_unsubscribed_or_erased_address_stays_out_after_reimport(example: Pat
         )
     }
     assert subscribed == {"cy@example.com", "di@example.com"}  # cy's subscription stands; the bounce keeps them out
-    audience = count_audience(observe(db).audience, lists=["offers"])
+    histogram = observe(db).audience
+    assert histogram is not None
+    audience = count_audience(histogram, lists=["offers"])
     assert (audience.recipients, dict(audience.excluded)) == (1, {"bounced": 1, "unsubscribed": 1})
     assert db.conn.execute("SELECT count(*) FROM contacts WHERE email = 'bob@example.com'").fetchone()[0] == 0
     assert report.skipped_erased == 1

@@ -6,7 +6,6 @@ waiting row, in order, past the rows sent and those not due yet."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from reconciler.state.ledger import Source
 from reconciler.state.portable import is_postgres
 from reconciler.state.sharing import Reservation
 from sending import workspace
+from state_helpers import recorded_statements
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 AT = iso(NOW)
@@ -91,23 +91,6 @@ def test_pages_find_every_waiting_row_in_order_past_those_sent(state_db: Any, tm
     assert [row.id for row in later] == [ids[SENT]]  # the deferred row, once it is due
 
 
-def _statements(db: Any) -> tuple[list[tuple[str, Any]], Callable[[], None]]:
-    """The statements `db` runs from now on, with their parameters (SQLite: as run, values in the text), and how
-    to stop recording them."""
-    seen: list[tuple[str, Any]] = []
-    if is_postgres(db):
-        execute = db.conn.execute
-
-        def recording(sql: str, params: Any = None) -> Any:
-            seen.append((sql, params))
-            return execute(sql, params)
-
-        db.conn.execute = recording
-        return seen, lambda: setattr(db.conn, "execute", execute)
-    db.conn.set_trace_callback(lambda sql: seen.append((sql, None)))
-    return seen, lambda: db.conn.set_trace_callback(None)
-
-
 def _plan(db: Any, sql: str, params: Any) -> str:
     """The plan of one statement as run, as text."""
     if is_postgres(db):
@@ -117,7 +100,7 @@ def _plan(db: Any, sql: str, params: Any) -> str:
 
 
 def _page_plan(db: Any, source: Source, *, reserve: Reservation | None) -> str:
-    seen, stop = _statements(db)
+    seen, stop = recorded_statements(db)
     try:
         ledger.due_rows(db, source, now=AT, after_id=0, limit=64, reserve=reserve)
     finally:

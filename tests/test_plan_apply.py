@@ -24,7 +24,7 @@ from reconciler.start import start_due
 from reconciler.state import observe
 from reconciler.state.observe import _histogram_by_names, audience_histogram
 from reconciler.state.postgres import StateDatabase
-from state_helpers import dump, open_state, set_status, suppress_address
+from state_helpers import dump, open_state, recorded_statements, set_status, suppress_address
 
 NOW = datetime(2030, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -376,3 +376,34 @@ def test_a_second_apply_shows_counts_it_did_not_make_as_not_counted(example: Pat
     planned = reconciler("plan", "--now", "2030-11-26T12:00:00Z", "--format", "json", cwd=example)
     audience = json.loads(planned.stdout)["audiences"]["black-friday-2030"]
     assert (audience["recipients"], audience["not_counted"]) == (2, []), planned.stdout
+
+
+def test_a_daemon_pass_scans_the_memberships_only_for_a_campaign_counted_from_them(
+    example: Path, db: StateDatabase
+) -> None:
+    """The list-membership histogram is a scan of every subscription (seconds at a million contacts): a daemon's
+    pass reads it when a campaign whose audience is lists alone has an action, not on every pass."""
+
+    def daemon_pass() -> tuple[Plan, bool]:
+        seen, stop = recorded_statements(db)
+        try:
+            result = reconcile_once(example, db, now=NOW)
+        finally:
+            stop()
+        scanned = any("FROM subscriptions" in sql and "GROUP BY contact_id" in sql for sql, _ in seen)
+        assert result.plan is not None, result.problems
+        return result.plan, scanned
+
+    first, scanned = daemon_pass()
+    assert _ops(first)["guji-harvest-2030"] == "create" and scanned  # lists alone: counted from the histogram
+    assert first.audiences["guji-harvest-2030"].counted == 292  # 300 on newsletter, 3 unsubscribed, 2 bounced
+    planned = _plan(example, db).audiences  # what `plan` counts, with every scan read
+    assert first.audiences["black-friday-2030"] == planned["black-friday-2030"]  # segments: from the histogram too
+    assert planned["black-friday-2030"].excluded == {"bounced": 2}
+    unchanged, scanned = daemon_pass()
+    assert not unchanged.actions and not scanned
+    assert unchanged.audiences["guji-harvest-2030"].counted is None  # not counted, never shown as 0
+    _edit(example / "campaigns" / "guji-harvest-2030.yaml", "status: draft", "status: paused")
+    edited, scanned = daemon_pass()
+    assert _ops(edited)["guji-harvest-2030"] == "pause" and scanned
+    assert edited.audiences["guji-harvest-2030"].counted == first.audiences["guji-harvest-2030"].counted

@@ -119,17 +119,19 @@ def plan_and_apply(
     now: datetime,
     git_commit: str | None,
     confirm: Collection[str] = (),
-    unchanged_runs: bool = True,
+    whole: bool = True,
 ) -> tuple[Plan, Applied]:
     """Observe, plan and apply; when another process applied in between, plan again from what it left.
-    `unchanged_runs=False` (the daemon's passes, which show only the actions): the active runs by step are read only
-    when the plan edits or removes a workflow, for its words, and the plan leaves out the unchanged workflows' runs
-    (reading them scans every active run, a million of them, on every pass)."""
+    `whole=False` (the daemon's passes, which show only the actions) reads only what the actions need, as each of
+    these is a scan that grows with the contacts, on every pass: the active runs by step only when the plan edits or
+    removes a workflow, for its words (the plan leaves out the unchanged workflows' runs), and the list-membership
+    histogram (every audience's count starts from it) only when a campaign has an action (the others' audiences
+    are left not counted)."""
     for attempt in range(5):
         # a pass without changes counts nothing; one with changes counts the segment audiences it touches
-        observed = observe(db, runs=unchanged_runs)
+        observed = observe(db, audience=whole, runs=whole)
         plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
-        if not unchanged_runs and any(a.kind == "Workflow" and a.op != "create" for a in plan.actions):
+        if not whole and any(a.kind == "Workflow" and a.op != "create" for a in plan.actions):
             observed = replace(observed, runs=workflows.active_by_step(db))
             plan = make_plan(desired, observed, now=now, git_commit=git_commit, confirm=confirm)
         touched = [a.name for a in plan.actions if a.kind == "Campaign" and a.audience and a.audience.unevaluated]

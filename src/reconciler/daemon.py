@@ -94,7 +94,7 @@ def reconcile_once(
     else:
         commit = git_commit(root)  # the pass shows only the plan's actions: no runs of unchanged workflows
         result.plan, result.applied = plan_and_apply(
-            db, desired, now=now, git_commit=commit, confirm=confirm, unchanged_runs=False
+            db, desired, now=now, git_commit=commit, confirm=confirm, whole=False
         )
     result.started = start_due(db, now=now)
     result.workflows = run_workflows(db, now=now)

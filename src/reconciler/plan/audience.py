@@ -98,6 +98,8 @@ def _audience(desired: DesiredState, campaign: Campaign, observed: ObservedState
             return AudienceCount(0, {}, tuple(names))
         excluded = {why: n for why, n in counts.items() if why not in ("", "not in segments")}
         return AudienceCount(counts.get("", 0), excluded)
+    if observed.audience is None:  # the membership histogram was not read (a daemon's pass that leaves it alone)
+        return AudienceCount(0, {}, tuple(f"list {n}" for n in lists) or ("lists",))
     return count_audience(
         observed.audience, lists=lists, exclude_lists=exclude_lists, blocking=blocking_for(desired.lists, lists)
     )

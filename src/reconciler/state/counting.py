@@ -23,7 +23,7 @@ from dataclasses import replace
 from reconciler.audience import Audience, Counting
 from reconciler.segments import Sql
 from reconciler.state import audiences as run
-from reconciler.state.observe import ObservedState, Signature, signatures
+from reconciler.state.observe import ObservedState, Signature, audience_histogram, signatures
 from reconciler.state.postgres import StateDatabase
 from reconciler.state.segment_sets import SegmentSets
 
@@ -40,6 +40,9 @@ def with_counts(
     def in_time() -> bool:
         return deadline is None or time.monotonic() <= deadline
 
+    if observed.audience is None:  # a daemon's pass reads it only when it counts
+        observed = replace(observed, audience=audience_histogram(db))
+
     used = [name for a in counting.audiences.values() for name in (*a.segments, *a.exclude_segments)]
     sets = SegmentSets(db, counting.compiler)
     members: dict[str, frozenset[int]] = {}
@@ -48,7 +51,7 @@ def with_counts(
             members[name] = frozenset(sets.members(name))
     sizes = {name: len(found) for name, found in members.items() if name in counting.sizes}
     lacking = _lacking(db, counting, members, in_time)
-    counter = _Counter(db, observed.audience, [*(members[n] for n in used if n in members), *lacking.values()])
+    counter = _Counter(db, observed.audience or {}, [*(members[n] for n in used if n in members), *lacking.values()])
     audience_counts = dict(observed.audience_counts)
     for key, audience in counting.audiences.items():
         if (audience.segments or audience.exclude_segments) and _known(audience, members):
