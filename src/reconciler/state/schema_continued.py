@@ -102,3 +102,10 @@ def _web_limits(db: StateDatabase) -> None:
         CREATE INDEX signed_out_expiry ON signed_out(expires_at);
         """,
     )
+
+
+@migration("0019_value_statistics")
+def _value_statistics(db: StateDatabase) -> None:
+    """On PostgreSQL, statistics of how a typed row's name, kind and value go together, so that the planner
+    estimates a condition on a field as it is (state/typed_values.py, `STATISTICS`). On SQLite, nothing."""
+    typed_values.add_statistics(db)

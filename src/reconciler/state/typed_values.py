@@ -150,3 +150,25 @@ def later(db: StateDatabase, emails: str) -> Iterator[None]:
     gone = f"DELETE FROM contact_values v USING contacts c WHERE v.contact_id = c.id AND {chosen}"  # noqa: S608
     db.conn.execute(gone, (emails,))
     db.conn.execute(_insert(*_WRITTEN[0], where=chosen), (emails,))
+
+
+STATISTICS = """
+CREATE STATISTICS contact_values_numbers (mcv, dependencies) ON field, kind, number FROM contact_values;
+CREATE STATISTICS contact_values_texts (mcv, dependencies) ON field, kind, text FROM contact_values;
+CREATE STATISTICS event_values_numbers (mcv, dependencies) ON name, kind, number FROM event_values;
+CREATE STATISTICS event_values_texts (mcv, dependencies) ON name, kind, text FROM event_values;
+ANALYZE contact_values;
+ANALYZE event_values;
+"""
+"""What PostgreSQL's planner must know of the typed rows: a condition reads `field = ? AND kind = ? AND number > ?`,
+and without these it multiplies the three selectivities as if they were independent, when a field has one kind
+and values of its own. At a million contacts it took `wholesale = false` for 10,574 rows (322,581 matched) and
+`total_spend > 100` for 101,395 (800,000), and chose nested loops of index probes: the example's top-customers
+took 6.8 s, 1.4 s with these. ANALYZE (autovacuum's too) keeps them; the migration analyzes once, so that a state
+with data has them at once."""
+
+
+def add_statistics(db: StateDatabase) -> None:
+    """On PostgreSQL, the extended statistics of the typed rows (`STATISTICS`); on SQLite nothing (no typed rows)."""
+    if isinstance(db, PostgresDatabase):
+        db.conn.run_script(STATISTICS)
