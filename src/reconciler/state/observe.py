@@ -117,8 +117,19 @@ def audience_histogram(db: StateDatabase) -> dict[Signature, int]:
     return {_signature(lists, key): n for key, n in counts.items() if n}
 
 
+_LISTS = """
+WITH RECURSIVE l(list) AS (
+    SELECT min(list) FROM subscriptions
+    UNION ALL SELECT (SELECT min(s.list) FROM subscriptions s WHERE s.list > l.list) FROM l WHERE l.list IS NOT NULL
+)
+SELECT list FROM l WHERE list IS NOT NULL ORDER BY list
+"""
+"""The lists anyone has a subscription to, each found by one step down the index on `list`: PostgreSQL has no skip
+scan, and its DISTINCT read every subscription (0.6 s at a million contacts; this takes milliseconds)."""
+
+
 def _lists(db: StateDatabase) -> list[str]:
-    return [row[0] for row in db.conn.execute("SELECT DISTINCT list FROM subscriptions ORDER BY list")]
+    return [row[0] for row in db.conn.execute(_LISTS)]
 
 
 def _masks(lists: list[str]) -> tuple[str, list[Any]]:
