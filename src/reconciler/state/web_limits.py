@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 
 from reconciler.state.db import write_rows
 from reconciler.state.portable import is_postgres
@@ -40,18 +41,21 @@ def take(db: StateDatabase, name: str, key: str, *, limit: int, window: float, n
     with write_rows(db):
         db.conn.execute(_LOCK, (name, key, now))
         events = _in_window(db, name, key, window=window, now=now)
-        if len(events) >= limit:
-            wait = max(1, math.ceil(events[0] + window - now))
-        else:
-            wait = 0
+        seconds = window_wait(events, limit=limit, window=window, now=now)
+        if not seconds:
             events.append(now)
         _store(db, name, key, events, window=window)
-    return wait
+    return seconds
 
 
 def wait(db: StateDatabase, name: str, key: str, *, limit: int, window: float, now: float) -> int:
     """The seconds until an event for `key` would be allowed (0: it would be now), counting nothing."""
-    events = _in_window(db, name, key, window=window, now=now)
+    return window_wait(_in_window(db, name, key, window=window, now=now), limit=limit, window=window, now=now)
+
+
+def window_wait(events: Sequence[float], *, limit: int, window: float, now: float) -> int:
+    """The seconds until one more event is allowed (0: now) when `events`, oldest first, are those in the window:
+    until the oldest leaves it, at least 1. The one rule of a sliding window, for memory and database alike."""
     return max(1, math.ceil(events[0] + window - now)) if len(events) >= limit else 0
 
 

@@ -7,7 +7,6 @@ frame-ancestors); bodies are capped before they are read; forms carry a signed C
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -15,6 +14,7 @@ from typing import Any
 
 from starlette.datastructures import MutableHeaders
 
+from reconciler.state.web_limits import window_wait
 from reconciler.tokens import Signer
 
 SECURITY_HEADERS = {
@@ -111,10 +111,9 @@ class RateLimit:
         events = self.events.setdefault(key, deque())
         while events and events[0] <= now - self.window:
             events.popleft()
-        if len(events) >= self.limit:
-            return max(1, math.ceil(events[0] + self.window - now))
-        if not count:
-            return 0
+        seconds = window_wait(events, limit=self.limit, window=self.window, now=now)
+        if seconds or not count:
+            return seconds
         events.append(now)
         if len(self.events) > 100_000:  # forget idle keys so a flood of addresses cannot grow memory forever
             for stale in [k for k, v in self.events.items() if not v or v[-1] <= now - self.window][:50_000]:
