@@ -48,13 +48,13 @@ def audience_sql(
     wanted = json.dumps(sorted(lists))
     dialect = compiler.dialect
     candidates = Sql(
-        f"c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN ({dialect.json_values('?')}))",
+        f"c.id IN (SELECT s.contact_id FROM subscriptions s WHERE {dialect.among('s.list', '?')})",
         (wanted,),
     )
     pending = subscribed_to(lists, "pending", dialect=dialect)
     subscribed = subscribed_to(lists, dialect=dialect)
     cases: list[tuple[Sql, Sql]] = [
-        (Sql(f"p.reason IN ({dialect.json_values('?')})", (json.dumps(list(blocking)),)), Sql("p.reason")),
+        (Sql(dialect.among("p.reason", "?"), (json.dumps(list(blocking)),)), Sql("p.reason")),
         (
             Sql(f"NOT {subscribed.text}", subscribed.params),
             Sql(f"CASE WHEN {pending.text} THEN 'awaiting confirmation' ELSE 'unsubscribed' END", pending.params),

@@ -141,8 +141,8 @@ class Compiler:
         if not self.probes:
             return subscribed_to(lists, dialect=self.dialect)
         return Sql(
-            "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND s.list IN "
-            f"({self.dialect.json_values('?')}) AND s.status = 'subscribed')",
+            "EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = c.id AND "
+            f"{self.dialect.among('s.list', '?')} AND s.status = 'subscribed')",
             (json.dumps(sorted(lists)),),
             cost=1,
         )
@@ -433,8 +433,7 @@ class Compiler:
 def subscribed_to(lists: Sequence[str], status: str = "subscribed", *, dialect: Dialect = SQLITE) -> Sql:
     """The contact's subscription to any of `lists` has `status` (one index range per list)."""
     return Sql(
-        f"c.id IN (SELECT s.contact_id FROM subscriptions s WHERE s.list IN ({dialect.json_values('?')}) "
-        "AND s.status = ?)",
+        f"c.id IN (SELECT s.contact_id FROM subscriptions s WHERE {dialect.among('s.list', '?')} AND s.status = ?)",
         (json.dumps(sorted(lists)), status),
     )
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
+from reconciler.jsonsql import TEXT_ARRAY
 from reconciler.state.dialect import to_postgres
 from reconciler.state.location import URL_SCHEMES, StateLocation, parse
 
@@ -86,6 +87,14 @@ class PostgresCursor:
             yield from self._cursor
 
 
+def _prepared(statement: str) -> bool | None:
+    """psycopg prepares a statement run five times on a connection (None: as it decides), and PostgreSQL may then
+    plan it once for any parameters. A statement that reads a list through `json_text_array` is planned with its
+    values each time (False): its plan depends on which lists (`jsonsql.PostgresDialect.among`), and a plan made
+    for any would call the function once per row."""
+    return False if f"{TEXT_ARRAY}(" in statement else None
+
+
 class PostgresConnection:
     """One psycopg connection, autocommit, answering as the sqlite3 connection the state code holds."""
 
@@ -106,13 +115,13 @@ class PostgresConnection:
             cursor.execute(statements[0])
             try:
                 for statement in statements[1:]:
-                    cursor.execute(statement, _adapted(params))
+                    cursor.execute(statement, _adapted(params), prepare=_prepared(statement))
             except BaseException:
                 if not self.raw.closed:
                     self.raw.execute("ROLLBACK")  # no half-begun transaction is left behind
                 raise
             return PostgresCursor(cursor)
-        cursor.execute(statements[0], _adapted(params))
+        cursor.execute(statements[0], _adapted(params), prepare=_prepared(statements[0]))
         return PostgresCursor(cursor)
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> PostgresCursor:

@@ -3,12 +3,13 @@ engines, DDL in SQLite's words). Imported at the end of that module, so these mi
 
 from __future__ import annotations
 
+from reconciler.jsonsql import TEXT_ARRAY
 from reconciler.state import (
     schema,  # noqa: F401 (its migrations first, whichever module is imported first)
     typed_values,
 )
 from reconciler.state.migrating import migration, run_script
-from reconciler.state.postgres import StateDatabase
+from reconciler.state.postgres import PostgresDatabase, StateDatabase
 
 
 @migration("0015_several_daemons")
@@ -109,3 +110,15 @@ def _value_statistics(db: StateDatabase) -> None:
     """On PostgreSQL, statistics of how a typed row's name, kind and value go together, so that the planner
     estimates a condition on a field as it is (state/typed_values.py, `STATISTICS`). On SQLite, nothing."""
     typed_values.add_statistics(db)
+
+
+@migration("0020_text_array")
+def _text_array(db: StateDatabase) -> None:
+    """On PostgreSQL, `json_text_array(jsonb)`: the strings of a JSON array as text[], immutable, so that a list
+    condition (`= ANY(json_text_array(?))`) is planned with the names it holds (`jsonsql.PostgresDialect.among`).
+    On SQLite, nothing (its conditions read the JSON with json_each)."""
+    if isinstance(db, PostgresDatabase):
+        db.conn.run_script(
+            f"CREATE FUNCTION {TEXT_ARRAY}(jsonb) RETURNS text[] LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE "  # noqa: S608
+            "AS $$ SELECT coalesce(array_agg(e), '{}') FROM jsonb_array_elements_text($1) AS e $$"
+        )
