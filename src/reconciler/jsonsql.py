@@ -156,6 +156,8 @@ class PostgresDialect(Dialect):
 
     def one_of(self, value: str, type_: str) -> str:
         sql_type = _SQL_TYPES.get(type_, "text")
+        if sql_type == "text":  # strings, dates: named to the planner, as lists are
+            return self.among(value, "?")
         elements = "jsonb_array_elements_text(CAST(? AS jsonb)) AS j(value)"
         return f"{value} IN (SELECT CAST(value AS {sql_type}) FROM {elements})"
 
