@@ -195,7 +195,7 @@ def import_batch(
             given = (*(row.builtins.get(c) for c in TEXT_FIELDS), row.tags, row.fields, row.created_at or at)
             values.append((row.email, row.email_hash, *given, at, import_id))  # the columns of _UPSERTED
         if isinstance(db, PostgresDatabase):
-            postgres_import.upsert_batch(db, _UPSERTED, _merge(db), values)
+            postgres_import.upsert_batch(db, _UPSERTED, _merge(db), values, earlier)
         else:  # a statement per row: SQLite has no round trips to save
             upsert = f"INSERT INTO contacts ({', '.join(_UPSERTED)}) VALUES ({', '.join('?' * len(_UPSERTED))}) "
             db.conn.executemany(f"{upsert} ON CONFLICT (email) DO UPDATE SET {_merge(db)}", values)

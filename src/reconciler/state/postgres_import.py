@@ -17,7 +17,7 @@ it gives none, tags united, fields merged). A file rarely repeats an address: on
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from reconciler.state import typed_values
@@ -27,10 +27,16 @@ _TYPES = {"id": "bigint", "import_id": "bigint"}
 """The type of each column as it comes out of the JSON rows, where it is not text."""
 
 
-def upsert_batch(db: PostgresDatabase, columns: Sequence[str], merge: str, values: Sequence[Sequence[Any]]) -> None:
+def upsert_batch(
+    db: PostgresDatabase,
+    columns: Sequence[str],
+    merge: str,
+    values: Sequence[Sequence[Any]],
+    existing: Collection[str],
+) -> None:
     """Inside the import's write: the rows `values` (each the values of `columns`, in file order) inserted into
     `contacts`, or merged into the row of the same address as `merge` says (the SET list of ON CONFLICT (email)),
-    and their typed rows written."""
+    and their typed rows written. `existing`: the addresses of the batch the state held before it."""
     if not values:
         return
     email = columns.index("email")
@@ -46,12 +52,13 @@ def upsert_batch(db: PostgresDatabase, columns: Sequence[str], merge: str, value
     statement = (
         f"INSERT INTO contacts ({', '.join(names)}) SELECT {read} "  # noqa: S608 - our column names
         "FROM jsonb_array_elements(CAST(? AS jsonb)) AS r(a) ORDER BY 1 "
-        f"ON CONFLICT (email) DO UPDATE SET {merge} RETURNING id"
+        f"ON CONFLICT (email) DO UPDATE SET {merge} RETURNING id, email"
     )
     with typed_values.later(db) as written:
         for rows in rounds:
             text = json.dumps(rows, separators=(",", ":"))
-            written += (contact_id for (contact_id,) in db.conn.execute(statement, (text,)))
+            for contact_id, address in db.conn.execute(statement, (text,)):
+                (written.changed if address in existing else written.made).add(contact_id)
 
 
 def _ids(db: PostgresDatabase, count: int) -> list[int]:
