@@ -114,6 +114,46 @@ def test_a_later_import_merges_tags_and_fields_and_keeps_what_the_file_left_out(
     assert stored == '["a","b"]'  # compact and sorted, as SQLite writes it
 
 
+def test_rows_of_one_address_in_a_batch_merge_over_each_other_in_file_order(state_db: Any) -> None:
+    """Each later row of an address merges over the earlier ones as if it came in a later batch: a text field it
+    gives replaces, one it leaves out stays, tags are united, fields set over (PostgreSQL writes a batch in rounds
+    of one row per address, state/postgres_import.py)."""
+    _import(state_db, [_row("bob@example.com", builtins={"first_name": "Bob", "country": "FR"}, tags=["x"])])
+    bob_id = find_contact(state_db, "bob@example.com").id  # type: ignore[union-attr]
+    _, result = _import(
+        state_db,
+        [
+            _row("ann@example.com", builtins={"first_name": "Ann"}, tags=["b"], fields={"a": 1, "b": "one"}),
+            _row("bob@example.com", builtins={"last_name": "Smith"}, fields={"n": 2}),
+            _row("ann@example.com", builtins={"first_name": "Anna", "country": "PL"}, tags=["a"], fields={"b": 2}),
+            _row("cy@example.com", fields={"c": True}),
+            _row("ann@example.com", fields={"c": ["x", "y"]}),
+            _row("bob@example.com", builtins={"first_name": "Robert"}, tags=["y"], fields={"n": 3.5}),
+        ],
+        at=LATER,
+    )
+    assert (result.created, result.updated, result.duplicates, result.subscribed) == (2, 1, 3, 2)
+    ann, bob, cy = (find_contact(state_db, f"{name}@example.com") for name in ("ann", "bob", "cy"))
+    assert ann is not None and bob is not None and cy is not None
+    assert (ann.first_name, ann.country, ann.tags) == ("Anna", "PL", ("a", "b"))
+    assert ann.fields == {"a": 1, "b": 2, "c": ["x", "y"]}
+    assert (bob.id, bob.first_name, bob.last_name, bob.country, bob.tags) == (
+        bob_id,
+        "Robert",
+        "Smith",
+        "FR",
+        ("x", "y"),
+    )
+    assert (bob.fields, cy.fields) == ({"n": 3.5}, {"c": True})
+    assert bob_id < ann.id < cy.id  # new contacts are numbered in the order the file first names them
+    assert {tuple(row) for row in state_db.conn.execute("SELECT email, import_id FROM contacts")} == {
+        ("ann@example.com", 2),
+        ("bob@example.com", 2),
+        ("cy@example.com", 2),
+    }
+    assert len(_consent(state_db)) == 3  # bob's from the first import, ann's and cy's: once each
+
+
 def test_status_columns_unsubscribe_blocklist_and_suppress(state_db: Any) -> None:
     _import(state_db, [_row("cy@example.com"), _row("di@example.com")], lists=[OFFERS, ("news", ())])
     _, result = _import(

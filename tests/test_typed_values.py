@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.state import typed_values
 from reconciler.state.contacts import ContactRow, import_batch, start_import
 from reconciler.state.db import open_postgres, write
 from reconciler.state.postgres import connect
@@ -98,5 +99,42 @@ def test_an_import_batch_writes_the_typed_rows_of_its_contacts_at_once(postgres_
         with write(db):  # the batch's setting ended with it: the triggers write again
             db.conn.execute("UPDATE contacts SET fields = '{}' WHERE id = ?", (ids["bob@x"],))
         assert (ids["bob@x"], "vip", "boolean", None, 1.0) not in _rows(db, "contact_values")
+    finally:
+        db.close()
+
+
+@pytest.mark.postgresql
+def test_after_a_batch_repeating_addresses_the_typed_rows_are_those_of_the_merged_fields(postgres_url: str) -> None:
+    """A batch whose addresses come again (written in rounds, state/postgres_import.py), over contacts an earlier
+    import made (only their typed rows that differ are written): the typed rows are what the contacts' fields give,
+    as `fill` makes them from scratch."""
+    db = open_postgres(postgres_url)
+    try:
+        first = start_import(db, file="a.csv", at=AT)
+        earlier = [ContactRow.build("ann@x", {}, [], {"spend": 150, "roast": "light", "vip": True})]
+        import_batch(db, earlier, import_id=first, at=AT, source="import:a.csv", consent_text=None)
+        again = start_import(db, file="b.csv", at=AT)
+        rows = [
+            ContactRow.build("ann@x", {}, [], {"spend": 7, "vip": None}),  # null: no typed row
+            ContactRow.build("bob@x", {}, [], {"roast": "dark", "tags": ["a"]}),
+            ContactRow.build("ann@x", {}, [], {"roast": "medium", "ratio": 0.5}),
+            ContactRow.build("bob@x", {}, [], {"vip": False}),
+            ContactRow.build("bob@x", {}, [], {"tags": ["b", "c"]}),
+        ]
+        import_batch(db, rows, import_id=again, at=AT, source="import:b.csv", consent_text=None)
+        ids = dict(db.conn.execute("SELECT email, id FROM contacts").fetchall())
+        written = _rows(db, "contact_values")
+        assert written == {
+            (ids["ann@x"], "spend", "number", None, 7.0),
+            (ids["ann@x"], "roast", "string", "medium", None),
+            (ids["ann@x"], "ratio", "number", None, 0.5),
+            (ids["bob@x"], "roast", "string", "dark", None),
+            (ids["bob@x"], "vip", "boolean", None, 0.0),
+            (ids["bob@x"], "tags", "array", '["b", "c"]', None),
+        }
+        with write(db):
+            db.conn.execute("DELETE FROM contact_values")
+            typed_values.fill(db.conn.raw.cursor())
+        assert _rows(db, "contact_values") == written
     finally:
         db.close()

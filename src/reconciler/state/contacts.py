@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler import strictjson
 from reconciler.spec.contact import TEXT_FIELDS, Contact
-from reconciler.state import rollups, typed_values
+from reconciler.state import postgres_import, rollups
 from reconciler.state.db import audit, write
 from reconciler.state.portable import (
     field_key,
@@ -27,7 +27,7 @@ from reconciler.state.portable import (
     tag_removed,
     tag_union,
 )
-from reconciler.state.postgres import StateDatabase
+from reconciler.state.postgres import PostgresDatabase, StateDatabase
 from reconciler.state.suppressions import SuppressionReason, email_hash, suppress, suppress_many
 
 CONTACT_NAMES = ("id", "email", *TEXT_FIELDS, "tags", "fields", "created_at", "frequency")
@@ -129,12 +129,12 @@ class BatchResult:
             self.statuses[status] = self.statuses.get(status, 0) + count
 
 
-def _upsert(db: StateDatabase) -> str:
+_UPSERTED = ("email", "email_hash", *TEXT_FIELDS, "tags", "fields", "created_at", "updated_at", "import_id")
+
+
+def _merge(db: StateDatabase) -> str:
+    """The upsert's SET list: what a row of an address we hold changes of its contact."""
     return f"""
-INSERT INTO contacts (email, email_hash, {", ".join(TEXT_FIELDS)}, tags, fields, created_at, updated_at,
-                      import_id)
-VALUES (?, ?, {", ".join("?" for _ in TEXT_FIELDS)}, ?, ?, ?, ?, ?)
-ON CONFLICT (email) DO UPDATE SET
     {", ".join(f"{c} = coalesce(excluded.{c}, contacts.{c})" for c in TEXT_FIELDS)},
     tags = CASE WHEN excluded.tags = '[]' THEN contacts.tags ELSE {tag_union(db, "contacts.tags", "excluded.tags")} END,
     fields = {json_merge(db, "contacts.fields", "excluded.fields")},
@@ -192,20 +192,13 @@ def import_batch(
                 result.created += 1
             seen.add(row.email)
             status[row.email] = row.status
-            values.append(
-                (
-                    row.email,
-                    row.email_hash,
-                    *(row.builtins.get(c) for c in TEXT_FIELDS),
-                    row.tags,
-                    row.fields,
-                    row.created_at or at,
-                    at,
-                    import_id,
-                )
-            )
-        with typed_values.later(db, json.dumps([value[0] for value in values])):
-            db.conn.executemany(_upsert(db), values)
+            given = (*(row.builtins.get(c) for c in TEXT_FIELDS), row.tags, row.fields, row.created_at or at)
+            values.append((row.email, row.email_hash, *given, at, import_id))  # the columns of _UPSERTED
+        if isinstance(db, PostgresDatabase):
+            postgres_import.upsert_batch(db, _UPSERTED, _merge(db), values, earlier)
+        else:  # a statement per row: SQLite has no round trips to save
+            upsert = f"INSERT INTO contacts ({', '.join(_UPSERTED)}) VALUES ({', '.join('?' * len(_UPSERTED))}) "
+            db.conn.executemany(f"{upsert} ON CONFLICT (email) DO UPDATE SET {_merge(db)}", values)
         _keep_evidence(db, rows)
         emails = json.dumps(sorted(email for email in seen if status[email] is None))
         lists = list(lists)
