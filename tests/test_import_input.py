@@ -95,17 +95,21 @@ def test_jsonl_lines_that_are_too_deep_or_of_the_wrong_type_are_row_errors(examp
         {"email": "zoë@example.com"},
         {"email": "Puny@XN--BCHER-KVA.example"},
         {"email": "puny@bücher.example", "first_name": "Same"},
+        '{"email": "half@example.com", "first_name": "x\\ud800y"}',  # half of a UTF-16 pair: no character
+        '{"email": "key@example.com", "\\udfff": "x"}',
+        '{"email": "pair@example.com", "first_name": "\\ud83d\\ude00"}',  # a whole pair is a character
     ]
     text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
     code, out, err = _import(example, "people.jsonl", text.encode())
     assert code == 1
     errors = {int(line.split(":")[1]): line for line in err.splitlines() if line.startswith("people.jsonl:")}
-    assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8], err
+    assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8, 11, 12], err
     assert "nested deeper than" in errors[2]
     assert "first_name" in errors[3] and "tags" in errors[4] and "orders_count" in errors[5]
     assert "NaN" in errors[6] and "last_name" in errors[7] and "SMTPUTF8" in errors[8]
+    assert "\\ud800" in errors[11] and "\\udfff" in errors[12]
     assert "unexpected" not in err
-    assert "2 new" in out and "1 duplicates merged" in out  # the punycode and the Unicode domain are one address
+    assert "3 new" in out and "1 duplicates merged" in out  # the punycode and the Unicode domain are one address
 
 
 def test_a_double_opt_in_list_needs_preconfirmed_and_the_consent_says_so(example: Path) -> None:

@@ -304,3 +304,22 @@ def test_the_api_subscribes_to_a_double_opt_in_list_only_after_confirmation_unle
         ("ask@example.org", "offers", "subscribe", "api", "at the till"),
         ("told@example.org", "offers", "preconfirmed", "api", "paper form"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("events", '[{"email": "a@example.org", "type": "purchase", "properties": {"sku": "A\\ud800"}}]'),
+        ("events", '[{"email": "a@example.org", "type": "purchase", "properties": {"\\udfff": 1}}]'),
+        ("contacts", '{"email": "a@example.org", "first_name": "Ada\\udbff"}'),
+    ],
+)
+def test_half_of_a_utf16_pair_is_refused_by_name_and_nothing_is_stored(applied: Path, path: str, body: str) -> None:
+    """JSON's escapes can write half of a UTF-16 pair, which is no character: no database stores it (it was a 500)."""
+    with error_log() as log, WebServer(applied) as base, httpx.Client() as client:
+        headers = {**BEARER, "content-type": "application/json"}
+        answer = client.post(f"{base}/api/v1/{path}", content=body.encode(), headers=headers)
+    assert answer.status_code in (400, 422), answer.text
+    assert "half of a UTF-16 pair" in answer.text
+    assert not log.records, log.text()
+    assert events_stored(applied) == 0 and query(applied, "SELECT count(*) FROM contacts") == [(0,)]

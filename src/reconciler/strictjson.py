@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_DEPTH = 32
@@ -50,7 +51,40 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:  # bytes that are not UTF-8, an integer of 4,300+ digits
         raise JsonInputError(f"not JSON: {exc}") from None
     check_depth(value, max_depth)
+    if _SURROGATE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        _check_characters(value)
     return value
+
+
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+"""An escape of half of a UTF-16 pair (`\\ud83d\\ude00` is one character, 😀; `\\ud800` alone is none)."""
+
+
+def _check_characters(value: Any) -> None:
+    """Raise JsonInputError for a string (a key or a value) holding half of a UTF-16 pair without the other: JSON's
+    escapes allow it, but it is no character, UTF-8 cannot hold it and no database stores it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _whole_characters(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _whole_characters(key)
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _whole_characters(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        half = f"\\u{ord(text[exc.start]):04x}"
+        raise JsonInputError(
+            f"{half} is half of a UTF-16 pair without its other half, no character (write the character itself, "
+            "or both halves of its pair)"
+        ) from None
 
 
 def check_depth(value: Any, max_depth: int = MAX_DEPTH) -> None:
