@@ -234,6 +234,7 @@ def test_a_listmonk_export_splits_names_reads_attributes_and_honours_its_status(
         ["8b2f...-1", "bob@example.com", "Bob", "{}", "blocklisted", "2024-01-15 10:23:45 +0000 UTC", ""],
         ["8b2f...-2", "cy@example.com", "Cy Young", "{}", "disabled", "2024-01-15 10:23:45 +0000 UTC", ""],
         ["8b2f...-3", "dee@example.com", "Dee", '{"orders_count": "many"}', "gone", "", ""],
+        ["8b2f...-4", "eve@example.com", "Eve", '{"city": "x\\ud800y"}', "enabled", "", ""],  # half a UTF-16 pair
     ]
     (example / "subscribers.csv").write_text(_csv(rows, quoting=csv.QUOTE_MINIMAL))
     result = reconciler("contacts", "import", "subscribers.csv", "--list", "offers", "--consent", "v1", cwd=example)
@@ -242,6 +243,8 @@ def test_a_listmonk_export_splits_names_reads_attributes_and_honours_its_status(
     assert "name → first_name + last_name" in result.stdout and "not imported: uuid, created_at" in result.stdout
     bad = [line for line in result.stderr.splitlines() if line.startswith("subscribers.csv:5:")]
     assert len(bad) == 2 and "orders_count" in bad[0] and "'gone' is not a status" in bad[1], result.stderr
+    (eve,) = [line for line in result.stderr.splitlines() if line.startswith("subscribers.csv:6:")]
+    assert "attributes" in eve and "\\ud800" in eve, result.stderr
     assert "by status: blocklisted 1, held 1" in result.stdout
     ada = _export(example, "ada@example.com")["contact"]
     assert isinstance(ada, dict)

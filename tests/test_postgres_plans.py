@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 from reconciler.jsonsql import POSTGRESQL
+from reconciler.state.contacts import ContactRow, import_batch, start_import
+from reconciler.state.db import open_postgres, write
 from reconciler.state.postgres import connect
+from state_helpers import recorded_statements
 from test_postgres_state import migrate
 
 pytestmark = pytest.mark.postgresql
@@ -88,5 +91,31 @@ def test_a_list_condition_is_planned_with_the_lists_it_names(postgres_url: str, 
             assert len(db.conn.execute(sql, (json.dumps(["small"]),)).fetchall()) == 20
         prepared = "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%json_text_array%'"
         assert db.conn.execute(prepared).fetchone()[0] == 0
+    finally:
+        db.close()
+
+
+def test_a_batch_updating_contacts_finds_their_typed_rows_gone_without_a_rescan(postgres_url: str) -> None:
+    """A file imported again updates every contact of a batch: the typed rows of fields gone are found by a join.
+    As `NOT IN (subquery)` PostgreSQL, at its default work_mem, read the subquery's rows again for every typed row
+    (2,000 contacts imported again took 10.9 s, 0.47 s before that statement)."""
+    db = open_postgres(postgres_url)
+    try:
+        rows = [
+            ContactRow.build(f"p{i}@x", {}, [], {f"f{n}": f"v{i}-{n}" for n in range(8)} | {"spend": i})
+            for i in range(3000)
+        ]
+        for file in ("a.csv", "b.csv"):  # the second time, every row updates a contact
+            import_id = start_import(db, file=file, at=AT)
+            seen, stop = recorded_statements(db)
+            try:
+                import_batch(db, rows, import_id=import_id, at=AT, source=f"import:{file}", consent_text=None)
+            finally:
+                stop()
+        (gone,) = [(sql, params) for sql, params in seen if sql.startswith("DELETE FROM contact_values")]
+        with write(db):  # EXPLAIN of the statement as the import ran it, in the state the second batch left
+            plan = "\n".join(str(row[0]) for row in db.conn.execute("EXPLAIN " + gone[0], gone[1]))
+        assert "SubPlan" not in plan, [line for line in plan.splitlines() if "ANY" not in line]
+        assert db.conn.execute("SELECT count(*) FROM contact_values").fetchone()[0] == 3000 * 9
     finally:
         db.close()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from conftest import reconciler
+from reconciler import strictjson
 from sending import query, workspace
 from web_server import WebServer
 
@@ -323,3 +324,12 @@ def test_half_of_a_utf16_pair_is_refused_by_name_and_nothing_is_stored(applied: 
     assert "half of a UTF-16 pair" in answer.text
     assert not log.records, log.text()
     assert events_stored(applied) == 0 and query(applied, "SELECT count(*) FROM contacts") == [(0,)]
+
+
+def test_half_of_a_utf16_pair_is_refused_in_any_encoding_json_reads() -> None:
+    """`json` reads UTF-16 and UTF-32 bodies too, where the escape's characters have NUL bytes between them."""
+    body = '{"first_name": "Ada\\udbff"}'
+    for encoding in ("utf-8", "utf-16-le", "utf-16", "utf-32"):
+        with pytest.raises(strictjson.JsonInputError, match="half of a UTF-16 pair"):
+            strictjson.loads(body.encode(encoding))
+    assert strictjson.loads('{"a": "\\ud83d\\ude00"}'.encode("utf-16")) == {"a": "😀"}

@@ -12,13 +12,13 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import json
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler import strictjson
 from reconciler.errors import ReconcilerError, did_you_mean
 
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
@@ -383,9 +383,9 @@ def _attributes(value: Any, fields: Collection[str]) -> dict[str, Any]:
         return {}
     else:
         try:
-            found = json.loads(str(value))
-        except ValueError:
-            raise ValueError("not a JSON object") from None
+            found = strictjson.loads(str(value))
+        except strictjson.JsonInputError as exc:
+            raise ValueError(f"not a JSON object we can store: {exc}") from None
     if not isinstance(found, dict):
         raise ValueError("not a JSON object")
     return {key.lower(): item for key, item in found.items() if isinstance(key, str) and key.lower() in fields}

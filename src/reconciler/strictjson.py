@@ -51,7 +51,8 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:  # bytes that are not UTF-8, an integer of 4,300+ digits
         raise JsonInputError(f"not JSON: {exc}") from None
     check_depth(value, max_depth)
-    if _SURROGATE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+    raw = text if isinstance(text, str) else text.decode(json.detect_encoding(text), "replace")  # as json reads it
+    if _SURROGATE.search(raw):
         _check_characters(value)
     return value
 
