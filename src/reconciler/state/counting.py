@@ -40,8 +40,7 @@ def with_counts(
     def in_time() -> bool:
         return deadline is None or time.monotonic() <= deadline
 
-    if observed.audience is None:  # a daemon's pass reads it only when it counts
-        observed = replace(observed, audience=audience_histogram(db))
+    histogram = audience_histogram(db) if observed.audience is None else observed.audience  # a pass reads it here
 
     used = [name for a in counting.audiences.values() for name in (*a.segments, *a.exclude_segments)]
     sets = SegmentSets(db, counting.compiler)
@@ -51,7 +50,7 @@ def with_counts(
             members[name] = frozenset(sets.members(name))
     sizes = {name: len(found) for name, found in members.items() if name in counting.sizes}
     lacking = _lacking(db, counting, members, in_time)
-    counter = _Counter(db, observed.audience or {}, [*(members[n] for n in used if n in members), *lacking.values()])
+    counter = _Counter(db, histogram, [*(members[n] for n in used if n in members), *lacking.values()])
     audience_counts = dict(observed.audience_counts)
     for key, audience in counting.audiences.items():
         if (audience.segments or audience.exclude_segments) and _known(audience, members):
@@ -64,6 +63,7 @@ def with_counts(
             missing_counts.setdefault(name, {})[field] = found
     return replace(
         observed,
+        audience=histogram,
         audience_counts=audience_counts,
         segment_counts={**observed.segment_counts, **sizes},
         missing_counts=missing_counts,
